@@ -1,0 +1,42 @@
+# Mnemosyne: `make run` starts a local cluster, `make test` runs every test.
+# Both install what is missing first (Debian packages via apt-get, as root).
+
+CARGO_TARGET_DIR ?= $(HOME)/.cache/mnemosyne/target
+export CARGO_TARGET_DIR
+BIN := $(CARGO_TARGET_DIR)/release
+export MNEMO_BIN_DIR := $(BIN)
+
+APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl
+
+.PHONY: deps build run test bench lint fmt clean-data
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v cargo >/dev/null || { echo "cargo is missing: install a Rust toolchain (rustup)"; exit 1; }
+
+build: deps
+	cargo build --release --workspace --bins
+
+run: build
+	scripts/run-local.sh
+
+test: build
+	cargo test --release --workspace -- --test-threads 2
+
+bench: build
+	$(BIN)/mnemo-bench --pd 127.0.0.1:2379 --op put --clients 32 --duration 10
+	$(BIN)/mnemo-bench --pd 127.0.0.1:2379 --op get --clients 32 --duration 10
+
+lint: deps
+	cargo fmt --all --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean-data:
+	rm -rf data

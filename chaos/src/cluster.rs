@@ -1,0 +1,300 @@
+//! A local cluster of real processes: one `mnemo-pd` and N `mnemo-node`s on
+//! loopback, each with its own data directory under one temporary root.
+//!
+//! Used by the process tests, `mnemo-bench --spawn`, and (later) the chaos
+//! harness, so there is one launcher. Nodes can be killed with SIGKILL and
+//! restarted on the same data directory and ports. Dropping the cluster kills
+//! every process and removes the directory (set `MNEMO_KEEP_TEST_DATA=1` to
+//! keep it for a post-mortem; the path is printed).
+//!
+//! Binaries are found in `MNEMO_BIN_DIR`, else next to the running test
+//! executable's parent (`target/release`).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Settings of a test cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Number of storage nodes.
+    pub nodes: usize,
+    /// Extra TOML appended to every node's config file.
+    pub node_toml: String,
+    /// Extra TOML appended to PD's config file.
+    pub pd_toml: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nodes: 3,
+            // Fast reports so PD repairs within a second or two in tests.
+            node_toml: "[raftstore]\npd-heartbeat-tick-interval = \"1s\"\npd-store-heartbeat-tick-interval = \"1s\"\n"
+                .into(),
+            pd_toml: String::new(),
+        }
+    }
+}
+
+struct Proc {
+    child: Option<Child>,
+    args: Vec<String>,
+    bin: PathBuf,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(bin: &Path, args: &[String], log: &Path) -> Proc {
+        let mut p = Proc { child: None, args: args.to_vec(), bin: bin.to_path_buf(), log: log.to_path_buf() };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "process already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e} (run `make build` first)", self.bin.display()));
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A running local cluster. Dropping it kills every process.
+pub struct Cluster {
+    root: PathBuf,
+    keep: bool,
+    pd: Proc,
+    pd_addr: String,
+    nodes: Vec<Proc>,
+    node_addrs: Vec<String>,
+}
+
+/// Directory holding the binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("MNEMO_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/release/deps/test-xxxx → target/release
+    let dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Cluster {
+    /// Starts PD and `cfg.nodes` nodes and waits until PD answers HTTP.
+    pub fn start(cfg: ClusterConfig) -> Cluster {
+        let root = tempfile::Builder::new().prefix("mnemo-cluster-").tempdir().expect("tempdir").keep();
+        let keep = std::env::var("MNEMO_KEEP_TEST_DATA").is_ok();
+        let bins = bin_dir();
+        let pd_port = free_port();
+        let peer_port = free_port();
+        let pd_addr = format!("127.0.0.1:{pd_port}");
+        std::fs::write(root.join("pd.toml"), &cfg.pd_toml).expect("write pd.toml");
+        let pd_args = vec![
+            "--name".into(),
+            "pd1".into(),
+            "--data-dir".into(),
+            root.join("pd1").display().to_string(),
+            "--client-urls".into(),
+            format!("http://{pd_addr}"),
+            "--peer-urls".into(),
+            format!("http://127.0.0.1:{peer_port}"),
+            "--initial-cluster".into(),
+            format!("pd1=http://127.0.0.1:{peer_port}"),
+            "--config".into(),
+            root.join("pd.toml").display().to_string(),
+        ];
+        let pd = Proc::spawn(&bins.join("mnemo-pd"), &pd_args, &root.join("pd1.log"));
+        let mut cluster = Cluster { root, keep, pd, pd_addr, nodes: Vec::new(), node_addrs: Vec::new() };
+        cluster.wait_pd_healthy();
+        std::fs::write(cluster.root.join("node.toml"), &cfg.node_toml).expect("write node.toml");
+        for i in 1..=cfg.nodes {
+            cluster.add_node(i);
+        }
+        cluster
+    }
+
+    fn add_node(&mut self, i: usize) {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let status = format!("127.0.0.1:{}", free_port());
+        let args = vec![
+            "--pd".into(),
+            self.pd_addr.clone(),
+            "--addr".into(),
+            addr.clone(),
+            "--status-addr".into(),
+            status,
+            "--data-dir".into(),
+            self.root.join(format!("n{i}")).display().to_string(),
+            "--config".into(),
+            self.root.join("node.toml").display().to_string(),
+        ];
+        let p = Proc::spawn(&bin_dir().join("mnemo-node"), &args, &self.root.join(format!("n{i}.log")));
+        self.nodes.push(p);
+        self.node_addrs.push(addr);
+    }
+
+    /// PD's client endpoint (`127.0.0.1:port`).
+    pub fn pd_endpoint(&self) -> String {
+        self.pd_addr.clone()
+    }
+
+    /// The gRPC address of node `i` (0-based).
+    pub fn node_addr(&self, i: usize) -> &str {
+        &self.node_addrs[i]
+    }
+
+    /// Number of nodes (running or not).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Index of the node listening on `addr`.
+    pub fn node_index(&self, addr: &str) -> Option<usize> {
+        self.node_addrs.iter().position(|a| a == addr)
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill_node(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Restarts node `i` on its data directory and ports.
+    pub fn restart_node(&mut self, i: usize) {
+        self.nodes[i].start();
+    }
+
+    /// True if node `i` runs.
+    pub fn node_running(&self, i: usize) -> bool {
+        self.nodes[i].is_running()
+    }
+
+    /// SIGKILLs PD.
+    pub fn kill_pd(&mut self) {
+        self.pd.kill();
+    }
+
+    /// Restarts PD on its data directory and waits until it answers.
+    pub fn restart_pd(&mut self) {
+        self.pd.start();
+        self.wait_pd_healthy();
+    }
+
+    /// GET a PD HTTP API path, as JSON (None on any failure).
+    pub fn pd_get(&self, path: &str) -> Option<Value> {
+        let url = format!("http://{}{}", self.pd_addr, path);
+        ureq::get(&url).timeout(Duration::from_secs(2)).call().ok()?.into_json().ok()
+    }
+
+    fn wait_pd_healthy(&self) {
+        wait_for("PD to answer /pd/api/v1/health", Duration::from_secs(30), || self.pd_get("/pd/api/v1/health"));
+    }
+
+    /// Regions as PD's HTTP API lists them.
+    pub fn regions(&self) -> Vec<Value> {
+        self.pd_get("/pd/api/v1/regions")
+            .and_then(|v| v.get("regions").and_then(|r| r.as_array().cloned()))
+            .unwrap_or_default()
+    }
+
+    /// Waits until every region has `replicas` voters on distinct stores and
+    /// a leader; returns the regions.
+    pub fn wait_replicated(&self, replicas: usize, timeout: Duration) -> Vec<Value> {
+        wait_for(&format!("every region to have {replicas} voters and a leader"), timeout, || {
+            let regions = self.regions();
+            let ok = !regions.is_empty()
+                && regions.iter().all(|r| {
+                    let peers = r["peers"].as_array().cloned().unwrap_or_default();
+                    let voters: std::collections::HashSet<u64> = peers
+                        .iter()
+                        .filter(|p| p["role_name"].as_str().unwrap_or("Voter") == "Voter")
+                        .filter_map(|p| p["store_id"].as_u64())
+                        .collect();
+                    voters.len() == replicas && peers.len() == replicas && r["leader"]["store_id"].as_u64().unwrap_or(0) != 0
+                });
+            ok.then_some(regions)
+        })
+    }
+
+    /// Store id → address, from PD.
+    pub fn store_address(&self, store_id: u64) -> Option<String> {
+        let v = self.pd_get(&format!("/pd/api/v1/store/{store_id}"))?;
+        v["store"]["address"].as_str().map(str::to_string)
+    }
+
+    /// Index of the node holding the leader of the region containing `key`.
+    pub fn leader_node_of(&self, key: &[u8]) -> Option<usize> {
+        let region = self.regions().into_iter().find(|r| {
+            let start = unhex(r["start_key"].as_str().unwrap_or(""));
+            let end = unhex(r["end_key"].as_str().unwrap_or(""));
+            key >= start.as_slice() && (end.is_empty() || key < end.as_slice())
+        })?;
+        let store = region["leader"]["store_id"].as_u64()?;
+        self.node_index(&self.store_address(store)?)
+    }
+
+    /// The cluster's root directory (logs: `pd1.log`, `n1.log`, ...).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Decodes PD's hex key encoding (either case); invalid input decodes as empty.
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        self.pd.kill();
+        if self.keep || std::thread::panicking() {
+            eprintln!("cluster data and logs kept in {}", self.root.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}

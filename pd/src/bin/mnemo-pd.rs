@@ -1,0 +1,66 @@
+//! `mnemo-pd`: the placement driver server. Flags follow PD's; see
+//! `mnemo_pd::config` and `deploy/config/pd.toml`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mnemo_pd::config::{Flags, LogConfig, LogFormat};
+use mnemo_pd::Config;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let config = match Config::load(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mnemo-pd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log);
+    info!(name = %config.name, data_dir = %config.data_dir.display(), client_urls = %config.client_urls, "starting");
+    let handle = match mnemo_pd::start(config).await {
+        Ok(h) => h,
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    info!("signal received, stopping");
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn init_logging(log: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

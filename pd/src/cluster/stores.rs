@@ -1,0 +1,112 @@
+//! Store registration, heartbeats and lifecycle.
+
+use std::time::SystemTime;
+
+use mnemo_proto::types::StoreId;
+use tracing::{info, warn};
+
+use super::{validate_store, Cluster};
+use crate::error::{Error, Result};
+use crate::meta::Command;
+use crate::store::{StoreInfo, StoreMeta, StoreState, StoreStats};
+
+impl Cluster {
+    /// Registers a store or updates its address, labels and version. The
+    /// store keeps its lifecycle state; a tombstone store is refused, and so
+    /// is an address another live store already uses.
+    pub fn put_store(&self, mut store: StoreMeta) -> Result<()> {
+        validate_store(&store)?;
+        let mut inner = self.inner.lock();
+        inner.ensure_bootstrapped()?;
+        let state = inner.state();
+        if let Some(other) = state.stores().values().find(|s| {
+            s.meta.id != store.id && s.meta.address == store.address && s.meta.state != StoreState::Tombstone
+        }) {
+            return Err(Error::DuplicateStoreAddress { address: store.address, existing: other.meta.id });
+        }
+        match state.store(store.id) {
+            Some(cur) if cur.meta.state == StoreState::Tombstone => {
+                return Err(Error::StoreTombstone(store.id))
+            }
+            Some(cur) => {
+                store.state = cur.meta.state;
+                if cur.meta == store {
+                    return Ok(());
+                }
+            }
+            None => store.state = StoreState::Up,
+        }
+        let (id, address) = (store.id, store.address.clone());
+        inner.propose(Command::PutStore { store })?;
+        info!(store_id = %id, %address, "store registered");
+        Ok(())
+    }
+
+    /// Store `id`, with its latest heartbeat.
+    pub fn get_store(&self, id: StoreId) -> Result<StoreInfo> {
+        let inner = self.inner.lock();
+        inner.ensure_bootstrapped()?;
+        inner.state().store(id).cloned().ok_or(Error::StoreNotFound(id))
+    }
+
+    /// Every store, optionally without tombstones.
+    pub fn all_stores(&self, exclude_tombstone: bool) -> Result<Vec<StoreInfo>> {
+        let inner = self.inner.lock();
+        inner.ensure_bootstrapped()?;
+        Ok(inner
+            .state()
+            .stores()
+            .values()
+            .filter(|s| !(exclude_tombstone && s.meta.state == StoreState::Tombstone))
+            .cloned()
+            .collect())
+    }
+
+    /// Records a store heartbeat. An Offline store that no longer holds any
+    /// region becomes Tombstone here.
+    pub fn store_heartbeat(&self, id: StoreId, stats: StoreStats) -> Result<()> {
+        let now = SystemTime::now();
+        let mut inner = self.inner.lock();
+        inner.ensure_bootstrapped()?;
+        let state = match inner.state().store(id) {
+            None => return Err(Error::StoreNotFound(id)),
+            Some(s) => s.meta.state,
+        };
+        if state == StoreState::Tombstone {
+            return Err(Error::StoreTombstone(id));
+        }
+        inner.sm.state_mut().record_store_heartbeat(id, stats, now);
+        if state == StoreState::Offline && inner.state().regions().store_region_count(id) == 0 {
+            inner.propose(Command::SetStoreState { store: id, state: StoreState::Tombstone })?;
+            info!(store_id = %id, "offline store holds no region any more: now tombstone");
+        }
+        Ok(())
+    }
+
+    /// Changes a store's lifecycle state: Up ⇄ Offline, and Offline →
+    /// Tombstone once it holds no region. Tombstone is final.
+    pub fn set_store_state(&self, id: StoreId, new: StoreState) -> Result<()> {
+        let mut inner = self.inner.lock();
+        inner.ensure_bootstrapped()?;
+        let cur = inner.state().store(id).ok_or(Error::StoreNotFound(id))?.meta.state;
+        if cur == new {
+            return Ok(());
+        }
+        match (cur, new) {
+            (StoreState::Tombstone, _) => return Err(Error::StoreTombstone(id)),
+            (StoreState::Up, StoreState::Tombstone) => {
+                return Err(Error::InvalidArgument(format!("store {id} is Up; set it Offline first")))
+            }
+            (StoreState::Offline, StoreState::Tombstone) => {
+                let n = inner.state().regions().store_region_count(id);
+                if n > 0 {
+                    return Err(Error::InvalidArgument(format!("store {id} still holds {n} regions")));
+                }
+            }
+            _ => {}
+        }
+        inner.propose(Command::SetStoreState { store: id, state: new })?;
+        warn!(store_id = %id, from = cur.name(), to = new.name(), "store state changed");
+        Ok(())
+    }
+}

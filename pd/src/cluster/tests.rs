@@ -1,0 +1,190 @@
+//! The cluster's request handling, without a network.
+
+use std::sync::Arc;
+
+use mnemo_node::engine::{MemEngine, RocksEngine};
+use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
+
+use super::*;
+use crate::config::Config;
+use crate::member::Member;
+use crate::region_map::RegionRuntime;
+use crate::schedule::Step;
+use crate::store::{StoreMeta, StoreStats};
+
+fn member(config: &Config) -> Member {
+    Member::new(config, &config.advertise_client_url().unwrap()).unwrap()
+}
+
+fn open_mem(config: Config) -> Cluster {
+    let m = member(&config);
+    Cluster::open(config, m, Arc::new(MemEngine::new())).unwrap()
+}
+
+fn store(id: u64) -> StoreMeta {
+    StoreMeta { id: StoreId(id), address: format!("n{id}:20160"), ..Default::default() }
+}
+
+fn voter(id: u64, store: u64) -> Peer {
+    Peer { id: PeerId(id), store_id: StoreId(store), role: PeerRole::Voter }
+}
+
+fn first_region() -> Region {
+    Region {
+        id: RegionId(2),
+        epoch: RegionEpoch { conf_ver: 1, version: 1 },
+        peers: vec![voter(3, 1)],
+        ..Default::default()
+    }
+}
+
+fn heartbeat(region: &Region, leader: Peer) -> RegionHeartbeat {
+    RegionHeartbeat {
+        region: region.clone(),
+        runtime: RegionRuntime { leader: Some(leader), ..Default::default() },
+    }
+}
+
+#[test]
+fn the_cluster_id_is_checked() {
+    let c = open_mem(Config::default());
+    assert_ne!(c.cluster_id(), 0);
+    c.check_cluster_id(c.cluster_id()).unwrap();
+    let err = c.check_cluster_id(0).unwrap_err();
+    assert_eq!(err.to_string(), format!("mismatch cluster id, need {} but got 0", c.cluster_id()));
+}
+
+#[test]
+fn ids_tso_and_cluster_id_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::for_tests(dir.path());
+    let open = || {
+        let engine = Arc::new(RocksEngine::open(&dir.path().join("meta")).unwrap());
+        Cluster::open(config.clone(), member(&config), engine).unwrap()
+    };
+    let (cluster_id, last_id, last_ts) = {
+        let c = open();
+        let ids: Vec<u64> = (0..1500).map(|_| c.alloc_id().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let ts = (0..100).map(|_| c.tso(3).unwrap().compose()).max().unwrap();
+        (c.cluster_id(), *ids.last().unwrap(), ts)
+    };
+    let c = open();
+    assert_eq!(c.cluster_id(), cluster_id, "a restarted PD keeps its cluster id");
+    assert!(c.alloc_id().unwrap() > last_id, "ids are never re-issued");
+    assert!(c.tso(1).unwrap().compose() > last_ts, "timestamps keep increasing");
+}
+
+#[test]
+fn racing_bootstraps_have_one_winner() {
+    let c = Arc::new(open_mem(Config::default()));
+    let results: Vec<_> = (1..=4)
+        .map(|n| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let region = Region { peers: vec![voter(100 + n, n)], ..first_region() };
+                c.bootstrap(store(n), region)
+            })
+        })
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, Error::AlreadyBootstrapped)));
+    assert!(c.is_bootstrapped());
+}
+
+#[test]
+fn requests_before_bootstrap_are_refused() {
+    let c = open_mem(Config::default());
+    assert!(matches!(c.get_region(b"a"), Err(Error::NotBootstrapped)));
+    assert!(matches!(c.put_store(store(1)), Err(Error::NotBootstrapped)));
+    c.alloc_id().unwrap(); // nodes allocate their store id before bootstrapping
+}
+
+#[test]
+fn stores_register_and_tombstones_stay_out() {
+    let c = open_mem(Config::default());
+    c.bootstrap(store(1), first_region()).unwrap();
+    c.put_store(store(4)).unwrap();
+    let dup = StoreMeta { id: StoreId(5), ..store(4) };
+    assert!(matches!(c.put_store(dup), Err(Error::DuplicateStoreAddress { .. })));
+    c.set_store_state(StoreId(4), StoreState::Offline).unwrap();
+    // Holding no region, the offline store becomes tombstone on its next heartbeat.
+    c.store_heartbeat(StoreId(4), StoreStats::default()).unwrap();
+    assert_eq!(c.get_store(StoreId(4)).unwrap().meta.state, StoreState::Tombstone);
+    assert!(matches!(c.put_store(store(4)), Err(Error::StoreTombstone(_))));
+    assert!(matches!(c.store_heartbeat(StoreId(4), StoreStats::default()), Err(Error::StoreTombstone(_))));
+    assert_eq!(c.all_stores(true).unwrap().len(), 1);
+    assert_eq!(c.all_stores(false).unwrap().len(), 2);
+}
+
+#[test]
+fn a_lone_region_is_replicated_step_by_step() {
+    let c = open_mem(Config::default());
+    c.bootstrap(store(1), first_region()).unwrap();
+    for id in 1..=3 {
+        c.put_store(store(id)).unwrap();
+        c.store_heartbeat(StoreId(id), StoreStats::default()).unwrap();
+    }
+    let leader = voter(3, 1);
+    let mut region = first_region();
+
+    // PD asks for a learner on another store and repeats itself until done.
+    let order = c.region_heartbeat(heartbeat(&region, leader)).unwrap().expect("an order");
+    let Step::AddLearner(learner) = order.step else { panic!("expected AddLearner, got {order:?}") };
+    assert_ne!(learner.store_id, StoreId(1));
+    assert_eq!(order.leader, leader);
+    assert_eq!(c.region_heartbeat(heartbeat(&region, leader)).unwrap().unwrap().step, order.step);
+
+    // The node added it: PD promotes it.
+    region.peers.push(learner);
+    region.epoch.conf_ver += 1;
+    let order = c.region_heartbeat(heartbeat(&region, leader)).unwrap().unwrap();
+    assert_eq!(order.step, Step::PromoteLearner(Peer { role: PeerRole::Voter, ..learner }));
+    assert_eq!(order.epoch, region.epoch);
+
+    // Promoted: the next operator adds the third replica on the last store.
+    region.peers[1].role = PeerRole::Voter;
+    region.epoch.conf_ver += 1;
+    let order = c.region_heartbeat(heartbeat(&region, leader)).unwrap().unwrap();
+    let Step::AddLearner(third) = order.step else { panic!("expected AddLearner, got {order:?}") };
+    assert!(![StoreId(1), learner.store_id].contains(&third.store_id));
+    c.read(|v| assert_eq!(v.operators.len(), 1));
+}
+
+#[test]
+fn heartbeats_update_the_map_and_stale_ones_are_ignored() {
+    let c = open_mem(Config {
+        replication: crate::config::ReplicationConfig { max_replicas: 1, ..Default::default() },
+        ..Config::default()
+    });
+    c.bootstrap(store(1), first_region()).unwrap();
+    let leader = voter(3, 1);
+    // Split: region 2 keeps [m, +inf), new region 10 takes [-inf, m).
+    let ids = c.ask_batch_split(&first_region(), 1).unwrap();
+    assert_eq!(ids[0].peer_ids.len(), 1);
+    let new_id = ids[0].region_id;
+    let right =
+        Region { start_key: b"m".to_vec(), epoch: RegionEpoch { conf_ver: 1, version: 2 }, ..first_region() };
+    let left = Region {
+        id: new_id,
+        end_key: b"m".to_vec(),
+        peers: vec![voter(ids[0].peer_ids[0].0, 1)],
+        ..right.clone()
+    };
+    let left = Region { start_key: vec![], ..left };
+    c.report_batch_split(&[left.clone(), right.clone()]).unwrap();
+    let found = c.get_region(b"a").unwrap().unwrap();
+    assert_eq!(found.region.id, new_id);
+    assert_eq!(
+        found.leader().map(|l| l.store_id),
+        Some(StoreId(1)),
+        "leader assumed on the split leader's store"
+    );
+    assert_eq!(c.get_prev_region(b"x").unwrap().unwrap().region.id, new_id);
+
+    // A heartbeat from before the split changes nothing.
+    assert_eq!(c.region_heartbeat(heartbeat(&first_region(), leader)).unwrap(), None);
+    assert_eq!(c.get_region(b"x").unwrap().unwrap().region, right);
+    assert_eq!(c.scan_regions(b"", b"", 0).unwrap().len(), 2);
+}

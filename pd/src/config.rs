@@ -1,0 +1,451 @@
+//! PD's configuration: one serde struct, filled from defaults, then the TOML
+//! file given by `--config`, then command-line flags (later wins).
+//!
+//! Keys are kebab-case like PD's (`max-store-down-time`, `max-replicas`);
+//! unknown keys are rejected so a typo does not silently keep a default.
+//! [`Config::validate`] runs after the merge and explains every refusal.
+//! The commented template lives in `deploy/config/pd.toml`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::ReadableDuration;
+use crate::error::{Error, Result};
+
+/// Everything a PD member needs to start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// This member's name, unique in the PD cluster. Default `"pd"`.
+    pub name: String,
+    /// Directory of PD's metadata database (created if missing; must not be
+    /// shared with another PD). Default `"default.pd"`.
+    pub data_dir: PathBuf,
+    /// URL the gRPC + HTTP listener binds, e.g. `http://127.0.0.1:2379`.
+    /// Exactly one for now; port 0 picks a free port. Default
+    /// `"http://127.0.0.1:2379"`.
+    pub client_urls: String,
+    /// URL clients are told to use (GetMembers, health). Empty means the same
+    /// as `client-urls`; required when `client-urls` binds `0.0.0.0`/`::`.
+    /// Default empty.
+    pub advertise_client_urls: String,
+    /// URL for PD-to-PD traffic. Recorded and validated; nothing listens on it
+    /// until PD replicates its metadata. Default `"http://127.0.0.1:2380"`.
+    pub peer_urls: String,
+    /// Peer URL other members are told to use. Empty means `peer-urls`.
+    /// Default empty.
+    pub advertise_peer_urls: String,
+    /// Initial members as `name=peer-url,...`. Only a one-member cluster
+    /// (this member) is accepted for now. Empty means `<name>=<advertise
+    /// peer url>`. Default empty.
+    pub initial_cluster: String,
+    /// Logging.
+    pub log: LogConfig,
+    /// Scheduling: store liveness and operators.
+    pub schedule: ScheduleConfig,
+    /// Replica placement.
+    pub replication: ReplicationConfig,
+}
+
+/// `[log]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `"info"` or `"info,mnemo_pd=debug"`;
+    /// `RUST_LOG` overrides it. Default `"info"`.
+    pub level: String,
+    /// `"text"` (human) or `"json"` (one object per line). Default `"text"`.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[schedule]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// A store without heartbeat for this long is Down and its replicas are
+    /// rebuilt elsewhere. Duration string; at least `1s`. Default `"30m"`.
+    /// Tests use seconds; in production a short value moves data on every
+    /// restart.
+    pub max_store_down_time: ReadableDuration,
+    /// An operator not finished after this long is dropped (and may be
+    /// created again by the checker). Covers adding a learner, i.e. one
+    /// snapshot; at least `1s`. Default `"60s"`.
+    pub operator_timeout: ReadableDuration,
+    /// Most replica operators (repair, add, remove) in flight at once across
+    /// the cluster. 0 disables the replica checker. Default 64.
+    pub replica_schedule_limit: u64,
+}
+
+/// `[replication]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Voters per region. 1..=9; odd numbers tolerate the most failures per
+    /// replica. Default 3.
+    pub max_replicas: u64,
+    /// Store label keys from the widest failure domain to the narrowest, e.g.
+    /// `["zone", "rack", "host"]`; replicas spread over the widest level
+    /// possible. Default empty (labels ignored except `host`: two replicas
+    /// never share a `host` value).
+    pub location_labels: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "pd".into(),
+            data_dir: PathBuf::from("default.pd"),
+            client_urls: "http://127.0.0.1:2379".into(),
+            advertise_client_urls: String::new(),
+            peer_urls: "http://127.0.0.1:2380".into(),
+            advertise_peer_urls: String::new(),
+            initial_cluster: String::new(),
+            log: LogConfig::default(),
+            schedule: ScheduleConfig::default(),
+            replication: ReplicationConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            max_store_down_time: ReadableDuration::minutes(30),
+            operator_timeout: ReadableDuration::secs(60),
+            replica_schedule_limit: 64,
+        }
+    }
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig { max_replicas: 3, location_labels: Vec::new() }
+    }
+}
+
+/// Command-line flags of `mnemo-pd` (PD's names). Every flag overrides the
+/// config file.
+#[derive(Clone, Debug, Default, clap::Parser)]
+#[command(name = "mnemo-pd", version, about = "Mnemosyne placement driver")]
+pub struct Flags {
+    /// TOML config file (see deploy/config/pd.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Member name (`name`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Metadata directory (`data-dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Listen URL for gRPC and HTTP (`client-urls`).
+    #[arg(long)]
+    pub client_urls: Option<String>,
+    /// URL given to clients (`advertise-client-urls`).
+    #[arg(long)]
+    pub advertise_client_urls: Option<String>,
+    /// PD-to-PD URL (`peer-urls`).
+    #[arg(long)]
+    pub peer_urls: Option<String>,
+    /// Peer URL given to other members (`advertise-peer-urls`).
+    #[arg(long)]
+    pub advertise_peer_urls: Option<String>,
+    /// `name=peer-url,...` (`initial-cluster`).
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Log format (`log.format`).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Defaults, then the file named by `flags.config`, then the flags;
+    /// validated.
+    pub fn load(flags: &Flags) -> Result<Config> {
+        let mut config = match &flags.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_flags(flags);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file (missing keys keep their defaults). Not validated.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Overrides fields with the flags that were given.
+    pub fn apply_flags(&mut self, flags: &Flags) {
+        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *field = v.clone();
+            }
+        }
+        set(&mut self.name, &flags.name);
+        set(&mut self.data_dir, &flags.data_dir);
+        set(&mut self.client_urls, &flags.client_urls);
+        set(&mut self.advertise_client_urls, &flags.advertise_client_urls);
+        set(&mut self.peer_urls, &flags.peer_urls);
+        set(&mut self.advertise_peer_urls, &flags.advertise_peer_urls);
+        set(&mut self.initial_cluster, &flags.initial_cluster);
+        set(&mut self.log.format, &flags.log_format);
+    }
+
+    /// A config for tests: data in `data_dir`, listening on a free loopback
+    /// port, everything else default.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        Config {
+            data_dir: data_dir.to_path_buf(),
+            client_urls: "http://127.0.0.1:0".into(),
+            ..Config::default()
+        }
+    }
+
+    /// Checks every field; the error names the key and what to do.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.name.is_empty() || self.name.contains([',', '=', ' ']) {
+            return bad(format!("name {:?} must be non-empty without ',', '=' or spaces", self.name));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data-dir must not be empty".into());
+        }
+        let client = self.listen_url()?;
+        let advertised = self.advertise_client_url()?;
+        if advertised.is_unspecified() {
+            return bad(if self.advertise_client_urls.is_empty() {
+                format!(
+                    "client-urls {client} binds every interface; set advertise-client-urls to an \
+                     address clients can reach"
+                )
+            } else {
+                format!("advertise-client-urls {advertised} is not an address clients can reach")
+            });
+        }
+        let peer = self.advertise_peer_url()?;
+        let members = self.initial_members()?;
+        if members.len() != 1 {
+            return bad(format!(
+                "initial-cluster lists {} members; only a one-member PD cluster is supported for now",
+                members.len()
+            ));
+        }
+        let (name, url) = &members[0];
+        if name != &self.name {
+            return bad(format!("initial-cluster names {name:?} but this member is {:?}", self.name));
+        }
+        if url != &peer {
+            return bad(format!(
+                "initial-cluster gives {name} the peer URL {url}, but its peer URL is {peer}"
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return bad(format!("log.level {:?} is not a valid filter (try \"info\")", self.log.level));
+        }
+        if self.schedule.max_store_down_time.0 < Duration::from_secs(1) {
+            return bad("schedule.max-store-down-time must be at least 1s".into());
+        }
+        if self.schedule.operator_timeout.0 < Duration::from_secs(1) {
+            return bad("schedule.operator-timeout must be at least 1s".into());
+        }
+        if !(1..=9).contains(&self.replication.max_replicas) {
+            return bad(format!(
+                "replication.max-replicas {} must be in 1..=9",
+                self.replication.max_replicas
+            ));
+        }
+        let labels = &self.replication.location_labels;
+        for (i, l) in labels.iter().enumerate() {
+            if l.is_empty() || labels[..i].contains(l) {
+                return bad(format!(
+                    "replication.location-labels {labels:?}: labels must be non-empty and unique"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The URL the listener binds.
+    pub fn listen_url(&self) -> Result<HttpUrl> {
+        one_url("client-urls", &self.client_urls)
+    }
+
+    /// The client URL this member advertises.
+    pub fn advertise_client_url(&self) -> Result<HttpUrl> {
+        if self.advertise_client_urls.is_empty() {
+            self.listen_url()
+        } else {
+            one_url("advertise-client-urls", &self.advertise_client_urls)
+        }
+    }
+
+    /// The peer URL this member advertises.
+    pub fn advertise_peer_url(&self) -> Result<HttpUrl> {
+        if self.advertise_peer_urls.is_empty() {
+            one_url("peer-urls", &self.peer_urls)
+        } else {
+            one_url("advertise-peer-urls", &self.advertise_peer_urls)
+        }
+    }
+
+    /// `initial-cluster` as (name, peer URL) pairs.
+    pub fn initial_members(&self) -> Result<Vec<(String, HttpUrl)>> {
+        if self.initial_cluster.trim().is_empty() {
+            return Ok(vec![(self.name.clone(), self.advertise_peer_url()?)]);
+        }
+        self.initial_cluster
+            .split(',')
+            .map(|entry| {
+                let (name, url) = entry.trim().split_once('=').ok_or_else(|| {
+                    Error::Config(format!("initial-cluster entry {entry:?} is not name=url"))
+                })?;
+                Ok((name.to_owned(), HttpUrl::parse("initial-cluster", url)?))
+            })
+            .collect()
+    }
+}
+
+fn one_url(key: &str, value: &str) -> Result<HttpUrl> {
+    let urls: Vec<&str> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    match urls.as_slice() {
+        [one] => HttpUrl::parse(key, one),
+        [] => Err(Error::Config(format!("{key} must not be empty"))),
+        _ => Err(Error::Config(format!("{key} {value:?}: only one URL is supported for now"))),
+    }
+}
+
+/// A plain `http://host:port` URL (no TLS yet, no path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    /// TCP port; 0 means "any free port" when binding.
+    pub port: u16,
+}
+
+impl HttpUrl {
+    /// Parses `http://host:port` or `host:port`; `key` names the config key
+    /// in errors.
+    pub fn parse(key: &str, s: &str) -> Result<HttpUrl> {
+        let err = |why: &str| Error::Config(format!("{key}: {s:?} {why}"));
+        if s.starts_with("https://") {
+            return Err(err("uses https, which is not supported yet"));
+        }
+        let rest = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+        if rest.contains('/') {
+            return Err(err("must not have a path"));
+        }
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| err("needs a port (http://host:port)"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(err("needs a host"));
+        }
+        let port = port.parse().map_err(|_| err("has an invalid port"))?;
+        Ok(HttpUrl { host: host.to_owned(), port })
+    }
+
+    /// True for `0.0.0.0` and `::`, which clients cannot dial.
+    pub fn is_unspecified(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
+    }
+
+    /// `host:port` for binding or dialing (IPv6 in brackets).
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}", self.host_port())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        use clap::Parser;
+        Flags::parse_from(std::iter::once("mnemo-pd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::default().schedule.max_store_down_time.0, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pd.toml");
+        std::fs::write(
+            &path,
+            "name = \"a\"\ninitial-cluster = \"pd1=http://127.0.0.1:2380\"\n\
+             [schedule]\nmax-store-down-time = \"5s\"\n[replication]\nmax-replicas = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(&flags(&["--config", path.to_str().unwrap(), "--name", "pd1"])).unwrap();
+        assert_eq!(c.name, "pd1");
+        assert_eq!(c.schedule.max_store_down_time.0, Duration::from_secs(5));
+        assert_eq!(c.replication.max_replicas, 5);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("[replication]\nmax-replica = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max-replica"), "{err}");
+    }
+
+    #[test]
+    fn refuses_unreachable_advertise_and_multi_member_clusters() {
+        let wildcard = Config { client_urls: "http://0.0.0.0:2379".into(), ..Config::default() };
+        assert!(wildcard.validate().unwrap_err().to_string().contains("advertise-client-urls"));
+        let ok = Config { advertise_client_urls: "http://10.0.0.1:2379".into(), ..wildcard };
+        ok.validate().unwrap();
+
+        let three = Config {
+            name: "pd1".into(),
+            initial_cluster: "pd1=http://127.0.0.1:2380,pd2=http://127.0.0.1:2381,pd3=http://127.0.0.1:2382"
+                .into(),
+            ..Config::default()
+        };
+        assert!(three.validate().unwrap_err().to_string().contains("one-member"));
+    }
+
+    #[test]
+    fn urls_parse() {
+        let u = HttpUrl::parse("k", "http://[::1]:2379").unwrap();
+        assert_eq!(u.host_port(), "[::1]:2379");
+        assert_eq!(HttpUrl::parse("k", "pd:2379").unwrap().to_string(), "http://pd:2379");
+        assert!(HttpUrl::parse("k", "http://pd").is_err());
+        assert!(HttpUrl::parse("k", "https://pd:1").is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! # Mnemosyne placement driver (`mnemo-pd`)
+//!
+//! PD is the cluster's brain. Storage nodes and clients ask it three kinds
+//! of questions, and it answers each from one place:
+//!
+//! - **Where is a key?** PD keeps the *region map*: every region's range,
+//!   epoch, peers and (from heartbeats) its leader. Clients look keys up
+//!   (`GetRegion`, `GetRegionByID`, `ScanRegions`) and cache the answers;
+//!   nodes keep the map current with region heartbeats and split reports.
+//! - **What is unique?** The *id allocator* (store, region and peer ids) and
+//!   the *timestamp oracle* (TSO) hand out values that never repeat, not even
+//!   across restarts.
+//! - **What should move?** The *replica checker* compares every region
+//!   that heartbeats with `replication.max-replicas` and the stores'
+//!   health, and answers the leader with one operator step at a time (add a
+//!   learner, promote it, remove a peer).
+//!
+//! ## State
+//!
+//! | what                        | persisted | source of truth                     |
+//! |-----------------------------|-----------|-------------------------------------|
+//! | cluster id, bootstrapped    | yes       | first start / `Bootstrap`           |
+//! | stores (address, labels, state) | yes   | `PutStore`, store state changes     |
+//! | region metadata (range, epoch, peers) | yes | heartbeats, `ReportBatchSplit`  |
+//! | id window end, TSO bound    | yes       | the allocators, ahead of use        |
+//! | leaders, store stats, heartbeat times | no | heartbeats (rebuilt after restart) |
+//! | operators                   | no        | the replica checker                 |
+//!
+//! Persisted state changes only through [`meta::Command`]s applied by
+//! [`meta::StateMachine::apply`], behind a [`meta::Replicator`] — today a
+//! direct apply, later a raft log shared by three PD members. The engine is
+//! the node's [`mnemo_node::engine::RocksEngine`] (`Cf::Meta`, under
+//! `<data-dir>/meta`).
+//!
+//! ## Invariants
+//!
+//! - An id or timestamp is handed out only below a bound already on disk
+//!   (`id.rs`, `tso.rs`); a restart resumes above that bound.
+//! - Regions in the map never overlap; a record older than what PD holds
+//!   (`RegionEpoch::is_stale_against`, or overlapping a region with a newer
+//!   `version`) is ignored ([`region_map`]).
+//! - At most one operator per region; steps are re-sent until the region
+//!   shows them done, and dropped on timeout ([`schedule`]).
+//! - Every request except `GetMembers` must carry this cluster's id.
+//!
+//! ## Data flow
+//!
+//! ```text
+//!  gRPC (tonic) ─┐                       ┌─ meta::StateMachine ── RocksEngine
+//!                ├─► server ─► Cluster ──┤   (via Replicator)
+//!  HTTP (axum) ──┘   convert    (lock)   ├─ IdAllocator, TsoAllocator
+//!                    wire↔domain         └─ schedule: replica checker, operators
+//! ```
+//!
+//! Decisions are sans-IO: the region map, allocators, replica checker and
+//! operators take their inputs (including `now`) and return results;
+//! [`cluster::Cluster`] wires them to the state machine; [`server`] wires the
+//! cluster to the network.
+//!
+//! ## What can go wrong
+//!
+//! - The engine fails to write: the request fails and memory is unchanged;
+//!   ids and timestamps stay safe because nothing was handed out.
+//! - PD restarts: leaders and store liveness are unknown until the next
+//!   heartbeats; stores get a grace period from PD's start before they can
+//!   count as Down, so a restart does not trigger mass re-replication.
+//! - A node ignores an operator step: the operator times out after
+//!   `schedule.operator-timeout` and the checker tries again.
+//!
+//! ## Running it
+//!
+//! `mnemo-pd` (flags as PD's, see [`config::Flags`]) and `pd-ctl` are in
+//! `src/bin/`. In-process, for tests: [`server::start`] with
+//! [`config::Config::for_tests`], then [`server::PdHandle::shutdown`].
+
+pub mod cluster;
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod id;
+pub mod member;
+pub mod meta;
+pub mod region_map;
+pub mod schedule;
+pub mod server;
+pub mod store;
+pub mod time;
+pub mod tso;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use server::{start, start_with_listener, PdHandle};

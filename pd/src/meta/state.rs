@@ -1,0 +1,274 @@
+//! The metadata state and the one function that changes it, [`StateMachine::apply`].
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use mnemo_node::engine::{Cf, EngineRef, WriteBatch};
+use mnemo_proto::types::{RegionId, StoreId};
+
+use super::storage;
+use super::Command;
+use crate::error::{Error, Result};
+use crate::region_map::{RegionMap, RegionRuntime, Verdict};
+use crate::store::{StoreInfo, StoreState, StoreStats};
+
+/// Everything PD knows: persisted metadata plus the runtime that heartbeats
+/// attach to it. Metadata changes only through [`StateMachine::apply`]; the
+/// public mutators here touch runtime only.
+#[derive(Clone, Debug, Default)]
+pub struct MetaState {
+    cluster_id: u64,
+    bootstrapped: bool,
+    stores: BTreeMap<StoreId, StoreInfo>,
+    regions: RegionMap,
+    id_window_end: u64,
+    tso_bound_ms: u64,
+}
+
+impl MetaState {
+    /// The cluster id; 0 before `InitCluster`.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// True once `Bootstrap` succeeded.
+    pub fn is_bootstrapped(&self) -> bool {
+        self.bootstrapped
+    }
+
+    /// Every registered store, tombstones included.
+    pub fn stores(&self) -> &BTreeMap<StoreId, StoreInfo> {
+        &self.stores
+    }
+
+    /// Store `id`.
+    pub fn store(&self, id: StoreId) -> Option<&StoreInfo> {
+        self.stores.get(&id)
+    }
+
+    /// The region map.
+    pub fn regions(&self) -> &RegionMap {
+        &self.regions
+    }
+
+    /// Exclusive end of the durable id window.
+    pub fn id_window_end(&self) -> u64 {
+        self.id_window_end
+    }
+
+    /// The durable TSO bound, Unix milliseconds.
+    pub fn tso_bound_ms(&self) -> u64 {
+        self.tso_bound_ms
+    }
+
+    /// Runtime: the latest heartbeat of region `id` (no-op if unknown).
+    pub fn set_region_runtime(&mut self, id: RegionId, runtime: RegionRuntime) {
+        self.regions.set_runtime(id, runtime);
+    }
+
+    /// Runtime: a store heartbeat arrived at `now` (no-op if unknown).
+    pub fn record_store_heartbeat(&mut self, id: StoreId, stats: StoreStats, now: SystemTime) {
+        if let Some(store) = self.stores.get_mut(&id) {
+            store.stats = Some(stats);
+            store.last_heartbeat = Some(now);
+        }
+    }
+}
+
+/// The metadata state bound to its engine.
+pub struct StateMachine {
+    engine: EngineRef,
+    state: MetaState,
+}
+
+impl StateMachine {
+    /// Loads every persisted record from `engine`.
+    pub fn open(engine: EngineRef) -> Result<StateMachine> {
+        let e = engine.as_ref();
+        let mut state = MetaState {
+            cluster_id: storage::get_u64(e, storage::CLUSTER_ID)?.unwrap_or(0),
+            bootstrapped: storage::is_set(e, storage::BOOTSTRAPPED)?,
+            id_window_end: storage::get_u64(e, storage::ID_WINDOW_END)?.unwrap_or(0),
+            tso_bound_ms: storage::get_u64(e, storage::TSO_BOUND)?.unwrap_or(0),
+            ..MetaState::default()
+        };
+        for meta in storage::load_stores(e)? {
+            state.stores.insert(meta.id, StoreInfo { meta, ..Default::default() });
+        }
+        for region in storage::load_regions(e)? {
+            state.regions.put(region);
+        }
+        Ok(StateMachine { engine, state })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &MetaState {
+        &self.state
+    }
+
+    /// The current state, for runtime updates.
+    pub fn state_mut(&mut self) -> &mut MetaState {
+        &mut self.state
+    }
+
+    /// Applies one command: validates it against the state, writes the engine
+    /// (synced), then updates memory. See the module docs for the invariants.
+    pub fn apply(&mut self, cmd: &Command) -> Result<()> {
+        let mut wb = WriteBatch::new();
+        match cmd {
+            Command::InitCluster { cluster_id } => {
+                if *cluster_id == 0 {
+                    return Err(Error::InvalidArgument("cluster id must not be 0".into()));
+                }
+                if self.state.cluster_id != 0 {
+                    return Err(Error::InvalidArgument(format!(
+                        "cluster id is already {}",
+                        self.state.cluster_id
+                    )));
+                }
+                storage::put_u64(&mut wb, storage::CLUSTER_ID, *cluster_id);
+                self.write(&wb)?;
+                self.state.cluster_id = *cluster_id;
+            }
+            Command::Bootstrap { store, region } => {
+                if self.state.bootstrapped {
+                    return Err(Error::AlreadyBootstrapped);
+                }
+                storage::put_store(&mut wb, store);
+                storage::put_region(&mut wb, region);
+                wb.put(Cf::Meta, storage::BOOTSTRAPPED, [1u8]);
+                self.write(&wb)?;
+                self.state.stores.insert(store.id, StoreInfo { meta: store.clone(), ..Default::default() });
+                self.state.regions.put(region.clone());
+                self.state.bootstrapped = true;
+            }
+            Command::PutStore { store } => {
+                if let Some(cur) = self.state.stores.get(&store.id) {
+                    if cur.meta.state == StoreState::Tombstone {
+                        return Err(Error::StoreTombstone(store.id));
+                    }
+                }
+                storage::put_store(&mut wb, store);
+                self.write(&wb)?;
+                let entry = self.state.stores.entry(store.id).or_default();
+                entry.meta = store.clone();
+            }
+            Command::SetStoreState { store, state } => {
+                let cur = self.state.stores.get(store).ok_or(Error::StoreNotFound(*store))?;
+                if cur.meta.state == StoreState::Tombstone && *state != StoreState::Tombstone {
+                    return Err(Error::StoreTombstone(*store));
+                }
+                let mut meta = cur.meta.clone();
+                meta.state = *state;
+                storage::put_store(&mut wb, &meta);
+                self.write(&wb)?;
+                self.state.stores.get_mut(store).expect("checked above").meta = meta;
+            }
+            Command::PutRegion { region } => {
+                if self.state.regions.check(region) != Verdict::Changed {
+                    return Ok(());
+                }
+                storage::put_region(&mut wb, region);
+                for id in self.state.regions.overlaps(region) {
+                    storage::delete_region(&mut wb, id);
+                }
+                self.write(&wb)?;
+                self.state.regions.put(region.clone());
+            }
+            Command::AllocIdWindow { end } => {
+                if *end > self.state.id_window_end {
+                    storage::put_u64(&mut wb, storage::ID_WINDOW_END, *end);
+                    self.write(&wb)?;
+                    self.state.id_window_end = *end;
+                }
+            }
+            Command::TsoWindow { physical_ms } => {
+                if *physical_ms > self.state.tso_bound_ms {
+                    storage::put_u64(&mut wb, storage::TSO_BOUND, *physical_ms);
+                    self.write(&wb)?;
+                    self.state.tso_bound_ms = *physical_ms;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, wb: &WriteBatch) -> Result<()> {
+        self.engine.write(wb, true)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mnemo_node::engine::{MemEngine, RocksEngine};
+    use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch};
+
+    use super::*;
+    use crate::store::StoreMeta;
+
+    fn store(id: u64) -> StoreMeta {
+        StoreMeta { id: StoreId(id), address: format!("n{id}:20160"), ..Default::default() }
+    }
+
+    fn region(id: u64, start: &str, end: &str, version: u64) -> Region {
+        Region {
+            id: RegionId(id),
+            start_key: start.as_bytes().to_vec(),
+            end_key: end.as_bytes().to_vec(),
+            epoch: RegionEpoch { conf_ver: 1, version },
+            peers: vec![Peer { id: PeerId(id + 100), store_id: StoreId(1), role: PeerRole::Voter }],
+        }
+    }
+
+    #[test]
+    fn bootstrap_is_accepted_once() {
+        let mut sm = StateMachine::open(Arc::new(MemEngine::new())).unwrap();
+        let cmd = Command::Bootstrap { store: store(1), region: region(2, "", "", 1) };
+        sm.apply(&cmd).unwrap();
+        assert!(matches!(sm.apply(&cmd), Err(Error::AlreadyBootstrapped)));
+        assert!(sm.state().is_bootstrapped());
+    }
+
+    #[test]
+    fn a_tombstone_store_stays_dead() {
+        let mut sm = StateMachine::open(Arc::new(MemEngine::new())).unwrap();
+        sm.apply(&Command::PutStore { store: store(1) }).unwrap();
+        sm.apply(&Command::SetStoreState { store: StoreId(1), state: StoreState::Tombstone }).unwrap();
+        assert!(matches!(sm.apply(&Command::PutStore { store: store(1) }), Err(Error::StoreTombstone(_))));
+        let up = Command::SetStoreState { store: StoreId(1), state: StoreState::Up };
+        assert!(matches!(sm.apply(&up), Err(Error::StoreTombstone(_))));
+    }
+
+    #[test]
+    fn everything_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = Arc::new(RocksEngine::open(dir.path()).unwrap());
+            let mut sm = StateMachine::open(engine).unwrap();
+            sm.apply(&Command::InitCluster { cluster_id: 77 }).unwrap();
+            sm.apply(&Command::Bootstrap { store: store(1), region: region(2, "", "", 1) }).unwrap();
+            sm.apply(&Command::PutStore { store: store(3) }).unwrap();
+            // A split: the new left half replaces the parent, then the parent
+            // comes back as the right half. The deleted record must stay deleted.
+            sm.apply(&Command::PutRegion { region: region(4, "", "m", 2) }).unwrap();
+            sm.apply(&Command::PutRegion { region: region(2, "m", "", 2) }).unwrap();
+            sm.apply(&Command::PutRegion { region: region(5, "a", "b", 1) }).unwrap(); // stale: no-op
+            sm.apply(&Command::AllocIdWindow { end: 2000 }).unwrap();
+            sm.apply(&Command::AllocIdWindow { end: 1000 }).unwrap(); // never lowers
+            sm.apply(&Command::TsoWindow { physical_ms: 123_456 }).unwrap();
+        }
+        let engine = Arc::new(RocksEngine::open(dir.path()).unwrap());
+        let sm = StateMachine::open(engine).unwrap();
+        let s = sm.state();
+        assert_eq!(s.cluster_id(), 77);
+        assert!(s.is_bootstrapped());
+        assert_eq!(s.stores().keys().map(|id| id.0).collect::<Vec<_>>(), vec![1, 3]);
+        let ids: Vec<u64> = s.regions().iter().map(|i| i.region.id.0).collect();
+        assert_eq!(ids, vec![4, 2]);
+        assert_eq!(s.id_window_end(), 2000);
+        assert_eq!(s.tso_bound_ms(), 123_456);
+    }
+}

@@ -1,0 +1,107 @@
+//! Where the metadata lives in the engine (`Cf::Meta`), and its encoding.
+//!
+//! ```text
+//! pd/cluster_id            u64 big-endian
+//! pd/bootstrapped          [1]
+//! pd/id_window_end         u64 big-endian
+//! pd/tso_bound_ms          u64 big-endian
+//! pd/store/<id u64 BE>     metapb.Store (protobuf)
+//! pd/region/<id u64 BE>    metapb.Region (protobuf)
+//! ```
+//!
+//! The `pd/` prefix keeps PD's records apart should the engine ever be
+//! shared; protobuf keeps the records readable by kvproto tooling.
+
+use mnemo_node::engine::{Cf, Engine, ScanRange, WriteBatch};
+use mnemo_proto::metapb;
+use mnemo_proto::types::{Region, RegionId, StoreId};
+use prost::Message;
+
+use crate::error::{Error, Result};
+use crate::store::StoreMeta;
+
+pub(super) const CLUSTER_ID: &[u8] = b"pd/cluster_id";
+pub(super) const BOOTSTRAPPED: &[u8] = b"pd/bootstrapped";
+pub(super) const ID_WINDOW_END: &[u8] = b"pd/id_window_end";
+pub(super) const TSO_BOUND: &[u8] = b"pd/tso_bound_ms";
+const STORE_PREFIX: &[u8] = b"pd/store/";
+const REGION_PREFIX: &[u8] = b"pd/region/";
+
+pub(super) fn store_key(id: StoreId) -> Vec<u8> {
+    [STORE_PREFIX, &id.0.to_be_bytes()].concat()
+}
+
+pub(super) fn region_key(id: RegionId) -> Vec<u8> {
+    [REGION_PREFIX, &id.0.to_be_bytes()].concat()
+}
+
+pub(super) fn put_u64(wb: &mut WriteBatch, key: &[u8], v: u64) {
+    wb.put(Cf::Meta, key, v.to_be_bytes());
+}
+
+pub(super) fn put_store(wb: &mut WriteBatch, s: &StoreMeta) {
+    wb.put(Cf::Meta, store_key(s.id), metapb::Store::from(s).encode_to_vec());
+}
+
+pub(super) fn put_region(wb: &mut WriteBatch, r: &Region) {
+    wb.put(Cf::Meta, region_key(r.id), metapb::Region::from(r).encode_to_vec());
+}
+
+pub(super) fn delete_region(wb: &mut WriteBatch, id: RegionId) {
+    wb.delete(Cf::Meta, region_key(id));
+}
+
+fn corrupt(key: &[u8], reason: impl ToString) -> Error {
+    Error::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: reason.to_string() }
+}
+
+pub(super) fn get_u64(engine: &dyn Engine, key: &[u8]) -> Result<Option<u64>> {
+    match engine.get(Cf::Meta, key)? {
+        None => Ok(None),
+        Some(v) => {
+            let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| corrupt(key, "expected 8 bytes"))?;
+            Ok(Some(u64::from_be_bytes(bytes)))
+        }
+    }
+}
+
+pub(super) fn is_set(engine: &dyn Engine, key: &[u8]) -> Result<bool> {
+    Ok(engine.get(Cf::Meta, key)?.is_some())
+}
+
+/// Every persisted store.
+pub(super) fn load_stores(engine: &dyn Engine) -> Result<Vec<StoreMeta>> {
+    scan_prefix(engine, STORE_PREFIX, |k, v| {
+        metapb::Store::decode(v).map(|s| StoreMeta::from(&s)).map_err(|e| corrupt(k, e))
+    })
+}
+
+/// Every persisted region.
+pub(super) fn load_regions(engine: &dyn Engine) -> Result<Vec<Region>> {
+    scan_prefix(engine, REGION_PREFIX, |k, v| {
+        metapb::Region::decode(v).map(|r| Region::from(&r)).map_err(|e| corrupt(k, e))
+    })
+}
+
+fn scan_prefix<T>(
+    engine: &dyn Engine,
+    prefix: &[u8],
+    mut decode: impl FnMut(&[u8], &[u8]) -> Result<T>,
+) -> Result<Vec<T>> {
+    // The prefixes end in '/', so replacing it with the next byte bounds the scan.
+    let mut end = prefix.to_vec();
+    *end.last_mut().expect("prefix is not empty") += 1;
+    let mut out = Vec::new();
+    let mut failure = None;
+    engine.scan(Cf::Meta, ScanRange { start: prefix, end: &end, reverse: false }, &mut |k, v| {
+        match decode(k, v) {
+            Ok(item) => out.push(item),
+            Err(e) => failure = Some(e),
+        }
+        failure.is_none()
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}

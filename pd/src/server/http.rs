@@ -1,0 +1,202 @@
+//! The HTTP JSON API under `/pd/api/v1` (shapes in `json.rs`).
+//!
+//! | method, path                          | answer                                   |
+//! |---------------------------------------|------------------------------------------|
+//! | GET `/stores`                         | `{"count","stores":[{"store","status"}]}`|
+//! | GET `/store/{id}`                     | one `{"store","status"}`                 |
+//! | DELETE `/store/{id}`                  | set the store Offline (drain it)         |
+//! | POST `/store/{id}/state?state=Up`     | set Up / Offline / Tombstone             |
+//! | GET `/regions`                        | `{"count","regions":[...]}` by key       |
+//! | GET `/region/id/{id}`                 | one region                               |
+//! | GET `/region/key/{key}[?format=hex]`  | the region containing the key            |
+//! | GET `/health`                         | `[{"name","member_id","client_urls","health"}]` |
+//! | GET `/members`                        | `{"header","members","leader","etcd_leader"}` |
+//! | GET `/config`                         | the effective configuration              |
+//! | GET `/operators`                      | operators in flight                      |
+//! | GET `/cluster`                        | `{"id","max_peer_count"}`                |
+//!
+//! Errors are a JSON string with a 4xx/5xx status, as PD answers. Before
+//! bootstrap, lists are empty.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mnemo_proto::types::{RegionId, StoreId};
+use serde::Deserialize;
+
+use super::json;
+use crate::cluster::Cluster;
+use crate::error::Error;
+use crate::store::StoreState;
+
+type Shared = State<Arc<Cluster>>;
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// An error answer: status plus a JSON string.
+pub(super) struct ApiError(StatusCode, String);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match e {
+            Error::StoreNotFound(_) | Error::RegionNotFound(_) => StatusCode::NOT_FOUND,
+            Error::InvalidArgument(_) | Error::StoreTombstone(_) => StatusCode::BAD_REQUEST,
+            Error::NotBootstrapped => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+pub(super) fn routes(cluster: Arc<Cluster>) -> Router {
+    Router::new()
+        .route("/pd/api/v1/stores", get(stores))
+        .route("/pd/api/v1/store/:id", get(store).delete(delete_store))
+        .route("/pd/api/v1/store/:id/state", post(set_store_state))
+        .route("/pd/api/v1/regions", get(regions))
+        .route("/pd/api/v1/region/id/:id", get(region_by_id))
+        .route("/pd/api/v1/region/key/:key", get(region_by_key))
+        .route("/pd/api/v1/health", get(health))
+        .route("/pd/api/v1/members", get(members))
+        .route("/pd/api/v1/config", get(config))
+        .route("/pd/api/v1/operators", get(operators))
+        .route("/pd/api/v1/cluster", get(cluster_info))
+        .with_state(cluster)
+}
+
+/// Unknown paths: gRPC `UNIMPLEMENTED` for gRPC requests, 404 otherwise.
+pub(super) async fn fallback(req: Request) -> Response {
+    let is_grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if is_grpc {
+        let mut resp = StatusCode::OK.into_response();
+        let headers = resp.headers_mut();
+        headers.insert("grpc-status", HeaderValue::from_static("12"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        resp
+    } else {
+        ApiError(StatusCode::NOT_FOUND, format!("no such endpoint: {}", req.uri().path())).into_response()
+    }
+}
+
+async fn stores(State(c): Shared) -> Json<json::Stores> {
+    Json(c.read(|view| {
+        let stores: Vec<_> = view.state.stores().values().map(|s| json::store(s, &view)).collect();
+        json::Stores { count: stores.len(), stores }
+    }))
+}
+
+async fn store(State(c): Shared, Path(id): Path<u64>) -> ApiResult<json::Store> {
+    c.read(|view| match view.state.store(StoreId(id)) {
+        Some(s) => Ok(Json(json::store(s, &view))),
+        None => Err(Error::StoreNotFound(StoreId(id)).into()),
+    })
+}
+
+async fn delete_store(State(c): Shared, Path(id): Path<u64>) -> ApiResult<String> {
+    c.set_store_state(StoreId(id), StoreState::Offline)?;
+    Ok(Json(format!("store {id} is now Offline; its regions will move away")))
+}
+
+#[derive(Deserialize)]
+struct StateQuery {
+    state: String,
+}
+
+async fn set_store_state(
+    State(c): Shared,
+    Path(id): Path<u64>,
+    Query(q): Query<StateQuery>,
+) -> ApiResult<String> {
+    let state = StoreState::parse(&q.state).ok_or_else(|| {
+        Error::InvalidArgument(format!("unknown state {:?} (Up, Offline, Tombstone)", q.state))
+    })?;
+    c.set_store_state(StoreId(id), state)?;
+    Ok(Json(format!("store {id} is now {}", state.name())))
+}
+
+async fn regions(State(c): Shared) -> Json<json::Regions> {
+    Json(c.read(|view| {
+        let regions: Vec<_> = view.state.regions().iter().map(json::region).collect();
+        json::Regions { count: regions.len(), regions }
+    }))
+}
+
+async fn region_by_id(State(c): Shared, Path(id): Path<u64>) -> ApiResult<json::Region> {
+    c.read(|view| match view.state.regions().get(RegionId(id)) {
+        Some(r) => Ok(Json(json::region(r))),
+        None => Err(Error::RegionNotFound(RegionId(id)).into()),
+    })
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    /// `raw` (default): the path segment is the key; `hex`: it is hex.
+    format: Option<String>,
+}
+
+async fn region_by_key(
+    State(c): Shared,
+    Path(key): Path<String>,
+    Query(q): Query<KeyQuery>,
+) -> ApiResult<json::Region> {
+    let key = match q.format.as_deref() {
+        None | Some("raw") => key.into_bytes(),
+        Some("hex") => {
+            hex::decode(&key).map_err(|e| Error::InvalidArgument(format!("key is not hex: {e}")))?
+        }
+        Some(other) => {
+            return Err(Error::InvalidArgument(format!("unknown key format {other:?} (raw, hex)")).into())
+        }
+    };
+    c.read(|view| match view.state.regions().get_by_key(&key) {
+        Some(r) => Ok(Json(json::region(r))),
+        None => {
+            Err(ApiError(StatusCode::NOT_FOUND, format!("no region contains key {}", json::hex_key(&key))))
+        }
+    })
+}
+
+async fn health(State(c): Shared) -> Json<Vec<json::Health>> {
+    let m = c.member();
+    Json(vec![json::Health {
+        name: m.name.clone(),
+        member_id: m.member_id,
+        client_urls: vec![m.client_url.clone()],
+        health: true,
+    }])
+}
+
+async fn members(State(c): Shared) -> Json<json::Members> {
+    let me = json::member(c.member());
+    Json(json::Members {
+        header: json::Header { cluster_id: c.cluster_id() },
+        members: vec![me.clone()],
+        leader: me.clone(),
+        etcd_leader: me,
+    })
+}
+
+async fn config(State(c): Shared) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(c.config()).expect("config always serializes"))
+}
+
+async fn operators(State(c): Shared) -> Json<Vec<json::OperatorJson>> {
+    Json(c.read(|view| view.operators.iter().map(json::operator).collect()))
+}
+
+async fn cluster_info(State(c): Shared) -> Json<json::ClusterJson> {
+    Json(json::ClusterJson { id: c.cluster_id(), max_peer_count: c.config().replication.max_replicas })
+}

@@ -1,0 +1,98 @@
+//! `mnemo-node`: a Mnemosyne storage node.
+//!
+//! ```text
+//! mnemo-node --pd 127.0.0.1:2379 --addr 127.0.0.1:20160 --status-addr 127.0.0.1:20180 \
+//!            --data-dir ./data/n1 [--advertise-addr HOST:PORT] [--labels zone=z1,host=h1] \
+//!            [--config node.toml] [--log-format text|json]
+//! ```
+//! Flags override the config file, which overrides the defaults.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use mnemo_node::config::{parse_labels, NodeConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "mnemo-node", version, about = "Mnemosyne storage node")]
+struct Args {
+    /// PD endpoints, comma separated (host:port).
+    #[arg(long, value_delimiter = ',')]
+    pd: Vec<String>,
+    /// gRPC listen address.
+    #[arg(long)]
+    addr: Option<String>,
+    /// Address advertised to PD, other nodes and clients (default: --addr).
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    /// HTTP status server address (/metrics, /status, /config).
+    #[arg(long)]
+    status_addr: Option<String>,
+    /// Data directory (kv engine in db/, raft log in raft/).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Store labels: zone=z1,host=h1.
+    #[arg(long)]
+    labels: Option<String>,
+    /// TOML config file (see deploy/config/node.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+fn build_config(args: Args) -> Result<NodeConfig, String> {
+    let mut cfg = match &args.config {
+        Some(p) => NodeConfig::from_file(p)?,
+        None => NodeConfig::default(),
+    };
+    if !args.pd.is_empty() {
+        cfg.pd_endpoints = args.pd;
+    }
+    if let Some(v) = args.addr {
+        cfg.addr = v;
+    }
+    if let Some(v) = args.advertise_addr {
+        cfg.advertise_addr = v;
+    }
+    if let Some(v) = args.status_addr {
+        cfg.status_addr = v;
+    }
+    if let Some(v) = args.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = args.labels {
+        cfg.labels = parse_labels(&v)?;
+    }
+    if let Some(v) = args.log_format {
+        cfg.log_format = v;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+#[tokio::main]
+async fn main() {
+    let cfg = match build_config(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mnemo-node: {e}");
+            std::process::exit(2);
+        }
+    };
+    mnemo_node::logging::init(cfg.log_format == "json");
+    let node = match mnemo_node::node::start(cfg).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    tokio::task::spawn_blocking(move || node.stop()).await.ok();
+}

@@ -1,0 +1,316 @@
+//! Node configuration: defaults → TOML file (`--config`) → command-line flags.
+//!
+//! Key names follow TiKV (`raftstore.raft-base-tick-interval`, ...), so an
+//! operator's habits carry over. Durations are strings like `"100ms"`,
+//! `"5s"`, `"30m"`; sizes like `"8MiB"`. See `deploy/config/node.toml` for a
+//! commented template.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration read from a human string (`"100ms"`, `"5s"`, `"30m"`, `"1h"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReadableDuration(pub Duration);
+
+/// A byte size read from a human string (`"96MiB"`, `"8KiB"`, `"512"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReadableSize(pub u64);
+
+/// Parses `"<number><unit>"` with unit `ms`, `s`, `m` or `h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. \"100ms\", \"5s\""))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `"<number>[unit]"` with unit `B`, `KiB`, `MiB`, `GiB` (or `KB`/`MB`/`GB` as binary too).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. \"96MiB\""))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1 << 10,
+        "MiB" | "MB" | "M" => 1 << 20,
+        "GiB" | "GB" | "G" => 1 << 30,
+        _ => return Err(format!("invalid size unit in {s:?}: use B, KiB, MiB or GiB")),
+    };
+    Ok(n * mult)
+}
+
+impl fmt::Display for ReadableDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl fmt::Display for ReadableSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b >= 1 << 20 && b % (1 << 20) == 0 {
+            write!(f, "{}MiB", b >> 20)
+        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+            write!(f, "{}KiB", b >> 10)
+        } else {
+            write!(f, "{b}B")
+        }
+    }
+}
+
+macro_rules! serde_as_string {
+    ($t:ty, $parse:expr, $wrap:expr) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $parse(&s).map($wrap).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+serde_as_string!(ReadableDuration, parse_duration, ReadableDuration);
+serde_as_string!(ReadableSize, parse_size, ReadableSize);
+
+/// The whole node configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NodeConfig {
+    /// PD endpoints (`host:port`), flag `--pd`. Required.
+    pub pd_endpoints: Vec<String>,
+    /// Address the gRPC server listens on, flag `--addr`. Default `127.0.0.1:20160`.
+    pub addr: String,
+    /// Address other nodes and clients use to reach this node, flag
+    /// `--advertise-addr`. Default: `addr`. Must not be `0.0.0.0`.
+    pub advertise_addr: String,
+    /// Address of the HTTP status server (`/metrics`, `/status`, `/config`),
+    /// flag `--status-addr`. Default `127.0.0.1:20180`.
+    pub status_addr: String,
+    /// Directory holding the kv engine (`db/`) and raft log store (`raft/`),
+    /// flag `--data-dir`. Default `./data/node`.
+    pub data_dir: PathBuf,
+    /// Store labels (`zone`, `rack`, `host`), flag `--labels zone=z1,host=h1`.
+    pub labels: Vec<(String, String)>,
+    /// `text` (default) or `json`, flag `--log-format`.
+    pub log_format: String,
+    /// Raft settings.
+    pub raftstore: RaftstoreConfig,
+    /// Request limits.
+    pub server: ServerConfig,
+}
+
+/// Raft settings (`[raftstore]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RaftstoreConfig {
+    /// One raft tick. Default `100ms`.
+    pub raft_base_tick_interval: ReadableDuration,
+    /// Ticks between leader heartbeats. Default 2.
+    pub raft_heartbeat_ticks: usize,
+    /// Ticks without a leader before an election. Default 10 (≈1 s).
+    pub raft_election_timeout_ticks: usize,
+    /// Leader lease: reads without a quorum round for this long after one.
+    /// Must be shorter than the election timeout. Default: election timeout
+    /// minus two ticks (800 ms with the defaults).
+    pub raft_store_max_leader_lease: Option<ReadableDuration>,
+    /// Largest raft entry (an encoded write command). Default `8MiB`.
+    pub raft_entry_max_size: ReadableSize,
+    /// How often a leader reports an unchanged region to PD. Default `5s`.
+    /// Changes (new leader, membership, catching-up peers) are reported at the next tick.
+    pub pd_heartbeat_tick_interval: ReadableDuration,
+    /// How often the node reports its store statistics to PD. Default `10s`.
+    pub pd_store_heartbeat_tick_interval: ReadableDuration,
+}
+
+/// Request limits (`[server]`). Over a limit: `InvalidArgument`, nothing written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Largest key. Default `8KiB`.
+    pub max_key_size: ReadableSize,
+    /// Largest value. Default `8MiB`.
+    pub max_value_size: ReadableSize,
+    /// Most keys (or pairs, or ranges) in one batch request. Default 10,000.
+    pub max_batch_keys: usize,
+    /// Most pairs one scan may ask for. Default 10,240.
+    pub max_scan_limit: u32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            pd_endpoints: Vec::new(),
+            addr: "127.0.0.1:20160".into(),
+            advertise_addr: String::new(),
+            status_addr: "127.0.0.1:20180".into(),
+            data_dir: PathBuf::from("./data/node"),
+            labels: Vec::new(),
+            log_format: "text".into(),
+            raftstore: RaftstoreConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+impl Default for RaftstoreConfig {
+    fn default() -> Self {
+        RaftstoreConfig {
+            raft_base_tick_interval: ReadableDuration(Duration::from_millis(100)),
+            raft_heartbeat_ticks: 2,
+            raft_election_timeout_ticks: 10,
+            raft_store_max_leader_lease: None,
+            raft_entry_max_size: ReadableSize(8 << 20),
+            pd_heartbeat_tick_interval: ReadableDuration(Duration::from_secs(5)),
+            pd_store_heartbeat_tick_interval: ReadableDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_key_size: ReadableSize(8 << 10),
+            max_value_size: ReadableSize(8 << 20),
+            max_batch_keys: 10_000,
+            max_scan_limit: 10_240,
+        }
+    }
+}
+
+impl RaftstoreConfig {
+    /// The election timeout (ticks × tick interval).
+    pub fn election_timeout(&self) -> Duration {
+        self.raft_base_tick_interval.0 * self.raft_election_timeout_ticks as u32
+    }
+
+    /// The leader lease actually used.
+    pub fn leader_lease(&self) -> Duration {
+        self.raft_store_max_leader_lease
+            .map(|d| d.0)
+            .unwrap_or_else(|| self.election_timeout().saturating_sub(self.raft_base_tick_interval.0 * 2))
+    }
+}
+
+impl NodeConfig {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<NodeConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
+    }
+
+    /// The address advertised to PD.
+    pub fn advertised(&self) -> &str {
+        if self.advertise_addr.is_empty() {
+            &self.addr
+        } else {
+            &self.advertise_addr
+        }
+    }
+
+    /// Checks the configuration; the message says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pd_endpoints.is_empty() {
+            return Err("no PD endpoint: pass --pd 127.0.0.1:2379".into());
+        }
+        if self.advertised().starts_with("0.0.0.0") {
+            return Err("the advertised address must be reachable: set --advertise-addr".into());
+        }
+        let r = &self.raftstore;
+        if r.raft_heartbeat_ticks == 0 || r.raft_election_timeout_ticks <= r.raft_heartbeat_ticks {
+            return Err("raftstore.raft-election-timeout-ticks must exceed raft-heartbeat-ticks (> 0)".into());
+        }
+        if r.raft_base_tick_interval.0.is_zero() {
+            return Err("raftstore.raft-base-tick-interval must be positive".into());
+        }
+        if r.leader_lease() >= r.election_timeout() {
+            return Err(format!(
+                "raftstore.raft-store-max-leader-lease ({}) must be shorter than the election timeout ({:?})",
+                r.leader_lease().as_millis(),
+                r.election_timeout()
+            ));
+        }
+        if self.server.max_batch_keys == 0 || self.server.max_key_size.0 == 0 {
+            return Err("server limits must be positive".into());
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || v.is_empty() {
+                return Err(format!("invalid label {k:?}={v:?}: expected key=value"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `zone=z1,host=h1`.
+pub fn parse_labels(s: &str) -> Result<Vec<(String, String)>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(format!("invalid label {p:?}: expected key=value")),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("96KiB").unwrap(), 96 << 10);
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn toml_overrides_defaults() {
+        let c: NodeConfig = toml::from_str(
+            "pd-endpoints = [\"127.0.0.1:2379\"]\n[raftstore]\nraft-base-tick-interval = \"50ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.raftstore.raft_base_tick_interval.0, Duration::from_millis(50));
+        assert_eq!(c.raftstore.raft_election_timeout_ticks, 10);
+        c.validate().unwrap();
+        assert_eq!(c.raftstore.leader_lease(), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn lease_longer_than_election_is_rejected() {
+        let mut c = NodeConfig { pd_endpoints: vec!["x:1".into()], ..Default::default() };
+        c.raftstore.raft_store_max_leader_lease = Some(ReadableDuration(Duration::from_secs(2)));
+        assert!(c.validate().unwrap_err().contains("shorter than the election timeout"));
+    }
+
+    #[test]
+    fn labels_parse() {
+        assert_eq!(parse_labels("zone=z1, host=h1").unwrap(), vec![("zone".into(), "z1".into()), ("host".into(), "h1".into())]);
+        assert!(parse_labels("zone").is_err());
+    }
+}

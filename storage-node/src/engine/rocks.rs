@@ -1,0 +1,83 @@
+//! RocksDB engine: one database, one column family per [`Cf`].
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB};
+
+use super::{Cf, Engine, EngineError, Result, ScanRange, WriteBatch, WriteOp};
+
+/// An [`Engine`] on a RocksDB database in one directory.
+pub struct RocksEngine {
+    db: DB,
+    path: PathBuf,
+}
+
+fn err(e: rocksdb::Error) -> EngineError {
+    EngineError(e.into_string())
+}
+
+impl RocksEngine {
+    /// Opens (creating if missing) the database at `path` with every column family.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(err)?;
+        Ok(RocksEngine { db, path: path.to_path_buf() })
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(cf.name()).expect("every column family is opened at start")
+    }
+}
+
+impl Engine for RocksEngine {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(cf), key).map_err(err)
+    }
+
+    fn write(&self, batch: &WriteBatch, sync: bool) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for op in batch.ops() {
+            match op {
+                WriteOp::Put { cf, key, value } => wb.put_cf(self.cf(*cf), key, value),
+                WriteOp::Delete { cf, key } => wb.delete_cf(self.cf(*cf), key),
+                WriteOp::DeleteRange { cf, start, end } => wb.delete_range_cf(self.cf(*cf), start, end),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(wb, &wo).map_err(err)
+    }
+
+    fn scan(&self, cf: Cf, range: ScanRange<'_>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(range.start.to_vec());
+        if !range.end.is_empty() {
+            ro.set_iterate_upper_bound(range.end.to_vec());
+        }
+        let mode = if range.reverse {
+            IteratorMode::End
+        } else {
+            IteratorMode::From(range.start, Direction::Forward)
+        };
+        for item in self.db.iterator_cf_opt(self.cf(cf), ro, mode) {
+            let (k, v) = item.map_err(err)?;
+            if !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn used_bytes(&self) -> u64 {
+        fn dir_size(p: &Path) -> u64 {
+            std::fs::read_dir(p)
+                .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+                .unwrap_or(0)
+        }
+        dir_size(&self.path)
+    }
+}

@@ -1,0 +1,40 @@
+//! The Mnemosyne storage node (`mnemo-node`).
+//!
+//! A node stores replicas ("peers") of many regions in one RocksDB kv engine
+//! and keeps their raft logs in a second RocksDB instance. Data flows like this:
+//!
+//! ```text
+//! client ──gRPC tikvpb──▶ service ──StoreMsg──▶ raftstore (one thread, all peers)
+//!                                                 │  ready: append (1 fsync), apply
+//!            other nodes ◀──BatchRaft/Snapshot── transport ◀──┘
+//!                     PD ◀──heartbeats / operators── pd_worker
+//! ```
+//!
+//! Where to look:
+//! - [`engine`]: the storage trait, RocksDB and in-memory engines;
+//! - [`keys`]: how keys, values and raft state are laid out;
+//! - [`raftstore`]: multi-raft — peers, the store loop, apply, snapshots;
+//! - [`service`]: the RawKV gRPC API and its limits;
+//! - [`transport`]: node-to-node raft messages;
+//! - [`pd_worker`]: heartbeats to PD and operators from it;
+//! - [`node`]: start-up, identity and cluster bootstrap;
+//! - [`config`], [`status`], [`metrics`]: operating the node.
+//!
+//! What can go wrong and what happens: a crash at any point loses no
+//! acknowledged write (the raft log is fsynced before a write is
+//! acknowledged and replayed from the last applied index at start); a lost
+//! leader is replaced within about one election timeout (≈1 s); a storage
+//! error in the store loop stops the process rather than risk divergence.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod keys;
+pub mod logging;
+pub mod metrics;
+pub mod node;
+pub mod pd_worker;
+pub mod raftstore;
+pub mod service;
+pub mod status;
+pub mod transport;

@@ -1,0 +1,145 @@
+//! The node's conversation with PD: region heartbeats up, operators down,
+//! store heartbeats on a timer.
+//!
+//! One long-lived `RegionHeartbeat` stream carries every leader's report; PD
+//! answers on the same stream with at most one operator step per region,
+//! which goes to the store loop as a `StoreMsg::Operator`. When the stream
+//! breaks (PD restart), the worker reconnects with a backoff and leaders
+//! report again at their next heartbeat tick (a fresh stream forgets
+//! nothing PD needs: heartbeats carry full region state).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use futures::StreamExt;
+use mnemo_client::pd::PdClient;
+use mnemo_proto::pdpb::{self, RegionHeartbeatRequest, RegionHeartbeatResponse};
+use mnemo_proto::types::{epoch_of, Peer as PeerMeta, RegionId, StoreId};
+use tokio::sync::mpsc;
+
+use crate::engine::EngineRef;
+use crate::metrics::Metrics;
+use crate::raftstore::store::conf_change_kind;
+use crate::raftstore::{Operator, PdTask, StoreMsg};
+
+/// Everything the worker needs.
+pub struct PdWorker {
+    pub pd: Arc<PdClient>,
+    pub store_id: StoreId,
+    pub store_tx: Sender<StoreMsg>,
+    pub kv: EngineRef,
+    pub data_dir: std::path::PathBuf,
+    pub metrics: Arc<Metrics>,
+    pub store_heartbeat_interval: Duration,
+    pub start_time: u32,
+}
+
+impl PdWorker {
+    /// Runs until `tasks` closes.
+    pub async fn run(self, mut tasks: mpsc::UnboundedReceiver<PdTask>) {
+        let mut store_tick = tokio::time::interval(self.store_heartbeat_interval);
+        let mut stream: Option<mpsc::Sender<RegionHeartbeatRequest>> = None;
+        loop {
+            tokio::select! {
+                task = tasks.recv() => {
+                    let Some(task) = task else { return };
+                    if stream.as_ref().is_none_or(|s| s.is_closed()) {
+                        stream = self.open_stream().await;
+                    }
+                    let req = self.heartbeat_request(task);
+                    if let Some(s) = &stream {
+                        if s.send(req).await.is_err() {
+                            stream = None;
+                        }
+                    }
+                }
+                _ = store_tick.tick() => self.store_heartbeat().await,
+            }
+        }
+    }
+
+    fn heartbeat_request(&self, task: PdTask) -> RegionHeartbeatRequest {
+        let PdTask::RegionHeartbeat { region, leader, pending_peers, term } = task;
+        RegionHeartbeatRequest {
+            header: Some(pdpb::RequestHeader { cluster_id: self.pd.cluster_id(), sender_id: self.store_id.0 }),
+            region: Some((&region).into()),
+            leader: Some(leader.into()),
+            pending_peers: pending_peers.into_iter().map(Into::into).collect(),
+            term,
+            ..Default::default()
+        }
+    }
+
+    async fn open_stream(&self) -> Option<mpsc::Sender<RegionHeartbeatRequest>> {
+        let (tx, rx) = mpsc::channel(1024);
+        match self.pd.region_heartbeat(rx).await {
+            Ok(mut responses) => {
+                let store_tx = self.store_tx.clone();
+                tokio::spawn(async move {
+                    while let Some(resp) = responses.next().await {
+                        match resp {
+                            Ok(resp) => forward_operator(&store_tx, resp),
+                            Err(status) => {
+                                tracing::warn!("region heartbeat stream failed: {status}");
+                                break;
+                            }
+                        }
+                    }
+                });
+                Some(tx)
+            }
+            Err(e) => {
+                tracing::warn!("cannot open region heartbeat stream: {e}");
+                // Keep the caller from spinning when PD is down.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                None
+            }
+        }
+    }
+
+    async fn store_heartbeat(&self) {
+        let (capacity, available) = disk_space(&self.data_dir);
+        let stats = pdpb::StoreStats {
+            store_id: self.store_id.0,
+            capacity,
+            available,
+            region_count: self.metrics.region_count.get() as u32,
+            used_size: self.kv.used_bytes(),
+            start_time: self.start_time,
+            ..Default::default()
+        };
+        if let Err(e) = self.pd.store_heartbeat(stats).await {
+            tracing::warn!("store heartbeat failed: {e}");
+        }
+    }
+}
+
+fn forward_operator(store_tx: &Sender<StoreMsg>, resp: RegionHeartbeatResponse) {
+    let region_id = RegionId(resp.region_id);
+    let epoch = epoch_of(resp.region_epoch.as_ref());
+    let op = if let Some(cp) = resp.change_peer.as_ref() {
+        let (Some(kind), Some(peer)) = (conf_change_kind(cp.change_type), cp.peer.as_ref()) else { return };
+        Operator::ChangePeer { kind, peer: PeerMeta::from(peer) }
+    } else if let Some(tl) = resp.transfer_leader.as_ref() {
+        let Some(peer) = tl.peer.as_ref() else { return };
+        Operator::TransferLeader { peer: PeerMeta::from(peer) }
+    } else {
+        return;
+    };
+    let _ = store_tx.send(StoreMsg::Operator { region_id, epoch, op });
+}
+
+/// (capacity, available) bytes of the file system holding `dir`.
+fn disk_space(dir: &std::path::Path) -> (u64, u64) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else { return (0, 0) };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return (0, 0);
+    }
+    let frsize = st.f_frsize as u64;
+    (st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize)
+}

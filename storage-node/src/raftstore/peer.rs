@@ -1,0 +1,479 @@
+//! `Peer`: one replica of one region, wrapping a raft-rs `RawNode`.
+//!
+//! The peer is sans-IO in the sense that matters: it never touches the
+//! network and never blocks. The store loop (`raftstore::store`) feeds it
+//! messages, ticks and requests; it stages engine writes into the round's
+//! batches and queues outgoing raft messages for the store to send.
+//!
+//! Reads: a read is served when this peer leads the region and either holds
+//! a valid **lease** (see [`Peer::lease_valid`]) or a ReadIndex round
+//! confirmed leadership and the peer applied up to the read index. Writes are
+//! proposed; the callback fires when the entry is applied here (never
+//! earlier), with `StaleCommand` if the entry was lost to a newer term.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use mnemo_proto::raft_serverpb::{ConfChangeContext, WriteCommand};
+use mnemo_proto::types::{Peer as PeerMeta, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message as RaftMsg, MessageType};
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+
+use super::apply::{self, WriteOutcome};
+use super::storage::PeerStorage;
+use crate::engine::{EngineRef, WriteBatch};
+use crate::error::{Error, Result};
+use crate::keys;
+
+/// Answer to a write: its outcome once applied, or an error.
+pub type WriteCallback = oneshot::Sender<Result<WriteOutcome>>;
+/// Answer to a read: the region it may be served from (checked), or an error.
+pub type ReadCallback = oneshot::Sender<Result<Region>>;
+
+struct Proposal {
+    index: u64,
+    term: u64,
+    proposed_at: Instant,
+    cb: WriteCallback,
+}
+
+struct PendingRead {
+    id: u64,
+    issued_at: Instant,
+    term: u64,
+    read_index: Option<u64>,
+    cb: ReadCallback,
+}
+
+/// A response to deliver after the round's writes are on disk.
+pub enum Reply {
+    Write(WriteCallback, Result<WriteOutcome>),
+    Read(ReadCallback, Result<Region>),
+}
+
+/// Settings of one peer (copied from the node config).
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// Ticks without leader contact before an election (raft-rs `election_tick`).
+    pub election_tick: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_tick: usize,
+    /// How long a confirmed leader may serve reads without a new quorum round.
+    /// Must be shorter than the election timeout (checked by config validation).
+    pub lease: Duration,
+    /// Largest encoded command accepted (bytes).
+    pub raft_entry_max_size: u64,
+}
+
+/// One region replica.
+pub struct Peer {
+    /// This replica.
+    pub meta: PeerMeta,
+    /// The raft node and its storage.
+    pub raw: RawNode<PeerStorage>,
+    proposals: VecDeque<Proposal>,
+    reads: VecDeque<PendingRead>,
+    next_read_id: u64,
+    lease_until: Option<Instant>,
+    applied_term: u64,
+    /// Peers of this region (or formerly of it) by id, to address messages.
+    peer_cache: HashMap<PeerId, PeerMeta>,
+    /// Outgoing raft messages: (target peer, message).
+    pub outbox: Vec<(PeerMeta, RaftMsg)>,
+    /// Set when this peer applied its own removal; the store destroys it.
+    pub pending_remove: bool,
+    /// Something PD should hear about changed (leader, epoch, peers).
+    pub heartbeat_due: bool,
+    cfg: PeerConfig,
+}
+
+impl Peer {
+    /// Wraps a loaded storage into a raft node.
+    pub fn new(
+        meta: PeerMeta,
+        storage: PeerStorage,
+        cfg: PeerConfig,
+        logger: &slog::Logger,
+    ) -> Result<Peer> {
+        let applied = storage.applied_index();
+        let rc = raft::Config {
+            id: meta.id.0,
+            election_tick: cfg.election_tick,
+            heartbeat_tick: cfg.heartbeat_tick,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        let mut peer_cache = HashMap::new();
+        for p in &storage.region.peers {
+            peer_cache.insert(p.id, *p);
+        }
+        let raw = RawNode::new(&rc, storage, &logger.new(slog::o!("peer" => meta.id.0)))
+            .map_err(|e| Error::Other(format!("raft init: {e}")))?;
+        Ok(Peer {
+            meta,
+            raw,
+            proposals: VecDeque::new(),
+            reads: VecDeque::new(),
+            next_read_id: 1,
+            lease_until: None,
+            applied_term: 0,
+            peer_cache,
+            outbox: Vec::new(),
+            pending_remove: false,
+            heartbeat_due: true,
+            cfg,
+        })
+    }
+
+    /// The region as of the applied index.
+    pub fn region(&self) -> &Region {
+        &self.raw.store().region
+    }
+
+    /// The region id.
+    pub fn region_id(&self) -> RegionId {
+        self.raw.store().region.id
+    }
+
+    /// True if this peer currently leads its region.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this peer knows of, if it is in the region.
+    pub fn leader(&self) -> Option<PeerMeta> {
+        let id = self.raw.raft.leader_id;
+        if id == raft::INVALID_ID {
+            return None;
+        }
+        self.peer_cache.get(&PeerId(id)).copied()
+    }
+
+    /// Learns a peer's store (from an incoming message or the region).
+    pub fn remember_peer(&mut self, p: PeerMeta) {
+        self.peer_cache.insert(p.id, p);
+    }
+
+    /// Peers that need a snapshot or are far behind (PD must not promote them).
+    pub fn pending_peers(&self) -> Vec<PeerMeta> {
+        let first = self.raw.store().apply_state.truncated_index + 1;
+        let mut out = Vec::new();
+        for (id, pr) in self.raw.raft.prs().iter() {
+            let behind = pr.state == raft::ProgressState::Snapshot || pr.matched + 1 < first || pr.matched == 0;
+            if behind {
+                if let Some(p) = self.region().peer(PeerId(*id)) {
+                    out.push(*p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Checks that a client request may be served by this peer.
+    pub fn check_request(&self, epoch: RegionEpoch) -> Result<()> {
+        if !self.is_leader() {
+            return Err(Error::NotLeader { region: self.region_id(), leader: self.leader() });
+        }
+        if epoch.version != self.region().epoch.version {
+            return Err(Error::EpochNotMatch { current: vec![self.region().clone()] });
+        }
+        Ok(())
+    }
+
+    /// True if the leader may answer reads from its state without a quorum round.
+    ///
+    /// The lease starts when a quorum round (ReadIndex or a committed write)
+    /// was *issued*, so every follower that answered heard from this leader
+    /// after that instant and, with check_quorum + pre_vote, refuses votes for
+    /// a full election timeout from then; the lease is shorter than that. It
+    /// also requires an applied entry of the current term, so the state
+    /// includes everything earlier leaders committed.
+    pub fn lease_valid(&self, now: Instant) -> bool {
+        self.is_leader()
+            && self.applied_term == self.raw.raft.term
+            && self.lease_until.is_some_and(|t| now < t)
+    }
+
+    fn extend_lease(&mut self, issued_at: Instant) {
+        let until = issued_at + self.cfg.lease;
+        if self.lease_until.is_none_or(|t| t < until) {
+            self.lease_until = Some(until);
+        }
+    }
+
+    /// Starts (or answers at once) a linearizable read.
+    pub fn read(&mut self, epoch: RegionEpoch, now: Instant, cb: ReadCallback, replies: &mut Vec<Reply>) {
+        if let Err(e) = self.check_request(epoch) {
+            replies.push(Reply::Read(cb, Err(e)));
+            return;
+        }
+        if self.lease_valid(now) {
+            replies.push(Reply::Read(cb, Ok(self.region().clone())));
+            return;
+        }
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        self.raw.read_index(id.to_be_bytes().to_vec());
+        let term = self.raw.raft.term;
+        self.reads.push_back(PendingRead { id, issued_at: now, term, read_index: None, cb });
+    }
+
+    /// Proposes a write. The callback fires when the entry is applied.
+    pub fn propose_write(&mut self, cmd: WriteCommand, now: Instant, cb: WriteCallback, replies: &mut Vec<Reply>) {
+        let epoch = mnemo_proto::types::epoch_of(cmd.header.as_ref().and_then(|h| h.region_epoch.as_ref()));
+        if let Err(e) = self.check_request(epoch).and_then(|_| apply::check_command(self.region(), &cmd)) {
+            replies.push(Reply::Write(cb, Err(e)));
+            return;
+        }
+        let data = cmd.encode_to_vec();
+        if data.len() as u64 > self.cfg.raft_entry_max_size {
+            let e = Error::RaftEntryTooLarge { region: self.region_id(), size: data.len() as u64 };
+            replies.push(Reply::Write(cb, Err(e)));
+            return;
+        }
+        let index = self.raw.raft.raft_log.last_index() + 1;
+        let term = self.raw.raft.term;
+        if self.raw.propose(vec![], data).is_err() || self.raw.raft.raft_log.last_index() < index {
+            let e = Error::NotLeader { region: self.region_id(), leader: self.leader() };
+            replies.push(Reply::Write(cb, Err(e)));
+            return;
+        }
+        self.proposals.push_back(Proposal { index, term, proposed_at: now, cb });
+    }
+
+    /// Proposes a membership change from PD. Returns false if it was not
+    /// proposed (not leader, stale epoch, a change already pending, no-op).
+    pub fn propose_conf_change(&mut self, epoch: RegionEpoch, kind: ConfChangeType, target: PeerMeta) -> bool {
+        if !self.is_leader() || epoch != self.region().epoch || self.raw.raft.has_pending_conf() {
+            return false;
+        }
+        let existing = self.region().peer(target.id).copied();
+        let already = match kind {
+            ConfChangeType::AddNode => existing.is_some_and(|p| p.role == PeerRole::Voter),
+            ConfChangeType::AddLearnerNode => existing.is_some(),
+            ConfChangeType::RemoveNode => existing.is_none(),
+        };
+        if already || (kind == ConfChangeType::RemoveNode && target.id == self.meta.id) {
+            return false;
+        }
+        let mut cc = ConfChangeV2::default();
+        let mut single = raft::eraftpb::ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = target.id.0;
+        cc.mut_changes().push(single);
+        let ctx = ConfChangeContext { peers: vec![target.into()] };
+        cc.context = ctx.encode_to_vec().into();
+        // The proposer's conf_ver travels in the entry context so apply can reject a stale change.
+        let conf_ver = self.region().epoch.conf_ver.to_be_bytes().to_vec();
+        self.raw.propose_conf_change(conf_ver, cc).is_ok()
+    }
+
+    /// Steps an incoming raft message.
+    pub fn step(&mut self, msg: RaftMsg) -> Result<()> {
+        self.raw.step(msg).map_err(|e| Error::Other(format!("step: {e}")))
+    }
+
+    /// Handles a role or term change: pending work from the old term fails.
+    pub fn on_soft_state_change(&mut self, replies: &mut Vec<Reply>) {
+        self.heartbeat_due = true;
+        self.lease_until = None;
+        if !self.is_leader() {
+            let leader = self.leader();
+            let region = self.region_id();
+            for r in self.reads.drain(..) {
+                replies.push(Reply::Read(r.cb, Err(Error::NotLeader { region, leader })));
+            }
+            for p in self.proposals.drain(..) {
+                replies.push(Reply::Write(p.cb, Err(Error::StaleCommand)));
+            }
+        }
+    }
+
+    /// Records the read index a ReadIndex round confirmed.
+    pub fn on_read_state(&mut self, ctx: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else { return };
+        let id = u64::from_be_bytes(bytes);
+        let term = self.raw.raft.term;
+        let mut confirmed = None;
+        for r in self.reads.iter_mut().filter(|r| r.id == id) {
+            r.read_index = Some(index);
+            if r.term == term {
+                confirmed = Some(r.issued_at);
+            }
+        }
+        if let Some(at) = confirmed {
+            self.extend_lease(at);
+        }
+    }
+
+    /// Answers reads whose read index is applied. Reads that raft-rs dropped
+    /// (it does so silently when leadership is unsure) time out in the service.
+    pub fn answer_ready_reads(&mut self, replies: &mut Vec<Reply>) {
+        let applied = self.raw.store().applied_index();
+        while let Some(r) = self.reads.front() {
+            match r.read_index {
+                Some(idx) if idx <= applied => {
+                    let r = self.reads.pop_front().expect("front exists");
+                    replies.push(Reply::Read(r.cb, Ok(self.region().clone())));
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Applies committed entries into `kv_wb`; CAS flushes `kv_wb` first (with the apply state).
+    pub fn apply_entries(
+        &mut self,
+        entries: Vec<Entry>,
+        kv: &EngineRef,
+        kv_wb: &mut WriteBatch,
+        replies: &mut Vec<Reply>,
+    ) -> Result<()> {
+        let now_ms = keys::now_unix_ms();
+        for e in entries {
+            let outcome = match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => None,
+                EntryType::EntryNormal => {
+                    let cmd = WriteCommand::decode(e.data.as_ref())
+                        .map_err(|err| Error::Other(format!("corrupt entry {}: {err}", e.index)))?;
+                    if cmd.cas.is_some() && !kv_wb.is_empty() {
+                        self.raw.mut_store().stage_apply_state(kv_wb);
+                        kv.write(kv_wb, false)?;
+                        *kv_wb = WriteBatch::new();
+                    }
+                    let region = self.region().clone();
+                    match apply::apply_write(kv.as_ref(), &region, &cmd, kv_wb, now_ms) {
+                        Ok(o) => Some(Ok(o)),
+                        Err(err) if err.is_deterministic() => Some(Err(err)),
+                        Err(err) => return Err(err),
+                    }
+                }
+                EntryType::EntryConfChangeV2 | EntryType::EntryConfChange => {
+                    self.apply_conf_change(&e, kv_wb)?;
+                    None
+                }
+            };
+            let store = self.raw.mut_store();
+            store.apply_state.applied_index = e.index;
+            self.applied_term = e.term;
+            self.finish_proposals(e.index, e.term, outcome, replies);
+        }
+        self.raw.mut_store().stage_apply_state(kv_wb);
+        Ok(())
+    }
+
+    fn finish_proposals(
+        &mut self,
+        index: u64,
+        term: u64,
+        outcome: Option<Result<WriteOutcome>>,
+        replies: &mut Vec<Reply>,
+    ) {
+        let mut outcome = outcome;
+        while let Some(p) = self.proposals.front() {
+            if p.index > index {
+                break;
+            }
+            let p = self.proposals.pop_front().expect("front exists");
+            if p.index == index && p.term == term {
+                if term == self.raw.raft.term {
+                    self.extend_lease(p.proposed_at);
+                }
+                let result = outcome.take().unwrap_or(Ok(WriteOutcome::Done));
+                replies.push(Reply::Write(p.cb, result));
+            } else {
+                replies.push(Reply::Write(p.cb, Err(Error::StaleCommand)));
+            }
+        }
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry, kv_wb: &mut WriteBatch) -> Result<()> {
+        let (conf_ver, cc) = decode_conf_change(e)?;
+        let ctx = ConfChangeContext::decode(cc.context.as_ref()).unwrap_or_default();
+        let mut region = self.region().clone();
+        if conf_ver != region.epoch.conf_ver {
+            tracing::info!(region = %region.id, "skipping stale conf change at index {}", e.index);
+            return Ok(());
+        }
+        for change in cc.get_changes() {
+            let id = PeerId(change.node_id);
+            let store = ctx
+                .peers
+                .iter()
+                .find(|p| p.id == id.0)
+                .map(|p| StoreId(p.store_id))
+                .or_else(|| region.peer(id).map(|p| p.store_id))
+                .unwrap_or_default();
+            region.peers.retain(|p| p.id != id);
+            match change.get_change_type() {
+                ConfChangeType::AddNode => region.peers.push(PeerMeta { id, store_id: store, role: PeerRole::Voter }),
+                ConfChangeType::AddLearnerNode => {
+                    region.peers.push(PeerMeta { id, store_id: store, role: PeerRole::Learner })
+                }
+                ConfChangeType::RemoveNode => {
+                    if id == self.meta.id {
+                        self.pending_remove = true;
+                    }
+                }
+            }
+            self.peer_cache.insert(id, PeerMeta { id, store_id: store, role: PeerRole::Voter });
+        }
+        region.epoch.conf_ver += 1;
+        tracing::info!(region = %region.id, peers = ?region.peers, "applied conf change");
+        self.raw.apply_conf_change(&cc).map_err(|err| Error::Other(format!("apply conf change: {err}")))?;
+        let store = self.raw.mut_store();
+        store.region = region;
+        store.stage_region_state(kv_wb);
+        self.heartbeat_due = true;
+        Ok(())
+    }
+
+    /// Fails everything pending (the peer is being destroyed or the node stops).
+    pub fn fail_all(&mut self, replies: &mut Vec<Reply>) {
+        let region = self.region_id();
+        for r in self.reads.drain(..) {
+            replies.push(Reply::Read(r.cb, Err(Error::RegionNotFound(region))));
+        }
+        for p in self.proposals.drain(..) {
+            replies.push(Reply::Write(p.cb, Err(Error::StaleCommand)));
+        }
+    }
+
+    /// Queues raft messages for sending, resolving each target's store.
+    pub fn queue_messages(&mut self, msgs: Vec<RaftMsg>) {
+        for m in msgs {
+            match self.peer_cache.get(&PeerId(m.to)) {
+                Some(p) => self.outbox.push((*p, m)),
+                None => tracing::warn!(region = %self.region_id(), to = m.to, "no store known for peer; dropping"),
+            }
+        }
+    }
+
+    /// True for messages that only a leader sends, which may create a new peer.
+    pub fn may_create_peer(msg: &RaftMsg) -> bool {
+        matches!(
+            msg.get_msg_type(),
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        )
+    }
+}
+
+/// Splits a conf-change entry into the proposer's `conf_ver` and the change.
+fn decode_conf_change(e: &Entry) -> Result<(u64, ConfChangeV2)> {
+    let corrupt = |what: &str| Error::Other(format!("corrupt conf change at {}: {what}", e.index));
+    if e.get_entry_type() == EntryType::EntryConfChange {
+        // raft-rs itself never emits v1 changes for us; treat as corrupt.
+        return Err(corrupt("v1 conf change"));
+    }
+    let conf_ver = <[u8; 8]>::try_from(e.context.as_ref()).map_err(|_| corrupt("bad context"))?;
+    let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| corrupt(&err.to_string()))?;
+    let conf_ver = u64::from_be_bytes(conf_ver);
+    Ok((conf_ver, cc))
+}

@@ -1,0 +1,353 @@
+//! `PeerStorage`: one region peer's raft state on disk, behind raft-rs' `Storage`.
+//!
+//! Where each piece lives (see `keys`):
+//! - entries and the hard state: raft log store;
+//! - region meta (`RegionLocalState`) and `RaftApplyState` (applied index,
+//!   truncated index/term): kv engine `meta` CF, written in the same batch as
+//!   the data they describe, so data and applied index never disagree.
+//!
+//! The log is `(truncated_index, last_index]`; `truncated_index/term` stand
+//! for everything before (a snapshot, or the bootstrap's initial state at
+//! index `INIT_INDEX`). The conf state raft-rs starts from is derived from the
+//! region meta at the applied index.
+
+use mnemo_proto::raft_serverpb::{PeerState, RaftApplyState, RegionLocalState, SnapshotData, SnapshotKv};
+use mnemo_proto::types::{PeerRole, Region, RegionId};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::engine::{Cf, EngineRef, ScanRange, WriteBatch};
+use crate::error::{Error, Result};
+use crate::keys;
+
+/// Index and term a freshly bootstrapped region's log starts after. Peers
+/// created empty (index 0) are always behind it, so they get a snapshot.
+pub const INIT_INDEX: u64 = 5;
+/// Term of [`INIT_INDEX`].
+pub const INIT_TERM: u64 = 5;
+
+/// The raft state of one peer: in memory, mirrored on disk.
+pub struct PeerStorage {
+    region_id: RegionId,
+    kv: EngineRef,
+    raft: EngineRef,
+    /// The region as of the applied index.
+    pub region: Region,
+    /// Normal, or Tombstone once the peer is removed.
+    pub peer_state: PeerState,
+    /// Last persisted hard state.
+    pub hard_state: HardState,
+    /// Last applied index and truncation point.
+    pub apply_state: RaftApplyState,
+    last_index: u64,
+    last_term: u64,
+}
+
+fn engine_err(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+/// The conf state matching a region's peers.
+pub fn conf_state_of(region: &Region) -> ConfState {
+    let mut cs = ConfState::default();
+    for p in &region.peers {
+        match p.role {
+            PeerRole::Voter => cs.voters.push(p.id.0),
+            PeerRole::Learner => cs.learners.push(p.id.0),
+        }
+    }
+    cs
+}
+
+/// Writes the initial state of a bootstrapped region (one or more peers) into `kv_wb`/`raft_wb`.
+pub fn write_initial_state(region: &Region, kv_wb: &mut WriteBatch, raft_wb: &mut WriteBatch) {
+    let local = RegionLocalState { state: PeerState::Normal as i32, region: Some(region.into()) };
+    kv_wb.put(Cf::Meta, keys::region_state_key(region.id), local.encode_to_vec());
+    let apply = RaftApplyState { applied_index: INIT_INDEX, truncated_index: INIT_INDEX, truncated_term: INIT_TERM };
+    kv_wb.put(Cf::Meta, keys::apply_state_key(region.id), apply.encode_to_vec());
+    let hs = HardState { term: INIT_TERM, commit: INIT_INDEX, ..Default::default() };
+    raft_wb.put(Cf::Default, keys::raft_state_key(region.id), hs.write_to_bytes().expect("encode hard state"));
+}
+
+impl PeerStorage {
+    /// Loads a peer's state. `region` is used when the node has no record of
+    /// it yet (a peer created by a message from its leader: empty, index 0).
+    pub fn open(kv: EngineRef, raft: EngineRef, region: Region) -> Result<PeerStorage> {
+        let region_id = region.id;
+        let (region, peer_state) = match kv.get(Cf::Meta, &keys::region_state_key(region_id))? {
+            Some(b) => {
+                let s = RegionLocalState::decode(b.as_slice()).map_err(|e| Error::Other(e.to_string()))?;
+                (Region::from(&s.region.clone().unwrap_or_default()), s.state())
+            }
+            None => (region, PeerState::Normal),
+        };
+        let apply_state = match kv.get(Cf::Meta, &keys::apply_state_key(region_id))? {
+            Some(b) => RaftApplyState::decode(b.as_slice()).map_err(|e| Error::Other(e.to_string()))?,
+            None => RaftApplyState::default(),
+        };
+        let hard_state = match raft.get(Cf::Default, &keys::raft_state_key(region_id))? {
+            Some(b) => HardState::parse_from_bytes(&b).map_err(|e| Error::Other(e.to_string()))?,
+            None => HardState::default(),
+        };
+        let mut s = PeerStorage {
+            region_id,
+            kv,
+            raft,
+            region,
+            peer_state,
+            hard_state,
+            apply_state,
+            last_index: 0,
+            last_term: 0,
+        };
+        s.load_last()?;
+        Ok(s)
+    }
+
+    fn load_last(&mut self) -> Result<()> {
+        self.last_index = self.apply_state.truncated_index;
+        self.last_term = self.apply_state.truncated_term;
+        let start = keys::raft_log_key(self.region_id, self.apply_state.truncated_index + 1);
+        let end = keys::raft_log_key(self.region_id, u64::MAX);
+        let mut last = None;
+        self.raft.scan(Cf::Default, ScanRange { start: &start, end: &end, reverse: true }, &mut |_, v| {
+            last = Some(v.to_vec());
+            false
+        })?;
+        if let Some(v) = last {
+            let e = Entry::parse_from_bytes(&v).map_err(|e| Error::Other(e.to_string()))?;
+            self.last_index = e.index;
+            self.last_term = e.term;
+        }
+        Ok(())
+    }
+
+    /// True once the peer holds the region's data (bootstrapped or from a snapshot).
+    pub fn is_initialized(&self) -> bool {
+        !self.region.peers.is_empty()
+    }
+
+    /// The applied index.
+    pub fn applied_index(&self) -> u64 {
+        self.apply_state.applied_index
+    }
+
+    /// The last index in the log.
+    pub fn last_index_now(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Stages `entries` (a contiguous run) into `wb`, replacing any
+    /// conflicting suffix of the log.
+    pub fn append(&mut self, entries: &[Entry], wb: &mut WriteBatch) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
+        for e in entries {
+            wb.put(Cf::Default, keys::raft_log_key(self.region_id, e.index), e.write_to_bytes().expect("encode"));
+        }
+        if last.index < self.last_index {
+            // Entries past the new tail came from an older leader; remove them.
+            wb.delete_range(
+                Cf::Default,
+                keys::raft_log_key(self.region_id, last.index + 1),
+                keys::raft_log_key(self.region_id, self.last_index + 1),
+            );
+        }
+        debug_assert!(first.index <= self.last_index + 1);
+        self.last_index = last.index;
+        self.last_term = last.term;
+    }
+
+    /// Stages a new hard state into `wb`.
+    pub fn set_hard_state(&mut self, hs: &HardState, wb: &mut WriteBatch) {
+        self.hard_state = hs.clone();
+        wb.put(Cf::Default, keys::raft_state_key(self.region_id), hs.write_to_bytes().expect("encode"));
+    }
+
+    /// Stages the apply state into the kv batch.
+    pub fn stage_apply_state(&self, wb: &mut WriteBatch) {
+        wb.put(Cf::Meta, keys::apply_state_key(self.region_id), self.apply_state.encode_to_vec());
+    }
+
+    /// Stages the region meta into the kv batch.
+    pub fn stage_region_state(&self, wb: &mut WriteBatch) {
+        let local = RegionLocalState { state: self.peer_state as i32, region: Some((&self.region).into()) };
+        wb.put(Cf::Meta, keys::region_state_key(self.region_id), local.encode_to_vec());
+    }
+
+    /// Builds a snapshot of the region at the applied index from the kv engine.
+    pub fn generate_snapshot(&self) -> raft::Result<Snapshot> {
+        let index = self.apply_state.applied_index;
+        let term = self.term_of(index)?;
+        let start = keys::data_key(&self.region.start_key);
+        let end = keys::data_end_key(&self.region.end_key);
+        let mut kvs = Vec::new();
+        self.kv
+            .scan(Cf::Default, ScanRange { start: &start, end: &end, reverse: false }, &mut |k, v| {
+                kvs.push(SnapshotKv { key: keys::origin_key(k).to_vec(), value: v.to_vec() });
+                true
+            })
+            .map_err(engine_err)?;
+        let data = SnapshotData { region: Some((&self.region).into()), kvs };
+        let mut snap = Snapshot::default();
+        snap.data = data.encode_to_vec().into();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf_state_of(&self.region));
+        Ok(snap)
+    }
+
+    /// Replaces this peer's data and log with a received snapshot. The data
+    /// goes to `kv_wb` (with the region meta and apply state), the log reset
+    /// to `raft_wb`; the caller writes kv first, then raft.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot, kv_wb: &mut WriteBatch, raft_wb: &mut WriteBatch) -> Result<()> {
+        let data = SnapshotData::decode(snap.get_data()).map_err(|e| Error::Other(format!("bad snapshot: {e}")))?;
+        let region = Region::from(&data.region.unwrap_or_default());
+        let meta = snap.get_metadata();
+        // Old data of this peer (if any) and the snapshot's range are replaced.
+        for r in [&self.region, &region] {
+            if r.peers.is_empty() && r.start_key.is_empty() && r.end_key.is_empty() && r.id != region.id {
+                continue;
+            }
+            kv_wb.delete_range(Cf::Default, keys::data_key(&r.start_key), keys::data_end_key(&r.end_key));
+        }
+        for kv in data.kvs {
+            kv_wb.put(Cf::Default, keys::data_key(&kv.key), kv.value);
+        }
+        self.region = region;
+        self.peer_state = PeerState::Normal;
+        self.apply_state =
+            RaftApplyState { applied_index: meta.index, truncated_index: meta.index, truncated_term: meta.term };
+        self.stage_region_state(kv_wb);
+        self.stage_apply_state(kv_wb);
+        raft_wb.delete_range(
+            Cf::Default,
+            keys::raft_log_key(self.region_id, 0),
+            keys::raft_log_key(self.region_id, u64::MAX),
+        );
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        self.set_hard_state(&hs, raft_wb);
+        self.last_index = meta.index;
+        self.last_term = meta.term;
+        Ok(())
+    }
+
+    /// Deletes every trace of the peer: data, meta, log. Leaves a Tombstone
+    /// record so a stale message cannot recreate it.
+    pub fn destroy(&mut self, kv_wb: &mut WriteBatch, raft_wb: &mut WriteBatch) {
+        if self.is_initialized() {
+            kv_wb.delete_range(
+                Cf::Default,
+                keys::data_key(&self.region.start_key),
+                keys::data_end_key(&self.region.end_key),
+            );
+        }
+        self.peer_state = PeerState::Tombstone;
+        self.stage_region_state(kv_wb);
+        kv_wb.delete(Cf::Meta, keys::apply_state_key(self.region_id));
+        raft_wb.delete_range(
+            Cf::Default,
+            keys::raft_log_key(self.region_id, 0),
+            keys::raft_log_key(self.region_id, u64::MAX),
+        );
+        raft_wb.delete(Cf::Default, keys::raft_state_key(self.region_id));
+    }
+
+    fn term_of(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.apply_state.truncated_index {
+            return Ok(self.apply_state.truncated_term);
+        }
+        if idx < self.apply_state.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if idx == self.last_index {
+            return Ok(self.last_term);
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn read_entry(&self, idx: u64) -> raft::Result<Entry> {
+        let b = self
+            .raft
+            .get(Cf::Default, &keys::raft_log_key(self.region_id, idx))
+            .map_err(engine_err)?
+            .ok_or(raft::Error::Store(StorageError::Unavailable))?;
+        Entry::parse_from_bytes(&b).map_err(engine_err)
+    }
+}
+
+impl raft::Storage for PeerStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state: conf_state_of(&self.region) })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.apply_state.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        let start = keys::raft_log_key(self.region_id, low);
+        let end = keys::raft_log_key(self.region_id, high);
+        let mut bad = None;
+        self.raft
+            .scan(Cf::Default, ScanRange { start: &start, end: &end, reverse: false }, &mut |_, v| {
+                match Entry::parse_from_bytes(v) {
+                    Ok(e) => {
+                        size += e.compute_size() as u64;
+                        // raft-rs wants at least one entry even over the limit.
+                        if !out.is_empty() && size > max {
+                            return false;
+                        }
+                        out.push(e);
+                        true
+                    }
+                    Err(e) => {
+                        bad = Some(e);
+                        false
+                    }
+                }
+            })
+            .map_err(engine_err)?;
+        if let Some(e) = bad {
+            return Err(engine_err(e));
+        }
+        if out.is_empty() || out[0].index != low {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.term_of(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.apply_state.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        self.generate_snapshot()
+    }
+}

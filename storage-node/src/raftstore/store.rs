@@ -1,0 +1,437 @@
+//! The store loop: one thread driving every region peer of this node.
+//!
+//! Each round: take all queued messages (raft messages from other stores,
+//! client reads and writes, PD operators), tick peers when the tick interval
+//! passed, then handle the readies of all peers together:
+//!
+//! 1. send each ready's messages (a leader may send before persisting);
+//! 2. apply a received snapshot;
+//! 3. apply committed entries into one kv batch;
+//! 4. stage new entries and hard states of **all** peers into one raft batch;
+//! 5. write the kv batch, then the raft batch with **one fsync**;
+//! 6. send persisted messages, `advance`, apply what the light ready commits;
+//! 7. answer clients (only now is their write applied and durable);
+//! 8. flush outgoing messages: one batch per target store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use mnemo_proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState};
+use mnemo_proto::types::{epoch_of, Peer as PeerMeta, PeerId, Region, RegionId, StoreId};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeType, Message as RaftMsg, MessageType};
+use raft::SnapshotStatus;
+
+use super::peer::{Peer, PeerConfig, Reply};
+use super::storage::PeerStorage;
+use super::{Operator, PdTask, StoreMsg, Transport};
+use crate::engine::{Cf, EngineRef, ScanRange, WriteBatch};
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::metrics::Metrics;
+
+/// Settings of the store loop.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Settings every peer gets.
+    pub peer: PeerConfig,
+    /// Raft tick (default 100 ms).
+    pub tick_interval: Duration,
+    /// How often a leader reports its region to PD even if nothing changed.
+    pub pd_heartbeat_interval: Duration,
+}
+
+/// The multi-raft store: owns every peer of this node.
+pub struct Store {
+    store_id: StoreId,
+    cfg: StoreConfig,
+    kv: EngineRef,
+    raft: EngineRef,
+    peers: HashMap<RegionId, Peer>,
+    /// Regions whose peer here was destroyed, with the largest peer id it had.
+    tombstones: HashMap<RegionId, PeerId>,
+    rx: Receiver<StoreMsg>,
+    transport: Arc<dyn Transport>,
+    pd: tokio::sync::mpsc::UnboundedSender<PdTask>,
+    logger: slog::Logger,
+    metrics: Arc<Metrics>,
+    last_reported: HashMap<RegionId, (Instant, Vec<PeerId>)>,
+}
+
+impl Store {
+    /// Loads every region peer this node holds.
+    pub fn load(
+        store_id: StoreId,
+        cfg: StoreConfig,
+        kv: EngineRef,
+        raft: EngineRef,
+        rx: Receiver<StoreMsg>,
+        transport: Arc<dyn Transport>,
+        pd: tokio::sync::mpsc::UnboundedSender<PdTask>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store> {
+        let logger = crate::logging::raft_logger();
+        let mut store = Store {
+            store_id,
+            cfg,
+            kv,
+            raft,
+            peers: HashMap::new(),
+            tombstones: HashMap::new(),
+            rx,
+            transport,
+            pd,
+            logger,
+            metrics,
+            last_reported: HashMap::new(),
+        };
+        let mut states = Vec::new();
+        store.kv.scan(
+            Cf::Meta,
+            ScanRange { start: keys::REGION_META_MIN, end: keys::REGION_META_MAX, reverse: false },
+            &mut |k, v| {
+                if let Some((_, true)) = keys::decode_region_meta_key(k) {
+                    states.push(v.to_vec());
+                }
+                true
+            },
+        )?;
+        for raw in states {
+            let state = RegionLocalState::decode(raw.as_slice()).map_err(|e| Error::Other(e.to_string()))?;
+            let region = Region::from(&state.region.clone().unwrap_or_default());
+            if state.state() == PeerState::Tombstone {
+                let max = region.peers.iter().map(|p| p.id).max().unwrap_or_default();
+                store.tombstones.insert(region.id, max);
+                continue;
+            }
+            let Some(me) = region.peer_on_store(store_id).copied() else {
+                tracing::warn!(region = %region.id, "region state without a local peer; skipping");
+                continue;
+            };
+            store.create_peer(me, region)?;
+        }
+        tracing::info!(store = %store_id, regions = store.peers.len(), "store loaded");
+        Ok(store)
+    }
+
+    fn create_peer(&mut self, me: PeerMeta, region: Region) -> Result<()> {
+        let id = region.id;
+        let storage = PeerStorage::open(self.kv.clone(), self.raft.clone(), region)?;
+        let peer = Peer::new(me, storage, self.cfg.peer.clone(), &self.logger)?;
+        self.peers.insert(id, peer);
+        Ok(())
+    }
+
+    /// Runs until a `Shutdown` message arrives or every sender is gone.
+    pub fn run(mut self) {
+        let mut next_tick = Instant::now() + self.cfg.tick_interval;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut replies = Vec::new();
+            match self.rx.recv_timeout(wait) {
+                Ok(StoreMsg::Shutdown) => break,
+                Ok(msg) => self.handle(msg, &mut replies),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let mut stop = false;
+            for msg in self.rx.try_iter().take(4096).collect::<Vec<_>>() {
+                match msg {
+                    StoreMsg::Shutdown => stop = true,
+                    msg => self.handle(msg, &mut replies),
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                for p in self.peers.values_mut() {
+                    p.raw.tick();
+                }
+                // After a stall, tick once and restart the clock: catch-up
+                // ticks in a burst would shorten elections and void leases.
+                next_tick = now + self.cfg.tick_interval;
+                self.report_to_pd(now);
+            }
+            if let Err(e) = self.handle_readies(&mut replies) {
+                // Losing a raft or kv write means losing promises: stop the node.
+                tracing::error!("fatal storage error in store loop: {e}");
+                std::process::exit(2);
+            }
+            deliver(replies);
+            if stop {
+                break;
+            }
+        }
+        let mut replies = Vec::new();
+        for p in self.peers.values_mut() {
+            p.fail_all(&mut replies);
+        }
+        deliver(replies);
+        tracing::info!("store loop stopped");
+    }
+
+    fn handle(&mut self, msg: StoreMsg, replies: &mut Vec<Reply>) {
+        let now = Instant::now();
+        match msg {
+            StoreMsg::Raft(m) => self.on_raft_message(m),
+            StoreMsg::Read { region_id, epoch, cb } => match self.peers.get_mut(&region_id) {
+                Some(p) if p.raw.store().is_initialized() => p.read(epoch, now, cb, replies),
+                _ => replies.push(Reply::Read(cb, Err(Error::RegionNotFound(region_id)))),
+            },
+            StoreMsg::Write { region_id, cmd, cb } => match self.peers.get_mut(&region_id) {
+                Some(p) if p.raw.store().is_initialized() => p.propose_write(cmd, now, cb, replies),
+                _ => replies.push(Reply::Write(cb, Err(Error::RegionNotFound(region_id)))),
+            },
+            StoreMsg::Operator { region_id, epoch, op } => {
+                let Some(p) = self.peers.get_mut(&region_id) else { return };
+                match op {
+                    Operator::ChangePeer { kind, peer } => {
+                        if p.propose_conf_change(epoch, kind, peer) {
+                            tracing::info!(region = %region_id, ?kind, peer = %peer.id, store = %peer.store_id, "proposed conf change");
+                        }
+                    }
+                    Operator::TransferLeader { peer } => {
+                        if p.is_leader() && peer.id != p.meta.id {
+                            p.raw.transfer_leader(peer.id.0);
+                        }
+                    }
+                }
+            }
+            StoreMsg::SnapshotStatus { region_id, to, ok } => {
+                if let Some(p) = self.peers.get_mut(&region_id) {
+                    let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                    p.raw.report_snapshot(to.0, status);
+                    if !ok {
+                        p.raw.report_unreachable(to.0);
+                    }
+                }
+            }
+            StoreMsg::Unreachable { region_id, to } => {
+                if let Some(p) = self.peers.get_mut(&region_id) {
+                    p.raw.report_unreachable(to.0);
+                }
+            }
+            StoreMsg::Shutdown => {}
+        }
+    }
+
+    fn on_raft_message(&mut self, m: RaftMessage) {
+        let region_id = RegionId(m.region_id);
+        let (Some(from), Some(to)) = (m.from_peer.as_ref(), m.to_peer.as_ref()) else { return };
+        let (from, to) = (PeerMeta::from(from), PeerMeta::from(to));
+        if to.store_id != self.store_id {
+            tracing::warn!(region = %region_id, to = %to.store_id, "raft message for another store; dropped");
+            return;
+        }
+        let msg = match RaftMsg::parse_from_bytes(&m.message) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(region = %region_id, "undecodable raft message: {e}");
+                return;
+            }
+        };
+        if !self.peers.contains_key(&region_id) {
+            if self.tombstones.get(&region_id).is_some_and(|max| to.id <= *max) || !Peer::may_create_peer(&msg) {
+                return;
+            }
+            // A leader talks to a peer we do not have yet: it was just added.
+            let region = Region { id: region_id, epoch: epoch_of(m.region_epoch.as_ref()), ..Default::default() };
+            if let Err(e) = self.create_peer(to, region) {
+                tracing::error!(region = %region_id, "cannot create peer: {e}");
+                return;
+            }
+            self.tombstones.remove(&region_id);
+            tracing::info!(region = %region_id, peer = %to.id, "created peer from leader message");
+        }
+        let peer = self.peers.get_mut(&region_id).expect("present");
+        if peer.meta.id != to.id {
+            tracing::debug!(region = %region_id, local = %peer.meta.id, to = %to.id, "message for another peer id; dropped");
+            return;
+        }
+        peer.remember_peer(from);
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            tracing::info!(region = %region_id, index = msg.get_snapshot().get_metadata().index, "received snapshot");
+        }
+        if let Err(e) = peer.step(msg) {
+            tracing::debug!(region = %region_id, "step failed: {e}");
+        }
+    }
+
+    fn handle_readies(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
+        let mut kv_wb = WriteBatch::new();
+        let mut raft_wb = WriteBatch::new();
+        let mut sync_kv = false;
+        let mut readies = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            if !p.raw.has_ready() {
+                continue;
+            }
+            let mut ready = p.raw.ready();
+            if let Some(ss) = ready.ss() {
+                tracing::info!(region = %id, role = ?ss.raft_state, leader = ss.leader_id, term = p.raw.raft.term, "raft state changed");
+                p.on_soft_state_change(replies);
+            }
+            p.queue_messages(ready.take_messages());
+            if !ready.snapshot().is_empty() {
+                let snap = ready.snapshot().clone();
+                p.raw.mut_store().apply_snapshot(&snap, &mut kv_wb, &mut raft_wb)?;
+                for peer in p.region().peers.clone() {
+                    p.remember_peer(peer);
+                }
+                sync_kv = true;
+                p.heartbeat_due = true;
+                tracing::info!(region = %id, index = snap.get_metadata().index, "applied snapshot");
+            }
+            for rs in ready.read_states() {
+                p.on_read_state(&rs.request_ctx, rs.index);
+            }
+            p.apply_entries(ready.take_committed_entries(), &self.kv, &mut kv_wb, replies)?;
+            if !ready.entries().is_empty() {
+                p.raw.mut_store().append(ready.entries(), &mut raft_wb);
+            }
+            if let Some(hs) = ready.hs() {
+                p.raw.mut_store().set_hard_state(hs, &mut raft_wb);
+            }
+            readies.push((*id, ready));
+        }
+        if readies.is_empty() {
+            return Ok(());
+        }
+        if !kv_wb.is_empty() {
+            self.kv.write(&kv_wb, sync_kv)?;
+        }
+        if !raft_wb.is_empty() {
+            self.raft.write(&raft_wb, true)?;
+            self.metrics.raft_fsyncs.inc();
+        }
+        self.metrics.ready_rounds.inc();
+
+        let mut kv_wb = WriteBatch::new();
+        let mut raft_wb = WriteBatch::new();
+        for (id, ready) in readies {
+            let p = self.peers.get_mut(&id).expect("peer with ready exists");
+            p.queue_messages(ready.persisted_messages().to_vec());
+            let mut light = p.raw.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                let mut hs = p.raw.store().hard_state.clone();
+                hs.commit = commit;
+                p.raw.mut_store().set_hard_state(&hs, &mut raft_wb);
+            }
+            p.queue_messages(light.take_messages());
+            p.apply_entries(light.take_committed_entries(), &self.kv, &mut kv_wb, replies)?;
+            p.raw.advance_apply();
+            p.answer_ready_reads(replies);
+        }
+        if !kv_wb.is_empty() {
+            self.kv.write(&kv_wb, false)?;
+        }
+        if !raft_wb.is_empty() {
+            self.raft.write(&raft_wb, false)?;
+        }
+        self.destroy_removed_peers(replies)?;
+        self.flush_outbox();
+        Ok(())
+    }
+
+    fn destroy_removed_peers(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
+        let doomed: Vec<RegionId> = self.peers.iter().filter(|(_, p)| p.pending_remove).map(|(id, _)| *id).collect();
+        for id in doomed {
+            let mut p = self.peers.remove(&id).expect("present");
+            let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+            p.fail_all(replies);
+            let max = p.region().peers.iter().map(|q| q.id).max().unwrap_or(p.meta.id).max(p.meta.id);
+            p.raw.mut_store().destroy(&mut kv_wb, &mut raft_wb);
+            self.kv.write(&kv_wb, true)?;
+            self.raft.write(&raft_wb, true)?;
+            self.tombstones.insert(id, max);
+            tracing::info!(region = %id, peer = %p.meta.id, "peer removed from region; destroyed");
+        }
+        Ok(())
+    }
+
+    fn flush_outbox(&mut self) {
+        let mut by_store: HashMap<StoreId, Vec<RaftMessage>> = HashMap::new();
+        for p in self.peers.values_mut() {
+            if p.outbox.is_empty() {
+                continue;
+            }
+            let region = p.region().clone();
+            let from = p.meta;
+            for (to, msg) in p.outbox.drain(..) {
+                let wire = RaftMessage {
+                    region_id: region.id.0,
+                    from_peer: Some(from.into()),
+                    to_peer: Some(to.into()),
+                    message: msg.write_to_bytes().expect("encode raft message"),
+                    region_epoch: Some(region.epoch.into()),
+                    is_tombstone: false,
+                    start_key: region.start_key.clone(),
+                    end_key: region.end_key.clone(),
+                };
+                by_store.entry(to.store_id).or_default().push(wire);
+            }
+        }
+        for (store, msgs) in by_store {
+            self.metrics.raft_messages_sent.add(msgs.len() as u64);
+            self.transport.send(store, msgs);
+        }
+    }
+
+    fn report_to_pd(&mut self, now: Instant) {
+        let mut leaders = 0;
+        let mut live = HashSet::new();
+        for (id, p) in self.peers.iter_mut() {
+            live.insert(*id);
+            if !p.is_leader() || !p.raw.store().is_initialized() {
+                continue;
+            }
+            leaders += 1;
+            let pending: Vec<PeerId> = p.pending_peers().iter().map(|q| q.id).collect();
+            let due = match self.last_reported.get(id) {
+                None => true,
+                Some((at, last_pending)) => {
+                    p.heartbeat_due || *last_pending != pending || now.duration_since(*at) >= self.cfg.pd_heartbeat_interval
+                }
+            };
+            if !due {
+                continue;
+            }
+            p.heartbeat_due = false;
+            self.last_reported.insert(*id, (now, pending));
+            let _ = self.pd.send(PdTask::RegionHeartbeat {
+                region: p.region().clone(),
+                leader: p.meta,
+                pending_peers: p.pending_peers(),
+                term: p.raw.raft.term,
+            });
+        }
+        self.last_reported.retain(|id, _| live.contains(id));
+        self.metrics.region_count.set(self.peers.len() as u64);
+        self.metrics.leader_count.set(leaders);
+    }
+}
+
+fn deliver(replies: Vec<Reply>) {
+    for r in replies {
+        match r {
+            Reply::Write(cb, res) => {
+                let _ = cb.send(res);
+            }
+            Reply::Read(cb, res) => {
+                let _ = cb.send(res);
+            }
+        }
+    }
+}
+
+/// Parses PD's conf change kind.
+pub fn conf_change_kind(v: i32) -> Option<ConfChangeType> {
+    match v {
+        0 => Some(ConfChangeType::AddNode),
+        1 => Some(ConfChangeType::RemoveNode),
+        2 => Some(ConfChangeType::AddLearnerNode),
+        _ => None,
+    }
+}

@@ -1,0 +1,497 @@
+//! The client-facing `tikvpb.Tikv` gRPC service (RawKV).
+//!
+//! Each handler: check the request (limits, column family, empty keys) →
+//! ask the store loop for permission to read (leader + lease/ReadIndex) or
+//! propose the write → read the kv engine or wait for the apply → answer.
+//! Region problems go back in `region_error`; bad input is gRPC
+//! `INVALID_ARGUMENT` with the limit in the message, and nothing is written.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use mnemo_proto::kvrpcpb::{self, Context, KvPair};
+use mnemo_proto::raft_serverpb::{CompareAndSwap, DeleteRange, Mutation, MutationOp, RaftRequestHeader, WriteCommand};
+use mnemo_proto::tikvpb::tikv_server::Tikv;
+use mnemo_proto::types::{clamp_range, epoch_of, Region, RegionId, StoreId};
+use mnemo_proto::errorpb;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+use crate::config::ServerConfig;
+use crate::engine::{Cf, EngineRef, ScanRange};
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::raftstore::{StoreMsg, WriteOutcome};
+
+/// How long a request waits for the store loop before answering.
+/// A write still pending then has an unknown outcome (`StaleCommand`);
+/// a read is told to retry elsewhere (`NotLeader` without a hint).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The RawKV service of one node.
+pub struct KvService {
+    store_id: StoreId,
+    store_tx: Sender<StoreMsg>,
+    kv: EngineRef,
+    limits: ServerConfig,
+    metrics: Arc<Metrics>,
+}
+
+type RpcResult<T> = std::result::Result<Response<T>, Status>;
+
+/// Responses that carry a `region_error`.
+trait HasRegionError: Default {
+    fn set_region_error(&mut self, e: errorpb::Error);
+}
+
+macro_rules! has_region_error {
+    ($($t:ty),*) => {$(
+        impl HasRegionError for $t {
+            fn set_region_error(&mut self, e: errorpb::Error) {
+                self.region_error = Some(e);
+            }
+        }
+    )*};
+}
+has_region_error!(
+    kvrpcpb::RawGetResponse,
+    kvrpcpb::RawBatchGetResponse,
+    kvrpcpb::RawPutResponse,
+    kvrpcpb::RawBatchPutResponse,
+    kvrpcpb::RawDeleteResponse,
+    kvrpcpb::RawBatchDeleteResponse,
+    kvrpcpb::RawScanResponse,
+    kvrpcpb::RawDeleteRangeResponse,
+    kvrpcpb::RawBatchScanResponse,
+    kvrpcpb::RawGetKeyTtlResponse,
+    kvrpcpb::RawCasResponse
+);
+
+/// Turns a handler result into the gRPC answer: region errors in the body,
+/// bad input as `INVALID_ARGUMENT`, anything else as `INTERNAL`.
+fn respond<T: HasRegionError>(metrics: &Metrics, r: Result<T>) -> RpcResult<T> {
+    match r {
+        Ok(resp) => Ok(Response::new(resp)),
+        Err(e) => {
+            if let Some(re) = e.to_region_error() {
+                metrics.region_errors.inc();
+                let mut resp = T::default();
+                resp.set_region_error(re);
+                return Ok(Response::new(resp));
+            }
+            match e {
+                Error::InvalidArgument(m) => Err(Status::invalid_argument(m)),
+                other => Err(Status::internal(other.to_string())),
+            }
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+fn expire_at(ttl_secs: u64) -> u64 {
+    if ttl_secs == 0 {
+        0
+    } else {
+        keys::now_unix_ms().saturating_add(ttl_secs.saturating_mul(1000))
+    }
+}
+
+impl KvService {
+    /// A service answering for store `store_id`.
+    pub fn new(
+        store_id: StoreId,
+        store_tx: Sender<StoreMsg>,
+        kv: EngineRef,
+        limits: ServerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        KvService { store_id, store_tx, kv, limits, metrics }
+    }
+
+    fn check_cf(cf: &str) -> Result<()> {
+        match cf {
+            "" | "default" => Ok(()),
+            other => Err(invalid(format!("column family {other:?} is not served by RawKV (use \"default\")"))),
+        }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(invalid("key must not be empty"));
+        }
+        let max = self.limits.max_key_size.0;
+        if key.len() as u64 > max {
+            return Err(invalid(format!("key of {} bytes exceeds the limit of {max} bytes", key.len())));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        let max = self.limits.max_value_size.0;
+        if value.len() as u64 > max {
+            return Err(invalid(format!("value of {} bytes exceeds the limit of {max} bytes", value.len())));
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, n: usize) -> Result<()> {
+        if n > self.limits.max_batch_keys {
+            return Err(invalid(format!("batch of {n} exceeds the limit of {} keys", self.limits.max_batch_keys)));
+        }
+        Ok(())
+    }
+
+    fn target(&self, ctx: Option<&Context>) -> Result<(RegionId, RaftRequestHeader)> {
+        let ctx = ctx.ok_or_else(|| invalid("request has no context"))?;
+        if let Some(peer) = &ctx.peer {
+            if peer.store_id != 0 && peer.store_id != self.store_id.0 {
+                return Err(Error::StoreNotMatch { request: StoreId(peer.store_id), actual: self.store_id });
+            }
+        }
+        let header = RaftRequestHeader {
+            region_id: ctx.region_id,
+            peer: ctx.peer.clone(),
+            region_epoch: Some(epoch_of(ctx.region_epoch.as_ref()).into()),
+        };
+        Ok((RegionId(ctx.region_id), header))
+    }
+
+    /// Waits until this node may serve a linearizable read of the region.
+    async fn read_permit(&self, ctx: Option<&Context>) -> Result<Region> {
+        let (region_id, header) = self.target(ctx)?;
+        self.metrics.reads.inc();
+        let (cb, rx) = oneshot::channel();
+        let epoch = epoch_of(header.region_epoch.as_ref());
+        self.store_tx
+            .send(StoreMsg::Read { region_id, epoch, cb })
+            .map_err(|_| Error::Other("store loop stopped".into()))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::NotLeader { region: region_id, leader: None }),
+            Err(_) => Err(Error::NotLeader { region: region_id, leader: None }),
+        }
+    }
+
+    /// Proposes a write and waits for it to be applied.
+    async fn write(&self, ctx: Option<&Context>, mut cmd: WriteCommand) -> Result<WriteOutcome> {
+        let (region_id, header) = self.target(ctx)?;
+        self.metrics.writes.inc();
+        cmd.header = Some(header);
+        let (cb, rx) = oneshot::channel();
+        self.store_tx
+            .send(StoreMsg::Write { region_id, cmd, cb })
+            .map_err(|_| Error::Other("store loop stopped".into()))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            // Dropped or timed out after proposing: the outcome is unknown.
+            Ok(Err(_)) | Err(_) => Err(Error::StaleCommand),
+        }
+    }
+
+    fn check_in_region(region: &Region, key: &[u8]) -> Result<()> {
+        if region.contains(key) {
+            Ok(())
+        } else {
+            Err(Error::KeyNotInRegion { key: key.to_vec(), region: region.clone() })
+        }
+    }
+
+    fn get_live(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        crate::raftstore::apply::read_live(self.kv.as_ref(), key, keys::now_unix_ms())
+    }
+
+    /// Scans `[lower, upper)` (empty upper = region end) of the region.
+    fn scan_region(
+        &self,
+        region: &Region,
+        lower: &[u8],
+        upper: &[u8],
+        reverse: bool,
+        limit: u32,
+        key_only: bool,
+    ) -> Result<Vec<KvPair>> {
+        if limit > self.limits.max_scan_limit {
+            return Err(invalid(format!("scan limit {limit} exceeds the maximum of {}", self.limits.max_scan_limit)));
+        }
+        let (lower, upper) = clamp_range(region, lower, upper);
+        let (start, end) = (keys::data_key(&lower), keys::data_end_key(&upper));
+        let mut out = Vec::new();
+        if limit == 0 || start >= end {
+            return Ok(out);
+        }
+        let now = keys::now_unix_ms();
+        self.kv.scan(Cf::Default, ScanRange { start: &start, end: &end, reverse }, &mut |k, v| {
+            let stored = keys::decode_value(v);
+            if !stored.is_expired(now) {
+                let value = if key_only { Vec::new() } else { stored.value.to_vec() };
+                out.push(KvPair { error: None, key: keys::origin_key(k).to_vec(), value });
+            }
+            out.len() < limit as usize
+        })?;
+        Ok(out)
+    }
+
+    /// Scan bounds as sent: forward `[start, end)`; reverse: start is the
+    /// exclusive upper bound and end the inclusive lower bound.
+    fn scan_bounds(region: &Region, start: &[u8], end: &[u8], reverse: bool) -> Result<(Vec<u8>, Vec<u8>)> {
+        if !reverse {
+            if !start.is_empty() && !region.contains(start) {
+                return Err(Error::KeyNotInRegion { key: start.to_vec(), region: region.clone() });
+            }
+            if !end.is_empty() && end < start {
+                return Err(invalid("scan end key is before its start key"));
+            }
+            Ok((start.to_vec(), end.to_vec()))
+        } else {
+            let upper_outside = if start.is_empty() {
+                !region.end_key.is_empty()
+            } else {
+                start <= region.start_key.as_slice() || (!region.end_key.is_empty() && start > region.end_key.as_slice())
+            };
+            if upper_outside {
+                return Err(Error::KeyNotInRegion { key: start.to_vec(), region: region.clone() });
+            }
+            if !start.is_empty() && end > start {
+                return Err(invalid("reverse scan lower bound (end_key) is above its upper bound (start_key)"));
+            }
+            Ok((end.to_vec(), start.to_vec()))
+        }
+    }
+
+    fn put_mutation(key: Vec<u8>, value: Vec<u8>, ttl: u64) -> Mutation {
+        Mutation { op: MutationOp::Put as i32, key, value, expire_at_ms: expire_at(ttl) }
+    }
+
+    fn delete_mutation(key: Vec<u8>) -> Mutation {
+        Mutation { op: MutationOp::Delete as i32, key, value: Vec::new(), expire_at_ms: 0 }
+    }
+}
+
+#[tonic::async_trait]
+impl Tikv for KvService {
+    async fn raw_get(&self, req: Request<kvrpcpb::RawGetRequest>) -> RpcResult<kvrpcpb::RawGetResponse> {
+        let req = req.into_inner();
+        let r = async {
+            Self::check_cf(&req.cf)?;
+            self.check_key(&req.key)?;
+            let region = self.read_permit(req.context.as_ref()).await?;
+            Self::check_in_region(&region, &req.key)?;
+            let mut resp = kvrpcpb::RawGetResponse::default();
+            match self.get_live(&req.key)? {
+                Some(v) => resp.value = v,
+                None => resp.not_found = true,
+            }
+            Ok(resp)
+        }
+        .await;
+        respond(&self.metrics, r)
+    }
+
+    async fn raw_batch_get(&self, req: Request<kvrpcpb::RawBatchGetRequest>) -> RpcResult<kvrpcpb::RawBatchGetResponse> {
+        let req = req.into_inner();
+        let r = async {
+            Self::check_cf(&req.cf)?;
+            self.check_batch(req.keys.len())?;
+            for k in &req.keys {
+                self.check_key(k)?;
+            }
+            let region = self.read_permit(req.context.as_ref()).await?;
+            let mut pairs = Vec::new();
+            for k in req.keys {
+                Self::check_in_region(&region, &k)?;
+                if let Some(value) = self.get_live(&k)? {
+                    pairs.push(KvPair { error: None, key: k, value });
+                }
+            }
+            Ok(kvrpcpb::RawBatchGetResponse { region_error: None, pairs })
+        }
+        .await;
+        respond(&self.metrics, r)
+    }
+
+    async fn raw_put(&self, req: Request<kvrpcpb::RawPutRequest>) -> RpcResult<kvrpcpb::RawPutResponse> {
+        let req = req.into_inner();
+        let r = async {
+            Self::check_cf(&req.cf)?;
+            self.check_key(&req.key)?;
+            self.check_value(&req.value)?;
+            let cmd = WriteCommand {
+                mutations: vec![Self::put_mutation(req.key, req.value, req.ttl)],
+                ..Default::default()
+            };
+            self.write(req.context.as_ref(), cmd).await?;
+            Ok(kvrpcpb::RawPutResponse::default())
+        }
+        .await;
+        respond(&self.metrics, r)
+    }
+
+    async fn raw_batch_put(&self, req: Request<kvrpcpb::RawBatchPutRequest>) -> RpcResult<kvrpcpb::RawBatchPutResponse> {
+        let req = req.into_inner();
+        let r = async {
+            Self::check_cf(&req.cf)?;
+            self.check_batch(req.pairs.len())?;
+            if !req.ttls.is_empty() && req.ttls.len() != req.pairs.len() {
+                return Err(invalid(format!("{} ttls for {} pairs", req.ttls.len(), req.pairs.len())));
+            }
+            let mut mutations = Vec::with_capacity(req.pairs.len());
+            for (i, p) in req.pairs.into_iter().enumerate() {
+                self.check_key(&p.key)?;
+                self.check_value(&p.value)?;
+                let ttl = req.ttls.get(i).copied().unwrap_or(req.ttl);
+                mutations.push(Self::put_mutation(p.key, p.value, ttl));
+            }
+            if mutations.is_empty() {
+                return Ok(kvrpcpb::RawBatchPutResponse::default());
+            }
+            self.write(req.context.as_ref(), WriteCommand { mutations, ..Default::default() }).await?;
+            Ok(kvrpcpb::RawBatchPutResponse::default())
+        }
+        .await;
+        respond(&self.metrics, r)
+    }
+
+    async fn raw_delete(&self, req: Request<kvrpcpb::RawDeleteRequest>) -> RpcResult<kvrpcpb::RawDeleteResponse> {
+        let req = req.into_inner();
+        let r = async {
+            Self::check_cf(&req.cf)?;
+            self.check_key(&req.key)?;
+            let cmd = WriteCommand { mutations: vec![Self::delete_mutation(req.key)], ..Default::default() };
+            self.write(req.context.as_ref(), cmd).await?;
+            Ok(kvrpcpb::RawDeleteResponse::default())
+        }
+        .await;
+        respond(&self.metrics, r)
+    }
+
+    async fn raw_batch_delete(
+        &self,
+        req: Request<kvrpcpb::RawBatchDeleteRequest>,
+    ) -> RpcResult<kvrpcpb::RawBatchDeleteResponse> {
+        let req = req.into_inner();
+        let r = async {
+            Self::check_cf(&req.cf)?;
+            self.check_batch(req.keys.len())?;
+            for k in &req.keys {
+                self.check_key(k)?;
+            }
+            if req.keys.is_empty() {
+                return Ok(kvrpcpb::RawBatchDeleteResponse::default());
+            }
+            let mutations = req.keys.into_iter().map(Self::delete_mutation).collect();
+            self.write(req.context.as_ref(), WriteCommand { mutations, ..Default::default() }).await?;
+            Ok(kvrpcpb::RawBatchDeleteResponse::default())
+        }
+        .await;
+        respond(&self.metrics, r)
+    }
+
+    async fn raw_scan(&self, req: Request<kvrpcpb::RawScanRequest>) -> RpcResult<kvrpcpb::RawScanResponse> {
+        let req = req.into_inner();
+        let r = async {
+            Self::check_cf(&req.cf)?;
+            let region = self.read_permit(req.context.as_ref()).await?;
+            let (lower, upper) = Self::scan_bounds(&region, &req.start_key, &req.end_key, req.reverse)?;
+            let kvs = self.scan_region(&region, &lower, &upper, req.reverse, req.limit, req.key_only)?;
+            Ok(kvrpcpb::RawScanResponse { region_error: None, kvs })
+        }
+        .await;
+        respond(&self.metrics, r)
+    }
+
+    async fn raw_delete_range(
+        &self,
+        req: Request<kvrpcpb::RawDeleteRangeRequest>,
+    ) -> RpcResult<kvrpcpb::RawDeleteRangeResponse> {
+        let req = req.into_inner();
+        let r = async {
+            Self::check_cf(&req.cf)?;
+            if !req.end_key.is_empty() && req.start_key >= req.end_key {
+                return Err(invalid("delete range start key must be below its end key"));
+            }
+            let cmd = WriteCommand {
+                delete_range: Some(DeleteRange { start_key: req.start_key, end_key: req.end_key }),
+                ..Default::default()
+            };
+            self.write(req.context.as_ref(), cmd).await?;
+            Ok(kvrpcpb::RawDeleteRangeResponse::default())
+        }
+        .await;
+        respond(&self.metrics, r)
+    }
+
+    async fn raw_batch_scan(&self, req: Request<kvrpcpb::RawBatchScanRequest>) -> RpcResult<kvrpcpb::RawBatchScanResponse> {
+        let req = req.into_inner();
+        let r = async {
+            Self::check_cf(&req.cf)?;
+            self.check_batch(req.ranges.len())?;
+            let region = self.read_permit(req.context.as_ref()).await?;
+            let mut kvs = Vec::new();
+            for range in &req.ranges {
+                let (lower, upper) = Self::scan_bounds(&region, &range.start_key, &range.end_key, req.reverse)?;
+                kvs.extend(self.scan_region(&region, &lower, &upper, req.reverse, req.each_limit, req.key_only)?);
+            }
+            Ok(kvrpcpb::RawBatchScanResponse { region_error: None, kvs })
+        }
+        .await;
+        respond(&self.metrics, r)
+    }
+
+    async fn raw_get_key_ttl(&self, req: Request<kvrpcpb::RawGetKeyTtlRequest>) -> RpcResult<kvrpcpb::RawGetKeyTtlResponse> {
+        let req = req.into_inner();
+        let r = async {
+            Self::check_cf(&req.cf)?;
+            self.check_key(&req.key)?;
+            let region = self.read_permit(req.context.as_ref()).await?;
+            Self::check_in_region(&region, &req.key)?;
+            let mut resp = kvrpcpb::RawGetKeyTtlResponse::default();
+            let now = keys::now_unix_ms();
+            match self.kv.get(Cf::Default, &keys::data_key(&req.key))? {
+                Some(raw) if !keys::decode_value(&raw).is_expired(now) => {
+                    let exp = keys::decode_value(&raw).expire_at_ms;
+                    resp.ttl = if exp == 0 { 0 } else { (exp - now).div_ceil(1000) };
+                }
+                _ => resp.not_found = true,
+            }
+            Ok(resp)
+        }
+        .await;
+        respond(&self.metrics, r)
+    }
+
+    async fn raw_compare_and_swap(&self, req: Request<kvrpcpb::RawCasRequest>) -> RpcResult<kvrpcpb::RawCasResponse> {
+        let req = req.into_inner();
+        let r = async {
+            Self::check_cf(&req.cf)?;
+            self.check_key(&req.key)?;
+            self.check_value(&req.value)?;
+            self.check_value(&req.previous_value)?;
+            let cmd = WriteCommand {
+                cas: Some(CompareAndSwap {
+                    key: req.key,
+                    previous_not_exist: req.previous_not_exist,
+                    previous_value: req.previous_value,
+                    value: req.value,
+                    expire_at_ms: expire_at(req.ttl),
+                }),
+                ..Default::default()
+            };
+            match self.write(req.context.as_ref(), cmd).await? {
+                WriteOutcome::Cas { succeed, previous } => Ok(kvrpcpb::RawCasResponse {
+                    succeed,
+                    previous_not_exist: previous.is_none(),
+                    previous_value: previous.unwrap_or_default(),
+                    ..Default::default()
+                }),
+                WriteOutcome::Done => Err(Error::Other("CAS applied without an outcome".into())),
+            }
+        }
+        .await;
+        respond(&self.metrics, r)
+    }
+}
