@@ -139,9 +139,24 @@ pub(crate) struct Executor {
     rpc_timeout: Duration,
 }
 
+/// Least time left for which an attempt is still sent (10 ms).
+const MIN_RPC_BUDGET: Duration = Duration::from_millis(10);
+
 /// A failure that happened before anything was sent.
 fn unsent(f: Failure) -> (SentTo, Failure) {
     (None, f)
+}
+
+/// Cuts a lookup (PD calls, possibly a leader rediscovery) off at the call's
+/// deadline; lookups change nothing, so abandoning one is harmless.
+async fn by_deadline<T>(
+    deadline: Instant,
+    lookup: impl Future<Output = std::result::Result<T, Failure>>,
+) -> std::result::Result<T, Failure> {
+    match tokio::time::timeout_at(deadline, lookup).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::Locate("the deadline passed during a region or store lookup".into())),
+    }
 }
 
 fn locate_failure(e: Error) -> Failure {
@@ -216,11 +231,7 @@ impl Executor {
     }
 
     /// Resolves where to send a request for `cached`.
-    async fn target(
-        &self,
-        cached: &CachedRegion,
-        time_left: Duration,
-    ) -> std::result::Result<Target, Failure> {
+    async fn target(&self, cached: &CachedRegion, deadline: Instant) -> std::result::Result<Target, Failure> {
         let region = &cached.region;
         let Some(peer) =
             cached.leader.or_else(|| region.voters().next().copied()).or(region.peers.first().copied())
@@ -240,6 +251,12 @@ impl Executor {
             self.cache.invalidate_store(peer.store_id);
             Failure::Locate(e)
         })?;
+        // Sending with almost no time left would make a write time out, and
+        // so become undetermined, when it could simply not have been sent.
+        let time_left = deadline.saturating_duration_since(Instant::now());
+        if time_left < MIN_RPC_BUDGET {
+            return Err(Failure::Locate(format!("only {time_left:?} left before the deadline; not sent")));
+        }
         let rpc_timeout = self.rpc_timeout.min(time_left);
         Ok(Target { region: region.clone(), peer, client, rpc_timeout })
     }
@@ -262,7 +279,7 @@ impl Executor {
         let mut retry = RetryState::new(kind, deadline);
         loop {
             retry.check_deadline()?;
-            let (sent_to, failure) = match self.attempt_one(at, retry.time_left(), &send).await {
+            let (sent_to, failure) = match self.attempt_one(at, deadline, &send).await {
                 Ok(done) => return Ok(done),
                 Err(failed) => failed,
             };
@@ -275,15 +292,15 @@ impl Executor {
     async fn attempt_one<T, F, Fut>(
         &self,
         at: Locate<'_>,
-        time_left: Duration,
+        deadline: Instant,
         send: &F,
     ) -> std::result::Result<(Region, T), (SentTo, Failure)>
     where
         F: Fn(Target) -> Fut,
         Fut: Future<Output = std::result::Result<T, Failure>>,
     {
-        let cached = self.locate(at).await.map_err(unsent)?;
-        let target = self.target(&cached, time_left).await.map_err(unsent)?;
+        let cached = by_deadline(deadline, self.locate(at)).await.map_err(unsent)?;
+        let target = by_deadline(deadline, self.target(&cached, deadline)).await.map_err(unsent)?;
         let sent_to: SentTo = Some((target.region.id, target.peer.store_id));
         let region = target.region.clone();
         match send(target).await {
@@ -325,7 +342,7 @@ impl Executor {
             let mut missing = groups.place(&self.cache, pending);
             let mut lookup_failure = None;
             while let Some(first) = missing.first() {
-                if let Err(f) = self.locate_key(first.start()).await {
+                if let Err(f) = by_deadline(deadline, self.locate_key(first.start())).await {
                     lookup_failure = Some(f);
                     break;
                 }
@@ -339,11 +356,10 @@ impl Executor {
                 retry.absorb(&self.cache, None, f).map_err(|e| finish_error(kind, applied, e))?;
             }
 
-            let time_left = retry.time_left();
             let send = &send;
             let rounds = groups.into_chunks(MAX_BATCH_KEYS, MAX_BATCH_BYTES).into_iter().map(
                 |(cached, chunk)| async move {
-                    let target = match self.target(&cached, time_left).await {
+                    let target = match by_deadline(deadline, self.target(&cached, deadline)).await {
                         Ok(t) => t,
                         Err(f) => return (None, chunk, Err(f)),
                     };

@@ -13,6 +13,7 @@
 //! prints `(not found)` and exits 0. Errors go to stderr with exit code 1; an
 //! undetermined write says so ("write outcome undetermined: ...").
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -100,21 +101,22 @@ fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-async fn run(cli: Cli) -> mnemo_client::Result<()> {
+/// Runs the command and returns the lines to print on stdout.
+async fn run(cli: Cli) -> mnemo_client::Result<Vec<String>> {
     let config = Config { timeout: Duration::from_secs(cli.timeout.max(1)), ..Config::default() };
     let client = RawClient::with_config(cli.pd, config).await?;
-    match cli.command {
+    let out = match cli.command {
         Command::Get { key } => match client.get(key).await? {
-            Some(v) => println!("{}", show(&v)),
-            None => println!("(not found)"),
+            Some(v) => vec![show(&v)],
+            None => vec!["(not found)".to_string()],
         },
         Command::Put { key, value, ttl } => {
             client.put_with_ttl(key, value, ttl).await?;
-            println!("OK");
+            vec!["OK".to_string()]
         }
         Command::Delete { key } => {
             client.delete(key).await?;
-            println!("OK");
+            vec!["OK".to_string()]
         }
         Command::Scan { start, end, limit, reverse } => {
             let pairs = if reverse {
@@ -122,26 +124,34 @@ async fn run(cli: Cli) -> mnemo_client::Result<()> {
             } else {
                 client.scan(start, end, limit).await?
             };
-            for (k, v) in pairs {
-                println!("{}\t{}", show(&k), show(&v));
-            }
+            pairs.iter().map(|(k, v)| format!("{}\t{}", show(k), show(v))).collect()
         }
         Command::Cas { key, new, expect } => {
             let expected = if expect.expect_absent { None } else { expect.expect.map(String::into_bytes) };
             let (previous, swapped) = client.compare_and_swap(key, expected, new).await?;
             let previous = previous.map_or_else(|| "(not found)".to_string(), |v| show(&v));
             if swapped {
-                println!("swapped (previous: {previous})");
+                vec![format!("swapped (previous: {previous})")]
             } else {
-                println!("not swapped (current: {previous})");
+                vec![format!("not swapped (current: {previous})")]
             }
         }
         Command::Ttl { key } => match client.get_key_ttl(key).await? {
-            Some(ttl) => println!("{ttl}"),
-            None => println!("(not found)"),
+            Some(ttl) => vec![ttl.to_string()],
+            None => vec!["(not found)".to_string()],
         },
+    };
+    Ok(out)
+}
+
+/// Writes `lines` to stdout. A closed pipe (`| head`) is not an error worth
+/// reporting.
+fn print(lines: &[String]) -> std::io::Result<()> {
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in lines {
+        writeln!(stdout, "{line}")?;
     }
-    Ok(())
+    stdout.flush()
 }
 
 #[tokio::main]
@@ -154,7 +164,13 @@ async fn main() -> ExitCode {
         )
         .init();
     match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(lines) => match print(&lines) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("error: writing output: {e}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        },
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

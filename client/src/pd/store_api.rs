@@ -24,7 +24,9 @@ impl PdClient {
     /// Whether some node already bootstrapped the cluster.
     pub async fn is_bootstrapped(&self) -> Result<bool> {
         let resp = self
-            .call(|mut c, h| async move { c.is_bootstrapped(pdpb::IsBootstrappedRequest { header: Some(h) }).await })
+            .call(|mut c, h| async move {
+                c.is_bootstrapped(pdpb::IsBootstrappedRequest { header: Some(h) }).await
+            })
             .await?;
         Ok(resp.bootstrapped)
     }

@@ -160,6 +160,7 @@ fn heartbeats_update_the_map_and_stale_ones_are_ignored() {
     });
     c.bootstrap(store(1), first_region()).unwrap();
     let leader = voter(3, 1);
+    assert_eq!(c.region_heartbeat(heartbeat(&first_region(), leader)).unwrap(), None, "one replica is enough");
     // Split: region 2 keeps [m, +inf), new region 10 takes [-inf, m).
     let ids = c.ask_batch_split(&first_region(), 1).unwrap();
     assert_eq!(ids[0].peer_ids.len(), 1);
