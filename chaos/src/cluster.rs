@@ -228,7 +228,9 @@ impl Cluster {
     }
 
     fn wait_pd_healthy(&self) {
-        wait_for("PD to answer /pd/api/v1/health", Duration::from_secs(30), || self.pd_get("/pd/api/v1/health"));
+        wait_for("PD to answer /pd/api/v1/health", Duration::from_secs(30), || {
+            self.pd_get("/pd/api/v1/health")
+        });
     }
 
     /// Regions as PD's HTTP API lists them.
@@ -251,7 +253,9 @@ impl Cluster {
                         .filter(|p| p["role_name"].as_str().unwrap_or("Voter") == "Voter")
                         .filter_map(|p| p["store_id"].as_u64())
                         .collect();
-                    voters.len() == replicas && peers.len() == replicas && r["leader"]["store_id"].as_u64().unwrap_or(0) != 0
+                    voters.len() == replicas
+                        && peers.len() == replicas
+                        && r["leader"]["store_id"].as_u64().unwrap_or(0) != 0
                 });
             ok.then_some(regions)
         })

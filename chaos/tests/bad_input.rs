@@ -11,7 +11,12 @@ use mnemo_proto::pdpb::{pd_client::PdClient as PdGrpc, GetRegionRequest, Request
 use mnemo_proto::tikvpb::tikv_client::TikvClient;
 use mnemo_proto::types::{Peer, Region};
 
-async fn raw_get(addr: &str, region: &Region, peer: Peer, key: &[u8]) -> mnemo_proto::kvrpcpb::RawGetResponse {
+async fn raw_get(
+    addr: &str,
+    region: &Region,
+    peer: Peer,
+    key: &[u8],
+) -> mnemo_proto::kvrpcpb::RawGetResponse {
     let mut c = TikvClient::connect(format!("http://{addr}")).await.unwrap();
     let ctx = Context {
         region_id: region.id.0,
@@ -19,7 +24,10 @@ async fn raw_get(addr: &str, region: &Region, peer: Peer, key: &[u8]) -> mnemo_p
         peer: Some(peer.into()),
         ..Default::default()
     };
-    c.raw_get(RawGetRequest { context: Some(ctx), key: key.to_vec(), cf: String::new() }).await.unwrap().into_inner()
+    c.raw_get(RawGetRequest { context: Some(ctx), key: key.to_vec(), cf: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

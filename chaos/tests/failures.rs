@@ -12,7 +12,12 @@ use parking_lot::Mutex;
 type Acked = Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>;
 
 /// Writes `prefix-N` keys until `stop`; records every acknowledged write.
-fn spawn_writers(client: Arc<RawClient>, tasks: usize, acked: Acked, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_writers(
+    client: Arc<RawClient>,
+    tasks: usize,
+    acked: Acked,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..tasks)
         .map(|t| {
             let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());

@@ -25,7 +25,10 @@ async fn every_raw_operation_works_on_a_replicated_region() {
     assert_eq!(client.get(b"hello".to_vec()).await.unwrap(), None);
 
     // Batches come back in request order, found keys only.
-    client.batch_put(vec![kv("a", "1"), kv("b", "2"), kv("c", "3"), kv("d", "4"), kv("e", "5")]).await.unwrap();
+    client
+        .batch_put(vec![kv("a", "1"), kv("b", "2"), kv("c", "3"), kv("d", "4"), kv("e", "5")])
+        .await
+        .unwrap();
     let got = client.batch_get(vec![b"c".to_vec(), b"zz".to_vec(), b"a".to_vec()]).await.unwrap();
     assert_eq!(got, vec![kv("c", "3"), kv("a", "1")]);
 
@@ -52,10 +55,12 @@ async fn every_raw_operation_works_on_a_replicated_region() {
     // and reports the current value.
     let (prev, ok) = client.compare_and_swap(b"cas".to_vec(), None, b"v1".to_vec()).await.unwrap();
     assert!(ok && prev.is_none());
-    let (prev, ok) = client.compare_and_swap(b"cas".to_vec(), Some(b"nope".to_vec()), b"v2".to_vec()).await.unwrap();
+    let (prev, ok) =
+        client.compare_and_swap(b"cas".to_vec(), Some(b"nope".to_vec()), b"v2".to_vec()).await.unwrap();
     assert!(!ok);
     assert_eq!(prev, Some(b"v1".to_vec()));
-    let (_, ok) = client.compare_and_swap(b"cas".to_vec(), Some(b"v1".to_vec()), b"v2".to_vec()).await.unwrap();
+    let (_, ok) =
+        client.compare_and_swap(b"cas".to_vec(), Some(b"v1".to_vec()), b"v2".to_vec()).await.unwrap();
     assert!(ok);
     assert_eq!(client.get(b"cas".to_vec()).await.unwrap(), Some(b"v2".to_vec()));
 }

@@ -57,6 +57,8 @@
 //! Plain writes are sent with `for_cas = true`, asking the node to serialise
 //! them with compare-and-swap on the same key.
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 mod batch;
 pub mod error;

@@ -24,7 +24,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. \"100ms\", \"5s\""))?;
+    let n: f64 =
+        num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. \"100ms\", \"5s\""))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -54,7 +55,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 impl fmt::Display for ReadableDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -65,9 +66,9 @@ impl fmt::Display for ReadableDuration {
 impl fmt::Display for ReadableSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b >= 1 << 20 && b % (1 << 20) == 0 {
+        if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
             write!(f, "{}MiB", b >> 20)
-        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+        } else if b >= 1 << 10 && b.is_multiple_of(1 << 10) {
             write!(f, "{}KiB", b >> 10)
         } else {
             write!(f, "{b}B")
@@ -215,7 +216,8 @@ impl RaftstoreConfig {
 impl NodeConfig {
     /// Reads a TOML file over the defaults.
     pub fn from_file(path: &std::path::Path) -> Result<NodeConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
     }
 
@@ -310,7 +312,10 @@ mod tests {
 
     #[test]
     fn labels_parse() {
-        assert_eq!(parse_labels("zone=z1, host=h1").unwrap(), vec![("zone".into(), "z1".into()), ("host".into(), "h1".into())]);
+        assert_eq!(
+            parse_labels("zone=z1, host=h1").unwrap(),
+            vec![("zone".into(), "z1".into()), ("host".into(), "h1".into())]
+        );
         assert!(parse_labels("zone").is_err());
     }
 }

@@ -73,8 +73,9 @@ impl Error {
                     Some(errorpb::NotLeader { region_id: region.0, leader: leader.map(Into::into) });
             }
             Error::EpochNotMatch { current } => {
-                e.epoch_not_match =
-                    Some(errorpb::EpochNotMatch { current_regions: current.iter().map(Into::into).collect() });
+                e.epoch_not_match = Some(errorpb::EpochNotMatch {
+                    current_regions: current.iter().map(Into::into).collect(),
+                });
             }
             Error::RegionNotFound(id) => {
                 e.region_not_found = Some(errorpb::RegionNotFound { region_id: id.0 });
@@ -88,8 +89,11 @@ impl Error {
                 });
             }
             Error::ServerIsBusy(reason) => {
-                e.server_is_busy =
-                    Some(errorpb::ServerIsBusy { reason: reason.clone(), backoff_ms: 100, ..Default::default() });
+                e.server_is_busy = Some(errorpb::ServerIsBusy {
+                    reason: reason.clone(),
+                    backoff_ms: 100,
+                    ..Default::default()
+                });
             }
             Error::StaleCommand => e.stale_command = Some(errorpb::StaleCommand {}),
             Error::StoreNotMatch { request, actual } => {

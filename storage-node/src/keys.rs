@@ -142,7 +142,10 @@ pub fn decode_value(raw: &[u8]) -> StoredValue<'_> {
 
 /// Unix time in milliseconds (wall clock; TTLs are wall-clock promises).
 pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

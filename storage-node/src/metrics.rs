@@ -74,9 +74,19 @@ impl Metrics {
         let mut emit = |name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        emit("mnemo_ready_rounds_total", "counter", "Store loop rounds with ready work.", self.ready_rounds.get());
+        emit(
+            "mnemo_ready_rounds_total",
+            "counter",
+            "Store loop rounds with ready work.",
+            self.ready_rounds.get(),
+        );
         emit("mnemo_raft_fsyncs_total", "counter", "fsyncs of the raft log store.", self.raft_fsyncs.get());
-        emit("mnemo_raft_messages_sent_total", "counter", "Raft messages sent.", self.raft_messages_sent.get());
+        emit(
+            "mnemo_raft_messages_sent_total",
+            "counter",
+            "Raft messages sent.",
+            self.raft_messages_sent.get(),
+        );
         emit(
             "mnemo_raft_messages_received_total",
             "counter",
@@ -84,10 +94,20 @@ impl Metrics {
             self.raft_messages_received.get(),
         );
         emit("mnemo_snapshots_sent_total", "counter", "Snapshots sent.", self.snapshots_sent.get());
-        emit("mnemo_snapshots_received_total", "counter", "Snapshots received.", self.snapshots_received.get());
+        emit(
+            "mnemo_snapshots_received_total",
+            "counter",
+            "Snapshots received.",
+            self.snapshots_received.get(),
+        );
         emit("mnemo_reads_total", "counter", "Client read requests.", self.reads.get());
         emit("mnemo_writes_total", "counter", "Client write requests.", self.writes.get());
-        emit("mnemo_region_errors_total", "counter", "Requests answered with a region error.", self.region_errors.get());
+        emit(
+            "mnemo_region_errors_total",
+            "counter",
+            "Requests answered with a region error.",
+            self.region_errors.get(),
+        );
         emit("mnemo_region_count", "gauge", "Region peers on this node.", self.region_count.get());
         emit("mnemo_leader_count", "gauge", "Regions led by this node.", self.leader_count.get());
         out

@@ -21,10 +21,10 @@ use mnemo_proto::tikvpb::tikv_server::TikvServer;
 use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
 use prost::Message as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::NodeConfig;
-use crate::engine::{Cf, EngineRef, RocksEngine, WriteBatch};
+use crate::engine::{Cf, EngineRef, Engines, RocksEngine, WriteBatch};
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::pd_worker::PdWorker;
@@ -71,7 +71,8 @@ impl Drop for NodeHandle {
 }
 
 fn open_engines(cfg: &NodeConfig) -> Result<(EngineRef, EngineRef), String> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("cannot create {}: {e}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", cfg.data_dir.display()))?;
     let kv = RocksEngine::open(&cfg.data_dir.join("db")).map_err(|e| e.to_string())?;
     let raft = RocksEngine::open(&cfg.data_dir.join("raft")).map_err(|e| e.to_string())?;
     Ok((Arc::new(kv), Arc::new(raft)))
@@ -139,8 +140,15 @@ async fn bootstrap_cluster(
         if let Some(region) = prepared {
             // We prepared but lost the race (or crashed before hearing back).
             if pd.get_region_by_id(region).await.is_ok() {
-                kv.write(&{ let mut wb = WriteBatch::new(); wb.delete(Cf::Meta, PREPARE_BOOTSTRAP_KEY); wb }, true)
-                    .map_err(|e| e.to_string())?;
+                kv.write(
+                    &{
+                        let mut wb = WriteBatch::new();
+                        wb.delete(Cf::Meta, PREPARE_BOOTSTRAP_KEY);
+                        wb
+                    },
+                    true,
+                )
+                .map_err(|e| e.to_string())?;
             } else {
                 clear_prepared(kv, raft, region)?;
             }
@@ -149,7 +157,8 @@ async fn bootstrap_cluster(
     }
     let region = match prepared {
         Some(id) => {
-            let raw = kv.get(Cf::Meta, &keys::region_state_key(id)).map_err(|e| e.to_string())?.unwrap_or_default();
+            let raw =
+                kv.get(Cf::Meta, &keys::region_state_key(id)).map_err(|e| e.to_string())?.unwrap_or_default();
             let state = mnemo_proto::raft_serverpb::RegionLocalState::decode(raw.as_slice())
                 .map_err(|e| format!("corrupt prepared region: {e}"))?;
             Region::from(&state.region.unwrap_or_default())
@@ -188,13 +197,15 @@ async fn bootstrap_cluster(
 /// first, so `--addr 127.0.0.1:0` works (the bound port is advertised).
 pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     cfg.validate()?;
-    let listener = TcpListener::bind(&cfg.addr).await.map_err(|e| format!("cannot bind {}: {e}", cfg.addr))?;
+    let listener =
+        TcpListener::bind(&cfg.addr).await.map_err(|e| format!("cannot bind {}: {e}", cfg.addr))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     if cfg.advertise_addr.is_empty() {
         cfg.advertise_addr = addr.to_string();
     }
-    let status_listener =
-        TcpListener::bind(&cfg.status_addr).await.map_err(|e| format!("cannot bind {}: {e}", cfg.status_addr))?;
+    let status_listener = TcpListener::bind(&cfg.status_addr)
+        .await
+        .map_err(|e| format!("cannot bind {}: {e}", cfg.status_addr))?;
     let status_addr = status_listener.local_addr().map_err(|e| e.to_string())?;
 
     let (kv, raft) = open_engines(&cfg)?;
@@ -205,7 +216,11 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         id: store_id.0,
         address: cfg.advertised().to_string(),
         state: metapb::StoreState::Up as i32,
-        labels: cfg.labels.iter().map(|(k, v)| metapb::StoreLabel { key: k.clone(), value: v.clone() }).collect(),
+        labels: cfg
+            .labels
+            .iter()
+            .map(|(k, v)| metapb::StoreLabel { key: k.clone(), value: v.clone() })
+            .collect(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         peer_address: cfg.advertised().to_string(),
         status_address: status_addr.to_string(),
@@ -233,8 +248,9 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         tick_interval: r.raft_base_tick_interval.0,
         pd_heartbeat_interval: r.pd_heartbeat_tick_interval.0,
     };
-    let store = Store::load(store_id, store_cfg, kv.clone(), raft, store_rx, transport, pd_tx, metrics.clone())
-        .map_err(|e| format!("cannot load regions: {e}"))?;
+    let store =
+        Store::load(store_id, store_cfg, Engines { kv: kv.clone(), raft }, store_rx, transport, pd_tx, metrics.clone())
+            .map_err(|e| format!("cannot load regions: {e}"))?;
     let store_thread = std::thread::Builder::new()
         .name("raftstore".into())
         .spawn(move || store.run())
@@ -256,6 +272,8 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     let kv_service = KvService::new(store_id, store_tx.clone(), kv, cfg.server.clone(), metrics.clone());
     let raft_service = RaftService::new(store_tx.clone(), metrics.clone());
     let mut grpc_shutdown = shutdown_rx.clone();
+    // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms tails).
+    let incoming = TcpIncoming::from_listener(listener, true, None).map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -269,7 +287,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
                     .max_decoding_message_size(MAX_GRPC_MESSAGE)
                     .max_encoding_message_size(MAX_GRPC_MESSAGE),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_shutdown.wait_for(|s| *s).await;
             })
             .await;
@@ -277,7 +295,8 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
             tracing::error!("gRPC server failed: {e}");
         }
     });
-    let status_state = Arc::new(StatusState { store_id, config: cfg.clone(), metrics, started: Instant::now() });
+    let status_state =
+        Arc::new(StatusState { store_id, config: cfg.clone(), metrics, started: Instant::now() });
     tokio::spawn(async move {
         let _ = axum::serve(status_listener, status::router(status_state))
             .with_graceful_shutdown(async move {

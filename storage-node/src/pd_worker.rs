@@ -62,7 +62,10 @@ impl PdWorker {
     fn heartbeat_request(&self, task: PdTask) -> RegionHeartbeatRequest {
         let PdTask::RegionHeartbeat { region, leader, pending_peers, term } = task;
         RegionHeartbeatRequest {
-            header: Some(pdpb::RequestHeader { cluster_id: self.pd.cluster_id(), sender_id: self.store_id.0 }),
+            header: Some(pdpb::RequestHeader {
+                cluster_id: self.pd.cluster_id(),
+                sender_id: self.store_id.0,
+            }),
             region: Some((&region).into()),
             leader: Some(leader.into()),
             pending_peers: pending_peers.into_iter().map(Into::into).collect(),

@@ -6,15 +6,20 @@
 //! Region problems go back in `region_error`; bad input is gRPC
 //! `INVALID_ARGUMENT` with the limit in the message, and nothing is written.
 
+// Handlers return `tonic::Status` by the gRPC contract; its size is not ours to choose.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use mnemo_proto::errorpb;
 use mnemo_proto::kvrpcpb::{self, Context, KvPair};
-use mnemo_proto::raft_serverpb::{CompareAndSwap, DeleteRange, Mutation, MutationOp, RaftRequestHeader, WriteCommand};
+use mnemo_proto::raft_serverpb::{
+    CompareAndSwap, DeleteRange, Mutation, MutationOp, RaftRequestHeader, WriteCommand,
+};
 use mnemo_proto::tikvpb::tikv_server::Tikv;
 use mnemo_proto::types::{clamp_range, epoch_of, Region, RegionId, StoreId};
-use mnemo_proto::errorpb;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
@@ -116,7 +121,9 @@ impl KvService {
     fn check_cf(cf: &str) -> Result<()> {
         match cf {
             "" | "default" => Ok(()),
-            other => Err(invalid(format!("column family {other:?} is not served by RawKV (use \"default\")"))),
+            other => {
+                Err(invalid(format!("column family {other:?} is not served by RawKV (use \"default\")")))
+            }
         }
     }
 
@@ -141,7 +148,10 @@ impl KvService {
 
     fn check_batch(&self, n: usize) -> Result<()> {
         if n > self.limits.max_batch_keys {
-            return Err(invalid(format!("batch of {n} exceeds the limit of {} keys", self.limits.max_batch_keys)));
+            return Err(invalid(format!(
+                "batch of {n} exceeds the limit of {} keys",
+                self.limits.max_batch_keys
+            )));
         }
         Ok(())
     }
@@ -155,7 +165,7 @@ impl KvService {
         }
         let header = RaftRequestHeader {
             region_id: ctx.region_id,
-            peer: ctx.peer.clone(),
+            peer: ctx.peer,
             region_epoch: Some(epoch_of(ctx.region_epoch.as_ref()).into()),
         };
         Ok((RegionId(ctx.region_id), header))
@@ -216,7 +226,10 @@ impl KvService {
         key_only: bool,
     ) -> Result<Vec<KvPair>> {
         if limit > self.limits.max_scan_limit {
-            return Err(invalid(format!("scan limit {limit} exceeds the maximum of {}", self.limits.max_scan_limit)));
+            return Err(invalid(format!(
+                "scan limit {limit} exceeds the maximum of {}",
+                self.limits.max_scan_limit
+            )));
         }
         let (lower, upper) = clamp_range(region, lower, upper);
         let (start, end) = (keys::data_key(&lower), keys::data_end_key(&upper));
@@ -251,13 +264,16 @@ impl KvService {
             let upper_outside = if start.is_empty() {
                 !region.end_key.is_empty()
             } else {
-                start <= region.start_key.as_slice() || (!region.end_key.is_empty() && start > region.end_key.as_slice())
+                start <= region.start_key.as_slice()
+                    || (!region.end_key.is_empty() && start > region.end_key.as_slice())
             };
             if upper_outside {
                 return Err(Error::KeyNotInRegion { key: start.to_vec(), region: region.clone() });
             }
             if !start.is_empty() && end > start {
-                return Err(invalid("reverse scan lower bound (end_key) is above its upper bound (start_key)"));
+                return Err(invalid(
+                    "reverse scan lower bound (end_key) is above its upper bound (start_key)",
+                ));
             }
             Ok((end.to_vec(), start.to_vec()))
         }
@@ -292,7 +308,10 @@ impl Tikv for KvService {
         respond(&self.metrics, r)
     }
 
-    async fn raw_batch_get(&self, req: Request<kvrpcpb::RawBatchGetRequest>) -> RpcResult<kvrpcpb::RawBatchGetResponse> {
+    async fn raw_batch_get(
+        &self,
+        req: Request<kvrpcpb::RawBatchGetRequest>,
+    ) -> RpcResult<kvrpcpb::RawBatchGetResponse> {
         let req = req.into_inner();
         let r = async {
             Self::check_cf(&req.cf)?;
@@ -331,7 +350,10 @@ impl Tikv for KvService {
         respond(&self.metrics, r)
     }
 
-    async fn raw_batch_put(&self, req: Request<kvrpcpb::RawBatchPutRequest>) -> RpcResult<kvrpcpb::RawBatchPutResponse> {
+    async fn raw_batch_put(
+        &self,
+        req: Request<kvrpcpb::RawBatchPutRequest>,
+    ) -> RpcResult<kvrpcpb::RawBatchPutResponse> {
         let req = req.into_inner();
         let r = async {
             Self::check_cf(&req.cf)?;
@@ -356,7 +378,10 @@ impl Tikv for KvService {
         respond(&self.metrics, r)
     }
 
-    async fn raw_delete(&self, req: Request<kvrpcpb::RawDeleteRequest>) -> RpcResult<kvrpcpb::RawDeleteResponse> {
+    async fn raw_delete(
+        &self,
+        req: Request<kvrpcpb::RawDeleteRequest>,
+    ) -> RpcResult<kvrpcpb::RawDeleteResponse> {
         let req = req.into_inner();
         let r = async {
             Self::check_cf(&req.cf)?;
@@ -425,7 +450,10 @@ impl Tikv for KvService {
         respond(&self.metrics, r)
     }
 
-    async fn raw_batch_scan(&self, req: Request<kvrpcpb::RawBatchScanRequest>) -> RpcResult<kvrpcpb::RawBatchScanResponse> {
+    async fn raw_batch_scan(
+        &self,
+        req: Request<kvrpcpb::RawBatchScanRequest>,
+    ) -> RpcResult<kvrpcpb::RawBatchScanResponse> {
         let req = req.into_inner();
         let r = async {
             Self::check_cf(&req.cf)?;
@@ -433,8 +461,16 @@ impl Tikv for KvService {
             let region = self.read_permit(req.context.as_ref()).await?;
             let mut kvs = Vec::new();
             for range in &req.ranges {
-                let (lower, upper) = Self::scan_bounds(&region, &range.start_key, &range.end_key, req.reverse)?;
-                kvs.extend(self.scan_region(&region, &lower, &upper, req.reverse, req.each_limit, req.key_only)?);
+                let (lower, upper) =
+                    Self::scan_bounds(&region, &range.start_key, &range.end_key, req.reverse)?;
+                kvs.extend(self.scan_region(
+                    &region,
+                    &lower,
+                    &upper,
+                    req.reverse,
+                    req.each_limit,
+                    req.key_only,
+                )?);
             }
             Ok(kvrpcpb::RawBatchScanResponse { region_error: None, kvs })
         }
@@ -442,7 +478,10 @@ impl Tikv for KvService {
         respond(&self.metrics, r)
     }
 
-    async fn raw_get_key_ttl(&self, req: Request<kvrpcpb::RawGetKeyTtlRequest>) -> RpcResult<kvrpcpb::RawGetKeyTtlResponse> {
+    async fn raw_get_key_ttl(
+        &self,
+        req: Request<kvrpcpb::RawGetKeyTtlRequest>,
+    ) -> RpcResult<kvrpcpb::RawGetKeyTtlResponse> {
         let req = req.into_inner();
         let r = async {
             Self::check_cf(&req.cf)?;
@@ -464,7 +503,10 @@ impl Tikv for KvService {
         respond(&self.metrics, r)
     }
 
-    async fn raw_compare_and_swap(&self, req: Request<kvrpcpb::RawCasRequest>) -> RpcResult<kvrpcpb::RawCasResponse> {
+    async fn raw_compare_and_swap(
+        &self,
+        req: Request<kvrpcpb::RawCasRequest>,
+    ) -> RpcResult<kvrpcpb::RawCasResponse> {
         let req = req.into_inner();
         let r = async {
             Self::check_cf(&req.cf)?;

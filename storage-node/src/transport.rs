@@ -66,7 +66,8 @@ impl GrpcTransport {
         metrics: Arc<Metrics>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
-        let shared = Arc::new(Shared { pd, store_tx, snapshots: Semaphore::new(MAX_CONCURRENT_SNAPSHOTS), metrics });
+        let shared =
+            Arc::new(Shared { pd, store_tx, snapshots: Semaphore::new(MAX_CONCURRENT_SNAPSHOTS), metrics });
         GrpcTransport { shared, senders: Mutex::new(HashMap::new()), runtime }
     }
 }
@@ -92,7 +93,9 @@ fn is_snapshot(m: &RaftMessage) -> Option<RaftMsg> {
 fn report_unreachable(shared: &Shared, msgs: &[RaftMessage]) {
     for m in msgs {
         if let Some(to) = &m.to_peer {
-            let _ = shared.store_tx.send(StoreMsg::Unreachable { region_id: RegionId(m.region_id), to: PeerId(to.id) });
+            let _ = shared
+                .store_tx
+                .send(StoreMsg::Unreachable { region_id: RegionId(m.region_id), to: PeerId(to.id) });
         }
     }
 }
@@ -110,7 +113,11 @@ async fn connect(shared: &Shared, store: StoreId) -> Result<Channel, String> {
 }
 
 /// Owns the connection to one store for the node's lifetime.
-async fn store_sender(store: StoreId, mut rx: mpsc::UnboundedReceiver<Vec<RaftMessage>>, shared: Arc<Shared>) {
+async fn store_sender(
+    store: StoreId,
+    mut rx: mpsc::UnboundedReceiver<Vec<RaftMessage>>,
+    shared: Arc<Shared>,
+) {
     loop {
         let channel = match connect(&shared, store).await {
             Ok(c) => c,
@@ -129,7 +136,8 @@ async fn store_sender(store: StoreId, mut rx: mpsc::UnboundedReceiver<Vec<RaftMe
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
         let (tx, stream_rx) = mpsc::channel::<BatchRaftMessage>(64);
         let mut call_client = client.clone();
-        let mut call = tokio::spawn(async move { call_client.batch_raft(ReceiverStream::new(stream_rx)).await });
+        let mut call =
+            tokio::spawn(async move { call_client.batch_raft(ReceiverStream::new(stream_rx)).await });
         loop {
             tokio::select! {
                 msgs = rx.recv() => {
@@ -161,7 +169,12 @@ async fn store_sender(store: StoreId, mut rx: mpsc::UnboundedReceiver<Vec<RaftMe
     }
 }
 
-async fn send_snapshot(mut client: RaftTransportClient<Channel>, mut wire: RaftMessage, mut msg: RaftMsg, shared: Arc<Shared>) {
+async fn send_snapshot(
+    mut client: RaftTransportClient<Channel>,
+    mut wire: RaftMessage,
+    mut msg: RaftMsg,
+    shared: Arc<Shared>,
+) {
     let region_id = RegionId(wire.region_id);
     let to = PeerId(wire.to_peer.as_ref().map(|p| p.id).unwrap_or_default());
     let Ok(_permit) = shared.snapshots.acquire().await else { return };
@@ -204,14 +217,18 @@ impl RaftTransport for RaftService {
     }
 
     async fn snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<Done>, Status> {
-        let mut stream: Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>> = Box::pin(req.into_inner());
-        let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        let mut wire = first.message.ok_or_else(|| Status::invalid_argument("first chunk carries no message"))?;
+        let mut stream: Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>> =
+            Box::pin(req.into_inner());
+        let first =
+            stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let mut wire =
+            first.message.ok_or_else(|| Status::invalid_argument("first chunk carries no message"))?;
         let mut data = first.data;
         while let Some(chunk) = stream.next().await {
             data.extend_from_slice(&chunk?.data);
         }
-        let mut msg = RaftMsg::parse_from_bytes(&wire.message).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut msg =
+            RaftMsg::parse_from_bytes(&wire.message).map_err(|e| Status::invalid_argument(e.to_string()))?;
         msg.mut_snapshot().data = data.into();
         wire.message = msg.write_to_bytes().map_err(|e| Status::internal(e.to_string()))?;
         self.metrics.snapshots_received.inc();

@@ -141,6 +141,7 @@ impl Cluster {
         if let Some(op) = inner.operators.get_mut(id) {
             match op.check(&info, now) {
                 Progress::Run(step) => return Ok(Some(order(step))),
+                Progress::Wait => return Ok(None),
                 Progress::Finished => info!(region_id = %id, desc = op.desc, "operator finished"),
                 Progress::TimedOut => warn!(region_id = %id, desc = op.desc, "operator timed out"),
                 Progress::Cancelled(why) => {
@@ -173,12 +174,16 @@ impl Cluster {
         };
         let mut op = Operator::new(&info.region, desc, steps, now, self.config.schedule.operator_timeout.0);
         let progress = op.check(&info, now);
-        let Progress::Run(step) = progress else {
-            debug!(region_id = %id, desc, ?progress, "new operator has nothing to do");
-            return Ok(None);
+        let step = match progress {
+            Progress::Run(step) => Some(step),
+            Progress::Wait => None,
+            Progress::Finished | Progress::TimedOut | Progress::Cancelled(_) => {
+                debug!(region_id = %id, desc, ?progress, "new operator has nothing to do");
+                return Ok(None);
+            }
         };
         info!(region_id = %id, desc, steps = ?op.steps.iter().map(Step::describe).collect::<Vec<_>>(), "operator created");
         inner.operators.insert(op);
-        Ok(Some(order(step)))
+        Ok(step.map(order))
     }
 }

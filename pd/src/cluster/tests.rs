@@ -136,9 +136,12 @@ fn a_lone_region_is_replicated_step_by_step() {
     assert_eq!(order.leader, leader);
     assert_eq!(c.region_heartbeat(heartbeat(&region, leader)).unwrap().unwrap().step, order.step);
 
-    // The node added it: PD promotes it.
+    // The node added it; while it catches up PD waits, then promotes it.
     region.peers.push(learner);
     region.epoch.conf_ver += 1;
+    let mut catching_up = heartbeat(&region, leader);
+    catching_up.runtime.pending_peers = vec![learner];
+    assert_eq!(c.region_heartbeat(catching_up).unwrap(), None);
     let order = c.region_heartbeat(heartbeat(&region, leader)).unwrap().unwrap();
     assert_eq!(order.step, Step::PromoteLearner(Peer { role: PeerRole::Voter, ..learner }));
     assert_eq!(order.epoch, region.epoch);
@@ -160,7 +163,11 @@ fn heartbeats_update_the_map_and_stale_ones_are_ignored() {
     });
     c.bootstrap(store(1), first_region()).unwrap();
     let leader = voter(3, 1);
-    assert_eq!(c.region_heartbeat(heartbeat(&first_region(), leader)).unwrap(), None, "one replica is enough");
+    assert_eq!(
+        c.region_heartbeat(heartbeat(&first_region(), leader)).unwrap(),
+        None,
+        "one replica is enough"
+    );
     // Split: region 2 keeps [m, +inf), new region 10 takes [-inf, m).
     let ids = c.ask_batch_split(&first_region(), 1).unwrap();
     assert_eq!(ids[0].peer_ids.len(), 1);

@@ -12,11 +12,12 @@
 //! - One step per response, `change_peer` with `AddLearnerNode` (peer role
 //!   Learner), `AddNode` (promote a learner; role Voter) or `RemoveNode`.
 //! - The same step is re-sent on every heartbeat until the region's peers
-//!   show it done, so the leader must treat a step that is already in effect
-//!   (or already proposed) as a no-op, and ignore a response whose
+//!   show it applied, so the leader must treat a step that is already in
+//!   effect (or already proposed) as a no-op, and ignore a response whose
 //!   `region_epoch` differs from its own.
 //! - A learner is promoted only once it is absent from the heartbeat's
 //!   `pending_peers`: the leader must list peers that have not caught up.
+//!   Meanwhile PD sends nothing for the region.
 //! - An operator not finished within `schedule.operator-timeout` is dropped;
 //!   one whose region split or merged (epoch `version` changed) is cancelled.
 

@@ -27,17 +27,24 @@ impl Step {
         }
     }
 
-    /// True once the region shows the step's effect. An added learner
-    /// counts once it has caught up (is not pending), so the promotion that
-    /// follows never waits on a log the learner lacks.
-    pub fn is_done(&self, info: &RegionInfo) -> bool {
-        let region = &info.region;
+    /// True once the region's peers show the step's effect (the conf change
+    /// was applied).
+    pub fn is_applied(&self, region: &Region) -> bool {
         match self {
-            Step::AddLearner(p) => {
-                region.peer(p.id).is_some() && !info.runtime.pending_peers.iter().any(|q| q.id == p.id)
-            }
+            Step::AddLearner(p) => region.peer(p.id).is_some(),
             Step::PromoteLearner(p) => region.peer(p.id).is_some_and(|q| q.role == PeerRole::Voter),
             Step::RemovePeer(p) => region.peer(p.id).is_none(),
+        }
+    }
+
+    /// True once the step is applied and, for an added learner, it has caught
+    /// up (is not pending), so the promotion that follows never makes a voter
+    /// of a peer that lacks the log.
+    pub fn is_done(&self, info: &RegionInfo) -> bool {
+        let pending = |p: &Peer| info.runtime.pending_peers.iter().any(|q| q.id == p.id);
+        match self {
+            Step::AddLearner(p) => self.is_applied(&info.region) && !pending(p),
+            _ => self.is_applied(&info.region),
         }
     }
 
@@ -72,6 +79,9 @@ impl Step {
 pub enum Progress {
     /// Send this step (again).
     Run(Step),
+    /// The step is applied; wait (sending nothing) until it completes, e.g.
+    /// until a new learner has caught up.
+    Wait,
     /// Every step is done.
     Finished,
     /// The step can no longer happen (the reason says why).
@@ -129,9 +139,13 @@ impl Operator {
         if now.duration_since(self.created).unwrap_or_default() >= self.timeout {
             return Progress::TimedOut;
         }
-        match step.blocked(region, leader) {
-            Some(why) => Progress::Cancelled(why),
-            None => Progress::Run(step),
+        if let Some(why) = step.blocked(region, leader) {
+            return Progress::Cancelled(why);
+        }
+        if step.is_applied(region) {
+            Progress::Wait
+        } else {
+            Progress::Run(step)
         }
     }
 
@@ -214,10 +228,10 @@ mod tests {
         // Re-sent until the region shows the learner.
         assert_eq!(op.check(&r0, t0), Progress::Run(Step::AddLearner(new)));
         assert_eq!(op.check(&r0, t0), Progress::Run(Step::AddLearner(new)));
-        // The learner is there but still catching up: keep waiting on step one.
+        // The learner is there but still catching up: wait, sending nothing.
         let mut r1 = region(vec![leader, new], 2, 1);
         r1.runtime.pending_peers = vec![new];
-        assert_eq!(op.check(&r1, t0), Progress::Run(Step::AddLearner(new)));
+        assert_eq!(op.check(&r1, t0), Progress::Wait);
         r1.runtime.pending_peers.clear();
         assert_eq!(op.check(&r1, t0), Progress::Run(Step::PromoteLearner(promoted)));
         let r2 = region(vec![leader, promoted], 3, 1);

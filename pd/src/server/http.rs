@@ -2,7 +2,7 @@
 //!
 //! | method, path                          | answer                                   |
 //! |---------------------------------------|------------------------------------------|
-//! | GET `/stores`                         | `{"count","stores":[{"store","status"}]}`|
+//! | GET `/stores`                         | `{"count","stores":[{"store","status"}]}`, tombstones omitted |
 //! | GET `/store/{id}`                     | one `{"store","status"}`                 |
 //! | DELETE `/store/{id}`                  | set the store Offline (drain it)         |
 //! | POST `/store/{id}/state?state=Up`     | set Up / Offline / Tombstone             |
@@ -93,7 +93,13 @@ pub(super) async fn fallback(req: Request) -> Response {
 
 async fn stores(State(c): Shared) -> Json<json::Stores> {
     Json(c.read(|view| {
-        let stores: Vec<_> = view.state.stores().values().map(|s| json::store(s, &view)).collect();
+        let stores: Vec<_> = view
+            .state
+            .stores()
+            .values()
+            .filter(|s| s.meta.state != StoreState::Tombstone)
+            .map(|s| json::store(s, &view))
+            .collect();
         json::Stores { count: stores.len(), stores }
     }))
 }

@@ -45,7 +45,10 @@ impl Engine for MemEngine {
                 WriteOp::DeleteRange { cf, start, end } => {
                     let m = cfs.entry(*cf).or_default();
                     let doomed: Vec<Vec<u8>> = m
-                        .range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice())))
+                        .range::<[u8], _>((
+                            Bound::Included(start.as_slice()),
+                            Bound::Excluded(end.as_slice()),
+                        ))
                         .map(|(k, _)| k.clone())
                         .collect();
                     for k in doomed {

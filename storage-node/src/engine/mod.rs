@@ -58,10 +58,21 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 /// One change inside a [`WriteBatch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOp {
-    Put { cf: Cf, key: Vec<u8>, value: Vec<u8> },
-    Delete { cf: Cf, key: Vec<u8> },
+    Put {
+        cf: Cf,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        cf: Cf,
+        key: Vec<u8>,
+    },
     /// Deletes `[start, end)`; `end` must be non-empty.
-    DeleteRange { cf: Cf, start: Vec<u8>, end: Vec<u8> },
+    DeleteRange {
+        cf: Cf,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
 }
 
 /// Changes applied atomically by [`Engine::write`].
@@ -153,6 +164,15 @@ pub trait Engine: Send + Sync + 'static {
 /// A shared engine handle.
 pub type EngineRef = Arc<dyn Engine>;
 
+/// The two engines of a node.
+#[derive(Clone)]
+pub struct Engines {
+    /// User data and region meta.
+    pub kv: EngineRef,
+    /// Raft entries and hard states.
+    pub raft: EngineRef,
+}
+
 /// Collects up to `limit` pairs of a scan (0 = no limit).
 pub fn scan_collect(
     engine: &dyn Engine,
@@ -184,16 +204,19 @@ mod tests {
         assert_eq!(e.get(Cf::Meta, b"a").unwrap(), Some(b"meta".to_vec()));
         assert_eq!(e.get(Cf::Meta, b"b").unwrap(), None);
 
-        let fwd = scan_collect(e, Cf::Default, ScanRange { start: b"b", end: b"d", reverse: false }, 0).unwrap();
+        let fwd =
+            scan_collect(e, Cf::Default, ScanRange { start: b"b", end: b"d", reverse: false }, 0).unwrap();
         assert_eq!(fwd.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), vec![b"b", b"c"]);
-        let rev = scan_collect(e, Cf::Default, ScanRange { start: b"a", end: b"", reverse: true }, 3).unwrap();
+        let rev =
+            scan_collect(e, Cf::Default, ScanRange { start: b"a", end: b"", reverse: true }, 3).unwrap();
         assert_eq!(rev.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), vec![b"d", b"c", b"b"]);
 
         let mut b = WriteBatch::new();
         b.delete_range(Cf::Default, b"b".to_vec(), b"d".to_vec());
         b.delete(Cf::Default, b"a".to_vec());
         e.write(&b, false).unwrap();
-        let all = scan_collect(e, Cf::Default, ScanRange { start: b"", end: b"", reverse: false }, 0).unwrap();
+        let all =
+            scan_collect(e, Cf::Default, ScanRange { start: b"", end: b"", reverse: false }, 0).unwrap();
         assert_eq!(all, vec![(b"d".to_vec(), b"d".to_vec())]);
     }
 

@@ -67,7 +67,9 @@ pub fn apply_write(
     check_command(region, cmd)?;
     for m in &cmd.mutations {
         match m.op() {
-            MutationOp::Put => wb.put(Cf::Default, keys::data_key(&m.key), keys::encode_value(&m.value, m.expire_at_ms)),
+            MutationOp::Put => {
+                wb.put(Cf::Default, keys::data_key(&m.key), keys::encode_value(&m.value, m.expire_at_ms))
+            }
             MutationOp::Delete => wb.delete(Cf::Default, keys::data_key(&m.key)),
         }
     }
@@ -100,7 +102,12 @@ mod tests {
     use mnemo_proto::types::RegionEpoch;
 
     fn region() -> Region {
-        Region { start_key: b"b".to_vec(), end_key: b"m".to_vec(), epoch: RegionEpoch { conf_ver: 1, version: 2 }, ..Default::default() }
+        Region {
+            start_key: b"b".to_vec(),
+            end_key: b"m".to_vec(),
+            epoch: RegionEpoch { conf_ver: 1, version: 2 },
+            ..Default::default()
+        }
     }
 
     fn header(version: u64) -> Option<RaftRequestHeader> {
@@ -113,7 +120,12 @@ mod tests {
     fn put(key: &[u8], value: &[u8]) -> WriteCommand {
         WriteCommand {
             header: header(2),
-            mutations: vec![Mutation { op: MutationOp::Put as i32, key: key.to_vec(), value: value.to_vec(), expire_at_ms: 0 }],
+            mutations: vec![Mutation {
+                op: MutationOp::Put as i32,
+                key: key.to_vec(),
+                value: value.to_vec(),
+                expire_at_ms: 0,
+            }],
             ..Default::default()
         }
     }
@@ -142,7 +154,10 @@ mod tests {
     #[test]
     fn cas_swaps_only_on_match() {
         let e = MemEngine::new();
-        assert_eq!(run(&e, &cas(b"c", None, b"1")).unwrap(), WriteOutcome::Cas { succeed: true, previous: None });
+        assert_eq!(
+            run(&e, &cas(b"c", None, b"1")).unwrap(),
+            WriteOutcome::Cas { succeed: true, previous: None }
+        );
         assert_eq!(
             run(&e, &cas(b"c", None, b"2")).unwrap(),
             WriteOutcome::Cas { succeed: false, previous: Some(b"1".to_vec()) }

@@ -92,12 +92,7 @@ pub struct Peer {
 
 impl Peer {
     /// Wraps a loaded storage into a raft node.
-    pub fn new(
-        meta: PeerMeta,
-        storage: PeerStorage,
-        cfg: PeerConfig,
-        logger: &slog::Logger,
-    ) -> Result<Peer> {
+    pub fn new(meta: PeerMeta, storage: PeerStorage, cfg: PeerConfig, logger: &slog::Logger) -> Result<Peer> {
         let applied = storage.applied_index();
         let rc = raft::Config {
             id: meta.id.0,
@@ -166,7 +161,8 @@ impl Peer {
         let first = self.raw.store().apply_state.truncated_index + 1;
         let mut out = Vec::new();
         for (id, pr) in self.raw.raft.prs().iter() {
-            let behind = pr.state == raft::ProgressState::Snapshot || pr.matched + 1 < first || pr.matched == 0;
+            let behind =
+                pr.state == raft::ProgressState::Snapshot || pr.matched + 1 < first || pr.matched == 0;
             if behind {
                 if let Some(p) = self.region().peer(PeerId(*id)) {
                     out.push(*p);
@@ -226,7 +222,13 @@ impl Peer {
     }
 
     /// Proposes a write. The callback fires when the entry is applied.
-    pub fn propose_write(&mut self, cmd: WriteCommand, now: Instant, cb: WriteCallback, replies: &mut Vec<Reply>) {
+    pub fn propose_write(
+        &mut self,
+        cmd: WriteCommand,
+        now: Instant,
+        cb: WriteCallback,
+        replies: &mut Vec<Reply>,
+    ) {
         let epoch = mnemo_proto::types::epoch_of(cmd.header.as_ref().and_then(|h| h.region_epoch.as_ref()));
         if let Err(e) = self.check_request(epoch).and_then(|_| apply::check_command(self.region(), &cmd)) {
             replies.push(Reply::Write(cb, Err(e)));
@@ -250,7 +252,12 @@ impl Peer {
 
     /// Proposes a membership change from PD. Returns false if it was not
     /// proposed (not leader, stale epoch, a change already pending, no-op).
-    pub fn propose_conf_change(&mut self, epoch: RegionEpoch, kind: ConfChangeType, target: PeerMeta) -> bool {
+    pub fn propose_conf_change(
+        &mut self,
+        epoch: RegionEpoch,
+        kind: ConfChangeType,
+        target: PeerMeta,
+    ) -> bool {
         if !self.is_leader() || epoch != self.region().epoch || self.raw.raft.has_pending_conf() {
             return false;
         }
@@ -413,7 +420,9 @@ impl Peer {
                 .unwrap_or_default();
             region.peers.retain(|p| p.id != id);
             match change.get_change_type() {
-                ConfChangeType::AddNode => region.peers.push(PeerMeta { id, store_id: store, role: PeerRole::Voter }),
+                ConfChangeType::AddNode => {
+                    region.peers.push(PeerMeta { id, store_id: store, role: PeerRole::Voter })
+                }
                 ConfChangeType::AddLearnerNode => {
                     region.peers.push(PeerMeta { id, store_id: store, role: PeerRole::Learner })
                 }
@@ -451,7 +460,9 @@ impl Peer {
         for m in msgs {
             match self.peer_cache.get(&PeerId(m.to)) {
                 Some(p) => self.outbox.push((*p, m)),
-                None => tracing::warn!(region = %self.region_id(), to = m.to, "no store known for peer; dropping"),
+                None => {
+                    tracing::warn!(region = %self.region_id(), to = m.to, "no store known for peer; dropping")
+                }
             }
         }
     }

@@ -65,10 +65,15 @@ pub fn conf_state_of(region: &Region) -> ConfState {
 pub fn write_initial_state(region: &Region, kv_wb: &mut WriteBatch, raft_wb: &mut WriteBatch) {
     let local = RegionLocalState { state: PeerState::Normal as i32, region: Some(region.into()) };
     kv_wb.put(Cf::Meta, keys::region_state_key(region.id), local.encode_to_vec());
-    let apply = RaftApplyState { applied_index: INIT_INDEX, truncated_index: INIT_INDEX, truncated_term: INIT_TERM };
+    let apply =
+        RaftApplyState { applied_index: INIT_INDEX, truncated_index: INIT_INDEX, truncated_term: INIT_TERM };
     kv_wb.put(Cf::Meta, keys::apply_state_key(region.id), apply.encode_to_vec());
     let hs = HardState { term: INIT_TERM, commit: INIT_INDEX, ..Default::default() };
-    raft_wb.put(Cf::Default, keys::raft_state_key(region.id), hs.write_to_bytes().expect("encode hard state"));
+    raft_wb.put(
+        Cf::Default,
+        keys::raft_state_key(region.id),
+        hs.write_to_bytes().expect("encode hard state"),
+    );
 }
 
 impl PeerStorage {
@@ -144,7 +149,11 @@ impl PeerStorage {
     pub fn append(&mut self, entries: &[Entry], wb: &mut WriteBatch) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
         for e in entries {
-            wb.put(Cf::Default, keys::raft_log_key(self.region_id, e.index), e.write_to_bytes().expect("encode"));
+            wb.put(
+                Cf::Default,
+                keys::raft_log_key(self.region_id, e.index),
+                e.write_to_bytes().expect("encode"),
+            );
         }
         if last.index < self.last_index {
             // Entries past the new tail came from an older leader; remove them.
@@ -190,8 +199,7 @@ impl PeerStorage {
             })
             .map_err(engine_err)?;
         let data = SnapshotData { region: Some((&self.region).into()), kvs };
-        let mut snap = Snapshot::default();
-        snap.data = data.encode_to_vec().into();
+        let mut snap = Snapshot { data: data.encode_to_vec().into(), ..Default::default() };
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = term;
@@ -202,8 +210,14 @@ impl PeerStorage {
     /// Replaces this peer's data and log with a received snapshot. The data
     /// goes to `kv_wb` (with the region meta and apply state), the log reset
     /// to `raft_wb`; the caller writes kv first, then raft.
-    pub fn apply_snapshot(&mut self, snap: &Snapshot, kv_wb: &mut WriteBatch, raft_wb: &mut WriteBatch) -> Result<()> {
-        let data = SnapshotData::decode(snap.get_data()).map_err(|e| Error::Other(format!("bad snapshot: {e}")))?;
+    pub fn apply_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        kv_wb: &mut WriteBatch,
+        raft_wb: &mut WriteBatch,
+    ) -> Result<()> {
+        let data =
+            SnapshotData::decode(snap.get_data()).map_err(|e| Error::Other(format!("bad snapshot: {e}")))?;
         let region = Region::from(&data.region.unwrap_or_default());
         let meta = snap.get_metadata();
         // Old data of this peer (if any) and the snapshot's range are replaced.
@@ -218,8 +232,11 @@ impl PeerStorage {
         }
         self.region = region;
         self.peer_state = PeerState::Normal;
-        self.apply_state =
-            RaftApplyState { applied_index: meta.index, truncated_index: meta.index, truncated_term: meta.term };
+        self.apply_state = RaftApplyState {
+            applied_index: meta.index,
+            truncated_index: meta.index,
+            truncated_term: meta.term,
+        };
         self.stage_region_state(kv_wb);
         self.stage_apply_state(kv_wb);
         raft_wb.delete_range(

@@ -28,7 +28,7 @@ use raft::SnapshotStatus;
 use super::peer::{Peer, PeerConfig, Reply};
 use super::storage::PeerStorage;
 use super::{Operator, PdTask, StoreMsg, Transport};
-use crate::engine::{Cf, EngineRef, ScanRange, WriteBatch};
+use crate::engine::{Cf, EngineRef, Engines, ScanRange, WriteBatch};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::metrics::Metrics;
@@ -66,8 +66,7 @@ impl Store {
     pub fn load(
         store_id: StoreId,
         cfg: StoreConfig,
-        kv: EngineRef,
-        raft: EngineRef,
+        engines: Engines,
         rx: Receiver<StoreMsg>,
         transport: Arc<dyn Transport>,
         pd: tokio::sync::mpsc::UnboundedSender<PdTask>,
@@ -77,8 +76,8 @@ impl Store {
         let mut store = Store {
             store_id,
             cfg,
-            kv,
-            raft,
+            kv: engines.kv,
+            raft: engines.raft,
             peers: HashMap::new(),
             tombstones: HashMap::new(),
             rx,
@@ -233,11 +232,14 @@ impl Store {
             }
         };
         if !self.peers.contains_key(&region_id) {
-            if self.tombstones.get(&region_id).is_some_and(|max| to.id <= *max) || !Peer::may_create_peer(&msg) {
+            if self.tombstones.get(&region_id).is_some_and(|max| to.id <= *max)
+                || !Peer::may_create_peer(&msg)
+            {
                 return;
             }
             // A leader talks to a peer we do not have yet: it was just added.
-            let region = Region { id: region_id, epoch: epoch_of(m.region_epoch.as_ref()), ..Default::default() };
+            let region =
+                Region { id: region_id, epoch: epoch_of(m.region_epoch.as_ref()), ..Default::default() };
             if let Err(e) = self.create_peer(to, region) {
                 tracing::error!(region = %region_id, "cannot create peer: {e}");
                 return;
@@ -336,7 +338,8 @@ impl Store {
     }
 
     fn destroy_removed_peers(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
-        let doomed: Vec<RegionId> = self.peers.iter().filter(|(_, p)| p.pending_remove).map(|(id, _)| *id).collect();
+        let doomed: Vec<RegionId> =
+            self.peers.iter().filter(|(_, p)| p.pending_remove).map(|(id, _)| *id).collect();
         for id in doomed {
             let mut p = self.peers.remove(&id).expect("present");
             let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
@@ -392,7 +395,9 @@ impl Store {
             let due = match self.last_reported.get(id) {
                 None => true,
                 Some((at, last_pending)) => {
-                    p.heartbeat_due || *last_pending != pending || now.duration_since(*at) >= self.cfg.pd_heartbeat_interval
+                    p.heartbeat_due
+                        || *last_pending != pending
+                        || now.duration_since(*at) >= self.cfg.pd_heartbeat_interval
                 }
             };
             if !due {
