@@ -16,9 +16,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
-    tonic_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_protos(&files, &["proto"])?;
+    tonic_build::configure().build_server(true).build_client(true).compile_protos(&files, &["proto"])?;
     Ok(())
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::duration::ReadableDuration;
 use crate::error::{Error, Result};
+use mnemo_node::duration::ReadableDuration;
 
 /// Everything a PD member needs to start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -73,9 +73,10 @@
 //! `src/bin/`. In-process, for tests: [`server::start`] with
 //! [`config::Config::for_tests`], then [`server::PdHandle::shutdown`].
 
+#![warn(missing_docs)]
+
 pub mod cluster;
 pub mod config;
-pub mod duration;
 pub mod error;
 pub mod id;
 pub mod member;

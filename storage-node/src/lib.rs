@@ -27,6 +27,7 @@
 //! error in the store loop stops the process rather than risk divergence.
 
 pub mod config;
+pub mod duration;
 pub mod engine;
 pub mod error;
 pub mod keys;

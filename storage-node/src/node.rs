@@ -248,9 +248,16 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         tick_interval: r.raft_base_tick_interval.0,
         pd_heartbeat_interval: r.pd_heartbeat_tick_interval.0,
     };
-    let store =
-        Store::load(store_id, store_cfg, Engines { kv: kv.clone(), raft }, store_rx, transport, pd_tx, metrics.clone())
-            .map_err(|e| format!("cannot load regions: {e}"))?;
+    let store = Store::load(
+        store_id,
+        store_cfg,
+        Engines { kv: kv.clone(), raft },
+        store_rx,
+        transport,
+        pd_tx,
+        metrics.clone(),
+    )
+    .map_err(|e| format!("cannot load regions: {e}"))?;
     let store_thread = std::thread::Builder::new()
         .name("raftstore".into())
         .spawn(move || store.run())

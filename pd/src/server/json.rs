@@ -9,12 +9,12 @@
 use serde::Serialize;
 
 use crate::cluster::ClusterView;
-use crate::duration::ReadableDuration;
 use crate::member::Member;
 use crate::region_map::RegionInfo;
 use crate::schedule::Operator;
 use crate::store::{unix_nanos, StoreInfo};
 use crate::time::format_rfc3339_ms;
+use mnemo_node::duration::ReadableDuration;
 use mnemo_proto::types::{Peer, PeerRole};
 
 /// A key as PD's HTTP API prints it: uppercase hex.

@@ -193,6 +193,9 @@ impl Peer {
     /// includes everything earlier leaders committed.
     pub fn lease_valid(&self, now: Instant) -> bool {
         self.is_leader()
+            // A transfer target may be elected at once (MsgTimeoutNow skips
+            // the followers' lease check), so a transferring leader has no lease.
+            && self.raw.raft.lead_transferee.is_none()
             && self.applied_term == self.raw.raft.term
             && self.lease_until.is_some_and(|t| now < t)
     }

@@ -108,6 +108,13 @@ impl PeerStorage {
             last_term: 0,
         };
         s.load_last()?;
+        // A crash between writing a received snapshot to the kv engine and
+        // resetting the raft log leaves a hard state behind the snapshot; the
+        // snapshot was committed, so its index is committed too.
+        if s.hard_state.commit < s.apply_state.truncated_index {
+            s.hard_state.commit = s.apply_state.truncated_index;
+            s.hard_state.term = s.hard_state.term.max(s.apply_state.truncated_term);
+        }
         Ok(s)
     }
 
