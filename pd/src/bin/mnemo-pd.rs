@@ -1,14 +1,12 @@
 //! `mnemo-pd`: the placement driver server. Flags follow PD's; see
 //! `mnemo_pd::config` and `deploy/config/pd.toml`.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use mnemo_pd::config::{Flags, LogConfig, LogFormat};
 use mnemo_pd::Config;
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -36,14 +34,7 @@ async fn main() -> ExitCode {
 }
 
 fn init_logging(log: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let ansi = std::io::stderr().is_terminal();
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    mnemo_node::logging::init(&log.level, matches!(log.format, LogFormat::Json));
 }
 
 async fn wait_for_signal() {

@@ -80,7 +80,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    mnemo_node::logging::init(cfg.log_format == "json");
+    mnemo_node::logging::init("info,raft=warn", cfg.log_format == "json");
     let node = match mnemo_node::node::start(cfg).await {
         Ok(n) => n,
         Err(e) => {
