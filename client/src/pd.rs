@@ -77,7 +77,9 @@ pd_response!(
     pdpb::IsBootstrappedResponse,
     pdpb::BootstrapResponse,
     pdpb::PutStoreResponse,
-    pdpb::StoreHeartbeatResponse
+    pdpb::StoreHeartbeatResponse,
+    pdpb::AskBatchSplitResponse,
+    pdpb::ReportBatchSplitResponse
 );
 
 /// A failed attempt: `rediscover` says whether a new leader might help.

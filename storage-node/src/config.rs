@@ -84,6 +84,48 @@ pub struct NodeConfig {
     pub raftstore: RaftstoreConfig,
     /// Request limits.
     pub server: ServerConfig,
+    /// Region split thresholds.
+    pub coprocessor: CoprocessorConfig,
+}
+
+/// Region split settings (`[coprocessor]`), named as in TiKV.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CoprocessorConfig {
+    /// Size of each part when a region splits. Default `96MiB`.
+    pub region_split_size: ReadableSize,
+    /// A region splits once larger than this. Default: 1.5 × split size.
+    pub region_max_size: Option<ReadableSize>,
+    /// Keys of each part when a region splits. Default 960,000.
+    pub region_split_keys: u64,
+    /// A region splits once it has more keys than this. Default: 1.5 × split keys.
+    pub region_max_keys: Option<u64>,
+    /// How often leaders that grew by 1/16 of the split size are measured. Default `10s`.
+    pub split_region_check_tick_interval: ReadableDuration,
+}
+
+impl Default for CoprocessorConfig {
+    fn default() -> Self {
+        CoprocessorConfig {
+            region_split_size: ReadableSize(96 << 20),
+            region_max_size: None,
+            region_split_keys: 960_000,
+            region_max_keys: None,
+            split_region_check_tick_interval: ReadableDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl CoprocessorConfig {
+    /// The effective `region-max-size` in bytes.
+    pub fn max_size(&self) -> u64 {
+        self.region_max_size.map(|s| s.0).unwrap_or(self.region_split_size.0 / 2 * 3)
+    }
+
+    /// The effective `region-max-keys`.
+    pub fn max_keys(&self) -> u64 {
+        self.region_max_keys.unwrap_or(self.region_split_keys / 2 * 3)
+    }
 }
 
 /// Raft settings (`[raftstore]`).
@@ -107,6 +149,13 @@ pub struct RaftstoreConfig {
     pub pd_heartbeat_tick_interval: ReadableDuration,
     /// How often the node reports its store statistics to PD. Default `10s`.
     pub pd_store_heartbeat_tick_interval: ReadableDuration,
+    /// How often peers consider compacting their raft log. Default `10s`.
+    pub raft_log_gc_tick_interval: ReadableDuration,
+    /// Compact once this many applied entries sit in the log. Default 50.
+    pub raft_log_gc_threshold: u64,
+    /// Compact even past lagging followers (they will need a snapshot) once
+    /// the log holds this many entries. Default 10,000.
+    pub raft_log_gc_count_limit: u64,
 }
 
 /// Request limits (`[server]`). Over a limit: `InvalidArgument`, nothing written.
@@ -135,6 +184,7 @@ impl Default for NodeConfig {
             log_format: "text".into(),
             raftstore: RaftstoreConfig::default(),
             server: ServerConfig::default(),
+            coprocessor: CoprocessorConfig::default(),
         }
     }
 }
@@ -149,6 +199,9 @@ impl Default for RaftstoreConfig {
             raft_entry_max_size: ReadableSize(8 << 20),
             pd_heartbeat_tick_interval: ReadableDuration(Duration::from_secs(5)),
             pd_store_heartbeat_tick_interval: ReadableDuration(Duration::from_secs(10)),
+            raft_log_gc_tick_interval: ReadableDuration(Duration::from_secs(10)),
+            raft_log_gc_threshold: 50,
+            raft_log_gc_count_limit: 10_000,
         }
     }
 }
@@ -216,6 +269,16 @@ impl NodeConfig {
                 r.leader_lease().as_millis(),
                 r.election_timeout()
             ));
+        }
+        let c = &self.coprocessor;
+        if c.region_split_size.0 == 0 || c.region_split_keys == 0 {
+            return Err("coprocessor.region-split-size and region-split-keys must be positive".into());
+        }
+        if c.max_size() < c.region_split_size.0 || c.max_keys() < c.region_split_keys {
+            return Err("coprocessor.region-max-size/keys must be at least region-split-size/keys".into());
+        }
+        if r.raft_log_gc_threshold == 0 {
+            return Err("raftstore.raft-log-gc-threshold must be positive".into());
         }
         if self.server.max_batch_keys == 0 || self.server.max_key_size.0 == 0 {
             return Err("server limits must be positive".into());

@@ -28,6 +28,7 @@ use crate::engine::{Cf, EngineRef, Engines, RocksEngine, WriteBatch};
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::pd_worker::PdWorker;
+use crate::raftstore::split_check::SplitLimits;
 use crate::raftstore::{PeerConfig, Store, StoreConfig, StoreMsg};
 use crate::service::KvService;
 use crate::status::{self, StatusState};
@@ -247,12 +248,22 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         },
         tick_interval: r.raft_base_tick_interval.0,
         pd_heartbeat_interval: r.pd_heartbeat_tick_interval.0,
+        split: SplitLimits {
+            split_size: cfg.coprocessor.region_split_size.0,
+            split_keys: cfg.coprocessor.region_split_keys,
+            max_size: cfg.coprocessor.max_size(),
+            max_keys: cfg.coprocessor.max_keys(),
+        },
+        split_check_interval: cfg.coprocessor.split_region_check_tick_interval.0,
+        raft_log_gc_interval: r.raft_log_gc_tick_interval.0,
+        raft_log_gc_threshold: r.raft_log_gc_threshold,
+        raft_log_gc_count_limit: r.raft_log_gc_count_limit,
     };
     let store = Store::load(
         store_id,
         store_cfg,
         Engines { kv: kv.clone(), raft },
-        store_rx,
+        (store_tx.clone(), store_rx),
         transport,
         pd_tx,
         metrics.clone(),

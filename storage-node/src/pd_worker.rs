@@ -15,13 +15,14 @@ use crossbeam_channel::Sender;
 use futures::StreamExt;
 use mnemo_client::pd::PdClient;
 use mnemo_proto::pdpb::{self, RegionHeartbeatRequest, RegionHeartbeatResponse};
-use mnemo_proto::types::{epoch_of, Peer as PeerMeta, RegionId, StoreId};
+use mnemo_proto::raft_serverpb::{BatchSplit, SplitRequest};
+use mnemo_proto::types::{epoch_of, Peer as PeerMeta, Region, RegionId, StoreId};
 use tokio::sync::mpsc;
 
 use crate::engine::EngineRef;
 use crate::metrics::Metrics;
 use crate::raftstore::store::conf_change_kind;
-use crate::raftstore::{Operator, PdTask, StoreMsg};
+use crate::raftstore::{Operator, PdTask, RegionReport, StoreMsg};
 
 /// Everything the worker needs.
 pub struct PdWorker {
@@ -43,11 +44,25 @@ impl PdWorker {
         loop {
             tokio::select! {
                 task = tasks.recv() => {
-                    let Some(task) = task else { return };
+                    let report = match task {
+                        None => return,
+                        Some(PdTask::RegionHeartbeat(report)) => report,
+                        Some(PdTask::AskSplit { region, split_keys }) => {
+                            self.ask_split(region, split_keys).await;
+                            continue;
+                        }
+                        Some(PdTask::ReportSplit { regions }) => {
+                            let regions = regions.iter().map(Into::into).collect();
+                            if let Err(e) = self.pd.report_batch_split(regions).await {
+                                tracing::warn!("ReportBatchSplit failed: {e}");
+                            }
+                            continue;
+                        }
+                    };
                     if stream.as_ref().is_none_or(|s| s.is_closed()) {
                         stream = self.open_stream().await;
                     }
-                    let req = self.heartbeat_request(task);
+                    let req = self.heartbeat_request(report);
                     if let Some(s) = &stream {
                         if s.send(req).await.is_err() {
                             stream = None;
@@ -59,19 +74,47 @@ impl PdWorker {
         }
     }
 
-    fn heartbeat_request(&self, task: PdTask) -> RegionHeartbeatRequest {
-        let PdTask::RegionHeartbeat { region, leader, pending_peers, term } = task;
+    fn heartbeat_request(&self, r: RegionReport) -> RegionHeartbeatRequest {
         RegionHeartbeatRequest {
             header: Some(pdpb::RequestHeader {
                 cluster_id: self.pd.cluster_id(),
                 sender_id: self.store_id.0,
             }),
-            region: Some((&region).into()),
-            leader: Some(leader.into()),
-            pending_peers: pending_peers.into_iter().map(Into::into).collect(),
-            term,
+            region: Some((&r.region).into()),
+            leader: Some(r.leader.into()),
+            pending_peers: r.pending_peers.into_iter().map(Into::into).collect(),
+            term: r.term,
+            approximate_size: r.approximate_size,
+            approximate_keys: r.approximate_keys,
             ..Default::default()
         }
+    }
+
+    /// Asks PD for ids and hands the split to the store loop to propose.
+    async fn ask_split(&self, region: Region, split_keys: Vec<Vec<u8>>) {
+        let ids = match self.pd.ask_batch_split((&region).into(), split_keys.len() as u32).await {
+            Ok(ids) if ids.len() == split_keys.len() => ids,
+            Ok(ids) => {
+                tracing::warn!(region = %region.id, "PD gave {} split ids for {} keys", ids.len(), split_keys.len());
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(region = %region.id, "AskBatchSplit failed: {e}");
+                return;
+            }
+        };
+        let requests = split_keys
+            .into_iter()
+            .zip(ids)
+            .map(|(split_key, id)| SplitRequest {
+                split_key,
+                new_region_id: id.new_region_id,
+                new_peer_ids: id.new_peer_ids,
+            })
+            .collect();
+        let split = BatchSplit { requests };
+        let _ =
+            self.store_tx.send(StoreMsg::ProposeSplit { region_id: region.id, epoch: region.epoch, split });
     }
 
     async fn open_stream(&self) -> Option<mpsc::Sender<RegionHeartbeatRequest>> {
@@ -121,9 +164,16 @@ impl PdWorker {
 fn forward_operator(store_tx: &Sender<StoreMsg>, resp: RegionHeartbeatResponse) {
     let region_id = RegionId(resp.region_id);
     let epoch = epoch_of(resp.region_epoch.as_ref());
-    let op = if let Some(cp) = resp.change_peer.as_ref() {
-        let (Some(kind), Some(peer)) = (conf_change_kind(cp.change_type), cp.peer.as_ref()) else { return };
-        Operator::ChangePeer { kind, peer: PeerMeta::from(peer) }
+    let change =
+        |cp: &pdpb::ChangePeer| Some((conf_change_kind(cp.change_type)?, PeerMeta::from(cp.peer.as_ref()?)));
+    let op = if let Some(v2) = resp.change_peer_v2.as_ref().filter(|v| !v.changes.is_empty()) {
+        let Some(changes) = v2.changes.iter().map(change).collect::<Option<Vec<_>>>() else { return };
+        Operator::ChangePeers { changes }
+    } else if let Some(cp) = resp.change_peer.as_ref() {
+        let Some(c) = change(cp) else { return };
+        Operator::ChangePeers { changes: vec![c] }
+    } else if let Some(sr) = resp.split_region.as_ref() {
+        Operator::Split { keys: sr.keys.clone() }
     } else if let Some(tl) = resp.transfer_leader.as_ref() {
         let Some(peer) = tl.peer.as_ref() else { return };
         Operator::TransferLeader { peer: PeerMeta::from(peer) }

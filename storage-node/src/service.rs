@@ -16,7 +16,7 @@ use crossbeam_channel::Sender;
 use mnemo_proto::errorpb;
 use mnemo_proto::kvrpcpb::{self, Context, KvPair};
 use mnemo_proto::raft_serverpb::{
-    CompareAndSwap, DeleteRange, Mutation, MutationOp, RaftRequestHeader, WriteCommand,
+    CompareAndSwap, DeleteRange, Mutation, MutationOp, RaftCommand, RaftRequestHeader,
 };
 use mnemo_proto::tikvpb::tikv_server::Tikv;
 use mnemo_proto::types::{clamp_range, epoch_of, Region, RegionId, StoreId};
@@ -188,7 +188,7 @@ impl KvService {
     }
 
     /// Proposes a write and waits for it to be applied.
-    async fn write(&self, ctx: Option<&Context>, mut cmd: WriteCommand) -> Result<WriteOutcome> {
+    async fn write(&self, ctx: Option<&Context>, mut cmd: RaftCommand) -> Result<WriteOutcome> {
         let (region_id, header) = self.target(ctx)?;
         self.metrics.writes.inc();
         cmd.header = Some(header);
@@ -339,7 +339,7 @@ impl Tikv for KvService {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
             self.check_value(&req.value)?;
-            let cmd = WriteCommand {
+            let cmd = RaftCommand {
                 mutations: vec![Self::put_mutation(req.key, req.value, req.ttl)],
                 ..Default::default()
             };
@@ -371,7 +371,7 @@ impl Tikv for KvService {
             if mutations.is_empty() {
                 return Ok(kvrpcpb::RawBatchPutResponse::default());
             }
-            self.write(req.context.as_ref(), WriteCommand { mutations, ..Default::default() }).await?;
+            self.write(req.context.as_ref(), RaftCommand { mutations, ..Default::default() }).await?;
             Ok(kvrpcpb::RawBatchPutResponse::default())
         }
         .await;
@@ -386,7 +386,7 @@ impl Tikv for KvService {
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
-            let cmd = WriteCommand { mutations: vec![Self::delete_mutation(req.key)], ..Default::default() };
+            let cmd = RaftCommand { mutations: vec![Self::delete_mutation(req.key)], ..Default::default() };
             self.write(req.context.as_ref(), cmd).await?;
             Ok(kvrpcpb::RawDeleteResponse::default())
         }
@@ -409,7 +409,7 @@ impl Tikv for KvService {
                 return Ok(kvrpcpb::RawBatchDeleteResponse::default());
             }
             let mutations = req.keys.into_iter().map(Self::delete_mutation).collect();
-            self.write(req.context.as_ref(), WriteCommand { mutations, ..Default::default() }).await?;
+            self.write(req.context.as_ref(), RaftCommand { mutations, ..Default::default() }).await?;
             Ok(kvrpcpb::RawBatchDeleteResponse::default())
         }
         .await;
@@ -439,7 +439,7 @@ impl Tikv for KvService {
             if !req.end_key.is_empty() && req.start_key >= req.end_key {
                 return Err(invalid("delete range start key must be below its end key"));
             }
-            let cmd = WriteCommand {
+            let cmd = RaftCommand {
                 delete_range: Some(DeleteRange { start_key: req.start_key, end_key: req.end_key }),
                 ..Default::default()
             };
@@ -513,7 +513,7 @@ impl Tikv for KvService {
             self.check_key(&req.key)?;
             self.check_value(&req.value)?;
             self.check_value(&req.previous_value)?;
-            let cmd = WriteCommand {
+            let cmd = RaftCommand {
                 cas: Some(CompareAndSwap {
                     key: req.key,
                     previous_not_exist: req.previous_not_exist,

@@ -92,4 +92,29 @@ impl PdClient {
             .await?;
         resp.store.ok_or_else(|| Error::Pd(format!("store {id} not found")))
     }
+
+    /// New region and peer ids for splitting `region` into `count + 1` parts.
+    pub async fn ask_batch_split(&self, region: metapb::Region, count: u32) -> Result<Vec<pdpb::SplitId>> {
+        let resp = self
+            .call(move |mut c, h| {
+                let req = pdpb::AskBatchSplitRequest {
+                    header: Some(h),
+                    region: Some(region.clone()),
+                    split_count: count,
+                };
+                async move { c.ask_batch_split(req).await }
+            })
+            .await?;
+        Ok(resp.ids)
+    }
+
+    /// Reports the regions a split produced (the parent's new range first).
+    pub async fn report_batch_split(&self, regions: Vec<metapb::Region>) -> Result<()> {
+        self.call(move |mut c, h| {
+            let req = pdpb::ReportBatchSplitRequest { header: Some(h), regions: regions.clone() };
+            async move { c.report_batch_split(req).await }
+        })
+        .await?;
+        Ok(())
+    }
 }

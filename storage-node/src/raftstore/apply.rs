@@ -11,8 +11,8 @@
 //! round, so before a CAS the batch is flushed together with the apply state
 //! that covers it: data and applied index never disagree on disk.
 
-use mnemo_proto::raft_serverpb::{MutationOp, WriteCommand};
-use mnemo_proto::types::{epoch_of, Region};
+use mnemo_proto::raft_serverpb::{BatchSplit, MutationOp, RaftCommand};
+use mnemo_proto::types::{epoch_of, Peer, PeerId, Region, RegionId};
 
 use crate::engine::{Cf, Engine, WriteBatch};
 use crate::error::{Error, Result};
@@ -28,7 +28,7 @@ pub enum WriteOutcome {
 }
 
 /// Checks that a command still fits the region: same `version`, keys inside.
-pub fn check_command(region: &Region, cmd: &WriteCommand) -> Result<()> {
+pub fn check_command(region: &Region, cmd: &RaftCommand) -> Result<()> {
     let epoch = epoch_of(cmd.header.as_ref().and_then(|h| h.region_epoch.as_ref()));
     if epoch.version != region.epoch.version {
         return Err(Error::EpochNotMatch { current: vec![region.clone()] });
@@ -47,6 +47,68 @@ pub fn check_command(region: &Region, cmd: &WriteCommand) -> Result<()> {
     Ok(())
 }
 
+/// Computes the regions a batch split produces: the parent keeps
+/// `[start, first key)` under its id, each new region `[key, next key)`.
+/// Every region's `version` is the parent's + 1; `conf_ver` is unchanged.
+/// The command must carry the parent's exact epoch (split checks both parts).
+pub fn split_regions(
+    region: &Region,
+    cmd: &RaftCommand,
+    split: &BatchSplit,
+) -> Result<(Region, Vec<Region>)> {
+    let epoch = epoch_of(cmd.header.as_ref().and_then(|h| h.region_epoch.as_ref()));
+    if epoch != region.epoch {
+        return Err(Error::EpochNotMatch { current: vec![region.clone()] });
+    }
+    if split.requests.is_empty() {
+        return Err(Error::InvalidArgument("split without split keys".into()));
+    }
+    let mut prev: &[u8] = &region.start_key;
+    for r in &split.requests {
+        if r.split_key.as_slice() <= prev || !region.contains(&r.split_key) {
+            return Err(Error::InvalidArgument(format!(
+                "split key {:?} is not inside region {} above the previous split key",
+                r.split_key, region.id
+            )));
+        }
+        if r.new_peer_ids.len() != region.peers.len() || r.new_region_id == 0 {
+            return Err(Error::InvalidArgument("split ids do not match the region's peers".into()));
+        }
+        prev = &r.split_key;
+    }
+    let mut version = region.epoch;
+    version.version += 1;
+    let mut derived = region.clone();
+    derived.epoch = version;
+    derived.end_key = split.requests[0].split_key.clone();
+    let mut new_regions = Vec::with_capacity(split.requests.len());
+    for (i, r) in split.requests.iter().enumerate() {
+        let end =
+            split.requests.get(i + 1).map(|n| n.split_key.clone()).unwrap_or_else(|| region.end_key.clone());
+        let peers = region
+            .peers
+            .iter()
+            .zip(&r.new_peer_ids)
+            .map(|(p, id)| Peer { id: PeerId(*id), store_id: p.store_id, role: p.role })
+            .collect();
+        new_regions.push(Region {
+            id: RegionId(r.new_region_id),
+            start_key: r.split_key.clone(),
+            end_key: end,
+            epoch: version,
+            peers,
+        });
+    }
+    Ok((derived, new_regions))
+}
+
+/// Approximate bytes a command adds to a region (for the split check hint).
+pub fn written_bytes(cmd: &RaftCommand) -> u64 {
+    let muts: usize = cmd.mutations.iter().map(|m| m.key.len() + m.value.len()).sum();
+    let cas = cmd.cas.as_ref().map(|c| c.key.len() + c.value.len()).unwrap_or(0);
+    (muts + cas) as u64
+}
+
 /// Reads the live (unexpired) value of a user key.
 pub fn read_live(engine: &dyn Engine, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>> {
     Ok(engine.get(Cf::Default, &keys::data_key(key))?.and_then(|raw| {
@@ -60,7 +122,7 @@ pub fn read_live(engine: &dyn Engine, key: &[u8], now_ms: u64) -> Result<Option<
 pub fn apply_write(
     engine: &dyn Engine,
     region: &Region,
-    cmd: &WriteCommand,
+    cmd: &RaftCommand,
     wb: &mut WriteBatch,
     now_ms: u64,
 ) -> Result<WriteOutcome> {
@@ -117,8 +179,8 @@ mod tests {
         })
     }
 
-    fn put(key: &[u8], value: &[u8]) -> WriteCommand {
-        WriteCommand {
+    fn put(key: &[u8], value: &[u8]) -> RaftCommand {
+        RaftCommand {
             header: header(2),
             mutations: vec![Mutation {
                 op: MutationOp::Put as i32,
@@ -130,8 +192,8 @@ mod tests {
         }
     }
 
-    fn cas(key: &[u8], expect: Option<&[u8]>, new: &[u8]) -> WriteCommand {
-        WriteCommand {
+    fn cas(key: &[u8], expect: Option<&[u8]>, new: &[u8]) -> RaftCommand {
+        RaftCommand {
             header: header(2),
             cas: Some(CompareAndSwap {
                 key: key.to_vec(),
@@ -144,7 +206,7 @@ mod tests {
         }
     }
 
-    fn run(e: &MemEngine, cmd: &WriteCommand) -> Result<WriteOutcome> {
+    fn run(e: &MemEngine, cmd: &RaftCommand) -> Result<WriteOutcome> {
         let mut wb = WriteBatch::new();
         let out = apply_write(e, &region(), cmd, &mut wb, 1)?;
         e.write(&wb, false).unwrap();
@@ -177,6 +239,47 @@ mod tests {
         assert!(matches!(run(&e, &stale), Err(Error::EpochNotMatch { .. })));
         assert!(matches!(run(&e, &put(b"z", b"v")), Err(Error::KeyNotInRegion { .. })));
         assert_eq!(read_live(&e, b"c", 1).unwrap(), None);
+    }
+
+    #[test]
+    fn split_cuts_the_range_and_bumps_version() {
+        use mnemo_proto::raft_serverpb::SplitRequest;
+        let mut parent = region();
+        parent.peers =
+            vec![Peer { id: PeerId(1), store_id: mnemo_proto::types::StoreId(1), role: Default::default() }];
+        let split = BatchSplit {
+            requests: vec![
+                SplitRequest { split_key: b"d".to_vec(), new_region_id: 10, new_peer_ids: vec![11] },
+                SplitRequest { split_key: b"h".to_vec(), new_region_id: 12, new_peer_ids: vec![13] },
+            ],
+        };
+        let cmd = RaftCommand {
+            header: Some(RaftRequestHeader {
+                region_epoch: Some(mnemo_proto::metapb::RegionEpoch { conf_ver: 1, version: 2 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (derived, new) = split_regions(&parent, &cmd, &split).unwrap();
+        assert_eq!((derived.start_key.as_slice(), derived.end_key.as_slice()), (&b"b"[..], &b"d"[..]));
+        assert_eq!(derived.epoch, RegionEpoch { conf_ver: 1, version: 3 });
+        assert_eq!((new[0].start_key.as_slice(), new[0].end_key.as_slice()), (&b"d"[..], &b"h"[..]));
+        assert_eq!((new[1].start_key.as_slice(), new[1].end_key.as_slice()), (&b"h"[..], &b"m"[..]));
+        assert_eq!(new[1].peers[0].id, PeerId(13));
+
+        // A key outside the region or out of order is refused.
+        let bad = BatchSplit {
+            requests: vec![SplitRequest {
+                split_key: b"z".to_vec(),
+                new_region_id: 10,
+                new_peer_ids: vec![11],
+            }],
+        };
+        assert!(split_regions(&parent, &cmd, &bad).is_err());
+        // A stale epoch is refused.
+        let mut stale = cmd.clone();
+        stale.header = header(1);
+        assert!(matches!(split_regions(&parent, &stale, &split), Err(Error::EpochNotMatch { .. })));
     }
 
     #[test]

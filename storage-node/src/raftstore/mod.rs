@@ -18,10 +18,11 @@
 
 pub mod apply;
 pub mod peer;
+pub mod split_check;
 pub mod storage;
 pub mod store;
 
-use mnemo_proto::raft_serverpb::{RaftMessage, WriteCommand};
+use mnemo_proto::raft_serverpb::{BatchSplit, RaftCommand, RaftMessage};
 use mnemo_proto::types::{Peer as PeerMeta, PeerId, Region, RegionEpoch, RegionId, StoreId};
 use raft::eraftpb::ConfChangeType;
 
@@ -36,9 +37,13 @@ pub enum StoreMsg {
     /// A client read: answered with the region once it is safe to read.
     Read { region_id: RegionId, epoch: RegionEpoch, cb: ReadCallback },
     /// A client write: answered once applied.
-    Write { region_id: RegionId, cmd: WriteCommand, cb: WriteCallback },
+    Write { region_id: RegionId, cmd: RaftCommand, cb: WriteCallback },
     /// An operator step from PD for a region this node leads.
     Operator { region_id: RegionId, epoch: RegionEpoch, op: Operator },
+    /// PD allocated ids for a split the leader asked for: propose it.
+    ProposeSplit { region_id: RegionId, epoch: RegionEpoch, split: BatchSplit },
+    /// The split checker measured a region.
+    SplitCheckResult { region_id: RegionId, epoch: RegionEpoch, outcome: split_check::SplitCheckOutcome },
     /// Outcome of sending a snapshot.
     SnapshotStatus { region_id: RegionId, to: PeerId, ok: bool },
     /// A message to `to` could not be delivered.
@@ -50,17 +55,37 @@ pub enum StoreMsg {
 /// One scheduling step PD asks a region leader to take.
 #[derive(Clone, Debug)]
 pub enum Operator {
-    /// Add a learner, promote a learner (AddNode), or remove a peer.
-    ChangePeer { kind: ConfChangeType, peer: PeerMeta },
+    /// Membership changes: add a learner, promote a learner (AddNode), remove
+    /// a peer; several at once use joint consensus.
+    ChangePeers { changes: Vec<(ConfChangeType, PeerMeta)> },
     /// Hand leadership to `peer`.
     TransferLeader { peer: PeerMeta },
+    /// Split at `keys` (sorted), or in the middle if `keys` is empty.
+    Split { keys: Vec<Vec<u8>> },
 }
 
 /// What the store tells the PD worker.
 #[derive(Clone, Debug)]
 pub enum PdTask {
     /// A leader's report of its region.
-    RegionHeartbeat { region: Region, leader: PeerMeta, pending_peers: Vec<PeerMeta>, term: u64 },
+    RegionHeartbeat(RegionReport),
+    /// Ask PD for ids to split `region` at `split_keys`, then propose it.
+    AskSplit { region: Region, split_keys: Vec<Vec<u8>> },
+    /// Tell PD about the regions a split produced.
+    ReportSplit { regions: Vec<Region> },
+}
+
+/// What a leader tells PD about its region.
+#[derive(Clone, Debug)]
+pub struct RegionReport {
+    pub region: Region,
+    pub leader: PeerMeta,
+    /// Peers that need a snapshot or are far behind.
+    pub pending_peers: Vec<PeerMeta>,
+    pub term: u64,
+    /// Bytes and keys at the last split check (0 before the first).
+    pub approximate_size: u64,
+    pub approximate_keys: u64,
 }
 
 /// Delivers raft messages to other stores.

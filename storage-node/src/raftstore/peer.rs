@@ -14,8 +14,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use mnemo_proto::raft_serverpb::{ConfChangeContext, WriteCommand};
-use mnemo_proto::types::{Peer as PeerMeta, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
+use mnemo_proto::raft_serverpb::{BatchSplit, ConfChangeContext, RaftCommand, RaftRequestHeader};
+use mnemo_proto::types::{Peer as PeerMeta, PeerId, PeerRole, Region, RegionEpoch, RegionId};
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message as RaftMsg, MessageType};
@@ -23,7 +23,7 @@ use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 
 use super::apply::{self, WriteOutcome};
-use super::storage::PeerStorage;
+use super::storage::{self, PeerStorage};
 use crate::engine::{EngineRef, WriteBatch};
 use crate::error::{Error, Result};
 use crate::keys;
@@ -87,6 +87,13 @@ pub struct Peer {
     pub pending_remove: bool,
     /// Something PD should hear about changed (leader, epoch, peers).
     pub heartbeat_due: bool,
+    /// Bytes written since the last split check (a hint, not exact).
+    pub size_diff_hint: u64,
+    /// (bytes, keys) of the region at the last split check.
+    pub approximate: Option<(u64, u64)>,
+    /// Splits applied this round: (the parent's new range, the new regions),
+    /// for the store to create their peers.
+    pub applied_splits: Vec<(Region, Vec<Region>)>,
     cfg: PeerConfig,
 }
 
@@ -123,6 +130,9 @@ impl Peer {
             outbox: Vec::new(),
             pending_remove: false,
             heartbeat_due: true,
+            size_diff_hint: 0,
+            approximate: None,
+            applied_splits: Vec::new(),
             cfg,
         })
     }
@@ -227,7 +237,7 @@ impl Peer {
     /// Proposes a write. The callback fires when the entry is applied.
     pub fn propose_write(
         &mut self,
-        cmd: WriteCommand,
+        cmd: RaftCommand,
         now: Instant,
         cb: WriteCallback,
         replies: &mut Vec<Reply>,
@@ -253,36 +263,62 @@ impl Peer {
         self.proposals.push_back(Proposal { index, term, proposed_at: now, cb });
     }
 
-    /// Proposes a membership change from PD. Returns false if it was not
-    /// proposed (not leader, stale epoch, a change already pending, no-op).
+    /// Proposes a membership change from PD: one change, or several at once
+    /// (raft joint consensus, left automatically). Changes already in effect
+    /// are dropped. Returns false if nothing was proposed (not leader, stale
+    /// epoch, a change already pending, nothing left to do, or removing the
+    /// leader itself).
     pub fn propose_conf_change(
         &mut self,
         epoch: RegionEpoch,
-        kind: ConfChangeType,
-        target: PeerMeta,
+        changes: &[(ConfChangeType, PeerMeta)],
     ) -> bool {
         if !self.is_leader() || epoch != self.region().epoch || self.raw.raft.has_pending_conf() {
             return false;
         }
-        let existing = self.region().peer(target.id).copied();
-        let already = match kind {
-            ConfChangeType::AddNode => existing.is_some_and(|p| p.role == PeerRole::Voter),
-            ConfChangeType::AddLearnerNode => existing.is_some(),
-            ConfChangeType::RemoveNode => existing.is_none(),
-        };
-        if already || (kind == ConfChangeType::RemoveNode && target.id == self.meta.id) {
+        let todo: Vec<(ConfChangeType, PeerMeta)> = changes
+            .iter()
+            .copied()
+            .filter(|(kind, target)| {
+                let existing = self.region().peer(target.id).copied();
+                match kind {
+                    ConfChangeType::AddNode => !existing.is_some_and(|p| p.role == PeerRole::Voter),
+                    ConfChangeType::AddLearnerNode => existing.is_none(),
+                    ConfChangeType::RemoveNode => existing.is_some(),
+                }
+            })
+            .collect();
+        if todo.is_empty()
+            || todo.iter().any(|(k, t)| *k == ConfChangeType::RemoveNode && t.id == self.meta.id)
+        {
             return false;
         }
         let mut cc = ConfChangeV2::default();
-        let mut single = raft::eraftpb::ConfChangeSingle::default();
-        single.set_change_type(kind);
-        single.node_id = target.id.0;
-        cc.mut_changes().push(single);
-        let ctx = ConfChangeContext { peers: vec![target.into()] };
+        for (kind, target) in &todo {
+            let mut single = raft::eraftpb::ConfChangeSingle::default();
+            single.set_change_type(*kind);
+            single.node_id = target.id.0;
+            cc.mut_changes().push(single);
+        }
+        let ctx = ConfChangeContext { peers: todo.iter().map(|(_, p)| (*p).into()).collect() };
         cc.context = ctx.encode_to_vec().into();
         // The proposer's conf_ver travels in the entry context so apply can reject a stale change.
         let conf_ver = self.region().epoch.conf_ver.to_be_bytes().to_vec();
         self.raw.propose_conf_change(conf_ver, cc).is_ok()
+    }
+
+    /// Proposes a batch split prepared with ids from PD (leader only).
+    pub fn propose_split(&mut self, epoch: RegionEpoch, split: BatchSplit) -> bool {
+        if !self.is_leader() || epoch != self.region().epoch {
+            return false;
+        }
+        let header = RaftRequestHeader {
+            region_id: self.region_id().0,
+            peer: Some(self.meta.into()),
+            region_epoch: Some(epoch.into()),
+        };
+        let cmd = RaftCommand { header: Some(header), split: Some(split), ..Default::default() };
+        self.raw.propose(vec![], cmd.encode_to_vec()).is_ok()
     }
 
     /// Steps an incoming raft message.
@@ -351,7 +387,7 @@ impl Peer {
             let outcome = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => None,
                 EntryType::EntryNormal => {
-                    let cmd = WriteCommand::decode(e.data.as_ref())
+                    let cmd = RaftCommand::decode(e.data.as_ref())
                         .map_err(|err| Error::Other(format!("corrupt entry {}: {err}", e.index)))?;
                     if cmd.cas.is_some() && !kv_wb.is_empty() {
                         self.raw.mut_store().stage_apply_state(kv_wb);
@@ -359,9 +395,23 @@ impl Peer {
                         *kv_wb = WriteBatch::new();
                     }
                     let region = self.region().clone();
-                    match apply::apply_write(kv.as_ref(), &region, &cmd, kv_wb, now_ms) {
+                    let result = match &cmd.split {
+                        Some(split) => {
+                            self.apply_split(&region, &cmd, split, kv_wb).map(|_| WriteOutcome::Done)
+                        }
+                        None => {
+                            self.size_diff_hint += apply::written_bytes(&cmd);
+                            apply::apply_write(kv.as_ref(), &region, &cmd, kv_wb, now_ms)
+                        }
+                    };
+                    match result {
                         Ok(o) => Some(Ok(o)),
-                        Err(err) if err.is_deterministic() => Some(Err(err)),
+                        Err(err) if err.is_deterministic() => {
+                            if cmd.split.is_some() {
+                                tracing::info!(region = %region.id, "split at index {} rejected: {err}", e.index);
+                            }
+                            Some(Err(err))
+                        }
                         Err(err) => return Err(err),
                     }
                 }
@@ -404,44 +454,71 @@ impl Peer {
         }
     }
 
+    fn apply_split(
+        &mut self,
+        region: &Region,
+        cmd: &RaftCommand,
+        split: &BatchSplit,
+        kv_wb: &mut WriteBatch,
+    ) -> Result<()> {
+        let (derived, new_regions) = apply::split_regions(region, cmd, split)?;
+        for r in &new_regions {
+            storage::write_initial_kv_state(r, kv_wb);
+            for p in &r.peers {
+                self.peer_cache.insert(p.id, *p);
+            }
+        }
+        tracing::info!(region = %region.id, new = ?new_regions.iter().map(|r| r.id.0).collect::<Vec<_>>(), "applied split");
+        let store = self.raw.mut_store();
+        store.region = derived.clone();
+        store.stage_region_state(kv_wb);
+        self.size_diff_hint = 0;
+        self.approximate = None;
+        self.heartbeat_due = true;
+        self.applied_splits.push((derived, new_regions));
+        Ok(())
+    }
+
     fn apply_conf_change(&mut self, e: &Entry, kv_wb: &mut WriteBatch) -> Result<()> {
         let (conf_ver, cc) = decode_conf_change(e)?;
         let ctx = ConfChangeContext::decode(cc.context.as_ref()).unwrap_or_default();
         let mut region = self.region().clone();
-        if conf_ver != region.epoch.conf_ver {
+        if conf_ver.is_some_and(|v| v != region.epoch.conf_ver) {
             tracing::info!(region = %region.id, "skipping stale conf change at index {}", e.index);
             return Ok(());
         }
-        for change in cc.get_changes() {
-            let id = PeerId(change.node_id);
-            let store = ctx
-                .peers
-                .iter()
-                .find(|p| p.id == id.0)
-                .map(|p| StoreId(p.store_id))
-                .or_else(|| region.peer(id).map(|p| p.store_id))
-                .unwrap_or_default();
-            region.peers.retain(|p| p.id != id);
-            match change.get_change_type() {
-                ConfChangeType::AddNode => {
-                    region.peers.push(PeerMeta { id, store_id: store, role: PeerRole::Voter })
-                }
-                ConfChangeType::AddLearnerNode => {
-                    region.peers.push(PeerMeta { id, store_id: store, role: PeerRole::Learner })
-                }
-                ConfChangeType::RemoveNode => {
-                    if id == self.meta.id {
-                        self.pending_remove = true;
-                    }
-                }
-            }
-            self.peer_cache.insert(id, PeerMeta { id, store_id: store, role: PeerRole::Voter });
+        for p in &ctx.peers {
+            let p = PeerMeta::from(p);
+            self.peer_cache.insert(p.id, p);
         }
+        let cs = self
+            .raw
+            .apply_conf_change(&cc)
+            .map_err(|err| Error::Other(format!("apply conf change: {err}")))?;
+        // The region's peers follow raft's configuration; during a joint
+        // change outgoing voters still count as voters.
+        let mut peers = Vec::new();
+        let voters = cs.voters.iter().chain(cs.voters_outgoing.iter());
+        let learners = cs.learners.iter().chain(cs.learners_next.iter());
+        for (id, role) in
+            voters.map(|id| (*id, PeerRole::Voter)).chain(learners.map(|id| (*id, PeerRole::Learner)))
+        {
+            if peers.iter().any(|p: &PeerMeta| p.id.0 == id) {
+                continue;
+            }
+            let store_id = self.peer_cache.get(&PeerId(id)).map(|p| p.store_id).unwrap_or_default();
+            peers.push(PeerMeta { id: PeerId(id), store_id, role });
+        }
+        peers.sort_by_key(|p| p.id);
+        region.peers = peers;
         region.epoch.conf_ver += 1;
-        tracing::info!(region = %region.id, peers = ?region.peers, "applied conf change");
-        self.raw.apply_conf_change(&cc).map_err(|err| Error::Other(format!("apply conf change: {err}")))?;
+        if region.peer(self.meta.id).is_none() {
+            self.pending_remove = true;
+        }
+        tracing::info!(region = %region.id, peers = ?region.peers, joint = !cs.voters_outgoing.is_empty(), "applied conf change");
         let store = self.raw.mut_store();
         store.region = region;
+        store.conf_state = cs;
         store.stage_region_state(kv_wb);
         self.heartbeat_due = true;
         Ok(())
@@ -479,15 +556,21 @@ impl Peer {
     }
 }
 
-/// Splits a conf-change entry into the proposer's `conf_ver` and the change.
-fn decode_conf_change(e: &Entry) -> Result<(u64, ConfChangeV2)> {
+/// Splits a conf-change entry into the proposer's `conf_ver` (none for
+/// raft's own leave-joint entry) and the change.
+fn decode_conf_change(e: &Entry) -> Result<(Option<u64>, ConfChangeV2)> {
     let corrupt = |what: &str| Error::Other(format!("corrupt conf change at {}: {what}", e.index));
     if e.get_entry_type() == EntryType::EntryConfChange {
         // raft-rs itself never emits v1 changes for us; treat as corrupt.
         return Err(corrupt("v1 conf change"));
     }
-    let conf_ver = <[u8; 8]>::try_from(e.context.as_ref()).map_err(|_| corrupt("bad context"))?;
+    // raft-rs proposes the "leave joint" change itself, with no context.
+    let conf_ver = match e.context.len() {
+        0 => None,
+        _ => Some(u64::from_be_bytes(
+            <[u8; 8]>::try_from(e.context.as_ref()).map_err(|_| corrupt("bad context"))?,
+        )),
+    };
     let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| corrupt(&err.to_string()))?;
-    let conf_ver = u64::from_be_bytes(conf_ver);
     Ok((conf_ver, cc))
 }

@@ -37,6 +37,8 @@ pub struct PeerStorage {
     pub region: Region,
     /// Normal, or Tombstone once the peer is removed.
     pub peer_state: PeerState,
+    /// The raft configuration at the applied index (joint states included).
+    pub conf_state: ConfState,
     /// Last persisted hard state.
     pub hard_state: HardState,
     /// Last applied index and truncation point.
@@ -61,19 +63,30 @@ pub fn conf_state_of(region: &Region) -> ConfState {
     cs
 }
 
-/// Writes the initial state of a bootstrapped region (one or more peers) into `kv_wb`/`raft_wb`.
+/// Writes the initial state of a new region (bootstrapped, or born from a
+/// split) into `kv_wb`/`raft_wb`: log empty after `INIT_INDEX`.
 pub fn write_initial_state(region: &Region, kv_wb: &mut WriteBatch, raft_wb: &mut WriteBatch) {
-    let local = RegionLocalState { state: PeerState::Normal as i32, region: Some(region.into()) };
+    write_initial_kv_state(region, kv_wb);
+    write_initial_hard_state(region.id, raft_wb);
+}
+
+/// The kv-engine half of [`write_initial_state`].
+pub fn write_initial_kv_state(region: &Region, kv_wb: &mut WriteBatch) {
+    let local = RegionLocalState {
+        state: PeerState::Normal as i32,
+        region: Some(region.into()),
+        conf_state: Vec::new(),
+    };
     kv_wb.put(Cf::Meta, keys::region_state_key(region.id), local.encode_to_vec());
     let apply =
         RaftApplyState { applied_index: INIT_INDEX, truncated_index: INIT_INDEX, truncated_term: INIT_TERM };
     kv_wb.put(Cf::Meta, keys::apply_state_key(region.id), apply.encode_to_vec());
+}
+
+/// The raft-log half of [`write_initial_state`].
+pub fn write_initial_hard_state(region: RegionId, raft_wb: &mut WriteBatch) {
     let hs = HardState { term: INIT_TERM, commit: INIT_INDEX, ..Default::default() };
-    raft_wb.put(
-        Cf::Default,
-        keys::raft_state_key(region.id),
-        hs.write_to_bytes().expect("encode hard state"),
-    );
+    raft_wb.put(Cf::Default, keys::raft_state_key(region), hs.write_to_bytes().expect("encode hard state"));
 }
 
 impl PeerStorage {
@@ -81,12 +94,21 @@ impl PeerStorage {
     /// it yet (a peer created by a message from its leader: empty, index 0).
     pub fn open(kv: EngineRef, raft: EngineRef, region: Region) -> Result<PeerStorage> {
         let region_id = region.id;
-        let (region, peer_state) = match kv.get(Cf::Meta, &keys::region_state_key(region_id))? {
+        let (region, peer_state, conf_state) = match kv.get(Cf::Meta, &keys::region_state_key(region_id))? {
             Some(b) => {
                 let s = RegionLocalState::decode(b.as_slice()).map_err(|e| Error::Other(e.to_string()))?;
-                (Region::from(&s.region.clone().unwrap_or_default()), s.state())
+                let region = Region::from(&s.region.clone().unwrap_or_default());
+                let cs = if s.conf_state.is_empty() {
+                    conf_state_of(&region)
+                } else {
+                    ConfState::parse_from_bytes(&s.conf_state).map_err(|e| Error::Other(e.to_string()))?
+                };
+                (region, s.state(), cs)
             }
-            None => (region, PeerState::Normal),
+            None => {
+                let cs = conf_state_of(&region);
+                (region, PeerState::Normal, cs)
+            }
         };
         let apply_state = match kv.get(Cf::Meta, &keys::apply_state_key(region_id))? {
             Some(b) => RaftApplyState::decode(b.as_slice()).map_err(|e| Error::Other(e.to_string()))?,
@@ -102,6 +124,7 @@ impl PeerStorage {
             raft,
             region,
             peer_state,
+            conf_state,
             hard_state,
             apply_state,
             last_index: 0,
@@ -188,7 +211,11 @@ impl PeerStorage {
 
     /// Stages the region meta into the kv batch.
     pub fn stage_region_state(&self, wb: &mut WriteBatch) {
-        let local = RegionLocalState { state: self.peer_state as i32, region: Some((&self.region).into()) };
+        let local = RegionLocalState {
+            state: self.peer_state as i32,
+            region: Some((&self.region).into()),
+            conf_state: self.conf_state.write_to_bytes().expect("encode conf state"),
+        };
         wb.put(Cf::Meta, keys::region_state_key(self.region_id), local.encode_to_vec());
     }
 
@@ -210,7 +237,7 @@ impl PeerStorage {
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = term;
-        meta.set_conf_state(conf_state_of(&self.region));
+        meta.set_conf_state(self.conf_state.clone());
         Ok(snap)
     }
 
@@ -239,6 +266,7 @@ impl PeerStorage {
         }
         self.region = region;
         self.peer_state = PeerState::Normal;
+        self.conf_state = meta.get_conf_state().clone();
         self.apply_state = RaftApplyState {
             applied_index: meta.index,
             truncated_index: meta.index,
@@ -257,6 +285,30 @@ impl PeerStorage {
         self.set_hard_state(&hs, raft_wb);
         self.last_index = meta.index;
         self.last_term = meta.term;
+        Ok(())
+    }
+
+    /// Forgets log entries up to `index` (≤ applied). The new truncation
+    /// point goes to the kv engine first, synced: data applied up to it must
+    /// be durable before the entries that could rebuild it are gone.
+    pub fn compact_to(&mut self, index: u64) -> Result<()> {
+        let first = self.apply_state.truncated_index + 1;
+        if index < first || index > self.apply_state.applied_index {
+            return Ok(());
+        }
+        let term = self.term_of(index).map_err(|e| Error::Other(format!("compact: {e}")))?;
+        self.apply_state.truncated_index = index;
+        self.apply_state.truncated_term = term;
+        let mut kv_wb = WriteBatch::new();
+        self.stage_apply_state(&mut kv_wb);
+        self.kv.write(&kv_wb, true)?;
+        let mut raft_wb = WriteBatch::new();
+        raft_wb.delete_range(
+            Cf::Default,
+            keys::raft_log_key(self.region_id, first),
+            keys::raft_log_key(self.region_id, index + 1),
+        );
+        self.raft.write(&raft_wb, false)?;
         Ok(())
     }
 
@@ -309,7 +361,7 @@ impl PeerStorage {
 
 impl raft::Storage for PeerStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state: conf_state_of(&self.region) })
+        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state: self.conf_state.clone() })
     }
 
     fn entries(

@@ -26,8 +26,9 @@ use raft::eraftpb::{ConfChangeType, Message as RaftMsg, MessageType};
 use raft::SnapshotStatus;
 
 use super::peer::{Peer, PeerConfig, Reply};
-use super::storage::PeerStorage;
-use super::{Operator, PdTask, StoreMsg, Transport};
+use super::split_check::{self, SplitCheckTask, SplitLimits};
+use super::storage::{self, PeerStorage};
+use super::{Operator, PdTask, RegionReport, StoreMsg, Transport};
 use crate::engine::{Cf, EngineRef, Engines, ScanRange, WriteBatch};
 use crate::error::{Error, Result};
 use crate::keys;
@@ -42,6 +43,17 @@ pub struct StoreConfig {
     pub tick_interval: Duration,
     /// How often a leader reports its region to PD even if nothing changed.
     pub pd_heartbeat_interval: Duration,
+    /// Split thresholds.
+    pub split: SplitLimits,
+    /// How often leaders consider a split check (`split-region-check-tick-interval`).
+    pub split_check_interval: Duration,
+    /// How often peers consider compacting their raft log (`raft-log-gc-tick-interval`).
+    pub raft_log_gc_interval: Duration,
+    /// Compact once this many applied entries are in the log (`raft-log-gc-threshold`).
+    pub raft_log_gc_threshold: u64,
+    /// Compact past lagging followers (they get a snapshot) once the log
+    /// holds this many entries (`raft-log-gc-count-limit`).
+    pub raft_log_gc_count_limit: u64,
 }
 
 /// The multi-raft store: owns every peer of this node.
@@ -59,6 +71,9 @@ pub struct Store {
     logger: slog::Logger,
     metrics: Arc<Metrics>,
     last_reported: HashMap<RegionId, (Instant, Vec<PeerId>)>,
+    split_checker: crossbeam_channel::Sender<SplitCheckTask>,
+    next_split_check: Instant,
+    next_log_gc: Instant,
 }
 
 impl Store {
@@ -67,13 +82,19 @@ impl Store {
         store_id: StoreId,
         cfg: StoreConfig,
         engines: Engines,
-        rx: Receiver<StoreMsg>,
+        (store_tx, rx): (crossbeam_channel::Sender<StoreMsg>, Receiver<StoreMsg>),
         transport: Arc<dyn Transport>,
         pd: tokio::sync::mpsc::UnboundedSender<PdTask>,
         metrics: Arc<Metrics>,
     ) -> Result<Store> {
         let logger = crate::logging::raft_logger();
+        // The split checker answers through the store's own channel.
+        let split_checker = split_check::spawn(engines.kv.clone(), cfg.split, store_tx);
+        let now = Instant::now();
         let mut store = Store {
+            next_split_check: now + cfg.split_check_interval,
+            next_log_gc: now + cfg.raft_log_gc_interval,
+            split_checker,
             store_id,
             cfg,
             kv: engines.kv,
@@ -152,6 +173,17 @@ impl Store {
                 // ticks in a burst would shorten elections and void leases.
                 next_tick = now + self.cfg.tick_interval;
                 self.report_to_pd(now);
+                if now >= self.next_split_check {
+                    self.next_split_check = now + self.cfg.split_check_interval;
+                    self.schedule_split_checks();
+                }
+                if now >= self.next_log_gc {
+                    self.next_log_gc = now + self.cfg.raft_log_gc_interval;
+                    if let Err(e) = self.compact_logs() {
+                        tracing::error!("fatal storage error compacting raft logs: {e}");
+                        std::process::exit(2);
+                    }
+                }
             }
             if let Err(e) = self.handle_readies(&mut replies) {
                 // Losing a raft or kv write means losing promises: stop the node.
@@ -186,9 +218,9 @@ impl Store {
             StoreMsg::Operator { region_id, epoch, op } => {
                 let Some(p) = self.peers.get_mut(&region_id) else { return };
                 match op {
-                    Operator::ChangePeer { kind, peer } => {
-                        if p.propose_conf_change(epoch, kind, peer) {
-                            tracing::info!(region = %region_id, ?kind, peer = %peer.id, store = %peer.store_id, "proposed conf change");
+                    Operator::ChangePeers { changes } => {
+                        if p.propose_conf_change(epoch, &changes) {
+                            tracing::info!(region = %region_id, ?changes, "proposed conf change");
                         }
                     }
                     Operator::TransferLeader { peer } => {
@@ -196,6 +228,38 @@ impl Store {
                             p.raw.transfer_leader(peer.id.0);
                         }
                     }
+                    Operator::Split { keys } => {
+                        if !p.is_leader() || epoch != p.region().epoch {
+                            return;
+                        }
+                        let region = p.region().clone();
+                        if keys.is_empty() {
+                            let _ = self.split_checker.send(SplitCheckTask { region, halve: true });
+                        } else {
+                            let _ = self.pd.send(PdTask::AskSplit { region, split_keys: keys });
+                        }
+                    }
+                }
+            }
+            StoreMsg::ProposeSplit { region_id, epoch, split } => {
+                if let Some(p) = self.peers.get_mut(&region_id) {
+                    if p.propose_split(epoch, split) {
+                        tracing::info!(region = %region_id, "proposed split");
+                    }
+                }
+            }
+            StoreMsg::SplitCheckResult { region_id, epoch, outcome } => {
+                let Some(p) = self.peers.get_mut(&region_id) else { return };
+                if p.region().epoch != epoch {
+                    return;
+                }
+                p.approximate = Some((outcome.size, outcome.keys));
+                if !outcome.split_keys.is_empty() && p.is_leader() {
+                    tracing::info!(region = %region_id, size = outcome.size, keys = outcome.keys, at = outcome.split_keys.len(), "region needs a split");
+                    let _ = self.pd.send(PdTask::AskSplit {
+                        region: p.region().clone(),
+                        split_keys: outcome.split_keys,
+                    });
                 }
             }
             StoreMsg::SnapshotStatus { region_id, to, ok } => {
@@ -247,15 +311,31 @@ impl Store {
             self.tombstones.remove(&region_id);
             tracing::info!(region = %region_id, peer = %to.id, "created peer from leader message");
         }
-        let peer = self.peers.get_mut(&region_id).expect("present");
+        let peer = self.peers.get(&region_id).expect("present");
         if peer.meta.id != to.id {
             tracing::debug!(region = %region_id, local = %peer.meta.id, to = %to.id, "message for another peer id; dropped");
             return;
         }
-        peer.remember_peer(from);
         if msg.get_msg_type() == MessageType::MsgSnapshot {
+            // A snapshot may not cover data another local region still owns
+            // (e.g. a new region's snapshot arriving before our parent applied
+            // the split); drop it, the leader retries.
+            let is_init = peer.raw.store().is_initialized();
+            let overlap = self.peers.values().find(|q| {
+                q.region_id() != region_id
+                    && q.raw.store().is_initialized()
+                    && ranges_overlap(&q.region().start_key, &q.region().end_key, &m.start_key, &m.end_key)
+            });
+            if !is_init {
+                if let Some(q) = overlap {
+                    tracing::info!(region = %region_id, other = %q.region_id(), "snapshot overlaps a local region; dropped");
+                    return;
+                }
+            }
             tracing::info!(region = %region_id, index = msg.get_snapshot().get_metadata().index, "received snapshot");
         }
+        let peer = self.peers.get_mut(&region_id).expect("present");
+        peer.remember_peer(from);
         if let Err(e) = peer.step(msg) {
             tracing::debug!(region = %region_id, "step failed: {e}");
         }
@@ -333,7 +413,95 @@ impl Store {
             self.raft.write(&raft_wb, false)?;
         }
         self.destroy_removed_peers(replies)?;
+        self.create_split_peers()?;
         self.flush_outbox();
+        Ok(())
+    }
+
+    /// Creates the peers of regions born from splits applied this round.
+    /// A new region may already have an uninitialized peer here (its leader,
+    /// on a faster store, talked to us first): it is replaced, keeping its
+    /// raft hard state (it may have voted).
+    fn create_split_peers(&mut self) -> Result<()> {
+        let mut splits = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            let leader = p.is_leader();
+            for s in p.applied_splits.drain(..) {
+                splits.push((*id, leader, s));
+            }
+        }
+        for (parent, was_leader, (derived, new_regions)) in splits {
+            let mut raft_wb = WriteBatch::new();
+            let mut to_create = Vec::new();
+            for r in new_regions {
+                match self.peers.get(&r.id) {
+                    Some(existing) if existing.raw.store().is_initialized() => {
+                        tracing::warn!(region = %r.id, "split target already initialized here; keeping it");
+                        continue;
+                    }
+                    Some(_) => {
+                        self.peers.remove(&r.id);
+                    }
+                    None => storage::write_initial_hard_state(r.id, &mut raft_wb),
+                }
+                to_create.push(r);
+            }
+            self.raft.write(&raft_wb, true)?;
+            let mut all = vec![derived];
+            for r in to_create {
+                let Some(me) = r.peer_on_store(self.store_id).copied() else { continue };
+                self.create_peer(me, r.clone())?;
+                let peer = self.peers.get_mut(&r.id).expect("just created");
+                if was_leader {
+                    // Elect at once where the parent led, rather than after an election timeout.
+                    let _ = peer.raw.campaign();
+                }
+                all.push(r);
+            }
+            if was_leader {
+                let _ = self.pd.send(PdTask::ReportSplit { regions: all });
+            }
+            tracing::info!(region = %parent, "split peers created");
+        }
+        Ok(())
+    }
+
+    /// Sends leaders that grew enough since their last check to the split checker.
+    fn schedule_split_checks(&mut self) {
+        let threshold = self.cfg.split.split_size / 16;
+        for p in self.peers.values_mut() {
+            if !p.is_leader() || !p.raw.store().is_initialized() {
+                continue;
+            }
+            if p.approximate.is_none() || p.size_diff_hint >= threshold {
+                p.size_diff_hint = 0;
+                let _ = self.split_checker.send(SplitCheckTask { region: p.region().clone(), halve: false });
+            }
+        }
+    }
+
+    /// Drops applied raft log entries no peer should need any more.
+    fn compact_logs(&mut self) -> Result<()> {
+        for p in self.peers.values_mut() {
+            let store = p.raw.store();
+            if !store.is_initialized() {
+                continue;
+            }
+            let applied = store.applied_index();
+            let first = store.apply_state.truncated_index + 1;
+            let mut target = applied;
+            if p.is_leader() && applied.saturating_sub(first) < self.cfg.raft_log_gc_count_limit {
+                // Keep what followers still need, unless the log grew too long.
+                for (id, pr) in p.raw.raft.prs().iter() {
+                    if *id != p.meta.id.0 {
+                        target = target.min(pr.matched);
+                    }
+                }
+            }
+            if target >= first && target - first + 1 >= self.cfg.raft_log_gc_threshold {
+                p.raw.mut_store().compact_to(target)?;
+            }
+        }
         Ok(())
     }
 
@@ -405,17 +573,25 @@ impl Store {
             }
             p.heartbeat_due = false;
             self.last_reported.insert(*id, (now, pending));
-            let _ = self.pd.send(PdTask::RegionHeartbeat {
+            let (approximate_size, approximate_keys) = p.approximate.unwrap_or_default();
+            let _ = self.pd.send(PdTask::RegionHeartbeat(RegionReport {
                 region: p.region().clone(),
                 leader: p.meta,
                 pending_peers: p.pending_peers(),
                 term: p.raw.raft.term,
-            });
+                approximate_size,
+                approximate_keys,
+            }));
         }
         self.last_reported.retain(|id, _| live.contains(id));
         self.metrics.region_count.set(self.peers.len() as u64);
         self.metrics.leader_count.set(leaders);
     }
+}
+
+/// True if `[s1, e1)` and `[s2, e2)` share a key (empty end = +infinity).
+fn ranges_overlap(s1: &[u8], e1: &[u8], s2: &[u8], e2: &[u8]) -> bool {
+    (e2.is_empty() || s1 < e2) && (e1.is_empty() || s2 < e1)
 }
 
 fn deliver(replies: Vec<Reply>) {
