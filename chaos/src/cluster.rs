@@ -28,6 +28,21 @@ pub struct ClusterConfig {
     pub pd_toml: String,
 }
 
+/// Node settings that make regions split after ~100 keys (or 8 KiB) and
+/// check often, so multi-region tests run in seconds.
+pub const SMALL_REGIONS_TOML: &str = "[coprocessor]\nregion-split-size = \"8KiB\"\nregion-split-keys = 100\n\
+split-region-check-tick-interval = \"200ms\"\n";
+
+impl ClusterConfig {
+    /// `nodes` nodes whose regions split after ~100 keys.
+    pub fn small_regions(nodes: usize) -> Self {
+        let mut c = ClusterConfig { nodes, ..Default::default() };
+        c.node_toml.push_str("raft-log-gc-tick-interval = \"1s\"\n");
+        c.node_toml.push_str(SMALL_REGIONS_TOML);
+        c
+    }
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
@@ -238,6 +253,40 @@ impl Cluster {
         self.pd_get("/pd/api/v1/regions")
             .and_then(|v| v.get("regions").and_then(|r| r.as_array().cloned()))
             .unwrap_or_default()
+    }
+
+    /// Checks that PD's regions tile the key space: sorted by start key, the
+    /// first starts at "", each ends where the next starts, the last ends at
+    /// "". Returns a description of the first defect.
+    pub fn check_tiling(regions: &[Value]) -> Result<(), String> {
+        let mut rs: Vec<(Vec<u8>, Vec<u8>, u64)> = regions
+            .iter()
+            .map(|r| {
+                (
+                    unhex(r["start_key"].as_str().unwrap_or("")),
+                    unhex(r["end_key"].as_str().unwrap_or("")),
+                    r["id"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        rs.sort();
+        let first = rs.first().ok_or("no regions")?;
+        if !first.0.is_empty() {
+            return Err(format!("first region {} starts at {:?}", first.2, first.0));
+        }
+        for w in rs.windows(2) {
+            if w[0].1 != w[1].0 {
+                return Err(format!(
+                    "region {} ends at {:?} but region {} starts at {:?}",
+                    w[0].2, w[0].1, w[1].2, w[1].0
+                ));
+            }
+        }
+        let last = rs.last().expect("non-empty");
+        if !last.1.is_empty() {
+            return Err(format!("last region {} ends at {:?}", last.2, last.1));
+        }
+        Ok(())
     }
 
     /// Waits until every region has `replicas` voters on distinct stores and

@@ -42,7 +42,9 @@ struct Proposal {
 
 struct PendingRead {
     id: u64,
-    issued_at: Instant,
+    /// When the ReadIndex round started (None: not started yet, waiting for
+    /// the leader to commit an entry of its term).
+    issued_at: Option<Instant>,
     term: u64,
     read_index: Option<u64>,
     cb: ReadCallback,
@@ -229,9 +231,35 @@ impl Peer {
         }
         let id = self.next_read_id;
         self.next_read_id += 1;
-        self.raw.read_index(id.to_be_bytes().to_vec());
         let term = self.raw.raft.term;
-        self.reads.push_back(PendingRead { id, issued_at: now, term, read_index: None, cb });
+        self.reads.push_back(PendingRead { id, issued_at: None, term, read_index: None, cb });
+        self.issue_reads(now);
+    }
+
+    /// Starts the ReadIndex rounds of waiting reads. raft-rs silently drops a
+    /// ReadIndex request before the leader committed an entry of its term, so
+    /// reads wait for that first.
+    fn issue_reads(&mut self, now: Instant) {
+        if !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        for r in self.reads.iter_mut().filter(|r| r.issued_at.is_none()) {
+            r.issued_at = Some(now);
+            self.raw.read_index(r.id.to_be_bytes().to_vec());
+        }
+    }
+
+    /// Fails reads whose ReadIndex round did not complete within `timeout`
+    /// (a message lost, leadership in doubt): the client retries.
+    pub fn expire_reads(&mut self, now: Instant, timeout: Duration, replies: &mut Vec<Reply>) {
+        let region = self.region_id();
+        let (expired, kept): (VecDeque<_>, VecDeque<_>) = self.reads.drain(..).partition(|r| {
+            r.read_index.is_none() && r.issued_at.is_some_and(|t| now.duration_since(t) > timeout)
+        });
+        self.reads = kept;
+        for r in expired {
+            replies.push(Reply::Read(r.cb, Err(Error::NotLeader { region, leader: None })));
+        }
     }
 
     /// Proposes a write. The callback fires when the entry is applied.
@@ -351,7 +379,7 @@ impl Peer {
         for r in self.reads.iter_mut().filter(|r| r.id == id) {
             r.read_index = Some(index);
             if r.term == term {
-                confirmed = Some(r.issued_at);
+                confirmed = r.issued_at;
             }
         }
         if let Some(at) = confirmed {
@@ -359,18 +387,17 @@ impl Peer {
         }
     }
 
-    /// Answers reads whose read index is applied. Reads that raft-rs dropped
-    /// (it does so silently when leadership is unsure) time out in the service.
-    pub fn answer_ready_reads(&mut self, replies: &mut Vec<Reply>) {
+    /// Starts reads that waited for a commit in this term and answers every
+    /// read whose read index is applied (in any order: each was confirmed on
+    /// its own). Reads whose round never completes are failed by `expire_reads`.
+    pub fn answer_ready_reads(&mut self, now: Instant, replies: &mut Vec<Reply>) {
+        self.issue_reads(now);
         let applied = self.raw.store().applied_index();
-        while let Some(r) = self.reads.front() {
-            match r.read_index {
-                Some(idx) if idx <= applied => {
-                    let r = self.reads.pop_front().expect("front exists");
-                    replies.push(Reply::Read(r.cb, Ok(self.region().clone())));
-                }
-                _ => break,
-            }
+        let (ready, waiting): (VecDeque<_>, VecDeque<_>) =
+            self.reads.drain(..).partition(|r| r.read_index.is_some_and(|idx| idx <= applied));
+        self.reads = waiting;
+        for r in ready {
+            replies.push(Reply::Read(r.cb, Ok(self.region().clone())));
         }
     }
 

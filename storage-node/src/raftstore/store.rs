@@ -166,8 +166,10 @@ impl Store {
             }
             let now = Instant::now();
             if now >= next_tick {
+                let read_timeout = self.cfg.tick_interval * self.cfg.peer.election_tick as u32;
                 for p in self.peers.values_mut() {
                     p.raw.tick();
+                    p.expire_reads(now, read_timeout, &mut replies);
                 }
                 // After a stall, tick once and restart the clock: catch-up
                 // ticks in a burst would shorten elections and void leases.
@@ -404,7 +406,7 @@ impl Store {
             p.queue_messages(light.take_messages());
             p.apply_entries(light.take_committed_entries(), &self.kv, &mut kv_wb, replies)?;
             p.raw.advance_apply();
-            p.answer_ready_reads(replies);
+            p.answer_ready_reads(Instant::now(), replies);
         }
         if !kv_wb.is_empty() {
             self.kv.write(&kv_wb, false)?;
