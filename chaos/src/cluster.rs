@@ -26,6 +26,8 @@ pub struct ClusterConfig {
     pub node_toml: String,
     /// Extra TOML appended to PD's config file.
     pub pd_toml: String,
+    /// `--labels` of node i (0-based), if any (e.g. `zone=z1,host=h1`).
+    pub node_labels: Vec<String>,
 }
 
 /// Node settings that make regions split after ~100 keys (or 8 KiB) and
@@ -51,6 +53,7 @@ impl Default for ClusterConfig {
             node_toml: "[raftstore]\npd-heartbeat-tick-interval = \"1s\"\npd-store-heartbeat-tick-interval = \"1s\"\n"
                 .into(),
             pd_toml: String::new(),
+            node_labels: Vec::new(),
         }
     }
 }
@@ -165,12 +168,12 @@ impl Cluster {
         cluster.wait_pd_healthy();
         std::fs::write(cluster.root.join("node.toml"), &cfg.node_toml).expect("write node.toml");
         for i in 1..=cfg.nodes {
-            cluster.add_node(i);
+            cluster.add_node(i, cfg.node_labels.get(i - 1).cloned());
         }
         cluster
     }
 
-    fn add_node(&mut self, i: usize) {
+    fn add_node(&mut self, i: usize, labels: Option<String>) {
         let addr = format!("127.0.0.1:{}", free_port());
         let status = format!("127.0.0.1:{}", free_port());
         let args = vec![
@@ -185,6 +188,10 @@ impl Cluster {
             "--config".into(),
             self.root.join("node.toml").display().to_string(),
         ];
+        let args = match labels {
+            Some(l) => args.into_iter().chain(["--labels".to_string(), l]).collect(),
+            None => args,
+        };
         let p = Proc::spawn(&bin_dir().join("mnemo-node"), &args, &self.root.join(format!("n{i}.log")));
         self.nodes.push(p);
         self.node_addrs.push(addr);
@@ -246,6 +253,40 @@ impl Cluster {
         wait_for("PD to answer /pd/api/v1/health", Duration::from_secs(30), || {
             self.pd_get("/pd/api/v1/health")
         });
+    }
+
+    /// POSTs JSON to a PD HTTP API path; returns the response body.
+    pub fn pd_post(&self, path: &str, body: Value) -> Result<String, String> {
+        let url = format!("http://{}{}", self.pd_addr, path);
+        match ureq::post(&url).timeout(Duration::from_secs(5)).send_json(body) {
+            Ok(r) => r.into_string().map_err(|e| e.to_string()),
+            Err(ureq::Error::Status(code, r)) => {
+                Err(format!("{code}: {}", r.into_string().unwrap_or_default()))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// DELETEs a PD HTTP API path.
+    pub fn pd_delete(&self, path: &str) -> Result<(), String> {
+        let url = format!("http://{}{}", self.pd_addr, path);
+        ureq::delete(&url).timeout(Duration::from_secs(5)).call().map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Stores as PD's HTTP API lists them (`{"store":…, "status":…}` each).
+    pub fn stores(&self) -> Vec<Value> {
+        self.pd_get("/pd/api/v1/stores")
+            .and_then(|v| v.get("stores").and_then(|s| s.as_array().cloned()))
+            .unwrap_or_default()
+    }
+
+    /// The store id of node `i`, from PD.
+    pub fn store_id_of(&self, i: usize) -> Option<u64> {
+        let addr = &self.node_addrs[i];
+        self.stores()
+            .iter()
+            .find(|s| s["store"]["address"].as_str() == Some(addr))
+            .and_then(|s| s["store"]["id"].as_u64())
     }
 
     /// Regions as PD's HTTP API lists them.

@@ -187,7 +187,9 @@ impl Store {
                     }
                 }
             }
-            if let Err(e) = self.handle_readies(&mut replies) {
+            if let Err(e) =
+                self.handle_readies(&mut replies).and_then(|_| self.destroy_removed_peers(&mut replies))
+            {
                 // Losing a raft or kv write means losing promises: stop the node.
                 tracing::error!("fatal storage error in store loop: {e}");
                 std::process::exit(2);
@@ -290,6 +292,18 @@ impl Store {
             tracing::warn!(region = %region_id, to = %to.store_id, "raft message for another store; dropped");
             return;
         }
+        if m.is_tombstone {
+            // The sender's region no longer has our peer: if its epoch is
+            // newer than ours, we were removed while away; destroy ourselves.
+            if let Some(p) = self.peers.get_mut(&region_id) {
+                let theirs = epoch_of(m.region_epoch.as_ref());
+                if p.meta.id == to.id && theirs.conf_ver > p.region().epoch.conf_ver {
+                    tracing::info!(region = %region_id, peer = %to.id, "told we were removed; destroying");
+                    p.pending_remove = true;
+                }
+            }
+            return;
+        }
         let msg = match RaftMsg::parse_from_bytes(&m.message) {
             Ok(msg) => msg,
             Err(e) => {
@@ -314,6 +328,23 @@ impl Store {
             tracing::info!(region = %region_id, peer = %to.id, "created peer from leader message");
         }
         let peer = self.peers.get(&region_id).expect("present");
+        let epoch = epoch_of(m.region_epoch.as_ref());
+        if peer.raw.store().is_initialized()
+            && peer.region().peer(from.id).is_none()
+            && epoch.conf_ver < peer.region().epoch.conf_ver
+        {
+            // A removed peer still talks to us: tell it it is gone.
+            let tombstone = RaftMessage {
+                region_id: region_id.0,
+                from_peer: Some(peer.meta.into()),
+                to_peer: Some(from.into()),
+                region_epoch: Some(peer.region().epoch.into()),
+                is_tombstone: true,
+                ..Default::default()
+            };
+            self.transport.send(from.store_id, vec![tombstone]);
+            return;
+        }
         if peer.meta.id != to.id {
             tracing::debug!(region = %region_id, local = %peer.meta.id, to = %to.id, "message for another peer id; dropped");
             return;
@@ -414,7 +445,6 @@ impl Store {
         if !raft_wb.is_empty() {
             self.raft.write(&raft_wb, false)?;
         }
-        self.destroy_removed_peers(replies)?;
         self.create_split_peers()?;
         self.flush_outbox();
         Ok(())
