@@ -149,6 +149,10 @@ pub struct RaftstoreConfig {
     pub pd_heartbeat_tick_interval: ReadableDuration,
     /// How often the node reports its store statistics to PD. Default `10s`.
     pub pd_store_heartbeat_tick_interval: ReadableDuration,
+    /// Idle regions tick 10× slower (leader heartbeat every 2 s, election
+    /// after 10–20 s without one), so thousands of idle regions cost little;
+    /// the price is a slower failover for regions that were idle. Default true.
+    pub hibernate_regions: bool,
     /// How often peers consider compacting their raft log. Default `10s`.
     pub raft_log_gc_tick_interval: ReadableDuration,
     /// Compact once this many applied entries sit in the log. Default 50.
@@ -199,6 +203,7 @@ impl Default for RaftstoreConfig {
             raft_entry_max_size: ReadableSize(8 << 20),
             pd_heartbeat_tick_interval: ReadableDuration(Duration::from_secs(5)),
             pd_store_heartbeat_tick_interval: ReadableDuration(Duration::from_secs(10)),
+            hibernate_regions: true,
             raft_log_gc_tick_interval: ReadableDuration(Duration::from_secs(10)),
             raft_log_gc_threshold: 50,
             raft_log_gc_count_limit: 10_000,

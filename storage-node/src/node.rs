@@ -245,6 +245,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
             heartbeat_tick: r.raft_heartbeat_ticks,
             lease: r.leader_lease(),
             raft_entry_max_size: r.raft_entry_max_size.0,
+            hibernate: r.hibernate_regions,
         },
         tick_interval: r.raft_base_tick_interval.0,
         pd_heartbeat_interval: r.pd_heartbeat_tick_interval.0,

@@ -28,6 +28,10 @@ use crate::engine::{EngineRef, WriteBatch};
 use crate::error::{Error, Result};
 use crate::keys;
 
+/// A hibernating peer ticks once per this many base ticks: an idle region's
+/// leader heartbeats every 2 s and its followers wait 10 s before an election.
+pub const HIBERNATE_TICK_STRETCH: u64 = 10;
+
 /// Answer to a write: its outcome once applied, or an error.
 pub type WriteCallback = oneshot::Sender<Result<WriteOutcome>>;
 /// Answer to a read: the region it may be served from (checked), or an error.
@@ -68,6 +72,8 @@ pub struct PeerConfig {
     pub lease: Duration,
     /// Largest encoded command accepted (bytes).
     pub raft_entry_max_size: u64,
+    /// Let idle regions tick slowly (see [`HIBERNATE_TICK_STRETCH`]).
+    pub hibernate: bool,
 }
 
 /// One region replica.
@@ -96,6 +102,11 @@ pub struct Peer {
     /// Splits applied this round: (the parent's new range, the new regions),
     /// for the store to create their peers.
     pub applied_splits: Vec<(Region, Vec<Region>)>,
+    /// Idle region: this peer ticks only every `HIBERNATE_TICK_STRETCH`-th
+    /// tick. A leader decides it (and tells followers in its messages);
+    /// any activity wakes it.
+    pub hibernating: bool,
+    idle_ticks: usize,
     cfg: PeerConfig,
 }
 
@@ -135,6 +146,8 @@ impl Peer {
             size_diff_hint: 0,
             approximate: None,
             applied_splits: Vec::new(),
+            hibernating: false,
+            idle_ticks: 0,
             cfg,
         })
     }
@@ -221,6 +234,7 @@ impl Peer {
 
     /// Starts (or answers at once) a linearizable read.
     pub fn read(&mut self, epoch: RegionEpoch, now: Instant, cb: ReadCallback, replies: &mut Vec<Reply>) {
+        self.wake();
         if let Err(e) = self.check_request(epoch) {
             replies.push(Reply::Read(cb, Err(e)));
             return;
@@ -270,6 +284,7 @@ impl Peer {
         cb: WriteCallback,
         replies: &mut Vec<Reply>,
     ) {
+        self.wake();
         let epoch = mnemo_proto::types::epoch_of(cmd.header.as_ref().and_then(|h| h.region_epoch.as_ref()));
         if let Err(e) = self.check_request(epoch).and_then(|_| apply::check_command(self.region(), &cmd)) {
             replies.push(Reply::Write(cb, Err(e)));
@@ -301,6 +316,7 @@ impl Peer {
         epoch: RegionEpoch,
         changes: &[(ConfChangeType, PeerMeta)],
     ) -> bool {
+        self.wake();
         if !self.is_leader() || epoch != self.region().epoch || self.raw.raft.has_pending_conf() {
             return false;
         }
@@ -347,6 +363,47 @@ impl Peer {
         };
         let cmd = RaftCommand { header: Some(header), split: Some(split), ..Default::default() };
         self.raw.propose(vec![], cmd.encode_to_vec()).is_ok()
+    }
+
+    /// Leaves hibernation (activity on the leader).
+    pub fn wake(&mut self) {
+        self.hibernating = false;
+        self.idle_ticks = 0;
+    }
+
+    /// Advances raft time by one base tick, honouring hibernation; a leader
+    /// whose region stayed idle for two election timeouts starts hibernating.
+    pub fn on_base_tick(&mut self, tick_no: u64) {
+        if self.hibernating && tick_no % HIBERNATE_TICK_STRETCH != 0 {
+            return;
+        }
+        self.raw.tick();
+        if !self.is_leader() {
+            return;
+        }
+        let raft = &self.raw.raft;
+        let last = raft.raft_log.last_index();
+        let idle = self.proposals.is_empty()
+            && self.reads.is_empty()
+            && raft.raft_log.committed == last
+            && raft.lead_transferee.is_none()
+            && !raft.has_pending_conf()
+            && raft.prs().iter().all(|(_, pr)| pr.matched == last);
+        if !idle {
+            self.wake();
+        } else if !self.hibernating && self.cfg.hibernate {
+            self.idle_ticks += 1;
+            if self.idle_ticks >= 2 * self.cfg.election_tick {
+                self.hibernating = true;
+            }
+        }
+    }
+
+    /// Follows the leader's hibernation flag on a message it sent.
+    pub fn observe_leader_hibernation(&mut self, from: PeerId, hibernate: bool) {
+        if !self.is_leader() && self.raw.raft.leader_id == from.0 {
+            self.hibernating = hibernate;
+        }
     }
 
     /// Steps an incoming raft message.

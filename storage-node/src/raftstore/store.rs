@@ -74,6 +74,9 @@ pub struct Store {
     split_checker: crossbeam_channel::Sender<SplitCheckTask>,
     next_split_check: Instant,
     next_log_gc: Instant,
+    /// When each other store last sent us anything (store-level liveness,
+    /// which wakes hibernating followers whose leader's store went silent).
+    last_heard: HashMap<StoreId, Instant>,
 }
 
 impl Store {
@@ -94,6 +97,7 @@ impl Store {
         let mut store = Store {
             next_split_check: now + cfg.split_check_interval,
             next_log_gc: now + cfg.raft_log_gc_interval,
+            last_heard: HashMap::new(),
             split_checker,
             store_id,
             cfg,
@@ -148,6 +152,7 @@ impl Store {
     /// Runs until a `Shutdown` message arrives or every sender is gone.
     pub fn run(mut self) {
         let mut next_tick = Instant::now() + self.cfg.tick_interval;
+        let mut tick_no = 0u64;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut replies = Vec::new();
@@ -167,9 +172,13 @@ impl Store {
             let now = Instant::now();
             if now >= next_tick {
                 let read_timeout = self.cfg.tick_interval * self.cfg.peer.election_tick as u32;
+                tick_no += 1;
                 for p in self.peers.values_mut() {
-                    p.raw.tick();
+                    p.on_base_tick(tick_no);
                     p.expire_reads(now, read_timeout, &mut replies);
+                }
+                if tick_no % STORE_PING_TICKS == 0 {
+                    self.ping_stores_and_wake(now, read_timeout);
                 }
                 // After a stall, tick once and restart the clock: catch-up
                 // ticks in a burst would shorten elections and void leases.
@@ -229,6 +238,7 @@ impl Store {
                     }
                     Operator::TransferLeader { peer } => {
                         if p.is_leader() && peer.id != p.meta.id {
+                            p.wake();
                             p.raw.transfer_leader(peer.id.0);
                         }
                     }
@@ -291,6 +301,10 @@ impl Store {
         if to.store_id != self.store_id {
             tracing::warn!(region = %region_id, to = %to.store_id, "raft message for another store; dropped");
             return;
+        }
+        self.last_heard.insert(from.store_id, Instant::now());
+        if m.region_id == 0 {
+            return; // a store-level ping
         }
         if m.is_tombstone {
             // The sender's region no longer has our peer: if its epoch is
@@ -369,6 +383,7 @@ impl Store {
         }
         let peer = self.peers.get_mut(&region_id).expect("present");
         peer.remember_peer(from);
+        peer.observe_leader_hibernation(from.id, m.hibernate);
         if let Err(e) = peer.step(msg) {
             tracing::debug!(region = %region_id, "step failed: {e}");
         }
@@ -448,6 +463,34 @@ impl Store {
         self.create_split_peers()?;
         self.flush_outbox();
         Ok(())
+    }
+
+    /// Pings every store we share a region with, and wakes hibernating
+    /// followers whose leader's store has been silent for `silence`: a
+    /// hibernating follower alone would wait 10–20 s before an election.
+    fn ping_stores_and_wake(&mut self, now: Instant, silence: Duration) {
+        let mut stores = HashSet::new();
+        for p in self.peers.values_mut() {
+            for q in &p.region().peers {
+                if q.store_id != self.store_id {
+                    stores.insert(q.store_id);
+                }
+            }
+            if p.hibernating && !p.is_leader() {
+                let leader_store = p.leader().map(|l| l.store_id);
+                let heard = leader_store.and_then(|s| self.last_heard.get(&s).copied());
+                if heard.is_none_or(|t| now.duration_since(t) > silence) {
+                    p.wake();
+                }
+            }
+        }
+        let me = PeerMeta { id: PeerId(0), store_id: self.store_id, role: Default::default() };
+        for s in stores {
+            let to = PeerMeta { id: PeerId(0), store_id: s, role: Default::default() };
+            let ping =
+                RaftMessage { from_peer: Some(me.into()), to_peer: Some(to.into()), ..Default::default() };
+            self.transport.send(s, vec![ping]);
+        }
     }
 
     /// Creates the peers of regions born from splits applied this round.
@@ -562,6 +605,7 @@ impl Store {
             }
             let region = p.region().clone();
             let from = p.meta;
+            let hibernate = p.hibernating && p.is_leader();
             for (to, msg) in p.outbox.drain(..) {
                 let wire = RaftMessage {
                     region_id: region.id.0,
@@ -572,6 +616,7 @@ impl Store {
                     is_tombstone: false,
                     start_key: region.start_key.clone(),
                     end_key: region.end_key.clone(),
+                    hibernate,
                 };
                 by_store.entry(to.store_id).or_default().push(wire);
             }
@@ -620,6 +665,9 @@ impl Store {
         self.metrics.leader_count.set(leaders);
     }
 }
+
+/// Stores ping each other every this many base ticks (500 ms by default).
+const STORE_PING_TICKS: u64 = 5;
 
 /// True if `[s1, e1)` and `[s2, e2)` share a key (empty end = +infinity).
 fn ranges_overlap(s1: &[u8], e1: &[u8], s2: &[u8], e2: &[u8]) -> bool {
