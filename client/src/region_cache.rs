@@ -159,8 +159,15 @@ impl RegionCache {
     /// (a wrong guess costs one `NotLeader` with a hint).
     pub fn on_epoch_not_match(&self, stale: RegionId, current: Vec<Region>) {
         let mut inner = self.inner.write();
-        let old_leader_store = inner.remove(stale).and_then(|c| c.leader).map(|p| p.store_id);
+        let old = inner.remove(stale);
+        let old_epoch = old.as_ref().map(|c| c.region.epoch);
+        let old_leader_store = old.and_then(|c| c.leader).map(|p| p.store_id);
         for region in current {
+            // A node that has not applied a split yet (a fresh leader) answers
+            // with an epoch older than ours: never go back to it.
+            if region.id == stale && old_epoch.is_some_and(|e| region.epoch.is_stale_against(&e)) {
+                continue;
+            }
             let leader = old_leader_store.and_then(|s| region.peer_on_store(s).copied());
             inner.insert(CachedRegion { region, leader });
         }

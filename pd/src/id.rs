@@ -35,6 +35,11 @@ impl IdAllocator {
         Some(id)
     }
 
+    /// Ids left in the current window.
+    pub fn remaining(&self) -> u64 {
+        self.end.saturating_sub(self.next)
+    }
+
     /// The window end to persist when [`IdAllocator::try_alloc`] returned `None`.
     pub fn next_window_end(&self) -> u64 {
         self.next.max(self.end) + ID_WINDOW

@@ -10,10 +10,14 @@
 //! - **What is unique?** The *id allocator* (store, region and peer ids) and
 //!   the *timestamp oracle* (TSO) hand out values that never repeat, not even
 //!   across restarts.
-//! - **What should move?** The *replica checker* compares every region
-//!   that heartbeats with `replication.max-replicas` and the stores'
-//!   health, and answers the leader with one operator step at a time (add a
-//!   learner, promote it, remove a peer).
+//! - **What should move?** The [`schedule`] module: the *replica checker*
+//!   keeps every region at `replication.max-replicas` healthy voters placed
+//!   by store labels (replacing peers on Down or Offline stores), and the
+//!   *balancers* spread replicas (balance-region) and leaders
+//!   (balance-leader) evenly over the stores. Their decisions become
+//!   *operators* — steps such as add a learner, swap it in for a voter by
+//!   joint consensus, transfer leadership, split — handed to the region's
+//!   leader one step at a time in heartbeat responses.
 //!
 //! ## State
 //!
@@ -23,8 +27,9 @@
 //! | stores (address, labels, state) | yes   | `PutStore`, store state changes     |
 //! | region metadata (range, epoch, peers) | yes | heartbeats, `ReportBatchSplit`  |
 //! | id window end, TSO bound    | yes       | the allocators, ahead of use        |
+//! | config changed at run time  | yes       | `POST /pd/api/v1/config` (wins over the file) |
 //! | leaders, store stats, heartbeat times | no | heartbeats (rebuilt after restart) |
-//! | operators                   | no        | the replica checker                 |
+//! | operators                   | no        | checkers, balancers, `POST /pd/api/v1/operators` |
 //!
 //! Persisted state changes only through [`meta::Command`]s applied by
 //! [`meta::StateMachine::apply`], behind a [`meta::Replicator`] — today a
@@ -39,8 +44,9 @@
 //! - Regions in the map never overlap; a record older than what PD holds
 //!   (`RegionEpoch::is_stale_against`, or overlapping a region with a newer
 //!   `version`) is ignored ([`region_map`]).
-//! - At most one operator per region; steps are re-sent until the region
-//!   shows them done, and dropped on timeout ([`schedule`]).
+//! - At most one operator per region, within per-kind limits; steps are
+//!   re-sent until the region shows them done, and dropped on timeout
+//!   ([`schedule`]).
 //! - Every request except `GetMembers` must carry this cluster's id.
 //!
 //! ## Data flow
@@ -49,13 +55,16 @@
 //!  gRPC (tonic) ─┐                       ┌─ meta::StateMachine ── RocksEngine
 //!                ├─► server ─► Cluster ──┤   (via Replicator)
 //!  HTTP (axum) ──┘   convert    (lock)   ├─ IdAllocator, TsoAllocator
-//!                    wire↔domain         └─ schedule: replica checker, operators
+//!  patrol timer ─┘   wire↔domain         └─ schedule: checkers, balancers, operators
+//!        ▲                                        │ steps
+//!        └── heartbeat streams (one per store) ◄──┘
 //! ```
 //!
-//! Decisions are sans-IO: the region map, allocators, replica checker and
-//! operators take their inputs (including `now`) and return results;
+//! Decisions are sans-IO: the region map, allocators, checkers, balancers
+//! and operators take their inputs (including `now`) and return results;
 //! [`cluster::Cluster`] wires them to the state machine; [`server`] wires the
-//! cluster to the network.
+//! cluster to the network and runs the patrol every
+//! `schedule.patrol-region-interval`.
 //!
 //! ## What can go wrong
 //!
@@ -66,6 +75,8 @@
 //!   count as Down, so a restart does not trigger mass re-replication.
 //! - A node ignores an operator step: the operator times out after
 //!   `schedule.operator-timeout` and the checker tries again.
+//! - A store dies: after `schedule.max-store-down-time` its peers are
+//!   replaced elsewhere, and operators moving data onto it are dropped.
 //!
 //! ## Running it
 //!

@@ -12,8 +12,13 @@
 //! Each entry carries the region's metadata (range, epoch, peers: persisted,
 //! changed only by the state machine) and its runtime (leader, pending and
 //! down peers, sizes: from heartbeats, memory only).
+//!
+//! Per-store indexes (the regions with a peer on a store, the regions led
+//! from it, the sum of their [`RegionInfo::weight`]s) are kept up to date on
+//! every change, so the schedulers read store scores in O(1) and pick regions
+//! of one store without scanning the whole map.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::time::SystemTime;
 
@@ -65,10 +70,21 @@ pub struct RegionInfo {
     pub runtime: RegionRuntime,
 }
 
+/// Regions smaller than this weigh as much as one of this size.
+pub const MIN_REGION_WEIGHT_MIB: u64 = 1;
+
 impl RegionInfo {
     /// The current leader, if known and still a peer.
     pub fn leader(&self) -> Option<Peer> {
         self.runtime.leader
+    }
+
+    /// What the region weighs in store scores: its approximate size in MiB,
+    /// at least [`MIN_REGION_WEIGHT_MIB`] (as PD counts an empty region).
+    /// Regions of a few KiB (tests) or not measured yet all weigh 1, so
+    /// balancing them balances their count.
+    pub fn weight(&self) -> u64 {
+        (self.runtime.approximate_size >> 20).max(MIN_REGION_WEIGHT_MIB)
     }
 }
 
@@ -88,8 +104,12 @@ pub enum Verdict {
 pub struct RegionMap {
     by_key: BTreeMap<Vec<u8>, RegionId>,
     by_id: HashMap<RegionId, RegionInfo>,
-    peers_per_store: HashMap<StoreId, usize>,
-    leaders_per_store: HashMap<StoreId, usize>,
+    /// Regions with a peer (voter or learner) on the store.
+    store_regions: HashMap<StoreId, BTreeSet<RegionId>>,
+    /// Regions whose known leader is on the store.
+    store_leaders: HashMap<StoreId, BTreeSet<RegionId>>,
+    /// Sum of the weights of `store_regions`.
+    store_weight: HashMap<StoreId, u64>,
 }
 
 impl RegionMap {
@@ -185,13 +205,23 @@ impl RegionMap {
     pub fn set_runtime(&mut self, id: RegionId, mut runtime: RegionRuntime) {
         let Some(info) = self.by_id.get_mut(&id) else { return };
         runtime.leader = runtime.leader.filter(|l| info.region.peer(l.id).is_some());
-        if let Some(old) = info.runtime.leader {
-            dec(&mut self.leaders_per_store, old.store_id);
-        }
-        if let Some(new) = runtime.leader {
-            *self.leaders_per_store.entry(new.store_id).or_default() += 1;
-        }
+        let (old_weight, old_leader) = (info.weight(), info.runtime.leader);
         info.runtime = runtime;
+        let (new_weight, new_leader) = (info.weight(), info.runtime.leader);
+        if old_weight != new_weight {
+            for p in &info.region.peers {
+                let w = self.store_weight.entry(p.store_id).or_default();
+                *w = (*w + new_weight).saturating_sub(old_weight);
+            }
+        }
+        if old_leader.map(|l| l.store_id) != new_leader.map(|l| l.store_id) {
+            if let Some(old) = old_leader {
+                remove_from(&mut self.store_leaders, old.store_id, id);
+            }
+            if let Some(new) = new_leader {
+                self.store_leaders.entry(new.store_id).or_default().insert(id);
+            }
+        }
     }
 
     /// Region `id`.
@@ -240,23 +270,60 @@ impl RegionMap {
 
     /// Regions with a peer on `store`.
     pub fn store_region_count(&self, store: StoreId) -> usize {
-        self.peers_per_store.get(&store).copied().unwrap_or(0)
+        self.store_regions.get(&store).map_or(0, BTreeSet::len)
     }
 
     /// Regions whose known leader is on `store`.
     pub fn store_leader_count(&self, store: StoreId) -> usize {
-        self.leaders_per_store.get(&store).copied().unwrap_or(0)
+        self.store_leaders.get(&store).map_or(0, BTreeSet::len)
+    }
+
+    /// Sum of [`RegionInfo::weight`] over the regions with a peer on `store`
+    /// (MiB; the region score of balance-region).
+    pub fn store_region_weight(&self, store: StoreId) -> u64 {
+        self.store_weight.get(&store).copied().unwrap_or(0)
+    }
+
+    /// Regions with a peer on `store`, by id, starting somewhere in their id
+    /// range chosen by `seed` and wrapping around: a random seed gives the
+    /// schedulers a cheap, spread-out starting point.
+    pub fn regions_on_store(&self, store: StoreId, seed: u64) -> impl Iterator<Item = &RegionInfo> {
+        self.wrapped(self.store_regions.get(&store), seed)
+    }
+
+    /// Regions led from `store`, in the same manner as [`RegionMap::regions_on_store`].
+    pub fn regions_led_by(&self, store: StoreId, seed: u64) -> impl Iterator<Item = &RegionInfo> {
+        self.wrapped(self.store_leaders.get(&store), seed)
+    }
+
+    fn wrapped<'a>(
+        &'a self,
+        set: Option<&'a BTreeSet<RegionId>>,
+        seed: u64,
+    ) -> impl Iterator<Item = &'a RegionInfo> {
+        set.into_iter()
+            .flat_map(move |s| {
+                let (lo, hi) = match (s.first(), s.last()) {
+                    (Some(lo), Some(hi)) => (lo.0, hi.0),
+                    _ => (0, 0),
+                };
+                let from = RegionId(lo + seed % (hi - lo).saturating_add(1).max(1));
+                s.range(from..).chain(s.range(..from))
+            })
+            .filter_map(|id| self.by_id.get(id))
     }
 
     fn attach(&mut self, info: RegionInfo) {
+        let (id, weight) = (info.region.id, info.weight());
         for p in &info.region.peers {
-            *self.peers_per_store.entry(p.store_id).or_default() += 1;
+            self.store_regions.entry(p.store_id).or_default().insert(id);
+            *self.store_weight.entry(p.store_id).or_default() += weight;
         }
         if let Some(l) = info.runtime.leader {
-            *self.leaders_per_store.entry(l.store_id).or_default() += 1;
+            self.store_leaders.entry(l.store_id).or_default().insert(id);
         }
-        self.by_key.insert(info.region.start_key.clone(), info.region.id);
-        self.by_id.insert(info.region.id, info);
+        self.by_key.insert(info.region.start_key.clone(), id);
+        self.by_id.insert(id, info);
     }
 
     fn detach(&mut self, id: RegionId) -> Option<RegionInfo> {
@@ -264,21 +331,25 @@ impl RegionMap {
         if self.by_key.get(&info.region.start_key) == Some(&id) {
             self.by_key.remove(&info.region.start_key);
         }
+        let weight = info.weight();
         for p in &info.region.peers {
-            dec(&mut self.peers_per_store, p.store_id);
+            remove_from(&mut self.store_regions, p.store_id, id);
+            if let Some(w) = self.store_weight.get_mut(&p.store_id) {
+                *w = w.saturating_sub(weight);
+            }
         }
         if let Some(l) = info.runtime.leader {
-            dec(&mut self.leaders_per_store, l.store_id);
+            remove_from(&mut self.store_leaders, l.store_id, id);
         }
         Some(info)
     }
 }
 
-fn dec(counts: &mut HashMap<StoreId, usize>, store: StoreId) {
-    if let Some(n) = counts.get_mut(&store) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(&store);
+fn remove_from(index: &mut HashMap<StoreId, BTreeSet<RegionId>>, store: StoreId, id: RegionId) {
+    if let Some(set) = index.get_mut(&store) {
+        set.remove(&id);
+        if set.is_empty() {
+            index.remove(&store);
         }
     }
 }
@@ -372,6 +443,31 @@ mod tests {
         assert_eq!(scan("", "f", 0), vec![1, 2]);
         assert_eq!(scan("", "", 2), vec![1, 2]);
         assert_eq!(scan("b", "c", 0), vec![1]);
+    }
+
+    #[test]
+    fn store_indexes_follow_sizes_and_leaders() {
+        let mut map = RegionMap::new();
+        for id in 1..=4 {
+            map.put(region(id, &format!("{id}"), &format!("{id}~"), 1, 1));
+        }
+        // Unmeasured regions weigh 1 each; a 64 MiB one weighs 64.
+        assert_eq!(map.store_region_weight(StoreId(1)), 4);
+        let big = RegionRuntime {
+            approximate_size: 64 << 20,
+            leader: Some(region(3, "", "", 1, 1).peers[0]),
+            ..Default::default()
+        };
+        map.set_runtime(RegionId(3), big);
+        assert_eq!(map.store_region_weight(StoreId(1)), 67);
+        assert_eq!(map.store_leader_count(StoreId(1)), 1);
+        // Iteration by store starts where the seed says and wraps around.
+        let from = |seed| map.regions_on_store(StoreId(1), seed).map(|i| i.region.id.0).collect::<Vec<_>>();
+        assert_eq!(from(0), vec![1, 2, 3, 4]);
+        assert_eq!(from(2), vec![3, 4, 1, 2]);
+        assert_eq!(map.regions_led_by(StoreId(1), 9).map(|i| i.region.id.0).collect::<Vec<_>>(), vec![3]);
+        map.remove(RegionId(3));
+        assert_eq!((map.store_region_weight(StoreId(1)), map.store_leader_count(StoreId(1))), (3, 0));
     }
 
     #[test]

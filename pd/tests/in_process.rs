@@ -7,6 +7,7 @@ use mnemo_pd::Config;
 use mnemo_proto::eraftpb::ConfChangeType;
 use mnemo_proto::metapb;
 use mnemo_proto::pdpb::{self, pd_client::PdClient};
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -175,5 +176,141 @@ async fn bootstrap_over_grpc_then_read_regions_over_http() {
     let got = pd.get_region_by_id(by_id).await.unwrap().into_inner();
     assert_eq!(got.region.unwrap().id, region_id);
     assert!(alloc_id(&mut pd, cluster_id).await > peer_id + 100);
+    server.shutdown().await;
+}
+
+async fn http_call(
+    method: &'static str,
+    url: String,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    tokio::task::spawn_blocking(move || {
+        let req = ureq::request(method, &url).timeout(DEADLINE);
+        let result = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match result {
+            Ok(resp) => (resp.status(), resp.into_json().unwrap()),
+            Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap()),
+            Err(e) => panic!("{method} {url}: {e}"),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_and_operators_over_http_reach_the_leader() {
+    // Balancing off, so that the only operators are the ones asked for.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path());
+    config.schedule.leader_schedule_limit = 0;
+    config.schedule.region_schedule_limit = 0;
+    let server = mnemo_pd::start(config).await.unwrap();
+    let url = server.client_url().to_owned();
+    let api = |path: &str| format!("{url}/pd/api/v1{path}");
+    let mut pd = PdClient::connect(url.clone()).await.unwrap();
+    let cluster_id = server.cluster_id();
+
+    // Stores 1-3 hold region 10 (peers 11-13), led from store 1.
+    let peers: Vec<metapb::Peer> = (1..=3).map(|s| peer(10 + s, s)).collect();
+    let region = metapb::Region {
+        id: 10,
+        region_epoch: Some(metapb::RegionEpoch { conf_ver: 3, version: 1 }),
+        peers: peers.clone(),
+        ..Default::default()
+    };
+    let first = metapb::Region {
+        peers: vec![peers[0]],
+        region_epoch: Some(metapb::RegionEpoch { conf_ver: 1, version: 1 }),
+        ..region.clone()
+    };
+    let boot =
+        pdpb::BootstrapRequest { header: header(cluster_id), store: Some(store(1)), region: Some(first) };
+    assert_eq!(pd.bootstrap(boot).await.unwrap().into_inner().header.unwrap().error, None);
+    for id in 1..=3 {
+        pd.put_store(pdpb::PutStoreRequest { header: header(cluster_id), store: Some(store(id)) })
+            .await
+            .unwrap();
+        let stats = pdpb::StoreStats { store_id: id, ..Default::default() };
+        pd.store_heartbeat(pdpb::StoreHeartbeatRequest { header: header(cluster_id), stats: Some(stats) })
+            .await
+            .unwrap();
+    }
+    let (hb_tx, hb_rx) = mpsc::channel(4);
+    let mut answers = pd.region_heartbeat(ReceiverStream::new(hb_rx)).await.unwrap().into_inner();
+    let hb = pdpb::RegionHeartbeatRequest {
+        header: header(cluster_id),
+        region: Some(region.clone()),
+        leader: Some(peers[0]),
+        term: 5,
+        ..Default::default()
+    };
+    hb_tx.send(hb).await.unwrap();
+    let wait_region = || async {
+        for _ in 0..200 {
+            let (status, r) = http_get(api("/region/id/10")).await;
+            if status == 200 && r["leader"]["store_id"] == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("region 10 never showed its leader");
+    };
+    wait_region().await;
+
+    // Config: dotted or nested keys, answered with the new config; bad keys refused.
+    let (status, c) =
+        http_call("POST", api("/config"), Some(json!({"schedule.max-store-down-time": "5s"}))).await;
+    assert_eq!((status, c["schedule"]["max-store-down-time"].clone()), (200, json!("5s")));
+    let (_, c) = http_call(
+        "POST",
+        api("/config"),
+        Some(json!({"replication": {"location-labels": ["zone", "host"]}})),
+    )
+    .await;
+    assert_eq!(c["replication"]["location-labels"], json!(["zone", "host"]));
+    let (_, s) = http_get(api("/config/schedule")).await;
+    assert_eq!(s["max-store-down-time"], "5s");
+    let (status, err) = http_call("POST", api("/config"), Some(json!({"log.level": "debug"}))).await;
+    assert_eq!(status, 400, "{err}");
+
+    // A leader transfer asked over HTTP is listed and pushed to the leader at once.
+    let body = json!({"name": "transfer-leader", "region_id": 10, "to_store_id": 2});
+    let (status, op) = http_call("POST", api("/operators"), Some(body)).await;
+    assert_eq!(status, 200, "{op}");
+    assert_eq!(
+        (op["kind"].clone(), op["desc"].clone(), op["current_step"].clone()),
+        (json!("admin"), json!("transfer-leader"), json!(0))
+    );
+    let answer = tokio::time::timeout(DEADLINE, answers.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(answer.transfer_leader.unwrap().peer.unwrap().store_id, 2);
+    assert_eq!(answer.region_epoch.unwrap().conf_ver, 3);
+    let (_, ops) = http_get(api("/operators")).await;
+    assert_eq!(ops[0]["region_id"], 10);
+    assert!(ops[0]["age"].is_string());
+    let (status, _) = http_call("DELETE", api("/operators/10"), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = http_get(api("/operators/10")).await;
+    assert_eq!(status, 404);
+
+    // A split at key "k" (hex 6B) goes to the leader as USEKEY.
+    let (status, split) = http_call("POST", api("/regions/split"), Some(json!({"split_keys": ["6B"]}))).await;
+    assert_eq!((status, split["split_regions"].clone()), (200, json!([10])));
+    let answer = tokio::time::timeout(DEADLINE, answers.message()).await.unwrap().unwrap().unwrap();
+    let split = answer.split_region.unwrap();
+    assert_eq!((split.policy, split.keys), (pdpb::CheckPolicy::Usekey as i32, vec![b"k".to_vec()]));
+
+    // Nonsense operators are refused with the reason.
+    let body = json!({"name": "add-peer", "region_id": 10, "store_id": 2});
+    let (status, err) = http_call("POST", api("/operators"), Some(body)).await;
+    assert_eq!(status, 400);
+    assert!(err.as_str().unwrap().contains("already has a peer"), "{err}");
+    let (status, _) =
+        http_call("POST", api("/operators"), Some(json!({"name": "merge-region", "region_id": 10}))).await;
+    assert_eq!(status, 400);
+
+    drop((hb_tx, answers, pd));
     server.shutdown().await;
 }

@@ -3,7 +3,12 @@
 //! ```text
 //! pd-ctl -u http://127.0.0.1:2379 store [ID] | store delete ID
 //!        region [ID] | region key K [--format raw|hex]
-//!        health | member | config show | operator show | cluster | tso TS
+//!        config show [schedule|replication] | config set KEY VALUE
+//!        operator show [REGION] | operator remove REGION
+//!        operator add transfer-leader REGION STORE | add-peer REGION STORE | remove-peer REGION STORE
+//!                   | transfer-peer REGION FROM_STORE TO_STORE
+//!                   | split-region REGION [--policy approximate|usekey] [--keys HEX,HEX...]
+//!        health | member | cluster | tso TS
 //! ```
 
 use std::process::ExitCode;
@@ -36,10 +41,21 @@ enum Cmd {
     Health,
     /// PD members and the leader.
     Member,
-    /// `config show`: the effective configuration.
-    Config { action: String },
-    /// `operator show`: operators in flight.
-    Operator { action: String },
+    /// `config show [schedule|replication]`: the effective configuration;
+    /// `config set KEY VALUE` changes a `schedule` or `replication` key at
+    /// run time, e.g. `config set max-store-down-time 5s`.
+    Config { args: Vec<String> },
+    /// `operator show [REGION]`, `operator remove REGION`, `operator add
+    /// NAME REGION ...` (see the usage above).
+    Operator {
+        args: Vec<String>,
+        /// `split-region`: `approximate` (the node picks the middle) or `usekey`.
+        #[arg(long)]
+        policy: Option<String>,
+        /// `split-region`: split keys, hex, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        keys: Vec<String>,
+    },
     /// Cluster id and replica count.
     Cluster,
     /// Decodes a timestamp into physical time and logical counter (offline).
@@ -78,9 +94,30 @@ fn run(cli: &Cli) -> Result<(), String> {
         }
         Cmd::Health => "/health".to_owned(),
         Cmd::Member => "/members".to_owned(),
-        Cmd::Config { action } if action == "show" => "/config".to_owned(),
-        Cmd::Operator { action } if action == "show" => "/operators".to_owned(),
-        Cmd::Config { .. } | Cmd::Operator { .. } => return Err("only `show` is supported".into()),
+        Cmd::Config { args } => match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["show"] | ["show", "all"] => "/config".to_owned(),
+            ["show", "schedule"] => "/config/schedule".to_owned(),
+            ["show", "replication" | "replicate"] => "/config/replicate".to_owned(),
+            ["set", key, value] => {
+                return send("POST", &format!("{base}/config"), serde_json::json!({ *key: *value }));
+            }
+            _ => return Err("usage: config show [schedule|replication] | config set KEY VALUE".into()),
+        },
+        Cmd::Operator { args, policy, keys } => {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            match a.as_slice() {
+                ["show"] => "/operators".to_owned(),
+                ["show", region] => format!("/operators/{}", number(region)?),
+                ["remove", region] => {
+                    return call("DELETE", &format!("{base}/operators/{}", number(region)?))
+                }
+                ["add", name, rest @ ..] => {
+                    let body = operator_body(name, rest, policy.as_deref(), keys)?;
+                    return send("POST", &format!("{base}/operators"), body);
+                }
+                _ => return Err(OPERATOR_USAGE.into()),
+            }
+        }
         Cmd::Cluster => "/cluster".to_owned(),
         Cmd::Tso { ts } => {
             let t = Timestamp::decode(*ts);
@@ -92,8 +129,49 @@ fn run(cli: &Cli) -> Result<(), String> {
     call("GET", &format!("{base}{path}"))
 }
 
+const OPERATOR_USAGE: &str = "usage: operator show [REGION] | operator remove REGION | operator add \
+    transfer-leader REGION STORE | add-peer REGION STORE | remove-peer REGION STORE | \
+    transfer-peer REGION FROM TO | split-region REGION [--policy approximate|usekey] [--keys HEX,...]";
+
+/// The `POST /operators` body of `operator add NAME ARGS...`.
+fn operator_body(
+    name: &str,
+    args: &[&str],
+    policy: Option<&str>,
+    keys: &[String],
+) -> Result<serde_json::Value, String> {
+    use serde_json::json;
+    Ok(match (name, args) {
+        ("transfer-leader", [r, s]) => {
+            json!({"name": name, "region_id": number(r)?, "to_store_id": number(s)?})
+        }
+        ("add-peer" | "remove-peer", [r, s]) => {
+            json!({"name": name, "region_id": number(r)?, "store_id": number(s)?})
+        }
+        ("transfer-peer", [r, from, to]) => json!({
+            "name": name, "region_id": number(r)?, "from_store_id": number(from)?, "to_store_id": number(to)?
+        }),
+        ("split-region", [r]) => {
+            let mut body = json!({"name": name, "region_id": number(r)?, "keys": keys});
+            if let Some(p) = policy {
+                body["policy"] = json!(p);
+            }
+            body
+        }
+        _ => return Err(OPERATOR_USAGE.into()),
+    })
+}
+
 fn call(method: &str, url: &str) -> Result<(), String> {
-    let body: serde_json::Value = match ureq::request(method, url).call() {
+    print_answer(url, ureq::request(method, url).call())
+}
+
+fn send(method: &str, url: &str, body: serde_json::Value) -> Result<(), String> {
+    print_answer(url, ureq::request(method, url).send_json(body))
+}
+
+fn print_answer(url: &str, answer: Result<ureq::Response, ureq::Error>) -> Result<(), String> {
+    let body: serde_json::Value = match answer {
         Ok(resp) => resp.into_json().map_err(|e| format!("{url}: bad JSON: {e}"))?,
         Err(ureq::Error::Status(code, resp)) => {
             let text = resp.into_string().unwrap_or_default();

@@ -3,15 +3,14 @@
 
 use std::time::SystemTime;
 
-use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
-use tracing::{debug, info, warn};
+use mnemo_proto::types::{PeerId, Region, RegionId, StoreId};
+use tracing::{debug, info};
 
-use super::{Cluster, Inner};
+use super::Cluster;
 use crate::error::{Error, Result};
 use crate::meta::Command;
 use crate::region_map::{RegionRuntime, Verdict};
-use crate::schedule::replica_checker::{self, promoted};
-use crate::schedule::{Decision, Operator, Progress, Step, Stores};
+use crate::schedule::ScheduleOrder;
 
 /// One region heartbeat, converted from the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,20 +19,6 @@ pub struct RegionHeartbeat {
     pub region: Region,
     /// The leader (the sender) and statistics; `last_heartbeat` is set by PD.
     pub runtime: RegionRuntime,
-}
-
-/// An operator step for a region leader.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ScheduleOrder {
-    /// The region.
-    pub region_id: RegionId,
-    /// The region's epoch as the heartbeat reported it; the leader ignores
-    /// the order if its epoch differs.
-    pub epoch: RegionEpoch,
-    /// The leader the order is for (its store's heartbeat stream carries it).
-    pub leader: Peer,
-    /// What to do.
-    pub step: Step,
 }
 
 /// Ids for one new region of a batch split.
@@ -50,7 +35,9 @@ pub const MAX_SPLIT_COUNT: u32 = 1000;
 
 impl Cluster {
     /// Updates the region map from a heartbeat (a stale one is ignored) and
-    /// returns the step its leader should carry out, if any.
+    /// returns the step its leader should carry out, if any. Metadata is
+    /// persisted only when it changed; the rest (leader, sizes, pending
+    /// peers) lives in memory.
     pub fn region_heartbeat(&self, hb: RegionHeartbeat) -> Result<Option<ScheduleOrder>> {
         let now = SystemTime::now();
         let id = hb.region.id;
@@ -67,7 +54,14 @@ impl Cluster {
                 debug!(region_id = %id, %why, "stale region heartbeat ignored");
                 return Ok(None);
             }
-            Verdict::Unchanged => {}
+            Verdict::Unchanged => {
+                // A deposed leader's late report must not undo the new one's.
+                let known = inner.state().regions().get(id).map_or(0, |i| i.runtime.term);
+                if hb.runtime.term != 0 && hb.runtime.term < known {
+                    debug!(region_id = %id, term = hb.runtime.term, known, "heartbeat of a stale leader ignored");
+                    return Ok(None);
+                }
+            }
             Verdict::Changed => {
                 debug!(region_id = %id, epoch = ?hb.region.epoch, "region changed");
                 inner.propose(Command::PutRegion { region: hb.region })?;
@@ -78,7 +72,9 @@ impl Cluster {
         if inner.state().regions().get(id).and_then(|r| r.leader()) != Some(leader) {
             return Ok(None); // the sender is not a peer of the region we know
         }
-        self.dispatch(&mut inner, id, now)
+        inner.ensure_ids()?;
+        let (snap, settings, ops, coordinator, ids) = inner.scheduling(now, self.alive_since);
+        Ok(coordinator.on_heartbeat(&snap, settings, ops, id, &mut || ids.try_alloc().map(PeerId)))
     }
 
     /// Allocates ids for `count` new regions split off `region`.
@@ -131,59 +127,5 @@ impl Cluster {
         }
         info!(regions = ?regions.iter().map(|r| r.id.0).collect::<Vec<_>>(), "batch split reported");
         Ok(())
-    }
-
-    /// Follows the region's operator, or asks the replica checker for a new one.
-    fn dispatch(&self, inner: &mut Inner, id: RegionId, now: SystemTime) -> Result<Option<ScheduleOrder>> {
-        let Some(info) = inner.state().regions().get(id).cloned() else { return Ok(None) };
-        let Some(leader) = info.leader() else { return Ok(None) };
-        let order = |step| ScheduleOrder { region_id: id, epoch: info.region.epoch, leader, step };
-        if let Some(op) = inner.operators.get_mut(id) {
-            match op.check(&info, now) {
-                Progress::Run(step) => return Ok(Some(order(step))),
-                Progress::Wait => return Ok(None),
-                Progress::Finished => info!(region_id = %id, desc = op.desc, "operator finished"),
-                Progress::TimedOut => warn!(region_id = %id, desc = op.desc, "operator timed out"),
-                Progress::Cancelled(why) => {
-                    warn!(region_id = %id, desc = op.desc, %why, "operator cancelled")
-                }
-            }
-            inner.operators.remove(id);
-        }
-        let limit = self.config.schedule.replica_schedule_limit as usize;
-        if inner.operators.len() >= limit {
-            return Ok(None);
-        }
-        let decision = {
-            let state = inner.state();
-            let regions = state.regions();
-            let count = |s| regions.store_region_count(s);
-            let stores =
-                Stores { infos: state.stores(), region_count: &count, alive_since: self.alive_since };
-            replica_checker::check(&info, &stores, &self.checker_config(), now)
-        };
-        let Some(decision) = decision else { return Ok(None) };
-        let (desc, steps) = match decision {
-            Decision::PromoteLearner(p) => ("promote-learner", vec![Step::PromoteLearner(promoted(p))]),
-            Decision::AddLearner { store } => {
-                let learner =
-                    Peer { id: PeerId(inner.alloc_id()?), store_id: store, role: PeerRole::Learner };
-                ("add-replica", vec![Step::AddLearner(learner), Step::PromoteLearner(promoted(learner))])
-            }
-            Decision::RemovePeer { peer, reason } => (reason, vec![Step::RemovePeer(peer)]),
-        };
-        let mut op = Operator::new(&info.region, desc, steps, now, self.config.schedule.operator_timeout.0);
-        let progress = op.check(&info, now);
-        let step = match progress {
-            Progress::Run(step) => Some(step),
-            Progress::Wait => None,
-            Progress::Finished | Progress::TimedOut | Progress::Cancelled(_) => {
-                debug!(region_id = %id, desc, ?progress, "new operator has nothing to do");
-                return Ok(None);
-            }
-        };
-        info!(region_id = %id, desc, steps = ?op.steps.iter().map(Step::describe).collect::<Vec<_>>(), "operator created");
-        inner.operators.insert(op);
-        Ok(step.map(order))
     }
 }

@@ -8,10 +8,15 @@
 //! rate (new windows every 1,000 ids or ~2 s of TSO, region changes) keeps
 //! that cheap.
 //!
+//! Scheduling decisions are made by `schedule` (sans-IO) under the same
+//! lock: on each region heartbeat, and on [`Cluster::patrol`], which the
+//! server calls every `schedule.patrol-region-interval`.
+//!
 //! The gRPC and HTTP layers (`server/`) convert wire types, call these
 //! methods and convert back; nothing here knows about tonic or axum.
 
 mod heartbeat;
+mod scheduling;
 mod stores;
 
 use std::time::SystemTime;
@@ -19,9 +24,10 @@ use std::time::SystemTime;
 use mnemo_node::engine::EngineRef;
 use mnemo_proto::types::{Region, RegionId, StoreId};
 use parking_lot::Mutex;
-use tracing::info;
+use tracing::{info, warn};
 
-pub use heartbeat::{RegionHeartbeat, ScheduleOrder, SplitIds};
+pub use crate::schedule::ScheduleOrder;
+pub use heartbeat::{RegionHeartbeat, SplitIds};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -29,13 +35,12 @@ use crate::id::IdAllocator;
 use crate::member::Member;
 use crate::meta::{Command, LocalReplicator, MetaState, Replicator, StateMachine};
 use crate::region_map::RegionInfo;
-use crate::schedule::{CheckerConfig, OperatorController};
+use crate::schedule::{ClusterSnapshot, Coordinator, OperatorController, Settings};
 use crate::store::{StoreMeta, StoreState};
 use crate::tso::{Timestamp, TsoAllocator, TsoStep, MAX_LOGICAL};
 
 /// PD's state and request handling.
 pub struct Cluster {
-    config: Config,
     member: Member,
     cluster_id: u64,
     alive_since: SystemTime,
@@ -48,7 +53,16 @@ struct Inner {
     ids: IdAllocator,
     tso: TsoAllocator,
     operators: OperatorController,
+    coordinator: Coordinator,
+    /// The effective config: file and flags, then run-time changes.
+    config: Config,
+    /// The scheduling knobs of `config`.
+    settings: Settings,
 }
+
+/// Fresh peer ids kept at hand before scheduling runs, so that decisions,
+/// which borrow the state, never have to persist an id window midway.
+const IDS_AT_HAND: u64 = 64;
 
 impl Inner {
     fn propose(&mut self, cmd: Command) -> Result<()> {
@@ -70,6 +84,27 @@ impl Inner {
         }
     }
 
+    /// Makes sure [`IDS_AT_HAND`] ids can be handed out without a write.
+    fn ensure_ids(&mut self) -> Result<()> {
+        if self.ids.remaining() < IDS_AT_HAND {
+            let end = self.ids.next_window_end();
+            self.propose(Command::AllocIdWindow { end })?;
+            self.ids.extend(end);
+        }
+        Ok(())
+    }
+
+    /// The scheduling inputs at `now`, and everything scheduling changes.
+    fn scheduling(
+        &mut self,
+        now: SystemTime,
+        alive_since: SystemTime,
+    ) -> (ClusterSnapshot<'_>, &Settings, &mut OperatorController, &mut Coordinator, &mut IdAllocator) {
+        let state = self.sm.state();
+        let snap = ClusterSnapshot { stores: state.stores(), regions: state.regions(), now, alive_since };
+        (snap, &self.settings, &mut self.operators, &mut self.coordinator, &mut self.ids)
+    }
+
     fn ensure_bootstrapped(&self) -> Result<()> {
         if self.state().is_bootstrapped() {
             Ok(())
@@ -89,7 +124,7 @@ pub struct ClusterView<'a> {
     pub now: SystemTime,
     /// When this PD started serving (grace for silent stores).
     pub alive_since: SystemTime,
-    /// The configuration.
+    /// The effective configuration.
     pub config: &'a Config,
 }
 
@@ -111,7 +146,18 @@ impl Cluster {
         let state = sm.state();
         let ids = IdAllocator::new(state.id_window_end());
         let tso = TsoAllocator::new(state.tso_bound_ms());
-        let mut inner = Inner { sm, replicator, ids, tso, operators: OperatorController::default() };
+        let config = with_overrides(config, state.config_overrides());
+        let settings = Settings::from_config(&config);
+        let mut inner = Inner {
+            sm,
+            replicator,
+            ids,
+            tso,
+            operators: OperatorController::default(),
+            coordinator: Coordinator::new(rand::random()),
+            config,
+            settings,
+        };
         if inner.state().cluster_id() == 0 {
             let cluster_id = new_cluster_id();
             inner.propose(Command::InitCluster { cluster_id })?;
@@ -125,7 +171,7 @@ impl Cluster {
             regions = inner.state().regions().len(),
             "metadata loaded"
         );
-        Ok(Cluster { config, member, cluster_id, alive_since: SystemTime::now(), inner: Mutex::new(inner) })
+        Ok(Cluster { member, cluster_id, alive_since: SystemTime::now(), inner: Mutex::new(inner) })
     }
 
     /// The cluster id (nonzero, fixed for the cluster's life).
@@ -138,9 +184,9 @@ impl Cluster {
         &self.member
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The effective configuration (file and flags, then run-time changes).
+    pub fn config(&self) -> Config {
+        self.inner.lock().config.clone()
     }
 
     /// `Ok` if a request header's cluster id is this cluster's.
@@ -160,7 +206,7 @@ impl Cluster {
             operators: &inner.operators,
             now: SystemTime::now(),
             alive_since: self.alive_since,
-            config: &self.config,
+            config: &inner.config,
         })
     }
 
@@ -247,14 +293,26 @@ impl Cluster {
         inner.ensure_bootstrapped()?;
         Ok(inner.state().regions().scan(start, end, limit).into_iter().cloned().collect())
     }
+}
 
-    fn checker_config(&self) -> CheckerConfig {
-        CheckerConfig {
-            max_replicas: self.config.replication.max_replicas as usize,
-            location_labels: self.config.replication.location_labels.clone(),
-            max_store_down_time: self.config.schedule.max_store_down_time.0,
+/// `config` with the run-time changes persisted in `overrides` replayed over
+/// it. A change that no longer applies (a key this version does not know)
+/// is skipped with a warning rather than keeping PD from starting.
+fn with_overrides(config: Config, overrides: &std::collections::BTreeMap<String, String>) -> Config {
+    let mut config = config;
+    for (key, text) in overrides {
+        let applied = serde_json::from_str(text)
+            .map_err(|e| Error::Config(e.to_string()))
+            .and_then(|value| config.with_changes(&[(key.clone(), value)]));
+        match applied {
+            Ok((c, _)) => {
+                info!(key = %key, value = %text, "config changed at run time earlier: applied over the file");
+                config = c;
+            }
+            Err(e) => warn!(key = %key, value = %text, error = %e, "ignoring a persisted config change"),
         }
     }
+    config
 }
 
 fn validate_store(store: &StoreMeta) -> Result<()> {

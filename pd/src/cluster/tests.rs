@@ -196,3 +196,127 @@ fn heartbeats_update_the_map_and_stale_ones_are_ignored() {
     assert_eq!(c.get_region(b"x").unwrap().unwrap().region, right);
     assert_eq!(c.scan_regions(b"", b"", 0).unwrap().len(), 2);
 }
+
+/// A cluster bootstrapped with stores 1..=n, all heartbeating, and region 2
+/// on stores 1..=3 led from store 1.
+fn three_replicas(n: u64) -> (Cluster, Region) {
+    let c = open_mem(Config::default());
+    c.bootstrap(store(1), first_region()).unwrap();
+    for id in 1..=n {
+        c.put_store(store(id)).unwrap();
+        c.store_heartbeat(StoreId(id), StoreStats::default()).unwrap();
+    }
+    let region = Region {
+        epoch: RegionEpoch { conf_ver: 3, version: 1 },
+        peers: vec![voter(3, 1), voter(4, 2), voter(5, 3)],
+        ..first_region()
+    };
+    c.region_heartbeat(heartbeat(&region, voter(3, 1))).unwrap();
+    (c, region)
+}
+
+#[test]
+fn a_batch_split_reported_in_any_order_tiles_the_key_space() {
+    let (c, parent) = three_replicas(3);
+    // Region 2 splits at "g" and "p": two new regions on the left, the
+    // parent keeps the right end; the report lists the right end first.
+    let ids = c.ask_batch_split(&parent, 2).unwrap();
+    let child = |i: usize, start: &str, end: &str| Region {
+        id: ids[i].region_id,
+        start_key: start.as_bytes().to_vec(),
+        end_key: end.as_bytes().to_vec(),
+        epoch: RegionEpoch { conf_ver: 3, version: 3 },
+        peers: ids[i].peer_ids.iter().zip(1..).map(|(p, s)| voter(p.0, s)).collect(),
+    };
+    let right = Region { start_key: b"p".to_vec(), epoch: RegionEpoch { conf_ver: 3, version: 3 }, ..parent };
+    c.report_batch_split(&[right, child(1, "g", "p"), child(0, "", "g")]).unwrap();
+
+    let regions = c.scan_regions(b"", b"", 0).unwrap();
+    let bounds: Vec<(Vec<u8>, Vec<u8>)> =
+        regions.iter().map(|r| (r.region.start_key.clone(), r.region.end_key.clone())).collect();
+    let b = |s: &str| s.as_bytes().to_vec();
+    assert_eq!(bounds, vec![(b(""), b("g")), (b("g"), b("p")), (b("p"), b(""))]);
+    // Every new region is assumed led from the split leader's store until it reports.
+    assert!(regions.iter().all(|r| r.leader().map(|l| l.store_id) == Some(StoreId(1))));
+}
+
+#[test]
+fn a_deposed_leader_cannot_take_leadership_back_in_pd() {
+    let (c, region) = three_replicas(3);
+    let with_term = |leader, term| {
+        let mut hb = heartbeat(&region, leader);
+        hb.runtime.term = term;
+        hb
+    };
+    c.region_heartbeat(with_term(voter(4, 2), 7)).unwrap();
+    // The old leader's report from term 6 arrives late.
+    c.region_heartbeat(with_term(voter(3, 1), 6)).unwrap();
+    let leader = c.get_region_by_id(region.id).unwrap().unwrap().leader();
+    assert_eq!(leader, Some(voter(4, 2)));
+}
+
+#[test]
+fn config_changed_at_run_time_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |config: Config| {
+        let engine = Arc::new(RocksEngine::open(&dir.path().join("meta")).unwrap());
+        Cluster::open(config.clone(), member(&config), engine).unwrap()
+    };
+    let file = Config::for_tests(dir.path());
+    {
+        let c = open(file.clone());
+        let body =
+            serde_json::json!({"schedule": {"max-store-down-time": "5s"}, "leader-schedule-limit": "8"});
+        let config = c.update_config(&body).unwrap();
+        assert_eq!(config.schedule.max_store_down_time.0, std::time::Duration::from_secs(5));
+        // A bad value changes nothing.
+        assert!(c.update_config(&serde_json::json!({"max-replicas": 0})).is_err());
+        assert_eq!(c.config().replication.max_replicas, 3);
+    }
+    // Restarted with a file that sets other values: run-time changes win,
+    // key by key; the file's other keys apply.
+    let mut edited = file;
+    edited.schedule.max_store_down_time = mnemo_node::duration::ReadableDuration::minutes(10);
+    edited.schedule.region_schedule_limit = 7;
+    let c = open(edited);
+    let config = c.config();
+    assert_eq!(config.schedule.max_store_down_time.0, std::time::Duration::from_secs(5));
+    assert_eq!((config.schedule.leader_schedule_limit, config.schedule.region_schedule_limit), (8, 7));
+}
+
+#[test]
+fn a_drained_offline_store_becomes_tombstone_on_patrol_even_if_silent() {
+    let (c, _) = three_replicas(4);
+    c.set_store_state(StoreId(4), StoreState::Offline).unwrap();
+    // Store 4 holds nothing and never heartbeats again; the patrol buries it.
+    c.patrol().unwrap();
+    assert_eq!(c.get_store(StoreId(4)).unwrap().meta.state, StoreState::Tombstone);
+    assert_eq!(c.get_store(StoreId(3)).unwrap().meta.state, StoreState::Up);
+}
+
+#[test]
+fn operators_asked_through_the_api_are_checked_then_handed_out() {
+    use crate::schedule::{AdminRequest, SplitPolicy};
+    let (c, region) = three_replicas(4);
+    let id = region.id;
+    // Nonsense is refused with the reason.
+    let err = c.add_operator(id, &AdminRequest::AddPeer { store: StoreId(2) }).unwrap_err();
+    assert!(err.to_string().contains("already has a peer on store 2"), "{err}");
+    let err = c.add_operator(id, &AdminRequest::TransferLeader { to_store: StoreId(4) }).unwrap_err();
+    assert!(err.to_string().contains("no peer on store 4"), "{err}");
+    let outside = AdminRequest::Split(SplitPolicy::UseKeys(vec![]));
+    assert!(c.add_operator(RegionId(99), &outside).is_err());
+
+    // A leader transfer is pushed at once and shown in the operator list.
+    let order = c.add_operator(id, &AdminRequest::TransferLeader { to_store: StoreId(3) }).unwrap().unwrap();
+    assert_eq!(order.step, Step::TransferLeader { from: voter(3, 1), to: voter(5, 3) });
+    c.read(|v| assert_eq!(v.operators.get(id).map(|op| op.desc), Some("transfer-leader")));
+    // Only one admin operator per region at a time; cancelling frees it.
+    assert!(c.add_operator(id, &AdminRequest::RemovePeer { store: StoreId(2) }).is_err());
+    assert!(c.remove_operator(id));
+
+    // Split keys go to the leader as given, sorted.
+    let (orders, regions) = c.split_at_keys(&[b"q".to_vec(), b"b".to_vec()]).unwrap();
+    assert_eq!(regions, vec![id]);
+    assert_eq!(orders[0].step, Step::SplitRegion(SplitPolicy::UseKeys(vec![b"b".to_vec(), b"q".to_vec()])));
+}

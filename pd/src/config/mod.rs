@@ -5,6 +5,12 @@
 //! unknown keys are rejected so a typo does not silently keep a default.
 //! [`Config::validate`] runs after the merge and explains every refusal.
 //! The commented template lives in `deploy/config/pd.toml`.
+//!
+//! The `[schedule]` and `[replication]` sections can also be changed while
+//! PD runs (`POST /pd/api/v1/config`, see [`update`]); such changes are
+//! persisted and win over the file after a restart, key by key.
+
+pub mod update;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -82,11 +88,28 @@ pub struct ScheduleConfig {
     pub max_store_down_time: ReadableDuration,
     /// An operator not finished after this long is dropped (and may be
     /// created again by the checker). Covers adding a learner, i.e. one
-    /// snapshot; at least `1s`. Default `"60s"`.
+    /// snapshot; at least `1s`. Leader transfers give up after at most 10 s.
+    /// Default `"60s"`.
     pub operator_timeout: ReadableDuration,
-    /// Most replica operators (repair, add, remove) in flight at once across
-    /// the cluster. 0 disables the replica checker. Default 64.
+    /// Most balance-leader operators (leader transfers) in flight at once.
+    /// 0 disables balance-leader. Default 4.
+    pub leader_schedule_limit: u64,
+    /// Most balance-region operators (replica moves) in flight at once. 0
+    /// disables balance-region. Default 2048.
+    pub region_schedule_limit: u64,
+    /// Most replica-checker operators (add missing, remove extra, replace
+    /// down or offline replicas, fix placement) in flight at once. 0
+    /// disables the replica checker: nothing is repaired. Default 64.
     pub replica_schedule_limit: u64,
+    /// Most new replicas being sent to one store at once (learners not yet
+    /// caught up, counted from PD's own operators). A store at the limit is
+    /// no target for the replica checker or balance-region. Default 64.
+    pub max_snapshot_count: u64,
+    /// How often the patrol runs: it drops expired operators, runs the
+    /// replica checker over the next 128 regions and lets balance-leader and
+    /// balance-region propose up to 4 operators each. At least `10ms`.
+    /// Default `"100ms"`. (PD's default is 10 ms, for checkers only.)
+    pub patrol_region_interval: ReadableDuration,
 }
 
 /// `[replication]` section.
@@ -131,7 +154,11 @@ impl Default for ScheduleConfig {
         ScheduleConfig {
             max_store_down_time: ReadableDuration::minutes(30),
             operator_timeout: ReadableDuration::secs(60),
+            leader_schedule_limit: 4,
+            region_schedule_limit: 2048,
             replica_schedule_limit: 64,
+            max_snapshot_count: 64,
+            patrol_region_interval: ReadableDuration(Duration::from_millis(100)),
         }
     }
 }
@@ -269,6 +296,9 @@ impl Config {
         }
         if self.schedule.operator_timeout.0 < Duration::from_secs(1) {
             return bad("schedule.operator-timeout must be at least 1s".into());
+        }
+        if self.schedule.patrol_region_interval.0 < Duration::from_millis(10) {
+            return bad("schedule.patrol-region-interval must be at least 10ms".into());
         }
         if !(1..=9).contains(&self.replication.max_replicas) {
             return bad(format!(
@@ -416,6 +446,12 @@ mod tests {
         assert_eq!(c.name, "pd1");
         assert_eq!(c.schedule.max_store_down_time.0, Duration::from_secs(5));
         assert_eq!(c.replication.max_replicas, 5);
+    }
+
+    #[test]
+    fn the_deploy_template_holds_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/pd.toml");
+        assert_eq!(Config::from_file(&path).unwrap(), Config::default());
     }
 
     #[test]

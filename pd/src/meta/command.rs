@@ -56,6 +56,13 @@ pub enum Command {
         /// Milliseconds since the Unix epoch.
         physical_ms: u64,
     },
+    /// Records run-time config changes (`POST /pd/api/v1/config`), which win
+    /// over the config file from now on, key by key.
+    UpdateConfig {
+        /// Canonical dotted key (`schedule.max-store-down-time`) → the value
+        /// as JSON text (`"\"5s\""`), validated by the proposer.
+        changes: Vec<(String, String)>,
+    },
 }
 
 /// The encoded form: JSON, with stores and regions as hex of their protobuf
@@ -70,6 +77,7 @@ enum Repr {
     PutRegion { region: String },
     AllocIdWindow { end: u64 },
     TsoWindow { physical_ms: u64 },
+    UpdateConfig { changes: Vec<(String, String)> },
 }
 
 impl Command {
@@ -89,6 +97,7 @@ impl Command {
             Command::PutRegion { region } => Repr::PutRegion { region: region_hex(region) },
             Command::AllocIdWindow { end } => Repr::AllocIdWindow { end: *end },
             Command::TsoWindow { physical_ms } => Repr::TsoWindow { physical_ms: *physical_ms },
+            Command::UpdateConfig { changes } => Repr::UpdateConfig { changes: changes.clone() },
         };
         serde_json::to_vec(&repr).expect("command repr always serializes")
     }
@@ -119,6 +128,7 @@ impl Command {
             Repr::PutRegion { region: r } => Command::PutRegion { region: region(&r)? },
             Repr::AllocIdWindow { end } => Command::AllocIdWindow { end },
             Repr::TsoWindow { physical_ms } => Command::TsoWindow { physical_ms },
+            Repr::UpdateConfig { changes } => Command::UpdateConfig { changes },
         })
     }
 }
@@ -146,6 +156,7 @@ mod tests {
             Command::PutRegion { region },
             Command::AllocIdWindow { end: 1001 },
             Command::TsoWindow { physical_ms: 1_700_000_003_000 },
+            Command::UpdateConfig { changes: vec![("schedule.max-store-down-time".into(), "\"5s\"".into())] },
         ];
         for cmd in cmds {
             assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);

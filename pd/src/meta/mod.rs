@@ -1,9 +1,9 @@
 //! PD's replicated metadata: a deterministic state machine fed by commands.
 //!
 //! Every change to what PD must remember across restarts — cluster id,
-//! bootstrap, stores, region records, the id window, the TSO bound — is a
-//! [`Command`]. Commands reach the [`StateMachine`] only through a
-//! [`Replicator`]:
+//! bootstrap, stores, region records, the id window, the TSO bound, config
+//! changed at run time — is a [`Command`]. Commands reach the
+//! [`StateMachine`] only through a [`Replicator`]:
 //!
 //! ```text
 //!   request ──► Cluster (decides, under one lock) ──► Replicator::replicate(cmd)

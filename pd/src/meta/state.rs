@@ -23,6 +23,7 @@ pub struct MetaState {
     regions: RegionMap,
     id_window_end: u64,
     tso_bound_ms: u64,
+    config_overrides: BTreeMap<String, String>,
 }
 
 impl MetaState {
@@ -61,6 +62,11 @@ impl MetaState {
         self.tso_bound_ms
     }
 
+    /// Config keys changed at run time: dotted key → value as JSON text.
+    pub fn config_overrides(&self) -> &BTreeMap<String, String> {
+        &self.config_overrides
+    }
+
     /// Runtime: the latest heartbeat of region `id` (no-op if unknown).
     pub fn set_region_runtime(&mut self, id: RegionId, runtime: RegionRuntime) {
         self.regions.set_runtime(id, runtime);
@@ -90,6 +96,7 @@ impl StateMachine {
             bootstrapped: storage::is_set(e, storage::BOOTSTRAPPED)?,
             id_window_end: storage::get_u64(e, storage::ID_WINDOW_END)?.unwrap_or(0),
             tso_bound_ms: storage::get_u64(e, storage::TSO_BOUND)?.unwrap_or(0),
+            config_overrides: storage::get_overrides(e)?,
             ..MetaState::default()
         };
         for meta in storage::load_stores(e)? {
@@ -189,6 +196,13 @@ impl StateMachine {
                     self.state.tso_bound_ms = *physical_ms;
                 }
             }
+            Command::UpdateConfig { changes } => {
+                let mut overrides = self.state.config_overrides.clone();
+                overrides.extend(changes.iter().cloned());
+                storage::put_overrides(&mut wb, &overrides);
+                self.write(&wb)?;
+                self.state.config_overrides = overrides;
+            }
         }
         Ok(())
     }
@@ -259,6 +273,10 @@ mod tests {
             sm.apply(&Command::AllocIdWindow { end: 2000 }).unwrap();
             sm.apply(&Command::AllocIdWindow { end: 1000 }).unwrap(); // never lowers
             sm.apply(&Command::TsoWindow { physical_ms: 123_456 }).unwrap();
+            let change = |k: &str, v: &str| Command::UpdateConfig { changes: vec![(k.into(), v.into())] };
+            sm.apply(&change("schedule.max-store-down-time", "\"5s\"")).unwrap();
+            sm.apply(&change("schedule.max-store-down-time", "\"7s\"")).unwrap();
+            // the latest wins
         }
         let engine = Arc::new(RocksEngine::open(dir.path()).unwrap());
         let sm = StateMachine::open(engine).unwrap();
@@ -270,5 +288,6 @@ mod tests {
         assert_eq!(ids, vec![4, 2]);
         assert_eq!(s.id_window_end(), 2000);
         assert_eq!(s.tso_bound_ms(), 123_456);
+        assert_eq!(s.config_overrides()["schedule.max-store-down-time"], "\"7s\"");
     }
 }

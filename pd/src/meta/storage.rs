@@ -5,12 +5,15 @@
 //! pd/bootstrapped          [1]
 //! pd/id_window_end         u64 big-endian
 //! pd/tso_bound_ms          u64 big-endian
+//! pd/config_overrides      JSON object: dotted config key → value as JSON text
 //! pd/store/<id u64 BE>     metapb.Store (protobuf)
 //! pd/region/<id u64 BE>    metapb.Region (protobuf)
 //! ```
 //!
 //! The `pd/` prefix keeps PD's records apart should the engine ever be
 //! shared; protobuf keeps the records readable by kvproto tooling.
+
+use std::collections::BTreeMap;
 
 use mnemo_node::engine::{Cf, Engine, ScanRange, WriteBatch};
 use mnemo_proto::metapb;
@@ -24,6 +27,7 @@ pub(super) const CLUSTER_ID: &[u8] = b"pd/cluster_id";
 pub(super) const BOOTSTRAPPED: &[u8] = b"pd/bootstrapped";
 pub(super) const ID_WINDOW_END: &[u8] = b"pd/id_window_end";
 pub(super) const TSO_BOUND: &[u8] = b"pd/tso_bound_ms";
+pub(super) const CONFIG_OVERRIDES: &[u8] = b"pd/config_overrides";
 const STORE_PREFIX: &[u8] = b"pd/store/";
 const REGION_PREFIX: &[u8] = b"pd/region/";
 
@@ -62,6 +66,17 @@ pub(super) fn get_u64(engine: &dyn Engine, key: &[u8]) -> Result<Option<u64>> {
             let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| corrupt(key, "expected 8 bytes"))?;
             Ok(Some(u64::from_be_bytes(bytes)))
         }
+    }
+}
+
+pub(super) fn put_overrides(wb: &mut WriteBatch, overrides: &BTreeMap<String, String>) {
+    wb.put(Cf::Meta, CONFIG_OVERRIDES, serde_json::to_vec(overrides).expect("a string map serializes"));
+}
+
+pub(super) fn get_overrides(engine: &dyn Engine) -> Result<BTreeMap<String, String>> {
+    match engine.get(Cf::Meta, CONFIG_OVERRIDES)? {
+        None => Ok(BTreeMap::new()),
+        Some(v) => serde_json::from_slice(&v).map_err(|e| corrupt(CONFIG_OVERRIDES, e)),
     }
 }
 

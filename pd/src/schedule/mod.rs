@@ -1,28 +1,95 @@
-//! Scheduling: deciding membership changes and handing them out as operators.
+//! Scheduling: deciding what should change in the cluster, and handing it
+//! out as operators.
 //!
-//! Sans-IO like the rest of PD's logic. [`replica_checker::check`] looks at one
-//! region, the stores and the config at a given instant and returns a
-//! [`Decision`]; [`Operator`] turns a decision into steps and follows their
-//! progress in later heartbeats. The cluster (`cluster/heartbeat.rs`) does
-//! the I/O: it allocates peer ids, keeps at most one operator per region in
-//! the [`OperatorController`], and sends the current step back on the
-//! heartbeat stream.
+//! ## Pieces
 //!
-//! Protocol with the region leader (kvproto `RegionHeartbeatResponse`):
-//! - One step per response, `change_peer` with `AddLearnerNode` (peer role
-//!   Learner), `AddNode` (promote a learner; role Voter) or `RemoveNode`.
-//! - The same step is re-sent on every heartbeat until the region's peers
-//!   show it applied, so the leader must treat a step that is already in
-//!   effect (or already proposed) as a no-op, and ignore a response whose
-//!   `region_epoch` differs from its own.
-//! - A learner is promoted only once it is absent from the heartbeat's
-//!   `pending_peers`: the leader must list peers that have not caught up.
-//!   Meanwhile PD sends nothing for the region.
-//! - An operator not finished within `schedule.operator-timeout` is dropped;
-//!   one whose region split or merged (epoch `version` changed) is cancelled.
+//! - **Checkers and schedulers** look at a [`ClusterSnapshot`] (stores,
+//!   region map, now) through a [`Ctx`] (plus [`Settings`] and the
+//!   operators in flight) and return a [`Proposal`]: a [`Plan`] for one
+//!   region, with its kind and purpose. [`replica_checker`] keeps regions at
+//!   `max-replicas` healthy, well-placed voters (missing, extra, down,
+//!   offline replicas, isolation by labels — see [`placement`]);
+//!   [`balance`] spreads replicas (balance-region) and leaders
+//!   (balance-leader); [`admin`] validates what a human asks for.
+//! - [`plan::build`] turns a plan into an [`Operator`]: steps
+//!   ([`Step`]) for the region's leader, the region epoch and time of
+//!   creation, a timeout and a kind ([`OpKind`]) with its own limit.
+//! - The [`OperatorController`] holds at most one operator per region,
+//!   enforces the per-kind limits and keeps their *influence* on store
+//!   scores, so that a scheduler running again before its operators finish
+//!   does not pile onto the same stores.
+//! - The [`Coordinator`] decides when all of this runs: on every region
+//!   heartbeat (follow the region's operator, or run the replica checker)
+//!   and on a patrol tick (expire operators, check a batch of regions, run
+//!   the balancers).
+//!
+//! Everything here is sans-IO: inputs are the snapshot, settings, `now`, a
+//! source of peer ids and a seeded random generator; outputs are operators
+//! and the steps to send. `cluster/` supplies the inputs under its lock and
+//! `server/` sends the steps. `sim.rs` (tests) runs whole clusters of fake
+//! nodes against it.
+//!
+//! ## Protocol with the region leader (kvproto `RegionHeartbeatResponse`)
+//!
+//! - One step per response, with `region_id`, `region_epoch` (PD's latest
+//!   view of the region) and `target_peer` (the leader):
+//!   `change_peer{AddLearnerNode | AddNode | RemoveNode}`,
+//!   `change_peer_v2{changes}` (several changes as one raft ConfChangeV2:
+//!   joint consensus, left automatically), `transfer_leader{peer}`,
+//!   `split_region{policy: USEKEY keys | APPROXIMATE}`.
+//! - The same step is re-sent on every heartbeat until the region shows it
+//!   done, so the leader treats a step already in effect or in progress as a
+//!   no-op, and ignores one whose `region_epoch` differs from its own.
+//! - A learner is promoted only once it is absent from `pending_peers`;
+//!   meanwhile, and while a joint state is being left, PD sends nothing.
+//! - An operator not finished within its timeout is dropped (leader
+//!   transfers after at most 10 s); one whose region split or merged (epoch
+//!   `version` changed) is cancelled, unless that split was its step.
+//!
+//! ## What can go wrong
+//!
+//! - A node ignores or cannot carry out a step: the operator times out and
+//!   the checker or balancer proposes again from the region's new state.
+//! - A step half done when its operator is dropped (a learner added, never
+//!   promoted): the replica checker sees an extra or missing peer and fixes it.
+//! - PD restarts: operators are lost (memory only); regions are scheduled
+//!   again once they heartbeat.
 
+pub mod admin;
+pub mod balance;
+mod context;
+mod controller;
+mod coordinator;
 mod operator;
+pub mod placement;
+pub mod plan;
 pub mod replica_checker;
+mod settings;
+mod step;
 
-pub use operator::{Operator, OperatorController, Progress, Step};
-pub use replica_checker::{CheckerConfig, Decision, Stores};
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod sim_tests;
+
+pub use admin::AdminRequest;
+pub use context::{worth_moving, ClusterSnapshot, Ctx, TOLERANCE_RATIO};
+pub use controller::{Influence, OperatorController, Refusal};
+pub use coordinator::{Coordinator, NewPeerId, ScheduleOrder, BALANCE_BATCH, PATROL_BATCH};
+pub use operator::{OpKind, Operator, Progress};
+pub use plan::{Plan, Proposal};
+pub use settings::{Settings, LEADER_OPERATOR_TIMEOUT};
+pub use step::{PeerChange, SplitPolicy, Step};
+
+use mnemo_proto::types::StoreId;
+
+use crate::store::StoreState;
+
+/// Offline stores that hold no region any more: ready to become Tombstone.
+pub fn drained_stores(snap: &ClusterSnapshot<'_>) -> Vec<StoreId> {
+    snap.stores
+        .values()
+        .filter(|s| s.meta.state == StoreState::Offline && snap.regions.store_region_count(s.meta.id) == 0)
+        .map(|s| s.meta.id)
+        .collect()
+}

@@ -1,195 +1,146 @@
-//! The replica checker: keeps every region at `max-replicas` healthy voters.
+//! The replica checker: keeps every region at `max-replicas` healthy voters,
+//! as well isolated as the stores' labels allow.
 //!
-//! A peer is *healthy* when its store is Up or merely Disconnected (not yet
-//! Down, Offline or Tombstone) and its leader does not report it down for
-//! longer than `max-store-down-time`. For one region, in order:
+//! A peer is *healthy* as [`Ctx::is_healthy`] says: its store is Up or only
+//! Disconnected, and its leader does not report it down for
+//! `max-store-down-time`. A Down store sends nothing; its peers are found
+//! through the store's silence, not through the region's heartbeat (which
+//! may list them as pending, or not at all). For one region, in order:
 //!
-//! 1. an unhealthy learner is removed;
-//! 2. a healthy learner that has caught up (not in `pending_peers`) is
-//!    promoted if voters are missing, else removed as extra; one still
-//!    catching up makes the checker wait;
-//! 3. fewer healthy voters than `max-replicas`: add a learner on the best
-//!    store (the operator then promotes it) — this is also how a peer on a
-//!    Down or Offline store gets replaced;
-//! 4. more voters than `max-replicas`: remove one, never the leader,
-//!    unhealthy ones first, then the one sharing the most location labels
-//!    with the others, then the one on the fullest store.
+//! 1. an unhealthy learner is removed, and so is one still catching up on a
+//!    store that stopped heartbeating (it would block the region until the
+//!    store is declared Down);
+//! 2. a learner still catching up (in `pending_peers`) makes the checker
+//!    wait; a caught-up one is promoted if healthy voters are missing —
+//!    swapped in for an unhealthy voter in one joint change when the region
+//!    already has `max-replicas` voters — else removed as extra;
+//! 3. fewer voters than `max-replicas`: add a replica on the best store;
+//! 4. exactly `max-replicas` voters, one on a Down or Offline store (or
+//!    reported down): *move* it — learner on the best store, then one joint
+//!    change promoting it and removing the unhealthy voter (this is how
+//!    Offline stores drain and Down stores are healed);
+//! 5. more voters than `max-replicas`: remove one, never the leader,
+//!    unhealthy first, then the one whose departure leaves the best
+//!    isolation, then the one on the fullest store;
+//! 6. isolation worse than the stores allow (two replicas in one zone while
+//!    a zone has none of them): move the replica whose move improves it most.
 //!
-//! The best store for a new replica is Up, heartbeating within 20 s, has no
-//! peer of the region, does not share a `host` label value with a healthy
-//! peer's store, and among those shares the fewest leading location labels
-//! with the healthy peers' stores (spread over the widest level), then has
-//! the fewest regions, then the lowest id.
+//! The *best store* for a new replica accepts new replicas
+//! ([`Ctx::is_target`]), holds no peer of the region, shares no `host` with
+//! the replicas kept, and among those gives the best isolation, then has the
+//! lowest region score, then the lowest id. No such store: the checker
+//! leaves the region as it is (e.g. a Down peer stays when no spare store
+//! exists).
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use mnemo_proto::types::{Peer, PeerId, StoreId};
 
-use mnemo_proto::types::{Peer, PeerRole, StoreId};
-
+use super::context::Ctx;
+use super::operator::OpKind;
+use super::plan::{Plan, Proposal};
 use crate::region_map::RegionInfo;
-use crate::store::{StoreInfo, StoreState, StoreStatus};
 
-/// The label that must never repeat among a region's healthy replicas.
-pub const HOST_LABEL: &str = "host";
+/// Looks at one region; see the module docs for the rules.
+pub fn check(info: &RegionInfo, ctx: &Ctx<'_>) -> Option<Proposal> {
+    let propose = |desc, plan| Some(Proposal { region: info.region.id, kind: OpKind::Replica, desc, plan });
+    let r = &info.region;
+    let max = ctx.settings.max_replicas;
+    let healthy = |p: &Peer| ctx.is_healthy(p, info);
+    let voters: Vec<Peer> = r.voters().copied().collect();
+    let healthy_voters = voters.iter().filter(|p| healthy(p)).count();
+    let leader = info.leader().map(|l| l.id);
+    // An unhealthy voter to replace; the leader last (it must hand over first).
+    let unhealthy_voter = voters.iter().filter(|p| !healthy(p)).min_by_key(|p| Some(p.id) == leader).copied();
 
-/// The checker's knobs (from `[replication]` and `[schedule]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckerConfig {
-    /// Voters per region (`replication.max-replicas`).
-    pub max_replicas: usize,
-    /// Label keys, widest first (`replication.location-labels`).
-    pub location_labels: Vec<String>,
-    /// When a silent store counts as Down (`schedule.max-store-down-time`).
-    pub max_store_down_time: Duration,
-}
-
-/// The stores as the checker sees them.
-pub struct Stores<'a> {
-    /// Every registered store.
-    pub infos: &'a BTreeMap<StoreId, StoreInfo>,
-    /// Regions with a peer on a store (PD's region map count).
-    pub region_count: &'a dyn Fn(StoreId) -> usize,
-    /// When this PD started serving (grace for stores not heard from since).
-    pub alive_since: SystemTime,
-}
-
-/// What the checker wants done to a region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Promote this learner to voter.
-    PromoteLearner(Peer),
-    /// Add a new replica (learner first, then promoted) on this store.
-    AddLearner {
-        /// The target store.
-        store: StoreId,
-    },
-    /// Remove this peer.
-    RemovePeer {
-        /// The peer to remove.
-        peer: Peer,
-        /// Why, e.g. `remove-down-replica`.
-        reason: &'static str,
-    },
-}
-
-/// Looks at one region at `now`; see the module docs for the rules.
-pub fn check(
-    region: &RegionInfo,
-    stores: &Stores<'_>,
-    cfg: &CheckerConfig,
-    now: SystemTime,
-) -> Option<Decision> {
-    let r = &region.region;
-    let healthy = |p: &Peer| is_healthy(p, region, stores, cfg, now);
-    let pending = |p: &Peer| region.runtime.pending_peers.iter().any(|q| q.id == p.id);
-    let healthy_voters = r.voters().filter(|p| healthy(p)).count();
-
-    if let Some(&l) = r.learners().find(|l| !healthy(l)) {
-        return Some(Decision::RemovePeer { peer: l, reason: "remove-unhealthy-learner" });
+    let stuck = |l: &Peer| ctx.is_pending(l, info) && !ctx.is_active(l.store_id);
+    if let Some(&l) = r.learners().find(|l| !healthy(l) || stuck(l)) {
+        return propose("remove-unhealthy-learner", Plan::Remove(l));
     }
     if let Some(&l) = r.learners().next() {
-        return if pending(&l) {
+        return if ctx.is_pending(&l, info) {
             None
-        } else if healthy_voters < cfg.max_replicas {
-            Some(Decision::PromoteLearner(l))
+        } else if healthy_voters >= max {
+            propose("remove-extra-learner", Plan::Remove(l))
+        } else if let (true, Some(u)) = (voters.len() >= max, unhealthy_voter) {
+            propose("replace-unhealthy-replica", Plan::Swap { promote: l, remove: u })
         } else {
-            Some(Decision::RemovePeer { peer: l, reason: "remove-extra-learner" })
+            propose("promote-learner", Plan::Promote(l))
         };
     }
-    if healthy_voters < cfg.max_replicas {
-        if let Some(store) = pick_target(region, stores, cfg, now) {
-            return Some(Decision::AddLearner { store });
+    let stores_of = |peers: &mut dyn Iterator<Item = &Peer>| peers.map(|p| p.store_id).collect::<Vec<_>>();
+    if voters.len() < max {
+        let keep = stores_of(&mut voters.iter().filter(|p| healthy(p)));
+        return best_target(info, &keep, ctx)
+            .and_then(|store| propose("add-replica", Plan::AddReplica { store }));
+    }
+    if let (true, Some(victim)) = (voters.len() == max && healthy_voters < max, unhealthy_voter.as_ref()) {
+        let keep = stores_of(&mut voters.iter().filter(|p| healthy(p)));
+        let desc = match ctx.status(victim.store_id) {
+            Some(crate::store::StoreStatus::Offline) => "move-offline-replica",
+            _ => "replace-down-replica",
+        };
+        if let Some(to) = best_target(info, &keep, ctx) {
+            return propose(desc, Plan::Move { from: *victim, to });
         }
     }
-    if r.voters().count() > cfg.max_replicas {
-        let leader = region.leader().map(|l| l.id);
-        let others = |p: &Peer| r.voters().filter(|q| q.id != p.id).map(|q| q.store_id).collect::<Vec<_>>();
-        let victim = r.voters().filter(|p| Some(p.id) != leader).max_by_key(|p| {
+    if voters.len() > max {
+        let remaining = |p: &Peer| stores_of(&mut voters.iter().filter(|q| q.id != p.id));
+        let victim = voters.iter().filter(|p| Some(p.id) != leader).min_by_key(|p| {
             (
-                !healthy(p),
-                shared_levels_max(p.store_id, &others(p), stores, cfg),
-                (stores.region_count)(p.store_id),
-                p.store_id,
+                healthy(p),
+                ctx.isolation(&remaining(p)),
+                std::cmp::Reverse(ctx.region_score(p.store_id)),
+                std::cmp::Reverse(p.store_id),
             )
         })?;
-        let reason = if healthy(victim) { "remove-extra-replica" } else { "remove-down-replica" };
-        return Some(Decision::RemovePeer { peer: *victim, reason });
+        let desc = if healthy(victim) { "remove-extra-replica" } else { "remove-down-replica" };
+        return propose(desc, Plan::Remove(*victim));
+    }
+    if healthy_voters == voters.len() {
+        return improve_isolation(info, &voters, leader, ctx)
+            .and_then(|(from, to)| propose("improve-isolation", Plan::Move { from, to }));
     }
     None
 }
 
-fn is_healthy(
-    peer: &Peer,
-    region: &RegionInfo,
-    stores: &Stores<'_>,
-    cfg: &CheckerConfig,
-    now: SystemTime,
-) -> bool {
-    let Some(store) = stores.infos.get(&peer.store_id) else { return false };
-    match store.status(now, stores.alive_since, cfg.max_store_down_time) {
-        StoreStatus::Up | StoreStatus::Disconnected => {}
-        StoreStatus::Down | StoreStatus::Offline | StoreStatus::Tombstone => return false,
-    }
-    let down_limit = cfg.max_store_down_time.as_secs();
-    !region.runtime.down_peers.iter().any(|d| d.peer.id == peer.id && d.down_seconds >= down_limit)
-}
-
-fn pick_target(
-    region: &RegionInfo,
-    stores: &Stores<'_>,
-    cfg: &CheckerConfig,
-    now: SystemTime,
-) -> Option<StoreId> {
-    let r = &region.region;
-    let keep: Vec<StoreId> =
-        r.peers.iter().filter(|p| is_healthy(p, region, stores, cfg, now)).map(|p| p.store_id).collect();
-    stores
-        .infos
-        .values()
-        .filter(|s| s.meta.state == StoreState::Up)
-        .filter(|s| s.status(now, stores.alive_since, cfg.max_store_down_time) == StoreStatus::Up)
-        .filter(|s| s.recently_heartbeated(now))
-        .filter(|s| r.peer_on_store(s.meta.id).is_none())
-        .filter(|s| !keep.iter().any(|k| same_host(s, stores.infos.get(k))))
+/// The best store for a new replica next to replicas on `keep`.
+pub fn best_target(info: &RegionInfo, keep: &[StoreId], ctx: &Ctx<'_>) -> Option<StoreId> {
+    ctx.snap
+        .stores
+        .keys()
+        .copied()
+        .filter(|s| info.region.peer_on_store(*s).is_none())
+        .filter(|s| ctx.is_target(*s) && !ctx.shares_host(*s, keep))
         .min_by_key(|s| {
-            let id = s.meta.id;
-            (shared_levels_max(id, &keep, stores, cfg), (stores.region_count)(id), id)
+            let with: Vec<StoreId> = keep.iter().copied().chain([*s]).collect();
+            (ctx.isolation(&with), ctx.region_score(*s), *s)
         })
-        .map(|s| s.meta.id)
 }
 
-fn same_host(a: &StoreInfo, b: Option<&StoreInfo>) -> bool {
-    match (a.meta.label(HOST_LABEL), b.and_then(|b| b.meta.label(HOST_LABEL))) {
-        (Some(x), Some(y)) => !x.is_empty() && x == y,
-        _ => false,
+/// A replica to move, and where, that makes the region's isolation
+/// strictly better; the best such pair.
+fn improve_isolation(
+    info: &RegionInfo,
+    voters: &[Peer],
+    leader: Option<PeerId>,
+    ctx: &Ctx<'_>,
+) -> Option<(Peer, StoreId)> {
+    let all: Vec<StoreId> = voters.iter().map(|p| p.store_id).collect();
+    let now = ctx.isolation(&all);
+    if now.is_perfect() {
+        return None;
     }
-}
-
-/// The most leading location labels `store` shares with any of `others`
-/// (0 = different at the widest level). Without `location-labels`, the
-/// `host` label is the only level.
-fn shared_levels_max(store: StoreId, others: &[StoreId], stores: &Stores<'_>, cfg: &CheckerConfig) -> usize {
-    let Some(a) = stores.infos.get(&store) else { return 0 };
-    let default_levels = [HOST_LABEL.to_owned()];
-    let levels: &[String] =
-        if cfg.location_labels.is_empty() { &default_levels } else { &cfg.location_labels };
-    others
+    voters
         .iter()
-        .filter(|o| **o != store)
-        .filter_map(|o| stores.infos.get(o))
-        .map(|b| {
-            levels
-                .iter()
-                .take_while(|k| matches!((a.meta.label(k), b.meta.label(k)), (Some(x), Some(y)) if x == y))
-                .count()
+        .filter_map(|from| {
+            let keep: Vec<StoreId> = all.iter().copied().filter(|s| *s != from.store_id).collect();
+            let to = best_target(info, &keep, ctx)?;
+            let with: Vec<StoreId> = keep.into_iter().chain([to]).collect();
+            let better = ctx.isolation(&with);
+            // Among equal gains, move a follower rather than the leader.
+            (better < now).then_some(((better, Some(from.id) == leader, from.store_id), *from, to))
         })
-        .max()
-        .unwrap_or(0)
-}
-
-/// The learner `p` as the voter a promotion step expects to see.
-pub fn promoted(p: Peer) -> Peer {
-    Peer { role: PeerRole::Voter, ..p }
+        .min_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, from, to)| (from, to))
 }
 
 #[cfg(test)]

@@ -1,33 +1,33 @@
 //! Decisions of the replica checker, one scenario per test.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
 
 use super::*;
-use crate::region_map::{DownPeer, RegionInfo, RegionRuntime};
+use crate::region_map::{DownPeer, RegionInfo, RegionMap, RegionRuntime};
+use crate::schedule::{ClusterSnapshot, OperatorController, Plan, Settings};
 use crate::store::{StoreInfo, StoreMeta, StoreState};
 
-/// A cluster at one instant: stores with labels, heartbeats and region counts.
+/// A cluster at one instant: stores with labels and heartbeats, and filler
+/// regions that give stores their region counts.
 struct World {
     stores: BTreeMap<StoreId, StoreInfo>,
-    counts: HashMap<StoreId, usize>,
+    regions: RegionMap,
     now: SystemTime,
-    cfg: CheckerConfig,
+    settings: Settings,
+    ops: OperatorController,
 }
 
 impl World {
     fn new() -> Self {
         World {
             stores: BTreeMap::new(),
-            counts: HashMap::new(),
+            regions: RegionMap::new(),
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
-            cfg: CheckerConfig {
-                max_replicas: 3,
-                location_labels: vec![],
-                max_store_down_time: Duration::from_secs(1800),
-            },
+            settings: Settings::default(),
+            ops: OperatorController::default(),
         }
     }
 
@@ -55,19 +55,44 @@ impl World {
         self
     }
 
-    fn regions_on(mut self, id: u64, n: usize) -> Self {
-        self.counts.insert(StoreId(id), n);
+    /// `n` one-replica filler regions on store `id`.
+    fn regions_on(mut self, id: u64, n: u64) -> Self {
+        for i in 0..n {
+            let start = format!("filler-{id:03}-{i:05}").into_bytes();
+            let end = [start.as_slice(), b"\0"].concat();
+            let peers = vec![voter(1_000_000 + id * 1000 + i, id)];
+            let region_id = RegionId(1_000_000 + id * 1000 + i);
+            self.regions.put(Region {
+                id: region_id,
+                start_key: start,
+                end_key: end,
+                peers,
+                ..Default::default()
+            });
+        }
         self
     }
 
-    fn check(&self, region: &RegionInfo) -> Option<Decision> {
-        let counts = |s: StoreId| self.counts.get(&s).copied().unwrap_or(0);
-        let stores = Stores {
-            infos: &self.stores,
-            region_count: &counts,
+    fn check(&self, region: &RegionInfo) -> Option<Plan> {
+        let snap = ClusterSnapshot {
+            stores: &self.stores,
+            regions: &self.regions,
+            now: self.now,
             alive_since: self.now - Duration::from_secs(3600),
         };
-        check(region, &stores, &self.cfg, self.now)
+        check(region, &Ctx { snap: &snap, settings: &self.settings, ops: &self.ops }).map(|p| p.plan)
+    }
+
+    fn desc(&self, region: &RegionInfo) -> &'static str {
+        let snap = ClusterSnapshot {
+            stores: &self.stores,
+            regions: &self.regions,
+            now: self.now,
+            alive_since: self.now - Duration::from_secs(3600),
+        };
+        check(region, &Ctx { snap: &snap, settings: &self.settings, ops: &self.ops })
+            .expect("a proposal")
+            .desc
     }
 }
 
@@ -93,19 +118,33 @@ fn region(peers: Vec<Peer>) -> RegionInfo {
     }
 }
 
+fn store(id: u64) -> StoreId {
+    StoreId(id)
+}
+
 #[test]
 fn a_fresh_region_grows_on_the_emptiest_store() {
     let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).regions_on(2, 5).regions_on(3, 1);
-    assert_eq!(w.check(&region(vec![voter(10, 1)])), Some(Decision::AddLearner { store: StoreId(3) }));
+    assert_eq!(w.check(&region(vec![voter(10, 1)])), Some(Plan::AddReplica { store: store(3) }));
 }
 
 #[test]
 fn a_caught_up_learner_is_promoted_and_a_pending_one_waits() {
     let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]);
     let mut r = region(vec![voter(10, 1), learner(11, 2)]);
-    assert_eq!(w.check(&r), Some(Decision::PromoteLearner(learner(11, 2))));
+    assert_eq!(w.check(&r), Some(Plan::Promote(learner(11, 2))));
     r.runtime.pending_peers = vec![learner(11, 2)];
     assert_eq!(w.check(&r), None);
+}
+
+#[test]
+fn a_learner_catching_up_on_a_silent_store_is_given_up() {
+    // Store 2 went quiet (Disconnected, not yet Down) while its learner was
+    // receiving a snapshot: waiting for it would block the region.
+    let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).silent_for(2, 25);
+    let mut r = region(vec![voter(10, 1), voter(12, 3), learner(11, 2)]);
+    r.runtime.pending_peers = vec![learner(11, 2)];
+    assert_eq!(w.check(&r), Some(Plan::Remove(learner(11, 2))));
 }
 
 #[test]
@@ -115,14 +154,21 @@ fn a_fully_replicated_region_is_left_alone() {
 }
 
 #[test]
-fn a_peer_on_a_down_store_is_replaced_then_removed() {
+fn a_peer_on_a_down_store_is_moved_to_a_spare_store() {
     let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).store(4, &[]).silent_for(3, 31 * 60);
-    // Step one: a replacement on the only healthy store without a peer.
+    // Store 3 holds a follower and has been silent past max-store-down-time:
+    // one move (learner on store 4, then a joint swap) replaces it.
     let r = region(vec![voter(10, 1), voter(11, 2), voter(12, 3)]);
-    assert_eq!(w.check(&r), Some(Decision::AddLearner { store: StoreId(4) }));
-    // Step two, once the replacement is a voter: the down peer goes.
-    let r = region(vec![voter(10, 1), voter(11, 2), voter(12, 3), voter(13, 4)]);
-    assert_eq!(w.check(&r), Some(Decision::RemovePeer { peer: voter(12, 3), reason: "remove-down-replica" }));
+    assert_eq!(w.check(&r), Some(Plan::Move { from: voter(12, 3), to: store(4) }));
+    assert_eq!(w.desc(&r), "replace-down-replica");
+}
+
+#[test]
+fn a_caught_up_replacement_is_swapped_in_for_the_down_peer_at_once() {
+    // A move timed out after its learner caught up: finish it in one joint change.
+    let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).store(4, &[]).silent_for(3, 31 * 60);
+    let r = region(vec![voter(10, 1), voter(11, 2), voter(12, 3), learner(13, 4)]);
+    assert_eq!(w.check(&r), Some(Plan::Swap { promote: learner(13, 4), remove: voter(12, 3) }));
 }
 
 #[test]
@@ -145,24 +191,27 @@ fn the_leader_report_of_a_down_peer_counts_too() {
     let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).store(4, &[]);
     let mut r = region(vec![voter(10, 1), voter(11, 2), voter(12, 3)]);
     r.runtime.down_peers = vec![DownPeer { peer: voter(12, 3), down_seconds: 1800 }];
-    assert_eq!(w.check(&r), Some(Decision::AddLearner { store: StoreId(4) }));
+    assert_eq!(w.check(&r), Some(Plan::Move { from: voter(12, 3), to: store(4) }));
 }
 
 #[test]
-fn offline_stores_are_drained() {
+fn offline_stores_are_drained_even_of_leaders() {
     let w =
-        World::new().store(1, &[]).store(2, &[]).store(3, &[]).store(4, &[]).state(2, StoreState::Offline);
+        World::new().store(1, &[]).store(2, &[]).store(3, &[]).store(4, &[]).state(1, StoreState::Offline);
+    // The leader's store is draining: its peer moves too (the operator hands
+    // leadership over first).
     let r = region(vec![voter(10, 1), voter(11, 2), voter(12, 3)]);
-    assert_eq!(w.check(&r), Some(Decision::AddLearner { store: StoreId(4) }));
+    assert_eq!(w.check(&r), Some(Plan::Move { from: voter(10, 1), to: store(4) }));
+    assert_eq!(w.desc(&r), "move-offline-replica");
 }
 
 #[test]
-fn the_leader_is_never_removed() {
+fn the_leader_is_never_removed_as_extra() {
     let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).store(4, &[]).regions_on(1, 100);
     let r = region(vec![voter(10, 1), voter(11, 2), voter(12, 3), voter(13, 4)]);
-    let Some(Decision::RemovePeer { peer, reason }) = w.check(&r) else { panic!("expected a removal") };
-    assert_ne!(peer.store_id, StoreId(1), "store 1 holds the leader");
-    assert_eq!(reason, "remove-extra-replica");
+    let Some(Plan::Remove(peer)) = w.check(&r) else { panic!("expected a removal") };
+    assert_ne!(peer.store_id, store(1), "store 1 holds the leader");
+    assert_eq!(w.desc(&r), "remove-extra-replica");
 }
 
 #[test]
@@ -173,7 +222,7 @@ fn two_replicas_never_share_a_host() {
         .store(3, &[("host", "h2")])
         .regions_on(3, 50);
     // Store 2 is empty but on the leader's host; store 3 is busy but elsewhere.
-    assert_eq!(w.check(&region(vec![voter(10, 1)])), Some(Decision::AddLearner { store: StoreId(3) }));
+    assert_eq!(w.check(&region(vec![voter(10, 1)])), Some(Plan::AddReplica { store: store(3) }));
 }
 
 #[test]
@@ -183,22 +232,36 @@ fn replicas_spread_over_the_widest_label_level() {
         .store(2, &[("zone", "z1"), ("host", "b")])
         .store(3, &[("zone", "z2"), ("host", "c")])
         .regions_on(3, 50);
-    w.cfg.location_labels = vec!["zone".into(), "host".into()];
+    w.settings.location_labels = vec!["zone".into(), "host".into()];
     // Store 2 is emptier, but store 3 is in another zone than the leader's.
-    assert_eq!(w.check(&region(vec![voter(10, 1)])), Some(Decision::AddLearner { store: StoreId(3) }));
+    assert_eq!(w.check(&region(vec![voter(10, 1)])), Some(Plan::AddReplica { store: store(3) }));
     // With too many voters, one of the two sharing zone z1 goes first.
     let w = w.store(4, &[("zone", "z3"), ("host", "d")]);
     let r = region(vec![voter(10, 3), voter(11, 1), voter(12, 2), voter(13, 4)]);
-    let Some(Decision::RemovePeer { peer, .. }) = w.check(&r) else { panic!("expected a removal") };
-    assert!(peer.store_id == StoreId(1) || peer.store_id == StoreId(2), "removed {peer:?}");
+    let Some(Plan::Remove(peer)) = w.check(&r) else { panic!("expected a removal") };
+    assert!(peer.store_id == store(1) || peer.store_id == store(2), "removed {peer:?}");
+}
+
+#[test]
+fn a_region_placed_worse_than_possible_is_moved_to_an_empty_zone() {
+    let mut w = World::new()
+        .store(1, &[("zone", "z1"), ("host", "a")])
+        .store(2, &[("zone", "z1"), ("host", "b")])
+        .store(3, &[("zone", "z2"), ("host", "c")])
+        .store(4, &[("zone", "z3"), ("host", "d")]);
+    w.settings.location_labels = vec!["zone".into(), "host".into()];
+    // Two replicas in z1, none in z3: the follower in z1 moves to z3.
+    let r = region(vec![voter(10, 1), voter(11, 2), voter(12, 3)]);
+    assert_eq!(w.check(&r), Some(Plan::Move { from: voter(11, 2), to: store(4) }));
+    assert_eq!(w.desc(&r), "improve-isolation");
+    // Once each zone has one, nothing more to do.
+    assert_eq!(w.check(&region(vec![voter(10, 1), voter(12, 3), voter(13, 4)])), None);
 }
 
 #[test]
 fn an_extra_learner_is_removed() {
     let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).store(4, &[]);
     let r = region(vec![voter(10, 1), voter(11, 2), voter(12, 3), learner(13, 4)]);
-    assert_eq!(
-        w.check(&r),
-        Some(Decision::RemovePeer { peer: learner(13, 4), reason: "remove-extra-learner" })
-    );
+    assert_eq!(w.check(&r), Some(Plan::Remove(learner(13, 4))));
+    assert_eq!(w.desc(&r), "remove-extra-learner");
 }

@@ -1,11 +1,11 @@
 //! Wire ⇄ domain conversions that only the gRPC edge needs.
 
-use mnemo_proto::types::{Peer, PeerRole, Region};
+use mnemo_proto::types::{Peer, Region};
 use mnemo_proto::{eraftpb, metapb, pdpb};
 
 use crate::cluster::{RegionHeartbeat, ScheduleOrder};
 use crate::region_map::{DownPeer, RegionInfo, RegionRuntime};
-use crate::schedule::Step;
+use crate::schedule::{PeerChange, SplitPolicy, Step};
 
 /// A region heartbeat request in domain terms.
 pub(super) fn heartbeat_from_wire(req: &pdpb::RegionHeartbeatRequest) -> RegionHeartbeat {
@@ -37,21 +37,45 @@ pub(super) fn order_to_wire(
     order: &ScheduleOrder,
     header: Option<pdpb::ResponseHeader>,
 ) -> pdpb::RegionHeartbeatResponse {
-    let (change_type, peer) = match order.step {
-        Step::AddLearner(p) => {
-            (eraftpb::ConfChangeType::AddLearnerNode, Peer { role: PeerRole::Learner, ..p })
-        }
-        Step::PromoteLearner(p) => (eraftpb::ConfChangeType::AddNode, Peer { role: PeerRole::Voter, ..p }),
-        Step::RemovePeer(p) => (eraftpb::ConfChangeType::RemoveNode, p),
-    };
-    pdpb::RegionHeartbeatResponse {
+    let mut resp = pdpb::RegionHeartbeatResponse {
         header,
-        change_peer: Some(pdpb::ChangePeer { peer: Some(peer.into()), change_type: change_type as i32 }),
         region_id: order.region_id.0,
         region_epoch: Some(order.epoch.into()),
         target_peer: Some(order.leader.into()),
         ..Default::default()
+    };
+    match &order.step {
+        Step::AddLearner(_) | Step::PromoteLearner(_) | Step::RemovePeer(_) => {
+            resp.change_peer = order.step.changes().first().map(change_to_wire);
+        }
+        Step::ChangePeerV2(changes) => {
+            resp.change_peer_v2 =
+                Some(pdpb::ChangePeerV2 { changes: changes.iter().map(change_to_wire).collect() });
+        }
+        Step::TransferLeader { to, .. } => {
+            resp.transfer_leader =
+                Some(pdpb::TransferLeader { peer: Some((*to).into()), peers: vec![(*to).into()] });
+        }
+        Step::SplitRegion(policy) => {
+            let (policy, keys) = match policy {
+                SplitPolicy::Approximate => (pdpb::CheckPolicy::Approximate, Vec::new()),
+                SplitPolicy::UseKeys(keys) => (pdpb::CheckPolicy::Usekey, keys.clone()),
+            };
+            resp.split_region = Some(pdpb::SplitRegion { policy: policy as i32, keys });
+        }
     }
+    resp
+}
+
+/// One membership change: `AddLearnerNode` (role Learner), `AddNode` (role
+/// Voter: a promotion) or `RemoveNode`.
+fn change_to_wire(change: &PeerChange) -> pdpb::ChangePeer {
+    let kind = match change {
+        PeerChange::AddLearner(_) => eraftpb::ConfChangeType::AddLearnerNode,
+        PeerChange::Promote(_) => eraftpb::ConfChangeType::AddNode,
+        PeerChange::Remove(_) => eraftpb::ConfChangeType::RemoveNode,
+    };
+    pdpb::ChangePeer { peer: Some(change.peer().into()), change_type: kind as i32 }
 }
 
 /// The parts of a region answer: metadata, leader, down and pending peers.
@@ -79,7 +103,42 @@ pub(super) fn region_parts(info: &RegionInfo) -> RegionParts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mnemo_proto::types::{PeerId, RegionEpoch, RegionId, StoreId};
+    use mnemo_proto::types::{PeerId, PeerRole, RegionEpoch, RegionId, StoreId};
+
+    fn order(step: Step) -> ScheduleOrder {
+        let leader = Peer { id: PeerId(3), store_id: StoreId(1), role: PeerRole::Voter };
+        ScheduleOrder { region_id: RegionId(2), epoch: RegionEpoch { conf_ver: 4, version: 5 }, leader, step }
+    }
+
+    #[test]
+    fn a_joint_swap_in_kvproto_shape() {
+        let new = Peer { id: PeerId(9), store_id: StoreId(2), role: PeerRole::Learner };
+        let old = Peer { id: PeerId(4), store_id: StoreId(3), role: PeerRole::Voter };
+        let step = Step::ChangePeerV2(vec![PeerChange::Promote(new), PeerChange::Remove(old)]);
+        let resp = order_to_wire(&order(step), None);
+        assert!(resp.change_peer.is_none());
+        let changes = resp.change_peer_v2.unwrap().changes;
+        assert_eq!(changes[0].change_type, eraftpb::ConfChangeType::AddNode as i32);
+        let promoted = changes[0].peer.unwrap();
+        assert_eq!((promoted.id, promoted.role), (9, metapb::PeerRole::Voter as i32));
+        assert_eq!(changes[1].change_type, eraftpb::ConfChangeType::RemoveNode as i32);
+        assert_eq!(changes[1].peer.unwrap().id, 4);
+        assert_eq!(resp.region_epoch.unwrap(), metapb::RegionEpoch { conf_ver: 4, version: 5 });
+    }
+
+    #[test]
+    fn transfers_and_splits_in_kvproto_shape() {
+        let from = Peer { id: PeerId(3), store_id: StoreId(1), role: PeerRole::Voter };
+        let to = Peer { id: PeerId(7), store_id: StoreId(5), role: PeerRole::Voter };
+        let resp = order_to_wire(&order(Step::TransferLeader { from, to }), None);
+        assert_eq!(resp.transfer_leader.unwrap().peer.unwrap().id, 7);
+
+        let resp = order_to_wire(&order(Step::SplitRegion(SplitPolicy::UseKeys(vec![b"k".to_vec()]))), None);
+        let split = resp.split_region.unwrap();
+        assert_eq!((split.policy, split.keys), (pdpb::CheckPolicy::Usekey as i32, vec![b"k".to_vec()]));
+        let resp = order_to_wire(&order(Step::SplitRegion(SplitPolicy::Approximate)), None);
+        assert_eq!(resp.split_region.unwrap().policy, pdpb::CheckPolicy::Approximate as i32);
+    }
 
     #[test]
     fn an_add_learner_step_in_kvproto_shape() {

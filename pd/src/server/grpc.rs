@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
-use super::convert::{heartbeat_from_wire, order_to_wire, region_parts};
+use super::convert::{heartbeat_from_wire, region_parts};
 use super::streams::{HeartbeatStreams, Registration, Reply, STREAM_BUFFER};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
@@ -33,8 +33,8 @@ pub(super) struct PdService {
 }
 
 impl PdService {
-    pub(super) fn new(cluster: Arc<Cluster>) -> Self {
-        PdService { cluster, streams: Arc::default() }
+    pub(super) fn new(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) -> Self {
+        PdService { cluster, streams }
     }
 }
 
@@ -414,12 +414,7 @@ impl HeartbeatLoop {
             let id = self.cluster.cluster_id();
             match self.cluster.region_heartbeat(hb) {
                 Ok(None) => {}
-                Ok(Some(order)) => {
-                    let resp = order_to_wire(&order, Some(header(id, None)));
-                    if !self.registration.streams.send(order.leader.store_id, resp) {
-                        debug!(region_id = %order.region_id, "no heartbeat stream for the leader's store");
-                    }
-                }
+                Ok(Some(order)) => self.registration.streams.push(id, &[order]),
                 Err(e) => {
                     debug!(error = %e, "region heartbeat refused");
                     let resp = pdpb::RegionHeartbeatResponse {

@@ -11,9 +11,9 @@
 //! | GET `/region/key/{key}[?format=hex]`  | the region containing the key            |
 //! | GET `/health`                         | `[{"name","member_id","client_urls","health"}]` |
 //! | GET `/members`                        | `{"header","members","leader","etcd_leader"}` |
-//! | GET `/config`                         | the effective configuration              |
-//! | GET `/operators`                      | operators in flight                      |
 //! | GET `/cluster`                        | `{"id","max_peer_count"}`                |
+//!
+//! Config, operators and splits are in `admin_api.rs`.
 //!
 //! Errors are a JSON string with a 4xx/5xx status, as PD answers. Before
 //! bootstrap, lists are empty.
@@ -34,16 +34,18 @@ use crate::error::Error;
 use crate::store::StoreState;
 
 type Shared = State<Arc<Cluster>>;
-type ApiResult<T> = Result<Json<T>, ApiError>;
+pub(super) type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// An error answer: status plus a JSON string.
-pub(super) struct ApiError(StatusCode, String);
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match e {
             Error::StoreNotFound(_) | Error::RegionNotFound(_) => StatusCode::NOT_FOUND,
-            Error::InvalidArgument(_) | Error::StoreTombstone(_) => StatusCode::BAD_REQUEST,
+            Error::InvalidArgument(_) | Error::StoreTombstone(_) | Error::Config(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Error::NotBootstrapped => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -67,8 +69,6 @@ pub(super) fn routes(cluster: Arc<Cluster>) -> Router {
         .route("/pd/api/v1/region/key/:key", get(region_by_key))
         .route("/pd/api/v1/health", get(health))
         .route("/pd/api/v1/members", get(members))
-        .route("/pd/api/v1/config", get(config))
-        .route("/pd/api/v1/operators", get(operators))
         .route("/pd/api/v1/cluster", get(cluster_info))
         .with_state(cluster)
 }
@@ -193,14 +193,6 @@ async fn members(State(c): Shared) -> Json<json::Members> {
         leader: me.clone(),
         etcd_leader: me,
     })
-}
-
-async fn config(State(c): Shared) -> Json<serde_json::Value> {
-    Json(serde_json::to_value(c.config()).expect("config always serializes"))
-}
-
-async fn operators(State(c): Shared) -> Json<Vec<json::OperatorJson>> {
-    Json(c.read(|view| view.operators.iter().map(json::operator).collect()))
 }
 
 async fn cluster_info(State(c): Shared) -> Json<json::ClusterJson> {

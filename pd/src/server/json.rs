@@ -63,6 +63,9 @@ struct StoreStatus {
     used_size: u64,
     leader_count: usize,
     region_count: usize,
+    /// Sum of the region weights (approximate size in MiB, at least 1 per
+    /// region): balance-region's score.
+    region_size: u64,
     sending_snap_count: u32,
     receiving_snap_count: u32,
     applying_snap_count: u32,
@@ -107,6 +110,7 @@ pub(super) fn store(info: &StoreInfo, view: &ClusterView<'_>) -> Store {
             used_size: stats.used_size,
             leader_count: regions.store_leader_count(id),
             region_count: regions.store_region_count(id),
+            region_size: regions.store_region_weight(id),
             sending_snap_count: stats.sending_snap_count,
             receiving_snap_count: stats.receiving_snap_count,
             applying_snap_count: stats.applying_snap_count,
@@ -237,23 +241,34 @@ pub(super) struct Health {
 #[derive(Serialize)]
 pub(super) struct OperatorJson {
     region_id: u64,
+    /// Which limit it counts against: leader, region, replica, split, admin.
+    kind: &'static str,
+    /// What it is for, e.g. `balance-region`, `replace-down-replica`.
     desc: &'static str,
     steps: Vec<String>,
     /// Index into `steps` of the step in progress.
     current_step: usize,
     status: &'static str,
+    /// The region epoch the operator was created at.
+    epoch: Epoch,
     created_at: String,
+    /// Time since creation, e.g. `1s250ms`.
+    age: String,
     timeout: String,
 }
 
-pub(super) fn operator(op: &Operator) -> OperatorJson {
+pub(super) fn operator(op: &Operator, now: std::time::SystemTime) -> OperatorJson {
+    let age = now.duration_since(op.created).unwrap_or_default();
     OperatorJson {
         region_id: op.region_id.0,
+        kind: op.kind.name(),
         desc: op.desc,
         steps: op.steps.iter().map(|s| s.describe()).collect(),
         current_step: op.current,
         status: "RUNNING",
+        epoch: Epoch { conf_ver: op.epoch.conf_ver, version: op.epoch.version },
         created_at: format_rfc3339_ms(op.created),
+        age: ReadableDuration(age).to_string(),
         timeout: ReadableDuration(op.timeout).to_string(),
     }
 }

@@ -7,7 +7,13 @@
 //! task is spawned through [`tasks::Tasks`], so [`PdHandle::shutdown`] can
 //! end them all and return only once the metadata engine is released — a
 //! test can restart PD on the same data dir right away.
+//!
+//! One more task, the patrol, calls [`Cluster::patrol`] every
+//! `schedule.patrol-region-interval` and pushes the first steps of new
+//! operators onto the leaders' heartbeat streams ([`streams`]), which the
+//! gRPC service and the HTTP operator API share.
 
+mod admin_api;
 mod convert;
 mod grpc;
 mod http;
@@ -31,6 +37,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::Result;
 use crate::member::Member;
+use streams::HeartbeatStreams;
 
 pub use json::hex_key;
 
@@ -108,21 +115,44 @@ pub async fn start_with_listener(config: Config, listener: TcpListener) -> Resul
     let engine = RocksEngine::open(&config.data_dir.join("meta"))?;
     let cluster = Arc::new(Cluster::open(config, member, Arc::new(engine))?);
     info!(%addr, client_url = %cluster.member().client_url, cluster_id = cluster.cluster_id(), "PD serving");
-    let router = router(cluster.clone());
+    let streams = Arc::new(HeartbeatStreams::default());
+    let router = router(cluster.clone(), streams.clone());
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(listener, router, stopped));
+    let tasks = tasks::Tasks::new();
+    tasks.spawn(patrol_loop(cluster.clone(), streams));
+    let task = tokio::spawn(accept_loop(listener, router, tasks, stopped));
     Ok(PdHandle { addr, cluster, stop, task })
 }
 
 /// gRPC and HTTP routes together; anything else is 404 (or gRPC
 /// `UNIMPLEMENTED` for a gRPC request).
-fn router(cluster: Arc<Cluster>) -> axum::Router {
-    let pd = PdServer::new(grpc::PdService::new(cluster.clone()));
-    tonic::service::Routes::new(pd).into_axum_router().merge(http::routes(cluster)).fallback(http::fallback)
+fn router(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) -> axum::Router {
+    let pd = PdServer::new(grpc::PdService::new(cluster.clone(), streams.clone()));
+    tonic::service::Routes::new(pd)
+        .into_axum_router()
+        .merge(http::routes(cluster.clone()))
+        .merge(admin_api::routes(cluster, streams))
+        .fallback(http::fallback)
 }
 
-async fn accept_loop(listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>) {
-    let tasks = tasks::Tasks::new();
+/// Runs the patrol forever (until shutdown aborts it). The interval is read
+/// each round, so a run-time change applies at once.
+async fn patrol_loop(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) {
+    loop {
+        tokio::time::sleep(cluster.patrol_interval()).await;
+        match cluster.patrol() {
+            Ok(orders) => streams.push(cluster.cluster_id(), &orders),
+            Err(e) => warn!(error = %e, "patrol failed"),
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    tasks: tasks::Tasks,
+    mut stopped: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = stopped.changed() => break,

@@ -9,11 +9,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use mnemo_proto::pdpb::RegionHeartbeatResponse;
+use mnemo_proto::pdpb::{self, RegionHeartbeatResponse};
 use mnemo_proto::types::StoreId;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tonic::Status;
+use tracing::debug;
+
+use super::convert::order_to_wire;
+use crate::cluster::ScheduleOrder;
 
 /// What a heartbeat stream yields.
 pub(super) type Reply = Result<RegionHeartbeatResponse, Status>;
@@ -52,6 +56,18 @@ impl HeartbeatStreams {
     pub(super) fn send(&self, store: StoreId, resp: RegionHeartbeatResponse) -> bool {
         let tx = self.by_store.lock().get(&store).map(|(_, tx)| tx.clone());
         tx.is_some_and(|tx| tx.try_send(Ok(resp)).is_ok())
+    }
+
+    /// Sends each order to its leader's store now, rather than waiting for
+    /// the region's next heartbeat. An order that cannot be sent is not
+    /// lost: the step goes out again with the next heartbeat.
+    pub(super) fn push(&self, cluster_id: u64, orders: &[ScheduleOrder]) {
+        for order in orders {
+            let header = pdpb::ResponseHeader { cluster_id, error: None };
+            if !self.send(order.leader.store_id, order_to_wire(order, Some(header))) {
+                debug!(region_id = %order.region_id, "no heartbeat stream for the leader's store");
+            }
+        }
     }
 }
 

@@ -51,6 +51,9 @@ struct PendingRead {
     issued_at: Option<Instant>,
     term: u64,
     read_index: Option<u64>,
+    /// The epoch the request was made for; checked again when answering,
+    /// since a split may be applied while the read waits.
+    epoch: RegionEpoch,
     cb: ReadCallback,
 }
 
@@ -246,7 +249,7 @@ impl Peer {
         let id = self.next_read_id;
         self.next_read_id += 1;
         let term = self.raw.raft.term;
-        self.reads.push_back(PendingRead { id, issued_at: None, term, read_index: None, cb });
+        self.reads.push_back(PendingRead { id, issued_at: None, term, read_index: None, epoch, cb });
         self.issue_reads(now);
     }
 
@@ -374,7 +377,7 @@ impl Peer {
     /// Advances raft time by one base tick, honouring hibernation; a leader
     /// whose region stayed idle for two election timeouts starts hibernating.
     pub fn on_base_tick(&mut self, tick_no: u64) {
-        if self.hibernating && tick_no % HIBERNATE_TICK_STRETCH != 0 {
+        if self.hibernating && !tick_no.is_multiple_of(HIBERNATE_TICK_STRETCH) {
             return;
         }
         self.raw.tick();
@@ -454,7 +457,12 @@ impl Peer {
             self.reads.drain(..).partition(|r| r.read_index.is_some_and(|idx| idx <= applied));
         self.reads = waiting;
         for r in ready {
-            replies.push(Reply::Read(r.cb, Ok(self.region().clone())));
+            let answer = if r.epoch.version == self.region().epoch.version {
+                Ok(self.region().clone())
+            } else {
+                Err(Error::EpochNotMatch { current: vec![self.region().clone()] })
+            };
+            replies.push(Reply::Read(r.cb, answer));
         }
     }
 

@@ -177,7 +177,7 @@ impl Store {
                     p.on_base_tick(tick_no);
                     p.expire_reads(now, read_timeout, &mut replies);
                 }
-                if tick_no % STORE_PING_TICKS == 0 {
+                if tick_no.is_multiple_of(STORE_PING_TICKS) {
                     self.ping_stores_and_wake(now, read_timeout);
                 }
                 // After a stall, tick once and restart the clock: catch-up

@@ -1,0 +1,113 @@
+//! The patrol tick, operators asked for through the API, and config changes
+//! at run time.
+
+use std::time::{Duration, SystemTime};
+
+use mnemo_proto::types::{PeerId, RegionId};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::Cluster;
+use crate::config::update::parse_changes;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::meta::Command;
+use crate::schedule::{self, admin, AdminRequest, ScheduleOrder, Settings, SplitPolicy};
+use crate::store::StoreState;
+
+impl Cluster {
+    /// One patrol tick (see `schedule::Coordinator::patrol`): drained
+    /// Offline stores become Tombstone, operators are expired, checked and
+    /// created. Returns the first steps of new operators, to be pushed to
+    /// their leaders at once.
+    pub fn patrol(&self) -> Result<Vec<ScheduleOrder>> {
+        let now = SystemTime::now();
+        let mut inner = self.inner.lock();
+        if !inner.state().is_bootstrapped() {
+            return Ok(Vec::new());
+        }
+        let drained = {
+            let (snap, ..) = inner.scheduling(now, self.alive_since);
+            schedule::drained_stores(&snap)
+        };
+        for store in drained {
+            inner.propose(Command::SetStoreState { store, state: StoreState::Tombstone })?;
+            warn!(store_id = %store, "offline store holds no region any more: now Tombstone");
+        }
+        inner.ensure_ids()?;
+        let (snap, settings, ops, coordinator, ids) = inner.scheduling(now, self.alive_since);
+        Ok(coordinator.patrol(&snap, settings, ops, &mut || ids.try_alloc().map(PeerId)))
+    }
+
+    /// How often [`Cluster::patrol`] should run (`schedule.patrol-region-interval`).
+    pub fn patrol_interval(&self) -> Duration {
+        self.inner.lock().config.schedule.patrol_region_interval.0
+    }
+
+    /// Creates the operator `req` on `region` (replacing a scheduler's, not
+    /// another admin one). Returns its first step to push to the leader.
+    pub fn add_operator(&self, region: RegionId, req: &AdminRequest) -> Result<Option<ScheduleOrder>> {
+        let now = SystemTime::now();
+        let mut inner = self.inner.lock();
+        inner.ensure_bootstrapped()?;
+        if inner.state().regions().get(region).is_none() {
+            return Err(Error::RegionNotFound(region));
+        }
+        inner.ensure_ids()?;
+        let (snap, settings, ops, _, ids) = inner.scheduling(now, self.alive_since);
+        let order = admin::add(&snap, settings, ops, region, req, &mut || ids.try_alloc().map(PeerId))
+            .map_err(Error::InvalidArgument)?;
+        info!(region_id = %region, operator = req.name(), "operator added through the API");
+        Ok(order)
+    }
+
+    /// Splits the regions containing `keys` at those keys, one split
+    /// operator per region (`POST /regions/split`). Returns the first steps
+    /// to push, and the regions being split.
+    pub fn split_at_keys(&self, keys: &[Vec<u8>]) -> Result<(Vec<ScheduleOrder>, Vec<RegionId>)> {
+        let mut by_region: std::collections::BTreeMap<RegionId, Vec<Vec<u8>>> = Default::default();
+        {
+            let inner = self.inner.lock();
+            inner.ensure_bootstrapped()?;
+            for key in keys {
+                let region = inner.state().regions().get_by_key(key).ok_or_else(|| {
+                    Error::InvalidArgument(format!("no region contains key {}", hex::encode_upper(key)))
+                })?;
+                if region.region.start_key != *key {
+                    by_region.entry(region.region.id).or_default().push(key.clone());
+                }
+            }
+        }
+        let mut orders = Vec::new();
+        for (region, keys) in &by_region {
+            let req = AdminRequest::Split(SplitPolicy::UseKeys(keys.clone()));
+            orders.extend(self.add_operator(*region, &req)?);
+        }
+        Ok((orders, by_region.into_keys().collect()))
+    }
+
+    /// Cancels the operator of `region`; false if it had none.
+    pub fn remove_operator(&self, region: RegionId) -> bool {
+        let removed = self.inner.lock().operators.remove(region);
+        if let Some(op) = &removed {
+            warn!(region_id = %region, desc = op.desc, "operator cancelled through the API");
+        }
+        removed.is_some()
+    }
+
+    /// Applies run-time config changes (see `config::update` for the body's
+    /// shape), persisted like other metadata; returns the new effective config.
+    pub fn update_config(&self, body: &Value) -> Result<Config> {
+        let changes = parse_changes(body)?;
+        let mut inner = self.inner.lock();
+        let (config, canonical) = inner.config.with_changes(&changes)?;
+        let persisted = canonical.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        inner.propose(Command::UpdateConfig { changes: persisted })?;
+        for (key, value) in &canonical {
+            warn!(%key, %value, "config changed at run time");
+        }
+        inner.settings = Settings::from_config(&config);
+        inner.config = config.clone();
+        Ok(config)
+    }
+}

@@ -1,0 +1,141 @@
+//! Operators asked for by a human (`POST /pd/api/v1/operators`, pd-ctl
+//! `operator add ...`), validated against the region's current state.
+//!
+//! They are manual ([`OpKind::Admin`], or [`OpKind::Split`] for splits): no
+//! limit, and they replace a scheduler's operator on the same region. The checkers keep working afterwards, so an
+//! `add-peer` beyond `max-replicas` is followed by the replica checker
+//! removing the worst-placed voter, and a `remove-peer` by a new replica
+//! elsewhere — as in PD.
+
+use mnemo_proto::types::{PeerRole, RegionId, StoreId};
+
+use super::context::{ClusterSnapshot, Ctx};
+use super::controller::OperatorController;
+use super::coordinator::{try_create, NewPeerId, ScheduleOrder};
+use super::operator::OpKind;
+use super::plan::{Plan, Proposal};
+use super::settings::Settings;
+use super::step::SplitPolicy;
+use crate::region_map::RegionInfo;
+
+/// What a human can ask for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// `transfer-leader`: make the region's voter on `to_store` its leader.
+    TransferLeader {
+        /// Store of the voter that should lead.
+        to_store: StoreId,
+    },
+    /// `add-peer`: a new voter on `store` (learner, then promoted).
+    AddPeer {
+        /// The store; must be Up and heartbeating, without a peer of the region.
+        store: StoreId,
+    },
+    /// `remove-peer`: remove the region's peer on `store` (after moving
+    /// leadership away if it leads).
+    RemovePeer {
+        /// The store.
+        store: StoreId,
+    },
+    /// `transfer-peer`: move the region's peer on `from_store` to `to_store`.
+    TransferPeer {
+        /// Where the replica is.
+        from_store: StoreId,
+        /// Where it should be.
+        to_store: StoreId,
+    },
+    /// `split-region`: split at the given keys, or at the middle.
+    Split(SplitPolicy),
+}
+
+impl AdminRequest {
+    /// PD's operator name, e.g. `transfer-leader`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AdminRequest::TransferLeader { .. } => "transfer-leader",
+            AdminRequest::AddPeer { .. } => "add-peer",
+            AdminRequest::RemovePeer { .. } => "remove-peer",
+            AdminRequest::TransferPeer { .. } => "transfer-peer",
+            AdminRequest::Split(_) => "split-region",
+        }
+    }
+}
+
+/// Validates `req` against region `info` and turns it into a proposal.
+pub fn plan(req: &AdminRequest, info: &RegionInfo, ctx: &Ctx<'_>) -> Result<Proposal, String> {
+    let r = &info.region;
+    let peer_on = |store: StoreId| {
+        r.peer_on_store(store).copied().ok_or_else(|| format!("region {} has no peer on store {store}", r.id))
+    };
+    let usable = |store: StoreId| {
+        if r.peer_on_store(store).is_some() {
+            Err(format!("region {} already has a peer on store {store}", r.id))
+        } else if !ctx.is_active(store) {
+            Err(format!("store {store} is not Up and heartbeating"))
+        } else {
+            Ok(())
+        }
+    };
+    let plan = match req {
+        AdminRequest::TransferLeader { to_store } => {
+            let to = peer_on(*to_store)?;
+            if to.role != PeerRole::Voter {
+                return Err(format!("peer {} on store {to_store} is a learner", to.id));
+            }
+            Plan::TransferLeader { to }
+        }
+        AdminRequest::AddPeer { store } => {
+            usable(*store)?;
+            Plan::AddReplica { store: *store }
+        }
+        AdminRequest::RemovePeer { store } => {
+            let peer = peer_on(*store)?;
+            if peer.role == PeerRole::Voter && r.voters().count() == 1 {
+                return Err(format!("peer {} is the region's only voter", peer.id));
+            }
+            Plan::Remove(peer)
+        }
+        AdminRequest::TransferPeer { from_store, to_store } => {
+            let from = peer_on(*from_store)?;
+            usable(*to_store)?;
+            Plan::Move { from, to: *to_store }
+        }
+        AdminRequest::Split(policy) => Plan::Split(validate_split(info, policy)?),
+    };
+    let kind = if matches!(req, AdminRequest::Split(_)) { OpKind::Split } else { OpKind::Admin };
+    Ok(Proposal { region: r.id, kind, desc: req.name(), plan })
+}
+
+/// Keys sorted and deduplicated, each strictly inside the region (a key equal
+/// to the start key splits nothing).
+fn validate_split(info: &RegionInfo, policy: &SplitPolicy) -> Result<SplitPolicy, String> {
+    let SplitPolicy::UseKeys(keys) = policy else { return Ok(SplitPolicy::Approximate) };
+    if keys.is_empty() {
+        return Ok(SplitPolicy::Approximate);
+    }
+    let mut keys = keys.clone();
+    keys.sort();
+    keys.dedup();
+    let r = &info.region;
+    if let Some(k) = keys.iter().find(|k| !r.contains(k) || **k == r.start_key) {
+        return Err(format!("split key {} is not inside region {}", hex::encode_upper(k), r.id));
+    }
+    Ok(SplitPolicy::UseKeys(keys))
+}
+
+/// Creates the operator `req` asks for on `region`; returns the first step
+/// to push to the leader (`None`: nothing to send yet).
+pub fn add(
+    snap: &ClusterSnapshot<'_>,
+    settings: &Settings,
+    ops: &mut OperatorController,
+    region: RegionId,
+    req: &AdminRequest,
+    new_peer: NewPeerId<'_>,
+) -> Result<Option<ScheduleOrder>, String> {
+    let info = snap.regions.get(region).ok_or_else(|| format!("region {region} not found"))?;
+    let leader = info.leader().ok_or_else(|| format!("region {region} has no known leader yet"))?;
+    let proposal = plan(req, info, &Ctx { snap, settings, ops })?;
+    let step = try_create(snap, settings, ops, info, &proposal, new_peer)?;
+    Ok(step.map(|step| ScheduleOrder { region_id: region, epoch: info.region.epoch, leader, step }))
+}

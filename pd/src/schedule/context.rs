@@ -1,0 +1,174 @@
+//! What scheduling decisions read: a snapshot of the cluster at one instant,
+//! the settings, the operators in flight and their influence — and the
+//! questions every checker and scheduler asks of them.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use mnemo_proto::types::{Peer, StoreId};
+
+use super::controller::{Influence, OperatorController};
+use super::placement::{same_host, Isolation};
+use super::settings::Settings;
+use crate::region_map::{RegionInfo, RegionMap};
+use crate::store::{StoreInfo, StoreMeta, StoreState, StoreStatus};
+
+/// The cluster at one instant.
+#[derive(Clone, Copy)]
+pub struct ClusterSnapshot<'a> {
+    /// Every registered store.
+    pub stores: &'a BTreeMap<StoreId, StoreInfo>,
+    /// Every region.
+    pub regions: &'a RegionMap,
+    /// The instant.
+    pub now: SystemTime,
+    /// When this PD started serving (grace for stores not heard from since).
+    pub alive_since: SystemTime,
+}
+
+impl ClusterSnapshot<'_> {
+    /// Liveness and lifecycle of `store` (Down after `max_down` of silence);
+    /// `None` if unknown.
+    pub fn status(&self, store: StoreId, max_down: std::time::Duration) -> Option<StoreStatus> {
+        Some(self.stores.get(&store)?.status(self.now, self.alive_since, max_down))
+    }
+}
+
+/// Everything a decision reads.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    /// The cluster.
+    pub snap: &'a ClusterSnapshot<'a>,
+    /// The knobs.
+    pub settings: &'a Settings,
+    /// Operators in flight (regions that have one are left alone) and their
+    /// influence on scores.
+    pub ops: &'a OperatorController,
+}
+
+impl<'a> Ctx<'a> {
+    /// The registered record of `store`.
+    pub fn meta(&self, store: StoreId) -> Option<&'a StoreMeta> {
+        self.snap.stores.get(&store).map(|s| &s.meta)
+    }
+
+    /// Liveness and lifecycle of `store`; `None` if unknown.
+    pub fn status(&self, store: StoreId) -> Option<StoreStatus> {
+        self.snap.status(store, self.settings.max_store_down_time)
+    }
+
+    fn influence(&self) -> &'a Influence {
+        self.ops.influence()
+    }
+
+    /// Up, and heard from within the disconnect window since PD started:
+    /// may lead, and may give regions away.
+    pub fn is_active(&self, store: StoreId) -> bool {
+        self.snap.stores.get(&store).is_some_and(|s| {
+            s.meta.state == StoreState::Up
+                && self.status(store) == Some(StoreStatus::Up)
+                && s.recently_heartbeated(self.snap.now)
+        })
+    }
+
+    /// Active, and not already receiving `max-snapshot-count` new peers:
+    /// may receive a new replica.
+    pub fn is_target(&self, store: StoreId) -> bool {
+        self.is_active(store) && self.influence().receiving(store) < self.settings.max_snapshot_count
+    }
+
+    /// A peer counts towards `max-replicas` unless its store is Down,
+    /// Offline or Tombstone, or the leader has reported it down for
+    /// `max-store-down-time`. (A store that merely went quiet — Disconnected —
+    /// may be restarting; moving its data would be premature.)
+    pub fn is_healthy(&self, peer: &Peer, info: &RegionInfo) -> bool {
+        match self.status(peer.store_id) {
+            Some(StoreStatus::Up | StoreStatus::Disconnected) => {}
+            _ => return false,
+        }
+        let limit = self.settings.max_store_down_time.as_secs();
+        !info.runtime.down_peers.iter().any(|d| d.peer.id == peer.id && d.down_seconds >= limit)
+    }
+
+    /// True if the leader lists `peer` as catching up.
+    pub fn is_pending(&self, peer: &Peer, info: &RegionInfo) -> bool {
+        info.runtime.pending_peers.iter().any(|p| p.id == peer.id)
+    }
+
+    /// Region score of `store` once the operators in flight finish: the sum
+    /// of its regions' weights (MiB, at least 1 each).
+    pub fn region_score(&self, store: StoreId) -> i64 {
+        let w = i64::try_from(self.snap.regions.store_region_weight(store)).unwrap_or(i64::MAX);
+        w + self.influence().weight(store)
+    }
+
+    /// Leader count of `store` once the operators in flight finish.
+    pub fn leader_score(&self, store: StoreId) -> i64 {
+        let n = i64::try_from(self.snap.regions.store_leader_count(store)).unwrap_or(i64::MAX);
+        n + self.influence().leaders(store)
+    }
+
+    /// The isolation of replicas on `stores` (unknown stores are skipped).
+    pub fn isolation(&self, stores: &[StoreId]) -> Isolation {
+        let metas: Vec<&StoreMeta> = stores.iter().filter_map(|s| self.meta(*s)).collect();
+        Isolation::of(&metas, &self.settings.location_labels)
+    }
+
+    /// True if `store` shares a `host` with one of `others`.
+    pub fn shares_host(&self, store: StoreId, others: &[StoreId]) -> bool {
+        let Some(a) = self.meta(store) else { return false };
+        others.iter().filter(|o| **o != store).filter_map(|o| self.meta(*o)).any(|b| same_host(a, b))
+    }
+
+    /// The regions balance may touch: a leader heard from since PD started,
+    /// no operator, exactly `max-replicas` voters and no learner, nobody
+    /// pending or down, every store active. Anything else is the replica
+    /// checker's business first.
+    pub fn is_balanceable(&self, info: &RegionInfo) -> bool {
+        let r = &info.region;
+        info.leader().is_some()
+            && info.runtime.last_heartbeat.is_some()
+            && !self.ops.has(r.id)
+            && r.peers.len() == self.settings.max_replicas
+            && r.learners().next().is_none()
+            && info.runtime.pending_peers.is_empty()
+            && info.runtime.down_peers.is_empty()
+            && r.peers.iter().all(|p| self.is_active(p.store_id))
+    }
+
+    /// The voter that should take leadership from `from`: caught up, on an
+    /// active store, with the fewest leaders (then the lowest store id).
+    pub fn leader_target(&self, info: &RegionInfo, from: Peer) -> Option<Peer> {
+        info.region
+            .voters()
+            .filter(|p| p.id != from.id)
+            .filter(|p| !self.is_pending(p, info) && self.is_active(p.store_id))
+            .filter(|p| self.is_healthy(p, info))
+            .min_by_key(|p| (self.leader_score(p.store_id), p.store_id))
+            .copied()
+    }
+
+    /// Stores eligible for balancing (active), with the mean of `score` over them.
+    pub fn active_stores(&self, score: impl Fn(StoreId) -> i64) -> (Vec<(StoreId, i64)>, f64) {
+        let stores: Vec<(StoreId, i64)> =
+            self.snap.stores.keys().filter(|s| self.is_active(**s)).map(|s| (*s, score(*s))).collect();
+        let mean = if stores.is_empty() {
+            0.0
+        } else {
+            stores.iter().map(|(_, v)| *v as f64).sum::<f64>() / stores.len() as f64
+        };
+        (stores, mean)
+    }
+}
+
+/// Share of the mean score two stores may differ by without balancing
+/// (besides the unit rule of each scheduler), against flapping.
+pub const TOLERANCE_RATIO: f64 = 0.05;
+
+/// True if moving `unit` from a store scoring `src` to one scoring `dst`
+/// improves balance and is worth an operator: the gap exceeds `min_gap`
+/// units and [`TOLERANCE_RATIO`] of `mean`.
+pub fn worth_moving(src: i64, dst: i64, unit: i64, min_gap: i64, mean: f64) -> bool {
+    let gap = src - dst;
+    gap > min_gap.saturating_mul(unit) && gap as f64 > mean * TOLERANCE_RATIO
+}

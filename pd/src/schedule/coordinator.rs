@@ -1,0 +1,268 @@
+//! The coordinator: when checkers and schedulers run, and how their
+//! proposals become operators and steps.
+//!
+//! - On a **region heartbeat**, the region's operator (if any) is checked
+//!   against the new state and its current step is (re)sent; without an
+//!   operator the replica checker looks at the region.
+//! - On a **patrol tick** (every `schedule.patrol-region-interval`):
+//!   operators that cannot finish are dropped (expired — their region may
+//!   have stopped heartbeating — or moving a peer or leadership onto a store
+//!   that went Down or Offline meanwhile), the
+//!   replica checker visits the next [`PATROL_BATCH`] regions in key order
+//!   (so a region that heartbeats rarely is still repaired), then
+//!   balance-leader and balance-region each propose up to [`BALANCE_BATCH`]
+//!   operators. The first step of every new operator is returned as an
+//!   [`ScheduleOrder`], to be pushed to the leader at once rather than on
+//!   its next heartbeat.
+//!
+//! Sans-IO: inputs are the cluster snapshot, settings, the operator
+//! controller and a source of fresh peer ids; outputs are operators (in the
+//! controller) and orders.
+
+use mnemo_proto::types::{Peer, PeerId, RegionEpoch, RegionId};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tracing::{debug, info, warn};
+
+use super::balance::{balance_leader, balance_region};
+use super::context::{ClusterSnapshot, Ctx};
+use super::controller::OperatorController;
+use super::operator::{OpKind, Operator, Progress};
+use super::plan::{build, Proposal};
+use super::replica_checker;
+use super::settings::Settings;
+use super::step::Step;
+use crate::region_map::RegionInfo;
+use crate::store::StoreStatus;
+
+/// Regions the replica checker visits per patrol tick.
+pub const PATROL_BATCH: usize = 128;
+
+/// Operators each balance scheduler may create per patrol tick.
+pub const BALANCE_BATCH: usize = 4;
+
+/// A step for a region leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleOrder {
+    /// The region.
+    pub region_id: RegionId,
+    /// The region's epoch as PD last saw it; the leader ignores the order if
+    /// its epoch differs.
+    pub epoch: RegionEpoch,
+    /// The leader the order is for (its store's heartbeat stream carries it).
+    pub leader: Peer,
+    /// What to do.
+    pub step: Step,
+}
+
+/// Where patrol stands, and its randomness.
+pub struct Coordinator {
+    cursor: Vec<u8>,
+    rng: StdRng,
+}
+
+/// A source of fresh peer ids; `None` when none is at hand right now.
+pub type NewPeerId<'a> = &'a mut dyn FnMut() -> Option<PeerId>;
+
+impl Coordinator {
+    /// A coordinator whose random choices follow `seed`.
+    pub fn new(seed: u64) -> Self {
+        Coordinator { cursor: Vec::new(), rng: StdRng::seed_from_u64(seed) }
+    }
+
+    /// A region heartbeat arrived (the map already holds its new state):
+    /// the step its leader should carry out now, if any.
+    pub fn on_heartbeat(
+        &mut self,
+        snap: &ClusterSnapshot<'_>,
+        settings: &Settings,
+        ops: &mut OperatorController,
+        region: RegionId,
+        new_peer: NewPeerId<'_>,
+    ) -> Option<ScheduleOrder> {
+        let info = snap.regions.get(region)?;
+        let leader = info.leader()?;
+        let order = |step| ScheduleOrder { region_id: region, epoch: info.region.epoch, leader, step };
+        match ops.check(info, snap.now) {
+            Some((Progress::Run(step), _)) => return Some(order(step)),
+            Some((Progress::Wait, _)) => return None,
+            Some((progress, Some(op))) => log_end(&op, &progress),
+            _ => {}
+        }
+        let proposal = replica_checker::check(info, &Ctx { snap, settings, ops })?;
+        create(snap, settings, ops, info, &proposal, new_peer)?.map(order)
+    }
+
+    /// One patrol tick; see the module docs.
+    pub fn patrol(
+        &mut self,
+        snap: &ClusterSnapshot<'_>,
+        settings: &Settings,
+        ops: &mut OperatorController,
+        new_peer: NewPeerId<'_>,
+    ) -> Vec<ScheduleOrder> {
+        // Operators that can no longer finish: expired, region gone, or
+        // moving something onto a store that went Down or Offline meanwhile.
+        let unusable = |store| {
+            !matches!(
+                snap.status(store, settings.max_store_down_time),
+                Some(StoreStatus::Up | StoreStatus::Disconnected)
+            )
+        };
+        let doomed: Vec<(RegionId, &'static str)> = ops
+            .iter()
+            .filter_map(|op| {
+                let why = if op.is_expired(snap.now) {
+                    "operator timed out"
+                } else if snap.regions.get(op.region_id).is_none() {
+                    "operator's region is gone"
+                } else if op.target_stores().into_iter().any(unusable) {
+                    "operator's target store is down or offline"
+                } else {
+                    return None;
+                };
+                Some((op.region_id, why))
+            })
+            .collect();
+        for (id, why) in doomed {
+            if let Some(op) = ops.remove(id) {
+                warn!(region_id = %id, desc = op.desc, step = ?op.current_step(), "{why}");
+            }
+        }
+        let mut orders = Vec::new();
+        let mut emit = |ops: &mut OperatorController, p: Option<Proposal>| {
+            let Some(p) = p else { return false };
+            let Some(info) = snap.regions.get(p.region) else { return false };
+            match create(snap, settings, ops, info, &p, &mut *new_peer) {
+                Some(step) => {
+                    if let (Some(step), Some(leader)) = (step, info.leader()) {
+                        orders.push(ScheduleOrder {
+                            region_id: p.region,
+                            epoch: info.region.epoch,
+                            leader,
+                            step,
+                        });
+                    }
+                    true
+                }
+                None => false,
+            }
+        };
+
+        // The replica checker, over the next batch of regions.
+        let batch = snap.regions.scan(&self.cursor, b"", PATROL_BATCH);
+        self.cursor = match batch.last() {
+            Some(last) if batch.len() == PATROL_BATCH => last.region.end_key.clone(),
+            _ => Vec::new(),
+        };
+        for info in batch {
+            if !ops.has_room(OpKind::Replica, settings) {
+                break;
+            }
+            if ops.has(info.region.id) || !is_reachable(snap, settings, info) {
+                continue;
+            }
+            let proposal = replica_checker::check(info, &Ctx { snap, settings, ops });
+            emit(ops, proposal);
+        }
+
+        // The balancers, a few operators each.
+        for _ in 0..BALANCE_BATCH {
+            if !ops.has_room(OpKind::Leader, settings) {
+                break;
+            }
+            let proposal = balance_leader(&Ctx { snap, settings, ops }, &mut self.rng);
+            if !emit(ops, proposal) {
+                break;
+            }
+        }
+        for _ in 0..BALANCE_BATCH {
+            if !ops.has_room(OpKind::Region, settings) {
+                break;
+            }
+            let proposal = balance_region(&Ctx { snap, settings, ops }, &mut self.rng);
+            if !emit(ops, proposal) {
+                break;
+            }
+        }
+        orders
+    }
+}
+
+/// True if the region's leader is worth talking to: heard from since PD
+/// started, on a store that is not Down or gone.
+fn is_reachable(snap: &ClusterSnapshot<'_>, settings: &Settings, info: &RegionInfo) -> bool {
+    let Some(leader) = info.leader() else { return false };
+    info.runtime.last_heartbeat.is_some()
+        && matches!(
+            snap.status(leader.store_id, settings.max_store_down_time),
+            Some(StoreStatus::Up | StoreStatus::Disconnected | StoreStatus::Offline)
+        )
+}
+
+fn log_end(op: &Operator, progress: &Progress) {
+    let (region_id, desc) = (op.region_id, op.desc);
+    match progress {
+        Progress::Finished => info!(%region_id, desc, "operator finished"),
+        Progress::TimedOut => warn!(%region_id, desc, step = ?op.current_step(), "operator timed out"),
+        Progress::Cancelled(why) => warn!(%region_id, desc, %why, "operator cancelled"),
+        Progress::Run(_) | Progress::Wait => {}
+    }
+}
+
+/// Builds `p` into an operator and adds it to `ops`, if its kind has room
+/// and it has something to do. Returns the step to send now (`None`: wait).
+fn create(
+    snap: &ClusterSnapshot<'_>,
+    settings: &Settings,
+    ops: &mut OperatorController,
+    info: &RegionInfo,
+    p: &Proposal,
+    new_peer: NewPeerId<'_>,
+) -> Option<Option<Step>> {
+    match try_create(snap, settings, ops, info, p, new_peer) {
+        Ok(step) => Some(step),
+        Err(why) => {
+            debug!(region_id = %info.region.id, desc = p.desc, %why, "proposal dropped");
+            None
+        }
+    }
+}
+
+/// [`create`], saying why not.
+pub(super) fn try_create(
+    snap: &ClusterSnapshot<'_>,
+    settings: &Settings,
+    ops: &mut OperatorController,
+    info: &RegionInfo,
+    p: &Proposal,
+    new_peer: NewPeerId<'_>,
+) -> Result<Option<Step>, String> {
+    if !ops.has_room(p.kind, settings) {
+        return Err(format!("{} operators are at their limit", p.kind.name()));
+    }
+    if let Some(cur) =
+        ops.get(info.region.id).filter(|cur| p.kind != OpKind::Admin || cur.kind == OpKind::Admin)
+    {
+        return Err(format!("region {} already has operator {}", info.region.id, cur.desc));
+    }
+    let peer_id = match p.plan.needs_peer_id() {
+        true => Some(new_peer().ok_or("no peer id available")?),
+        false => None,
+    };
+    let mut op = build(p, info, &Ctx { snap, settings, ops }, peer_id)?;
+    let step = match op.check(info, snap.now) {
+        Progress::Run(step) => Some(step),
+        Progress::Wait => None,
+        progress => return Err(format!("the operator has nothing to do ({progress:?})")),
+    };
+    info!(
+        region_id = %info.region.id,
+        kind = p.kind.name(),
+        desc = p.desc,
+        steps = ?op.steps.iter().map(Step::describe).collect::<Vec<_>>(),
+        "operator created"
+    );
+    ops.add(op, info, settings).map_err(|refusal| format!("{refusal:?}"))?;
+    Ok(step)
+}

@@ -1,0 +1,56 @@
+//! The knobs scheduling reads, taken from `[schedule]` and `[replication]`
+//! (file or run time; see `config`).
+
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// Scheduling configuration, one flat struct.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Voters per region (`replication.max-replicas`).
+    pub max_replicas: usize,
+    /// Label keys, widest first (`replication.location-labels`).
+    pub location_labels: Vec<String>,
+    /// When a silent store counts as Down (`schedule.max-store-down-time`).
+    pub max_store_down_time: Duration,
+    /// Life of an operator (`schedule.operator-timeout`); leader transfers get
+    /// at most [`LEADER_OPERATOR_TIMEOUT`].
+    pub operator_timeout: Duration,
+    /// Balance-leader operators in flight (`schedule.leader-schedule-limit`).
+    pub leader_limit: usize,
+    /// Balance-region operators in flight (`schedule.region-schedule-limit`).
+    pub region_limit: usize,
+    /// Replica-checker operators in flight (`schedule.replica-schedule-limit`).
+    pub replica_limit: usize,
+    /// Operators adding a peer to one store at once (`schedule.max-snapshot-count`).
+    pub max_snapshot_count: usize,
+}
+
+/// A leader transfer that has not happened after this long will not: the
+/// target lags or is gone. Dropping it frees a `leader-schedule-limit` slot.
+pub const LEADER_OPERATOR_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Settings {
+    /// The settings of `config`.
+    pub fn from_config(config: &Config) -> Settings {
+        let (s, r) = (&config.schedule, &config.replication);
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Settings {
+            max_replicas: n(r.max_replicas),
+            location_labels: r.location_labels.clone(),
+            max_store_down_time: s.max_store_down_time.0,
+            operator_timeout: s.operator_timeout.0,
+            leader_limit: n(s.leader_schedule_limit),
+            region_limit: n(s.region_schedule_limit),
+            replica_limit: n(s.replica_schedule_limit),
+            max_snapshot_count: n(s.max_snapshot_count),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from_config(&Config::default())
+    }
+}

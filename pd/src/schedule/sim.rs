@@ -1,0 +1,345 @@
+//! A simulated cluster for scheduling tests: fake nodes that carry out
+//! steps the way the contract says real ones do, PD's region map fed only by
+//! their heartbeats, and a clock that moves in 100 ms ticks.
+//!
+//! Fake node behaviour: a step whose epoch is not the region's is ignored;
+//! a new learner is pending (catching up) for [`CATCH_UP`]; a
+//! `ChangePeerV2` enters the joint state at once (promotions visible, the
+//! removed voter still listed) and leaves it on the next tick; a leader
+//! transfer to a live voter succeeds at once; a leader on a dead store is
+//! replaced by the live voter with the lowest id on the next tick. Leaders
+//! heartbeat every second and at once after a change; dead stores send
+//! nothing and their peers show as pending.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
+
+use super::{ClusterSnapshot, Coordinator, OperatorController, ScheduleOrder, Settings, Step};
+use crate::region_map::{RegionMap, RegionRuntime, Verdict};
+use crate::store::{StoreInfo, StoreMeta, StoreState};
+
+/// How long a new learner stays pending.
+pub const CATCH_UP: Duration = Duration::from_millis(500);
+
+/// Simulated time per tick (one patrol).
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// One region as its nodes know it.
+struct Truth {
+    region: Region,
+    leader: PeerId,
+    pending_until: BTreeMap<PeerId, SystemTime>,
+    /// Voters to drop when leaving the joint state.
+    leaving: Vec<PeerId>,
+    changed: bool,
+}
+
+/// A cluster of fake nodes and one PD coordinator.
+pub struct Sim {
+    pub stores: BTreeMap<StoreId, StoreInfo>,
+    pub regions: RegionMap,
+    pub ops: OperatorController,
+    pub settings: Settings,
+    pub now: SystemTime,
+    pub dead: BTreeSet<StoreId>,
+    /// Operators created so far.
+    pub created: usize,
+    /// Most operators in flight of any one kind seen after a tick, by kind name.
+    pub peak: BTreeMap<&'static str, usize>,
+    coordinator: Coordinator,
+    truth: BTreeMap<RegionId, Truth>,
+    alive_since: SystemTime,
+    next_id: u64,
+    ticks: u64,
+}
+
+impl Sim {
+    /// An empty cluster with `settings`.
+    pub fn new(settings: Settings) -> Sim {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        Sim {
+            stores: BTreeMap::new(),
+            regions: RegionMap::new(),
+            ops: OperatorController::default(),
+            settings,
+            now,
+            dead: BTreeSet::new(),
+            created: 0,
+            peak: BTreeMap::new(),
+            coordinator: Coordinator::new(7),
+            truth: BTreeMap::new(),
+            alive_since: now,
+            next_id: 10_000,
+            ticks: 0,
+        }
+    }
+
+    /// Adds an Up store with `labels` (e.g. `[("zone", "z1"), ("host", "h1")]`).
+    pub fn store(&mut self, id: u64, labels: &[(&str, &str)]) -> &mut Self {
+        let meta = StoreMeta {
+            id: StoreId(id),
+            address: format!("n{id}:20160"),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        self.stores.insert(StoreId(id), StoreInfo { meta, stats: None, last_heartbeat: Some(self.now) });
+        self
+    }
+
+    /// `n` regions tiling the key space, each with voters on `stores`, led
+    /// from the first.
+    pub fn regions(&mut self, n: u64, stores: &[u64]) -> &mut Self {
+        for i in 0..n {
+            let key = |i: u64| if i == 0 || i == n { Vec::new() } else { format!("k{i:05}").into_bytes() };
+            let peers: Vec<Peer> = stores
+                .iter()
+                .map(|&s| Peer { id: PeerId(self.alloc()), store_id: StoreId(s), role: PeerRole::Voter })
+                .collect();
+            let region = Region {
+                id: RegionId(i + 1),
+                start_key: key(i),
+                end_key: key(i + 1),
+                epoch: RegionEpoch { conf_ver: 1, version: 1 },
+                peers,
+            };
+            let leader = region.peers[0].id;
+            let truth =
+                Truth { region, leader, pending_until: BTreeMap::new(), leaving: vec![], changed: true };
+            self.truth.insert(RegionId(i + 1), truth);
+        }
+        self
+    }
+
+    /// The store stops for good: no heartbeats, its peers fall behind.
+    pub fn kill(&mut self, store: u64) {
+        self.dead.insert(StoreId(store));
+    }
+
+    /// Sets a store's lifecycle state (as `DELETE /store/{id}` does).
+    pub fn set_state(&mut self, store: u64, state: StoreState) {
+        self.stores.get_mut(&StoreId(store)).expect("known store").meta.state = state;
+    }
+
+    /// Runs for `secs` simulated seconds.
+    pub fn run(&mut self, secs: u64) {
+        for _ in 0..secs * 10 {
+            self.tick();
+        }
+    }
+
+    /// Runs until `done` holds (checked every simulated second); returns the
+    /// simulated seconds it took, or `None` after `limit_secs`.
+    pub fn run_until(&mut self, limit_secs: u64, mut done: impl FnMut(&Sim) -> bool) -> Option<u64> {
+        for sec in 0..limit_secs {
+            if done(self) {
+                return Some(sec);
+            }
+            self.run(1);
+        }
+        done(self).then_some(limit_secs)
+    }
+
+    /// One 100 ms tick: nodes progress, heartbeat when due or changed, PD
+    /// patrols and its orders are carried out at once.
+    pub fn tick(&mut self) {
+        self.now += TICK;
+        self.ticks += 1;
+        let now = self.now;
+        for (id, s) in self.stores.iter_mut() {
+            if !self.dead.contains(id) {
+                s.last_heartbeat = Some(now);
+            }
+        }
+        self.nodes_progress();
+        let periodic = self.ticks.is_multiple_of(10);
+        let ids: Vec<RegionId> = self.truth.keys().copied().collect();
+        for id in ids {
+            if periodic || self.truth[&id].changed {
+                self.heartbeat(id);
+            }
+        }
+        let snap = ClusterSnapshot {
+            stores: &self.stores,
+            regions: &self.regions,
+            now,
+            alive_since: self.alive_since,
+        };
+        let before = self.ops.len();
+        let mut next_id = self.next_id;
+        let orders = self.coordinator.patrol(&snap, &self.settings, &mut self.ops, &mut || {
+            next_id += 1;
+            Some(PeerId(next_id))
+        });
+        self.next_id = next_id;
+        self.created += self.ops.len().saturating_sub(before);
+        for order in orders {
+            self.execute(order);
+        }
+        for kind in [super::OpKind::Leader, super::OpKind::Region, super::OpKind::Replica] {
+            let peak = self.peak.entry(kind.name()).or_default();
+            *peak = (*peak).max(self.ops.count(kind));
+        }
+    }
+
+    fn alloc(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Joint states are left, dead leaders replaced, learners catch up.
+    fn nodes_progress(&mut self) {
+        let now = self.now;
+        for t in self.truth.values_mut() {
+            if !t.leaving.is_empty() {
+                let leaving = std::mem::take(&mut t.leaving);
+                t.region.peers.retain(|p| !leaving.contains(&p.id));
+                t.region.epoch.conf_ver += 1;
+                t.changed = true;
+            }
+            let leader_store = t.region.peer(t.leader).map(|p| p.store_id);
+            if leader_store.is_none_or(|s| self.dead.contains(&s)) {
+                if let Some(p) = t.region.voters().find(|p| !self.dead.contains(&p.store_id)) {
+                    t.leader = p.id;
+                    t.changed = true;
+                }
+            }
+            let before = t.pending_until.len();
+            t.pending_until.retain(|_, until| *until > now);
+            t.changed |= before != t.pending_until.len();
+        }
+    }
+
+    /// The leader reports its region; PD answers with a step, carried out.
+    fn heartbeat(&mut self, id: RegionId) {
+        let t = self.truth.get_mut(&id).expect("known region");
+        t.changed = false;
+        let Some(leader) = t.region.peer(t.leader).copied() else { return };
+        if self.dead.contains(&leader.store_id) {
+            return;
+        }
+        let region = t.region.clone();
+        let pending: Vec<Peer> = region
+            .peers
+            .iter()
+            .filter(|p| t.pending_until.contains_key(&p.id) || self.dead.contains(&p.store_id))
+            .copied()
+            .collect();
+        if self.regions.check(&region) == Verdict::Changed {
+            self.regions.put(region);
+        }
+        let runtime = RegionRuntime {
+            leader: Some(leader),
+            pending_peers: pending,
+            last_heartbeat: Some(self.now),
+            ..Default::default()
+        };
+        self.regions.set_runtime(id, runtime);
+        let snap = ClusterSnapshot {
+            stores: &self.stores,
+            regions: &self.regions,
+            now: self.now,
+            alive_since: self.alive_since,
+        };
+        let before = self.ops.len();
+        let mut next_id = self.next_id;
+        let order = self.coordinator.on_heartbeat(&snap, &self.settings, &mut self.ops, id, &mut || {
+            next_id += 1;
+            Some(PeerId(next_id))
+        });
+        self.next_id = next_id;
+        self.created += self.ops.len().saturating_sub(before);
+        if let Some(order) = order {
+            self.execute(order);
+        }
+    }
+
+    /// A leader carries out `order`, as the node contract says.
+    fn execute(&mut self, order: ScheduleOrder) {
+        let now = self.now;
+        let Some(t) = self.truth.get_mut(&order.region_id) else { return };
+        if order.epoch != t.region.epoch || order.leader.id != t.leader || !t.leaving.is_empty() {
+            return; // stale, not the leader, or busy leaving a joint state
+        }
+        let r = &mut t.region;
+        match order.step {
+            Step::AddLearner(p) => {
+                r.peers.push(Peer { role: PeerRole::Learner, ..p });
+                t.pending_until.insert(p.id, now + CATCH_UP);
+                r.epoch.conf_ver += 1;
+            }
+            Step::PromoteLearner(p) | Step::RemovePeer(p) => {
+                if matches!(order.step, Step::RemovePeer(_)) {
+                    r.peers.retain(|q| q.id != p.id);
+                } else if let Some(q) = r.peers.iter_mut().find(|q| q.id == p.id) {
+                    q.role = PeerRole::Voter;
+                }
+                r.epoch.conf_ver += 1;
+            }
+            Step::ChangePeerV2(changes) => {
+                for change in changes {
+                    match change {
+                        super::PeerChange::Promote(p) => {
+                            if let Some(q) = r.peers.iter_mut().find(|q| q.id == p.id) {
+                                q.role = PeerRole::Voter;
+                            }
+                        }
+                        super::PeerChange::Remove(p) => t.leaving.push(p.id),
+                        super::PeerChange::AddLearner(p) => {
+                            r.peers.push(Peer { role: PeerRole::Learner, ..p })
+                        }
+                    }
+                }
+                r.epoch.conf_ver += 1;
+            }
+            Step::TransferLeader { to, .. } => {
+                if self.dead.contains(&to.store_id) || r.peer(to.id).is_none() {
+                    return;
+                }
+                t.leader = to.id;
+            }
+            Step::SplitRegion(_) => return,
+        }
+        t.changed = true;
+    }
+
+    /// Regions PD's map shows with a peer on `store`.
+    pub fn region_count(&self, store: u64) -> usize {
+        self.regions.store_region_count(StoreId(store))
+    }
+
+    /// Regions PD's map shows led from `store`.
+    pub fn leader_count(&self, store: u64) -> usize {
+        self.regions.store_leader_count(StoreId(store))
+    }
+
+    /// Every region as the nodes know it.
+    pub fn truth(&self) -> impl Iterator<Item = &Region> {
+        self.truth.values().map(|t| &t.region)
+    }
+
+    /// True if every live store's `count` is within `pct` % of their mean.
+    pub fn balanced(&self, pct: f64, count: impl Fn(&Sim, u64) -> usize) -> bool {
+        let live: Vec<u64> = self
+            .stores
+            .values()
+            .filter(|s| !self.dead.contains(&s.meta.id) && s.meta.state == StoreState::Up)
+            .map(|s| s.meta.id.0)
+            .collect();
+        let counts: Vec<f64> = live.iter().map(|&s| count(self, s) as f64).collect();
+        let mean = counts.iter().sum::<f64>() / counts.len() as f64;
+        counts.iter().all(|c| (c - mean).abs() <= mean * pct / 100.0)
+    }
+
+    /// Regions whose nodes' state matches PD's map and have `max-replicas`
+    /// voters, no learner, and no peer on a dead store.
+    pub fn healthy(&self) -> bool {
+        self.truth().all(|r| {
+            r.voters().count() == self.settings.max_replicas
+                && r.learners().next().is_none()
+                && r.peers.iter().all(|p| !self.dead.contains(&p.store_id))
+                && self.regions.get(r.id).is_some_and(|i| i.region == *r)
+        })
+    }
+}

@@ -1,0 +1,218 @@
+//! Whole-cluster scheduling stories on the simulator (`sim.rs`): one
+//! scenario per test, simulated time, no sleeps.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use mnemo_proto::types::StoreId;
+
+use super::sim::Sim;
+use super::{drained_stores, ClusterSnapshot, Settings};
+use crate::store::StoreState;
+
+fn settings() -> Settings {
+    Settings { max_store_down_time: Duration::from_secs(5), ..Settings::default() }
+}
+
+fn plain_stores(sim: &mut Sim, ids: std::ops::RangeInclusive<u64>) {
+    for id in ids {
+        sim.store(id, &[]);
+    }
+}
+
+fn stores_of(sim: &Sim) -> Vec<BTreeSet<u64>> {
+    sim.truth().map(|r| r.peers.iter().map(|p| p.store_id.0).collect()).collect()
+}
+
+#[test]
+fn two_new_stores_receive_their_share_of_regions_and_leaders() {
+    // 64 regions live on stores 1-3, all led from store 1; stores 4 and 5 join empty.
+    let mut sim = Sim::new(settings());
+    plain_stores(&mut sim, 1..=5);
+    sim.regions(64, &[1, 2, 3]);
+
+    // Within a minute of simulated time (1 s heartbeats), every store holds
+    // its share of replicas and of leaders, within ±20 %.
+    let took = sim.run_until(60, |s| {
+        s.balanced(20.0, Sim::region_count) && s.balanced(20.0, Sim::leader_count) && s.healthy()
+    });
+    assert!(
+        took.is_some(),
+        "not balanced: regions {:?}, leaders {:?}",
+        counts(&sim, Sim::region_count),
+        counts(&sim, Sim::leader_count)
+    );
+
+    // Then it stays put: no operator flaps regions back and forth.
+    let settled = sim.created;
+    sim.run(30);
+    assert_eq!(sim.created, settled, "operators kept coming after balance");
+    assert!(sim.balanced(10.0, Sim::region_count), "{:?}", counts(&sim, Sim::region_count));
+    assert!(sim.healthy());
+    // Leader transfers never exceeded leader-schedule-limit.
+    assert!(sim.peak["leader"] <= settings().leader_limit);
+}
+
+#[test]
+fn a_thousand_regions_balance_too() {
+    let mut sim = Sim::new(settings());
+    plain_stores(&mut sim, 1..=5);
+    sim.regions(1000, &[1, 2, 3]);
+    let took = sim.run_until(300, |s| {
+        s.balanced(20.0, Sim::region_count) && s.balanced(20.0, Sim::leader_count) && s.healthy()
+    });
+    assert!(
+        took.is_some(),
+        "regions {:?}, leaders {:?}",
+        counts(&sim, Sim::region_count),
+        counts(&sim, Sim::leader_count)
+    );
+}
+
+#[test]
+fn a_dead_follower_store_is_healed_on_the_remaining_stores() {
+    // Store 2 holds a follower of every region and dies for good. (Balancing
+    // is off, so that only repairs move replicas to the empty store 4.)
+    let mut sim = Sim::new(Settings { leader_limit: 0, region_limit: 0, ..settings() });
+    plain_stores(&mut sim, 1..=4);
+    sim.regions(30, &[1, 2, 3]);
+    sim.run(3);
+    sim.kill(2);
+
+    // Before max-store-down-time (5 s) nothing moves: it may come back.
+    sim.run(4);
+    assert_eq!(sim.region_count(2), 30, "replicas moved before the store was Down");
+
+    // Once Down, every region gets a replica on store 4 and drops store 2's.
+    assert!(sim.run_until(30, Sim::healthy).is_some(), "{:?}", stores_of(&sim));
+    assert!(stores_of(&sim).iter().all(|s| s == &BTreeSet::from([1, 3, 4])));
+}
+
+#[test]
+fn a_dead_leader_store_is_healed_after_new_leaders_are_elected() {
+    let mut sim = Sim::new(settings());
+    plain_stores(&mut sim, 1..=5);
+    sim.regions(20, &[2, 1, 3]); // led from store 2
+    sim.run(2);
+    sim.kill(2);
+    assert!(sim.run_until(40, Sim::healthy).is_some(), "{:?}", stores_of(&sim));
+    assert_eq!(sim.region_count(2), 0);
+    assert_eq!(sim.leader_count(2), 0);
+}
+
+#[test]
+fn a_store_dying_while_regions_move_onto_it_ends_empty() {
+    // Balance starts moving replicas onto the new stores 4 and 5...
+    let mut sim = Sim::new(settings());
+    plain_stores(&mut sim, 1..=5);
+    sim.regions(64, &[1, 2, 3]);
+    for _ in 0..6 {
+        sim.tick();
+    }
+    assert!(sim.ops.iter().any(|op| op.target_stores().contains(&StoreId(4))));
+    // ...when store 4 dies. Its half-made learners are given up, its
+    // replicas replaced, and the rest is balanced over stores 1, 2, 3, 5.
+    sim.kill(4);
+    let took = sim.run_until(90, |s| s.healthy() && s.balanced(20.0, Sim::region_count));
+    assert!(took.is_some(), "{:?} / {:?}", stores_of(&sim), counts(&sim, Sim::region_count));
+    assert_eq!(sim.region_count(4), 0);
+}
+
+#[test]
+fn an_offline_store_drains_and_can_become_tombstone() {
+    // Store 3 leads every region, so each move starts with a leader transfer.
+    let mut sim = Sim::new(settings());
+    plain_stores(&mut sim, 1..=5);
+    sim.regions(40, &[3, 1, 2]);
+    sim.run(2);
+    sim.set_state(3, StoreState::Offline);
+
+    assert!(sim.run_until(60, |s| s.region_count(3) == 0 && s.healthy()).is_some(), "{:?}", stores_of(&sim));
+    let snap =
+        ClusterSnapshot { stores: &sim.stores, regions: &sim.regions, now: sim.now, alive_since: sim.now };
+    assert_eq!(drained_stores(&snap), vec![StoreId(3)]);
+    // The remaining four stores share the load.
+    assert!(sim.run_until(60, |s| s.balanced(20.0, Sim::region_count)).is_some());
+}
+
+fn zoned(sim: &mut Sim) {
+    for (id, zone) in [(1, "z1"), (2, "z1"), (3, "z2"), (4, "z2"), (5, "z3"), (6, "z3")] {
+        sim.store(id, &[("zone", zone), ("host", &format!("h{id}"))]);
+    }
+}
+
+fn one_replica_per_zone(sim: &Sim) -> bool {
+    let zone = |s: u64| s.div_ceil(2);
+    stores_of(sim).iter().all(|stores| stores.iter().map(|&s| zone(s)).collect::<BTreeSet<_>>().len() == 3)
+}
+
+#[test]
+fn six_stores_in_three_zones_end_with_one_replica_per_zone() {
+    // Every region starts with two replicas in zone z1 (stores 1 and 2).
+    let mut sim = Sim::new(Settings { location_labels: vec!["zone".into(), "host".into()], ..settings() });
+    zoned(&mut sim);
+    sim.regions(48, &[1, 2, 3]);
+
+    let took =
+        sim.run_until(90, |s| one_replica_per_zone(s) && s.healthy() && s.balanced(20.0, Sim::region_count));
+    assert!(took.is_some(), "{:?} / {:?}", stores_of(&sim), counts(&sim, Sim::region_count));
+    // Balancing afterwards never undoes it.
+    sim.run(20);
+    assert!(one_replica_per_zone(&sim));
+}
+
+#[test]
+fn lone_replicas_grow_one_per_zone() {
+    let mut sim = Sim::new(Settings { location_labels: vec!["zone".into(), "host".into()], ..settings() });
+    zoned(&mut sim);
+    sim.regions(12, &[1]);
+    assert!(sim.run_until(60, |s| one_replica_per_zone(s) && s.healthy()).is_some(), "{:?}", stores_of(&sim));
+}
+
+#[test]
+fn two_stores_on_one_host_never_share_a_region() {
+    // Stores 1 and 2 are on host h1; store 2 is empty and tempting.
+    let mut sim = Sim::new(settings());
+    sim.store(1, &[("host", "h1")]).store(2, &[("host", "h1")]);
+    sim.store(3, &[("host", "h3")]).store(4, &[("host", "h4")]).store(5, &[("host", "h5")]);
+    sim.regions(40, &[1, 3, 4]);
+    // A replica may move from store 1 to store 2 (same host, briefly both),
+    // but no settled region ever keeps replicas on both.
+    let settled_on_both = |sim: &Sim| {
+        sim.truth().any(|r| {
+            r.peers.len() == 3
+                && r.peer_on_store(StoreId(1)).is_some()
+                && r.peer_on_store(StoreId(2)).is_some()
+        })
+    };
+    for _ in 0..60 {
+        sim.run(1);
+        assert!(!settled_on_both(&sim), "{:?}", stores_of(&sim));
+    }
+    assert!(sim.region_count(2) > 0, "store 2 takes regions that have no replica on store 1");
+}
+
+#[test]
+fn repairs_respect_the_replica_schedule_limit() {
+    let mut sim = Sim::new(Settings { replica_limit: 2, ..settings() });
+    plain_stores(&mut sim, 1..=4);
+    sim.regions(20, &[1, 2, 3]);
+    sim.run(1);
+    sim.kill(3);
+    assert!(sim.run_until(120, Sim::healthy).is_some());
+    assert!(sim.peak["replica"] <= 2, "peak {}", sim.peak["replica"]);
+}
+
+#[test]
+fn zero_limits_turn_balancing_off() {
+    let mut sim = Sim::new(Settings { leader_limit: 0, region_limit: 0, ..settings() });
+    plain_stores(&mut sim, 1..=5);
+    sim.regions(30, &[1, 2, 3]);
+    sim.run(30);
+    assert_eq!(sim.created, 0);
+    assert_eq!((sim.region_count(4), sim.leader_count(1)), (0, 30));
+}
+
+fn counts(sim: &Sim, count: fn(&Sim, u64) -> usize) -> Vec<usize> {
+    sim.stores.keys().map(|s| count(sim, s.0)).collect()
+}

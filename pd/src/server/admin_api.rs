@@ -1,0 +1,190 @@
+//! The HTTP API that steers scheduling, under `/pd/api/v1`.
+//!
+//! | method, path                   | body / answer                                       |
+//! |--------------------------------|-----------------------------------------------------|
+//! | GET `/config`                  | the effective configuration                         |
+//! | POST `/config`                 | `{"schedule.max-store-down-time":"5s"}` or `{"schedule":{...}}`; answers the new config |
+//! | GET `/config/schedule`         | the `[schedule]` section                            |
+//! | GET `/config/replicate`        | the `[replication]` section                         |
+//! | GET `/operators`               | operators in flight                                 |
+//! | POST `/operators`              | `{"name":"transfer-leader","region_id":N,"to_store_id":S}`, `add-peer` / `remove-peer` with `"store_id"`, `transfer-peer` with `"from_store_id"` and `"to_store_id"`, `split-region` with optional `"policy":"approximate"\|"usekey"` and `"keys":[hex]`; answers the operator |
+//! | GET / DELETE `/operators/{region_id}` | one operator / cancel it                     |
+//! | POST `/regions/split`          | `{"split_keys":[hex...]}` (optionally `"region_id"`): one split operator per region containing a key; answers `{"split_regions":[ids]}` at once, the splits follow |
+//!
+//! Operators created here are pushed to the region's leader at once.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mnemo_proto::types::{RegionId, StoreId};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::http::{ApiError, ApiResult};
+use super::json;
+use super::streams::HeartbeatStreams;
+use crate::cluster::{Cluster, ScheduleOrder};
+use crate::error::Error;
+use crate::schedule::{AdminRequest, SplitPolicy};
+
+struct Api {
+    cluster: Arc<Cluster>,
+    streams: Arc<HeartbeatStreams>,
+}
+
+impl Api {
+    fn push(&self, orders: &[ScheduleOrder]) {
+        self.streams.push(self.cluster.cluster_id(), orders);
+    }
+
+    /// The operator of `region` as JSON, if any.
+    fn operator_json(&self, region: RegionId) -> Option<json::OperatorJson> {
+        self.cluster.read(|view| view.operators.get(region).map(|op| json::operator(op, view.now)))
+    }
+}
+
+type Shared = State<Arc<Api>>;
+
+pub(super) fn routes(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) -> Router {
+    Router::new()
+        .route("/pd/api/v1/config", get(config).post(set_config))
+        .route("/pd/api/v1/config/schedule", get(schedule_config))
+        .route("/pd/api/v1/config/replicate", get(replication_config))
+        .route("/pd/api/v1/operators", get(operators).post(add_operator))
+        .route("/pd/api/v1/operators/:region_id", get(operator).delete(remove_operator))
+        .route("/pd/api/v1/regions/split", post(split_regions))
+        .with_state(Arc::new(Api { cluster, streams }))
+}
+
+async fn config(State(api): Shared) -> Json<Value> {
+    Json(serde_json::to_value(api.cluster.config()).expect("config always serializes"))
+}
+
+async fn schedule_config(State(api): Shared) -> Json<Value> {
+    Json(serde_json::to_value(api.cluster.config().schedule).expect("config always serializes"))
+}
+
+async fn replication_config(State(api): Shared) -> Json<Value> {
+    Json(serde_json::to_value(api.cluster.config().replication).expect("config always serializes"))
+}
+
+async fn set_config(State(api): Shared, Json(body): Json<Value>) -> ApiResult<Value> {
+    let config = api.cluster.update_config(&body)?;
+    Ok(Json(serde_json::to_value(config).expect("config always serializes")))
+}
+
+async fn operators(State(api): Shared) -> Json<Vec<json::OperatorJson>> {
+    Json(api.cluster.read(|view| view.operators.iter().map(|op| json::operator(op, view.now)).collect()))
+}
+
+async fn operator(State(api): Shared, Path(region): Path<u64>) -> ApiResult<json::OperatorJson> {
+    api.operator_json(RegionId(region))
+        .map(Json)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("region {region} has no operator")))
+}
+
+async fn remove_operator(State(api): Shared, Path(region): Path<u64>) -> ApiResult<String> {
+    if api.cluster.remove_operator(RegionId(region)) {
+        Ok(Json(format!("the operator of region {region} is cancelled")))
+    } else {
+        Err(ApiError(StatusCode::NOT_FOUND, format!("region {region} has no operator")))
+    }
+}
+
+/// `POST /operators`, PD's field names.
+#[derive(Deserialize)]
+struct OperatorBody {
+    name: String,
+    region_id: u64,
+    store_id: Option<u64>,
+    from_store_id: Option<u64>,
+    to_store_id: Option<u64>,
+    policy: Option<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+impl OperatorBody {
+    fn request(&self) -> Result<AdminRequest, Error> {
+        let need = |v: Option<u64>, field: &str| {
+            v.map(StoreId).ok_or_else(|| Error::InvalidArgument(format!("{} needs \"{field}\"", self.name)))
+        };
+        Ok(match self.name.as_str() {
+            "transfer-leader" => AdminRequest::TransferLeader { to_store: need(self.to_store_id, "to_store_id")? },
+            "add-peer" => AdminRequest::AddPeer { store: need(self.store_id, "store_id")? },
+            "remove-peer" => AdminRequest::RemovePeer { store: need(self.store_id, "store_id")? },
+            "transfer-peer" => AdminRequest::TransferPeer {
+                from_store: need(self.from_store_id, "from_store_id")?,
+                to_store: need(self.to_store_id, "to_store_id")?,
+            },
+            "split-region" => {
+                let keys = hex_keys(&self.keys)?;
+                let default = if keys.is_empty() { "approximate" } else { "usekey" };
+                let policy = self.policy.as_deref().unwrap_or(default).to_ascii_lowercase();
+                match (policy.as_str(), keys.is_empty()) {
+                    ("approximate", true) => AdminRequest::Split(SplitPolicy::Approximate),
+                    ("usekey", false) => AdminRequest::Split(SplitPolicy::UseKeys(keys)),
+                    (p, _) => {
+                        return Err(Error::InvalidArgument(format!(
+                            "split-region policy {p:?} with {} keys: use \"approximate\" without keys \
+                             or \"usekey\" with keys",
+                            keys.len()
+                        )))
+                    }
+                }
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown operator {other:?} (transfer-leader, add-peer, remove-peer, transfer-peer, split-region)"
+                )))
+            }
+        })
+    }
+}
+
+async fn add_operator(State(api): Shared, Json(body): Json<OperatorBody>) -> ApiResult<json::OperatorJson> {
+    let region = RegionId(body.region_id);
+    let order = api.cluster.add_operator(region, &body.request()?)?;
+    api.push(order.as_slice());
+    // The operator may already be gone if its first step needed nothing.
+    api.operator_json(region).map(Json).ok_or_else(|| {
+        ApiError(StatusCode::CONFLICT, format!("the operator of region {region} ended at once"))
+    })
+}
+
+#[derive(Deserialize)]
+struct SplitBody {
+    split_keys: Vec<String>,
+    region_id: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct SplitAnswer {
+    split_regions: Vec<u64>,
+}
+
+async fn split_regions(State(api): Shared, Json(body): Json<SplitBody>) -> ApiResult<SplitAnswer> {
+    let keys = hex_keys(&body.split_keys)?;
+    if keys.is_empty() {
+        return Err(Error::InvalidArgument("split_keys is empty".into()).into());
+    }
+    let (orders, regions) = match body.region_id {
+        Some(id) => {
+            let order =
+                api.cluster.add_operator(RegionId(id), &AdminRequest::Split(SplitPolicy::UseKeys(keys)))?;
+            (order.into_iter().collect(), vec![RegionId(id)])
+        }
+        None => api.cluster.split_at_keys(&keys)?,
+    };
+    api.push(&orders);
+    Ok(Json(SplitAnswer { split_regions: regions.iter().map(|r| r.0).collect() }))
+}
+
+fn hex_keys(keys: &[String]) -> Result<Vec<Vec<u8>>, Error> {
+    keys.iter()
+        .map(|k| hex::decode(k).map_err(|e| Error::InvalidArgument(format!("key {k:?} is not hex: {e}"))))
+        .collect()
+}
