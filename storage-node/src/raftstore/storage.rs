@@ -254,13 +254,19 @@ impl PeerStorage {
             SnapshotData::decode(snap.get_data()).map_err(|e| Error::Other(format!("bad snapshot: {e}")))?;
         let region = Region::from(&data.region.unwrap_or_default());
         let meta = snap.get_metadata();
-        // Old data of this peer (if any) and the snapshot's range are replaced.
-        for r in [&self.region, &region] {
-            if r.peers.is_empty() && r.start_key.is_empty() && r.end_key.is_empty() && r.id != region.id {
-                continue;
-            }
-            kv_wb.delete_range(Cf::Default, keys::data_key(&r.start_key), keys::data_end_key(&r.end_key));
+        // The snapshot's range is replaced, and so is this peer's old range
+        // if it had one. An uninitialized peer has no range: its empty
+        // start/end keys do not mean "everything" (that would wipe every
+        // other region on this node).
+        if self.is_initialized() {
+            let old = &self.region;
+            kv_wb.delete_range(Cf::Default, keys::data_key(&old.start_key), keys::data_end_key(&old.end_key));
         }
+        kv_wb.delete_range(
+            Cf::Default,
+            keys::data_key(&region.start_key),
+            keys::data_end_key(&region.end_key),
+        );
         for kv in data.kvs {
             kv_wb.put(Cf::Default, keys::data_key(&kv.key), kv.value);
         }
@@ -425,5 +431,74 @@ impl raft::Storage for PeerStorage {
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         self.generate_snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mnemo_proto::types::{Peer, PeerId, StoreId};
+
+    use super::*;
+    use crate::engine::{scan_collect, Engine, MemEngine};
+
+    fn region(id: u64, start: &[u8], end: &[u8]) -> Region {
+        Region {
+            id: RegionId(id),
+            start_key: start.to_vec(),
+            end_key: end.to_vec(),
+            peers: vec![Peer { id: PeerId(id * 10), store_id: StoreId(1), role: PeerRole::Voter }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn snapshot_into_a_new_peer_replaces_only_its_own_range() {
+        let kv: EngineRef = Arc::new(MemEngine::new());
+        let raft: EngineRef = Arc::new(MemEngine::new());
+        // This node already holds another region's data: a..m.
+        let mut wb = WriteBatch::new();
+        for k in [b"a", b"c", b"x"] {
+            wb.put(Cf::Default, keys::data_key(k), keys::encode_value(b"old", 0));
+        }
+        kv.write(&wb, true).unwrap();
+
+        // A leader's snapshot of region 2 = [m, +inf) with one key.
+        let data = SnapshotData {
+            region: Some((&region(2, b"m", b"")).into()),
+            kvs: vec![SnapshotKv { key: b"y".to_vec(), value: keys::encode_value(b"new", 0) }],
+        };
+        let mut snap = Snapshot { data: data.encode_to_vec().into(), ..Default::default() };
+        snap.mut_metadata().index = 9;
+        snap.mut_metadata().term = 6;
+
+        // An uninitialized peer (no range yet) applies it.
+        let mut ps =
+            PeerStorage::open(kv.clone(), raft.clone(), Region { id: RegionId(2), ..Default::default() })
+                .unwrap();
+        assert!(!ps.is_initialized());
+        let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+        ps.apply_snapshot(&snap, &mut kv_wb, &mut raft_wb).unwrap();
+        kv.write(&kv_wb, true).unwrap();
+        raft.write(&raft_wb, true).unwrap();
+
+        // The other region's keys survive; the snapshot's range holds exactly its data.
+        let all = scan_collect(
+            kv.as_ref(),
+            Cf::Default,
+            ScanRange { start: b"z", end: keys::DATA_MAX, reverse: false },
+            0,
+        )
+        .unwrap();
+        let keys: Vec<&[u8]> = all.iter().map(|(k, _)| keys::origin_key(k)).collect();
+        assert_eq!(keys, vec![&b"a"[..], b"c", b"y"]);
+        assert_eq!(ps.applied_index(), 9);
+        assert!(ps.is_initialized());
+
+        // Reopened from disk it is the same.
+        let ps = PeerStorage::open(kv, raft, Region { id: RegionId(2), ..Default::default() }).unwrap();
+        assert_eq!((ps.region.start_key.as_slice(), ps.apply_state.truncated_index), (&b"m"[..], 9));
+        assert_eq!(ps.hard_state.commit, 9);
     }
 }
