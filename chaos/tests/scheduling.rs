@@ -28,7 +28,15 @@ async fn assert_all_keys(client: &RawClient, loaded: u32) {
     let keys: Vec<_> = (0..loaded).map(key).collect();
     for chunk in keys.chunks(1000) {
         let got = client.batch_get(chunk.to_vec()).await.unwrap();
-        assert_eq!(got.len(), chunk.len(), "keys lost");
+        if got.len() != chunk.len() {
+            let found: HashSet<&Vec<u8>> = got.iter().map(|(k, _)| k).collect();
+            let missing: Vec<String> = chunk
+                .iter()
+                .filter(|k| !found.contains(k))
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            panic!("{} keys lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+        }
     }
 }
 

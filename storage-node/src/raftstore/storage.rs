@@ -94,9 +94,17 @@ impl PeerStorage {
     /// it yet (a peer created by a message from its leader: empty, index 0).
     pub fn open(kv: EngineRef, raft: EngineRef, region: Region) -> Result<PeerStorage> {
         let region_id = region.id;
-        let (region, peer_state, conf_state) = match kv.get(Cf::Meta, &keys::region_state_key(region_id))? {
-            Some(b) => {
-                let s = RegionLocalState::decode(b.as_slice()).map_err(|e| Error::Other(e.to_string()))?;
+        let stored = match kv.get(Cf::Meta, &keys::region_state_key(region_id))? {
+            Some(b) => Some(RegionLocalState::decode(b.as_slice()).map_err(|e| Error::Other(e.to_string()))?),
+            None => None,
+        };
+        // A Tombstone record belongs to a destroyed earlier peer of this
+        // region; a new peer starts empty. (Taking the old record's range for
+        // its own would make the first snapshot wipe whatever other regions
+        // now hold that range.)
+        let stored = stored.filter(|s| s.state() != PeerState::Tombstone);
+        let (region, peer_state, conf_state) = match stored {
+            Some(s) => {
                 let region = Region::from(&s.region.clone().unwrap_or_default());
                 let cs = if s.conf_state.is_empty() {
                     conf_state_of(&region)
@@ -500,5 +508,26 @@ mod tests {
         let ps = PeerStorage::open(kv, raft, Region { id: RegionId(2), ..Default::default() }).unwrap();
         assert_eq!((ps.region.start_key.as_slice(), ps.apply_state.truncated_index), (&b"m"[..], 9));
         assert_eq!(ps.hard_state.commit, 9);
+    }
+
+    #[test]
+    fn a_peer_recreated_after_tombstone_starts_empty() {
+        let kv: EngineRef = Arc::new(MemEngine::new());
+        let raft: EngineRef = Arc::new(MemEngine::new());
+        let old = region(3, b"a", b"z");
+        let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+        write_initial_state(&old, &mut kv_wb, &mut raft_wb);
+        kv.write(&kv_wb, true).unwrap();
+        raft.write(&raft_wb, true).unwrap();
+        let mut ps = PeerStorage::open(kv.clone(), raft.clone(), old.clone()).unwrap();
+        let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+        ps.destroy(&mut kv_wb, &mut raft_wb);
+        kv.write(&kv_wb, true).unwrap();
+        raft.write(&raft_wb, true).unwrap();
+
+        // The region's leader adds this store again: the new peer knows no range.
+        let fresh = PeerStorage::open(kv, raft, Region { id: RegionId(3), ..Default::default() }).unwrap();
+        assert!(!fresh.is_initialized());
+        assert_eq!(fresh.peer_state, PeerState::Normal);
     }
 }
