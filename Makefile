@@ -8,7 +8,7 @@ export MNEMO_BIN_DIR := $(BIN)
 
 APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl
 
-.PHONY: deps build run test bench lint fmt clean-data
+.PHONY: deps build run test bench bench-regions lint fmt clean-data
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -30,6 +30,10 @@ test: build
 bench: build
 	$(BIN)/mnemo-bench --pd 127.0.0.1:2379 --op put --clients 32 --duration 10
 	$(BIN)/mnemo-bench --pd 127.0.0.1:2379 --op get --clients 32 --duration 10
+
+# 1 region vs >= 64 regions (put/get), and an idle node with ~1,000 region peers.
+bench-regions: build
+	scripts/bench-regions.sh
 
 lint: deps
 	cargo fmt --all --check

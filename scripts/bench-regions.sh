@@ -29,6 +29,16 @@ start_cluster() {
   done
   echo "cluster $name did not come up"; exit 1
 }
+# settle PORT: waits until PD has run no operator for 3 s in a row (splits and balancing done).
+settle() {
+  local quiet=0
+  for _ in $(seq 1 240); do
+    n=$(curl -sf "127.0.0.1:$1/pd/api/v1/operators" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+    if [ "$n" = 0 ]; then quiet=$((quiet+1)); else quiet=0; fi
+    [ "$quiet" -ge 6 ] && return 0
+    sleep 0.5
+  done
+}
 regions() { curl -sf "127.0.0.1:$1/pd/api/v1/regions" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])'; }
 bench() { "$BIN/mnemo-bench" --pd "127.0.0.1:$1" --op "$2" --clients 32 --duration "$DURATION" --key-size 16 --value-size 256 --keys 10000 2>/dev/null | sed -n 2p; }
 stop_cluster() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
@@ -44,6 +54,7 @@ stop_cluster
 start_cluster many 24200 "$FAST[coprocessor]\nregion-split-size = \"24KiB\"\nregion-split-keys = 80\nsplit-region-check-tick-interval = \"200ms\"\n"
 "$BIN/mnemo-bench" --pd 127.0.0.1:24200 --op get --clients 1 --duration 1 --keys 10000 --key-size 16 --value-size 256 >/dev/null 2>&1
 for _ in $(seq 1 120); do [ "$(regions 24200)" -ge 64 ] && break; sleep 0.5; done
+settle 24200
 echo "$(bench 24200 put) $(regions 24200)"
 echo "$(bench 24200 get) $(regions 24200)"
 stop_cluster
@@ -52,7 +63,7 @@ stop_cluster
 start_cluster idle 24300 "$FAST[coprocessor]\nregion-split-size = \"4KiB\"\nregion-split-keys = 10\nsplit-region-check-tick-interval = \"200ms\"\n"
 "$BIN/mnemo-bench" --pd 127.0.0.1:24300 --op get --clients 1 --duration 1 --keys 12000 --key-size 16 --value-size 256 >/dev/null 2>&1
 for _ in $(seq 1 240); do [ "$(regions 24300)" -ge 1000 ] && break; sleep 0.5; done
-sleep 20  # let splits, balancing and heartbeats settle before measuring idleness
+settle 24300
 node=$(pgrep -f "status-addr 127.0.0.1:24321")
 peers=$(curl -sf 127.0.0.1:24321/metrics | awk '/^mnemo_region_count/ {print $2}')
 t0=$(awk '{print $14+$15}' /proc/$node/stat); sleep 30; t1=$(awk '{print $14+$15}' /proc/$node/stat)
