@@ -80,6 +80,21 @@ impl Engine for MemEngine {
         Ok(())
     }
 
+    fn ingest_range(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        kvs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<()> {
+        let mut wb = WriteBatch::new();
+        wb.delete_range(cf, start.to_vec(), end.to_vec());
+        for (k, v) in kvs {
+            wb.put(cf, k, v);
+        }
+        self.write(&wb, true)
+    }
+
     fn used_bytes(&self) -> u64 {
         self.cfs.read().values().flat_map(|m| m.iter()).map(|(k, v)| (k.len() + v.len()) as u64).sum()
     }

@@ -2,7 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IngestExternalFileOptions, IteratorMode, Options, ReadOptions,
+    SstFileWriter, WriteOptions, DB,
+};
 
 use super::{Cf, Engine, EngineError, Result, ScanRange, WriteBatch, WriteOp};
 
@@ -70,6 +75,40 @@ impl Engine for RocksEngine {
             }
         }
         Ok(())
+    }
+
+    fn ingest_range(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        kvs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<()> {
+        // Clear the range first (synced); the ingested file then lands above
+        // the range tombstone with a newer sequence number.
+        let mut clear = WriteBatch::new();
+        clear.delete_range(cf, start.to_vec(), end.to_vec());
+        self.write(&clear, true)?;
+        let mut kvs = kvs.peekable();
+        if kvs.peek().is_none() {
+            return Ok(());
+        }
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = self.path.join(format!("ingest-{}.sst", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let result = (|| {
+            let opts = Options::default();
+            let mut writer = SstFileWriter::create(&opts);
+            writer.open(&path).map_err(err)?;
+            for (k, v) in kvs {
+                writer.put(k, v).map_err(err)?;
+            }
+            writer.finish().map_err(err)?;
+            let mut io = IngestExternalFileOptions::default();
+            io.set_move_files(true);
+            self.db.ingest_external_file_cf_opts(self.cf(cf), &io, vec![&path]).map_err(err)
+        })();
+        let _ = std::fs::remove_file(&path);
+        result
     }
 
     fn used_bytes(&self) -> u64 {

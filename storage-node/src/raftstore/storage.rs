@@ -250,8 +250,9 @@ impl PeerStorage {
     }
 
     /// Replaces this peer's data and log with a received snapshot. The data
-    /// goes to `kv_wb` (with the region meta and apply state), the log reset
-    /// to `raft_wb`; the caller writes kv first, then raft.
+    /// is ingested at once (durably); the region meta and apply state go to
+    /// `kv_wb`, the log reset to `raft_wb`; the caller writes kv (synced)
+    /// first, then raft.
     pub fn apply_snapshot(
         &mut self,
         snap: &Snapshot,
@@ -262,22 +263,31 @@ impl PeerStorage {
             SnapshotData::decode(snap.get_data()).map_err(|e| Error::Other(format!("bad snapshot: {e}")))?;
         let region = Region::from(&data.region.unwrap_or_default());
         let meta = snap.get_metadata();
-        // The snapshot's range is replaced, and so is this peer's old range
-        // if it had one. An uninitialized peer has no range: its empty
-        // start/end keys do not mean "everything" (that would wipe every
-        // other region on this node).
-        if self.is_initialized() {
+        // 1. Mark the peer Applying, durably: a crash before step 3 leaves a
+        //    record that restart turns back into an empty peer (see
+        //    `reset_interrupted_snapshot`), never a mix of old and new data.
+        let applying = RegionLocalState {
+            state: PeerState::Applying as i32,
+            region: Some((&region).into()),
+            conf_state: Vec::new(),
+        };
+        let mut mark = WriteBatch::new();
+        mark.put(Cf::Meta, keys::region_state_key(self.region_id), applying.encode_to_vec());
+        self.kv.write(&mark, true)?;
+        // 2. Replace the data: this peer's old range if it had one (an
+        //    uninitialized peer has no range — its empty keys do not mean
+        //    "everything"), then the snapshot's range, ingested as an SST file.
+        if self.is_initialized()
+            && (self.region.start_key != region.start_key || self.region.end_key != region.end_key)
+        {
             let old = &self.region;
-            kv_wb.delete_range(Cf::Default, keys::data_key(&old.start_key), keys::data_end_key(&old.end_key));
+            let (s, e) = (keys::data_key(&old.start_key), keys::data_end_key(&old.end_key));
+            self.kv.ingest_range(Cf::Default, &s, &e, &mut std::iter::empty())?;
         }
-        kv_wb.delete_range(
-            Cf::Default,
-            keys::data_key(&region.start_key),
-            keys::data_end_key(&region.end_key),
-        );
-        for kv in data.kvs {
-            kv_wb.put(Cf::Default, keys::data_key(&kv.key), kv.value);
-        }
+        let (s, e) = (keys::data_key(&region.start_key), keys::data_end_key(&region.end_key));
+        let mut pairs = data.kvs.into_iter().map(|kv| (keys::data_key(&kv.key), kv.value));
+        self.kv.ingest_range(Cf::Default, &s, &e, &mut pairs)?;
+        // 3. The region meta and apply state go into the round's kv batch.
         self.region = region;
         self.peer_state = PeerState::Normal;
         self.conf_state = meta.get_conf_state().clone();
@@ -299,6 +309,36 @@ impl PeerStorage {
         self.set_hard_state(&hs, raft_wb);
         self.last_index = meta.index;
         self.last_term = meta.term;
+        Ok(())
+    }
+
+    /// Turns a peer whose snapshot apply was interrupted by a crash (record
+    /// left `Applying`) back into an empty peer: range forgotten, log and
+    /// apply state gone, commit reset; term and vote are kept (it may have
+    /// voted). Its leader will send the snapshot again.
+    pub fn reset_interrupted_snapshot(kv: &EngineRef, raft: &EngineRef, region: &Region) -> Result<()> {
+        let empty = Region { id: region.id, epoch: region.epoch, ..Default::default() };
+        let local = RegionLocalState {
+            state: PeerState::Normal as i32,
+            region: Some((&empty).into()),
+            conf_state: Vec::new(),
+        };
+        let mut kv_wb = WriteBatch::new();
+        kv_wb.put(Cf::Meta, keys::region_state_key(region.id), local.encode_to_vec());
+        kv_wb.delete(Cf::Meta, keys::apply_state_key(region.id));
+        kv.write(&kv_wb, true)?;
+        let mut raft_wb = WriteBatch::new();
+        raft_wb.delete_range(
+            Cf::Default,
+            keys::raft_log_key(region.id, 0),
+            keys::raft_log_key(region.id, u64::MAX),
+        );
+        if let Some(b) = raft.get(Cf::Default, &keys::raft_state_key(region.id))? {
+            let mut hs = HardState::parse_from_bytes(&b).map_err(|e| Error::Other(e.to_string()))?;
+            hs.commit = 0;
+            raft_wb.put(Cf::Default, keys::raft_state_key(region.id), hs.write_to_bytes().expect("encode"));
+        }
+        raft.write(&raft_wb, true)?;
         Ok(())
     }
 
@@ -449,7 +489,7 @@ mod tests {
     use mnemo_proto::types::{Peer, PeerId, StoreId};
 
     use super::*;
-    use crate::engine::{scan_collect, Engine, MemEngine};
+    use crate::engine::{scan_collect, MemEngine};
 
     fn region(id: u64, start: &[u8], end: &[u8]) -> Region {
         Region {
@@ -529,5 +569,31 @@ mod tests {
         let fresh = PeerStorage::open(kv, raft, Region { id: RegionId(3), ..Default::default() }).unwrap();
         assert!(!fresh.is_initialized());
         assert_eq!(fresh.peer_state, PeerState::Normal);
+    }
+
+    #[test]
+    fn an_interrupted_snapshot_leaves_an_empty_peer_after_restart() {
+        let kv: EngineRef = Arc::new(MemEngine::new());
+        let raft: EngineRef = Arc::new(MemEngine::new());
+        let r = region(4, b"c", b"f");
+        // The crash left the record Applying, with a voted hard state.
+        let applying = RegionLocalState {
+            state: PeerState::Applying as i32,
+            region: Some((&r).into()),
+            conf_state: Vec::new(),
+        };
+        let mut wb = WriteBatch::new();
+        wb.put(Cf::Meta, keys::region_state_key(r.id), applying.encode_to_vec());
+        kv.write(&wb, true).unwrap();
+        let hs = HardState { term: 9, vote: 40, commit: 3, ..Default::default() };
+        let mut wb = WriteBatch::new();
+        wb.put(Cf::Default, keys::raft_state_key(r.id), hs.write_to_bytes().unwrap());
+        raft.write(&wb, true).unwrap();
+
+        PeerStorage::reset_interrupted_snapshot(&kv, &raft, &r).unwrap();
+        let ps = PeerStorage::open(kv, raft, Region { id: r.id, ..Default::default() }).unwrap();
+        assert!(!ps.is_initialized());
+        assert_eq!((ps.hard_state.term, ps.hard_state.vote, ps.hard_state.commit), (9, 40, 0));
+        assert_eq!(ps.applied_index(), 0);
     }
 }

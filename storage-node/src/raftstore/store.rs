@@ -131,6 +131,12 @@ impl Store {
                 store.tombstones.insert(region.id, max);
                 continue;
             }
+            if state.state() == PeerState::Applying {
+                tracing::warn!(region = %region.id, "snapshot apply was interrupted; peer reset to empty");
+                PeerStorage::reset_interrupted_snapshot(&store.kv, &store.raft, &region)?;
+                // Recreated by the leader's next message.
+                continue;
+            }
             let Some(me) = region.peer_on_store(store_id).copied() else {
                 tracing::warn!(region = %region.id, "region state without a local peer; skipping");
                 continue;
