@@ -121,8 +121,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Cluster => "/cluster".to_owned(),
         Cmd::Tso { ts } => {
             let t = Timestamp::decode(*ts);
-            println!("system:  {} ({} ms)", t.physical_time(), t.physical_ms);
-            println!("logic:   {}", t.logical);
+            out(&format!("system:  {} ({} ms)\nlogic:   {}", t.physical_time(), t.physical_ms, t.logical));
             return Ok(());
         }
     };
@@ -179,7 +178,7 @@ fn print_answer(url: &str, answer: Result<ureq::Response, ureq::Error>) -> Resul
         }
         Err(e) => return Err(format!("{url}: {e}")),
     };
-    println!("{}", serde_json::to_string_pretty(&body).expect("a JSON value always prints"));
+    out(&serde_json::to_string_pretty(&body).expect("a JSON value always prints"));
     Ok(())
 }
 
@@ -204,4 +203,13 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Prints a line to stdout; a closed pipe (`pd-ctl region | head`) ends quietly.
+fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{text}").is_err() {
+        std::process::exit(0);
+    }
 }
