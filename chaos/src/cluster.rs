@@ -95,6 +95,12 @@ impl Proc {
     fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+        }
+    }
 }
 
 /// A running local cluster. Dropping it kills every process.
@@ -239,6 +245,16 @@ impl Cluster {
     /// Restarts node `i` on its data directory and ports.
     pub fn restart_node(&mut self, i: usize) {
         self.nodes[i].start();
+    }
+
+    /// Freezes node `i` (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn pause_node(&mut self, i: usize) {
+        self.nodes[i].signal("-STOP");
+    }
+
+    /// Thaws node `i` (SIGCONT).
+    pub fn resume_node(&mut self, i: usize) {
+        self.nodes[i].signal("-CONT");
     }
 
     /// True if node `i` runs.
@@ -396,6 +412,7 @@ fn unhex(s: &str) -> Vec<u8> {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
+            n.signal("-CONT");
             n.kill();
         }
         self.pd.kill();
