@@ -8,7 +8,13 @@ export MNEMO_BIN_DIR := $(BIN)
 
 APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl
 
-.PHONY: deps build run test bench bench-regions lint fmt clean-data
+.PHONY: deps build run test bench bench-regions chaos lint fmt clean-data
+
+# make chaos DURATION=1800 SEED=7: the register workload under kill/pause
+# nemeses for DURATION seconds, checked for linearizability. (The full
+# harness with partitions and reports is issue 4.)
+DURATION ?= 1800
+SEED ?= 7
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -34,6 +40,9 @@ bench: build
 # 1 region vs >= 64 regions (put/get), and an idle node with ~1,000 region peers.
 bench-regions: build
 	scripts/bench-regions.sh
+
+chaos: build
+	CHAOS_DURATION=$(DURATION) CHAOS_SEED=$(SEED) cargo test --release -p mnemo-chaos --test linearizability -- --nocapture
 
 lint: deps
 	cargo fmt --all --check
