@@ -83,6 +83,11 @@ pub fn write_initial_kv_state(region: &Region, kv_wb: &mut WriteBatch) {
     kv_wb.put(Cf::Meta, keys::apply_state_key(region.id), apply.encode_to_vec());
 }
 
+/// Stages the removal of every raft log entry of `region`.
+fn clear_raft_log(region: RegionId, raft_wb: &mut WriteBatch) {
+    raft_wb.delete_range(Cf::Default, keys::raft_log_key(region, 0), keys::raft_log_key(region, u64::MAX));
+}
+
 /// The raft-log half of [`write_initial_state`].
 pub fn write_initial_hard_state(region: RegionId, raft_wb: &mut WriteBatch) {
     let hs = HardState { term: INIT_TERM, commit: INIT_INDEX, ..Default::default() };
@@ -298,11 +303,7 @@ impl PeerStorage {
         };
         self.stage_region_state(kv_wb);
         self.stage_apply_state(kv_wb);
-        raft_wb.delete_range(
-            Cf::Default,
-            keys::raft_log_key(self.region_id, 0),
-            keys::raft_log_key(self.region_id, u64::MAX),
-        );
+        clear_raft_log(self.region_id, raft_wb);
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
@@ -328,11 +329,7 @@ impl PeerStorage {
         kv_wb.delete(Cf::Meta, keys::apply_state_key(region.id));
         kv.write(&kv_wb, true)?;
         let mut raft_wb = WriteBatch::new();
-        raft_wb.delete_range(
-            Cf::Default,
-            keys::raft_log_key(region.id, 0),
-            keys::raft_log_key(region.id, u64::MAX),
-        );
+        clear_raft_log(region.id, &mut raft_wb);
         if let Some(b) = raft.get(Cf::Default, &keys::raft_state_key(region.id))? {
             let mut hs = HardState::parse_from_bytes(&b).map_err(|e| Error::Other(e.to_string()))?;
             hs.commit = 0;
@@ -379,11 +376,7 @@ impl PeerStorage {
         self.peer_state = PeerState::Tombstone;
         self.stage_region_state(kv_wb);
         kv_wb.delete(Cf::Meta, keys::apply_state_key(self.region_id));
-        raft_wb.delete_range(
-            Cf::Default,
-            keys::raft_log_key(self.region_id, 0),
-            keys::raft_log_key(self.region_id, u64::MAX),
-        );
+        clear_raft_log(self.region_id, raft_wb);
         raft_wb.delete(Cf::Default, keys::raft_state_key(self.region_id));
     }
 

@@ -642,7 +642,8 @@ impl Store {
                 continue;
             }
             leaders += 1;
-            let pending: Vec<PeerId> = p.pending_peers().iter().map(|q| q.id).collect();
+            let pending_peers = p.pending_peers();
+            let pending: Vec<PeerId> = pending_peers.iter().map(|q| q.id).collect();
             let due = match self.last_reported.get(id) {
                 None => true,
                 Some((at, last_pending)) => {
@@ -660,7 +661,7 @@ impl Store {
             let _ = self.pd.send(PdTask::RegionHeartbeat(RegionReport {
                 region: p.region().clone(),
                 leader: p.meta,
-                pending_peers: p.pending_peers(),
+                pending_peers,
                 term: p.raw.raft.term,
                 approximate_size,
                 approximate_keys,
