@@ -51,6 +51,14 @@ pub enum Error {
     /// The request is malformed (zero ids, missing region, bad count, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// `POST /schedulers` named a scheduler that already runs (PD:
+    /// "scheduler existed"). Answered with HTTP 409.
+    #[error("scheduler {0} already exists")]
+    SchedulerExists(String),
+    /// `DELETE /schedulers/{name}` named a scheduler that does not run, or
+    /// no scheduler at all. Answered with HTTP 404.
+    #[error("scheduler {0} not found")]
+    SchedulerNotFound(String),
     /// The configuration is unusable; the message names the key and the fix.
     #[error("config: {0}")]
     Config(String),
@@ -84,6 +92,8 @@ impl Error {
             Error::ClusterIdMismatch { .. }
             | Error::StoreNotFound(_)
             | Error::DuplicateStoreAddress { .. }
+            | Error::SchedulerExists(_)
+            | Error::SchedulerNotFound(_)
             | Error::Config(_)
             | Error::Engine(_)
             | Error::Corrupt { .. }

@@ -14,7 +14,9 @@
 //!   keeps every region at `replication.max-replicas` healthy voters placed
 //!   by store labels (replacing peers on Down or Offline stores), and the
 //!   *balancers* spread replicas (balance-region) and leaders
-//!   (balance-leader) evenly over the stores. Their decisions become
+//!   (balance-leader) evenly over the stores; for chaos testing,
+//!   shuffle-leader and shuffle-region can be added at run time to keep
+//!   leaders and replicas moving. Their decisions become
 //!   *operators* — steps such as add a learner, swap it in for a voter by
 //!   joint consensus, transfer leadership, split — handed to the region's
 //!   leader one step at a time in heartbeat responses.
@@ -28,6 +30,7 @@
 //! | region metadata (range, epoch, peers) | yes | heartbeats, `ReportBatchSplit`  |
 //! | id window end, TSO bound    | yes       | the allocators, ahead of use        |
 //! | config changed at run time  | yes       | `POST /pd/api/v1/config` (wins over the file) |
+//! | active schedulers           | yes       | `POST`/`DELETE /pd/api/v1/schedulers` (default: the balancers) |
 //! | leaders, store stats, heartbeat times | no | heartbeats (rebuilt after restart) |
 //! | operators                   | no        | checkers, balancers, `POST /pd/api/v1/operators` |
 //!

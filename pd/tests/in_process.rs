@@ -314,3 +314,42 @@ async fn config_and_operators_over_http_reach_the_leader() {
     drop((hb_tx, answers, pd));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedulers_are_listed_added_and_removed_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = mnemo_pd::start(Config::for_tests(dir.path())).await.unwrap();
+    let url = server.client_url().to_owned();
+    let api = |path: &str| format!("{url}/pd/api/v1{path}");
+    let defaults = json!(["balance-leader-scheduler", "balance-region-scheduler"]);
+
+    // The balancers run by default.
+    assert_eq!(http_get(api("/schedulers")).await, (200, defaults.clone()));
+
+    // Adding shuffle-leader answers as PD does; it is listed from then on.
+    let add = |name: &str| Some(json!({ "name": name }));
+    let (status, answer) = http_call("POST", api("/schedulers"), add("shuffle-leader-scheduler")).await;
+    assert_eq!((status, answer), (200, json!("The scheduler is created.")));
+    let (_, active) = http_get(api("/schedulers")).await;
+    assert_eq!(
+        active,
+        json!(["balance-leader-scheduler", "balance-region-scheduler", "shuffle-leader-scheduler"])
+    );
+
+    // A second add conflicts; an unknown or missing name is a bad request.
+    let (status, err) = http_call("POST", api("/schedulers"), add("shuffle-leader-scheduler")).await;
+    assert_eq!(status, 409, "{err}");
+    let (status, err) = http_call("POST", api("/schedulers"), add("shuffle-everything-scheduler")).await;
+    assert_eq!(status, 400);
+    assert!(err.as_str().unwrap().contains("unknown scheduler"), "{err}");
+    let (status, err) = http_call("POST", api("/schedulers"), Some(json!({}))).await;
+    assert_eq!((status, err), (400, json!("missing scheduler name")));
+
+    // Removing it: once, then 404.
+    let (status, answer) = http_call("DELETE", api("/schedulers/shuffle-leader-scheduler"), None).await;
+    assert_eq!((status, answer), (200, json!("The scheduler is removed.")));
+    let (status, _) = http_call("DELETE", api("/schedulers/shuffle-leader-scheduler"), None).await;
+    assert_eq!(status, 404);
+    assert_eq!(http_get(api("/schedulers")).await, (200, defaults));
+    server.shutdown().await;
+}

@@ -8,6 +8,7 @@
 //!        operator add transfer-leader REGION STORE | add-peer REGION STORE | remove-peer REGION STORE
 //!                   | transfer-peer REGION FROM_STORE TO_STORE
 //!                   | split-region REGION [--policy approximate|usekey] [--keys HEX,HEX...]
+//!        scheduler show | scheduler add NAME | scheduler remove NAME
 //!        health | member | cluster | tso TS
 //! ```
 
@@ -56,6 +57,10 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         keys: Vec<String>,
     },
+    /// `scheduler show` lists the schedulers that run; `scheduler add NAME`
+    /// starts one (e.g. `shuffle-leader-scheduler`, `shuffle-region-scheduler`),
+    /// `scheduler remove NAME` stops it.
+    Scheduler { args: Vec<String> },
     /// Cluster id and replica count.
     Cluster,
     /// Decodes a timestamp into physical time and logical counter (offline).
@@ -118,6 +123,16 @@ fn run(cli: &Cli) -> Result<(), String> {
                 _ => return Err(OPERATOR_USAGE.into()),
             }
         }
+        Cmd::Scheduler { args } => match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["show"] => "/schedulers".to_owned(),
+            ["add", name] => {
+                return send("POST", &format!("{base}/schedulers"), serde_json::json!({ "name": *name }));
+            }
+            ["remove", name] => {
+                return call("DELETE", &format!("{base}/schedulers/{}", percent_encode(name)))
+            }
+            _ => return Err("usage: scheduler show | scheduler add NAME | scheduler remove NAME".into()),
+        },
         Cmd::Cluster => "/cluster".to_owned(),
         Cmd::Tso { ts } => {
             let t = Timestamp::decode(*ts);

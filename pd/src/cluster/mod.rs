@@ -10,7 +10,9 @@
 //!
 //! Scheduling decisions are made by `schedule` (sans-IO) under the same
 //! lock: on each region heartbeat, and on [`Cluster::patrol`], which the
-//! server calls every `schedule.patrol-region-interval`.
+//! server calls every `schedule.patrol-region-interval`. Which schedulers
+//! run is persisted metadata like the config changed at run time
+//! ([`Cluster::add_scheduler`], [`Cluster::remove_scheduler`]).
 //!
 //! The gRPC and HTTP layers (`server/`) convert wire types, call these
 //! methods and convert back; nothing here knows about tonic or axum.
@@ -148,13 +150,17 @@ impl Cluster {
         let tso = TsoAllocator::new(state.tso_bound_ms());
         let config = with_overrides(config, state.config_overrides());
         let settings = Settings::from_config(&config);
+        let mut coordinator = Coordinator::new(rand::random());
+        if let Some(names) = state.schedulers() {
+            coordinator.set_schedulers(scheduling::parse_persisted_schedulers(names));
+        }
         let mut inner = Inner {
             sm,
             replicator,
             ids,
             tso,
             operators: OperatorController::default(),
-            coordinator: Coordinator::new(rand::random()),
+            coordinator,
             config,
             settings,
         };
@@ -169,6 +175,7 @@ impl Cluster {
             bootstrapped = inner.state().is_bootstrapped(),
             stores = inner.state().stores().len(),
             regions = inner.state().regions().len(),
+            schedulers = %inner.coordinator.schedulers().iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
             "metadata loaded"
         );
         Ok(Cluster { member, cluster_id, alive_since: SystemTime::now(), inner: Mutex::new(inner) })

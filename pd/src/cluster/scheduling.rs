@@ -1,6 +1,7 @@
-//! The patrol tick, operators asked for through the API, and config changes
-//! at run time.
+//! The patrol tick, operators asked for through the API, config changes and
+//! schedulers added or removed at run time.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use mnemo_proto::types::{PeerId, RegionId};
@@ -12,7 +13,7 @@ use crate::config::update::parse_changes;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::meta::Command;
-use crate::schedule::{self, admin, AdminRequest, ScheduleOrder, Settings, SplitPolicy};
+use crate::schedule::{self, admin, AdminRequest, ScheduleOrder, Scheduler, Settings, SplitPolicy};
 use crate::store::StoreState;
 
 impl Cluster {
@@ -110,4 +111,72 @@ impl Cluster {
         inner.config = config.clone();
         Ok(config)
     }
+
+    /// The schedulers that run on each patrol tick, in the order they run.
+    pub fn schedulers(&self) -> Vec<Scheduler> {
+        self.inner.lock().coordinator.schedulers().iter().copied().collect()
+    }
+
+    /// Starts the scheduler called `name` (PD's name, e.g.
+    /// `shuffle-leader-scheduler`) from the next patrol tick on, and persists
+    /// the active set. [`Error::InvalidArgument`] for an unknown name,
+    /// [`Error::SchedulerExists`] if it already runs (PD refuses a second
+    /// add too).
+    pub fn add_scheduler(&self, name: &str) -> Result<Scheduler> {
+        let scheduler = Scheduler::parse(name).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "unknown scheduler {name:?} (known: {})",
+                Scheduler::known_names()
+            ))
+        })?;
+        let mut inner = self.inner.lock();
+        let mut active = inner.coordinator.schedulers().clone();
+        if !active.insert(scheduler) {
+            return Err(Error::SchedulerExists(scheduler.name().to_owned()));
+        }
+        inner.set_schedulers(active)?;
+        warn!(scheduler = scheduler.name(), "scheduler added at run time");
+        Ok(scheduler)
+    }
+
+    /// Stops the scheduler called `name` and persists the active set;
+    /// operators it already created finish as usual.
+    /// [`Error::SchedulerNotFound`] if no such scheduler runs.
+    pub fn remove_scheduler(&self, name: &str) -> Result<Scheduler> {
+        let not_found = || Error::SchedulerNotFound(name.to_owned());
+        let scheduler = Scheduler::parse(name).ok_or_else(not_found)?;
+        let mut inner = self.inner.lock();
+        let mut active = inner.coordinator.schedulers().clone();
+        if !active.remove(&scheduler) {
+            return Err(not_found());
+        }
+        inner.set_schedulers(active)?;
+        warn!(scheduler = scheduler.name(), "scheduler removed at run time");
+        Ok(scheduler)
+    }
+}
+
+impl super::Inner {
+    /// Persists `active` as the schedulers that run, then runs them.
+    fn set_schedulers(&mut self, active: BTreeSet<Scheduler>) -> Result<()> {
+        let names = active.iter().map(|s| s.name().to_owned()).collect();
+        self.propose(Command::SetSchedulers { names })?;
+        self.coordinator.set_schedulers(active);
+        Ok(())
+    }
+}
+
+/// The schedulers named in the persisted metadata. A name this version does
+/// not know is skipped with a warning rather than keeping PD from starting.
+pub(super) fn parse_persisted_schedulers(names: &[String]) -> BTreeSet<Scheduler> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let parsed = Scheduler::parse(name);
+            if parsed.is_none() {
+                warn!(scheduler = %name, "ignoring an unknown persisted scheduler");
+            }
+            parsed
+        })
+        .collect()
 }

@@ -285,6 +285,34 @@ fn config_changed_at_run_time_survives_a_restart() {
 }
 
 #[test]
+fn schedulers_added_or_removed_at_run_time_survive_a_restart() {
+    use crate::schedule::Scheduler::{BalanceLeader, BalanceRegion, ShuffleLeader};
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::for_tests(dir.path());
+    let open = || {
+        let engine = Arc::new(RocksEngine::open(&dir.path().join("meta")).unwrap());
+        Cluster::open(config.clone(), member(&config), engine).unwrap()
+    };
+    {
+        let c = open();
+        // The balancers run by default; the shuffles are off.
+        assert_eq!(c.schedulers(), vec![BalanceLeader, BalanceRegion]);
+        assert_eq!(c.add_scheduler("shuffle-leader-scheduler").unwrap(), ShuffleLeader);
+        // Twice is refused, as in PD; so is a name PD does not know.
+        assert!(matches!(c.add_scheduler("shuffle-leader-scheduler"), Err(Error::SchedulerExists(_))));
+        let err = c.add_scheduler("shuffle-leader").unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("shuffle-leader-scheduler")), "{err}");
+        // The balancers can be removed too; what does not run cannot be.
+        c.remove_scheduler("balance-region-scheduler").unwrap();
+        assert!(matches!(c.remove_scheduler("shuffle-region-scheduler"), Err(Error::SchedulerNotFound(_))));
+        assert!(matches!(c.remove_scheduler("nonsense"), Err(Error::SchedulerNotFound(_))));
+        assert_eq!(c.schedulers(), vec![BalanceLeader, ShuffleLeader]);
+    }
+    // After a restart the same set runs.
+    assert_eq!(open().schedulers(), vec![BalanceLeader, ShuffleLeader]);
+}
+
+#[test]
 fn a_drained_offline_store_becomes_tombstone_on_patrol_even_if_silent() {
     let (c, _) = three_replicas(4);
     c.set_store_state(StoreId(4), StoreState::Offline).unwrap();

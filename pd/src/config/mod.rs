@@ -91,11 +91,11 @@ pub struct ScheduleConfig {
     /// snapshot; at least `1s`. Leader transfers give up after at most 10 s.
     /// Default `"60s"`.
     pub operator_timeout: ReadableDuration,
-    /// Most balance-leader operators (leader transfers) in flight at once.
-    /// 0 disables balance-leader. Default 4.
+    /// Most leader transfers of balance-leader and shuffle-leader in flight
+    /// at once. 0 disables both. Default 4.
     pub leader_schedule_limit: u64,
-    /// Most balance-region operators (replica moves) in flight at once. 0
-    /// disables balance-region. Default 2048.
+    /// Most replica moves of balance-region and shuffle-region in flight at
+    /// once. 0 disables both. Default 2048.
     pub region_schedule_limit: u64,
     /// Most replica-checker operators (add missing, remove extra, replace
     /// down or offline replicas, fix placement) in flight at once. 0
@@ -106,8 +106,9 @@ pub struct ScheduleConfig {
     /// no target for the replica checker or balance-region. Default 64.
     pub max_snapshot_count: u64,
     /// How often the patrol runs: it drops expired operators, runs the
-    /// replica checker over the next 128 regions and lets balance-leader and
-    /// balance-region propose up to 4 operators each. At least `10ms`.
+    /// replica checker over the next 128 regions and lets the active
+    /// schedulers propose operators (balance-leader and balance-region up to
+    /// 4 each, shuffle-leader and shuffle-region 1 each). At least `10ms`.
     /// Default `"100ms"`. (PD's default is 10 ms, for checkers only.)
     pub patrol_region_interval: ReadableDuration,
 }

@@ -63,6 +63,14 @@ pub enum Command {
         /// as JSON text (`"\"5s\""`), validated by the proposer.
         changes: Vec<(String, String)>,
     },
+    /// Records the schedulers that run (`POST`/`DELETE
+    /// /pd/api/v1/schedulers`): the whole active set, replacing the previous
+    /// one. Until the first such command the defaults run.
+    SetSchedulers {
+        /// PD's scheduler names (`shuffle-leader-scheduler`), validated by
+        /// the proposer.
+        names: Vec<String>,
+    },
 }
 
 /// The encoded form: JSON, with stores and regions as hex of their protobuf
@@ -78,6 +86,7 @@ enum Repr {
     AllocIdWindow { end: u64 },
     TsoWindow { physical_ms: u64 },
     UpdateConfig { changes: Vec<(String, String)> },
+    SetSchedulers { names: Vec<String> },
 }
 
 impl Command {
@@ -98,6 +107,7 @@ impl Command {
             Command::AllocIdWindow { end } => Repr::AllocIdWindow { end: *end },
             Command::TsoWindow { physical_ms } => Repr::TsoWindow { physical_ms: *physical_ms },
             Command::UpdateConfig { changes } => Repr::UpdateConfig { changes: changes.clone() },
+            Command::SetSchedulers { names } => Repr::SetSchedulers { names: names.clone() },
         };
         serde_json::to_vec(&repr).expect("command repr always serializes")
     }
@@ -129,6 +139,7 @@ impl Command {
             Repr::AllocIdWindow { end } => Command::AllocIdWindow { end },
             Repr::TsoWindow { physical_ms } => Command::TsoWindow { physical_ms },
             Repr::UpdateConfig { changes } => Command::UpdateConfig { changes },
+            Repr::SetSchedulers { names } => Command::SetSchedulers { names },
         })
     }
 }
@@ -157,6 +168,7 @@ mod tests {
             Command::AllocIdWindow { end: 1001 },
             Command::TsoWindow { physical_ms: 1_700_000_003_000 },
             Command::UpdateConfig { changes: vec![("schedule.max-store-down-time".into(), "\"5s\"".into())] },
+            Command::SetSchedulers { names: vec!["shuffle-leader-scheduler".into()] },
         ];
         for cmd in cmds {
             assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);

@@ -2,7 +2,7 @@
 //!
 //! Every change to what PD must remember across restarts — cluster id,
 //! bootstrap, stores, region records, the id window, the TSO bound, config
-//! changed at run time — is a [`Command`]. Commands reach the
+//! changed at run time, the active schedulers — is a [`Command`]. Commands reach the
 //! [`StateMachine`] only through a [`Replicator`]:
 //!
 //! ```text

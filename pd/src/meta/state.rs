@@ -24,6 +24,7 @@ pub struct MetaState {
     id_window_end: u64,
     tso_bound_ms: u64,
     config_overrides: BTreeMap<String, String>,
+    schedulers: Option<Vec<String>>,
 }
 
 impl MetaState {
@@ -67,6 +68,12 @@ impl MetaState {
         &self.config_overrides
     }
 
+    /// Active scheduler names as last set at run time; `None` if never set
+    /// (the defaults run).
+    pub fn schedulers(&self) -> Option<&[String]> {
+        self.schedulers.as_deref()
+    }
+
     /// Runtime: the latest heartbeat of region `id` (no-op if unknown).
     pub fn set_region_runtime(&mut self, id: RegionId, runtime: RegionRuntime) {
         self.regions.set_runtime(id, runtime);
@@ -97,6 +104,7 @@ impl StateMachine {
             id_window_end: storage::get_u64(e, storage::ID_WINDOW_END)?.unwrap_or(0),
             tso_bound_ms: storage::get_u64(e, storage::TSO_BOUND)?.unwrap_or(0),
             config_overrides: storage::get_overrides(e)?,
+            schedulers: storage::get_schedulers(e)?,
             ..MetaState::default()
         };
         for meta in storage::load_stores(e)? {
@@ -203,6 +211,11 @@ impl StateMachine {
                 self.write(&wb)?;
                 self.state.config_overrides = overrides;
             }
+            Command::SetSchedulers { names } => {
+                storage::put_schedulers(&mut wb, names);
+                self.write(&wb)?;
+                self.state.schedulers = Some(names.clone());
+            }
         }
         Ok(())
     }
@@ -277,6 +290,11 @@ mod tests {
             sm.apply(&change("schedule.max-store-down-time", "\"5s\"")).unwrap();
             sm.apply(&change("schedule.max-store-down-time", "\"7s\"")).unwrap();
             // the latest wins
+            let schedulers = |names: &[&str]| Command::SetSchedulers {
+                names: names.iter().map(|n| n.to_string()).collect(),
+            };
+            sm.apply(&schedulers(&["balance-leader-scheduler", "shuffle-leader-scheduler"])).unwrap();
+            sm.apply(&schedulers(&["shuffle-leader-scheduler"])).unwrap(); // the whole set, replaced
         }
         let engine = Arc::new(RocksEngine::open(dir.path()).unwrap());
         let sm = StateMachine::open(engine).unwrap();
@@ -289,5 +307,6 @@ mod tests {
         assert_eq!(s.id_window_end(), 2000);
         assert_eq!(s.tso_bound_ms(), 123_456);
         assert_eq!(s.config_overrides()["schedule.max-store-down-time"], "\"7s\"");
+        assert_eq!(s.schedulers(), Some(&["shuffle-leader-scheduler".to_owned()][..]));
     }
 }

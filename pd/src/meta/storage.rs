@@ -6,6 +6,7 @@
 //! pd/id_window_end         u64 big-endian
 //! pd/tso_bound_ms          u64 big-endian
 //! pd/config_overrides      JSON object: dotted config key → value as JSON text
+//! pd/schedulers            JSON array of active scheduler names (absent: the defaults)
 //! pd/store/<id u64 BE>     metapb.Store (protobuf)
 //! pd/region/<id u64 BE>    metapb.Region (protobuf)
 //! ```
@@ -28,6 +29,7 @@ pub(super) const BOOTSTRAPPED: &[u8] = b"pd/bootstrapped";
 pub(super) const ID_WINDOW_END: &[u8] = b"pd/id_window_end";
 pub(super) const TSO_BOUND: &[u8] = b"pd/tso_bound_ms";
 pub(super) const CONFIG_OVERRIDES: &[u8] = b"pd/config_overrides";
+pub(super) const SCHEDULERS: &[u8] = b"pd/schedulers";
 const STORE_PREFIX: &[u8] = b"pd/store/";
 const REGION_PREFIX: &[u8] = b"pd/region/";
 
@@ -77,6 +79,17 @@ pub(super) fn get_overrides(engine: &dyn Engine) -> Result<BTreeMap<String, Stri
     match engine.get(Cf::Meta, CONFIG_OVERRIDES)? {
         None => Ok(BTreeMap::new()),
         Some(v) => serde_json::from_slice(&v).map_err(|e| corrupt(CONFIG_OVERRIDES, e)),
+    }
+}
+
+pub(super) fn put_schedulers(wb: &mut WriteBatch, names: &[String]) {
+    wb.put(Cf::Meta, SCHEDULERS, serde_json::to_vec(names).expect("a string list serializes"));
+}
+
+pub(super) fn get_schedulers(engine: &dyn Engine) -> Result<Option<Vec<String>>> {
+    match engine.get(Cf::Meta, SCHEDULERS)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| corrupt(SCHEDULERS, e)),
     }
 }
 

@@ -23,7 +23,7 @@
 //! region it follows. Worth it when the gap is at least 2 (a transfer moves 1
 //! each way, so it cannot overshoot) and above 5 % of the mean.
 
-use mnemo_proto::types::{Peer, PeerRole, StoreId};
+use mnemo_proto::types::{Peer, StoreId};
 use rand::Rng;
 
 use super::context::{worth_moving, Ctx};
@@ -76,18 +76,11 @@ fn region_target(
     mean: f64,
 ) -> Option<StoreId> {
     let weight = i64::try_from(info.weight()).unwrap_or(i64::MAX);
-    let all: Vec<StoreId> = info.region.peers.iter().map(|p| p.store_id).collect();
-    let keep: Vec<StoreId> = all.iter().copied().filter(|s| *s != src).collect();
-    let before = ctx.isolation(&all);
     for &(dst, dst_score) in by_score_desc.iter().rev() {
         if !worth_moving(src_score, dst_score, weight, 2, mean) {
             return None; // later targets score even higher
         }
-        if info.region.peer_on_store(dst).is_some() || !ctx.is_target(dst) || ctx.shares_host(dst, &keep) {
-            continue;
-        }
-        let with: Vec<StoreId> = keep.iter().copied().chain([dst]).collect();
-        if ctx.isolation(&with) <= before {
+        if ctx.can_move(info, src, dst) {
             return Some(dst);
         }
     }
@@ -124,9 +117,9 @@ pub fn balance_leader(ctx: &Ctx<'_>, rng: &mut impl Rng) -> Option<Proposal> {
         let regions = ctx.snap.regions.regions_on_store(dst, rng.gen());
         for info in sample(ctx, regions.filter(|i| i.leader().is_some_and(|l| l.store_id != dst))) {
             let (Some(leader), Some(&to)) = (info.leader(), info.region.peer_on_store(dst)) else { continue };
-            let eligible =
-                to.role == PeerRole::Voter && !ctx.is_pending(&to, info) && ctx.is_healthy(&to, info);
-            if eligible && worth_moving(ctx.leader_score(leader.store_id), dst_score, 1, 1, mean) {
+            if ctx.can_lead(&to, info)
+                && worth_moving(ctx.leader_score(leader.store_id), dst_score, 1, 1, mean)
+            {
                 return propose(info, to);
             }
         }
@@ -136,6 +129,9 @@ pub fn balance_leader(ctx: &Ctx<'_>, rng: &mut impl Rng) -> Option<Proposal> {
 
 /// Up to [`CANDIDATES_PER_STORE`] balanceable regions among the first
 /// [`SCAN_PER_STORE`] of `regions`.
-fn sample<'a>(ctx: &Ctx<'_>, regions: impl Iterator<Item = &'a RegionInfo>) -> Vec<&'a RegionInfo> {
+pub(super) fn sample<'a>(
+    ctx: &Ctx<'_>,
+    regions: impl Iterator<Item = &'a RegionInfo>,
+) -> Vec<&'a RegionInfo> {
     regions.take(SCAN_PER_STORE).filter(|info| ctx.is_balanceable(info)).take(CANDIDATES_PER_STORE).collect()
 }

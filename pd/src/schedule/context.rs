@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use mnemo_proto::types::{Peer, StoreId};
+use mnemo_proto::types::{Peer, PeerRole, StoreId};
 
 use super::controller::{Influence, OperatorController};
 use super::placement::{same_host, Isolation};
@@ -136,16 +136,43 @@ impl<'a> Ctx<'a> {
             && r.peers.iter().all(|p| self.is_active(p.store_id))
     }
 
-    /// The voter that should take leadership from `from`: caught up, on an
-    /// active store, with the fewest leaders (then the lowest store id).
+    /// True if `peer` may take leadership of `info`: a voter, caught up,
+    /// healthy, on an active store.
+    pub fn can_lead(&self, peer: &Peer, info: &RegionInfo) -> bool {
+        peer.role == PeerRole::Voter
+            && !self.is_pending(peer, info)
+            && self.is_active(peer.store_id)
+            && self.is_healthy(peer, info)
+    }
+
+    /// The voter that should take leadership from `from`: one that
+    /// [can lead](Ctx::can_lead), with the fewest leaders (then the lowest
+    /// store id).
     pub fn leader_target(&self, info: &RegionInfo, from: Peer) -> Option<Peer> {
         info.region
             .voters()
-            .filter(|p| p.id != from.id)
-            .filter(|p| !self.is_pending(p, info) && self.is_active(p.store_id))
-            .filter(|p| self.is_healthy(p, info))
+            .filter(|p| p.id != from.id && self.can_lead(p, info))
             .min_by_key(|p| (self.leader_score(p.store_id), p.store_id))
             .copied()
+    }
+
+    /// True if `info`'s replica on `src` may move to `dst` without making the
+    /// region's placement worse: `dst` accepts new replicas
+    /// ([`Ctx::is_target`]), holds no peer of the region, shares no `host`
+    /// with the replicas that stay, and the region's isolation is not worse
+    /// with the replica on `dst` than it is now. The rule every move that is
+    /// not a repair follows (balance-region, shuffle-region).
+    pub fn can_move(&self, info: &RegionInfo, src: StoreId, dst: StoreId) -> bool {
+        if info.region.peer_on_store(dst).is_some() || !self.is_target(dst) {
+            return false;
+        }
+        let all: Vec<StoreId> = info.region.peers.iter().map(|p| p.store_id).collect();
+        let keep: Vec<StoreId> = all.iter().copied().filter(|s| *s != src).collect();
+        if self.shares_host(dst, &keep) {
+            return false;
+        }
+        let with: Vec<StoreId> = keep.into_iter().chain([dst]).collect();
+        self.isolation(&with) <= self.isolation(&all)
     }
 
     /// Stores eligible for balancing (active), with the mean of `score` over them.

@@ -9,27 +9,32 @@
 //!   have stopped heartbeating — or moving a peer or leadership onto a store
 //!   that went Down or Offline meanwhile), the
 //!   replica checker visits the next [`PATROL_BATCH`] regions in key order
-//!   (so a region that heartbeats rarely is still repaired), then
-//!   balance-leader and balance-region each propose up to [`BALANCE_BATCH`]
-//!   operators. The first step of every new operator is returned as an
+//!   (so a region that heartbeats rarely is still repaired), then the
+//!   active schedulers ([`Scheduler`]: balance-leader and balance-region by
+//!   default, shuffle-leader and shuffle-region when added) each propose up
+//!   to [`Scheduler::per_round`] operators while their kind has room. The
+//!   first step of every new operator is returned as an
 //!   [`ScheduleOrder`], to be pushed to the leader at once rather than on
 //!   its next heartbeat.
 //!
 //! Sans-IO: inputs are the cluster snapshot, settings, the operator
 //! controller and a source of fresh peer ids; outputs are operators (in the
-//! controller) and orders.
+//! controller) and orders. The set of active schedulers is the
+//! coordinator's own state, set by its owner ([`Coordinator::set_schedulers`]).
+
+use std::collections::BTreeSet;
 
 use mnemo_proto::types::{Peer, PeerId, RegionEpoch, RegionId};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tracing::{debug, info, warn};
 
-use super::balance::{balance_leader, balance_region};
 use super::context::{ClusterSnapshot, Ctx};
 use super::controller::OperatorController;
 use super::operator::{OpKind, Operator, Progress};
 use super::plan::{build, Proposal};
 use super::replica_checker;
+use super::schedulers::Scheduler;
 use super::settings::Settings;
 use super::step::Step;
 use crate::region_map::RegionInfo;
@@ -37,9 +42,6 @@ use crate::store::StoreStatus;
 
 /// Regions the replica checker visits per patrol tick.
 pub const PATROL_BATCH: usize = 128;
-
-/// Operators each balance scheduler may create per patrol tick.
-pub const BALANCE_BATCH: usize = 4;
 
 /// A step for a region leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,19 +57,36 @@ pub struct ScheduleOrder {
     pub step: Step,
 }
 
-/// Where patrol stands, and its randomness.
+/// Where patrol stands, which schedulers run, and their randomness.
 pub struct Coordinator {
     cursor: Vec<u8>,
     rng: StdRng,
+    schedulers: BTreeSet<Scheduler>,
 }
 
 /// A source of fresh peer ids; `None` when none is at hand right now.
 pub type NewPeerId<'a> = &'a mut dyn FnMut() -> Option<PeerId>;
 
 impl Coordinator {
-    /// A coordinator whose random choices follow `seed`.
+    /// A coordinator whose random choices follow `seed`, running the
+    /// default schedulers ([`Scheduler::DEFAULT`]).
     pub fn new(seed: u64) -> Self {
-        Coordinator { cursor: Vec::new(), rng: StdRng::seed_from_u64(seed) }
+        Coordinator {
+            cursor: Vec::new(),
+            rng: StdRng::seed_from_u64(seed),
+            schedulers: Scheduler::DEFAULT.into(),
+        }
+    }
+
+    /// The schedulers that run on each patrol tick.
+    pub fn schedulers(&self) -> &BTreeSet<Scheduler> {
+        &self.schedulers
+    }
+
+    /// Runs exactly `schedulers` from the next patrol tick on. Operators
+    /// they already created finish (or time out) as usual.
+    pub fn set_schedulers(&mut self, schedulers: BTreeSet<Scheduler>) {
+        self.schedulers = schedulers;
     }
 
     /// A region heartbeat arrived (the map already holds its new state):
@@ -166,23 +185,17 @@ impl Coordinator {
             emit(ops, proposal);
         }
 
-        // The balancers, a few operators each.
-        for _ in 0..BALANCE_BATCH {
-            if !ops.has_room(OpKind::Leader, settings) {
-                break;
-            }
-            let proposal = balance_leader(&Ctx { snap, settings, ops }, &mut self.rng);
-            if !emit(ops, proposal) {
-                break;
-            }
-        }
-        for _ in 0..BALANCE_BATCH {
-            if !ops.has_room(OpKind::Region, settings) {
-                break;
-            }
-            let proposal = balance_region(&Ctx { snap, settings, ops }, &mut self.rng);
-            if !emit(ops, proposal) {
-                break;
+        // The active schedulers, a few operators each (BTreeSet order is
+        // Scheduler::ALL's).
+        for &scheduler in &self.schedulers {
+            for _ in 0..scheduler.per_round() {
+                if !ops.has_room(scheduler.kind(), settings) {
+                    break;
+                }
+                let proposal = scheduler.propose(&Ctx { snap, settings, ops }, &mut self.rng);
+                if !emit(ops, proposal) {
+                    break;
+                }
             }
         }
         orders

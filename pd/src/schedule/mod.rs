@@ -10,7 +10,10 @@
 //!   `max-replicas` healthy, well-placed voters (missing, extra, down,
 //!   offline replicas, isolation by labels — see [`placement`]);
 //!   [`balance`] spreads replicas (balance-region) and leaders
-//!   (balance-leader); [`admin`] validates what a human asks for.
+//!   (balance-leader); [`shuffle`] moves random leaders and replicas
+//!   (shuffle-leader, shuffle-region: churn for testing, off by default);
+//!   [`schedulers`] names them and says which run; [`admin`] validates what
+//!   a human asks for.
 //! - [`plan::build`] turns a plan into an [`Operator`]: steps
 //!   ([`Step`]) for the region's leader, the region epoch and time of
 //!   creation, a timeout and a kind ([`OpKind`]) with its own limit.
@@ -21,7 +24,7 @@
 //! - The [`Coordinator`] decides when all of this runs: on every region
 //!   heartbeat (follow the region's operator, or run the replica checker)
 //!   and on a patrol tick (expire operators, check a batch of regions, run
-//!   the balancers).
+//!   the active schedulers).
 //!
 //! Everything here is sans-IO: inputs are the snapshot, settings, `now`, a
 //! source of peer ids and a seeded random generator; outputs are operators
@@ -64,7 +67,9 @@ mod operator;
 pub mod placement;
 pub mod plan;
 pub mod replica_checker;
+pub mod schedulers;
 mod settings;
+pub mod shuffle;
 mod step;
 
 #[cfg(test)]
@@ -75,9 +80,10 @@ mod sim_tests;
 pub use admin::AdminRequest;
 pub use context::{worth_moving, ClusterSnapshot, Ctx, TOLERANCE_RATIO};
 pub use controller::{Influence, OperatorController, Refusal};
-pub use coordinator::{Coordinator, NewPeerId, ScheduleOrder, BALANCE_BATCH, PATROL_BATCH};
+pub use coordinator::{Coordinator, NewPeerId, ScheduleOrder, PATROL_BATCH};
 pub use operator::{OpKind, Operator, Progress};
 pub use plan::{Plan, Proposal};
+pub use schedulers::{Scheduler, BALANCE_BATCH, SHUFFLE_BATCH};
 pub use settings::{Settings, LEADER_OPERATOR_TIMEOUT};
 pub use step::{PeerChange, SplitPolicy, Step};
 

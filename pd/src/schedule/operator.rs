@@ -11,9 +11,11 @@ use crate::region_map::RegionInfo;
 /// What an operator is for; each kind has its own concurrency limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OpKind {
-    /// Leader transfers of balance-leader (`schedule.leader-schedule-limit`).
+    /// Leader transfers of balance-leader and shuffle-leader
+    /// (`schedule.leader-schedule-limit`).
     Leader,
-    /// Replica moves of balance-region (`schedule.region-schedule-limit`).
+    /// Replica moves of balance-region and shuffle-region
+    /// (`schedule.region-schedule-limit`).
     Region,
     /// Repairs of the replica checker: missing, extra, down or offline
     /// replicas, placement fixes (`schedule.replica-schedule-limit`).

@@ -17,9 +17,11 @@ pub struct Settings {
     /// Life of an operator (`schedule.operator-timeout`); leader transfers get
     /// at most [`LEADER_OPERATOR_TIMEOUT`].
     pub operator_timeout: Duration,
-    /// Balance-leader operators in flight (`schedule.leader-schedule-limit`).
+    /// Leader operators (balance-leader, shuffle-leader) in flight
+    /// (`schedule.leader-schedule-limit`).
     pub leader_limit: usize,
-    /// Balance-region operators in flight (`schedule.region-schedule-limit`).
+    /// Region operators (balance-region, shuffle-region) in flight
+    /// (`schedule.region-schedule-limit`).
     pub region_limit: usize,
     /// Replica-checker operators in flight (`schedule.replica-schedule-limit`).
     pub replica_limit: usize,

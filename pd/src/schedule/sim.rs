@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
 
-use super::{ClusterSnapshot, Coordinator, OperatorController, ScheduleOrder, Settings, Step};
+use super::{ClusterSnapshot, Coordinator, OperatorController, ScheduleOrder, Scheduler, Settings, Step};
 use crate::region_map::{RegionMap, RegionRuntime, Verdict};
 use crate::store::{StoreInfo, StoreMeta, StoreState};
 
@@ -46,6 +46,10 @@ pub struct Sim {
     pub dead: BTreeSet<StoreId>,
     /// Operators created so far.
     pub created: usize,
+    /// Operators created so far, by description (`shuffle-leader`, ...).
+    pub created_by: BTreeMap<&'static str, usize>,
+    /// Most operators of one description created within one tick.
+    pub burst: BTreeMap<&'static str, usize>,
     /// Most operators in flight of any one kind seen after a tick, by kind name.
     pub peak: BTreeMap<&'static str, usize>,
     coordinator: Coordinator,
@@ -67,6 +71,8 @@ impl Sim {
             now,
             dead: BTreeSet::new(),
             created: 0,
+            created_by: BTreeMap::new(),
+            burst: BTreeMap::new(),
             peak: BTreeMap::new(),
             coordinator: Coordinator::new(7),
             truth: BTreeMap::new(),
@@ -109,6 +115,13 @@ impl Sim {
                 Truth { region, leader, pending_until: BTreeMap::new(), leaving: vec![], changed: true };
             self.truth.insert(RegionId(i + 1), truth);
         }
+        self
+    }
+
+    /// Runs exactly these schedulers from the next tick on (the defaults,
+    /// balance-leader and balance-region, until called).
+    pub fn schedulers(&mut self, active: &[Scheduler]) -> &mut Self {
+        self.coordinator.set_schedulers(active.iter().copied().collect());
         self
     }
 
@@ -166,16 +179,26 @@ impl Sim {
             now,
             alive_since: self.alive_since,
         };
-        let before = self.ops.len();
         let mut next_id = self.next_id;
         let orders = self.coordinator.patrol(&snap, &self.settings, &mut self.ops, &mut || {
             next_id += 1;
             Some(PeerId(next_id))
         });
         self.next_id = next_id;
-        self.created += self.ops.len().saturating_sub(before);
         for order in orders {
             self.execute(order);
+        }
+        // Operators created this tick (on heartbeats or patrol) are all still
+        // in flight: none can finish before its region heartbeats again.
+        let mut new: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for op in self.ops.iter().filter(|op| op.created == now) {
+            *new.entry(op.desc).or_default() += 1;
+        }
+        for (desc, n) in new {
+            self.created += n;
+            *self.created_by.entry(desc).or_default() += n;
+            let burst = self.burst.entry(desc).or_default();
+            *burst = (*burst).max(n);
         }
         for kind in [super::OpKind::Leader, super::OpKind::Region, super::OpKind::Replica] {
             let peak = self.peak.entry(kind.name()).or_default();
@@ -242,14 +265,12 @@ impl Sim {
             now: self.now,
             alive_since: self.alive_since,
         };
-        let before = self.ops.len();
         let mut next_id = self.next_id;
         let order = self.coordinator.on_heartbeat(&snap, &self.settings, &mut self.ops, id, &mut || {
             next_id += 1;
             Some(PeerId(next_id))
         });
         self.next_id = next_id;
-        self.created += self.ops.len().saturating_sub(before);
         if let Some(order) = order {
             self.execute(order);
         }

@@ -1,13 +1,13 @@
 //! Whole-cluster scheduling stories on the simulator (`sim.rs`): one
 //! scenario per test, simulated time, no sleeps.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use mnemo_proto::types::StoreId;
+use mnemo_proto::types::{RegionId, StoreId};
 
 use super::sim::Sim;
-use super::{drained_stores, ClusterSnapshot, Settings};
+use super::{drained_stores, ClusterSnapshot, Scheduler, Settings};
 use crate::store::StoreState;
 
 fn settings() -> Settings {
@@ -204,13 +204,86 @@ fn repairs_respect_the_replica_schedule_limit() {
 }
 
 #[test]
-fn zero_limits_turn_balancing_off() {
+fn zero_limits_turn_balancing_and_shuffling_off() {
     let mut sim = Sim::new(Settings { leader_limit: 0, region_limit: 0, ..settings() });
     plain_stores(&mut sim, 1..=5);
     sim.regions(30, &[1, 2, 3]);
+    sim.schedulers(&Scheduler::ALL);
     sim.run(30);
     assert_eq!(sim.created, 0);
     assert_eq!((sim.region_count(4), sim.leader_count(1)), (0, 30));
+}
+
+#[test]
+fn shuffle_leader_keeps_leaders_moving_and_replicas_in_place() {
+    // 20 regions on stores 1-3, all led from store 1; only shuffle-leader runs.
+    let mut sim = Sim::new(settings());
+    plain_stores(&mut sim, 1..=3);
+    sim.regions(20, &[1, 2, 3]);
+    sim.schedulers(&[Scheduler::ShuffleLeader]);
+    let placement = stores_of(&sim);
+
+    // For 30 s, note every store each region is led from.
+    let mut led_from: BTreeMap<RegionId, BTreeSet<u64>> = BTreeMap::new();
+    for _ in 0..300 {
+        sim.tick();
+        for info in sim.regions.iter() {
+            let leader = info.leader().expect("every region has a live leader");
+            led_from.entry(info.region.id).or_default().insert(leader.store_id.0);
+        }
+    }
+
+    // Leadership wandered: every region was led from at least two stores,
+    // and every store led regions at some point.
+    assert!(led_from.values().all(|stores| stores.len() >= 2), "{led_from:?}");
+    let leading: BTreeSet<u64> = led_from.values().flatten().copied().collect();
+    assert_eq!(leading, BTreeSet::from([1, 2, 3]));
+    // At the pace of one transfer per round at most, within leader-schedule-limit.
+    assert!(sim.created_by["shuffle-leader"] >= 100, "{:?}", sim.created_by);
+    assert_eq!(sim.burst["shuffle-leader"], 1);
+    assert!(sim.peak["leader"] <= settings().leader_limit);
+    // Only leadership moved.
+    assert_eq!(stores_of(&sim), placement);
+    assert_eq!(sim.created, sim.created_by["shuffle-leader"]);
+    assert!(sim.healthy());
+}
+
+#[test]
+fn shuffle_region_moves_replicas_within_their_zones_and_never_loses_one() {
+    // Six stores in three zones; every region starts with one replica per
+    // zone, on stores 1, 3 and 5. Only shuffle-region runs.
+    let mut sim = Sim::new(Settings { location_labels: vec!["zone".into(), "host".into()], ..settings() });
+    zoned(&mut sim);
+    sim.regions(24, &[1, 3, 5]);
+    sim.schedulers(&[Scheduler::ShuffleRegion]);
+    let before = stores_of(&sim);
+
+    // For 30 s, checked every second: no region ever has fewer than three
+    // voters (a move adds a learner, then swaps it in by joint consensus),
+    // and every region keeps a replica in each zone (a move to another zone
+    // would make its isolation worse, so none happens).
+    for _ in 0..30 {
+        sim.run(1);
+        assert!(sim.truth().all(|r| r.voters().count() >= 3), "{:?}", stores_of(&sim));
+        assert!(one_replica_per_zone(&sim), "{:?}", stores_of(&sim));
+    }
+
+    // Replicas moved: most regions changed stores, and the stores that
+    // started empty hold replicas now. One move per round at most.
+    let moved = before.iter().zip(stores_of(&sim)).filter(|(a, b)| **a != *b).count();
+    assert!(moved >= 12, "only {moved} of 24 regions moved");
+    assert!([2, 4, 6].iter().all(|&s| sim.region_count(s) > 0), "{:?}", counts(&sim, Sim::region_count));
+    assert_eq!(sim.burst["shuffle-region"], 1);
+    assert_eq!(sim.created, sim.created_by["shuffle-region"], "{:?}", sim.created_by);
+
+    // Removed, the scheduler's last moves finish: three voters per region,
+    // one per zone, and nothing moves any more.
+    sim.schedulers(&[]);
+    assert!(sim.run_until(10, Sim::healthy).is_some(), "{:?}", stores_of(&sim));
+    assert!(one_replica_per_zone(&sim));
+    let settled = stores_of(&sim);
+    sim.run(5);
+    assert_eq!(stores_of(&sim), settled);
 }
 
 fn counts(sim: &Sim, count: fn(&Sim, u64) -> usize) -> Vec<usize> {

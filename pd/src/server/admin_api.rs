@@ -10,14 +10,19 @@
 //! | POST `/operators`              | `{"name":"transfer-leader","region_id":N,"to_store_id":S}`, `add-peer` / `remove-peer` with `"store_id"`, `transfer-peer` with `"from_store_id"` and `"to_store_id"`, `split-region` with optional `"policy":"approximate"\|"usekey"` and `"keys":[hex]`; answers the operator |
 //! | GET / DELETE `/operators/{region_id}` | one operator / cancel it                     |
 //! | POST `/regions/split`          | `{"split_keys":[hex...]}` (optionally `"region_id"`): one split operator per region containing a key; answers `{"split_regions":[ids]}` at once, the splits follow |
+//! | GET `/schedulers`              | names of the schedulers that run, e.g. `["balance-leader-scheduler","balance-region-scheduler"]` |
+//! | POST `/schedulers`             | `{"name":"shuffle-leader-scheduler"}`: start it; 400 for an unknown name, 409 if it already runs |
+//! | DELETE `/schedulers/{name}`    | stop it; 404 if it does not run                     |
 //!
 //! Operators created here are pushed to the region's leader at once.
+//! Scheduler changes are persisted and take effect on the next patrol tick;
+//! answers are PD's sentences (`"The scheduler is created."`).
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use mnemo_proto::types::{RegionId, StoreId};
 use serde::Deserialize;
@@ -28,7 +33,7 @@ use super::json;
 use super::streams::HeartbeatStreams;
 use crate::cluster::{Cluster, ScheduleOrder};
 use crate::error::Error;
-use crate::schedule::{AdminRequest, SplitPolicy};
+use crate::schedule::{AdminRequest, Scheduler, SplitPolicy};
 
 struct Api {
     cluster: Arc<Cluster>,
@@ -56,6 +61,8 @@ pub(super) fn routes(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) -> R
         .route("/pd/api/v1/operators", get(operators).post(add_operator))
         .route("/pd/api/v1/operators/:region_id", get(operator).delete(remove_operator))
         .route("/pd/api/v1/regions/split", post(split_regions))
+        .route("/pd/api/v1/schedulers", get(schedulers).post(add_scheduler))
+        .route("/pd/api/v1/schedulers/:name", delete(remove_scheduler))
         .with_state(Arc::new(Api { cluster, streams }))
 }
 
@@ -181,6 +188,26 @@ async fn split_regions(State(api): Shared, Json(body): Json<SplitBody>) -> ApiRe
     };
     api.push(&orders);
     Ok(Json(SplitAnswer { split_regions: regions.iter().map(|r| r.0).collect() }))
+}
+
+async fn schedulers(State(api): Shared) -> Json<Vec<&'static str>> {
+    Json(api.cluster.schedulers().into_iter().map(Scheduler::name).collect())
+}
+
+/// `POST /schedulers`. Takes any JSON object, so that a missing name is
+/// answered as PD does (400 "missing scheduler name").
+async fn add_scheduler(State(api): Shared, Json(body): Json<Value>) -> ApiResult<&'static str> {
+    let name = body
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "missing scheduler name".into()))?;
+    api.cluster.add_scheduler(name)?;
+    Ok(Json("The scheduler is created."))
+}
+
+async fn remove_scheduler(State(api): Shared, Path(name): Path<String>) -> ApiResult<&'static str> {
+    api.cluster.remove_scheduler(&name)?;
+    Ok(Json("The scheduler is removed."))
 }
 
 fn hex_keys(keys: &[String]) -> Result<Vec<Vec<u8>>, Error> {

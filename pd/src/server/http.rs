@@ -13,7 +13,7 @@
 //! | GET `/members`                        | `{"header","members","leader","etcd_leader"}` |
 //! | GET `/cluster`                        | `{"id","max_peer_count"}`                |
 //!
-//! Config, operators and splits are in `admin_api.rs`.
+//! Config, operators, splits and schedulers are in `admin_api.rs`.
 //!
 //! Errors are a JSON string with a 4xx/5xx status, as PD answers. Before
 //! bootstrap, lists are empty.
@@ -42,7 +42,10 @@ pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match e {
-            Error::StoreNotFound(_) | Error::RegionNotFound(_) => StatusCode::NOT_FOUND,
+            Error::StoreNotFound(_) | Error::RegionNotFound(_) | Error::SchedulerNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Error::SchedulerExists(_) => StatusCode::CONFLICT,
             Error::InvalidArgument(_) | Error::StoreTombstone(_) | Error::Config(_) => {
                 StatusCode::BAD_REQUEST
             }
