@@ -4,7 +4,8 @@
 //! ([`Executor::run_batch`]).
 //!
 //! An attempt goes: locate the region (cache, else PD) → pick the peer (the
-//! cached leader, else the first voter) → find its store's address (cache,
+//! cached leader, else the first voter; see [`Pick`] for the one test-only
+//! exception) → find its store's address (cache,
 //! else PD) → send with a per-RPC timeout of `min(rpc_timeout, time left)`
 //! → read the response's `error` string, then its `region_error`. Any
 //! failure goes to [`RetryState::absorb`], which fixes the cache and decides.
@@ -17,6 +18,7 @@ use mnemo_proto::errorpb;
 use mnemo_proto::kvrpcpb;
 use mnemo_proto::tikvpb::tikv_client::TikvClient;
 use mnemo_proto::types::{Peer, Region};
+use rand::seq::SliceRandom;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -65,24 +67,40 @@ raw_response!(with_error:
 raw_response!(region_only:
     kvrpcpb::RawBatchGetResponse, kvrpcpb::RawScanResponse, kvrpcpb::RawBatchScanResponse);
 
-/// Where one attempt goes: a region, the peer believed to lead it, and a
-/// client for that peer's store.
+/// Which peer of a region an attempt is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pick {
+    /// The cached leader, else the first voter. Every request but one kind.
+    Leader,
+    /// Test-only (`Config::replica_read`): the first attempt goes to a random
+    /// peer of the cached region with `replica_read` set, which a node
+    /// running `--unsafe-stale-reads` answers from its possibly stale state;
+    /// any failure falls back to [`Pick::Leader`] for the retries.
+    AnyReplicaFirst,
+}
+
+/// Where one attempt goes: a region, the peer chosen (normally the one
+/// believed to lead it), and a client for that peer's store.
 pub(crate) struct Target {
     /// The region as cached when the attempt started.
     pub(crate) region: Region,
     /// The peer addressed.
     pub(crate) peer: Peer,
+    /// Sent to a replica chosen at random, asking it to answer itself.
+    replica_read: bool,
     client: TikvClient<Channel>,
     rpc_timeout: Duration,
 }
 
 impl Target {
-    /// The `Context` every request carries: region id, epoch and peer.
+    /// The `Context` every request carries: region id, epoch and peer (and
+    /// `replica_read` for a [`Pick::AnyReplicaFirst`] attempt).
     pub(crate) fn context(&self) -> kvrpcpb::Context {
         kvrpcpb::Context {
             region_id: self.region.id.0,
             region_epoch: Some(self.region.epoch.into()),
             peer: Some(self.peer.into()),
+            replica_read: self.replica_read,
             ..Default::default()
         }
     }
@@ -159,6 +177,14 @@ async fn by_deadline<T>(
     }
 }
 
+/// The peer an attempt goes to: a random one for a replica read, else the
+/// cached leader, else the first voter (else any peer). `None`: no peers.
+fn choose_peer(cached: &CachedRegion, replica_read: bool) -> Option<Peer> {
+    let region = &cached.region;
+    let replica = if replica_read { region.peers.choose(&mut rand::thread_rng()).copied() } else { None };
+    replica.or(cached.leader).or_else(|| region.voters().next().copied()).or(region.peers.first().copied())
+}
+
 fn locate_failure(e: Error) -> Failure {
     Failure::Locate(e.to_string())
 }
@@ -230,12 +256,16 @@ impl Executor {
         }
     }
 
-    /// Resolves where to send a request for `cached`.
-    async fn target(&self, cached: &CachedRegion, deadline: Instant) -> std::result::Result<Target, Failure> {
+    /// Resolves where to send a request for `cached`: to the leader, or with
+    /// `replica_read` to a random peer.
+    async fn target(
+        &self,
+        cached: &CachedRegion,
+        deadline: Instant,
+        replica_read: bool,
+    ) -> std::result::Result<Target, Failure> {
         let region = &cached.region;
-        let Some(peer) =
-            cached.leader.or_else(|| region.voters().next().copied()).or(region.peers.first().copied())
-        else {
+        let Some(peer) = choose_peer(cached, replica_read) else {
             self.cache.invalidate(region.id);
             return Err(Failure::Locate(format!("region {} has no peers", region.id)));
         };
@@ -258,7 +288,7 @@ impl Executor {
             return Err(Failure::Locate(format!("only {time_left:?} left before the deadline; not sent")));
         }
         let rpc_timeout = self.rpc_timeout.min(time_left);
-        Ok(Target { region: region.clone(), peer, client, rpc_timeout })
+        Ok(Target { region: region.clone(), peer, replica_read, client, rpc_timeout })
     }
 
     /// Runs a request bound to one region until it succeeds, fails for good,
@@ -276,10 +306,30 @@ impl Executor {
         F: Fn(Target) -> Fut,
         Fut: Future<Output = std::result::Result<T, Failure>>,
     {
+        self.run_one_picking(kind, deadline, at, Pick::Leader, send).await
+    }
+
+    /// [`Executor::run_one`], choosing the first attempt's peer by `pick`.
+    pub(crate) async fn run_one_picking<T, F, Fut>(
+        &self,
+        kind: Kind,
+        deadline: Instant,
+        at: Locate<'_>,
+        pick: Pick,
+        send: F,
+    ) -> Result<(Region, T)>
+    where
+        F: Fn(Target) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failure>>,
+    {
         let mut retry = RetryState::new(kind, deadline);
+        let mut replica_read = pick == Pick::AnyReplicaFirst;
         loop {
             retry.check_deadline()?;
-            let (sent_to, failure) = match self.attempt_one(at, deadline, &send).await {
+            let attempt = self.attempt_one(at, deadline, replica_read, &send).await;
+            // Only the first attempt may go to a replica; retries take the normal path.
+            replica_read = false;
+            let (sent_to, failure) = match attempt {
                 Ok(done) => return Ok(done),
                 Err(failed) => failed,
             };
@@ -293,6 +343,7 @@ impl Executor {
         &self,
         at: Locate<'_>,
         deadline: Instant,
+        replica_read: bool,
         send: &F,
     ) -> std::result::Result<(Region, T), (SentTo, Failure)>
     where
@@ -300,7 +351,8 @@ impl Executor {
         Fut: Future<Output = std::result::Result<T, Failure>>,
     {
         let cached = by_deadline(deadline, self.locate(at)).await.map_err(unsent)?;
-        let target = by_deadline(deadline, self.target(&cached, deadline)).await.map_err(unsent)?;
+        let target =
+            by_deadline(deadline, self.target(&cached, deadline, replica_read)).await.map_err(unsent)?;
         let sent_to: SentTo = Some((target.region.id, target.peer.store_id));
         let region = target.region.clone();
         match send(target).await {
@@ -359,7 +411,7 @@ impl Executor {
             let send = &send;
             let rounds = groups.into_chunks(MAX_BATCH_KEYS, MAX_BATCH_BYTES).into_iter().map(
                 |(cached, chunk)| async move {
-                    let target = match by_deadline(deadline, self.target(&cached, deadline)).await {
+                    let target = match by_deadline(deadline, self.target(&cached, deadline, false)).await {
                         Ok(t) => t,
                         Err(f) => return (None, chunk, Err(f)),
                     };
@@ -389,5 +441,33 @@ impl Executor {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use mnemo_proto::types::{PeerId, PeerRole, RegionId, StoreId};
+
+    use super::*;
+
+    fn peer(id: u64, role: PeerRole) -> Peer {
+        Peer { id: PeerId(id), store_id: StoreId(id), role }
+    }
+
+    #[test]
+    fn normal_attempts_go_to_the_leader_and_replica_reads_anywhere() {
+        let peers = vec![peer(1, PeerRole::Learner), peer(2, PeerRole::Voter), peer(3, PeerRole::Voter)];
+        let region = Region { id: RegionId(9), peers, ..Default::default() };
+        let led = CachedRegion { region: region.clone(), leader: Some(peer(3, PeerRole::Voter)) };
+        let unled = CachedRegion { region, leader: None };
+        assert_eq!(choose_peer(&led, false), Some(peer(3, PeerRole::Voter)));
+        assert_eq!(choose_peer(&unled, false), Some(peer(2, PeerRole::Voter)), "first voter");
+        // A replica read picks among all peers, learners and followers included.
+        let seen: HashSet<u64> = (0..200).filter_map(|_| choose_peer(&led, true)).map(|p| p.id.0).collect();
+        assert_eq!(seen, HashSet::from([1, 2, 3]));
+        let empty = CachedRegion { region: Region::default(), leader: None };
+        assert_eq!(choose_peer(&empty, true), None);
     }
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::batch::{in_request_order, last_wins, unique_sorted, KeyRange, KvPair};
 use crate::error::{Error, Result};
-use crate::executor::{Executor, Locate};
+use crate::executor::{Executor, Locate, Pick};
 use crate::pd::PdClient;
 use crate::retry::Kind;
 use crate::scan;
@@ -33,11 +33,21 @@ pub struct Config {
     /// Default 2 s. A write whose RPC times out is `Undetermined`, so keep it
     /// well above the cluster's normal write latency. Must be non-zero.
     pub rpc_timeout: Duration,
+    /// **Only for the chaos harness's unsafe mode.** Default false. When
+    /// true, [`RawClient::get`] sends its first attempt to a random peer of
+    /// the key's region (not necessarily the leader) with `replica_read` set;
+    /// on any failure it retries the normal way, at the leader. Against nodes
+    /// started with `--unsafe-stale-reads` that peer answers from its own
+    /// state: **reads may be stale** (not linearizable), which is what the
+    /// harness uses to show its checker catches violations. Against normal
+    /// nodes a follower answers `NotLeader` and the read costs one extra hop.
+    /// Other calls ignore it.
+    pub replica_read: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { timeout: Duration::from_secs(20), rpc_timeout: Duration::from_secs(2) }
+        Config { timeout: Duration::from_secs(20), rpc_timeout: Duration::from_secs(2), replica_read: false }
     }
 }
 
@@ -112,11 +122,13 @@ impl RawClient {
     }
 
     /// The value of `key`, or `None` if it is absent (or expired).
+    /// Linearizable, unless `Config::replica_read` is set (test-only).
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>> {
         let key = key.into();
+        let pick = if self.config.replica_read { Pick::AnyReplicaFirst } else { Pick::Leader };
         let (_, value) = self
             .exec
-            .run_one(Kind::Read, self.deadline(), Locate::Key(&key), |t| {
+            .run_one_picking(Kind::Read, self.deadline(), Locate::Key(&key), pick, |t| {
                 let req = t.request(kvrpcpb::RawGetRequest {
                     context: Some(t.context()),
                     key: key.clone(),
@@ -430,6 +442,7 @@ mod tests {
     fn default_config_matches_the_design() {
         let c = Config::default();
         assert_eq!((c.timeout, c.rpc_timeout), (Duration::from_secs(20), Duration::from_secs(2)));
+        assert!(!c.replica_read, "stale replica reads must be asked for");
         assert!(c.validate().is_ok());
         assert!(Config { rpc_timeout: Duration::ZERO, ..c }.validate().is_err());
     }

@@ -86,6 +86,39 @@ pub struct NodeConfig {
     pub server: ServerConfig,
     /// Region split thresholds.
     pub coprocessor: CoprocessorConfig,
+    /// Test-only controls for the chaos harness; all off. Set only by
+    /// command-line flags: a config file naming them is rejected (unknown
+    /// key), so a copied production file can never switch them on. Shown by
+    /// `/config` and `/status`.
+    #[serde(skip_deserializing)]
+    pub test_controls: TestControls,
+}
+
+/// Test-only controls (**never in production**). Each one lets a test break
+/// a guarantee on purpose, to prove the chaos checker notices. The node logs
+/// a warning at start-up for every control that is on.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TestControls {
+    /// Flag `--enable-test-controls`: the status server serves
+    /// `GET`/`POST /debug/lease-clock`, which slows down, speeds up or jumps
+    /// the clock this node's leader leases are measured on
+    /// (see [`crate::raftstore::lease_clock`]). Off: those paths are 404 and
+    /// leases use real time. Default false.
+    pub enable_test_controls: bool,
+    /// Flag `--unsafe-stale-reads`: a `RawGet` whose context sets
+    /// `replica_read` is answered by whichever peer receives it, from its
+    /// applied state, with no lease or ReadIndex check (epoch and key range
+    /// still checked): reads may be stale. Off: `replica_read` is ignored and
+    /// only the leader answers. Default false.
+    pub unsafe_stale_reads: bool,
+}
+
+impl TestControls {
+    /// True if any control is on.
+    pub fn any(&self) -> bool {
+        self.enable_test_controls || self.unsafe_stale_reads
+    }
 }
 
 /// Region split settings (`[coprocessor]`), named as in TiKV.
@@ -189,6 +222,7 @@ impl Default for NodeConfig {
             raftstore: RaftstoreConfig::default(),
             server: ServerConfig::default(),
             coprocessor: CoprocessorConfig::default(),
+            test_controls: TestControls::default(),
         }
     }
 }
@@ -339,6 +373,19 @@ mod tests {
         let mut c = NodeConfig { pd_endpoints: vec!["x:1".into()], ..Default::default() };
         c.raftstore.raft_store_max_leader_lease = Some(ReadableDuration(Duration::from_secs(2)));
         assert!(c.validate().unwrap_err().contains("shorter than the election timeout"));
+    }
+
+    #[test]
+    fn test_controls_cannot_come_from_a_config_file() {
+        let e = toml::from_str::<NodeConfig>(
+            "pd-endpoints = [\"x:1\"]\n[test-controls]\nunsafe-stale-reads = true\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("test-controls"), "{e}");
+        let e =
+            toml::from_str::<NodeConfig>("test-controls = { enable-test-controls = true }\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        assert!(!NodeConfig::default().test_controls.any());
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Metrics {
     /// Client requests served, by kind.
     pub reads: Counter,
     pub writes: Counter,
+    /// Reads answered with no leadership check (test-only `--unsafe-stale-reads`).
+    pub unsafe_stale_reads: Counter,
     /// Requests answered with a region error.
     pub region_errors: Counter,
     /// Region peers on this node.
@@ -102,6 +104,12 @@ impl Metrics {
         );
         emit("mnemo_reads_total", "counter", "Client read requests.", self.reads.get());
         emit("mnemo_writes_total", "counter", "Client write requests.", self.writes.get());
+        emit(
+            "mnemo_unsafe_stale_reads_total",
+            "counter",
+            "Reads served without any leadership check (test-only --unsafe-stale-reads).",
+            self.unsafe_stale_reads.get(),
+        );
         emit(
             "mnemo_region_errors_total",
             "counter",

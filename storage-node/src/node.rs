@@ -29,7 +29,7 @@ use crate::keys;
 use crate::metrics::Metrics;
 use crate::pd_worker::PdWorker;
 use crate::raftstore::split_check::SplitLimits;
-use crate::raftstore::{PeerConfig, Store, StoreConfig, StoreMsg};
+use crate::raftstore::{LeaseClock, PeerConfig, Store, StoreConfig, StoreMsg};
 use crate::service::KvService;
 use crate::status::{self, StatusState};
 use crate::transport::{GrpcTransport, RaftService, MAX_GRPC_MESSAGE};
@@ -194,10 +194,31 @@ async fn bootstrap_cluster(
     Ok(())
 }
 
+/// Says loudly, at start-up, which test-only controls are on: a node running
+/// with one of them may break linearizability on request.
+fn warn_about_test_controls(cfg: &NodeConfig) {
+    let t = &cfg.test_controls;
+    if t.enable_test_controls {
+        tracing::warn!(
+            "!!! TEST-ONLY CONTROLS ENABLED (--enable-test-controls): POST /debug/lease-clock on the \
+             status server can skew this node's leader-lease clock and so break linearizable reads. \
+             NEVER RUN THIS IN PRODUCTION !!!"
+        );
+    }
+    if t.unsafe_stale_reads {
+        tracing::warn!(
+            "!!! UNSAFE STALE READS ENABLED (--unsafe-stale-reads): any replica answers gets that ask \
+             for replica_read, with no leadership check; reads may be stale. \
+             NEVER RUN THIS IN PRODUCTION !!!"
+        );
+    }
+}
+
 /// Starts a node and returns once it serves. The gRPC listener is bound
 /// first, so `--addr 127.0.0.1:0` works (the bound port is advertised).
 pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     cfg.validate()?;
+    warn_about_test_controls(&cfg);
     let listener =
         TcpListener::bind(&cfg.addr).await.map_err(|e| format!("cannot bind {}: {e}", cfg.addr))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -233,6 +254,8 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     bootstrap_cluster(&kv, &raft, &pd, &store_meta).await?;
     pd.put_store(store_meta).await.map_err(|e| format!("PutStore failed: {e}"))?;
 
+    let lease_clock =
+        if cfg.test_controls.enable_test_controls { LeaseClock::adjustable() } else { LeaseClock::real() };
     let metrics = Arc::new(Metrics::default());
     let (store_tx, store_rx) = crossbeam_channel::unbounded();
     let (pd_tx, pd_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -259,6 +282,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         raft_log_gc_interval: r.raft_log_gc_tick_interval.0,
         raft_log_gc_threshold: r.raft_log_gc_threshold,
         raft_log_gc_count_limit: r.raft_log_gc_count_limit,
+        lease_clock: lease_clock.clone(),
     };
     let store = Store::load(
         store_id,
@@ -288,7 +312,8 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     tokio::spawn(worker.run(pd_rx));
 
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let kv_service = KvService::new(store_id, store_tx.clone(), kv, cfg.server.clone(), metrics.clone());
+    let kv_service = KvService::new(store_id, store_tx.clone(), kv, cfg.server.clone(), metrics.clone())
+        .with_unsafe_stale_reads(cfg.test_controls.unsafe_stale_reads);
     let raft_service = RaftService::new(store_tx.clone(), metrics.clone());
     let mut grpc_shutdown = shutdown_rx.clone();
     // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms tails).
@@ -314,8 +339,13 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
             tracing::error!("gRPC server failed: {e}");
         }
     });
-    let status_state =
-        Arc::new(StatusState { store_id, config: cfg.clone(), metrics, started: Instant::now() });
+    let status_state = Arc::new(StatusState {
+        store_id,
+        config: cfg.clone(),
+        metrics,
+        started: Instant::now(),
+        lease_clock,
+    });
     tokio::spawn(async move {
         let _ = axum::serve(status_listener, status::router(status_state))
             .with_graceful_shutdown(async move {

@@ -5,6 +5,10 @@
 //! propose the write → read the kv engine or wait for the apply → answer.
 //! Region problems go back in `region_error`; bad input is gRPC
 //! `INVALID_ARGUMENT` with the limit in the message, and nothing is written.
+//!
+//! One deliberate hole, closed unless the node runs with the test-only flag
+//! `--unsafe-stale-reads`: a `RawGet` whose context sets `replica_read` is
+//! then served by any replica under [`ReadPolicy::UnsafeStale`].
 
 // Handlers return `tonic::Status` by the gRPC contract; its size is not ours to choose.
 #![allow(clippy::result_large_err)]
@@ -28,7 +32,7 @@ use crate::engine::{Cf, EngineRef, ScanRange};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::raftstore::{StoreMsg, WriteOutcome};
+use crate::raftstore::{ReadPolicy, StoreMsg, WriteOutcome};
 
 /// How long a request waits for the store loop before answering.
 /// A write still pending then has an unknown outcome (`StaleCommand`);
@@ -42,6 +46,8 @@ pub struct KvService {
     kv: EngineRef,
     limits: ServerConfig,
     metrics: Arc<Metrics>,
+    /// Test-only `--unsafe-stale-reads`: honour `replica_read` on `RawGet`.
+    unsafe_stale_reads: bool,
 }
 
 type RpcResult<T> = std::result::Result<Response<T>, Status>;
@@ -115,7 +121,24 @@ impl KvService {
         limits: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
-        KvService { store_id, store_tx, kv, limits, metrics }
+        KvService { store_id, store_tx, kv, limits, metrics, unsafe_stale_reads: false }
+    }
+
+    /// **Test-only** (`--unsafe-stale-reads`): when `on`, a `RawGet` asking
+    /// for `replica_read` is answered by this node's replica whatever its
+    /// role, possibly with stale data. Off by default.
+    pub fn with_unsafe_stale_reads(mut self, on: bool) -> Self {
+        self.unsafe_stale_reads = on;
+        self
+    }
+
+    /// How a `RawGet` with this context may be served.
+    fn get_policy(&self, ctx: Option<&Context>) -> ReadPolicy {
+        if self.unsafe_stale_reads && ctx.is_some_and(|c| c.replica_read) {
+            ReadPolicy::UnsafeStale
+        } else {
+            ReadPolicy::Linearizable
+        }
     }
 
     fn check_cf(cf: &str) -> Result<()> {
@@ -171,14 +194,18 @@ impl KvService {
         Ok((RegionId(ctx.region_id), header))
     }
 
-    /// Waits until this node may serve a linearizable read of the region.
-    async fn read_permit(&self, ctx: Option<&Context>) -> Result<Region> {
+    /// Waits until this node may serve a read of the region under `policy`
+    /// (every read but the test-only stale one is linearizable).
+    async fn read_permit(&self, ctx: Option<&Context>, policy: ReadPolicy) -> Result<Region> {
         let (region_id, header) = self.target(ctx)?;
         self.metrics.reads.inc();
+        if policy == ReadPolicy::UnsafeStale {
+            self.metrics.unsafe_stale_reads.inc();
+        }
         let (cb, rx) = oneshot::channel();
         let epoch = epoch_of(header.region_epoch.as_ref());
         self.store_tx
-            .send(StoreMsg::Read { region_id, epoch, cb })
+            .send(StoreMsg::Read { region_id, epoch, policy, cb })
             .map_err(|_| Error::Other("store loop stopped".into()))?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
@@ -295,7 +322,8 @@ impl Tikv for KvService {
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
-            let region = self.read_permit(req.context.as_ref()).await?;
+            let policy = self.get_policy(req.context.as_ref());
+            let region = self.read_permit(req.context.as_ref(), policy).await?;
             Self::check_in_region(&region, &req.key)?;
             let mut resp = kvrpcpb::RawGetResponse::default();
             match self.get_live(&req.key)? {
@@ -319,7 +347,7 @@ impl Tikv for KvService {
             for k in &req.keys {
                 self.check_key(k)?;
             }
-            let region = self.read_permit(req.context.as_ref()).await?;
+            let region = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
             let mut pairs = Vec::new();
             for k in req.keys {
                 Self::check_in_region(&region, &k)?;
@@ -420,7 +448,7 @@ impl Tikv for KvService {
         let req = req.into_inner();
         let r = async {
             Self::check_cf(&req.cf)?;
-            let region = self.read_permit(req.context.as_ref()).await?;
+            let region = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
             let (lower, upper) = Self::scan_bounds(&region, &req.start_key, &req.end_key, req.reverse)?;
             let kvs = self.scan_region(&region, &lower, &upper, req.reverse, req.limit, req.key_only)?;
             Ok(kvrpcpb::RawScanResponse { region_error: None, kvs })
@@ -458,7 +486,7 @@ impl Tikv for KvService {
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_batch(req.ranges.len())?;
-            let region = self.read_permit(req.context.as_ref()).await?;
+            let region = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
             let mut kvs = Vec::new();
             for range in &req.ranges {
                 let (lower, upper) =
@@ -486,7 +514,7 @@ impl Tikv for KvService {
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
-            let region = self.read_permit(req.context.as_ref()).await?;
+            let region = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
             Self::check_in_region(&region, &req.key)?;
             let mut resp = kvrpcpb::RawGetKeyTtlResponse::default();
             let now = keys::now_unix_ms();

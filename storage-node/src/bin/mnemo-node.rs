@@ -6,6 +6,11 @@
 //!            [--config node.toml] [--log-format text|json]
 //! ```
 //! Flags override the config file, which overrides the defaults.
+//!
+//! Test-only flags for the chaos harness, **never in production** (the node
+//! warns at start-up when one is on; `/status` lists them):
+//! `--enable-test-controls` (the `/debug/lease-clock` endpoint) and
+//! `--unsafe-stale-reads` (any replica answers `replica_read` gets).
 
 use std::path::PathBuf;
 
@@ -39,6 +44,14 @@ struct Args {
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// TEST ONLY, never in production: serve `/debug/lease-clock` on the
+    /// status server, which skews the clock leader leases are measured on.
+    #[arg(long)]
+    enable_test_controls: bool,
+    /// TEST ONLY, never in production: answer RawGet requests that set
+    /// `replica_read` from any replica without leadership checks (stale reads).
+    #[arg(long)]
+    unsafe_stale_reads: bool,
 }
 
 fn build_config(args: Args) -> Result<NodeConfig, String> {
@@ -67,6 +80,8 @@ fn build_config(args: Args) -> Result<NodeConfig, String> {
     if let Some(v) = args.log_format {
         cfg.log_format = v;
     }
+    cfg.test_controls.enable_test_controls = args.enable_test_controls;
+    cfg.test_controls.unsafe_stale_reads = args.unsafe_stale_reads;
     cfg.validate()?;
     Ok(cfg)
 }

@@ -12,11 +12,14 @@
 //! - a write's callback fires only after its entry is committed, applied and
 //!   written to the kv engine;
 //! - data and the applied index are written in the same kv batch;
-//! - a read is answered only by a leader holding a lease or after ReadIndex;
+//! - a read is answered only by a leader holding a lease (measured on the
+//!   [`lease_clock::LeaseClock`]) or after ReadIndex; the one exception is
+//!   [`ReadPolicy::UnsafeStale`], reachable only through a test-only flag;
 //! - a storage error inside the loop stops the process (replicas must never
 //!   diverge silently).
 
 pub mod apply;
+pub mod lease_clock;
 pub mod peer;
 pub mod split_check;
 pub mod storage;
@@ -27,15 +30,16 @@ use mnemo_proto::types::{Peer as PeerMeta, PeerId, Region, RegionEpoch, RegionId
 use raft::eraftpb::ConfChangeType;
 
 pub use apply::WriteOutcome;
-pub use peer::{PeerConfig, ReadCallback, WriteCallback};
+pub use lease_clock::{LeaseClock, LeaseInstant};
+pub use peer::{Now, PeerConfig, ReadCallback, WriteCallback};
 pub use store::{Store, StoreConfig};
 
 /// An input of the store loop.
 pub enum StoreMsg {
     /// A raft message from another store.
     Raft(RaftMessage),
-    /// A client read: answered with the region once it is safe to read.
-    Read { region_id: RegionId, epoch: RegionEpoch, cb: ReadCallback },
+    /// A client read: answered with the region once it may be read under `policy`.
+    Read { region_id: RegionId, epoch: RegionEpoch, policy: ReadPolicy, cb: ReadCallback },
     /// A client write: answered once applied.
     Write { region_id: RegionId, cmd: RaftCommand, cb: WriteCallback },
     /// An operator step from PD for a region this node leads.
@@ -50,6 +54,20 @@ pub enum StoreMsg {
     Unreachable { region_id: RegionId, to: PeerId },
     /// Stop the loop.
     Shutdown,
+}
+
+/// What a read must wait for before it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPolicy {
+    /// Linearizable: this peer leads and holds a lease, or a ReadIndex round
+    /// confirmed it and it applied up to the read index. Every normal read.
+    Linearizable,
+    /// **Unsafe, test-only**: any peer (leader, follower, learner, deposed
+    /// leader) answers from its applied state at once; only the epoch is
+    /// checked. Reads may be arbitrarily stale. Used only when the node runs
+    /// with `--unsafe-stale-reads` and the request asks for `replica_read`,
+    /// so the chaos checker can prove it catches stale reads.
+    UnsafeStale,
 }
 
 /// One scheduling step PD asks a region leader to take.

@@ -7,7 +7,10 @@
 //!
 //! Reads: a read is served when this peer leads the region and either holds
 //! a valid **lease** (see [`Peer::lease_valid`]) or a ReadIndex round
-//! confirmed leadership and the peer applied up to the read index. Writes are
+//! confirmed leadership and the peer applied up to the read index. The lease
+//! is measured on the store's lease clock ([`super::lease_clock`]), every
+//! other timeout on real time; both come in as inputs ([`Now`]). The one
+//! exception, [`Peer::stale_read`], exists only for a test-only mode. Writes are
 //! proposed; the callback fires when the entry is applied here (never
 //! earlier), with `StaleCommand` if the entry was lost to a newer term.
 
@@ -23,6 +26,7 @@ use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 
 use super::apply::{self, WriteOutcome};
+use super::lease_clock::LeaseInstant;
 use super::storage::{self, PeerStorage};
 use crate::engine::{EngineRef, WriteBatch};
 use crate::error::{Error, Result};
@@ -37,18 +41,29 @@ pub type WriteCallback = oneshot::Sender<Result<WriteOutcome>>;
 /// Answer to a read: the region it may be served from (checked), or an error.
 pub type ReadCallback = oneshot::Sender<Result<Region>>;
 
+/// The time of a store-loop step on both clocks a peer uses.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Real (monotonic) time: raft ticks, read expiry.
+    pub real: Instant,
+    /// The lease clock: lease decisions only.
+    pub lease: LeaseInstant,
+}
+
 struct Proposal {
     index: u64,
     term: u64,
-    proposed_at: Instant,
+    /// On the lease clock: a committed proposal extends the lease from here.
+    proposed_at: LeaseInstant,
     cb: WriteCallback,
 }
 
 struct PendingRead {
     id: u64,
     /// When the ReadIndex round started (None: not started yet, waiting for
-    /// the leader to commit an entry of its term).
-    issued_at: Option<Instant>,
+    /// the leader to commit an entry of its term): real time for expiry,
+    /// lease time for the lease the round confirms.
+    issued_at: Option<Now>,
     term: u64,
     read_index: Option<u64>,
     /// The epoch the request was made for; checked again when answering,
@@ -88,7 +103,8 @@ pub struct Peer {
     proposals: VecDeque<Proposal>,
     reads: VecDeque<PendingRead>,
     next_read_id: u64,
-    lease_until: Option<Instant>,
+    /// End of the lease, on the lease clock.
+    lease_until: Option<LeaseInstant>,
     applied_term: u64,
     /// Peers of this region (or formerly of it) by id, to address messages.
     peer_cache: HashMap<PeerId, PeerMeta>,
@@ -205,6 +221,12 @@ impl Peer {
         if !self.is_leader() {
             return Err(Error::NotLeader { region: self.region_id(), leader: self.leader() });
         }
+        self.check_epoch(epoch)
+    }
+
+    /// Checks that a request was made for the region's current range (its
+    /// `version`; membership changes do not move keys).
+    fn check_epoch(&self, epoch: RegionEpoch) -> Result<()> {
         if epoch.version != self.region().epoch.version {
             return Err(Error::EpochNotMatch { current: vec![self.region().clone()] });
         }
@@ -219,7 +241,11 @@ impl Peer {
     /// a full election timeout from then; the lease is shorter than that. It
     /// also requires an applied entry of the current term, so the state
     /// includes everything earlier leaders committed.
-    pub fn lease_valid(&self, now: Instant) -> bool {
+    ///
+    /// `now` is on the lease clock, as is every instant the lease was
+    /// extended from; a test may skew that clock to break this argument on
+    /// purpose (see [`super::lease_clock`]).
+    pub fn lease_valid(&self, now: LeaseInstant) -> bool {
         self.is_leader()
             // A transfer target may be elected at once (MsgTimeoutNow skips
             // the followers' lease check), so a transferring leader has no lease.
@@ -228,7 +254,7 @@ impl Peer {
             && self.lease_until.is_some_and(|t| now < t)
     }
 
-    fn extend_lease(&mut self, issued_at: Instant) {
+    fn extend_lease(&mut self, issued_at: LeaseInstant) {
         let until = issued_at + self.cfg.lease;
         if self.lease_until.is_none_or(|t| t < until) {
             self.lease_until = Some(until);
@@ -236,13 +262,13 @@ impl Peer {
     }
 
     /// Starts (or answers at once) a linearizable read.
-    pub fn read(&mut self, epoch: RegionEpoch, now: Instant, cb: ReadCallback, replies: &mut Vec<Reply>) {
+    pub fn read(&mut self, epoch: RegionEpoch, now: Now, cb: ReadCallback, replies: &mut Vec<Reply>) {
         self.wake();
         if let Err(e) = self.check_request(epoch) {
             replies.push(Reply::Read(cb, Err(e)));
             return;
         }
-        if self.lease_valid(now) {
+        if self.lease_valid(now.lease) {
             replies.push(Reply::Read(cb, Ok(self.region().clone())));
             return;
         }
@@ -253,10 +279,20 @@ impl Peer {
         self.issue_reads(now);
     }
 
+    /// **Unsafe, test-only** (`--unsafe-stale-reads`): answers a read from
+    /// this peer's applied state whatever its role, with no lease and no
+    /// ReadIndex. A follower or a deposed leader may answer with data that
+    /// is arbitrarily old, which is the point: the chaos checker must catch
+    /// it. The epoch is still checked (the caller checks the key range).
+    pub fn stale_read(&self, epoch: RegionEpoch, cb: ReadCallback, replies: &mut Vec<Reply>) {
+        let answer = self.check_epoch(epoch).map(|_| self.region().clone());
+        replies.push(Reply::Read(cb, answer));
+    }
+
     /// Starts the ReadIndex rounds of waiting reads. raft-rs silently drops a
     /// ReadIndex request before the leader committed an entry of its term, so
     /// reads wait for that first.
-    fn issue_reads(&mut self, now: Instant) {
+    fn issue_reads(&mut self, now: Now) {
         if !self.raw.raft.commit_to_current_term() {
             return;
         }
@@ -271,7 +307,7 @@ impl Peer {
     pub fn expire_reads(&mut self, now: Instant, timeout: Duration, replies: &mut Vec<Reply>) {
         let region = self.region_id();
         let (expired, kept): (VecDeque<_>, VecDeque<_>) = self.reads.drain(..).partition(|r| {
-            r.read_index.is_none() && r.issued_at.is_some_and(|t| now.duration_since(t) > timeout)
+            r.read_index.is_none() && r.issued_at.is_some_and(|t| now.duration_since(t.real) > timeout)
         });
         self.reads = kept;
         for r in expired {
@@ -279,11 +315,12 @@ impl Peer {
         }
     }
 
-    /// Proposes a write. The callback fires when the entry is applied.
+    /// Proposes a write (`now` on the lease clock). The callback fires when
+    /// the entry is applied.
     pub fn propose_write(
         &mut self,
         cmd: RaftCommand,
-        now: Instant,
+        now: LeaseInstant,
         cb: WriteCallback,
         replies: &mut Vec<Reply>,
     ) {
@@ -443,25 +480,21 @@ impl Peer {
             }
         }
         if let Some(at) = confirmed {
-            self.extend_lease(at);
+            self.extend_lease(at.lease);
         }
     }
 
     /// Starts reads that waited for a commit in this term and answers every
     /// read whose read index is applied (in any order: each was confirmed on
     /// its own). Reads whose round never completes are failed by `expire_reads`.
-    pub fn answer_ready_reads(&mut self, now: Instant, replies: &mut Vec<Reply>) {
+    pub fn answer_ready_reads(&mut self, now: Now, replies: &mut Vec<Reply>) {
         self.issue_reads(now);
         let applied = self.raw.store().applied_index();
         let (ready, waiting): (VecDeque<_>, VecDeque<_>) =
             self.reads.drain(..).partition(|r| r.read_index.is_some_and(|idx| idx <= applied));
         self.reads = waiting;
         for r in ready {
-            let answer = if r.epoch.version == self.region().epoch.version {
-                Ok(self.region().clone())
-            } else {
-                Err(Error::EpochNotMatch { current: vec![self.region().clone()] })
-            };
+            let answer = self.check_epoch(r.epoch).map(|_| self.region().clone());
             replies.push(Reply::Read(r.cb, answer));
         }
     }
@@ -665,4 +698,146 @@ fn decode_conf_change(e: &Entry) -> Result<(Option<u64>, ConfChangeV2)> {
     };
     let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| corrupt(&err.to_string()))?;
     Ok((conf_ver, cc))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mnemo_proto::types::StoreId;
+
+    use super::*;
+    use crate::engine::MemEngine;
+    use crate::raftstore::lease_clock::LeaseClock;
+
+    const LEASE: Duration = Duration::from_millis(800);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// The store's ready loop for one peer that needs no messages.
+    fn drive(p: &mut Peer, kv: &EngineRef, raft: &EngineRef, now: Now, replies: &mut Vec<Reply>) {
+        while p.raw.has_ready() {
+            let mut rd = p.raw.ready();
+            if rd.ss().is_some() {
+                p.on_soft_state_change(replies);
+            }
+            for rs in rd.read_states() {
+                p.on_read_state(&rs.request_ctx, rs.index);
+            }
+            let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+            p.apply_entries(rd.take_committed_entries(), kv, &mut kv_wb, replies).unwrap();
+            p.raw.mut_store().append(rd.entries(), &mut raft_wb);
+            if let Some(hs) = rd.hs() {
+                p.raw.mut_store().set_hard_state(hs, &mut raft_wb);
+            }
+            kv.write(&kv_wb, true).unwrap();
+            raft.write(&raft_wb, true).unwrap();
+            let mut light = p.raw.advance(rd);
+            let mut kv_wb = WriteBatch::new();
+            p.apply_entries(light.take_committed_entries(), kv, &mut kv_wb, replies).unwrap();
+            kv.write(&kv_wb, true).unwrap();
+            p.raw.advance_apply();
+            p.answer_ready_reads(now, replies);
+        }
+    }
+
+    /// The only voter of its region, elected, with its first entry applied.
+    fn leader(now: Now) -> (Peer, EngineRef, EngineRef) {
+        let (kv, raft): (EngineRef, EngineRef) = (Arc::new(MemEngine::new()), Arc::new(MemEngine::new()));
+        let me = PeerMeta { id: PeerId(11), store_id: StoreId(1), role: PeerRole::Voter };
+        let region = Region {
+            id: RegionId(1),
+            epoch: RegionEpoch { conf_ver: 1, version: 1 },
+            peers: vec![me],
+            ..Default::default()
+        };
+        let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+        storage::write_initial_state(&region, &mut kv_wb, &mut raft_wb);
+        kv.write(&kv_wb, true).unwrap();
+        raft.write(&raft_wb, true).unwrap();
+        let storage = PeerStorage::open(kv.clone(), raft.clone(), region).unwrap();
+        let cfg = PeerConfig {
+            election_tick: 10,
+            heartbeat_tick: 2,
+            lease: LEASE,
+            raft_entry_max_size: 8 << 20,
+            hibernate: false,
+        };
+        let mut p = Peer::new(me, storage, cfg, &crate::logging::raft_logger()).unwrap();
+        p.raw.campaign().unwrap();
+        drive(&mut p, &kv, &raft, now, &mut Vec::new());
+        assert!(p.is_leader());
+        (p, kv, raft)
+    }
+
+    /// Sends a read; true if it was answered (successfully) without waiting.
+    fn read_at_once(p: &mut Peer, now: Now) -> bool {
+        let (cb, mut rx) = oneshot::channel();
+        let mut replies = Vec::new();
+        p.read(p.region().epoch, now, cb, &mut replies);
+        crate::raftstore::store::deliver(replies);
+        matches!(rx.try_recv(), Ok(Ok(_)))
+    }
+
+    fn now_on(clock: &LeaseClock, real: Instant) -> Now {
+        Now { real, lease: clock.at(real) }
+    }
+
+    #[test]
+    fn a_forward_jump_past_the_lease_ends_it() {
+        let clock = LeaseClock::adjustable();
+        let t0 = now_on(&clock, Instant::now());
+        let (mut p, kv, raft) = leader(t0);
+        // No lease yet: the first read needs a ReadIndex round, which starts one.
+        assert!(!read_at_once(&mut p, t0));
+        let mut replies = Vec::new();
+        drive(&mut p, &kv, &raft, t0, &mut replies);
+        assert!(matches!(replies.as_slice(), [Reply::Read(_, Ok(_))]));
+        assert!(p.lease_valid(t0.lease));
+        // Reads within the lease are answered at once.
+        let t1 = now_on(&clock, t0.real + ms(100));
+        assert!(read_at_once(&mut p, t1));
+        // The lease clock jumps past the lease's end: reads need a quorum again.
+        clock.adjust_at(t1.real, None, Some(LEASE)).unwrap();
+        let t2 = now_on(&clock, t1.real);
+        assert!(!p.lease_valid(t2.lease));
+        assert!(!read_at_once(&mut p, t2));
+    }
+
+    #[test]
+    fn a_slow_lease_clock_stretches_the_lease_in_real_time() {
+        let clock = LeaseClock::adjustable();
+        let t0 = now_on(&clock, Instant::now());
+        let (mut p, kv, raft) = leader(t0);
+        assert!(!read_at_once(&mut p, t0));
+        drive(&mut p, &kv, &raft, t0, &mut Vec::new());
+        // At normal speed the 800 ms lease is over 1.2 s later...
+        assert!(!p.lease_valid(clock.at(t0.real + ms(1200))));
+        // ...but at half speed it still holds then, past a 1 s election
+        // timeout measured on real time: the unsafe case the harness shows.
+        clock.adjust_at(t0.real, Some(0.5), None).unwrap();
+        assert!(p.lease_valid(clock.at(t0.real + ms(1200))));
+        assert!(!p.lease_valid(clock.at(t0.real + ms(1700))));
+    }
+
+    #[test]
+    fn stale_reads_skip_leadership_but_not_the_epoch() {
+        let t0 = now_on(&LeaseClock::real(), Instant::now());
+        let (mut p, _kv, _raft) = leader(t0);
+        p.raw.raft.become_follower(p.raw.raft.term + 1, raft::INVALID_ID);
+        let mut replies = Vec::new();
+        let (cb, mut rx) = oneshot::channel();
+        p.read(p.region().epoch, t0, cb, &mut replies);
+        let (stale_cb, mut stale_rx) = oneshot::channel();
+        p.stale_read(p.region().epoch, stale_cb, &mut replies);
+        let old = RegionEpoch { version: 0, ..p.region().epoch };
+        let (old_cb, mut old_rx) = oneshot::channel();
+        p.stale_read(old, old_cb, &mut replies);
+        crate::raftstore::store::deliver(replies);
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::NotLeader { .. }))));
+        assert!(matches!(stale_rx.try_recv(), Ok(Ok(r)) if r.id == RegionId(1)));
+        assert!(matches!(old_rx.try_recv(), Ok(Err(Error::EpochNotMatch { .. }))));
+    }
 }

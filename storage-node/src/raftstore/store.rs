@@ -25,10 +25,11 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, Message as RaftMsg, MessageType};
 use raft::SnapshotStatus;
 
-use super::peer::{Peer, PeerConfig, Reply};
+use super::lease_clock::LeaseClock;
+use super::peer::{Now, Peer, PeerConfig, Reply};
 use super::split_check::{self, SplitCheckTask, SplitLimits};
 use super::storage::{self, PeerStorage};
-use super::{Operator, PdTask, RegionReport, StoreMsg, Transport};
+use super::{Operator, PdTask, ReadPolicy, RegionReport, StoreMsg, Transport};
 use crate::engine::{Cf, EngineRef, Engines, ScanRange, WriteBatch};
 use crate::error::{Error, Result};
 use crate::keys;
@@ -54,6 +55,9 @@ pub struct StoreConfig {
     /// Compact past lagging followers (they get a snapshot) once the log
     /// holds this many entries (`raft-log-gc-count-limit`).
     pub raft_log_gc_count_limit: u64,
+    /// The clock leader leases are measured on: real time, unless the node
+    /// runs with `--enable-test-controls` and a test skews it.
+    pub lease_clock: LeaseClock,
 }
 
 /// The multi-raft store: owns every peer of this node.
@@ -222,16 +226,26 @@ impl Store {
         tracing::info!("store loop stopped");
     }
 
+    /// The time now on both clocks; with an untouched lease clock both are
+    /// the same instant.
+    fn now(&self) -> Now {
+        let real = Instant::now();
+        Now { real, lease: self.cfg.lease_clock.at(real) }
+    }
+
     fn handle(&mut self, msg: StoreMsg, replies: &mut Vec<Reply>) {
-        let now = Instant::now();
+        let now = self.now();
         match msg {
             StoreMsg::Raft(m) => self.on_raft_message(m),
-            StoreMsg::Read { region_id, epoch, cb } => match self.peers.get_mut(&region_id) {
-                Some(p) if p.raw.store().is_initialized() => p.read(epoch, now, cb, replies),
+            StoreMsg::Read { region_id, epoch, policy, cb } => match self.peers.get_mut(&region_id) {
+                Some(p) if p.raw.store().is_initialized() => match policy {
+                    ReadPolicy::Linearizable => p.read(epoch, now, cb, replies),
+                    ReadPolicy::UnsafeStale => p.stale_read(epoch, cb, replies),
+                },
                 _ => replies.push(Reply::Read(cb, Err(Error::RegionNotFound(region_id)))),
             },
             StoreMsg::Write { region_id, cmd, cb } => match self.peers.get_mut(&region_id) {
-                Some(p) if p.raw.store().is_initialized() => p.propose_write(cmd, now, cb, replies),
+                Some(p) if p.raw.store().is_initialized() => p.propose_write(cmd, now.lease, cb, replies),
                 _ => replies.push(Reply::Write(cb, Err(Error::RegionNotFound(region_id)))),
             },
             StoreMsg::Operator { region_id, epoch, op } => {
@@ -446,6 +460,9 @@ impl Store {
 
         let mut kv_wb = WriteBatch::new();
         let mut raft_wb = WriteBatch::new();
+        // Taken once, before any of the reads below is started: a ReadIndex
+        // round stamped a little early only shortens the lease it confirms.
+        let now = self.now();
         for (id, ready) in readies {
             let p = self.peers.get_mut(&id).expect("peer with ready exists");
             p.queue_messages(ready.persisted_messages().to_vec());
@@ -458,7 +475,7 @@ impl Store {
             p.queue_messages(light.take_messages());
             p.apply_entries(light.take_committed_entries(), &self.kv, &mut kv_wb, replies)?;
             p.raw.advance_apply();
-            p.answer_ready_reads(Instant::now(), replies);
+            p.answer_ready_reads(now, replies);
         }
         if !kv_wb.is_empty() {
             self.kv.write(&kv_wb, false)?;
@@ -681,7 +698,8 @@ fn ranges_overlap(s1: &[u8], e1: &[u8], s2: &[u8], e2: &[u8]) -> bool {
     (e2.is_empty() || s1 < e2) && (e1.is_empty() || s2 < e1)
 }
 
-fn deliver(replies: Vec<Reply>) {
+/// Answers clients (after the round's writes are durable).
+pub(super) fn deliver(replies: Vec<Reply>) {
     for r in replies {
         match r {
             Reply::Write(cb, res) => {
