@@ -10,11 +10,14 @@ APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl
 
 .PHONY: deps build run test bench bench-regions chaos lint fmt clean-data
 
-# make chaos DURATION=1800 SEED=7: the register workload under kill/pause
-# nemeses for DURATION seconds, checked for linearizability. (The full
-# harness with partitions and reports is issue 4.)
+# make chaos DURATION=1800 SEED=7 NEMESIS=all WORKLOAD=all: a Jepsen-style
+# run of mnemo-chaos (5 nodes in network namespaces, faults from NEMESIS,
+# workloads from WORKLOAD); results, report.html and the data directory go to
+# chaos-results/<seed>-<time>/.
 DURATION ?= 1800
 SEED ?= 7
+NEMESIS ?= all
+WORKLOAD ?= all
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -42,7 +45,7 @@ bench-regions: build
 	scripts/bench-regions.sh
 
 chaos: build
-	CHAOS_DURATION=$(DURATION) CHAOS_SEED=$(SEED) cargo test --release -p mnemo-chaos --test linearizability -- --nocapture
+	$(BIN)/mnemo-chaos --duration $(DURATION) --seed $(SEED) --nemesis $(NEMESIS) --workload $(WORKLOAD)
 
 lint: deps
 	cargo fmt --all --check

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::net::Network;
+
 /// Settings of a test cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -28,6 +30,16 @@ pub struct ClusterConfig {
     pub pd_toml: String,
     /// `--labels` of node i (0-based), if any (e.g. `zone=z1,host=h1`).
     pub node_labels: Vec<String>,
+    /// Extra command-line arguments of every node (e.g. test-only flags).
+    pub node_args: Vec<String>,
+    /// Run each node in its own network namespace with its own IP address
+    /// (see [`crate::net`]; needs root), so links can be cut. Otherwise
+    /// everything listens on loopback.
+    pub netns: bool,
+    /// Data directory of the run, kept afterwards. Default: a temporary
+    /// directory removed on drop (unless a test panics or
+    /// `MNEMO_KEEP_TEST_DATA` is set).
+    pub root: Option<PathBuf>,
 }
 
 /// Node settings that make regions split after ~100 keys (or 8 KiB) and
@@ -54,6 +66,9 @@ impl Default for ClusterConfig {
                 .into(),
             pd_toml: String::new(),
             node_labels: Vec::new(),
+            node_args: Vec::new(),
+            netns: false,
+            root: None,
         }
     }
 }
@@ -111,6 +126,10 @@ pub struct Cluster {
     pd_addr: String,
     nodes: Vec<Proc>,
     node_addrs: Vec<String>,
+    status_addrs: Vec<String>,
+    node_args: Vec<String>,
+    /// Dropped after the processes are killed (fields drop after `drop`).
+    net: Option<Network>,
 }
 
 /// Directory holding the binaries.
@@ -162,12 +181,22 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 impl Cluster {
     /// Starts PD and `cfg.nodes` nodes and waits until PD answers HTTP.
     pub fn start(cfg: ClusterConfig) -> Cluster {
-        let root = tempfile::Builder::new().prefix("mnemo-cluster-").tempdir().expect("tempdir").keep();
-        let keep = std::env::var("MNEMO_KEEP_TEST_DATA").is_ok();
+        let (root, keep) = match &cfg.root {
+            Some(r) => {
+                std::fs::create_dir_all(r).expect("create cluster root");
+                (r.clone(), true)
+            }
+            None => (
+                tempfile::Builder::new().prefix("mnemo-cluster-").tempdir().expect("tempdir").keep(),
+                std::env::var("MNEMO_KEEP_TEST_DATA").is_ok(),
+            ),
+        };
+        let net = cfg.netns.then(|| Network::create(cfg.nodes).unwrap_or_else(|e| panic!("network: {e}")));
+        let host = net.as_ref().map_or("127.0.0.1".to_string(), |n| n.gateway_ip().to_string());
         let bins = bin_dir();
         let pd_port = free_port();
         let peer_port = free_port();
-        let pd_addr = format!("127.0.0.1:{pd_port}");
+        let pd_addr = format!("{host}:{pd_port}");
         std::fs::write(root.join("pd.toml"), &cfg.pd_toml).expect("write pd.toml");
         let pd_args = vec![
             "--name".into(),
@@ -177,14 +206,24 @@ impl Cluster {
             "--client-urls".into(),
             format!("http://{pd_addr}"),
             "--peer-urls".into(),
-            format!("http://127.0.0.1:{peer_port}"),
+            format!("http://{host}:{peer_port}"),
             "--initial-cluster".into(),
-            format!("pd1=http://127.0.0.1:{peer_port}"),
+            format!("pd1=http://{host}:{peer_port}"),
             "--config".into(),
             root.join("pd.toml").display().to_string(),
         ];
         let pd = Proc::spawn(&bins.join("mnemo-pd"), &pd_args, &root.join("pd1.log"));
-        let mut cluster = Cluster { root, keep, pd, pd_addr, nodes: Vec::new(), node_addrs: Vec::new() };
+        let mut cluster = Cluster {
+            root,
+            keep,
+            pd,
+            pd_addr,
+            nodes: Vec::new(),
+            node_addrs: Vec::new(),
+            status_addrs: Vec::new(),
+            node_args: cfg.node_args.clone(),
+            net,
+        };
         cluster.wait_pd_healthy();
         std::fs::write(cluster.root.join("node.toml"), &cfg.node_toml).expect("write node.toml");
         for i in 1..=cfg.nodes {
@@ -194,27 +233,61 @@ impl Cluster {
     }
 
     fn add_node(&mut self, i: usize, labels: Option<String>) {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let status = format!("127.0.0.1:{}", free_port());
-        let args = vec![
+        // In its own namespace a node has its own address, so fixed ports do.
+        let (addr, status) = match &self.net {
+            Some(net) => (format!("{}:20160", net.host_ip(i - 1)), format!("{}:20180", net.host_ip(i - 1))),
+            None => (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())),
+        };
+        let node_bin = bin_dir().join("mnemo-node").display().to_string();
+        let mut args = match &self.net {
+            Some(net) => net.exec_prefix(i - 1).into_iter().skip(1).chain([node_bin]).collect(),
+            None => Vec::new(),
+        };
+        args.extend([
             "--pd".into(),
             self.pd_addr.clone(),
             "--addr".into(),
             addr.clone(),
             "--status-addr".into(),
-            status,
+            status.clone(),
             "--data-dir".into(),
             self.root.join(format!("n{i}")).display().to_string(),
             "--config".into(),
             self.root.join("node.toml").display().to_string(),
-        ];
-        let args = match labels {
-            Some(l) => args.into_iter().chain(["--labels".to_string(), l]).collect(),
-            None => args,
+        ]);
+        args.extend(self.node_args.iter().cloned());
+        if let Some(l) = labels {
+            args.extend(["--labels".to_string(), l]);
+        }
+        let program = match &self.net {
+            Some(_) => PathBuf::from("ip"),
+            None => bin_dir().join("mnemo-node"),
         };
-        let p = Proc::spawn(&bin_dir().join("mnemo-node"), &args, &self.root.join(format!("n{i}.log")));
+        let p = Proc::spawn(&program, &args, &self.root.join(format!("n{i}.log")));
         self.nodes.push(p);
         self.node_addrs.push(addr);
+        self.status_addrs.push(status);
+    }
+
+    /// The status (HTTP) address of node `i` (0-based).
+    pub fn node_status_addr(&self, i: usize) -> &str {
+        &self.status_addrs[i]
+    }
+
+    /// True if nodes run in network namespaces, so links can be cut.
+    pub fn can_partition(&self) -> bool {
+        self.net.is_some()
+    }
+
+    /// Cuts links: node `i` drops every packet from the nodes in
+    /// `grudge[i]`. Replaces any earlier partition. Panics without namespaces.
+    pub fn partition(&self, grudge: &[Vec<usize>]) -> Result<(), String> {
+        self.net.as_ref().expect("partitions need ClusterConfig::netns").partition(grudge)
+    }
+
+    /// Removes every cut (no-op without namespaces).
+    pub fn heal_network(&self) -> Result<(), String> {
+        self.net.as_ref().map_or(Ok(()), Network::heal)
     }
 
     /// PD's client endpoint (`127.0.0.1:port`).

@@ -504,6 +504,12 @@ impl Recorder {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Nanoseconds since time 0 of this recorder (for marking nemesis
+    /// windows on the history's clock).
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
     /// A process with a never-used id.
     pub fn process(&self) -> Process {
         let mut inner = self.lock();

@@ -1,15 +1,22 @@
 //! Mnemosyne's test harness.
 //!
-//! - [`cluster`]: starts PD and storage nodes as real processes on loopback,
-//!   kills (SIGKILL) and restarts them; used by the process tests in
-//!   `chaos/tests/` and later by the Jepsen-style chaos harness.
+//! - [`cluster`]: starts PD and storage nodes as real processes (on
+//!   loopback, or each node in its own network namespace via [`net`]),
+//!   kills (SIGKILL), restarts, pauses them and cuts their links; used by
+//!   the process tests in `chaos/tests/` and by the chaos harness.
 //! - `mnemo-bench` (`src/bin/mnemo-bench.rs`): N concurrent clients doing
 //!   put or get for T seconds, printing ops/s and p50/p99/p999 latency.
-//! - [`history`]: operation histories (invoke, then ok/fail/info) recorded
-//!   concurrently by workloads and stored as JSONL.
-//! - [`checker`]: judges a history: per-key linearizability (WGL search with
-//!   a time budget), the set and the counter checkers, and `results.json`.
+//! - The Jepsen-style chaos harness, `mnemo-chaos` (`src/bin/mnemo-chaos.rs`):
+//!   [`run`] drives one run: [`workload`]s (register, set, counter) through
+//!   the real client, recorded as a [`history`], while the [`nemesis`]
+//!   injects faults; then the [`checker`]s judge the history and [`report`]
+//!   writes `results.json` and `report.html`.
 
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod report;
+pub mod run;
+pub mod workload;

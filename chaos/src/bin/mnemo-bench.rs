@@ -19,6 +19,7 @@
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use mnemo_chaos::report::quantile;
 use mnemo_client::{Config, RawClient};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -84,15 +85,6 @@ struct TaskStats {
     latencies_us: Vec<u64>,
     errors: u64,
     undetermined: u64,
-}
-
-/// The `q`-quantile (0..=1) of sorted values; 0 when empty.
-fn quantile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((sorted.len() as f64) * q).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 async fn load(client: &RawClient, args: &Args) -> Result<(), String> {
@@ -268,15 +260,5 @@ mod tests {
     fn keys_are_fixed_width() {
         assert_eq!(key(42, 6), b"000042".to_vec());
         assert_eq!(key(0, 1), b"0".to_vec());
-    }
-
-    #[test]
-    fn quantiles_use_nearest_rank() {
-        let v: Vec<u64> = (1..=1000).collect();
-        assert_eq!(quantile(&v, 0.5), 500);
-        assert_eq!(quantile(&v, 0.99), 990);
-        assert_eq!(quantile(&v, 0.999), 999);
-        assert_eq!(quantile(&[], 0.5), 0);
-        assert_eq!(quantile(&[7], 0.999), 7);
     }
 }

@@ -1,0 +1,626 @@
+//! The report of a chaos run: `results.json` for machines, `report.html` for
+//! people.
+//!
+//! [`write`] takes what a run leaves behind (its [`RunInfo`], the
+//! [`History`], the checkers' [`checker::Report`] and the [`NemesisWindow`]s
+//! during which faults were active) and writes two files into one directory:
+//!
+//! - `results.json` (pretty-printed): the checker report (`validity`,
+//!   `checkers`, `counts`, `anomalies`, `details`) plus `valid` (true only for
+//!   [`Validity::Valid`]: `unknown` is never a pass), `run`,
+//!   `nemesis_windows`, `latency_ms` (p50/p99/max of the `ok` operations per
+//!   operation kind) and `operations` (their total).
+//! - `report.html`: one self-contained page (no scripts, no external files),
+//!   so it can be opened offline or attached to a bug. From the top: the
+//!   verdict in big letters and the run facts; the latency of every operation
+//!   against its invoke time (log scale, coloured by outcome); completed
+//!   operations per second by outcome; then tables of counts and latency,
+//!   checker verdicts, anomalies with their evidence, and nemesis windows.
+//!   Both charts shade the nemesis windows, so that a latency spike or a
+//!   throughput hole can be matched with the fault that caused it.
+//!
+//! The SVG is written by hand: two axes and a few hundred lines do not need
+//! a plotting crate. Every piece of text that comes from the run (window
+//! names, anomaly messages, run facts) is HTML-escaped. Beyond [`MAX_POINTS`]
+//! operations the scatter keeps every k-th `ok` operation but every `fail`
+//! and `info` one (the interesting ones) and the page says so; the throughput
+//! chart, the tables and `results.json` always use every operation.
+//!
+//! [`History::operations`] gives an `info` operation no return (it may take
+//! effect at any later time), but what a chart should show is when the client
+//! gave up: the scatter places it at its `info` event, or on the top edge if
+//! it never completed at all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::checker::{self, Validity};
+use crate::history::{EventType, History, OpName, Operation, Outcome, ProcessId};
+
+/// Beyond this many operations the latency scatter is subsampled. A point is
+/// about 40 bytes of SVG, so the page stays well under 10 MB.
+pub const MAX_POINTS: usize = 50_000;
+
+/// A time window during which a fault was active (ns since the run started,
+/// same clock as history events).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NemesisWindow {
+    /// The fault as shown on the charts (e.g. `partition-majority`).
+    pub name: String,
+    /// When the fault began, ns since the run started.
+    pub start_ns: u64,
+    /// When it was healed, ns since the run started. A fault still active at
+    /// the end of the run should end at the run's end; a window with
+    /// `end_ns < start_ns` is drawn empty.
+    pub end_ns: u64,
+}
+
+/// Facts about the run shown at the top of the report and stored in
+/// results.json.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunInfo {
+    /// Seed of the run's random choices; the same seed replays the schedule.
+    pub seed: u64,
+    /// Planned length of the run, seconds.
+    pub duration_s: u64,
+    /// Name of the nemesis (the fault schedule).
+    pub nemesis: String,
+    /// Name of the workload (register, set, counter).
+    pub workload: String,
+    /// Number of storage nodes.
+    pub nodes: usize,
+    /// Whether the store ran with a safety mechanism deliberately disabled
+    /// (anomalies are then expected: the run tests the checkers).
+    pub unsafe_mode: bool,
+    /// Directory holding the run's history, logs and node data.
+    pub data_dir: String,
+    /// Anything else worth keeping, as JSON (`null` when unused).
+    pub extra: serde_json::Value,
+}
+
+/// Writes `dir/results.json` and `dir/report.html`, creating `dir` if needed.
+/// A history that breaks the invoke/complete protocol is `InvalidData`.
+pub fn write(
+    dir: &Path,
+    info: &RunInfo,
+    history: &History,
+    report: &checker::Report,
+    windows: &[NemesisWindow],
+) -> io::Result<()> {
+    let ops = history.operations().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let latency = latency_ms(&ops);
+    let mut results = serde_json::to_value(report)?;
+    results["valid"] = json!(report.validity == Validity::Valid);
+    results["run"] = serde_json::to_value(info)?;
+    results["nemesis_windows"] = serde_json::to_value(windows)?;
+    results["latency_ms"] = serde_json::to_value(&latency)?;
+    results["operations"] = json!(ops.len());
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    let page = html(info, report, &points(history, &ops), &latency, windows);
+    std::fs::write(dir.join("report.html"), page)
+}
+
+/// Latency of the `ok` operations of one kind, milliseconds.
+#[derive(Serialize)]
+struct LatencyMs {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn latency_ms(ops: &[Operation]) -> BTreeMap<OpName, LatencyMs> {
+    let mut by_name: BTreeMap<OpName, Vec<u64>> = BTreeMap::new();
+    for o in ops {
+        if let (Outcome::Ok(_), Some(ret)) = (&o.outcome, o.ret_ns) {
+            by_name.entry(o.op.name()).or_default().push(ret.saturating_sub(o.call_ns));
+        }
+    }
+    let ms = |ns: u64| ns as f64 / 1e6;
+    by_name
+        .into_iter()
+        .map(|(name, mut ns)| {
+            ns.sort_unstable();
+            let max = ms(ns[ns.len() - 1]);
+            (name, LatencyMs { p50: ms(quantile(&ns, 0.50)), p99: ms(quantile(&ns, 0.99)), max })
+        })
+        .collect()
+}
+
+/// The nearest-rank `q`-quantile (0..=1) of sorted values; 0 when empty.
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() as f64) * q).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// How an operation ended, as the charts colour it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ok,
+    Fail,
+    Info,
+}
+
+/// Drawing order: the rarer, more interesting outcomes on top.
+const KINDS: [Kind; 3] = [Kind::Ok, Kind::Fail, Kind::Info];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Ok => "ok",
+            Kind::Fail => "fail",
+            Kind::Info => "info",
+        }
+    }
+
+    fn colour(self) -> &'static str {
+        match self {
+            Kind::Ok => "#2ca02c",
+            Kind::Fail => "#d62728",
+            Kind::Info => "#ff7f0e",
+        }
+    }
+}
+
+/// One operation as the charts see it.
+struct Point {
+    call_ns: u64,
+    /// Completion, or the `info` event for an operation the client gave up
+    /// on; `None` if the history never completed it.
+    done_ns: Option<u64>,
+    kind: Kind,
+}
+
+impl Point {
+    fn latency_ms(&self) -> Option<f64> {
+        self.done_ns.map(|d| d.saturating_sub(self.call_ns) as f64 / 1e6)
+    }
+}
+
+fn points(history: &History, ops: &[Operation]) -> Vec<Point> {
+    // A process is retired after `info`, so it has at most one info event:
+    // the one that ended its last operation.
+    let gave_up: HashMap<ProcessId, u64> =
+        history.events.iter().filter(|e| e.kind == EventType::Info).map(|e| (e.process, e.time_ns)).collect();
+    let point = |o: &Operation| Point {
+        call_ns: o.call_ns,
+        done_ns: o.ret_ns.or_else(|| gave_up.get(&o.process).copied()),
+        kind: match o.outcome {
+            Outcome::Ok(_) => Kind::Ok,
+            Outcome::Fail => Kind::Fail,
+            Outcome::Info => Kind::Info,
+        },
+    };
+    ops.iter().map(point).collect()
+}
+
+/// The scatter's points: all of them up to [`MAX_POINTS`], else every k-th
+/// `ok` one and all the others. Returns the points kept and k (1: all kept).
+fn subsample(points: &[Point]) -> (Vec<&Point>, usize) {
+    let oks = points.iter().filter(|p| p.kind == Kind::Ok).count();
+    let k = if points.len() <= MAX_POINTS {
+        1
+    } else {
+        // Keep some ok points even when failures alone exceed the budget:
+        // they show what normal latency looked like.
+        let budget = MAX_POINTS.saturating_sub(points.len() - oks).max(MAX_POINTS / 10);
+        oks.div_ceil(budget).max(1)
+    };
+    let mut nth_ok = 0;
+    let kept = points
+        .iter()
+        .filter(|p| {
+            let keep = p.kind != Kind::Ok || nth_ok % k == 0;
+            nth_ok += usize::from(p.kind == Kind::Ok);
+            keep
+        })
+        .collect();
+    (kept, k)
+}
+
+// Chart geometry, SVG pixels. The right margin holds the legend.
+const WIDTH: f64 = 960.0;
+const HEIGHT: f64 = 340.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = WIDTH - 110.0;
+const TOP: f64 = 20.0;
+const BOTTOM: f64 = HEIGHT - 45.0;
+
+/// Maps data values on one axis to pixels: `lo` to `px0`, `hi` to `px1`.
+struct Axis {
+    lo: f64,
+    hi: f64,
+    /// Tick spacing of a linear axis; `None` for log10 with a tick per decade.
+    step: Option<f64>,
+    px0: f64,
+    px1: f64,
+}
+
+impl Axis {
+    /// 0..`max` rounded up to a whole tick, about five ticks.
+    fn linear(max: f64, px0: f64, px1: f64) -> Axis {
+        let rough = max.max(f64::MIN_POSITIVE) / 5.0;
+        let magnitude = 10f64.powf(rough.log10().floor());
+        let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| *s >= rough).unwrap();
+        Axis { lo: 0.0, hi: (max / step).ceil().max(1.0) * step, step: Some(step), px0, px1 }
+    }
+
+    /// Whole decades around `min..=max` (both > 0; floored at 1e-3).
+    fn log(min: f64, max: f64, px0: f64, px1: f64) -> Axis {
+        let lo = 10f64.powf(min.max(1e-3).log10().floor());
+        let hi = 10f64.powf(max.max(lo).log10().ceil()).max(lo * 10.0);
+        Axis { lo, hi, step: None, px0, px1 }
+    }
+
+    fn px(&self, v: f64) -> f64 {
+        let f = |v: f64| if self.step.is_none() { v.log10() } else { v };
+        let t = (f(v.clamp(self.lo, self.hi)) - f(self.lo)) / (f(self.hi) - f(self.lo));
+        self.px0 + t * (self.px1 - self.px0)
+    }
+
+    /// Tick values with their labels.
+    fn ticks(&self) -> Vec<(f64, String)> {
+        match self.step {
+            Some(step) => {
+                let decimals = (-step.log10().floor()).max(0.0) as usize;
+                let n = (self.hi / step).round() as usize;
+                (0..=n).map(|i| i as f64 * step).map(|v| (v, format!("{v:.decimals$}"))).collect()
+            }
+            None => {
+                let (lo, hi) = (self.lo.log10().round() as i32, self.hi.log10().round() as i32);
+                let label = |e: i32| format!("{:.*}", (-e).max(0) as usize, 10f64.powi(e));
+                (lo..=hi).map(|e| (10f64.powi(e), label(e))).collect()
+            }
+        }
+    }
+}
+
+/// An SVG chart: shaded nemesis windows, grid, ticks, axis labels, the
+/// `body` drawn with `x` and `y`, and the outcome legend.
+fn chart(x: &Axis, y: &Axis, y_label: &str, windows: &[NemesisWindow], body: &str) -> String {
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-size="11">"#
+    );
+    // Labels carry only the fault's kind (the first word), staggered over
+    // three rows so neighbours do not overlap; the full text is the tooltip
+    // and is in the windows table.
+    for (i, w) in windows.iter().enumerate() {
+        let (x0, x1) = (x.px(w.start_ns as f64 / 1e9), x.px(w.end_ns as f64 / 1e9));
+        let (name, width) = (escape(&w.name), (x1 - x0).max(0.0));
+        let short = escape(w.name.split_whitespace().next().unwrap_or(""));
+        svg += &format!(
+            r##"<rect x="{x0:.1}" y="{TOP}" width="{width:.1}" height="{}" fill="#7f7f7f" fill-opacity="0.18"><title>{name}</title></rect><text x="{:.1}" y="{}" fill="#555">{short}</text>"##,
+            BOTTOM - TOP,
+            x0 + 3.0,
+            TOP + 12.0 + 12.0 * (i % 3) as f64,
+        );
+    }
+    for (v, label) in x.ticks() {
+        let px = x.px(v);
+        svg += &format!(
+            r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{BOTTOM}" stroke="#eee"/><text x="{px:.1}" y="{}" text-anchor="middle">{label}</text>"##,
+            BOTTOM + 15.0
+        );
+    }
+    for (v, label) in y.ticks() {
+        let py = y.px(v);
+        svg += &format!(
+            r##"<line x1="{LEFT}" y1="{py:.1}" x2="{RIGHT}" y2="{py:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
+            LEFT - 5.0,
+            py + 4.0
+        );
+    }
+    svg += &format!(
+        r#"<text x="{}" y="{}" text-anchor="middle">time since start (s)</text><text transform="translate(15 {}) rotate(-90)" text-anchor="middle">{y_label}</text>"#,
+        (LEFT + RIGHT) / 2.0,
+        HEIGHT - 8.0,
+        (TOP + BOTTOM) / 2.0,
+    );
+    svg += body;
+    svg += &format!(
+        r#"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="black"/>"#,
+        RIGHT - LEFT,
+        BOTTOM - TOP
+    );
+    for (i, kind) in KINDS.iter().enumerate() {
+        let ly = TOP + 10.0 + 18.0 * i as f64;
+        svg += &format!(
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{ly}">{}</text>"#,
+            RIGHT + 15.0,
+            ly - 9.0,
+            kind.colour(),
+            RIGHT + 30.0,
+            kind.name()
+        );
+    }
+    svg + "</svg>"
+}
+
+fn latency_chart(points: &[&Point], x: &Axis, windows: &[NemesisWindow]) -> String {
+    let (min, max) = points
+        .iter()
+        .filter_map(|p| p.latency_ms())
+        .fold((f64::INFINITY, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let y = if min.is_finite() { Axis::log(min, max, BOTTOM, TOP) } else { Axis::log(1.0, 1e3, BOTTOM, TOP) };
+    let mut body = String::new();
+    for kind in KINDS {
+        body += &format!(r#"<g fill="{}" fill-opacity="0.6">"#, kind.colour());
+        for p in points.iter().filter(|p| p.kind == kind) {
+            let cy = p.latency_ms().map_or(TOP, |ms| y.px(ms));
+            body += &format!(r#"<circle cx="{:.1}" cy="{cy:.1}" r="2"/>"#, x.px(p.call_ns as f64 / 1e9));
+        }
+        body += "</g>";
+    }
+    chart(x, &y, "latency (ms, log scale)", windows, &body)
+}
+
+fn throughput_chart(points: &[Point], x: &Axis, windows: &[NemesisWindow]) -> String {
+    let seconds = x.hi.ceil() as usize;
+    let mut per_second = [vec![0u64; seconds], vec![0u64; seconds], vec![0u64; seconds]];
+    for p in points {
+        if let Some(done) = p.done_ns {
+            let i = KINDS.iter().position(|k| *k == p.kind).unwrap();
+            per_second[i][((done / 1_000_000_000) as usize).min(seconds - 1)] += 1;
+        }
+    }
+    let max = per_second.iter().flatten().copied().max().unwrap_or(0);
+    let y = Axis::linear((max as f64).max(1.0), BOTTOM, TOP);
+    let mut body = String::new();
+    for (kind, counts) in KINDS.iter().zip(&per_second) {
+        let line: Vec<String> = (counts.iter().enumerate())
+            .map(|(s, n)| format!("{:.1},{:.1}", x.px(s as f64 + 0.5), y.px(*n as f64)))
+            .collect();
+        body += &format!(
+            r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
+            kind.colour(),
+            line.join(" ")
+        );
+    }
+    chart(x, &y, "completed operations / s", windows, &body)
+}
+
+/// Escapes text for HTML element content and quoted attributes.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `<tr>` of escaped cells (`th` for the first).
+fn row<S: AsRef<str>>(cells: &[S]) -> String {
+    let mut tr = String::from("<tr>");
+    for (i, c) in cells.iter().enumerate() {
+        let tag = if i == 0 { "th" } else { "td" };
+        tr += &format!("<{tag}>{}</{tag}>", escape(c.as_ref()));
+    }
+    tr + "</tr>"
+}
+
+fn verdict(v: Validity) -> &'static str {
+    match v {
+        Validity::Valid => "VALID",
+        Validity::Unknown => "UNKNOWN",
+        Validity::Invalid => "INVALID",
+    }
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222}\
+    .verdict{font-size:3em;font-weight:bold;margin:.2em 0}.VALID{color:#2ca02c}\
+    .UNKNOWN{color:#ff7f0e}.INVALID{color:#d62728}table{border-collapse:collapse}\
+    th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}pre{background:#f6f6f6;padding:.5em}";
+
+fn html(
+    info: &RunInfo,
+    report: &checker::Report,
+    points: &[Point],
+    latency: &BTreeMap<OpName, LatencyMs>,
+    windows: &[NemesisWindow],
+) -> String {
+    let end_ns = points.iter().map(|p| p.done_ns.unwrap_or(p.call_ns));
+    let end_ns = end_ns.chain(windows.iter().map(|w| w.end_ns)).max().unwrap_or(0);
+    let x = Axis::linear((end_ns as f64 / 1e9).max(1.0), LEFT, RIGHT);
+    let (shown, k) = subsample(points);
+    let v = verdict(report.validity);
+    let mut page = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{v}: chaos run seed {}</title>\
+         <style>{STYLE}</style></head><body><h1>Mnemosyne chaos run</h1><p class=\"verdict {v}\">{v}</p><table>",
+        info.seed
+    );
+    page += &row(&["seed", &info.seed.to_string()]);
+    page += &row(&["duration (s)", &info.duration_s.to_string()]);
+    page += &row(&["workload", &info.workload]);
+    page += &row(&["nemesis", &info.nemesis]);
+    page += &row(&["nodes", &info.nodes.to_string()]);
+    page += &row(&["unsafe mode", &info.unsafe_mode.to_string()]);
+    page += &row(&["data dir", &info.data_dir]);
+    page += &row(&["operations", &points.len().to_string()]);
+    if !info.extra.is_null() {
+        page += &row(&["extra", &info.extra.to_string()]);
+    }
+    page += "</table><h2>Latency</h2><p>Every operation at its invoke time; <code>info</code> operations at \
+             the moment the client gave up, or on the top edge if they never completed. Grey: nemesis windows.";
+    if k > 1 {
+        page += &format!(
+            " <b>Subsampled:</b> {} of {} operations shown (every {k}th <code>ok</code>, every \
+             <code>fail</code> and <code>info</code>).",
+            shown.len(),
+            points.len()
+        );
+    }
+    page += "</p>";
+    page += &latency_chart(&shown, &x, windows);
+    page += "<h2>Throughput</h2><p>Completed operations per 1 s bucket, by outcome.</p>";
+    page += &throughput_chart(points, &x, windows);
+    page += "<h2>Operations</h2><table>";
+    page += &row(&["op", "ok", "fail", "info", "p50 ms", "p99 ms", "max ms"]);
+    for (name, c) in &report.counts {
+        let (p50, p99, max) =
+            latency.get(name).map_or((f64::NAN, f64::NAN, f64::NAN), |l| (l.p50, l.p99, l.max));
+        let ms = |v: f64| if v.is_nan() { "-".to_string() } else { format!("{v:.2}") };
+        page += &row(&[
+            name.as_str(),
+            &c.ok.to_string(),
+            &c.fail.to_string(),
+            &c.info.to_string(),
+            &ms(p50),
+            &ms(p99),
+            &ms(max),
+        ]);
+    }
+    page += "</table><h2>Checkers</h2><table>";
+    for (name, validity) in &report.checkers {
+        page += &row(&[name.as_str(), verdict(*validity)]);
+    }
+    let details = serde_json::to_string_pretty(&report.details).unwrap_or_default();
+    page += &format!(
+        "</table><details><summary>details</summary><pre>{}</pre></details><h2>Anomalies ({})</h2>",
+        escape(&details),
+        report.anomalies.len()
+    );
+    for a in &report.anomalies {
+        let kind = serde_json::to_value(a.kind).unwrap_or_default();
+        let key = a.key.map(|k| format!(" on key {}", k.0)).unwrap_or_default();
+        let ops: Vec<String> = a.ops.iter().map(|o| serde_json::to_string(o).unwrap_or_default()).collect();
+        page += &format!(
+            "<h3>{}{key}</h3><p>{}</p><details><summary>{} operations</summary><pre>{}</pre></details>",
+            escape(kind.as_str().unwrap_or("?")),
+            escape(&a.message),
+            ops.len(),
+            escape(&ops.join("\n"))
+        );
+    }
+    page += "<h2>Nemesis windows</h2><table>";
+    page += &row(&["name", "start (s)", "end (s)"]);
+    for w in windows {
+        let secs = |ns: u64| format!("{:.3}", ns as f64 / 1e9);
+        page += &row(&[w.name.as_str(), &secs(w.start_ns), &secs(w.end_ns)]);
+    }
+    page + "</table></body></html>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::history::{Event, Key, Op, Output, Recorder};
+
+    fn window(name: &str, start_ms: u64, end_ms: u64) -> NemesisWindow {
+        NemesisWindow { name: name.to_string(), start_ns: start_ms * 1_000_000, end_ns: end_ms * 1_000_000 }
+    }
+
+    #[test]
+    fn small_run_writes_json_and_html() {
+        // Three writes and a read succeed, one CAS fails, one times out, and
+        // one read is still outstanding when the history is taken.
+        let rec = Recorder::new();
+        let mut p = rec.process();
+        for v in 1..=3 {
+            p = rec.invoke(p, Op::Write { key: Key(0), value: v }).ok(Output::Done);
+        }
+        let p = rec.invoke(p, Op::Read { key: Key(0) }).ok(Output::Read(Some(3)));
+        let p = rec.invoke(p, Op::Cas { key: Key(0), from: Some(1), to: 9 }).fail();
+        let p = rec.invoke(p, Op::Cas { key: Key(0), from: Some(3), to: 4 }).info();
+        let outstanding = rec.invoke(p, Op::Read { key: Key(0) });
+        let history = rec.history();
+        drop(outstanding);
+
+        let report = checker::check(&history, Duration::from_secs(1)).unwrap();
+        let info = RunInfo { seed: 42, workload: "register".into(), nodes: 3, ..Default::default() };
+        let windows = [window("partition-majority", 0, 1), window("kill<leader>", 2, 3)];
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &info, &history, &report, &windows).unwrap();
+
+        // results.json: the verdict, the checker's counts and the run facts.
+        let text = std::fs::read_to_string(dir.path().join("results.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["valid"], true);
+        assert_eq!(json["validity"], "valid");
+        assert_eq!(json["operations"], 7);
+        assert_eq!(json["counts"]["write"]["ok"], 3);
+        assert_eq!(json["counts"]["cas"], json!({"ok": 0, "fail": 1, "info": 1}));
+        assert_eq!(json["counts"]["read"], json!({"ok": 1, "fail": 0, "info": 1}));
+        assert_eq!(json["run"]["seed"], 42);
+        assert_eq!(json["nemesis_windows"][1]["name"], "kill<leader>");
+        assert!(json["latency_ms"]["write"]["p99"].as_f64().unwrap() > 0.0);
+
+        // report.html: charts, escaped window names, the verdict.
+        let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+        assert_eq!(html.matches("<svg").count(), 2);
+        assert!(html.contains("partition-majority"));
+        assert!(html.contains("kill&lt;leader&gt;") && !html.contains("kill<leader>"));
+        assert!(html.contains(">VALID</p>"));
+        assert!(!html.contains("Subsampled"));
+    }
+
+    #[test]
+    fn large_history_subsamples_ok_points_only() {
+        // 60k operations, one per 100 µs; every 1000th fails.
+        let op = Op::Write { key: Key(0), value: 1 };
+        let mut events = Vec::new();
+        for i in 0..60_000u64 {
+            let (process, t) = (ProcessId(i), i * 100_000);
+            let kind = if i % 1000 == 0 { EventType::Fail } else { EventType::Ok };
+            let output = (kind == EventType::Ok).then_some(Output::Done);
+            events.push(Event { process, kind: EventType::Invoke, op: op.clone(), output: None, time_ns: t });
+            events.push(Event { process, kind, op: op.clone(), output, time_ns: t + 50_000 });
+        }
+        let history = History { events };
+        let ops = history.operations().unwrap();
+        let report = checker::Report {
+            validity: Validity::Unknown,
+            checkers: BTreeMap::new(),
+            counts: checker::count_outcomes(&ops),
+            anomalies: Vec::new(),
+            details: BTreeMap::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &RunInfo::default(), &history, &report, &[]).unwrap();
+
+        let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+        assert!(html.contains("Subsampled"));
+        let circles = html.matches("<circle").count();
+        assert!(circles <= MAX_POINTS && circles > MAX_POINTS / 2, "{circles} points");
+        assert!(html.len() < 10_000_000);
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
+        assert_eq!(json["operations"], 60_000);
+        assert_eq!(json["counts"]["write"], json!({"ok": 59_940, "fail": 60, "info": 0}));
+    }
+
+    #[test]
+    fn quantiles_use_nearest_rank() {
+        let v: Vec<u64> = (1..=1000).collect();
+        assert_eq!(quantile(&v, 0.5), 500);
+        assert_eq!(quantile(&v, 0.99), 990);
+        assert_eq!(quantile(&v, 0.999), 999);
+        assert_eq!(quantile(&[], 0.5), 0);
+        assert_eq!(quantile(&[7], 0.999), 7);
+    }
+
+    #[test]
+    fn axes_pick_round_ticks() {
+        let x = Axis::linear(7.3, 0.0, 100.0);
+        assert_eq!(x.ticks().iter().map(|t| t.1.as_str()).collect::<Vec<_>>(), ["0", "2", "4", "6", "8"]);
+        let y = Axis::log(0.02, 350.0, 0.0, 100.0);
+        assert_eq!(y.ticks().first().unwrap().1, "0.01");
+        assert_eq!(y.ticks().last().unwrap().1, "1000");
+        assert_eq!((y.px(0.01), y.px(1000.0)), (0.0, 100.0));
+    }
+}

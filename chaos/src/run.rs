@@ -1,0 +1,244 @@
+//! One chaos run, start to verdict:
+//!
+//! 1. start PD + N nodes (each in its own network namespace when possible)
+//!    with a fresh data directory `<out>/data`, kept with the results;
+//! 2. split the workload keys apart, so they live in several regions;
+//! 3. run the workloads through the real client while the nemesis injects
+//!    faults, for the run's duration;
+//! 4. heal everything, wait until every region has a leader again, do the
+//!    final reads (set, counters);
+//! 5. check the history and write `<out>/history.jsonl`, `results.json` and
+//!    `report.html`.
+//!
+//! The unsafe mode (`unsafe_mode`) starts the nodes with
+//! `--unsafe-stale-reads` and sends every get to a random replica with
+//! `replica_read`: followers answer from their local state, which must be
+//! caught as non-linearizable. It exists to show the checker has teeth.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mnemo_client::{Config, RawClient};
+use serde_json::json;
+
+use crate::checker::{self, Report};
+use crate::cluster::{Cluster, ClusterConfig};
+use crate::history::{History, Outcome, Recorder};
+use crate::nemesis::{Fault, Nemesis, NemesisLog};
+use crate::report::{self, RunInfo};
+use crate::workload::{self, Shared, Workloads};
+
+/// What a run does.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// How long the workloads run under faults.
+    pub duration: Duration,
+    /// Seeds the nemesis schedule and the workloads' choices.
+    pub seed: u64,
+    /// Faults the nemesis picks from (empty: none).
+    pub faults: Vec<Fault>,
+    /// `--nemesis` as given (for the report).
+    pub nemesis_name: String,
+    /// Which workloads run.
+    pub workloads: Workloads,
+    /// Storage nodes (PD is one more process).
+    pub nodes: usize,
+    /// Concurrent register clients (set and counter get a third each, ≥ 1).
+    pub clients: usize,
+    /// Deliberately unsafe stale follower reads (see the module doc).
+    pub unsafe_mode: bool,
+    /// Results directory (created; the cluster's data goes to `data/`).
+    pub out_dir: PathBuf,
+    /// Nodes in network namespaces (needed for partitions; needs root).
+    pub netns: bool,
+    /// Time budget of the linearizability checker.
+    pub check_budget: Duration,
+}
+
+/// What a run found.
+pub struct RunOutcome {
+    /// The checkers' verdict.
+    pub report: Report,
+    /// Operations in the history.
+    pub operations: usize,
+    /// Fault windows and leader-kill recoveries.
+    pub nemesis: NemesisLog,
+    /// Share of operations that succeeded among those invoked while a
+    /// minority partition was in place (None: no such partition).
+    pub majority_ok_share: Option<f64>,
+}
+
+/// Node settings for chaos runs: regions split after ~500 keys, so the set
+/// workload's range keeps splitting while the run goes on; quick PD reports.
+const CHAOS_NODE_TOML: &str = "[raftstore]\npd-heartbeat-tick-interval = \"1s\"\n\
+pd-store-heartbeat-tick-interval = \"1s\"\nraft-log-gc-tick-interval = \"1s\"\n\
+[coprocessor]\nregion-split-size = \"64KiB\"\nregion-split-keys = 500\n\
+split-region-check-tick-interval = \"1s\"\n";
+
+/// Runs one chaos run. Errors are about the harness (cluster would not
+/// start, results not writable), not about the verdict.
+pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| format!("{}: {e}", opts.out_dir.display()))?;
+    let mut node_args = vec!["--enable-test-controls".to_string()];
+    if opts.unsafe_mode {
+        node_args.push("--unsafe-stale-reads".into());
+    }
+    let cfg = ClusterConfig {
+        nodes: opts.nodes,
+        node_toml: CHAOS_NODE_TOML.into(),
+        node_args,
+        netns: opts.netns,
+        root: Some(opts.out_dir.join("data")),
+        ..Default::default()
+    };
+    let cluster = tokio::task::spawn_blocking(move || {
+        let cluster = Cluster::start(cfg);
+        cluster.wait_replicated(3, Duration::from_secs(60));
+        split_workload_keys(&cluster);
+        cluster
+    })
+    .await
+    .map_err(|e| format!("cluster start failed: {e}"))?;
+
+    // Short per-call deadlines keep operations (and so the history) moving through faults.
+    let config = Config {
+        timeout: Duration::from_secs(3),
+        rpc_timeout: Duration::from_secs(1),
+        replica_read: opts.unsafe_mode,
+    };
+    let endpoints = vec![cluster.pd_endpoint()];
+    let client =
+        RawClient::with_config(endpoints.clone(), config.clone()).await.map_err(|e| e.to_string())?;
+    let probe = RawClient::with_config(endpoints, Config { replica_read: false, ..config })
+        .await
+        .map_err(|e| e.to_string())?;
+    let recorder = Recorder::new();
+    let shared = Shared {
+        client: Arc::new(client),
+        recorder: recorder.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        next_element: Arc::new(AtomicU64::new(0)),
+    };
+    let w = opts.workloads;
+    let mut workers = Vec::new();
+    let side = (opts.clients / 3).max(1);
+    for i in 0..opts.clients {
+        if w.register {
+            workers
+                .push(tokio::spawn(workload::register_worker(shared.clone(), opts.seed * 1000 + i as u64)));
+        }
+    }
+    for i in 0..side {
+        if w.set {
+            workers.push(tokio::spawn(workload::set_worker(shared.clone())));
+        }
+        if w.counter {
+            workers.push(tokio::spawn(workload::counter_worker(
+                shared.clone(),
+                opts.seed * 1000 + 500 + i as u64,
+            )));
+        }
+    }
+
+    let nemesis_stop = Arc::new(AtomicBool::new(false));
+    let nemesis = Nemesis::new(
+        cluster,
+        opts.faults.clone(),
+        opts.seed,
+        recorder.clone(),
+        workload::interesting_keys(w),
+        Arc::new(probe),
+    );
+    let stop = nemesis_stop.clone();
+    let nemesis = tokio::task::spawn_blocking(move || nemesis.run(stop));
+    tokio::time::sleep(opts.duration).await;
+    shared.stop.store(true, Ordering::Relaxed);
+    nemesis_stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.map_err(|e| format!("worker panicked: {e}"))?;
+    }
+    let (cluster, log) = nemesis.await.map_err(|e| format!("nemesis panicked: {e}"))?;
+
+    // Healed: wait for leaders again, then the final reads.
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_replicated(3, Duration::from_secs(60));
+        cluster
+    })
+    .await
+    .map_err(|e| format!("cluster did not recover after the heal: {e}"))?;
+    workload::final_reads(&shared, w, Instant::now() + Duration::from_secs(60)).await;
+
+    let history = recorder.history();
+    history.save(&opts.out_dir.join("history.jsonl")).map_err(|e| e.to_string())?;
+    let budget = opts.check_budget;
+    let h = history.clone();
+    let report = tokio::task::spawn_blocking(move || checker::check(&h, budget))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("history is malformed: {e}"))?;
+    let majority_ok_share = majority_ok_share(&history, &log);
+    let info = RunInfo {
+        seed: opts.seed,
+        duration_s: opts.duration.as_secs(),
+        nemesis: opts.nemesis_name.clone(),
+        workload: w.names(),
+        nodes: opts.nodes,
+        unsafe_mode: opts.unsafe_mode,
+        data_dir: cluster.root().display().to_string(),
+        extra: json!({
+            "faults": opts.faults.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            "network": if cluster.can_partition() { "namespaces" } else { "loopback (no partitions)" },
+            "leader_kill_recovery_ms": recovery_summary(&log),
+            "majority_ok_share_in_minority_partitions": majority_ok_share,
+        }),
+    };
+    report::write(&opts.out_dir, &info, &history, &report, &log.windows).map_err(|e| e.to_string())?;
+    drop(cluster);
+    let operations = history.operations().map(|o| o.len()).unwrap_or(0);
+    Ok(RunOutcome { report, operations, nemesis: log, majority_ok_share })
+}
+
+/// Splits the workload keys into their own regions and waits until PD
+/// shows the regions.
+fn split_workload_keys(cluster: &Cluster) {
+    let keys = workload::split_keys();
+    let hex: Vec<String> = keys.iter().map(|k| k.iter().map(|b| format!("{b:02x}")).collect()).collect();
+    let _ = cluster.pd_post("/pd/api/v1/regions/split", json!({ "split_keys": hex }));
+    crate::cluster::wait_for("the workload keys' regions", Duration::from_secs(60), || {
+        (cluster.regions().len() > keys.len()).then_some(())
+    });
+}
+
+/// p50 / p99 / max of the leader-kill recoveries, in ms.
+fn recovery_summary(log: &NemesisLog) -> serde_json::Value {
+    let mut ms: Vec<u64> = log.leader_kill_recovery.iter().flatten().map(|d| d.as_millis() as u64).collect();
+    ms.sort_unstable();
+    let pick = |q: f64| (!ms.is_empty()).then(|| report::quantile(&ms, q));
+    json!({
+        "kills": log.leader_kill_recovery.len(),
+        "not_recovered_within_20s": log.leader_kill_recovery.iter().filter(|r| r.is_none()).count(),
+        "p50": pick(0.5), "p99": pick(0.99), "max": ms.last(),
+        "all": ms,
+    })
+}
+
+/// Share of `ok` among operations invoked inside minority-partition windows.
+fn majority_ok_share(history: &History, log: &NemesisLog) -> Option<f64> {
+    let windows: Vec<(u64, u64)> = log
+        .windows
+        .iter()
+        .zip(&log.faults)
+        .filter(|(_, f)| f.is_minority_partition())
+        .map(|(w, _)| (w.start_ns, w.end_ns))
+        .collect();
+    let ops = history.operations().ok()?;
+    let inside: Vec<_> =
+        ops.iter().filter(|o| windows.iter().any(|(s, e)| o.call_ns >= *s && o.call_ns < *e)).collect();
+    if inside.is_empty() {
+        return None;
+    }
+    let ok = inside.iter().filter(|o| matches!(o.outcome, Outcome::Ok(_))).count();
+    Some(ok as f64 / inside.len() as f64)
+}
