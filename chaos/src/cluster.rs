@@ -370,6 +370,18 @@ impl Cluster {
         }
     }
 
+    /// Asks PD to split the regions containing `keys` at those keys
+    /// (`POST /pd/api/v1/regions/split`); the splits follow asynchronously.
+    pub fn split_at(&self, keys: &[Vec<u8>]) -> Result<String, String> {
+        let hex: Vec<String> = keys.iter().map(|k| k.iter().map(|b| format!("{b:02x}")).collect()).collect();
+        self.pd_post("/pd/api/v1/regions/split", serde_json::json!({ "split_keys": hex }))
+    }
+
+    /// Region boundaries (start keys) as PD lists them.
+    pub fn region_starts(&self) -> std::collections::HashSet<Vec<u8>> {
+        self.regions().iter().map(|r| unhex(r["start_key"].as_str().unwrap_or(""))).collect()
+    }
+
     /// DELETEs a PD HTTP API path.
     pub fn pd_delete(&self, path: &str) -> Result<(), String> {
         let url = format!("http://{}{}", self.pd_addr, path);

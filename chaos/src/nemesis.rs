@@ -19,12 +19,14 @@
 //! | `pause` | SIGSTOP one node, SIGCONT at the heal |
 //! | `shuffle-leader` / `shuffle-region` | PD's shuffle schedulers on for the window |
 //! | `split` | forced splits (through PD) near workload keys, every ~300 ms |
-//! | `clock-skew` | one or two nodes' lease clocks run at 0.85–1.5× and jump ahead ≤ 1 s |
+//! | `clock-skew` | one or two nodes' lease clocks run at 0.95–1.5× and jump ahead ≤ 1 s |
 //!
 //! Partitions cut node–node links only; PD and clients reach every node.
 //! Clock skew stays inside the lease's safety margin (see the node's
-//! `--enable-test-controls`): a lease of 0.8 s on a clock running at 0.85×
-//! lasts 0.94 s of real time, below the 1 s election timeout.
+//! `--enable-test-controls`): a lease of 0.8 s on a clock running at 0.95×
+//! lasts 0.84 s of real time, below the ~0.9 s a follower must wait before
+//! it may elect a new leader (10 ticks of 100 ms, the first one possibly
+//! short).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,7 +38,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::cluster::Cluster;
+use crate::cluster::{wait_for, Cluster};
 use crate::history::Recorder;
 use crate::report::NemesisWindow;
 
@@ -113,8 +115,16 @@ impl Fault {
         matches!(self, Fault::PartitionOne | Fault::PartitionHalves | Fault::PartitionLeader)
     }
 
-    fn is_partition(self) -> bool {
-        self.name().starts_with("partition-")
+    /// True for the network partitions (they need namespaces).
+    pub fn is_partition(self) -> bool {
+        matches!(
+            self,
+            Fault::PartitionOne
+                | Fault::PartitionHalves
+                | Fault::PartitionLeader
+                | Fault::PartitionBridge
+                | Fault::PartitionRing
+        )
     }
 
     /// Parses `--nemesis`: `all` (alias `mixed`), `none`, or a comma list of
@@ -208,13 +218,7 @@ impl Nemesis {
     /// run it on its own thread (`spawn_blocking`).
     pub fn run(mut self, stop: Arc<AtomicBool>) -> (Cluster, NemesisLog) {
         let mut deck: Vec<Fault> = Vec::new();
-        let sleep = |d: Duration, stop: &AtomicBool| {
-            let end = Instant::now() + d;
-            while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        };
-        sleep(Duration::from_secs(2), &stop);
+        sleep_until(Instant::now() + Duration::from_secs(2), &stop);
         while !stop.load(Ordering::Relaxed) && !self.faults.is_empty() {
             if deck.is_empty() {
                 deck = self.faults.clone();
@@ -232,7 +236,7 @@ impl Nemesis {
                 end_ns,
             });
             self.log.faults.push(fault);
-            sleep(Duration::from_millis(self.rng.gen_range(1500..3000)), &stop);
+            sleep_until(Instant::now() + Duration::from_millis(self.rng.gen_range(1500..3000)), &stop);
         }
         self.heal_all();
         (self.cluster, self.log)
@@ -243,11 +247,7 @@ impl Nemesis {
     fn start(&mut self, fault: Fault, hold: Duration, stop: &AtomicBool) -> String {
         let n = self.cluster.node_count();
         let hold_until = Instant::now() + hold;
-        let wait = |stop: &AtomicBool| {
-            while Instant::now() < hold_until && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        };
+        let wait = |stop: &AtomicBool| sleep_until(hold_until, stop);
         let desc = match fault {
             Fault::PartitionOne | Fault::PartitionLeader => {
                 let leaders =
@@ -314,7 +314,7 @@ impl Nemesis {
                 };
                 self.kill(v);
                 let killed_at = Instant::now();
-                let recovery = self.probe_write(&key, killed_at);
+                let recovery = self.probe_write(&key, killed_at, stop);
                 self.log.leader_kill_recovery.push(recovery);
                 wait(stop);
                 self.restart_killed();
@@ -343,11 +343,9 @@ impl Nemesis {
             Fault::Split => {
                 let mut splits = 0;
                 while Instant::now() < hold_until && !stop.load(Ordering::Relaxed) {
-                    let key = self.keys[self.rng.gen_range(0..self.keys.len())].clone();
-                    let mut at = key.clone();
+                    let mut at = self.keys[self.rng.gen_range(0..self.keys.len())].clone();
                     at.extend(format!("/{:04}", self.rng.gen_range(0..10_000)).bytes());
-                    let body = json!({ "split_keys": [hex(&at)] });
-                    if self.cluster.pd_post("/pd/api/v1/regions/split", body).is_ok() {
+                    if self.cluster.split_at(&[at]).is_ok() {
                         splits += 1;
                     }
                     std::thread::sleep(Duration::from_millis(300));
@@ -360,10 +358,12 @@ impl Nemesis {
                 let count = self.rng.gen_range(1..=2.min(n));
                 let mut parts = Vec::new();
                 for &v in &order[..count] {
-                    let rate: f64 = self.rng.gen_range(0.85..1.5);
+                    let rate: f64 = self.rng.gen_range(0.95..1.5);
                     let jump_ms: u64 = self.rng.gen_range(0..1000);
-                    self.skew(v, json!({ "rate": rate, "jump_ms": jump_ms }));
                     self.skewed.push(v);
+                    if let Err(e) = self.skew(v, json!({ "rate": rate, "jump_ms": jump_ms })) {
+                        tracing::warn!(%e, node = v + 1, "cannot skew the lease clock");
+                    }
                     parts.push(format!("n{} ×{rate:.2} +{jump_ms}ms", v + 1));
                 }
                 wait(stop);
@@ -422,16 +422,22 @@ impl Nemesis {
         let _ = self.cluster.pd_delete(&format!("/pd/api/v1/schedulers/{name}"));
     }
 
-    fn skew(&self, v: usize, body: serde_json::Value) {
+    fn skew(&self, v: usize, body: serde_json::Value) -> Result<(), String> {
         let url = format!("http://{}/debug/lease-clock", self.cluster.node_status_addr(v));
-        if let Err(e) = ureq::post(&url).timeout(Duration::from_secs(2)).send_json(body) {
-            tracing::warn!(%e, node = v + 1, "cannot skew the lease clock");
-        }
+        ureq::post(&url)
+            .timeout(Duration::from_secs(2))
+            .send_json(body)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
+    /// Puts skewed clocks back to real speed; a clock left slow could
+    /// stretch a later lease past an election, so this must not fail.
     fn unskew(&mut self) {
         for v in std::mem::take(&mut self.skewed) {
-            self.skew(v, json!({ "rate": 1.0 }));
+            wait_for(&format!("n{}'s lease clock back to rate 1", v + 1), Duration::from_secs(10), || {
+                self.skew(v, json!({ "rate": 1.0 })).ok()
+            });
         }
     }
 
@@ -461,11 +467,11 @@ impl Nemesis {
 
     /// Writes to a probe key next to `key` (same region) until one write
     /// succeeds; the time from `since` to that success.
-    fn probe_write(&self, key: &[u8], since: Instant) -> Option<Duration> {
+    fn probe_write(&self, key: &[u8], since: Instant, stop: &AtomicBool) -> Option<Duration> {
         let mut probe = key.to_vec();
         probe.extend_from_slice(crate::workload::PROBE_SUFFIX);
         let client = self.probe.clone();
-        while since.elapsed() < Duration::from_secs(20) {
+        while since.elapsed() < Duration::from_secs(20) && !stop.load(Ordering::Relaxed) {
             let (c, k) = (client.clone(), probe.clone());
             if self.runtime.block_on(async move { c.put(k, "probe").await }).is_ok() {
                 return Some(since.elapsed());
@@ -480,8 +486,11 @@ fn names(nodes: &[usize]) -> String {
     v.join(",")
 }
 
-fn hex(key: &[u8]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+/// Sleeps until `until` or until `stop` is set, whichever comes first.
+fn sleep_until(until: Instant, stop: &AtomicBool) {
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn show(key: &[u8]) -> String {

@@ -140,15 +140,29 @@ impl Network {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 let name = line.split_whitespace().next().unwrap_or("");
                 if name.starts_with(&prefix) {
+                    // Deleting a namespace does not stop its processes (a
+                    // killed run's nodes): kill them first.
+                    if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+                        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                            let _ = run(&["kill", "-9", pid]);
+                        }
+                    }
                     let _ = run(&["ip", "netns", "del", name]);
                 }
             }
         }
-        for i in 0..200 {
-            if run(&["ip", "link", "show", &self.veth(i)]).is_err() {
-                break;
+        // A namespace is torn down asynchronously, and its veth ends with
+        // it: delete our root-side ends explicitly, whichever still exist.
+        let veth_prefix = format!("mnv{}-", self.k);
+        if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                // "12: mnv0-3@if2: <...>": the name is the second field, before any '@'.
+                let name = line.split_whitespace().nth(1).unwrap_or("").trim_end_matches(':');
+                let name = name.split('@').next().unwrap_or("");
+                if name.starts_with(&veth_prefix) {
+                    let _ = run(&["ip", "link", "del", name]);
+                }
             }
-            let _ = run(&["ip", "link", "del", &self.veth(i)]);
         }
         let rule = self.forward_rule();
         let mut delete = vec!["iptables", "-D"];

@@ -11,8 +11,9 @@
 //!    `report.html`.
 //!
 //! The unsafe mode (`unsafe_mode`) starts the nodes with
-//! `--unsafe-stale-reads` and sends every get to a random replica with
-//! `replica_read`: followers answer from their local state, which must be
+//! `--unsafe-stale-reads` and sends each get first to a random replica with
+//! `replica_read` (retries go to the leader): followers answer from their
+//! local state, which must be
 //! caught as non-linearizable. It exists to show the checker has teeth.
 
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use mnemo_client::{Config, RawClient};
 use serde_json::json;
 
-use crate::checker::{self, Report};
+use crate::checker::{self, Anomaly, AnomalyKind, Report, Validity};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::history::{History, Outcome, Recorder};
 use crate::nemesis::{Fault, Nemesis, NemesisLog};
@@ -66,8 +67,10 @@ pub struct RunOutcome {
     /// Fault windows and leader-kill recoveries.
     pub nemesis: NemesisLog,
     /// Share of operations that succeeded among those invoked while a
-    /// minority partition was in place (None: no such partition).
-    pub majority_ok_share: Option<f64>,
+    /// minority partition (one node, the leaders' node, or a minority half)
+    /// was in place: the clients reach every node, so this is what the
+    /// majority side served (None: no such partition).
+    pub ok_share_during_minority_partitions: Option<f64>,
 }
 
 /// Node settings for chaos runs: regions split after ~500 keys, so the set
@@ -80,6 +83,10 @@ split-region-check-tick-interval = \"1s\"\n";
 /// Runs one chaos run. Errors are about the harness (cluster would not
 /// start, results not writable), not about the verdict.
 pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
+    // One run, one fresh data directory: never start on an earlier run's data.
+    if opts.out_dir.join("data").exists() {
+        return Err(format!("{} already holds a run; choose another --out", opts.out_dir.display()));
+    }
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| format!("{}: {e}", opts.out_dir.display()))?;
     let mut node_args = vec!["--enable-test-controls".to_string()];
     if opts.unsafe_mode {
@@ -111,23 +118,26 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     let endpoints = vec![cluster.pd_endpoint()];
     let client =
         RawClient::with_config(endpoints.clone(), config.clone()).await.map_err(|e| e.to_string())?;
-    let probe = RawClient::with_config(endpoints, Config { replica_read: false, ..config })
+    let probe = RawClient::with_config(endpoints.clone(), Config { replica_read: false, ..config.clone() })
         .await
         .map_err(|e| e.to_string())?;
+    // The final reads may scan hundreds of regions: a long deadline.
+    let final_config = Config { timeout: Duration::from_secs(60), ..config };
+    let final_client = RawClient::with_config(endpoints, final_config).await.map_err(|e| e.to_string())?;
     let recorder = Recorder::new();
     let shared = Shared {
         client: Arc::new(client),
         recorder: recorder.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         next_element: Arc::new(AtomicU64::new(0)),
+        started: Instant::now(),
     };
     let w = opts.workloads;
     let mut workers = Vec::new();
     let side = (opts.clients / 3).max(1);
     for i in 0..opts.clients {
         if w.register {
-            workers
-                .push(tokio::spawn(workload::register_worker(shared.clone(), opts.seed * 1000 + i as u64)));
+            workers.push(tokio::spawn(workload::register_worker(shared.clone(), worker_seed(opts.seed, i))));
         }
     }
     for i in 0..side {
@@ -137,7 +147,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
         if w.counter {
             workers.push(tokio::spawn(workload::counter_worker(
                 shared.clone(),
-                opts.seed * 1000 + 500 + i as u64,
+                worker_seed(opts.seed, 500 + i),
             )));
         }
     }
@@ -168,17 +178,28 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     })
     .await
     .map_err(|e| format!("cluster did not recover after the heal: {e}"))?;
-    workload::final_reads(&shared, w, Instant::now() + Duration::from_secs(60)).await;
+    let finals = Shared { client: Arc::new(final_client), ..shared.clone() };
+    let missing = workload::final_reads(&finals, w, Instant::now() + Duration::from_secs(120)).await;
 
     let history = recorder.history();
     history.save(&opts.out_dir.join("history.jsonl")).map_err(|e| e.to_string())?;
     let budget = opts.check_budget;
     let h = history.clone();
-    let report = tokio::task::spawn_blocking(move || checker::check(&h, budget))
+    let mut report = tokio::task::spawn_blocking(move || checker::check(&h, budget))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("history is malformed: {e}"))?;
-    let majority_ok_share = majority_ok_share(&history, &log);
+    // What was never read at the end was never checked: not valid.
+    for what in missing {
+        report.validity = report.validity.and(Validity::Unknown);
+        report.anomalies.push(Anomaly {
+            kind: AnomalyKind::Unknown,
+            key: None,
+            message: format!("{what} never succeeded"),
+            ops: Vec::new(),
+        });
+    }
+    let ok_share = ok_share_during_minority_partitions(&history, &log);
     let info = RunInfo {
         seed: opts.seed,
         duration_s: opts.duration.as_secs(),
@@ -191,24 +212,38 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
             "faults": opts.faults.iter().map(|f| f.name()).collect::<Vec<_>>(),
             "network": if cluster.can_partition() { "namespaces" } else { "loopback (no partitions)" },
             "leader_kill_recovery_ms": recovery_summary(&log),
-            "majority_ok_share_in_minority_partitions": majority_ok_share,
+            "ok_share_during_minority_partitions": ok_share,
         }),
     };
     report::write(&opts.out_dir, &info, &history, &report, &log.windows).map_err(|e| e.to_string())?;
     drop(cluster);
     let operations = history.operations().map(|o| o.len()).unwrap_or(0);
-    Ok(RunOutcome { report, operations, nemesis: log, majority_ok_share })
+    Ok(RunOutcome { report, operations, nemesis: log, ok_share_during_minority_partitions: ok_share })
 }
 
-/// Splits the workload keys into their own regions and waits until PD
-/// shows the regions.
+/// Splits the workload keys into their own regions: asks PD (again, while
+/// some split is missing: a split can be lost to a leader change) until
+/// every split key starts a region.
 fn split_workload_keys(cluster: &Cluster) {
     let keys = workload::split_keys();
-    let hex: Vec<String> = keys.iter().map(|k| k.iter().map(|b| format!("{b:02x}")).collect()).collect();
-    let _ = cluster.pd_post("/pd/api/v1/regions/split", json!({ "split_keys": hex }));
+    let mut asked: Option<Instant> = None;
     crate::cluster::wait_for("the workload keys' regions", Duration::from_secs(60), || {
-        (cluster.regions().len() > keys.len()).then_some(())
+        let starts = cluster.region_starts();
+        let missing: Vec<Vec<u8>> = keys.iter().filter(|k| !starts.contains(*k)).cloned().collect();
+        if missing.is_empty() {
+            return Some(());
+        }
+        if asked.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
+            let _ = cluster.split_at(&missing);
+            asked = Some(Instant::now());
+        }
+        None
     });
+}
+
+/// The seed of worker `i` of a run seeded `seed`.
+fn worker_seed(seed: u64, i: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(i as u64)
 }
 
 /// p50 / p99 / max of the leader-kill recoveries, in ms.
@@ -225,7 +260,7 @@ fn recovery_summary(log: &NemesisLog) -> serde_json::Value {
 }
 
 /// Share of `ok` among operations invoked inside minority-partition windows.
-fn majority_ok_share(history: &History, log: &NemesisLog) -> Option<f64> {
+fn ok_share_during_minority_partitions(history: &History, log: &NemesisLog) -> Option<f64> {
     let windows: Vec<(u64, u64)> = log
         .windows
         .iter()

@@ -1,8 +1,11 @@
 //! The three workloads, run through the real client ([`RawClient`]) and
 //! recorded into one [`Recorder`]:
 //!
-//! - **register**: random get / put / CAS on [`REGISTER_KEYS`] keys
-//!   `reg/000`…; checked for linearizability per key.
+//! - **register**: random get / put / CAS on [`REGISTER_KEYS`] keys at a
+//!   time, `reg/<slot>/<generation>`; every [`REGISTER_GENERATION`] the
+//!   clients move on to fresh keys (as Jepsen's independent keys do), so an
+//!   operation of unknown outcome stays open in one short sub-history, not
+//!   in the whole run's. Checked for linearizability per key.
 //! - **set**: unique inserts `set/<element>`; at the end one `read_all`
 //!   (a scan of the `set/` range) must hold every acknowledged insert.
 //! - **counter**: [`COUNTER_KEYS`] counters `ctr/000`…, each incremented by
@@ -29,8 +32,10 @@ use rand::{Rng, SeedableRng};
 
 use crate::history::{Key, Op, Output, Pending, Process, Recorder};
 
-/// Number of register keys.
+/// Number of register keys in use at a time (slots).
 pub const REGISTER_KEYS: u64 = 8;
+/// How long the register clients use one generation of keys.
+pub const REGISTER_GENERATION: Duration = Duration::from_secs(20);
 /// Number of counter keys.
 pub const COUNTER_KEYS: u64 = 4;
 /// Values written to registers are drawn from `0..REGISTER_VALUES`.
@@ -76,9 +81,16 @@ impl Workloads {
     }
 }
 
-/// The store key of register `k`.
+/// The store key of register `k`: slot `k % REGISTER_KEYS`, generation
+/// `k / REGISTER_KEYS`. A slot's keys of every generation are neighbours
+/// (`reg/003/00000`, `reg/003/00001`, ...), so they share a region.
 pub fn register_key(k: Key) -> Vec<u8> {
-    format!("reg/{:03}", k.0).into_bytes()
+    format!("reg/{:03}/{:05}", k.0 % REGISTER_KEYS, k.0 / REGISTER_KEYS).into_bytes()
+}
+
+/// The key prefix of register slot `slot` (the split and probe targets).
+fn register_slot(slot: u64) -> Vec<u8> {
+    format!("reg/{slot:03}").into_bytes()
 }
 
 /// The store key of counter `k`.
@@ -91,9 +103,10 @@ fn set_key(e: u64) -> Vec<u8> {
     format!("set/{e:016}").into_bytes()
 }
 
-/// Suffix of the nemesis's probe keys: next to a workload key (so in its
-/// region) but never a workload key itself.
-pub const PROBE_SUFFIX: &[u8] = b"~probe";
+/// Suffix of the nemesis's probe keys: `key + "\0probe"` sorts right after
+/// `key` and before every key the split nemesis splits at (`key + "/…"`),
+/// so it stays in `key`'s region; it is never a workload key itself.
+pub const PROBE_SUFFIX: &[u8] = b"\0probe";
 
 const SET_START: &[u8] = b"set/";
 const SET_END: &[u8] = b"set0";
@@ -101,7 +114,7 @@ const SET_END: &[u8] = b"set0";
 /// Keys to split at before the run, so the workloads span several regions.
 pub fn split_keys() -> Vec<Vec<u8>> {
     let mut keys = vec![b"ctr/".to_vec(), counter_key(Key(COUNTER_KEYS / 2)), b"reg/".to_vec()];
-    keys.extend((2..REGISTER_KEYS).step_by(2).map(|k| register_key(Key(k))));
+    keys.extend((2..REGISTER_KEYS).step_by(2).map(register_slot));
     keys.push(SET_START.to_vec());
     keys
 }
@@ -111,7 +124,7 @@ pub fn split_keys() -> Vec<Vec<u8>> {
 pub fn interesting_keys(w: Workloads) -> Vec<Vec<u8>> {
     let mut keys = Vec::new();
     if w.register {
-        keys.extend((0..REGISTER_KEYS).map(|k| register_key(Key(k))));
+        keys.extend((0..REGISTER_KEYS).map(register_slot));
     }
     if w.counter {
         keys.extend((0..COUNTER_KEYS).map(|k| counter_key(Key(k))));
@@ -122,8 +135,14 @@ pub fn interesting_keys(w: Workloads) -> Vec<Vec<u8>> {
     keys
 }
 
+/// A value the workloads never write: what an unparseable value read from
+/// the store is recorded as, so the checkers flag it instead of the
+/// harness crashing on it.
+pub const GARBAGE: u64 = u64::MAX;
+
+/// Decodes a decimal value the workloads wrote; anything else is [`GARBAGE`].
 fn decode(bytes: &[u8]) -> u64 {
-    String::from_utf8_lossy(bytes).parse().expect("workload values are decimal numbers")
+    std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()).unwrap_or(GARBAGE)
 }
 
 /// Errors the client reports only when a write was never applied.
@@ -151,6 +170,8 @@ pub struct Shared {
     pub stop: Arc<AtomicBool>,
     /// Next set element (unique per run).
     pub next_element: Arc<AtomicU64>,
+    /// When the workloads started (register generations count from here).
+    pub started: Instant,
 }
 
 /// One register client until `stop`.
@@ -158,7 +179,8 @@ pub async fn register_worker(s: Shared, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut process = s.recorder.process();
     while !s.stop.load(Ordering::Relaxed) {
-        let key = Key(rng.gen_range(0..REGISTER_KEYS));
+        let generation = (s.started.elapsed().as_secs() / REGISTER_GENERATION.as_secs()).min(99_999);
+        let key = Key(generation * REGISTER_KEYS + rng.gen_range(0..REGISTER_KEYS));
         let op = match rng.gen_range(0..3) {
             0 => Op::Read { key },
             1 => Op::Write { key, value: rng.gen_range(0..REGISTER_VALUES) },
@@ -240,16 +262,23 @@ async fn increment(s: &Shared, process: Process, key: Key) -> Process {
 }
 
 /// The final reads after the cluster healed: every counter, and the whole
-/// set. Each is retried until it succeeds or `deadline` passes (a missing
-/// final read makes its checker answer Unknown, never valid).
-pub async fn final_reads(s: &Shared, w: Workloads, deadline: Instant) {
+/// set. `s.client` should have a long deadline (the set may span hundreds
+/// of regions). Each read is retried until it succeeds or `deadline`
+/// passes; returns what could not be read, which the run reports as
+/// Unknown (never valid).
+pub async fn final_reads(s: &Shared, w: Workloads, deadline: Instant) -> Vec<String> {
+    let mut missing = Vec::new();
     let mut process = s.recorder.process();
     if w.counter {
         for k in 0..COUNTER_KEYS {
             loop {
                 let (p, ok) = read_counter(s, process, Key(k)).await;
                 process = p;
-                if ok || Instant::now() > deadline {
+                if ok {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    missing.push(format!("final read of counter {k}"));
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -274,9 +303,11 @@ pub async fn final_reads(s: &Shared, w: Workloads, deadline: Instant) {
                 Err(_) => process = pending.fail(),
             }
             if Instant::now() > deadline {
+                missing.push("final read of the set".into());
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    missing
 }

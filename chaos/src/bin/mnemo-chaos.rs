@@ -82,7 +82,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    if !netns && faults.iter().any(|f| f.name().starts_with("partition")) {
+    if !netns && faults.iter().any(|f| f.is_partition()) {
         eprintln!("warning: nodes on loopback: partition faults are skipped (run as root for namespaces)");
     }
     let out = args.out.unwrap_or_else(|| {
@@ -123,7 +123,7 @@ async fn main() -> ExitCode {
             kills.iter().map(|k| k.map_or("none".into(), |d| d.as_millis().to_string())).collect();
         println!("leader kills → first write ok (ms): {}", ms.join(" "));
     }
-    if let Some(s) = outcome.majority_ok_share {
+    if let Some(s) = outcome.ok_share_during_minority_partitions {
         println!("ok share during minority partitions: {:.1}%", s * 100.0);
     }
     println!("verdict: {:?}", r.validity);
