@@ -151,6 +151,16 @@ impl PeerStorage {
             s.hard_state.commit = s.apply_state.truncated_index;
             s.hard_state.term = s.hard_state.term.max(s.apply_state.truncated_term);
         }
+        // The kv batch (data + applied index) and the raft batch (hard state
+        // with the commit index) are two writes; a kill between them leaves
+        // the applied index ahead of the stored commit, and raft-rs refuses
+        // to start a peer whose applied index is above its commit. Only
+        // committed entries are applied, and they were in the log before
+        // they were applied, so the applied index is committed: raise the
+        // commit to it. (Found by the chaos harness: kill -9 under load.)
+        if s.hard_state.commit < s.apply_state.applied_index {
+            s.hard_state.commit = s.apply_state.applied_index;
+        }
         Ok(s)
     }
 
@@ -541,6 +551,37 @@ mod tests {
         let ps = PeerStorage::open(kv, raft, Region { id: RegionId(2), ..Default::default() }).unwrap();
         assert_eq!((ps.region.start_key.as_slice(), ps.apply_state.truncated_index), (&b"m"[..], 9));
         assert_eq!(ps.hard_state.commit, 9);
+    }
+
+    #[test]
+    fn an_applied_index_ahead_of_the_stored_commit_is_committed_on_reopen() {
+        let kv: EngineRef = Arc::new(MemEngine::new());
+        let raft: EngineRef = Arc::new(MemEngine::new());
+        let r = region(4, b"", b"");
+        let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+        write_initial_state(&r, &mut kv_wb, &mut raft_wb);
+        kv.write(&kv_wb, true).unwrap();
+        raft.write(&raft_wb, true).unwrap();
+        let mut ps = PeerStorage::open(kv.clone(), raft.clone(), r.clone()).unwrap();
+        // Entries 6..=8 in the log, commit 7 stored...
+        let entries: Vec<Entry> = (INIT_INDEX + 1..=INIT_INDEX + 3)
+            .map(|index| Entry { index, term: INIT_TERM, ..Default::default() })
+            .collect();
+        let mut raft_wb = WriteBatch::new();
+        ps.append(&entries, &mut raft_wb);
+        let hs = HardState { term: INIT_TERM, commit: INIT_INDEX + 2, ..Default::default() };
+        ps.set_hard_state(&hs, &mut raft_wb);
+        raft.write(&raft_wb, true).unwrap();
+        // ...and 8 applied: the kv write landed, the raft write with commit 8 did not.
+        ps.apply_state.applied_index = INIT_INDEX + 3;
+        let mut kv_wb = WriteBatch::new();
+        ps.stage_apply_state(&mut kv_wb);
+        kv.write(&kv_wb, true).unwrap();
+
+        let ps = PeerStorage::open(kv, raft, r).unwrap();
+        assert_eq!(ps.applied_index(), INIT_INDEX + 3);
+        assert_eq!(ps.hard_state.commit, INIT_INDEX + 3);
+        assert_eq!(ps.last_index_now(), INIT_INDEX + 3);
     }
 
     #[test]
