@@ -111,6 +111,14 @@ impl Proc {
         self.child.is_some()
     }
 
+    /// If the process exited although nobody killed it, reaps it (so it
+    /// can be restarted) and returns how it ended.
+    fn reap_crashed(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
             let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
@@ -333,6 +341,13 @@ impl Cluster {
     /// True if node `i` runs.
     pub fn node_running(&self, i: usize) -> bool {
         self.nodes[i].is_running()
+    }
+
+    /// Nodes that exited on their own since the last call (not killed by
+    /// [`Cluster::kill_node`]), with their exit status; they are reaped and
+    /// can be restarted.
+    pub fn reap_crashed_nodes(&mut self) -> Vec<(usize, std::process::ExitStatus)> {
+        (0..self.nodes.len()).filter_map(|i| Some((i, self.nodes[i].reap_crashed()?))).collect()
     }
 
     /// SIGKILLs PD.

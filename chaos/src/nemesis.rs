@@ -166,6 +166,9 @@ pub struct NemesisLog {
     /// For each `kill-leader`: time from the kill to the first successful
     /// write to the killed leader's region (None: not within 20 s).
     pub leader_kill_recovery: Vec<Option<Duration>>,
+    /// Nodes that exited on their own (crashed), described; each was
+    /// restarted so the run could go on.
+    pub crashes: Vec<String>,
 }
 
 /// The nemesis: owns the cluster while the run lasts.
@@ -215,11 +218,18 @@ impl Nemesis {
     }
 
     /// Injects faults until `stop` is set, then heals everything. Blocking:
-    /// run it on its own thread (`spawn_blocking`).
+    /// run it on its own thread (`spawn_blocking`). Returns before `stop`
+    /// only by panicking (a fault it could not inject or heal).
     pub fn run(mut self, stop: Arc<AtomicBool>) -> (Cluster, NemesisLog) {
         let mut deck: Vec<Fault> = Vec::new();
         sleep_until(Instant::now() + Duration::from_secs(2), &stop);
-        while !stop.load(Ordering::Relaxed) && !self.faults.is_empty() {
+        while !stop.load(Ordering::Relaxed) {
+            if self.faults.is_empty() {
+                // No faults: only watch for crashes until the run ends.
+                sleep_until(Instant::now() + Duration::from_millis(500), &stop);
+                self.restart_crashed();
+                continue;
+            }
             if deck.is_empty() {
                 deck = self.faults.clone();
                 deck.shuffle(&mut self.rng);
@@ -228,6 +238,7 @@ impl Nemesis {
             let start_ns = self.recorder.now_ns();
             let hold = Duration::from_millis(self.rng.gen_range(2000..5000));
             let desc = self.start(fault, hold, &stop);
+            self.restart_crashed();
             let end_ns = self.recorder.now_ns();
             tracing::info!(fault = fault.name(), %desc, "fault healed");
             self.log.windows.push(NemesisWindow {
@@ -277,20 +288,7 @@ impl Nemesis {
             Fault::PartitionRing => {
                 let mut order: Vec<usize> = (0..n).collect();
                 order.shuffle(&mut self.rng);
-                // Each node sees the nodes within `reach` ring steps: itself
-                // plus 2·reach others, at least a majority (n/2 + 1), and
-                // every node's majority is a different one.
-                let reach = (n / 2).div_ceil(2).max(1);
-                let mut grudge = vec![Vec::new(); n];
-                for (pos, &node) in order.iter().enumerate() {
-                    for (other_pos, &other) in order.iter().enumerate() {
-                        let d = pos.abs_diff(other_pos);
-                        if d.min(n - d) > reach {
-                            grudge[node].push(other);
-                        }
-                    }
-                }
-                self.partition(&grudge);
+                self.partition(&ring_grudge(&order));
                 wait(stop);
                 format!("ring {}", names(&order))
             }
@@ -379,14 +377,7 @@ impl Nemesis {
 
     /// Cuts every link between `a` and `b` (both directions).
     fn cut(&self, a: &[usize], b: &[usize]) {
-        let mut grudge = vec![Vec::new(); self.cluster.node_count()];
-        for &x in a {
-            grudge[x].extend_from_slice(b);
-        }
-        for &y in b {
-            grudge[y].extend_from_slice(a);
-        }
-        self.partition(&grudge);
+        self.partition(&cut_grudge(self.cluster.node_count(), a, b));
     }
 
     fn partition(&self, grudge: &[Vec<usize>]) {
@@ -434,6 +425,7 @@ impl Nemesis {
     /// Puts skewed clocks back to real speed; a clock left slow could
     /// stretch a later lease past an election, so this must not fail.
     fn unskew(&mut self) {
+        self.restart_crashed();
         for v in std::mem::take(&mut self.skewed) {
             wait_for(&format!("n{}'s lease clock back to rate 1", v + 1), Duration::from_secs(10), || {
                 self.skew(v, json!({ "rate": 1.0 })).ok()
@@ -441,8 +433,25 @@ impl Nemesis {
         }
     }
 
+    /// Records and restarts nodes that exited on their own (a crash is a
+    /// finding of the run; the restart lets the run go on and heal).
+    fn restart_crashed(&mut self) {
+        for (v, status) in self.cluster.reap_crashed_nodes() {
+            let at = self.recorder.now_ns() as f64 / 1e9;
+            tracing::error!(node = v + 1, %status, "node crashed; restarting it");
+            self.log
+                .crashes
+                .push(format!("n{0} exited on its own ({status}) by {at:.1} s; see n{0}.log", v + 1));
+            // A fresh process has a true clock and is not stopped.
+            self.skewed.retain(|&s| s != v);
+            self.paused.retain(|&p| p != v);
+            self.cluster.restart_node(v);
+        }
+    }
+
     /// Heals whatever is still broken (the run is ending).
     fn heal_all(&mut self) {
+        self.restart_crashed();
         self.heal_network();
         self.resume_paused();
         self.restart_killed();
@@ -486,6 +495,37 @@ fn names(nodes: &[usize]) -> String {
     v.join(",")
 }
 
+/// The grudge (node → nodes it drops) cutting every link between `a` and `b`.
+fn cut_grudge(n: usize, a: &[usize], b: &[usize]) -> Vec<Vec<usize>> {
+    let mut grudge = vec![Vec::new(); n];
+    for &x in a {
+        grudge[x].extend_from_slice(b);
+    }
+    for &y in b {
+        grudge[y].extend_from_slice(a);
+    }
+    grudge
+}
+
+/// The grudge of a ring of overlapping majorities: with the nodes placed
+/// on a ring in `order`, each node hears only the nodes within `reach` ring
+/// steps: itself plus 2·reach others, at least a majority (n/2 + 1), and
+/// each node's majority is a different one.
+fn ring_grudge(order: &[usize]) -> Vec<Vec<usize>> {
+    let n = order.len();
+    let reach = (n / 2).div_ceil(2).max(1);
+    let mut grudge = vec![Vec::new(); n];
+    for (pos, &node) in order.iter().enumerate() {
+        for (other_pos, &other) in order.iter().enumerate() {
+            let d = pos.abs_diff(other_pos);
+            if d.min(n - d) > reach {
+                grudge[node].push(other);
+            }
+        }
+    }
+    grudge
+}
+
 /// Sleeps until `until` or until `stop` is set, whichever comes first.
 fn sleep_until(until: Instant, stop: &AtomicBool) {
     while Instant::now() < until && !stop.load(Ordering::Relaxed) {
@@ -495,4 +535,59 @@ fn sleep_until(until: Instant, stop: &AtomicBool) {
 
 fn show(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn hears(grudge: &[Vec<usize>], i: usize) -> HashSet<usize> {
+        (0..grudge.len()).filter(|j| !grudge[i].contains(j)).collect()
+    }
+
+    #[test]
+    fn ring_gives_every_node_a_different_majority() {
+        for n in [5, 7] {
+            let order: Vec<usize> = (0..n).rev().collect();
+            let grudge = ring_grudge(&order);
+            let mut seen = HashSet::new();
+            for i in 0..n {
+                let h = hears(&grudge, i);
+                assert!(h.contains(&i) && h.len() > n / 2, "n{i} hears {h:?} of {n}");
+                assert!(h.len() < n, "n{i} hears everyone: no cut");
+                let mut key: Vec<usize> = h.into_iter().collect();
+                key.sort_unstable();
+                seen.insert(key);
+                // Symmetric: a cut link is cut both ways.
+                for &j in &grudge[i] {
+                    assert!(grudge[j].contains(&i));
+                }
+            }
+            assert_eq!(seen.len(), n, "majorities must differ");
+        }
+    }
+
+    #[test]
+    fn cut_separates_the_sides_and_a_bridge_hears_both() {
+        // Bridge layout: {0,1} | 2 | {3,4}.
+        let grudge = cut_grudge(5, &[0, 1], &[3, 4]);
+        assert_eq!(hears(&grudge, 2).len(), 5);
+        assert_eq!(hears(&grudge, 0), HashSet::from([0, 1, 2]));
+        assert_eq!(hears(&grudge, 4), HashSet::from([2, 3, 4]));
+    }
+
+    #[test]
+    fn nemesis_names_parse() {
+        assert_eq!(Fault::parse_list("all").unwrap().len(), ALL.len());
+        assert!(Fault::parse_list("none").unwrap().is_empty());
+        let p = Fault::parse_list("partition,kill-leader,partition-one").unwrap();
+        assert_eq!(p.len(), 6, "groups expand, duplicates collapse: {p:?}");
+        assert!(p.iter().take(5).all(|f| f.is_partition()));
+        assert!(Fault::parse_list("meteor").unwrap_err().contains("unknown nemesis"));
+        for f in ALL {
+            assert_eq!(Fault::parse_list(f.name()).unwrap(), vec![f]);
+        }
+    }
 }

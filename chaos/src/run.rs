@@ -162,14 +162,22 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
         Arc::new(probe),
     );
     let stop = nemesis_stop.clone();
-    let nemesis = tokio::task::spawn_blocking(move || nemesis.run(stop));
-    tokio::time::sleep(opts.duration).await;
+    let mut nemesis = tokio::task::spawn_blocking(move || nemesis.run(stop));
+    // The nemesis returns early only if it failed (it owns the cluster).
+    let early = tokio::select! {
+        _ = tokio::time::sleep(opts.duration) => None,
+        r = &mut nemesis => Some(r),
+    };
     shared.stop.store(true, Ordering::Relaxed);
     nemesis_stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.map_err(|e| format!("worker panicked: {e}"))?;
     }
-    let (cluster, log) = nemesis.await.map_err(|e| format!("nemesis panicked: {e}"))?;
+    let (cluster, log) = match early {
+        Some(r) => r,
+        None => nemesis.await,
+    }
+    .map_err(|e| format!("nemesis failed: {e}"))?;
 
     // Healed: wait for leaders again, then the final reads.
     let cluster = tokio::task::spawn_blocking(move || {
@@ -189,6 +197,15 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("history is malformed: {e}"))?;
+    for crash in &log.crashes {
+        report.validity = report.validity.and(Validity::Invalid);
+        report.anomalies.push(Anomaly {
+            kind: AnomalyKind::Crash,
+            key: None,
+            message: crash.clone(),
+            ops: Vec::new(),
+        });
+    }
     // What was never read at the end was never checked: not valid.
     for what in missing {
         report.validity = report.validity.and(Validity::Unknown);

@@ -311,3 +311,35 @@ pub async fn final_reads(s: &Shared, w: Workloads, deadline: Instant) -> Vec<Str
     }
     missing
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_generations_stay_next_to_their_slot() {
+        assert_eq!(register_key(Key(3)), b"reg/003/00000".to_vec());
+        assert_eq!(register_key(Key(2 * REGISTER_KEYS + 3)), b"reg/003/00002".to_vec());
+        // Every generation of slot 3 lies in [reg/002, reg/004), the region the
+        // initial splits give slots 2 and 3; the probe key sorts before any
+        // split point `slot + "/…"` the split fault picks.
+        let probe = [register_slot(3), PROBE_SUFFIX.to_vec()].concat();
+        assert!(probe > register_slot(3) && probe < b"reg/003/".to_vec());
+        assert!(split_keys().contains(&register_slot(2)) && split_keys().contains(&register_slot(4)));
+    }
+
+    #[test]
+    fn garbage_values_decode_to_an_impossible_value() {
+        assert_eq!(decode(b"42"), 42);
+        assert_eq!(decode(b"probe"), GARBAGE);
+        assert_eq!(decode(&[0xff, 0x00]), GARBAGE);
+    }
+
+    #[test]
+    fn workload_names_parse() {
+        let w = Workloads::parse("set,counter").unwrap();
+        assert!(!w.register && w.set && w.counter);
+        assert_eq!(Workloads::parse("all").unwrap().names(), "register,set,counter");
+        assert!(Workloads::parse("bank").is_err());
+    }
+}

@@ -70,6 +70,9 @@ pub enum AnomalyKind {
     /// Two successful increment CASes on a key observed the same old value
     /// (or one stored something other than old + 1).
     DoubledIncrement,
+    /// A storage node or PD process exited on its own (crashed): not a
+    /// broken promise about data, but a bug the run must not pass with.
+    Crash,
     /// A check could not decide (see `message`).
     Unknown,
 }
