@@ -6,6 +6,12 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/release
 export MNEMO_BIN_DIR := $(BIN)
 
+# Crash points (the `fail` crate) are compiled into the binaries the tests and
+# the chaos harness run; they stay inert unless armed (FAILPOINTS, or the
+# status server with --enable-test-controls). Build and test use the same
+# features, so nothing (RocksDB above all) is compiled twice.
+FEATURES := --features mnemo-node/failpoints,mnemo-pd/failpoints
+
 APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl
 
 .PHONY: deps build run test bench bench-regions chaos lint fmt clean-data
@@ -28,13 +34,13 @@ deps:
 	@command -v cargo >/dev/null || { echo "cargo is missing: install a Rust toolchain (rustup)"; exit 1; }
 
 build: deps
-	cargo build --release --workspace --bins
+	cargo build --release --workspace --bins $(FEATURES)
 
 run: build
 	scripts/run-local.sh
 
 test: build
-	cargo test --release --workspace -- --test-threads 2
+	cargo test --release --workspace $(FEATURES) -- --test-threads 2
 
 bench: build
 	$(BIN)/mnemo-bench --pd 127.0.0.1:2379 --op put --clients 32 --duration 10
@@ -49,7 +55,7 @@ chaos: build
 
 lint: deps
 	cargo fmt --all --check
-	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo clippy --release --workspace --all-targets $(FEATURES) -- -D warnings
 
 fmt:
 	cargo fmt --all

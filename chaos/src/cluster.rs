@@ -76,13 +76,21 @@ impl Default for ClusterConfig {
 struct Proc {
     child: Option<Child>,
     args: Vec<String>,
+    /// Environment of the next start only (e.g. `FAILPOINTS`).
+    env: Vec<(String, String)>,
     bin: PathBuf,
     log: PathBuf,
 }
 
 impl Proc {
     fn spawn(bin: &Path, args: &[String], log: &Path) -> Proc {
-        let mut p = Proc { child: None, args: args.to_vec(), bin: bin.to_path_buf(), log: log.to_path_buf() };
+        let mut p = Proc {
+            child: None,
+            args: args.to_vec(),
+            env: Vec::new(),
+            bin: bin.to_path_buf(),
+            log: log.to_path_buf(),
+        };
         p.start();
         p
     }
@@ -92,6 +100,7 @@ impl Proc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
         let child = Command::new(&self.bin)
             .args(&self.args)
+            .envs(std::mem::take(&mut self.env))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -293,6 +302,24 @@ impl Cluster {
         self.net.as_ref().expect("partitions need ClusterConfig::netns").partition(grudge)
     }
 
+    /// Cuts node `i` off from PD (adds to other cuts; needs namespaces).
+    pub fn cut_from_pd(&self, i: usize) -> Result<(), String> {
+        let port =
+            self.pd_addr.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or("PD address has no port")?;
+        self.net.as_ref().ok_or("cuts need ClusterConfig::netns")?.cut_port_out(i, port)
+    }
+
+    /// Makes node `i`'s gRPC port unreachable for clients (adds to other
+    /// cuts; needs namespaces). Other nodes and its status port still reach it.
+    pub fn cut_from_clients(&self, i: usize) -> Result<(), String> {
+        let port = self.node_addrs[i]
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or("node address has no port")?;
+        self.net.as_ref().ok_or("cuts need ClusterConfig::netns")?.cut_port_in(i, port)
+    }
+
     /// Removes every cut (no-op without namespaces).
     pub fn heal_network(&self) -> Result<(), String> {
         self.net.as_ref().map_or(Ok(()), Network::heal)
@@ -326,6 +353,52 @@ impl Cluster {
     /// Restarts node `i` on its data directory and ports.
     pub fn restart_node(&mut self, i: usize) {
         self.nodes[i].start();
+    }
+
+    /// Restarts node `i` with crash points armed from its first instruction
+    /// (`FAILPOINTS=spec`, e.g. `snapshot_apply_after_ingest=panic`); later
+    /// restarts run without.
+    pub fn restart_node_with_failpoints(&mut self, i: usize, spec: &str) {
+        self.nodes[i].env = vec![("FAILPOINTS".into(), spec.into())];
+        self.nodes[i].start();
+    }
+
+    /// Arms crash point `name` of running node `i` with `actions` (the node
+    /// must run with `--enable-test-controls`).
+    pub fn arm_crash_point(&self, i: usize, name: &str, actions: &str) -> Result<(), String> {
+        let url = format!("http://{}/debug/fail/{name}", self.status_addrs[i]);
+        match ureq::put(&url).timeout(Duration::from_secs(2)).send_string(actions) {
+            Ok(_) => Ok(()),
+            Err(ureq::Error::Status(code, r)) => {
+                Err(format!("{code}: {}", r.into_string().unwrap_or_default()))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Disarms crash point `name` of node `i` (best effort: it may be dead).
+    pub fn disarm_crash_point(&self, i: usize, name: &str) {
+        let url = format!("http://{}/debug/fail/{name}", self.status_addrs[i]);
+        let _ = ureq::delete(&url).timeout(Duration::from_secs(2)).call();
+    }
+
+    /// The value of metric `name` on node `i`'s `/metrics` (None if the
+    /// node does not answer or has no such metric).
+    pub fn node_metric(&self, i: usize, name: &str) -> Option<f64> {
+        let url = format!("http://{}/metrics", self.status_addrs[i]);
+        let text = ureq::get(&url).timeout(Duration::from_secs(2)).call().ok()?.into_string().ok()?;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Resident memory of node `i`'s process in bytes (Linux), if it runs.
+    pub fn node_rss_bytes(&self, i: usize) -> Option<u64> {
+        let pid = self.nodes[i].child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: u64 =
+            status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+        Some(kb * 1024)
     }
 
     /// Freezes node `i` (SIGSTOP): it keeps its sockets but answers nothing.
@@ -505,7 +578,7 @@ impl Cluster {
 }
 
 /// Decodes PD's hex key encoding (either case); invalid input decodes as empty.
-fn unhex(s: &str) -> Vec<u8> {
+pub fn unhex(s: &str) -> Vec<u8> {
     (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
 }
 

@@ -11,9 +11,14 @@
 //! ```
 //!
 //! A partition is a *grudge*: for each host, the hosts whose packets it
-//! drops (`iptables -A INPUT -s <ip> -j DROP` in its namespace). Cuts are
-//! between storage nodes only; PD and the clients stay reachable from every
-//! node, as in Jepsen's tests of TiDB where clients reach every node.
+//! drops (`iptables -A INPUT -s <ip> -j DROP` in its namespace); a grudge
+//! held by one side only is a one-way partition. Partitions are between
+//! storage nodes only; PD and the clients stay reachable from every node, as
+//! in Jepsen's tests of TiDB where clients reach every node. Two more cuts
+//! exist on their own: a node cut off from PD (its namespace drops packets
+//! to PD's port, [`Network::cut_port_out`]) and a node the clients cannot
+//! reach (it drops packets from the root namespace to its gRPC port,
+//! [`Network::cut_port_in`]; the status port stays open).
 //!
 //! The network number is claimed with an exclusive lock on
 //! `/tmp/mnemo-netns-{k}.lock`, held while the [`Network`] lives; the kernel
@@ -185,10 +190,34 @@ impl Network {
         Ok(())
     }
 
+    /// Host `i` drops what it sends to the root namespace's `port` (e.g.
+    /// PD's): it can no longer reach that service. Adds to other cuts.
+    pub fn cut_port_out(&self, i: usize, port: u16) -> Result<(), String> {
+        let (gw, port) = (self.gateway_ip().to_string(), port.to_string());
+        let ns = self.namespace(i);
+        run(&[
+            "ip", "netns", "exec", &ns, "iptables", "-A", "OUTPUT", "-d", &gw, "-p", "tcp", "--dport", &port,
+            "-j", "DROP",
+        ])
+    }
+
+    /// Host `i` drops what the root namespace (the clients) sends to its
+    /// `port` (e.g. its gRPC port). Adds to other cuts.
+    pub fn cut_port_in(&self, i: usize, port: u16) -> Result<(), String> {
+        let (gw, port) = (self.gateway_ip().to_string(), port.to_string());
+        let ns = self.namespace(i);
+        run(&[
+            "ip", "netns", "exec", &ns, "iptables", "-A", "INPUT", "-s", &gw, "-p", "tcp", "--dport", &port,
+            "-j", "DROP",
+        ])
+    }
+
     /// Removes every cut.
     pub fn heal(&self) -> Result<(), String> {
         for i in 0..self.hosts {
-            run(&["ip", "netns", "exec", &self.namespace(i), "iptables", "-F", "INPUT"])?;
+            for chain in ["INPUT", "OUTPUT"] {
+                run(&["ip", "netns", "exec", &self.namespace(i), "iptables", "-F", chain])?;
+            }
         }
         Ok(())
     }

@@ -53,6 +53,23 @@ impl Inner {
         self.by_start.remove(&start)
     }
 
+    /// True if a cached region overlapping `region` has a newer `version`
+    /// (it was split or merged after `region` was described).
+    fn has_newer_overlap(&self, region: &Region) -> bool {
+        let (start, end) = (&region.start_key, &region.end_key);
+        let before = self.by_start.range(..=start.clone()).next_back().map(|(_, c)| c);
+        let inside = self
+            .by_start
+            .range(start.clone()..)
+            .take_while(|(s, _)| end.is_empty() || s.as_slice() < end.as_slice())
+            .map(|(_, c)| c);
+        before
+            .into_iter()
+            .chain(inside)
+            .filter(|c| overlaps(&c.region.start_key, &c.region.end_key, start, end))
+            .any(|c| c.region.epoch.version > region.epoch.version)
+    }
+
     fn insert(&mut self, entry: CachedRegion) {
         let (start, end) = (entry.region.start_key.clone(), entry.region.end_key.clone());
         // Candidates: the region starting at or before `start`, and all
@@ -166,6 +183,11 @@ impl RegionCache {
             // A node that has not applied a split yet (a fresh leader) answers
             // with an epoch older than ours: never go back to it.
             if region.id == stale && old_epoch.is_some_and(|e| region.epoch.is_stale_against(&e)) {
+                continue;
+            }
+            // Neighbours the node added (regions it believes were split off)
+            // must not evict what the cache learned later.
+            if region.id != stale && inner.has_newer_overlap(&region) {
                 continue;
             }
             let leader = old_leader_store.and_then(|s| region.peer_on_store(s).copied());
@@ -288,6 +310,18 @@ mod tests {
         assert!(cache.get_by_key(b"x").is_none());
         assert!(!cache.update_leader(RegionId(3), peer(33, 3)));
         assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn epoch_not_match_never_evicts_newer_regions_with_an_older_sibling() {
+        let cache = RegionCache::new();
+        cache.insert(region(2, "g", "p", 1), None);
+        // Known already, and newer than the node's view: [p, t) at version 4.
+        cache.insert(region(7, "p", "t", 4), None);
+        // The node answers for region 2 with its split child [k, t) at version 2.
+        cache.on_epoch_not_match(RegionId(2), vec![region(2, "g", "k", 2), region(5, "k", "t", 2)]);
+        assert_eq!(cache.get_by_key(b"q").unwrap().region.id, RegionId(7), "newer entry kept");
+        assert_eq!(cache.get_by_key(b"h").unwrap().region.id, RegionId(2));
     }
 
     #[test]

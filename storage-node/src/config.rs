@@ -86,6 +86,8 @@ pub struct NodeConfig {
     pub server: ServerConfig,
     /// Region split thresholds.
     pub coprocessor: CoprocessorConfig,
+    /// Flow control of writes.
+    pub storage: StorageConfig,
     /// Test-only controls for the chaos harness; all off. Set only by
     /// command-line flags: a config file naming them is rejected (unknown
     /// key), so a copied production file can never switch them on. Shown by
@@ -112,12 +114,30 @@ pub struct TestControls {
     /// still checked): reads may be stale. Off: `replica_read` is ignored and
     /// only the leader answers. Default false.
     pub unsafe_stale_reads: bool,
+    /// Flag `--plant NAME` (repeatable): plants a known bug in this node, so
+    /// the chaos harness can prove its checkers catch it (names:
+    /// [`PLANTABLE_BUGS`]). Default none.
+    pub plant: Vec<String>,
 }
+
+/// The bugs `--plant` can plant, each a defect this store once had or could
+/// have, and what it breaks.
+pub const PLANTABLE_BUGS: &[(&str, &str)] = &[
+    ("apply-local-clock", "apply judges TTL expiry by the applying node's clock, not the proposer's stamp"),
+    ("lease-ignores-transfer", "the leader lease stays valid during and after a leader transfer"),
+    ("ack-before-commit", "a leader acknowledges a write when it proposes it, before it is committed"),
+    ("skip-apply-epoch-check", "apply does not check the command's epoch and key range against the region"),
+];
 
 impl TestControls {
     /// True if any control is on.
     pub fn any(&self) -> bool {
-        self.enable_test_controls || self.unsafe_stale_reads
+        self.enable_test_controls || self.unsafe_stale_reads || !self.plant.is_empty()
+    }
+
+    /// True if bug `name` is planted.
+    pub fn planted(&self, name: &str) -> bool {
+        self.plant.iter().any(|p| p == name)
     }
 }
 
@@ -172,8 +192,13 @@ pub struct RaftstoreConfig {
     /// Ticks without a leader before an election. Default 10 (≈1 s).
     pub raft_election_timeout_ticks: usize,
     /// Leader lease: reads without a quorum round for this long after one.
-    /// Must be shorter than the election timeout. Default: election timeout
-    /// minus two ticks (800 ms with the defaults).
+    /// Must fit inside the shortest time a follower waits before it may
+    /// elect another leader, `(raft-election-timeout-ticks − 1) × tick` (the
+    /// first tick after a reset can come at once), less a margin of
+    /// [`LEASE_CLOCK_DRIFT_MARGIN`] for clocks that run at different speeds:
+    /// at most 810 ms with the defaults; a longer lease is rejected. Default:
+    /// election timeout minus two ticks (800 ms with the defaults), or that
+    /// bound if it is shorter (long election timeouts).
     pub raft_store_max_leader_lease: Option<ReadableDuration>,
     /// Largest raft entry (an encoded write command). Default `8MiB`.
     pub raft_entry_max_size: ReadableSize,
@@ -193,6 +218,33 @@ pub struct RaftstoreConfig {
     /// Compact even past lagging followers (they will need a snapshot) once
     /// the log holds this many entries. Default 10,000.
     pub raft_log_gc_count_limit: u64,
+    /// Capacity of the store loop's queue of client requests and raft
+    /// messages. When full, client requests get `ServerIsBusy` and raft
+    /// messages are dropped (raft resends). Default 40,960.
+    pub notify_capacity: usize,
+    /// Most queued requests and raft messages the store loop takes per
+    /// round, so a burst cannot delay ticks. Default 4,096.
+    pub messages_per_tick: usize,
+    /// Bytes a region's leader may have proposed but not yet committed;
+    /// past it proposals get `ServerIsBusy` (raft-rs `max_uncommitted_size`).
+    /// Default `128MiB`; must be at least `raft-entry-max-size` and `1MiB`
+    /// (the largest message raft sends).
+    pub raft_max_uncommitted_size: ReadableSize,
+}
+
+/// Flow control (`[storage]`), named as in TiKV.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Bytes of writes in flight on this node (received, not yet answered)
+    /// past which new writes get `ServerIsBusy` at once. Default `100MiB`.
+    pub scheduler_pending_write_threshold: ReadableSize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { scheduler_pending_write_threshold: ReadableSize(100 << 20) }
+    }
 }
 
 /// Request limits (`[server]`). Over a limit: `InvalidArgument`, nothing written.
@@ -207,6 +259,15 @@ pub struct ServerConfig {
     pub max_batch_keys: usize,
     /// Most pairs one scan may ask for. Default 10,240.
     pub max_scan_limit: u32,
+    /// Node-to-node connections send an HTTP/2 keep-alive ping this often,
+    /// even when idle. Default `10s`.
+    pub grpc_keepalive_time: ReadableDuration,
+    /// A connection whose ping is not answered within this is closed and
+    /// re-opened. Default `3s`.
+    pub grpc_keepalive_timeout: ReadableDuration,
+    /// Message batches (one per store-loop round) queued for one other store
+    /// before new ones are dropped (raft resends). Default 4,096.
+    pub raft_client_queue_size: usize,
 }
 
 impl Default for NodeConfig {
@@ -222,6 +283,7 @@ impl Default for NodeConfig {
             raftstore: RaftstoreConfig::default(),
             server: ServerConfig::default(),
             coprocessor: CoprocessorConfig::default(),
+            storage: StorageConfig::default(),
             test_controls: TestControls::default(),
         }
     }
@@ -241,6 +303,9 @@ impl Default for RaftstoreConfig {
             raft_log_gc_tick_interval: ReadableDuration(Duration::from_secs(10)),
             raft_log_gc_threshold: 50,
             raft_log_gc_count_limit: 10_000,
+            notify_capacity: 40_960,
+            messages_per_tick: 4_096,
+            raft_max_uncommitted_size: ReadableSize(128 << 20),
         }
     }
 }
@@ -252,11 +317,27 @@ impl Default for ServerConfig {
             max_value_size: ReadableSize(8 << 20),
             max_batch_keys: 10_000,
             max_scan_limit: 10_240,
+            grpc_keepalive_time: ReadableDuration(Duration::from_secs(10)),
+            grpc_keepalive_timeout: ReadableDuration(Duration::from_secs(3)),
+            raft_client_queue_size: 4_096,
         }
     }
 }
 
+/// Share of the shortest election wait a leader lease may not use: leases
+/// stay safe while the leader's clock runs no more than this much slower
+/// than its followers' (10%).
+pub const LEASE_CLOCK_DRIFT_MARGIN: f64 = 0.1;
+
 impl RaftstoreConfig {
+    /// The longest safe leader lease: `(election ticks − 1) × tick` less
+    /// [`LEASE_CLOCK_DRIFT_MARGIN`].
+    pub fn max_safe_lease(&self) -> Duration {
+        let min_election_wait =
+            self.raft_base_tick_interval.0 * (self.raft_election_timeout_ticks.saturating_sub(1) as u32);
+        min_election_wait.mul_f64(1.0 - LEASE_CLOCK_DRIFT_MARGIN)
+    }
+
     /// The election timeout (ticks × tick interval).
     pub fn election_timeout(&self) -> Duration {
         self.raft_base_tick_interval.0 * self.raft_election_timeout_ticks as u32
@@ -264,9 +345,10 @@ impl RaftstoreConfig {
 
     /// The leader lease actually used.
     pub fn leader_lease(&self) -> Duration {
-        self.raft_store_max_leader_lease
-            .map(|d| d.0)
-            .unwrap_or_else(|| self.election_timeout().saturating_sub(self.raft_base_tick_interval.0 * 2))
+        self.raft_store_max_leader_lease.map(|d| d.0).unwrap_or_else(|| {
+            let two_ticks_short = self.election_timeout().saturating_sub(self.raft_base_tick_interval.0 * 2);
+            two_ticks_short.min(self.max_safe_lease())
+        })
     }
 }
 
@@ -302,11 +384,15 @@ impl NodeConfig {
         if r.raft_base_tick_interval.0.is_zero() {
             return Err("raftstore.raft-base-tick-interval must be positive".into());
         }
-        if r.leader_lease() >= r.election_timeout() {
+        if r.leader_lease() > r.max_safe_lease() {
             return Err(format!(
-                "raftstore.raft-store-max-leader-lease ({}) must be shorter than the election timeout ({:?})",
+                "raftstore.raft-store-max-leader-lease ({} ms) must not exceed {} ms: the shortest \
+                 election wait, (raft-election-timeout-ticks − 1) × raft-base-tick-interval = {} ms, \
+                 less {}% for clock drift",
                 r.leader_lease().as_millis(),
-                r.election_timeout()
+                r.max_safe_lease().as_millis(),
+                (r.raft_base_tick_interval.0 * (r.raft_election_timeout_ticks as u32 - 1)).as_millis(),
+                (LEASE_CLOCK_DRIFT_MARGIN * 100.0) as u32,
             ));
         }
         let c = &self.coprocessor;
@@ -319,12 +405,38 @@ impl NodeConfig {
         if r.raft_log_gc_threshold == 0 {
             return Err("raftstore.raft-log-gc-threshold must be positive".into());
         }
+        if r.notify_capacity == 0 || r.messages_per_tick == 0 {
+            return Err("raftstore.notify-capacity and messages-per-tick must be positive".into());
+        }
+        if r.raft_max_uncommitted_size < r.raft_entry_max_size || r.raft_max_uncommitted_size.0 < 1 << 20 {
+            return Err(format!(
+                "raftstore.raft-max-uncommitted-size ({}) must be at least raft-entry-max-size ({}) and 1MiB",
+                r.raft_max_uncommitted_size, r.raft_entry_max_size
+            ));
+        }
+        if self.storage.scheduler_pending_write_threshold.0 == 0 {
+            return Err("storage.scheduler-pending-write-threshold must be positive".into());
+        }
         if self.server.max_batch_keys == 0 || self.server.max_key_size.0 == 0 {
             return Err("server limits must be positive".into());
+        }
+        if self.server.grpc_keepalive_time.0.is_zero()
+            || self.server.grpc_keepalive_timeout.0.is_zero()
+            || self.server.raft_client_queue_size == 0
+        {
+            return Err(
+                "server.grpc-keepalive-time/-timeout and raft-client-queue-size must be positive".into()
+            );
         }
         for (k, v) in &self.labels {
             if k.is_empty() || v.is_empty() {
                 return Err(format!("invalid label {k:?}={v:?}: expected key=value"));
+            }
+        }
+        for p in &self.test_controls.plant {
+            if !PLANTABLE_BUGS.iter().any(|(name, _)| name == p) {
+                let names: Vec<&str> = PLANTABLE_BUGS.iter().map(|(n, _)| *n).collect();
+                return Err(format!("unknown bug to plant {p:?}: one of {}", names.join(", ")));
             }
         }
         Ok(())
@@ -372,7 +484,24 @@ mod tests {
     fn lease_longer_than_election_is_rejected() {
         let mut c = NodeConfig { pd_endpoints: vec!["x:1".into()], ..Default::default() };
         c.raftstore.raft_store_max_leader_lease = Some(ReadableDuration(Duration::from_secs(2)));
-        assert!(c.validate().unwrap_err().contains("shorter than the election timeout"));
+        assert!(c.validate().unwrap_err().contains("must not exceed 810 ms"));
+    }
+
+    #[test]
+    fn lease_must_leave_a_drift_margin_below_the_shortest_election_wait() {
+        let mut c = NodeConfig { pd_endpoints: vec!["x:1".into()], ..Default::default() };
+        // 950 ms is shorter than the 1 s election timeout, but a follower may
+        // elect after (10 − 1) × 100 ms = 900 ms: unsafe.
+        c.raftstore.raft_store_max_leader_lease = Some(ReadableDuration(Duration::from_millis(950)));
+        assert!(c.validate().is_err());
+        // 890 ms fits in 900 ms but leaves no room for a slow clock.
+        c.raftstore.raft_store_max_leader_lease = Some(ReadableDuration(Duration::from_millis(890)));
+        assert!(c.validate().is_err());
+        c.raftstore.raft_store_max_leader_lease = Some(ReadableDuration(Duration::from_millis(810)));
+        c.validate().unwrap();
+        // The default lease always passes.
+        c.raftstore.raft_store_max_leader_lease = None;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! `0x01 0x03 region_id(BE) 0x01` (RegionLocalState) and `... 0x02` (RaftApplyState).
 //!
 //! raft log store: per region `0x01 0x02 region_id(BE) 0x01 index(BE)` for
-//! entries and `... 0x02` for the hard state. Big-endian ids keep each
+//! entries, `... 0x02` for the hard state, `... 0x03` for a snapshot being
+//! applied (`PendingSnapshot`, kept until the apply is complete) and
+//! `... 0x04` for the id of the peer a message created here (whose hard
+//! state the region's raft state is). Big-endian ids keep each
 //! region's records contiguous and its entries in index order.
 
 use mnemo_proto::types::RegionId;
@@ -30,6 +33,8 @@ const REGION_STATE_SUFFIX: u8 = 0x01;
 const APPLY_STATE_SUFFIX: u8 = 0x02;
 const RAFT_LOG_SUFFIX: u8 = 0x01;
 const RAFT_STATE_SUFFIX: u8 = 0x02;
+const PENDING_SNAPSHOT_SUFFIX: u8 = 0x03;
+const RAFT_PEER_SUFFIX: u8 = 0x04;
 
 /// The kv-engine key of user key `key`.
 pub fn data_key(key: &[u8]) -> Vec<u8> {
@@ -91,6 +96,21 @@ pub fn raft_log_key(region: RegionId, index: u64) -> Vec<u8> {
     let mut k = raft_prefix(region);
     k.push(RAFT_LOG_SUFFIX);
     k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Key of the snapshot a region's peer is applying, in the raft log store.
+pub fn pending_snapshot_key(region: RegionId) -> Vec<u8> {
+    let mut k = raft_prefix(region);
+    k.push(PENDING_SNAPSHOT_SUFFIX);
+    k
+}
+
+/// Key of the id (u64 BE) of the peer a leader's message created for the
+/// region on this store, in the raft log store.
+pub fn raft_peer_key(region: RegionId) -> Vec<u8> {
+    let mut k = raft_prefix(region);
+    k.push(RAFT_PEER_SUFFIX);
     k
 }
 

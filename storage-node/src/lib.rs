@@ -18,7 +18,8 @@
 //! - [`transport`]: node-to-node raft messages;
 //! - [`pd_worker`]: heartbeats to PD and operators from it;
 //! - [`node`]: start-up, identity and cluster bootstrap;
-//! - [`config`], [`status`], [`metrics`]: operating the node.
+//! - [`config`], [`status`], [`metrics`]: operating the node;
+//! - [`failpoints`]: crash points for tests, and the panic policy (any panic ends the process).
 //!
 //! What can go wrong and what happens: a crash at any point loses no
 //! acknowledged write (the raft log is fsynced before a write is
@@ -30,6 +31,7 @@ pub mod config;
 pub mod duration;
 pub mod engine;
 pub mod error;
+pub mod failpoints;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

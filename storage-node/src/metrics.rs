@@ -63,6 +63,22 @@ pub struct Metrics {
     pub unsafe_stale_reads: Counter,
     /// Requests answered with a region error.
     pub region_errors: Counter,
+    /// Requests refused with `ServerIsBusy` (flow control).
+    pub server_is_busy: Counter,
+    /// Raft messages received but dropped because the store loop was full.
+    pub raft_messages_dropped: Counter,
+    /// Snapshots applied by peers of this node.
+    pub snapshots_applied: Counter,
+    /// Raft log compactions (log GC) of peers of this node.
+    pub raft_log_gcs: Counter,
+    /// Split commands applied (every replica counts its own).
+    pub splits_applied: Counter,
+    /// Membership changes applied (every replica counts its own).
+    pub conf_changes_applied: Counter,
+    /// Times a peer of this node became leader.
+    pub leader_changes: Counter,
+    /// Connections to other stores that failed or broke.
+    pub raft_connection_failures: Counter,
     /// Region peers on this node.
     pub region_count: Gauge,
     /// Regions this node leads.
@@ -70,54 +86,74 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Every metric: name, type, help, value.
+    fn all(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        let c = "counter";
+        vec![
+            ("mnemo_ready_rounds_total", c, "Store loop rounds with ready work.", self.ready_rounds.get()),
+            ("mnemo_raft_fsyncs_total", c, "fsyncs of the raft log store.", self.raft_fsyncs.get()),
+            ("mnemo_raft_messages_sent_total", c, "Raft messages sent.", self.raft_messages_sent.get()),
+            (
+                "mnemo_raft_messages_received_total",
+                c,
+                "Raft messages received.",
+                self.raft_messages_received.get(),
+            ),
+            (
+                "mnemo_raft_messages_dropped_total",
+                c,
+                "Raft messages dropped because the store loop was full.",
+                self.raft_messages_dropped.get(),
+            ),
+            ("mnemo_snapshots_sent_total", c, "Snapshots generated and sent.", self.snapshots_sent.get()),
+            ("mnemo_snapshots_received_total", c, "Snapshots received.", self.snapshots_received.get()),
+            ("mnemo_snapshots_applied_total", c, "Snapshots applied.", self.snapshots_applied.get()),
+            ("mnemo_raft_log_gc_total", c, "Raft log compactions.", self.raft_log_gcs.get()),
+            ("mnemo_splits_applied_total", c, "Split commands applied.", self.splits_applied.get()),
+            (
+                "mnemo_conf_changes_applied_total",
+                c,
+                "Membership changes applied.",
+                self.conf_changes_applied.get(),
+            ),
+            ("mnemo_leader_changes_total", c, "Times a peer here became leader.", self.leader_changes.get()),
+            (
+                "mnemo_raft_connection_failures_total",
+                c,
+                "Connections to other stores that failed or broke.",
+                self.raft_connection_failures.get(),
+            ),
+            ("mnemo_reads_total", c, "Client read requests.", self.reads.get()),
+            ("mnemo_writes_total", c, "Client write requests.", self.writes.get()),
+            (
+                "mnemo_unsafe_stale_reads_total",
+                c,
+                "Reads served without any leadership check (test-only --unsafe-stale-reads).",
+                self.unsafe_stale_reads.get(),
+            ),
+            (
+                "mnemo_region_errors_total",
+                c,
+                "Requests answered with a region error.",
+                self.region_errors.get(),
+            ),
+            (
+                "mnemo_server_is_busy_total",
+                c,
+                "Requests refused with ServerIsBusy.",
+                self.server_is_busy.get(),
+            ),
+            ("mnemo_region_count", "gauge", "Region peers on this node.", self.region_count.get()),
+            ("mnemo_leader_count", "gauge", "Regions led by this node.", self.leader_count.get()),
+        ]
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut emit = |name: &str, kind: &str, help: &str, v: u64| {
+        for (name, kind, help, v) in self.all() {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        emit(
-            "mnemo_ready_rounds_total",
-            "counter",
-            "Store loop rounds with ready work.",
-            self.ready_rounds.get(),
-        );
-        emit("mnemo_raft_fsyncs_total", "counter", "fsyncs of the raft log store.", self.raft_fsyncs.get());
-        emit(
-            "mnemo_raft_messages_sent_total",
-            "counter",
-            "Raft messages sent.",
-            self.raft_messages_sent.get(),
-        );
-        emit(
-            "mnemo_raft_messages_received_total",
-            "counter",
-            "Raft messages received.",
-            self.raft_messages_received.get(),
-        );
-        emit("mnemo_snapshots_sent_total", "counter", "Snapshots sent.", self.snapshots_sent.get());
-        emit(
-            "mnemo_snapshots_received_total",
-            "counter",
-            "Snapshots received.",
-            self.snapshots_received.get(),
-        );
-        emit("mnemo_reads_total", "counter", "Client read requests.", self.reads.get());
-        emit("mnemo_writes_total", "counter", "Client write requests.", self.writes.get());
-        emit(
-            "mnemo_unsafe_stale_reads_total",
-            "counter",
-            "Reads served without any leadership check (test-only --unsafe-stale-reads).",
-            self.unsafe_stale_reads.get(),
-        );
-        emit(
-            "mnemo_region_errors_total",
-            "counter",
-            "Requests answered with a region error.",
-            self.region_errors.get(),
-        );
-        emit("mnemo_region_count", "gauge", "Region peers on this node.", self.region_count.get());
-        emit("mnemo_leader_count", "gauge", "Regions led by this node.", self.leader_count.get());
+        }
         out
     }
 }

@@ -29,10 +29,10 @@ use crate::keys;
 use crate::metrics::Metrics;
 use crate::pd_worker::PdWorker;
 use crate::raftstore::split_check::SplitLimits;
-use crate::raftstore::{LeaseClock, PeerConfig, Store, StoreConfig, StoreMsg};
+use crate::raftstore::{LeaseClock, PeerConfig, PlantedBugs, Store, StoreConfig, StoreMsg};
 use crate::service::KvService;
 use crate::status::{self, StatusState};
-use crate::transport::{GrpcTransport, RaftService, MAX_GRPC_MESSAGE};
+use crate::transport::{GrpcTransport, RaftService, TransportConfig, TransportDelays, MAX_GRPC_MESSAGE};
 
 /// Key of the region a node prepared to bootstrap the cluster with.
 const PREPARE_BOOTSTRAP_KEY: &[u8] = b"\x01\x05";
@@ -45,7 +45,7 @@ pub struct NodeHandle {
     pub addr: SocketAddr,
     /// The status server address actually bound.
     pub status_addr: SocketAddr,
-    store_tx: crossbeam_channel::Sender<StoreMsg>,
+    store_tx: crate::raftstore::StoreRouter,
     shutdown: tokio::sync::watch::Sender<bool>,
     store_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -205,6 +205,12 @@ fn warn_about_test_controls(cfg: &NodeConfig) {
              NEVER RUN THIS IN PRODUCTION !!!"
         );
     }
+    for p in &t.plant {
+        tracing::warn!(
+            "!!! PLANTED BUG {p:?} (--plant): this node breaks its guarantees on purpose, for the chaos \
+             harness to catch. NEVER RUN THIS IN PRODUCTION !!!"
+        );
+    }
     if t.unsafe_stale_reads {
         tracing::warn!(
             "!!! UNSAFE STALE READS ENABLED (--unsafe-stale-reads): any replica answers gets that ask \
@@ -257,18 +263,28 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     let lease_clock =
         if cfg.test_controls.enable_test_controls { LeaseClock::adjustable() } else { LeaseClock::real() };
     let metrics = Arc::new(Metrics::default());
-    let (store_tx, store_rx) = crossbeam_channel::unbounded();
+    let r = &cfg.raftstore;
+    let (store_tx, store_rx) = crate::raftstore::router::channel(r.notify_capacity);
     let (pd_tx, pd_rx) = tokio::sync::mpsc::unbounded_channel();
     let runtime = tokio::runtime::Handle::current();
-    let transport = Arc::new(GrpcTransport::new(pd.clone(), store_tx.clone(), metrics.clone(), runtime));
-    let r = &cfg.raftstore;
+    let transport_delays = Arc::new(TransportDelays::default());
+    let transport_cfg = TransportConfig {
+        keepalive_time: cfg.server.grpc_keepalive_time.0,
+        keepalive_timeout: cfg.server.grpc_keepalive_timeout.0,
+        queue_size: cfg.server.raft_client_queue_size,
+        delays: transport_delays.clone(),
+    };
+    let transport =
+        Arc::new(GrpcTransport::new(pd.clone(), store_tx.clone(), metrics.clone(), transport_cfg, runtime));
     let store_cfg = StoreConfig {
         peer: PeerConfig {
             election_tick: r.raft_election_timeout_ticks,
             heartbeat_tick: r.raft_heartbeat_ticks,
             lease: r.leader_lease(),
             raft_entry_max_size: r.raft_entry_max_size.0,
+            max_uncommitted_size: r.raft_max_uncommitted_size.0,
             hibernate: r.hibernate_regions,
+            plants: PlantedBugs::from_controls(&cfg.test_controls),
         },
         tick_interval: r.raft_base_tick_interval.0,
         pd_heartbeat_interval: r.pd_heartbeat_tick_interval.0,
@@ -283,6 +299,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         raft_log_gc_threshold: r.raft_log_gc_threshold,
         raft_log_gc_count_limit: r.raft_log_gc_count_limit,
         lease_clock: lease_clock.clone(),
+        messages_per_tick: r.messages_per_tick,
     };
     let store = Store::load(
         store_id,
@@ -313,7 +330,8 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
 
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
     let kv_service = KvService::new(store_id, store_tx.clone(), kv, cfg.server.clone(), metrics.clone())
-        .with_unsafe_stale_reads(cfg.test_controls.unsafe_stale_reads);
+        .with_unsafe_stale_reads(cfg.test_controls.unsafe_stale_reads)
+        .with_pending_write_threshold(cfg.storage.scheduler_pending_write_threshold.0);
     let raft_service = RaftService::new(store_tx.clone(), metrics.clone());
     let mut grpc_shutdown = shutdown_rx.clone();
     // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms tails).
@@ -345,6 +363,8 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         metrics,
         started: Instant::now(),
         lease_clock,
+        transport_delays,
+        router: store_tx.clone(),
     });
     tokio::spawn(async move {
         let _ = axum::serve(status_listener, status::router(status_state))

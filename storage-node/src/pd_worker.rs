@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use futures::StreamExt;
 use mnemo_client::pd::PdClient;
 use mnemo_proto::pdpb::{self, RegionHeartbeatRequest, RegionHeartbeatResponse};
@@ -22,13 +21,13 @@ use tokio::sync::mpsc;
 use crate::engine::EngineRef;
 use crate::metrics::Metrics;
 use crate::raftstore::store::conf_change_kind;
-use crate::raftstore::{Operator, PdTask, RegionReport, StoreMsg};
+use crate::raftstore::{Operator, PdTask, RegionReport, StoreMsg, StoreRouter};
 
 /// Everything the worker needs.
 pub struct PdWorker {
     pub pd: Arc<PdClient>,
     pub store_id: StoreId,
-    pub store_tx: Sender<StoreMsg>,
+    pub store_tx: StoreRouter,
     pub kv: EngineRef,
     pub data_dir: std::path::PathBuf,
     pub metrics: Arc<Metrics>,
@@ -161,7 +160,7 @@ impl PdWorker {
     }
 }
 
-fn forward_operator(store_tx: &Sender<StoreMsg>, resp: RegionHeartbeatResponse) {
+fn forward_operator(store_tx: &StoreRouter, resp: RegionHeartbeatResponse) {
     let region_id = RegionId(resp.region_id);
     let epoch = epoch_of(resp.region_epoch.as_ref());
     let change =

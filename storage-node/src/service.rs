@@ -13,10 +13,10 @@
 // Handlers return `tonic::Status` by the gRPC contract; its size is not ours to choose.
 #![allow(clippy::result_large_err)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use mnemo_proto::errorpb;
 use mnemo_proto::kvrpcpb::{self, Context, KvPair};
 use mnemo_proto::raft_serverpb::{
@@ -28,26 +28,42 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use crate::config::ServerConfig;
-use crate::engine::{Cf, EngineRef, ScanRange};
+use crate::engine::{Cf, EngineRef, EngineSnapshot, ScanRange};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::raftstore::{ReadPolicy, StoreMsg, WriteOutcome};
+use crate::raftstore::{ReadPolicy, SendError, StoreMsg, StoreRouter, WriteOutcome};
 
 /// How long a request waits for the store loop before answering.
 /// A write still pending then has an unknown outcome (`StaleCommand`);
 /// a read is told to retry elsewhere (`NotLeader` without a hint).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Bytes of one admitted write, released when it is answered (or dropped).
+struct PendingWrite {
+    counter: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// The RawKV service of one node.
 pub struct KvService {
     store_id: StoreId,
-    store_tx: Sender<StoreMsg>,
+    store_tx: StoreRouter,
     kv: EngineRef,
     limits: ServerConfig,
     metrics: Arc<Metrics>,
     /// Test-only `--unsafe-stale-reads`: honour `replica_read` on `RawGet`.
     unsafe_stale_reads: bool,
+    /// Encoded bytes of writes proposed and not yet answered.
+    pending_write_bytes: Arc<AtomicU64>,
+    /// `storage.scheduler-pending-write-threshold` in bytes.
+    pending_write_threshold: u64,
 }
 
 type RpcResult<T> = std::result::Result<Response<T>, Status>;
@@ -116,12 +132,21 @@ impl KvService {
     /// A service answering for store `store_id`.
     pub fn new(
         store_id: StoreId,
-        store_tx: Sender<StoreMsg>,
+        store_tx: StoreRouter,
         kv: EngineRef,
         limits: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
-        KvService { store_id, store_tx, kv, limits, metrics, unsafe_stale_reads: false }
+        KvService {
+            store_id,
+            store_tx,
+            kv,
+            limits,
+            metrics,
+            unsafe_stale_reads: false,
+            pending_write_bytes: Arc::default(),
+            pending_write_threshold: u64::MAX,
+        }
     }
 
     /// **Test-only** (`--unsafe-stale-reads`): when `on`, a `RawGet` asking
@@ -129,6 +154,12 @@ impl KvService {
     /// role, possibly with stale data. Off by default.
     pub fn with_unsafe_stale_reads(mut self, on: bool) -> Self {
         self.unsafe_stale_reads = on;
+        self
+    }
+
+    /// Limits the bytes of writes in flight (`storage.scheduler-pending-write-threshold`).
+    pub fn with_pending_write_threshold(mut self, bytes: u64) -> Self {
+        self.pending_write_threshold = bytes;
         self
     }
 
@@ -204,9 +235,7 @@ impl KvService {
         }
         let (cb, rx) = oneshot::channel();
         let epoch = epoch_of(header.region_epoch.as_ref());
-        self.store_tx
-            .send(StoreMsg::Read { region_id, epoch, policy, cb })
-            .map_err(|_| Error::Other("store loop stopped".into()))?;
+        self.to_store(StoreMsg::Read { region_id, epoch, policy, cb })?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(Error::NotLeader { region: region_id, leader: None }),
@@ -214,19 +243,57 @@ impl KvService {
         }
     }
 
-    /// Proposes a write and waits for it to be applied.
+    /// Hands a request to the store loop; a full queue is `ServerIsBusy`.
+    fn to_store(&self, msg: StoreMsg) -> Result<()> {
+        match self.store_tx.send(msg) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full) => {
+                self.metrics.server_is_busy.inc();
+                Err(Error::ServerIsBusy("store loop is busy (raftstore.notify-capacity reached)".into()))
+            }
+            Err(SendError::Stopped) => Err(Error::Other("store loop stopped".into())),
+        }
+    }
+
+    /// Proposes a write and waits for it to be applied. Writes in flight
+    /// are limited in bytes (`storage.scheduler-pending-write-threshold`):
+    /// past it, new writes get `ServerIsBusy` and nothing is proposed.
     async fn write(&self, ctx: Option<&Context>, mut cmd: RaftCommand) -> Result<WriteOutcome> {
         let (region_id, header) = self.target(ctx)?;
         self.metrics.writes.inc();
         cmd.header = Some(header);
+        let _pending = self.admit_write(prost::Message::encoded_len(&cmd) as u64)?;
         let (cb, rx) = oneshot::channel();
-        self.store_tx
-            .send(StoreMsg::Write { region_id, cmd, cb })
-            .map_err(|_| Error::Other("store loop stopped".into()))?;
+        self.to_store(StoreMsg::Write { region_id, cmd, cb })?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
             // Dropped or timed out after proposing: the outcome is unknown.
             Ok(Err(_)) | Err(_) => Err(Error::StaleCommand),
+        }
+    }
+
+    /// Counts `bytes` as in flight until the returned guard drops, unless
+    /// that would pass the threshold (a single write larger than the
+    /// threshold is still let through when nothing else is pending).
+    fn admit_write(&self, bytes: u64) -> Result<PendingWrite> {
+        let limit = self.pending_write_threshold;
+        let mut current = self.pending_write_bytes.load(Ordering::Relaxed);
+        loop {
+            if current > 0 && current.saturating_add(bytes) > limit {
+                self.metrics.server_is_busy.inc();
+                return Err(Error::ServerIsBusy(format!(
+                    "{current} bytes of writes in flight (storage.scheduler-pending-write-threshold {limit})"
+                )));
+            }
+            match self.pending_write_bytes.compare_exchange_weak(
+                current,
+                current + bytes,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(PendingWrite { counter: self.pending_write_bytes.clone(), bytes }),
+                Err(now) => current = now,
+            }
         }
     }
 
@@ -238,42 +305,28 @@ impl KvService {
         }
     }
 
-    fn get_live(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        crate::raftstore::apply::read_live(self.kv.as_ref(), key, keys::now_unix_ms())
+    /// Runs `read` on one consistent snapshot of the kv engine, on a
+    /// blocking thread (RocksDB reads never run on the reactor threads).
+    /// Everything `read` sees is from the same instant: a batch get or a
+    /// batch scan never shows half of a concurrent batch write.
+    async fn read_snapshot<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn EngineSnapshot) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let kv = self.kv.clone();
+        tokio::task::spawn_blocking(move || read(kv.snapshot().as_ref()))
+            .await
+            .map_err(|e| Error::Other(format!("read task failed: {e}")))?
     }
 
-    /// Scans `[lower, upper)` (empty upper = region end) of the region.
-    fn scan_region(
-        &self,
-        region: &Region,
-        lower: &[u8],
-        upper: &[u8],
-        reverse: bool,
-        limit: u32,
-        key_only: bool,
-    ) -> Result<Vec<KvPair>> {
+    fn check_scan_limit(&self, limit: u32) -> Result<()> {
         if limit > self.limits.max_scan_limit {
             return Err(invalid(format!(
                 "scan limit {limit} exceeds the maximum of {}",
                 self.limits.max_scan_limit
             )));
         }
-        let (lower, upper) = clamp_range(region, lower, upper);
-        let (start, end) = (keys::data_key(&lower), keys::data_end_key(&upper));
-        let mut out = Vec::new();
-        if limit == 0 || start >= end {
-            return Ok(out);
-        }
-        let now = keys::now_unix_ms();
-        self.kv.scan(Cf::Default, ScanRange { start: &start, end: &end, reverse }, &mut |k, v| {
-            let stored = keys::decode_value(v);
-            if !stored.is_expired(now) {
-                let value = if key_only { Vec::new() } else { stored.value.to_vec() };
-                out.push(KvPair { error: None, key: keys::origin_key(k).to_vec(), value });
-            }
-            out.len() < limit as usize
-        })?;
-        Ok(out)
+        Ok(())
     }
 
     /// Scan bounds as sent: forward `[start, end)`; reverse: start is the
@@ -315,6 +368,38 @@ impl KvService {
     }
 }
 
+/// The live (unexpired) value of user key `key` in `snap`.
+fn get_live(snap: &dyn EngineSnapshot, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>> {
+    Ok(crate::raftstore::apply::live_value(snap.get(Cf::Default, &keys::data_key(key))?, now_ms))
+}
+
+/// Scans `[lower, upper)` (empty upper = region end) of `region` in `snap`.
+fn scan_region(
+    snap: &dyn EngineSnapshot,
+    region: &Region,
+    (lower, upper): (&[u8], &[u8]),
+    reverse: bool,
+    limit: u32,
+    key_only: bool,
+) -> Result<Vec<KvPair>> {
+    let (lower, upper) = clamp_range(region, lower, upper);
+    let (start, end) = (keys::data_key(&lower), keys::data_end_key(&upper));
+    let mut out = Vec::new();
+    if limit == 0 || start >= end {
+        return Ok(out);
+    }
+    let now = keys::now_unix_ms();
+    snap.scan(Cf::Default, ScanRange { start: &start, end: &end, reverse }, &mut |k, v| {
+        let stored = keys::decode_value(v);
+        if !stored.is_expired(now) {
+            let value = if key_only { Vec::new() } else { stored.value.to_vec() };
+            out.push(KvPair { error: None, key: keys::origin_key(k).to_vec(), value });
+        }
+        out.len() < limit as usize
+    })?;
+    Ok(out)
+}
+
 #[tonic::async_trait]
 impl Tikv for KvService {
     async fn raw_get(&self, req: Request<kvrpcpb::RawGetRequest>) -> RpcResult<kvrpcpb::RawGetResponse> {
@@ -326,7 +411,8 @@ impl Tikv for KvService {
             let region = self.read_permit(req.context.as_ref(), policy).await?;
             Self::check_in_region(&region, &req.key)?;
             let mut resp = kvrpcpb::RawGetResponse::default();
-            match self.get_live(&req.key)? {
+            let key = req.key;
+            match self.read_snapshot(move |snap| get_live(snap, &key, keys::now_unix_ms())).await? {
                 Some(v) => resp.value = v,
                 None => resp.not_found = true,
             }
@@ -348,13 +434,24 @@ impl Tikv for KvService {
                 self.check_key(k)?;
             }
             let region = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
-            let mut pairs = Vec::new();
-            for k in req.keys {
-                Self::check_in_region(&region, &k)?;
-                if let Some(value) = self.get_live(&k)? {
-                    pairs.push(KvPair { error: None, key: k, value });
-                }
+            for k in &req.keys {
+                Self::check_in_region(&region, k)?;
             }
+            let keys = req.keys;
+            let pairs = self
+                .read_snapshot(move |snap| {
+                    let now = keys::now_unix_ms();
+                    let mut pairs = Vec::new();
+                    for k in keys {
+                        if let Some(value) = get_live(snap, &k, now)? {
+                            pairs.push(KvPair { error: None, key: k, value });
+                        }
+                        // Tests write here, between two keys of one batch.
+                        fail::fail_point!("raw_batch_get_between_keys");
+                    }
+                    Ok(pairs)
+                })
+                .await?;
             Ok(kvrpcpb::RawBatchGetResponse { region_error: None, pairs })
         }
         .await;
@@ -448,9 +545,15 @@ impl Tikv for KvService {
         let req = req.into_inner();
         let r = async {
             Self::check_cf(&req.cf)?;
+            self.check_scan_limit(req.limit)?;
             let region = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
             let (lower, upper) = Self::scan_bounds(&region, &req.start_key, &req.end_key, req.reverse)?;
-            let kvs = self.scan_region(&region, &lower, &upper, req.reverse, req.limit, req.key_only)?;
+            let (reverse, limit, key_only) = (req.reverse, req.limit, req.key_only);
+            let kvs = self
+                .read_snapshot(move |snap| {
+                    scan_region(snap, &region, (&lower, &upper), reverse, limit, key_only)
+                })
+                .await?;
             Ok(kvrpcpb::RawScanResponse { region_error: None, kvs })
         }
         .await;
@@ -486,20 +589,22 @@ impl Tikv for KvService {
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_batch(req.ranges.len())?;
+            self.check_scan_limit(req.each_limit)?;
             let region = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
-            let mut kvs = Vec::new();
+            let mut bounds = Vec::with_capacity(req.ranges.len());
             for range in &req.ranges {
-                let (lower, upper) =
-                    Self::scan_bounds(&region, &range.start_key, &range.end_key, req.reverse)?;
-                kvs.extend(self.scan_region(
-                    &region,
-                    &lower,
-                    &upper,
-                    req.reverse,
-                    req.each_limit,
-                    req.key_only,
-                )?);
+                bounds.push(Self::scan_bounds(&region, &range.start_key, &range.end_key, req.reverse)?);
             }
+            let (reverse, limit, key_only) = (req.reverse, req.each_limit, req.key_only);
+            let kvs = self
+                .read_snapshot(move |snap| {
+                    let mut kvs = Vec::new();
+                    for (lower, upper) in &bounds {
+                        kvs.extend(scan_region(snap, &region, (lower, upper), reverse, limit, key_only)?);
+                    }
+                    Ok(kvs)
+                })
+                .await?;
             Ok(kvrpcpb::RawBatchScanResponse { region_error: None, kvs })
         }
         .await;
@@ -518,7 +623,8 @@ impl Tikv for KvService {
             Self::check_in_region(&region, &req.key)?;
             let mut resp = kvrpcpb::RawGetKeyTtlResponse::default();
             let now = keys::now_unix_ms();
-            match self.kv.get(Cf::Default, &keys::data_key(&req.key))? {
+            let key = keys::data_key(&req.key);
+            match self.read_snapshot(move |snap| Ok(snap.get(Cf::Default, &key)?)).await? {
                 Some(raw) if !keys::decode_value(&raw).is_expired(now) => {
                     let exp = keys::decode_value(&raw).expire_at_ms;
                     resp.ttl = if exp == 0 { 0 } else { (exp - now).div_ceil(1000) };
@@ -563,5 +669,62 @@ impl Tikv for KvService {
         }
         .await;
         respond(&self.metrics, r)
+    }
+}
+
+#[cfg(all(test, feature = "failpoints"))]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use mnemo_proto::types::RegionEpoch;
+
+    use super::*;
+    use crate::engine::{MemEngine, WriteBatch};
+
+    fn write_pair(kv: &EngineRef, value: &[u8]) {
+        let mut wb = WriteBatch::new();
+        for k in [b"a", b"b"] {
+            wb.put(Cf::Default, keys::data_key(k), keys::encode_value(value, 0));
+        }
+        kv.write(&wb, false).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_get_never_sees_half_of_a_concurrent_batch_write() {
+        let kv: EngineRef = Arc::new(MemEngine::new());
+        write_pair(&kv, b"1");
+        // A stand-in for the store loop that grants every read (the whole key space).
+        let (router, inbox) = crate::raftstore::router::channel(16);
+        std::thread::spawn(move || {
+            for msg in inbox.requests.iter() {
+                if let StoreMsg::Read { cb, .. } = msg {
+                    let _ = cb.send(Ok(Region {
+                        epoch: RegionEpoch { conf_ver: 1, version: 1 },
+                        ..Default::default()
+                    }));
+                }
+            }
+        });
+        let service = KvService::new(StoreId(1), router, kv.clone(), ServerConfig::default(), Arc::default());
+        // A batch put of both keys lands between the reads of the two keys.
+        let once = AtomicBool::new(false);
+        let writer = kv.clone();
+        fail::cfg_callback("raw_batch_get_between_keys", move || {
+            if !once.swap(true, Ordering::SeqCst) {
+                write_pair(&writer, b"2");
+            }
+        })
+        .unwrap();
+        let req = kvrpcpb::RawBatchGetRequest {
+            context: Some(Context { region_id: 1, ..Default::default() }),
+            keys: vec![b"a".to_vec(), b"b".to_vec()],
+            ..Default::default()
+        };
+        let resp = service.raw_batch_get(Request::new(req)).await.unwrap().into_inner();
+        fail::remove("raw_batch_get_between_keys");
+        let values: Vec<&[u8]> = resp.pairs.iter().map(|p| p.value.as_slice()).collect();
+        assert_eq!(values, vec![&b"1"[..], b"1"], "one consistent view: both before the write");
+        // The write did happen.
+        assert_eq!(crate::raftstore::apply::read_live(kv.as_ref(), b"b", 0).unwrap(), Some(b"2".to_vec()));
     }
 }

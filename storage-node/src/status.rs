@@ -9,22 +9,37 @@
 //!   optional): runs the lease clock at `rate` × real time from now on
 //!   (`0 < rate <= 10`, else 400) and/or jumps it `jump_ms` forward; answers
 //!   with the new state. `{"rate": 1.0}` restores normal speed. What this
-//!   does to leases: [`crate::raftstore::lease_clock`].
+//!   does to leases: [`crate::raftstore::lease_clock`];
+//! - `GET /debug/fail`: `{"armed": {"NAME": "ACTIONS", ...}, "known": [...]}`,
+//!   the armed crash points and every crash point of the node;
+//! - `PUT /debug/fail/NAME` with the actions as body (e.g. `panic`,
+//!   `1*off->panic`, `sleep(200)`): arms it (400 if the actions do not parse
+//!   or the build has no failpoints); `DELETE /debug/fail/NAME` disarms it.
+//!   See [`crate::failpoints`];
+//! - `GET /debug/transport-delay`, `POST /debug/transport-delay` with
+//!   `{"ms": u64, "to_stores": [id, ...]}` (`to_stores` omitted: every
+//!   store; `ms` 0 clears, at most 10,000): raft messages to those stores
+//!   leave that much later (see [`crate::transport::TransportDelays`]);
+//! - `GET /debug/region-hashes`: `[{"region_id", "applied_index", "version",
+//!   "conf_ver", "hash", "keys"}]`, a digest of every initialized replica's
+//!   data computed inside the store loop (replicas of a region at the same
+//!   applied index must agree; the chaos harness compares them).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use mnemo_proto::types::StoreId;
 use serde::Deserialize;
 
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
-use crate::raftstore::LeaseClock;
+use crate::raftstore::{LeaseClock, StoreMsg, StoreRouter};
+use crate::transport::TransportDelays;
 
 /// What the status pages show.
 pub struct StatusState {
@@ -34,6 +49,10 @@ pub struct StatusState {
     pub started: std::time::Instant,
     /// The store's lease clock (adjustable only with `--enable-test-controls`).
     pub lease_clock: LeaseClock,
+    /// Delays on outgoing raft messages (set only with `--enable-test-controls`).
+    pub transport_delays: Arc<TransportDelays>,
+    /// The store loop, asked for region hashes (test controls).
+    pub router: StoreRouter,
 }
 
 /// The router of the status server.
@@ -70,8 +89,91 @@ pub fn router(state: Arc<StatusState>) -> Router {
                 },
             ),
         );
+        router = router
+            .route(
+                "/debug/transport-delay",
+                get(|State(s): State<Arc<StatusState>>| async move { Json(s.transport_delays.state()) })
+                    .post(|State(s): State<Arc<StatusState>>, body: Bytes| async move {
+                        set_transport_delay(&s.transport_delays, &body)
+                    }),
+            )
+            .route(
+                "/debug/region-hashes",
+                get(|State(s): State<Arc<StatusState>>| async move {
+                    let (cb, rx) = tokio::sync::oneshot::channel();
+                    if s.router.send(StoreMsg::RegionHashes { cb }).is_err() {
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(serde_json::json!({"error": "store stopped"})),
+                        );
+                    }
+                    match rx.await {
+                        Ok(hashes) => (StatusCode::OK, Json(serde_json::json!(hashes))),
+                        Err(_) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(serde_json::json!({"error": "store stopped"})),
+                        ),
+                    }
+                }),
+            )
+            .route(
+                "/debug/fail",
+                get(|| async {
+                    let armed: serde_json::Map<String, serde_json::Value> =
+                        crate::failpoints::list().into_iter().map(|(n, a)| (n, a.into())).collect();
+                    let known: Vec<&str> = crate::failpoints::CRASH_POINTS.iter().map(|(n, _)| *n).collect();
+                    Json(serde_json::json!({ "armed": armed, "known": known }))
+                }),
+            )
+            .route(
+                "/debug/fail/:name",
+                put(|Path(name): Path<String>, body: Bytes| async move { arm_crash_point(&name, &body) })
+                    .delete(|Path(name): Path<String>| async move {
+                        crate::failpoints::remove(&name);
+                        tracing::warn!(%name, "TEST CONTROL: crash point disarmed");
+                        StatusCode::OK
+                    }),
+            );
     }
     router.with_state(state)
+}
+
+/// Body of `POST /debug/transport-delay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransportDelayRequest {
+    ms: u64,
+    to_stores: Option<Vec<u64>>,
+}
+
+/// `POST /debug/transport-delay`: 200 with the new state, or 400.
+fn set_transport_delay(delays: &TransportDelays, body: &[u8]) -> (StatusCode, Json<serde_json::Value>) {
+    let req = match serde_json::from_slice::<TransportDelayRequest>(body) {
+        Ok(r) if r.ms <= 10_000 => r,
+        Ok(_) => {
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "ms must be at most 10000"})))
+        }
+        Err(e) => {
+            let msg = format!("expected {{\"ms\": u64, \"to_stores\": [u64]}}: {e}");
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg })));
+        }
+    };
+    let stores: Option<Vec<StoreId>> = req.to_stores.map(|v| v.into_iter().map(StoreId).collect());
+    delays.set(Duration::from_millis(req.ms), stores.as_deref());
+    tracing::warn!(ms = req.ms, stores = ?stores, "TEST CONTROL: raft transport delay set");
+    (StatusCode::OK, Json(delays.state()))
+}
+
+/// `PUT /debug/fail/NAME`: arms a crash point (200), or 400 with the reason.
+fn arm_crash_point(name: &str, body: &[u8]) -> (StatusCode, String) {
+    let actions = String::from_utf8_lossy(body).trim().to_string();
+    match crate::failpoints::configure(name, &actions) {
+        Ok(()) => {
+            tracing::warn!(%name, %actions, "TEST CONTROL: crash point armed");
+            (StatusCode::OK, format!("{name}={actions}\n"))
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
 }
 
 /// Body of `POST /debug/lease-clock`.
@@ -164,6 +266,8 @@ mod tests {
             metrics: Arc::default(),
             started: Instant::now(),
             lease_clock,
+            transport_delays: Arc::default(),
+            router: crate::raftstore::router::channel(1).0,
         })
     }
 

@@ -4,12 +4,23 @@
 //! the store loop hands it one `Vec<RaftMessage>` per round, which becomes one
 //! `BatchRaftMessage` on the wire. Snapshots leave the batch and go through a
 //! `Snapshot` stream of 1 MiB chunks, at most `MAX_CONCURRENT_SNAPSHOTS` at a
-//! time; their outcome is reported to the store loop so raft can retry.
-//! Addresses come from PD (`GetStore`) and are cached until a connection fails.
+//! time, each under a deadline scaled by its size (a hung receiver cannot
+//! hold a permit for ever); their outcome is reported to the store loop so
+//! raft can retry.
+//!
+//! Connections: HTTP/2 keep-alive pings (`server.grpc-keepalive-time`, dead
+//! after `server.grpc-keepalive-timeout` without an answer) find a peer that
+//! stopped answering even when nothing is sent, so the stream is re-opened
+//! rather than silently buffering into a dead socket. Addresses come from
+//! PD (`GetStore`) and are cached: a node reconnects to a store it knows
+//! even while PD is down, and asks PD again only if the cached address
+//! does not answer (the store may have moved).
 //!
 //! Losing messages is fine (raft retransmits); the transport never blocks the
-//! store loop: it drops messages for a store it cannot reach and reports the
-//! regions unreachable.
+//! store loop: each store's send queue is bounded
+//! (`server.raft-client-queue-size` batches), and messages for a store it
+//! cannot reach, or whose queue is full, are dropped and their regions
+//! reported unreachable.
 //!
 //! Receiving: the `RaftTransport` service forwards every message to the store
 //! loop; a snapshot's chunks are joined back into one raft message first.
@@ -17,9 +28,8 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use futures::{Stream, StreamExt};
 use mnemo_client::pd::PdClient;
 use mnemo_proto::raft_serverpb::raft_transport_client::RaftTransportClient;
@@ -35,7 +45,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Metrics;
-use crate::raftstore::{StoreMsg, Transport};
+use crate::raftstore::{SendError, StoreMsg, StoreRouter, Transport};
 
 /// Size of one snapshot data chunk on the wire.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -44,17 +54,79 @@ const MAX_CONCURRENT_SNAPSHOTS: usize = 4;
 /// Largest gRPC message accepted between nodes (a raft batch can hold 8 MiB entries).
 pub const MAX_GRPC_MESSAGE: usize = 64 << 20;
 
+/// Connection settings of the transport (from `[server]`).
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// HTTP/2 keep-alive ping interval.
+    pub keepalive_time: Duration,
+    /// A connection whose ping is not answered within this is closed.
+    pub keepalive_timeout: Duration,
+    /// Batches queued per target store before new ones are dropped.
+    pub queue_size: usize,
+    /// Test-only delay injection (`--enable-test-controls`).
+    pub delays: Arc<TransportDelays>,
+}
+
+/// Test-only: extra latency on outgoing raft messages, per target store (or
+/// to every store), set through the status server's
+/// `/debug/transport-delay`. Each batch leaves that long after the store
+/// loop handed it over (order kept); this kernel has no netem, so links are
+/// slowed inside the process. Zero (the default) adds nothing.
+#[derive(Debug, Default)]
+pub struct TransportDelays {
+    inner: Mutex<(Duration, HashMap<StoreId, Duration>)>,
+}
+
+impl TransportDelays {
+    /// Delays messages to `stores` (every store if `None`) by `delay`
+    /// (zero clears). A per-store delay overrides the all-stores one.
+    pub fn set(&self, delay: Duration, stores: Option<&[StoreId]>) {
+        let mut inner = self.inner.lock();
+        match stores {
+            None => {
+                inner.0 = delay;
+                inner.1.clear();
+            }
+            Some(ids) => {
+                for id in ids {
+                    inner.1.insert(*id, delay);
+                }
+            }
+        }
+    }
+
+    /// The delay of messages to `store`.
+    pub fn delay_to(&self, store: StoreId) -> Duration {
+        let inner = self.inner.lock();
+        inner.1.get(&store).copied().unwrap_or(inner.0)
+    }
+
+    /// `{"all_ms": n, "stores": {"id": ms}}`.
+    pub fn state(&self) -> serde_json::Value {
+        let inner = self.inner.lock();
+        let stores: serde_json::Map<String, serde_json::Value> =
+            inner.1.iter().map(|(s, d)| (s.0.to_string(), (d.as_millis() as u64).into())).collect();
+        serde_json::json!({ "all_ms": inner.0.as_millis() as u64, "stores": stores })
+    }
+}
+
+/// One round's messages for one store, with when they were handed over.
+type Queued = (Instant, Vec<RaftMessage>);
+
 struct Shared {
     pd: Arc<PdClient>,
-    store_tx: Sender<StoreMsg>,
+    store_tx: StoreRouter,
     snapshots: Semaphore,
     metrics: Arc<Metrics>,
+    cfg: TransportConfig,
+    /// Store addresses learned from PD, used first (and while PD is down).
+    addrs: Mutex<HashMap<StoreId, String>>,
 }
 
 /// The sending side: implements [`Transport`] for the store loop.
 pub struct GrpcTransport {
     shared: Arc<Shared>,
-    senders: Mutex<HashMap<StoreId, mpsc::UnboundedSender<Vec<RaftMessage>>>>,
+    senders: Mutex<HashMap<StoreId, mpsc::Sender<Queued>>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -62,12 +134,19 @@ impl GrpcTransport {
     /// A transport resolving stores through `pd` and reporting failures to `store_tx`.
     pub fn new(
         pd: Arc<PdClient>,
-        store_tx: Sender<StoreMsg>,
+        store_tx: StoreRouter,
         metrics: Arc<Metrics>,
+        cfg: TransportConfig,
         runtime: tokio::runtime::Handle,
     ) -> Self {
-        let shared =
-            Arc::new(Shared { pd, store_tx, snapshots: Semaphore::new(MAX_CONCURRENT_SNAPSHOTS), metrics });
+        let shared = Arc::new(Shared {
+            pd,
+            store_tx,
+            snapshots: Semaphore::new(MAX_CONCURRENT_SNAPSHOTS),
+            metrics,
+            cfg,
+            addrs: Mutex::new(HashMap::new()),
+        });
         GrpcTransport { shared, senders: Mutex::new(HashMap::new()), runtime }
     }
 }
@@ -76,11 +155,15 @@ impl Transport for GrpcTransport {
     fn send(&self, store: StoreId, msgs: Vec<RaftMessage>) {
         let mut senders = self.senders.lock();
         let tx = senders.entry(store).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(self.shared.cfg.queue_size.max(1));
             self.runtime.spawn(store_sender(store, rx, self.shared.clone()));
             tx
         });
-        let _ = tx.send(msgs);
+        if let Err(mpsc::error::TrySendError::Full((_, msgs))) = tx.try_send((Instant::now(), msgs)) {
+            // The link is slower than the store loop: shed load, raft resends.
+            self.shared.metrics.raft_messages_dropped.add(msgs.len() as u64);
+            report_unreachable(&self.shared, &msgs);
+        }
     }
 }
 
@@ -90,42 +173,69 @@ fn is_snapshot(m: &RaftMessage) -> Option<RaftMsg> {
     (msg.get_msg_type() == MessageType::MsgSnapshot).then_some(msg)
 }
 
+/// Tells the store loop that `msgs` were not delivered. A dropped snapshot
+/// is reported as a failed snapshot too: raft-rs keeps a follower waiting
+/// for a snapshot's outcome until told, and would otherwise never retry.
 fn report_unreachable(shared: &Shared, msgs: &[RaftMessage]) {
     for m in msgs {
         if let Some(to) = &m.to_peer {
-            let _ = shared
-                .store_tx
-                .send(StoreMsg::Unreachable { region_id: RegionId(m.region_id), to: PeerId(to.id) });
+            let (region_id, to) = (RegionId(m.region_id), PeerId(to.id));
+            if is_snapshot(m).is_some() {
+                let _ = shared.store_tx.send(StoreMsg::SnapshotStatus { region_id, to, ok: false });
+            }
+            let _ = shared.store_tx.send(StoreMsg::Unreachable { region_id, to });
         }
     }
 }
 
-async fn connect(shared: &Shared, store: StoreId) -> Result<Channel, String> {
-    let addr = shared.pd.get_store(store).await.map_err(|e| e.to_string())?;
-    let url = if addr.starts_with("http") { addr } else { format!("http://{addr}") };
+/// Opens a connection to `addr` with keep-alive pings.
+async fn dial(shared: &Shared, addr: &str) -> Result<Channel, String> {
+    let url = if addr.starts_with("http") { addr.to_string() } else { format!("http://{addr}") };
     Endpoint::from_shared(url)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(shared.cfg.keepalive_time)
+        .keep_alive_timeout(shared.cfg.keepalive_timeout)
+        .keep_alive_while_idle(true)
         .connect()
         .await
         .map_err(|e| e.to_string())
 }
 
+/// Connects to `store`: at its cached address first; then at the address
+/// PD gives now (remembered for next time).
+async fn connect(shared: &Shared, store: StoreId) -> Result<Channel, String> {
+    let cached = shared.addrs.lock().get(&store).cloned();
+    let mut failure = String::new();
+    if let Some(addr) = &cached {
+        match dial(shared, addr).await {
+            Ok(c) => return Ok(c),
+            Err(e) => failure = format!("{addr}: {e}; "),
+        }
+    }
+    let addr = match shared.pd.get_store(store).await {
+        Ok(a) => a,
+        Err(e) => return Err(format!("{failure}PD cannot tell the address: {e}")),
+    };
+    shared.addrs.lock().insert(store, addr.clone());
+    if cached.as_ref() == Some(&addr) {
+        return Err(format!("{failure}PD knows no other address"));
+    }
+    dial(shared, &addr).await.map_err(|e| format!("{failure}{addr}: {e}"))
+}
+
 /// Owns the connection to one store for the node's lifetime.
-async fn store_sender(
-    store: StoreId,
-    mut rx: mpsc::UnboundedReceiver<Vec<RaftMessage>>,
-    shared: Arc<Shared>,
-) {
+async fn store_sender(store: StoreId, mut rx: mpsc::Receiver<Queued>, shared: Arc<Shared>) {
     loop {
         let channel = match connect(&shared, store).await {
             Ok(c) => c,
             Err(e) => {
+                shared.metrics.raft_connection_failures.inc();
                 tracing::debug!(%store, "cannot reach store: {e}");
                 // Drop what queued up meanwhile; raft will resend.
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                while let Ok(msgs) = rx.try_recv() {
+                while let Ok((_, msgs)) = rx.try_recv() {
                     report_unreachable(&shared, &msgs);
                 }
                 continue;
@@ -141,7 +251,11 @@ async fn store_sender(
         loop {
             tokio::select! {
                 msgs = rx.recv() => {
-                    let Some(msgs) = msgs else { return };
+                    let Some((queued_at, msgs)) = msgs else { return };
+                    let delay = shared.cfg.delays.delay_to(store);
+                    if !delay.is_zero() {
+                        tokio::time::sleep_until((queued_at + delay).into()).await;
+                    }
                     let mut batch = Vec::with_capacity(msgs.len());
                     for m in msgs {
                         match is_snapshot(&m) {
@@ -160,7 +274,8 @@ async fn store_sender(
                     }
                 }
                 res = &mut call => {
-                    tracing::debug!(%store, "raft stream ended: {res:?}");
+                    shared.metrics.raft_connection_failures.inc();
+                    tracing::info!(%store, "raft stream to store ended, reconnecting: {res:?}");
                     break;
                 }
             }
@@ -178,12 +293,18 @@ async fn send_snapshot(
     let region_id = RegionId(wire.region_id);
     let to = PeerId(wire.to_peer.as_ref().map(|p| p.id).unwrap_or_default());
     let Ok(_permit) = shared.snapshots.acquire().await else { return };
+    fail::fail_point!("snapshot_send");
     let data = std::mem::take(&mut msg.mut_snapshot().data);
     wire.message = msg.write_to_bytes().expect("encode");
     let mut chunks = vec![SnapshotChunk { message: Some(wire), data: Vec::new() }];
     chunks.extend(data.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotChunk { message: None, data: c.to_vec() }));
     let size = data.len();
-    let ok = client.snapshot(futures::stream::iter(chunks)).await.is_ok();
+    // A receiver that stops reading must not hold the permit for ever.
+    let deadline = Duration::from_secs(10) + Duration::from_secs((size >> 20) as u64);
+    let ok = matches!(
+        tokio::time::timeout(deadline, client.snapshot(futures::stream::iter(chunks))).await,
+        Ok(Ok(_))
+    );
     tracing::info!(region = %region_id, %to, size, ok, "snapshot sent");
     shared.metrics.snapshots_sent.inc();
     let _ = shared.store_tx.send(StoreMsg::SnapshotStatus { region_id, to, ok });
@@ -191,13 +312,13 @@ async fn send_snapshot(
 
 /// The receiving side: the `RaftTransport` gRPC service.
 pub struct RaftService {
-    store_tx: Sender<StoreMsg>,
+    store_tx: StoreRouter,
     metrics: Arc<Metrics>,
 }
 
 impl RaftService {
     /// Forwards everything received to the store loop behind `store_tx`.
-    pub fn new(store_tx: Sender<StoreMsg>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store_tx: StoreRouter, metrics: Arc<Metrics>) -> Self {
         RaftService { store_tx, metrics }
     }
 }
@@ -210,7 +331,12 @@ impl RaftTransport for RaftService {
             let batch = batch?;
             self.metrics.raft_messages_received.add(batch.msgs.len() as u64);
             for m in batch.msgs {
-                self.store_tx.send(StoreMsg::Raft(m)).map_err(|_| Status::unavailable("store stopped"))?;
+                match self.store_tx.send(StoreMsg::Raft(m)) {
+                    Ok(()) => {}
+                    // Overloaded: drop it, raft resends.
+                    Err(SendError::Full) => self.metrics.raft_messages_dropped.inc(),
+                    Err(SendError::Stopped) => return Err(Status::unavailable("store stopped")),
+                }
             }
         }
         Ok(Response::new(Done {}))
@@ -232,7 +358,14 @@ impl RaftTransport for RaftService {
         msg.mut_snapshot().data = data.into();
         wire.message = msg.write_to_bytes().map_err(|e| Status::internal(e.to_string()))?;
         self.metrics.snapshots_received.inc();
-        self.store_tx.send(StoreMsg::Raft(wire)).map_err(|_| Status::unavailable("store stopped"))?;
+        match self.store_tx.send(StoreMsg::Raft(wire)) {
+            Ok(()) => {}
+            Err(SendError::Full) => {
+                self.metrics.raft_messages_dropped.inc();
+                return Err(Status::resource_exhausted("store loop busy; snapshot dropped"));
+            }
+            Err(SendError::Stopped) => return Err(Status::unavailable("store stopped")),
+        }
         Ok(Response::new(Done {}))
     }
 }

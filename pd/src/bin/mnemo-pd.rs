@@ -19,6 +19,13 @@ async fn main() -> ExitCode {
         }
     };
     init_logging(&config.log);
+    // Any panic ends the process (crash points with code 86): PD state is
+    // shared by every task, and a half-dead PD must not keep serving.
+    mnemo_node::failpoints::install_panic_hook();
+    if let Err(e) = mnemo_node::failpoints::configure_from_env() {
+        error!("{e}");
+        return ExitCode::from(2);
+    }
     info!(name = %config.name, data_dir = %config.data_dir.display(), client_urls = %config.client_urls, "starting");
     let handle = match mnemo_pd::start(config).await {
         Ok(h) => h,

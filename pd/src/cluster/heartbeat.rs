@@ -39,6 +39,7 @@ impl Cluster {
     /// persisted only when it changed; the rest (leader, sizes, pending
     /// peers) lives in memory.
     pub fn region_heartbeat(&self, hb: RegionHeartbeat) -> Result<Option<ScheduleOrder>> {
+        fail::fail_point!("pd_region_heartbeat");
         let now = SystemTime::now();
         let id = hb.region.id;
         if id.0 == 0 {

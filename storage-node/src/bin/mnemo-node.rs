@@ -9,8 +9,13 @@
 //!
 //! Test-only flags for the chaos harness, **never in production** (the node
 //! warns at start-up when one is on; `/status` lists them):
-//! `--enable-test-controls` (the `/debug/lease-clock` endpoint) and
-//! `--unsafe-stale-reads` (any replica answers `replica_read` gets).
+//! `--enable-test-controls` (the `/debug/lease-clock` and `/debug/fail`
+//! endpoints) and `--unsafe-stale-reads` (any replica answers
+//! `replica_read` gets). Crash points can also be armed at start with the
+//! `FAILPOINTS` environment variable (see `mnemo_node::failpoints`).
+//!
+//! Any panic ends the process (crash points exit with code 86, other panics
+//! abort).
 
 use std::path::PathBuf;
 
@@ -52,6 +57,11 @@ struct Args {
     /// `replica_read` from any replica without leadership checks (stale reads).
     #[arg(long)]
     unsafe_stale_reads: bool,
+    /// TEST ONLY, never in production: plant a known bug (repeatable):
+    /// apply-local-clock, lease-ignores-transfer, ack-before-commit,
+    /// skip-apply-epoch-check. The node then breaks its guarantees on purpose.
+    #[arg(long)]
+    plant: Vec<String>,
 }
 
 fn build_config(args: Args) -> Result<NodeConfig, String> {
@@ -82,6 +92,7 @@ fn build_config(args: Args) -> Result<NodeConfig, String> {
     }
     cfg.test_controls.enable_test_controls = args.enable_test_controls;
     cfg.test_controls.unsafe_stale_reads = args.unsafe_stale_reads;
+    cfg.test_controls.plant = args.plant;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -96,6 +107,21 @@ async fn main() {
         }
     };
     mnemo_node::logging::init("info,raft=warn", cfg.log_format == "json");
+    // A panic on any thread ends the process: a store loop that died alone
+    // would leave a node answering gRPC and heartbeating PD with nothing
+    // behind it, and PD would never replace its replicas.
+    mnemo_node::failpoints::install_panic_hook();
+    // Crash points are a test control: armed only on a node that says so.
+    let armed = match std::env::var_os("FAILPOINTS") {
+        Some(_) if !cfg.test_controls.enable_test_controls => {
+            Err("FAILPOINTS is set but --enable-test-controls is not: refusing to start".to_string())
+        }
+        _ => mnemo_node::failpoints::configure_from_env(),
+    };
+    if let Err(e) = armed {
+        tracing::error!("{e}");
+        std::process::exit(2);
+    }
     let node = match mnemo_node::node::start(cfg).await {
         Ok(n) => n,
         Err(e) => {

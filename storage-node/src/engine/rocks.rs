@@ -9,7 +9,7 @@ use rocksdb::{
     SstFileWriter, WriteOptions, DB,
 };
 
-use super::{Cf, Engine, EngineError, Result, ScanRange, WriteBatch, WriteOp};
+use super::{Cf, Engine, EngineError, EngineSnapshot, Result, ScanRange, WriteBatch, WriteOp};
 
 /// An [`Engine`] on a RocksDB database in one directory.
 pub struct RocksEngine {
@@ -38,7 +38,55 @@ impl RocksEngine {
     }
 }
 
+/// Read options bounding an iterator to `range`, and where it starts.
+fn scan_options<'a>(range: &ScanRange<'a>) -> (ReadOptions, IteratorMode<'a>) {
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_lower_bound(range.start.to_vec());
+    if !range.end.is_empty() {
+        ro.set_iterate_upper_bound(range.end.to_vec());
+    }
+    // Reverse: from the upper bound down; forward: from the start key up.
+    let mode =
+        if range.reverse { IteratorMode::End } else { IteratorMode::From(range.start, Direction::Forward) };
+    (ro, mode)
+}
+
+/// Feeds an iterator's pairs to `visit` until it returns false.
+fn visit_all(
+    iter: impl Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<()> {
+    for item in iter {
+        let (k, v) = item.map_err(err)?;
+        if !visit(&k, &v) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A RocksDB snapshot (sequence-number pinned view), released on drop.
+struct RocksSnapshot<'a> {
+    engine: &'a RocksEngine,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl EngineSnapshot for RocksSnapshot<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.snap.get_cf(self.engine.cf(cf), key).map_err(err)
+    }
+
+    fn scan(&self, cf: Cf, range: ScanRange<'_>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        let (ro, mode) = scan_options(&range);
+        visit_all(self.snap.iterator_cf_opt(self.engine.cf(cf), ro, mode), visit)
+    }
+}
+
 impl Engine for RocksEngine {
+    fn snapshot(&self) -> Box<dyn EngineSnapshot + '_> {
+        Box::new(RocksSnapshot { engine: self, snap: self.db.snapshot() })
+    }
+
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get_cf(self.cf(cf), key).map_err(err)
     }
@@ -58,23 +106,8 @@ impl Engine for RocksEngine {
     }
 
     fn scan(&self, cf: Cf, range: ScanRange<'_>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_lower_bound(range.start.to_vec());
-        if !range.end.is_empty() {
-            ro.set_iterate_upper_bound(range.end.to_vec());
-        }
-        let mode = if range.reverse {
-            IteratorMode::End
-        } else {
-            IteratorMode::From(range.start, Direction::Forward)
-        };
-        for item in self.db.iterator_cf_opt(self.cf(cf), ro, mode) {
-            let (k, v) = item.map_err(err)?;
-            if !visit(&k, &v) {
-                break;
-            }
-        }
-        Ok(())
+        let (ro, mode) = scan_options(&range);
+        visit_all(self.db.iterator_cf_opt(self.cf(cf), ro, mode), visit)
     }
 
     fn ingest_range(

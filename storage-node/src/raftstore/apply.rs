@@ -2,7 +2,12 @@
 //!
 //! Apply is deterministic: every replica applies the same entries in the same
 //! order to the same state and reaches the same result, so the result of a CAS
-//! is decided here, not at propose time. The region epoch and key ranges are
+//! is decided here, not at propose time. Apply reads no clock, no randomness
+//! and no local configuration: where a decision needs the time (is the value a
+//! CAS compares against expired?) it uses the time the proposing leader
+//! stamped into the command (`RaftCommand.proposed_at_ms`), so a follower
+//! applying later, or a node replaying its log after a restart, decides
+//! exactly as the leader did. The region epoch and key ranges are
 //! checked again at apply time, since a split or membership change may have
 //! been applied between propose and apply.
 //!
@@ -109,24 +114,40 @@ pub fn written_bytes(cmd: &RaftCommand) -> u64 {
     (muts + cas) as u64
 }
 
-/// Reads the live (unexpired) value of a user key.
-pub fn read_live(engine: &dyn Engine, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>> {
-    Ok(engine.get(Cf::Default, &keys::data_key(key))?.and_then(|raw| {
+/// The user's value in a stored value, unless it expired at `now_ms`.
+pub fn live_value(stored: Option<Vec<u8>>, now_ms: u64) -> Option<Vec<u8>> {
+    stored.and_then(|raw| {
         let v = keys::decode_value(&raw);
         (!v.is_expired(now_ms)).then(|| v.value.to_vec())
-    }))
+    })
+}
+
+/// Reads the live (unexpired) value of a user key.
+pub fn read_live(engine: &dyn Engine, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>> {
+    Ok(live_value(engine.get(Cf::Default, &keys::data_key(key))?, now_ms))
 }
 
 /// Stages the effect of `cmd` on `region` into `wb`. For a CAS, the caller
-/// must have flushed `wb` so that `engine` shows every earlier entry.
+/// must have flushed `wb` so that `engine` shows every earlier entry. Expiry
+/// is judged at the command's own stamp (`proposed_at_ms`), never by a clock.
 pub fn apply_write(
     engine: &dyn Engine,
     region: &Region,
     cmd: &RaftCommand,
     wb: &mut WriteBatch,
-    now_ms: u64,
 ) -> Result<WriteOutcome> {
     check_command(region, cmd)?;
+    stage_write(engine, region, cmd, wb)
+}
+
+/// [`apply_write`] without the check that the command still fits the
+/// region: only for a command already checked (and for a planted bug).
+pub fn stage_write(
+    engine: &dyn Engine,
+    region: &Region,
+    cmd: &RaftCommand,
+    wb: &mut WriteBatch,
+) -> Result<WriteOutcome> {
     for m in &cmd.mutations {
         match m.op() {
             MutationOp::Put => {
@@ -143,7 +164,7 @@ pub fn apply_write(
         }
     }
     if let Some(cas) = &cmd.cas {
-        let current = read_live(engine, &cas.key, now_ms)?;
+        let current = read_live(engine, &cas.key, cmd.proposed_at_ms)?;
         let matches = match &current {
             None => cas.previous_not_exist,
             Some(v) => !cas.previous_not_exist && *v == cas.previous_value,
@@ -208,7 +229,7 @@ mod tests {
 
     fn run(e: &MemEngine, cmd: &RaftCommand) -> Result<WriteOutcome> {
         let mut wb = WriteBatch::new();
-        let out = apply_write(e, &region(), cmd, &mut wb, 1)?;
+        let out = apply_write(e, &region(), cmd, &mut wb)?;
         e.write(&wb, false).unwrap();
         Ok(out)
     }

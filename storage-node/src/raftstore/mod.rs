@@ -3,8 +3,10 @@
 //! Every region this node holds a replica of is a [`peer::Peer`]: a raft-rs
 //! `RawNode` over a [`storage::PeerStorage`]. One thread, the
 //! [`store::Store`] loop, owns all peers; everything else talks to it through
-//! [`StoreMsg`]s on a channel (gRPC handlers, the transport, the PD worker)
-//! and hears back through oneshot callbacks. The store writes all peers' log
+//! [`StoreMsg`]s sent by a [`router::StoreRouter`] (gRPC handlers, the
+//! transport, the PD worker) and hears back through oneshot callbacks. The
+//! router's data queue is bounded: an overloaded loop answers `ServerIsBusy`
+//! rather than queueing without end. The store writes all peers' log
 //! appends of a round in one batch with one fsync, and hands outgoing raft
 //! messages to a [`Transport`] grouped by target store.
 //!
@@ -21,6 +23,7 @@
 pub mod apply;
 pub mod lease_clock;
 pub mod peer;
+pub mod router;
 pub mod split_check;
 pub mod storage;
 pub mod store;
@@ -31,7 +34,8 @@ use raft::eraftpb::ConfChangeType;
 
 pub use apply::WriteOutcome;
 pub use lease_clock::{LeaseClock, LeaseInstant};
-pub use peer::{Now, PeerConfig, ReadCallback, WriteCallback};
+pub use peer::{Now, PeerConfig, PlantedBugs, ReadCallback, WriteCallback};
+pub use router::{SendError, StoreInbox, StoreRouter};
 pub use store::{Store, StoreConfig};
 
 /// An input of the store loop.
@@ -52,8 +56,26 @@ pub enum StoreMsg {
     SnapshotStatus { region_id: RegionId, to: PeerId, ok: bool },
     /// A message to `to` could not be delivered.
     Unreachable { region_id: RegionId, to: PeerId },
+    /// Test-only (`--enable-test-controls`): a digest of every initialized
+    /// peer's data at its applied index, to compare replicas.
+    RegionHashes { cb: tokio::sync::oneshot::Sender<Vec<RegionHash>> },
     /// Stop the loop.
     Shutdown,
+}
+
+/// A digest of one replica's data: two replicas of a region that applied
+/// the same index must have the same hash (apply is deterministic).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RegionHash {
+    pub region_id: u64,
+    pub applied_index: u64,
+    pub version: u64,
+    pub conf_ver: u64,
+    /// 64-bit hash (std's fixed-key SipHash) of every key and stored value
+    /// in the region's range, in key order.
+    pub hash: u64,
+    /// Number of keys hashed.
+    pub keys: u64,
 }
 
 /// What a read must wait for before it is answered.

@@ -30,7 +30,6 @@ use super::lease_clock::LeaseInstant;
 use super::storage::{self, PeerStorage};
 use crate::engine::{EngineRef, WriteBatch};
 use crate::error::{Error, Result};
-use crate::keys;
 
 /// A hibernating peer ticks once per this many base ticks: an idle region's
 /// leader heartbeats every 2 s and its followers wait 10 s before an election.
@@ -41,13 +40,16 @@ pub type WriteCallback = oneshot::Sender<Result<WriteOutcome>>;
 /// Answer to a read: the region it may be served from (checked), or an error.
 pub type ReadCallback = oneshot::Sender<Result<Region>>;
 
-/// The time of a store-loop step on both clocks a peer uses.
+/// The time of a store-loop step on every clock a peer uses.
 #[derive(Clone, Copy, Debug)]
 pub struct Now {
     /// Real (monotonic) time: raft ticks, read expiry.
     pub real: Instant,
     /// The lease clock: lease decisions only.
     pub lease: LeaseInstant,
+    /// Wall-clock Unix ms: stamped into proposed commands (TTL decisions at
+    /// apply use the stamp, never the applying node's clock).
+    pub wall_ms: u64,
 }
 
 struct Proposal {
@@ -55,6 +57,9 @@ struct Proposal {
     term: u64,
     /// On the lease clock: a committed proposal extends the lease from here.
     proposed_at: LeaseInstant,
+    /// [`Peer::lease_fence`] when proposed: only a round started after the
+    /// last leader transfer began or ended may extend the lease.
+    fence: u64,
     cb: WriteCallback,
 }
 
@@ -64,6 +69,8 @@ struct PendingRead {
     /// the leader to commit an entry of its term): real time for expiry,
     /// lease time for the lease the round confirms.
     issued_at: Option<Now>,
+    /// [`Peer::lease_fence`] when the round started.
+    fence: u64,
     term: u64,
     read_index: Option<u64>,
     /// The epoch the request was made for; checked again when answering,
@@ -90,8 +97,40 @@ pub struct PeerConfig {
     pub lease: Duration,
     /// Largest encoded command accepted (bytes).
     pub raft_entry_max_size: u64,
+    /// Bytes proposed but not committed past which proposals are refused
+    /// with `ServerIsBusy` (raft-rs `max_uncommitted_size`).
+    pub max_uncommitted_size: u64,
     /// Let idle regions tick slowly (see [`HIBERNATE_TICK_STRETCH`]).
     pub hibernate: bool,
+    /// Bugs planted on purpose (test-only `--plant`); none by default.
+    pub plants: PlantedBugs,
+}
+
+/// Known bugs a test can plant (`--plant`, test-only), so the chaos harness
+/// can prove its checkers catch each. All off by default; each field names
+/// the guarantee it breaks (see `config::PLANTABLE_BUGS`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlantedBugs {
+    /// Apply judges TTL expiry by the local clock (replicas diverge).
+    pub apply_local_clock: bool,
+    /// The lease survives leader transfers (stale reads).
+    pub lease_ignores_transfer: bool,
+    /// Writes are acknowledged when proposed (acknowledged writes lost).
+    pub ack_before_commit: bool,
+    /// Apply skips the epoch and key-range check (writes land in the wrong region).
+    pub skip_apply_epoch_check: bool,
+}
+
+impl PlantedBugs {
+    /// The bugs the node's test controls plant.
+    pub fn from_controls(t: &crate::config::TestControls) -> PlantedBugs {
+        PlantedBugs {
+            apply_local_clock: t.planted("apply-local-clock"),
+            lease_ignores_transfer: t.planted("lease-ignores-transfer"),
+            ack_before_commit: t.planted("ack-before-commit"),
+            skip_apply_epoch_check: t.planted("skip-apply-epoch-check"),
+        }
+    }
 }
 
 /// One region replica.
@@ -101,11 +140,30 @@ pub struct Peer {
     /// The raft node and its storage.
     pub raw: RawNode<PeerStorage>,
     proposals: VecDeque<Proposal>,
+    /// Writes received before this leader applied an entry of its term.
+    waiting_writes: VecDeque<(RaftCommand, WriteCallback)>,
     reads: VecDeque<PendingRead>,
     next_read_id: u64,
     /// End of the lease, on the lease clock.
     lease_until: Option<LeaseInstant>,
+    /// Bumped whenever a leader transfer starts or ends (completes or is
+    /// aborted). A quorum round (ReadIndex or write) extends the lease only
+    /// if no transfer began or ended since it started: during a transfer the
+    /// target may be elected at once (MsgTimeoutNow skips the followers'
+    /// lease check), so a round that overlapped one proves nothing about the
+    /// time after it, even once raft-rs aborts the transfer.
+    lease_fence: u64,
+    /// Whether a transfer was in progress when last looked at.
+    transferring: bool,
+    /// Ticks left after a transfer ended during which no round may extend
+    /// the lease: a MsgTimeoutNow delayed in a queue can still reach the
+    /// target and elect it at once, for up to about an election timeout.
+    transfer_cooldown: usize,
     applied_term: u64,
+    /// The largest time stamp proposed or applied here: stamps never go
+    /// backwards within a region's log, even across leaders whose wall
+    /// clocks disagree.
+    last_stamp_ms: u64,
     /// Peers of this region (or formerly of it) by id, to address messages.
     peer_cache: HashMap<PeerId, PeerMeta>,
     /// Outgoing raft messages: (target peer, message).
@@ -121,6 +179,13 @@ pub struct Peer {
     /// Splits applied this round: (the parent's new range, the new regions),
     /// for the store to create their peers.
     pub applied_splits: Vec<(Region, Vec<Region>)>,
+    /// This round applied a split or a membership change: its kv batch
+    /// (region states) must be synced before the round's raft writes, so a
+    /// new peer's term and vote are never on disk without the region state
+    /// that created it (a replay would re-create the peer and rewrite them).
+    pub region_state_changed: bool,
+    /// Membership changes applied since the store last looked (a metric).
+    pub conf_changes_applied: u64,
     /// Idle region: this peer ticks only every `HIBERNATE_TICK_STRETCH`-th
     /// tick. A leader decides it (and tells followers in its messages);
     /// any activity wakes it.
@@ -140,6 +205,7 @@ impl Peer {
             applied,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            max_uncommitted_size: cfg.max_uncommitted_size,
             check_quorum: true,
             pre_vote: true,
             ..Default::default()
@@ -154,10 +220,15 @@ impl Peer {
             meta,
             raw,
             proposals: VecDeque::new(),
+            waiting_writes: VecDeque::new(),
             reads: VecDeque::new(),
             next_read_id: 1,
             lease_until: None,
+            lease_fence: 0,
+            transferring: false,
+            transfer_cooldown: 0,
             applied_term: 0,
+            last_stamp_ms: 0,
             peer_cache,
             outbox: Vec::new(),
             pending_remove: false,
@@ -165,6 +236,8 @@ impl Peer {
             size_diff_hint: 0,
             approximate: None,
             applied_splits: Vec::new(),
+            region_state_changed: false,
+            conf_changes_applied: 0,
             hibernating: false,
             idle_ticks: 0,
             cfg,
@@ -249,16 +322,47 @@ impl Peer {
         self.is_leader()
             // A transfer target may be elected at once (MsgTimeoutNow skips
             // the followers' lease check), so a transferring leader has no lease.
-            && self.raw.raft.lead_transferee.is_none()
+            && (self.raw.raft.lead_transferee.is_none() || self.cfg.plants.lease_ignores_transfer)
             && self.applied_term == self.raw.raft.term
             && self.lease_until.is_some_and(|t| now < t)
     }
 
-    fn extend_lease(&mut self, issued_at: LeaseInstant) {
+    /// Extends the lease from the start of a quorum round that began under
+    /// `fence` (see [`Peer::lease_fence`]).
+    fn extend_lease(&mut self, issued_at: LeaseInstant, fence: u64) {
+        self.observe_transfer();
+        let fenced = self.transferring || self.transfer_cooldown > 0 || fence != self.lease_fence;
+        if fenced && !self.cfg.plants.lease_ignores_transfer {
+            return;
+        }
         let until = issued_at + self.cfg.lease;
         if self.lease_until.is_none_or(|t| t < until) {
             self.lease_until = Some(until);
         }
+    }
+
+    /// Notices a leader transfer starting or ending (raft-rs starts one on
+    /// `transfer_leader` and ends it when it completes, when the target is
+    /// removed, or after an election timeout): either way the lease is void
+    /// and every round started before is fenced off from extending it.
+    /// Called after every input that can move raft's transfer state.
+    fn observe_transfer(&mut self) {
+        let transferring = self.raw.raft.lead_transferee.is_some();
+        if transferring != self.transferring {
+            self.transferring = transferring;
+            self.lease_fence += 1;
+            self.lease_until = None;
+            if !transferring {
+                self.transfer_cooldown = self.cfg.election_tick;
+            }
+        }
+    }
+
+    /// Asks raft to hand leadership to `to` (leader only).
+    pub fn transfer_leader(&mut self, to: PeerId) {
+        self.wake();
+        self.raw.transfer_leader(to.0);
+        self.observe_transfer();
     }
 
     /// Starts (or answers at once) a linearizable read.
@@ -275,7 +379,15 @@ impl Peer {
         let id = self.next_read_id;
         self.next_read_id += 1;
         let term = self.raw.raft.term;
-        self.reads.push_back(PendingRead { id, issued_at: None, term, read_index: None, epoch, cb });
+        self.reads.push_back(PendingRead {
+            id,
+            issued_at: None,
+            fence: self.lease_fence,
+            term,
+            read_index: None,
+            epoch,
+            cb,
+        });
         self.issue_reads(now);
     }
 
@@ -298,6 +410,7 @@ impl Peer {
         }
         for r in self.reads.iter_mut().filter(|r| r.issued_at.is_none()) {
             r.issued_at = Some(now);
+            r.fence = self.lease_fence;
             self.raw.read_index(r.id.to_be_bytes().to_vec());
         }
     }
@@ -315,21 +428,54 @@ impl Peer {
         }
     }
 
-    /// Proposes a write (`now` on the lease clock). The callback fires when
-    /// the entry is applied.
-    pub fn propose_write(
-        &mut self,
-        cmd: RaftCommand,
-        now: LeaseInstant,
-        cb: WriteCallback,
-        replies: &mut Vec<Reply>,
-    ) {
+    /// Proposes a write, stamped with the time apply will judge TTLs by.
+    /// The callback fires when the entry is applied.
+    ///
+    /// A new leader holds writes back until it applied an entry of its own
+    /// term: only then has it applied every stamp its predecessors
+    /// committed, so its own stamps (at least the largest applied) never go
+    /// backwards in the log, even if its wall clock is behind theirs.
+    pub fn propose_write(&mut self, cmd: RaftCommand, now: Now, cb: WriteCallback, replies: &mut Vec<Reply>) {
         self.wake();
         let epoch = mnemo_proto::types::epoch_of(cmd.header.as_ref().and_then(|h| h.region_epoch.as_ref()));
         if let Err(e) = self.check_request(epoch).and_then(|_| apply::check_command(self.region(), &cmd)) {
             replies.push(Reply::Write(cb, Err(e)));
             return;
         }
+        if self.applied_term != self.raw.raft.term {
+            self.waiting_writes.push_back((cmd, cb));
+            return;
+        }
+        self.propose_checked(cmd, now, cb, replies);
+    }
+
+    /// Proposes the writes held back until this leader applied an entry of
+    /// its term (see [`Peer::propose_write`]).
+    fn propose_waiting_writes(&mut self, now: Now, replies: &mut Vec<Reply>) {
+        if self.waiting_writes.is_empty() || !self.is_leader() || self.applied_term != self.raw.raft.term {
+            return;
+        }
+        for (cmd, cb) in std::mem::take(&mut self.waiting_writes) {
+            // The region may have split meanwhile: check again.
+            let checked = apply::check_command(self.region(), &cmd);
+            match checked {
+                Ok(()) => self.propose_checked(cmd, now, cb, replies),
+                Err(e) => replies.push(Reply::Write(cb, Err(e))),
+            }
+        }
+    }
+
+    /// Stamps and proposes a write that passed the leader and epoch checks.
+    fn propose_checked(
+        &mut self,
+        mut cmd: RaftCommand,
+        now: Now,
+        cb: WriteCallback,
+        replies: &mut Vec<Reply>,
+    ) {
+        self.last_stamp_ms = self.last_stamp_ms.max(now.wall_ms);
+        cmd.proposed_at_ms = self.last_stamp_ms;
+        let cmd_is_plain_write = cmd.cas.is_none() && cmd.split.is_none();
         let data = cmd.encode_to_vec();
         if data.len() as u64 > self.cfg.raft_entry_max_size {
             let e = Error::RaftEntryTooLarge { region: self.region_id(), size: data.len() as u64 };
@@ -339,11 +485,35 @@ impl Peer {
         let index = self.raw.raft.raft_log.last_index() + 1;
         let term = self.raw.raft.term;
         if self.raw.propose(vec![], data).is_err() || self.raw.raft.raft_log.last_index() < index {
-            let e = Error::NotLeader { region: self.region_id(), leader: self.leader() };
+            // A leader drops proposals while it hands leadership over, and
+            // when too much it proposed is not committed yet (followers slow
+            // or gone): the latter is flow control, not lost leadership.
+            let in_config = self.raw.raft.prs().get(self.meta.id.0).is_some();
+            let e = if self.is_leader() && self.raw.raft.lead_transferee.is_none() && in_config {
+                Error::ServerIsBusy(format!(
+                    "region {}: too many uncommitted proposals (raftstore.raft-max-uncommitted-size)",
+                    self.region_id()
+                ))
+            } else {
+                Error::NotLeader { region: self.region_id(), leader: self.leader() }
+            };
             replies.push(Reply::Write(cb, Err(e)));
             return;
         }
-        self.proposals.push_back(Proposal { index, term, proposed_at: now, cb });
+        let cb = if self.cfg.plants.ack_before_commit && cmd_is_plain_write {
+            // Planted bug: the client hears "done" now; the entry may yet be lost.
+            replies.push(Reply::Write(cb, Ok(WriteOutcome::Done)));
+            oneshot::channel().0
+        } else {
+            cb
+        };
+        self.proposals.push_back(Proposal {
+            index,
+            term,
+            proposed_at: now.lease,
+            fence: self.lease_fence,
+            cb,
+        });
     }
 
     /// Proposes a membership change from PD: one change, or several at once
@@ -384,6 +554,10 @@ impl Peer {
             single.node_id = target.id.0;
             cc.mut_changes().push(single);
         }
+        if let Err(err) = validate_conf_change(self.raw.raft.prs(), &cc) {
+            tracing::warn!(region = %self.region_id(), ?changes, "conf change refused: {err}");
+            return false;
+        }
         let ctx = ConfChangeContext { peers: todo.iter().map(|(_, p)| (*p).into()).collect() };
         cc.context = ctx.encode_to_vec().into();
         // The proposer's conf_ver travels in the entry context so apply can reject a stale change.
@@ -418,12 +592,21 @@ impl Peer {
             return;
         }
         self.raw.tick();
+        self.observe_transfer();
+        if self.transfer_cooldown > 0 {
+            self.transfer_cooldown -= 1;
+            if self.transfer_cooldown == 0 {
+                // Rounds started during the cool-down do not count either.
+                self.lease_fence += 1;
+            }
+        }
         if !self.is_leader() {
             return;
         }
         let raft = &self.raw.raft;
         let last = raft.raft_log.last_index();
         let idle = self.proposals.is_empty()
+            && self.waiting_writes.is_empty()
             && self.reads.is_empty()
             && raft.raft_log.committed == last
             && raft.lead_transferee.is_none()
@@ -448,12 +631,15 @@ impl Peer {
 
     /// Steps an incoming raft message.
     pub fn step(&mut self, msg: RaftMsg) -> Result<()> {
-        self.raw.step(msg).map_err(|e| Error::Other(format!("step: {e}")))
+        let res = self.raw.step(msg).map_err(|e| Error::Other(format!("step: {e}")));
+        self.observe_transfer();
+        res
     }
 
     /// Handles a role or term change: pending work from the old term fails.
     pub fn on_soft_state_change(&mut self, replies: &mut Vec<Reply>) {
         self.heartbeat_due = true;
+        self.observe_transfer();
         self.lease_until = None;
         if !self.is_leader() {
             let leader = self.leader();
@@ -463,6 +649,10 @@ impl Peer {
             }
             for p in self.proposals.drain(..) {
                 replies.push(Reply::Write(p.cb, Err(Error::StaleCommand)));
+            }
+            // Never proposed: certainly not applied.
+            for (_, cb) in self.waiting_writes.drain(..) {
+                replies.push(Reply::Write(cb, Err(Error::NotLeader { region, leader })));
             }
         }
     }
@@ -476,11 +666,11 @@ impl Peer {
         for r in self.reads.iter_mut().filter(|r| r.id == id) {
             r.read_index = Some(index);
             if r.term == term {
-                confirmed = r.issued_at;
+                confirmed = r.issued_at.map(|at| (at, r.fence));
             }
         }
-        if let Some(at) = confirmed {
-            self.extend_lease(at.lease);
+        if let Some((at, fence)) = confirmed {
+            self.extend_lease(at.lease, fence);
         }
     }
 
@@ -488,6 +678,7 @@ impl Peer {
     /// read whose read index is applied (in any order: each was confirmed on
     /// its own). Reads whose round never completes are failed by `expire_reads`.
     pub fn answer_ready_reads(&mut self, now: Now, replies: &mut Vec<Reply>) {
+        self.propose_waiting_writes(now, replies);
         self.issue_reads(now);
         let applied = self.raw.store().applied_index();
         let (ready, waiting): (VecDeque<_>, VecDeque<_>) =
@@ -507,7 +698,6 @@ impl Peer {
         kv_wb: &mut WriteBatch,
         replies: &mut Vec<Reply>,
     ) -> Result<()> {
-        let now_ms = keys::now_unix_ms();
         for e in entries {
             let outcome = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => None,
@@ -526,7 +716,19 @@ impl Peer {
                         }
                         None => {
                             self.size_diff_hint += apply::written_bytes(&cmd);
-                            apply::apply_write(kv.as_ref(), &region, &cmd, kv_wb, now_ms)
+                            self.last_stamp_ms = self.last_stamp_ms.max(cmd.proposed_at_ms);
+                            let plants = self.cfg.plants;
+                            if plants.apply_local_clock {
+                                // Planted bug: each replica judges by its own clock.
+                                let mut local = cmd.clone();
+                                local.proposed_at_ms = crate::keys::now_unix_ms();
+                                apply::apply_write(kv.as_ref(), &region, &local, kv_wb)
+                            } else if plants.skip_apply_epoch_check {
+                                // Planted bug: no epoch or key-range check.
+                                apply::stage_write(kv.as_ref(), &region, &cmd, kv_wb)
+                            } else {
+                                apply::apply_write(kv.as_ref(), &region, &cmd, kv_wb)
+                            }
                         }
                     };
                     match result {
@@ -569,7 +771,7 @@ impl Peer {
             let p = self.proposals.pop_front().expect("front exists");
             if p.index == index && p.term == term {
                 if term == self.raw.raft.term {
-                    self.extend_lease(p.proposed_at);
+                    self.extend_lease(p.proposed_at, p.fence);
                 }
                 let result = outcome.take().unwrap_or(Ok(WriteOutcome::Done));
                 replies.push(Reply::Write(p.cb, result));
@@ -600,6 +802,7 @@ impl Peer {
         self.size_diff_hint = 0;
         self.approximate = None;
         self.heartbeat_due = true;
+        self.region_state_changed = true;
         self.applied_splits.push((derived, new_regions));
         Ok(())
     }
@@ -616,10 +819,22 @@ impl Peer {
             let p = PeerMeta::from(p);
             self.peer_cache.insert(p.id, p);
         }
-        let cs = self
-            .raw
-            .apply_conf_change(&cc)
-            .map_err(|err| Error::Other(format!("apply conf change: {err}")))?;
+        // A change raft-rs refuses (it would remove every voter, enter a
+        // joint state twice, ...) is refused identically by every replica,
+        // since all hold the same configuration at this index: it is a no-op,
+        // never a reason to stop the node (which would stop every replica,
+        // and again after each restart, replaying the same entry).
+        fail::fail_point!("conf_change_apply");
+        let applied = self.raw.apply_conf_change(&cc);
+        // Removing a transfer's target ends the transfer.
+        self.observe_transfer();
+        let cs = match applied {
+            Ok(cs) => cs,
+            Err(err) => {
+                tracing::warn!(region = %region.id, "conf change at index {} refused, skipped: {err}", e.index);
+                return Ok(());
+            }
+        };
         // The region's peers follow raft's configuration; during a joint
         // change outgoing voters still count as voters.
         let mut peers = Vec::new();
@@ -646,6 +861,8 @@ impl Peer {
         store.conf_state = cs;
         store.stage_region_state(kv_wb);
         self.heartbeat_due = true;
+        self.region_state_changed = true;
+        self.conf_changes_applied += 1;
         Ok(())
     }
 
@@ -657,6 +874,9 @@ impl Peer {
         }
         for p in self.proposals.drain(..) {
             replies.push(Reply::Write(p.cb, Err(Error::StaleCommand)));
+        }
+        for (_, cb) in self.waiting_writes.drain(..) {
+            replies.push(Reply::Write(cb, Err(Error::RegionNotFound(region))));
         }
     }
 
@@ -679,6 +899,22 @@ impl Peer {
             MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
         )
     }
+}
+
+/// Checks a membership change against the current configuration exactly as
+/// raft-rs will at apply (e.g. it must leave a voter, and a joint change may
+/// not start while another is in progress), so an invalid change is refused
+/// at propose time instead of reaching the log.
+fn validate_conf_change(prs: &raft::ProgressTracker, cc: &ConfChangeV2) -> raft::Result<()> {
+    let mut changer = raft::Changer::new(prs);
+    if cc.leave_joint() {
+        changer.leave_joint()?;
+    } else if let Some(auto_leave) = cc.enter_joint() {
+        changer.enter_joint(auto_leave, &cc.changes)?;
+    } else {
+        changer.simple(&cc.changes)?;
+    }
+    Ok(())
 }
 
 /// Splits a conf-change entry into the proposer's `conf_ver` (none for
@@ -707,7 +943,7 @@ mod tests {
     use mnemo_proto::types::StoreId;
 
     use super::*;
-    use crate::engine::MemEngine;
+    use crate::engine::{Cf, MemEngine, ScanRange};
     use crate::raftstore::lease_clock::LeaseClock;
 
     const LEASE: Duration = Duration::from_millis(800);
@@ -716,13 +952,21 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// The store's ready loop for one peer that needs no messages.
-    fn drive(p: &mut Peer, kv: &EngineRef, raft: &EngineRef, now: Now, replies: &mut Vec<Reply>) {
+    /// The store's ready loop for one peer; returns the messages it sends.
+    fn drive(
+        p: &mut Peer,
+        kv: &EngineRef,
+        raft: &EngineRef,
+        now: Now,
+        replies: &mut Vec<Reply>,
+    ) -> Vec<RaftMsg> {
+        let mut msgs = Vec::new();
         while p.raw.has_ready() {
             let mut rd = p.raw.ready();
             if rd.ss().is_some() {
                 p.on_soft_state_change(replies);
             }
+            msgs.extend(rd.take_messages());
             for rs in rd.read_states() {
                 p.on_read_state(&rs.request_ctx, rs.index);
             }
@@ -734,23 +978,35 @@ mod tests {
             }
             kv.write(&kv_wb, true).unwrap();
             raft.write(&raft_wb, true).unwrap();
+            msgs.extend(rd.take_persisted_messages());
             let mut light = p.raw.advance(rd);
+            msgs.extend(light.take_messages());
             let mut kv_wb = WriteBatch::new();
             p.apply_entries(light.take_committed_entries(), kv, &mut kv_wb, replies).unwrap();
             kv.write(&kv_wb, true).unwrap();
             p.raw.advance_apply();
             p.answer_ready_reads(now, replies);
         }
+        msgs
     }
 
     /// The only voter of its region, elected, with its first entry applied.
     fn leader(now: Now) -> (Peer, EngineRef, EngineRef) {
-        let (kv, raft): (EngineRef, EngineRef) = (Arc::new(MemEngine::new()), Arc::new(MemEngine::new()));
         let me = PeerMeta { id: PeerId(11), store_id: StoreId(1), role: PeerRole::Voter };
+        let (mut p, kv, raft) = replica(me, vec![me]);
+        p.raw.campaign().unwrap();
+        drive(&mut p, &kv, &raft, now, &mut Vec::new());
+        assert!(p.is_leader());
+        (p, kv, raft)
+    }
+
+    /// Peer `me` of region 1 (voters `peers`), bootstrapped on fresh engines.
+    fn replica(me: PeerMeta, peers: Vec<PeerMeta>) -> (Peer, EngineRef, EngineRef) {
+        let (kv, raft): (EngineRef, EngineRef) = (Arc::new(MemEngine::new()), Arc::new(MemEngine::new()));
         let region = Region {
             id: RegionId(1),
             epoch: RegionEpoch { conf_ver: 1, version: 1 },
-            peers: vec![me],
+            peers,
             ..Default::default()
         };
         let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
@@ -763,13 +1019,48 @@ mod tests {
             heartbeat_tick: 2,
             lease: LEASE,
             raft_entry_max_size: 8 << 20,
+            max_uncommitted_size: 128 << 20,
             hibernate: false,
+            plants: Default::default(),
         };
-        let mut p = Peer::new(me, storage, cfg, &crate::logging::raft_logger()).unwrap();
-        p.raw.campaign().unwrap();
-        drive(&mut p, &kv, &raft, now, &mut Vec::new());
-        assert!(p.is_leader());
+        let p = Peer::new(me, storage, cfg, &crate::logging::raft_logger()).unwrap();
         (p, kv, raft)
+    }
+
+    /// Three replicas of one region, wired by hand: `cut(from, to)` drops a message.
+    struct Trio {
+        peers: Vec<(Peer, EngineRef, EngineRef)>,
+    }
+
+    impl Trio {
+        fn new() -> Trio {
+            let metas: Vec<PeerMeta> = (1..=3)
+                .map(|i| PeerMeta { id: PeerId(10 + i), store_id: StoreId(i), role: PeerRole::Voter })
+                .collect();
+            Trio { peers: metas.iter().map(|m| replica(*m, metas.clone())).collect() }
+        }
+
+        fn peer(&mut self, id: u64) -> &mut Peer {
+            &mut self.peers[(id - 11) as usize].0
+        }
+
+        /// Runs readies and delivers messages until everything is quiet.
+        fn settle(&mut self, now: Now, cut: &dyn Fn(u64, u64) -> bool, replies: &mut Vec<Reply>) {
+            loop {
+                let mut msgs = Vec::new();
+                for (p, kv, raft) in self.peers.iter_mut() {
+                    msgs.extend(drive(p, kv, raft, now, replies));
+                }
+                if msgs.is_empty() {
+                    return;
+                }
+                for m in msgs {
+                    if !cut(m.from, m.to) {
+                        let _ = self.peer(m.to).step(m);
+                    }
+                }
+            }
+        }
     }
 
     /// Sends a read; true if it was answered (successfully) without waiting.
@@ -782,7 +1073,203 @@ mod tests {
     }
 
     fn now_on(clock: &LeaseClock, real: Instant) -> Now {
-        Now { real, lease: clock.at(real) }
+        Now { real, lease: clock.at(real), wall_ms: crate::keys::now_unix_ms() }
+    }
+
+    fn put_with_ttl(p: &Peer, key: &[u8], value: &[u8], expire_at_ms: u64) -> RaftCommand {
+        use mnemo_proto::raft_serverpb::{Mutation, MutationOp};
+        RaftCommand {
+            header: Some(RaftRequestHeader {
+                region_epoch: Some(p.region().epoch.into()),
+                ..Default::default()
+            }),
+            mutations: vec![Mutation {
+                op: MutationOp::Put as i32,
+                key: key.to_vec(),
+                value: value.to_vec(),
+                expire_at_ms,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn cas_cmd(p: &Peer, key: &[u8], expect: &[u8], new: &[u8]) -> RaftCommand {
+        use mnemo_proto::raft_serverpb::CompareAndSwap;
+        RaftCommand {
+            header: Some(RaftRequestHeader {
+                region_epoch: Some(p.region().epoch.into()),
+                ..Default::default()
+            }),
+            cas: Some(CompareAndSwap {
+                key: key.to_vec(),
+                previous_not_exist: false,
+                previous_value: expect.to_vec(),
+                value: new.to_vec(),
+                expire_at_ms: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Proposes `cmd` at `now`, drives the peer, returns the write's outcome.
+    fn write(p: &mut Peer, kv: &EngineRef, raft: &EngineRef, cmd: RaftCommand, now: Now) -> WriteOutcome {
+        let (cb, mut rx) = oneshot::channel();
+        let mut replies = Vec::new();
+        p.propose_write(cmd, now, cb, &mut replies);
+        drive(p, kv, raft, now, &mut replies);
+        crate::raftstore::store::deliver(replies);
+        rx.try_recv().expect("answered").expect("applied")
+    }
+
+    fn dump(e: &EngineRef) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for cf in Cf::ALL {
+            e.scan(cf, ScanRange { start: b"", end: b"", reverse: false }, &mut |k, v| {
+                out.push((cf, k.to_vec(), v.to_vec()));
+                true
+            })
+            .unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn apply_judges_ttls_by_the_proposers_stamp_so_replicas_never_diverge() {
+        // The leader proposes at a wall time long past (as if this log were
+        // replayed years later, or applied by a follower whose clock runs
+        // far ahead): a value with a TTL, then a CAS before it expires.
+        let mut now = now_on(&LeaseClock::real(), Instant::now());
+        now.wall_ms = 1_600_000_000_000;
+        let (mut p, kv, raft) = leader(now);
+        let put = put_with_ttl(&p, b"k", b"live", now.wall_ms + 1_000);
+        assert_eq!(write(&mut p, &kv, &raft, put, now), WriteOutcome::Done);
+        now.wall_ms += 500;
+        let cas = cas_cmd(&p, b"k", b"live", b"swapped");
+        // At the stamp the value is live: the CAS swaps, whatever the clock
+        // of the node applying it says.
+        assert_eq!(
+            write(&mut p, &kv, &raft, cas, now),
+            WriteOutcome::Cas { succeed: true, previous: Some(b"live".to_vec()) }
+        );
+
+        // Replay the same log on a second replica, now: byte-identical state.
+        let entries = {
+            let s = p.raw.store();
+            raft::Storage::entries(
+                s,
+                s.apply_state.truncated_index + 1,
+                s.last_index_now() + 1,
+                None,
+                raft::GetEntriesContext::empty(false),
+            )
+            .unwrap()
+        };
+        let (kv2, raft2): (EngineRef, EngineRef) = (Arc::new(MemEngine::new()), Arc::new(MemEngine::new()));
+        let region = Region { peers: vec![p.meta], ..p.region().clone() };
+        let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+        storage::write_initial_state(&region, &mut kv_wb, &mut raft_wb);
+        kv2.write(&kv_wb, true).unwrap();
+        raft2.write(&raft_wb, true).unwrap();
+        let storage = PeerStorage::open(kv2.clone(), raft2.clone(), region).unwrap();
+        let mut replica = Peer::new(p.meta, storage, p.cfg.clone(), &crate::logging::raft_logger()).unwrap();
+        let mut kv_wb = WriteBatch::new();
+        replica.apply_entries(entries, &kv2, &mut kv_wb, &mut Vec::new()).unwrap();
+        kv2.write(&kv_wb, true).unwrap();
+        assert_eq!(dump(&kv), dump(&kv2));
+        assert_eq!(
+            crate::raftstore::apply::read_live(kv2.as_ref(), b"k", now.wall_ms).unwrap(),
+            Some(b"swapped".to_vec())
+        );
+    }
+
+    fn remove_node(id: PeerId) -> ConfChangeV2 {
+        let mut single = raft::eraftpb::ConfChangeSingle::default();
+        single.set_change_type(ConfChangeType::RemoveNode);
+        single.node_id = id.0;
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        cc
+    }
+
+    #[test]
+    fn a_conf_change_raft_refuses_is_a_no_op_at_apply_and_refused_at_propose() {
+        let now = now_on(&LeaseClock::real(), Instant::now());
+        let (mut p, kv, raft) = leader(now);
+        let before = p.region().clone();
+        // Removing the only voter: raft-rs refuses it. At propose time the
+        // same check refuses it before it reaches the log...
+        let cc = remove_node(p.meta.id);
+        assert!(validate_conf_change(p.raw.raft.prs(), &cc).is_err());
+        // ...and should one be in the log anyway (proposed by an older
+        // version, or raw), every replica skips it alike instead of stopping.
+        let ctx = before.epoch.conf_ver.to_be_bytes().to_vec();
+        p.raw.propose_conf_change(ctx, cc).unwrap();
+        drive(&mut p, &kv, &raft, now, &mut Vec::new());
+        assert_eq!(p.region(), &before, "a refused change leaves the region as it was");
+        assert!(!p.pending_remove);
+        assert!(p.is_leader());
+        // The region still takes writes.
+        let put = put_with_ttl(&p, b"k", b"v", 0);
+        assert_eq!(write(&mut p, &kv, &raft, put, now), WriteOutcome::Done);
+    }
+
+    #[test]
+    fn a_round_that_overlapped_an_aborted_transfer_does_not_revive_the_lease() {
+        let clock = LeaseClock::real();
+        let t0 = now_on(&clock, Instant::now());
+        let none = |_: u64, _: u64| false;
+        // 11 leads 12 and 13, with its first entry applied.
+        let mut trio = Trio::new();
+        trio.peer(11).raw.campaign().unwrap();
+        trio.settle(t0, &none, &mut Vec::new());
+        assert!(trio.peer(11).is_leader());
+        // 11 loses its link to 12 and starts handing leadership to it: the
+        // MsgTimeoutNow is lost, the transfer hangs.
+        let cut = |a: u64, b: u64| (a == 11 && b == 12) || (a == 12 && b == 11);
+        trio.peer(11).transfer_leader(PeerId(12));
+        assert!(trio.peer(11).raw.raft.lead_transferee.is_some());
+        // A read during the transfer: its ReadIndex round completes through
+        // 13 (the read itself is fine: 13 confirmed 11 at that moment)...
+        let t1 = now_on(&clock, t0.real + ms(10));
+        let (cb, mut rx) = oneshot::channel();
+        let mut replies = Vec::new();
+        let epoch = trio.peer(11).region().epoch;
+        trio.peer(11).read(epoch, t1, cb, &mut replies);
+        trio.settle(t1, &cut, &mut replies);
+        crate::raftstore::store::deliver(replies);
+        assert!(matches!(rx.try_recv(), Ok(Ok(_))), "the read was served by ReadIndex");
+        assert!(!trio.peer(11).lease_valid(t1.lease), "no lease during a transfer");
+        // ...but after raft-rs aborts the transfer (an election timeout
+        // later) that round must not count as a lease: the target may have
+        // been elected meanwhile.
+        for tick in 1..=10 {
+            trio.peer(11).on_base_tick(tick);
+            trio.settle(t1, &cut, &mut Vec::new());
+        }
+        assert!(trio.peer(11).raw.raft.lead_transferee.is_none(), "transfer aborted");
+        assert!(trio.peer(11).is_leader());
+        let t2 = now_on(&clock, t1.real + ms(20));
+        assert!(!trio.peer(11).lease_valid(t2.lease), "a round from the transfer revived the lease");
+        // Nor does a round completed within an election timeout of the abort
+        // (a late MsgTimeoutNow may still elect the target)...
+        let read = |trio: &mut Trio, at: Now| {
+            let (cb, mut rx) = oneshot::channel();
+            let mut replies = Vec::new();
+            trio.peer(11).read(epoch, at, cb, &mut replies);
+            trio.settle(at, &cut, &mut replies);
+            crate::raftstore::store::deliver(replies);
+            assert!(matches!(rx.try_recv(), Ok(Ok(_))), "served by ReadIndex");
+        };
+        read(&mut trio, t2);
+        assert!(!trio.peer(11).lease_valid(t2.lease));
+        for tick in 11..=20 {
+            trio.peer(11).on_base_tick(tick);
+            trio.settle(t2, &cut, &mut Vec::new());
+        }
+        // ...but a round started after that gives a lease again.
+        let t3 = now_on(&clock, t2.real + ms(20));
+        read(&mut trio, t3);
+        assert!(trio.peer(11).lease_valid(t3.lease));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use crossbeam_channel::{Receiver, Sender};
 use mnemo_proto::types::Region;
 
-use super::StoreMsg;
+use super::{StoreMsg, StoreRouter};
 use crate::engine::{Cf, EngineRef, ScanRange};
 use crate::keys;
 
@@ -53,7 +53,7 @@ pub struct SplitCheckOutcome {
 }
 
 /// Starts the worker thread; it stops when the returned sender is dropped.
-pub fn spawn(kv: EngineRef, limits: SplitLimits, store_tx: Sender<StoreMsg>) -> Sender<SplitCheckTask> {
+pub fn spawn(kv: EngineRef, limits: SplitLimits, store_tx: StoreRouter) -> Sender<SplitCheckTask> {
     let (tx, rx): (Sender<SplitCheckTask>, Receiver<SplitCheckTask>) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("split-check".into())

@@ -11,7 +11,9 @@
 //! index `INIT_INDEX`). The conf state raft-rs starts from is derived from the
 //! region meta at the applied index.
 
-use mnemo_proto::raft_serverpb::{PeerState, RaftApplyState, RegionLocalState, SnapshotData, SnapshotKv};
+use mnemo_proto::raft_serverpb::{
+    PeerState, PendingSnapshot, RaftApplyState, RegionLocalState, SnapshotData, SnapshotKv,
+};
 use mnemo_proto::types::{PeerRole, Region, RegionId};
 use prost::Message as _;
 use protobuf::Message as _;
@@ -81,6 +83,27 @@ pub fn write_initial_kv_state(region: &Region, kv_wb: &mut WriteBatch) {
     let apply =
         RaftApplyState { applied_index: INIT_INDEX, truncated_index: INIT_INDEX, truncated_term: INIT_TERM };
     kv_wb.put(Cf::Meta, keys::apply_state_key(region.id), apply.encode_to_vec());
+}
+
+/// The region a snapshot's data describes, read without decoding its pairs
+/// (the pairs' field is skipped, not copied).
+pub fn snapshot_region(data: &[u8]) -> Result<Region> {
+    /// `SnapshotData` with only its first field: prost skips the rest.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RegionOnly {
+        #[prost(message, optional, tag = "1")]
+        region: Option<mnemo_proto::metapb::Region>,
+    }
+    let r = RegionOnly::decode(data).map_err(|e| Error::Other(format!("bad snapshot: {e}")))?;
+    Ok(Region::from(&r.region.unwrap_or_default()))
+}
+
+/// Stages the removal of a region's whole raft state from the raft log
+/// store: entries, hard state, pending snapshot (not the peer marker).
+pub fn clear_raft_state(region: RegionId, raft_wb: &mut WriteBatch) {
+    clear_raft_log(region, raft_wb);
+    raft_wb.delete(Cf::Default, keys::raft_state_key(region));
+    raft_wb.delete(Cf::Default, keys::pending_snapshot_key(region));
 }
 
 /// Stages the removal of every raft log entry of `region`.
@@ -244,6 +267,7 @@ impl PeerStorage {
 
     /// Builds a snapshot of the region at the applied index from the kv engine.
     pub fn generate_snapshot(&self) -> raft::Result<Snapshot> {
+        fail::fail_point!("snapshot_generate");
         let index = self.apply_state.applied_index;
         let term = self.term_of(index)?;
         let start = keys::data_key(&self.region.start_key);
@@ -264,23 +288,32 @@ impl PeerStorage {
         Ok(snap)
     }
 
-    /// Replaces this peer's data and log with a received snapshot. The data
-    /// is ingested at once (durably); the region meta and apply state go to
-    /// `kv_wb`, the log reset to `raft_wb`; the caller writes kv (synced)
-    /// first, then raft.
-    pub fn apply_snapshot(
-        &mut self,
-        snap: &Snapshot,
-        kv_wb: &mut WriteBatch,
-        raft_wb: &mut WriteBatch,
-    ) -> Result<()> {
-        let data =
-            SnapshotData::decode(snap.get_data()).map_err(|e| Error::Other(format!("bad snapshot: {e}")))?;
-        let region = Region::from(&data.region.unwrap_or_default());
-        let meta = snap.get_metadata();
-        // 1. Mark the peer Applying, durably: a crash before step 3 leaves a
-        //    record that restart turns back into an empty peer (see
-        //    `reset_interrupted_snapshot`), never a mix of old and new data.
+    /// Replaces this peer's data and log with a received snapshot, durably,
+    /// before returning. Crash-safe at every step:
+    ///
+    /// 1. the snapshot (and the peer's old region) goes to the raft log
+    ///    store as a `PendingSnapshot`, then the region record is marked
+    ///    `Applying` (both synced): from here on a restart finishes the apply
+    ///    ([`PeerStorage::resume_interrupted_snapshot`]) instead of starting
+    ///    a peer on half-replaced data;
+    /// 2. [`PeerStorage::finish_snapshot`]: the data is replaced (SST
+    ///    ingest), the log reset and the commit raised to the snapshot
+    ///    (raft, synced), then the region record and apply state written
+    ///    (kv, synced), then the pending snapshot dropped.
+    ///
+    /// Redoing an interrupted apply matters: the leader already counts this
+    /// peer as holding everything up to its old match index, and will send
+    /// a commit index that high; a peer restarted empty would be asked to
+    /// commit entries it does not have (raft-rs panics).
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let region = snapshot_region(snap.get_data())?;
+        let pending = PendingSnapshot {
+            snapshot: snap.write_to_bytes().map_err(|e| Error::Other(e.to_string()))?,
+            previous: self.is_initialized().then(|| (&self.region).into()),
+        };
+        let mut raft_wb = WriteBatch::new();
+        raft_wb.put(Cf::Default, keys::pending_snapshot_key(self.region_id), pending.encode_to_vec());
+        self.raft.write(&raft_wb, true)?;
         let applying = RegionLocalState {
             state: PeerState::Applying as i32,
             region: Some((&region).into()),
@@ -289,20 +322,41 @@ impl PeerStorage {
         let mut mark = WriteBatch::new();
         mark.put(Cf::Meta, keys::region_state_key(self.region_id), applying.encode_to_vec());
         self.kv.write(&mark, true)?;
-        // 2. Replace the data: this peer's old range if it had one (an
-        //    uninitialized peer has no range — its empty keys do not mean
-        //    "everything"), then the snapshot's range, ingested as an SST file.
-        if self.is_initialized()
-            && (self.region.start_key != region.start_key || self.region.end_key != region.end_key)
+        fail::fail_point!("snapshot_apply_after_mark");
+        let previous = self.is_initialized().then(|| self.region.clone());
+        self.finish_snapshot(snap, previous.as_ref())
+    }
+
+    /// Step 2 of [`PeerStorage::apply_snapshot`]; also run at restart for a
+    /// peer found `Applying`. Idempotent: every write sets, none adds.
+    fn finish_snapshot(&mut self, snap: &Snapshot, previous: Option<&Region>) -> Result<()> {
+        let data =
+            SnapshotData::decode(snap.get_data()).map_err(|e| Error::Other(format!("bad snapshot: {e}")))?;
+        let region = Region::from(&data.region.unwrap_or_default());
+        let meta = snap.get_metadata();
+        // The data: this peer's old range if it had one (an uninitialized
+        // peer has no range — its empty keys do not mean "everything"),
+        // then the snapshot's range, ingested as an SST file.
+        if let Some(old) = previous.filter(|o| o.start_key != region.start_key || o.end_key != region.end_key)
         {
-            let old = &self.region;
             let (s, e) = (keys::data_key(&old.start_key), keys::data_end_key(&old.end_key));
             self.kv.ingest_range(Cf::Default, &s, &e, &mut std::iter::empty())?;
         }
         let (s, e) = (keys::data_key(&region.start_key), keys::data_end_key(&region.end_key));
         let mut pairs = data.kvs.into_iter().map(|kv| (keys::data_key(&kv.key), kv.value));
         self.kv.ingest_range(Cf::Default, &s, &e, &mut pairs)?;
-        // 3. The region meta and apply state go into the round's kv batch.
+        fail::fail_point!("snapshot_apply_after_ingest");
+        // The log: everything before the snapshot is gone, its index committed.
+        let mut raft_wb = WriteBatch::new();
+        clear_raft_log(self.region_id, &mut raft_wb);
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        self.set_hard_state(&hs, &mut raft_wb);
+        self.raft.write(&raft_wb, true)?;
+        self.last_index = meta.index;
+        self.last_term = meta.term;
+        // The region record and apply state: the peer is whole again.
         self.region = region;
         self.peer_state = PeerState::Normal;
         self.conf_state = meta.get_conf_state().clone();
@@ -311,42 +365,62 @@ impl PeerStorage {
             truncated_index: meta.index,
             truncated_term: meta.term,
         };
-        self.stage_region_state(kv_wb);
-        self.stage_apply_state(kv_wb);
-        clear_raft_log(self.region_id, raft_wb);
-        let mut hs = self.hard_state.clone();
-        hs.commit = hs.commit.max(meta.index);
-        hs.term = hs.term.max(meta.term);
-        self.set_hard_state(&hs, raft_wb);
-        self.last_index = meta.index;
-        self.last_term = meta.term;
+        let mut kv_wb = WriteBatch::new();
+        self.stage_region_state(&mut kv_wb);
+        self.stage_apply_state(&mut kv_wb);
+        self.kv.write(&kv_wb, true)?;
+        let mut raft_wb = WriteBatch::new();
+        raft_wb.delete(Cf::Default, keys::pending_snapshot_key(self.region_id));
+        self.raft.write(&raft_wb, false)?;
         Ok(())
     }
 
-    /// Turns a peer whose snapshot apply was interrupted by a crash (record
-    /// left `Applying`) back into an empty peer: range forgotten, log and
-    /// apply state gone, commit reset; term and vote are kept (it may have
-    /// voted). Its leader will send the snapshot again.
-    pub fn reset_interrupted_snapshot(kv: &EngineRef, raft: &EngineRef, region: &Region) -> Result<()> {
-        let empty = Region { id: region.id, epoch: region.epoch, ..Default::default() };
-        let local = RegionLocalState {
-            state: PeerState::Normal as i32,
-            region: Some((&empty).into()),
-            conf_state: Vec::new(),
+    /// Finishes the snapshot apply a crash interrupted (region record left
+    /// `Applying`): the snapshot kept in the raft log store is applied again
+    /// from the start. Returns the peer's region once whole.
+    ///
+    /// A record marked `Applying` by a version that did not keep the
+    /// snapshot has nothing to finish with: that peer is reset to an empty
+    /// one (term and vote kept, log and commit dropped) for its leader to
+    /// send a snapshot again, as that version did.
+    pub fn resume_interrupted_snapshot(
+        kv: &EngineRef,
+        raft: &EngineRef,
+        region_id: RegionId,
+    ) -> Result<Region> {
+        let Some(raw) = raft.get(Cf::Default, &keys::pending_snapshot_key(region_id))? else {
+            tracing::warn!(region = %region_id, "interrupted snapshot apply left no snapshot; peer reset to empty");
+            let empty = Region { id: region_id, ..Default::default() };
+            let local = RegionLocalState {
+                state: PeerState::Normal as i32,
+                region: Some((&empty).into()),
+                conf_state: vec![],
+            };
+            let mut kv_wb = WriteBatch::new();
+            kv_wb.put(Cf::Meta, keys::region_state_key(region_id), local.encode_to_vec());
+            kv_wb.delete(Cf::Meta, keys::apply_state_key(region_id));
+            kv.write(&kv_wb, true)?;
+            let mut raft_wb = WriteBatch::new();
+            clear_raft_log(region_id, &mut raft_wb);
+            if let Some(b) = raft.get(Cf::Default, &keys::raft_state_key(region_id))? {
+                let mut hs = HardState::parse_from_bytes(&b).map_err(|e| Error::Other(e.to_string()))?;
+                hs.commit = 0;
+                raft_wb.put(
+                    Cf::Default,
+                    keys::raft_state_key(region_id),
+                    hs.write_to_bytes().expect("encode"),
+                );
+            }
+            raft.write(&raft_wb, true)?;
+            return Ok(empty);
         };
-        let mut kv_wb = WriteBatch::new();
-        kv_wb.put(Cf::Meta, keys::region_state_key(region.id), local.encode_to_vec());
-        kv_wb.delete(Cf::Meta, keys::apply_state_key(region.id));
-        kv.write(&kv_wb, true)?;
-        let mut raft_wb = WriteBatch::new();
-        clear_raft_log(region.id, &mut raft_wb);
-        if let Some(b) = raft.get(Cf::Default, &keys::raft_state_key(region.id))? {
-            let mut hs = HardState::parse_from_bytes(&b).map_err(|e| Error::Other(e.to_string()))?;
-            hs.commit = 0;
-            raft_wb.put(Cf::Default, keys::raft_state_key(region.id), hs.write_to_bytes().expect("encode"));
-        }
-        raft.write(&raft_wb, true)?;
-        Ok(())
+        let pending = PendingSnapshot::decode(raw.as_slice()).map_err(|e| Error::Other(e.to_string()))?;
+        let snap = Snapshot::parse_from_bytes(&pending.snapshot).map_err(|e| Error::Other(e.to_string()))?;
+        let previous = pending.previous.as_ref().map(Region::from);
+        let mut storage =
+            PeerStorage::open(kv.clone(), raft.clone(), Region { id: region_id, ..Default::default() })?;
+        storage.finish_snapshot(&snap, previous.as_ref())?;
+        Ok(storage.region.clone())
     }
 
     /// Forgets log entries up to `index` (≤ applied). The new truncation
@@ -373,9 +447,16 @@ impl PeerStorage {
         Ok(())
     }
 
-    /// Deletes every trace of the peer: data, meta, log. Leaves a Tombstone
-    /// record so a stale message cannot recreate it.
-    pub fn destroy(&mut self, kv_wb: &mut WriteBatch, raft_wb: &mut WriteBatch) {
+    /// Deletes every trace of peer `me`: data, meta, log. Leaves a
+    /// Tombstone record naming `me` (even for an empty peer, whose region
+    /// lists no peers), so neither it nor an older peer of the region can
+    /// be recreated by a stale message, also after a restart.
+    pub fn destroy(
+        &mut self,
+        me: mnemo_proto::types::Peer,
+        kv_wb: &mut WriteBatch,
+        raft_wb: &mut WriteBatch,
+    ) {
         if self.is_initialized() {
             kv_wb.delete_range(
                 Cf::Default,
@@ -384,10 +465,12 @@ impl PeerStorage {
             );
         }
         self.peer_state = PeerState::Tombstone;
+        if self.region.peer(me.id).is_none() {
+            self.region.peers.push(me);
+        }
         self.stage_region_state(kv_wb);
         kv_wb.delete(Cf::Meta, keys::apply_state_key(self.region_id));
-        clear_raft_log(self.region_id, raft_wb);
-        raft_wb.delete(Cf::Default, keys::raft_state_key(self.region_id));
+        clear_raft_state(self.region_id, raft_wb);
     }
 
     fn term_of(&self, idx: u64) -> raft::Result<u64> {
@@ -504,6 +587,13 @@ mod tests {
         }
     }
 
+    /// Every user key in the kv engine, in order.
+    fn user_keys(kv: &EngineRef) -> Vec<Vec<u8>> {
+        let range = ScanRange { start: b"z", end: keys::DATA_MAX, reverse: false };
+        let all = scan_collect(kv.as_ref(), Cf::Default, range, 0).unwrap();
+        all.iter().map(|(k, _)| keys::origin_key(k).to_vec()).collect()
+    }
+
     #[test]
     fn snapshot_into_a_new_peer_replaces_only_its_own_range() {
         let kv: EngineRef = Arc::new(MemEngine::new());
@@ -529,21 +619,11 @@ mod tests {
             PeerStorage::open(kv.clone(), raft.clone(), Region { id: RegionId(2), ..Default::default() })
                 .unwrap();
         assert!(!ps.is_initialized());
-        let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
-        ps.apply_snapshot(&snap, &mut kv_wb, &mut raft_wb).unwrap();
-        kv.write(&kv_wb, true).unwrap();
-        raft.write(&raft_wb, true).unwrap();
+        ps.apply_snapshot(&snap).unwrap();
 
         // The other region's keys survive; the snapshot's range holds exactly its data.
-        let all = scan_collect(
-            kv.as_ref(),
-            Cf::Default,
-            ScanRange { start: b"z", end: keys::DATA_MAX, reverse: false },
-            0,
-        )
-        .unwrap();
-        let keys: Vec<&[u8]> = all.iter().map(|(k, _)| keys::origin_key(k)).collect();
-        assert_eq!(keys, vec![&b"a"[..], b"c", b"y"]);
+        let keys = user_keys(&kv);
+        assert_eq!(keys, vec![b"a".to_vec(), b"c".to_vec(), b"y".to_vec()]);
         assert_eq!(ps.applied_index(), 9);
         assert!(ps.is_initialized());
 
@@ -595,7 +675,7 @@ mod tests {
         raft.write(&raft_wb, true).unwrap();
         let mut ps = PeerStorage::open(kv.clone(), raft.clone(), old.clone()).unwrap();
         let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
-        ps.destroy(&mut kv_wb, &mut raft_wb);
+        ps.destroy(old.peers[0], &mut kv_wb, &mut raft_wb);
         kv.write(&kv_wb, true).unwrap();
         raft.write(&raft_wb, true).unwrap();
 
@@ -606,28 +686,60 @@ mod tests {
     }
 
     #[test]
-    fn an_interrupted_snapshot_leaves_an_empty_peer_after_restart() {
+    fn an_interrupted_snapshot_apply_is_finished_at_restart() {
         let kv: EngineRef = Arc::new(MemEngine::new());
         let raft: EngineRef = Arc::new(MemEngine::new());
-        let r = region(4, b"c", b"f");
-        // The crash left the record Applying, with a voted hard state.
+        // An initialized peer of region 4 = [c, x) with a voted hard state
+        // and some old data, some of it outside the snapshot's range.
+        let old = region(4, b"c", b"x");
+        let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+        write_initial_state(&old, &mut kv_wb, &mut raft_wb);
+        for k in [&b"d"[..], b"r"] {
+            kv_wb.put(Cf::Default, keys::data_key(k), keys::encode_value(b"old", 0));
+        }
+        kv.write(&kv_wb, true).unwrap();
+        let hs = HardState { term: 9, vote: 40, commit: INIT_INDEX, ..Default::default() };
+        raft_wb.put(Cf::Default, keys::raft_state_key(old.id), hs.write_to_bytes().unwrap());
+        raft.write(&raft_wb, true).unwrap();
+        // A snapshot of the region, now [c, m) after a split, at index 30.
+        let data = SnapshotData {
+            region: Some((&region(4, b"c", b"m")).into()),
+            kvs: vec![SnapshotKv { key: b"e".to_vec(), value: keys::encode_value(b"new", 0) }],
+        };
+        let mut snap = Snapshot { data: data.encode_to_vec().into(), ..Default::default() };
+        (snap.mut_metadata().index, snap.mut_metadata().term) = (30, 9);
+        // The crash came right after step 1 (snapshot kept, record marked
+        // Applying): nothing of the data or log was replaced yet.
+        let pending =
+            PendingSnapshot { snapshot: snap.write_to_bytes().unwrap(), previous: Some((&old).into()) };
+        let mut wb = WriteBatch::new();
+        wb.put(Cf::Default, keys::pending_snapshot_key(old.id), pending.encode_to_vec());
+        raft.write(&wb, true).unwrap();
         let applying = RegionLocalState {
             state: PeerState::Applying as i32,
-            region: Some((&r).into()),
+            region: Some((&region(4, b"c", b"m")).into()),
             conf_state: Vec::new(),
         };
         let mut wb = WriteBatch::new();
-        wb.put(Cf::Meta, keys::region_state_key(r.id), applying.encode_to_vec());
+        wb.put(Cf::Meta, keys::region_state_key(old.id), applying.encode_to_vec());
         kv.write(&wb, true).unwrap();
-        let hs = HardState { term: 9, vote: 40, commit: 3, ..Default::default() };
-        let mut wb = WriteBatch::new();
-        wb.put(Cf::Default, keys::raft_state_key(r.id), hs.write_to_bytes().unwrap());
-        raft.write(&wb, true).unwrap();
 
-        PeerStorage::reset_interrupted_snapshot(&kv, &raft, &r).unwrap();
-        let ps = PeerStorage::open(kv, raft, Region { id: r.id, ..Default::default() }).unwrap();
-        assert!(!ps.is_initialized());
-        assert_eq!((ps.hard_state.term, ps.hard_state.vote, ps.hard_state.commit), (9, 40, 0));
-        assert_eq!(ps.applied_index(), 0);
+        // Restart: the apply is finished.
+        let r = PeerStorage::resume_interrupted_snapshot(&kv, &raft, old.id).unwrap();
+        assert_eq!(r.end_key, b"m".to_vec());
+        // Finishing is idempotent (a crash during the redo redoes it again).
+        let mut ps =
+            PeerStorage::open(kv.clone(), raft.clone(), Region { id: old.id, ..Default::default() }).unwrap();
+        ps.finish_snapshot(&snap, Some(&old)).unwrap();
+        let ps =
+            PeerStorage::open(kv.clone(), raft.clone(), Region { id: old.id, ..Default::default() }).unwrap();
+        assert_eq!(ps.peer_state, PeerState::Normal);
+        assert_eq!((ps.applied_index(), ps.last_index_now()), (30, 30));
+        // The log the leader counts on is there: committed up to the snapshot,
+        // term and vote kept.
+        assert_eq!((ps.hard_state.term, ps.hard_state.vote, ps.hard_state.commit), (9, 40, 30));
+        let keys = user_keys(&kv);
+        assert_eq!(keys, vec![b"e".to_vec()], "old range cleared, snapshot data in");
+        assert!(raft.get(Cf::Default, &keys::pending_snapshot_key(old.id)).unwrap().is_none());
     }
 }

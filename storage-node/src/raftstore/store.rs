@@ -17,9 +17,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use mnemo_proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState};
-use mnemo_proto::types::{epoch_of, Peer as PeerMeta, PeerId, Region, RegionId, StoreId};
+use mnemo_proto::types::{epoch_of, Peer as PeerMeta, PeerId, Region, RegionEpoch, RegionId, StoreId};
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, Message as RaftMsg, MessageType};
@@ -27,9 +26,10 @@ use raft::SnapshotStatus;
 
 use super::lease_clock::LeaseClock;
 use super::peer::{Now, Peer, PeerConfig, Reply};
+use super::router::{StoreInbox, StoreRouter};
 use super::split_check::{self, SplitCheckTask, SplitLimits};
 use super::storage::{self, PeerStorage};
-use super::{Operator, PdTask, ReadPolicy, RegionReport, StoreMsg, Transport};
+use super::{Operator, PdTask, ReadPolicy, RegionHash, RegionReport, StoreMsg, Transport};
 use crate::engine::{Cf, EngineRef, Engines, ScanRange, WriteBatch};
 use crate::error::{Error, Result};
 use crate::keys;
@@ -58,6 +58,9 @@ pub struct StoreConfig {
     /// The clock leader leases are measured on: real time, unless the node
     /// runs with `--enable-test-controls` and a test skews it.
     pub lease_clock: LeaseClock,
+    /// Data messages (client requests, raft messages) taken per round
+    /// (`messages-per-tick`).
+    pub messages_per_tick: usize,
 }
 
 /// The multi-raft store: owns every peer of this node.
@@ -69,7 +72,7 @@ pub struct Store {
     peers: HashMap<RegionId, Peer>,
     /// Regions whose peer here was destroyed, with the largest peer id it had.
     tombstones: HashMap<RegionId, PeerId>,
-    rx: Receiver<StoreMsg>,
+    rx: StoreInbox,
     transport: Arc<dyn Transport>,
     pd: tokio::sync::mpsc::UnboundedSender<PdTask>,
     logger: slog::Logger,
@@ -81,6 +84,9 @@ pub struct Store {
     /// When each other store last sent us anything (store-level liveness,
     /// which wakes hibernating followers whose leader's store went silent).
     last_heard: HashMap<StoreId, Instant>,
+    /// When the next base tick is due, and how many ticked so far.
+    next_tick: Instant,
+    tick_no: u64,
 }
 
 impl Store {
@@ -89,18 +95,20 @@ impl Store {
         store_id: StoreId,
         cfg: StoreConfig,
         engines: Engines,
-        (store_tx, rx): (crossbeam_channel::Sender<StoreMsg>, Receiver<StoreMsg>),
+        (router, rx): (StoreRouter, StoreInbox),
         transport: Arc<dyn Transport>,
         pd: tokio::sync::mpsc::UnboundedSender<PdTask>,
         metrics: Arc<Metrics>,
     ) -> Result<Store> {
         let logger = crate::logging::raft_logger();
         // The split checker answers through the store's own channel.
-        let split_checker = split_check::spawn(engines.kv.clone(), cfg.split, store_tx);
+        let split_checker = split_check::spawn(engines.kv.clone(), cfg.split, router);
         let now = Instant::now();
         let mut store = Store {
             next_split_check: now + cfg.split_check_interval,
             next_log_gc: now + cfg.raft_log_gc_interval,
+            next_tick: now + cfg.tick_interval,
+            tick_no: 0,
             last_heard: HashMap::new(),
             split_checker,
             store_id,
@@ -129,17 +137,15 @@ impl Store {
         )?;
         for raw in states {
             let state = RegionLocalState::decode(raw.as_slice()).map_err(|e| Error::Other(e.to_string()))?;
-            let region = Region::from(&state.region.clone().unwrap_or_default());
+            let mut region = Region::from(&state.region.clone().unwrap_or_default());
             if state.state() == PeerState::Tombstone {
                 let max = region.peers.iter().map(|p| p.id).max().unwrap_or_default();
                 store.tombstones.insert(region.id, max);
                 continue;
             }
             if state.state() == PeerState::Applying {
-                tracing::warn!(region = %region.id, "snapshot apply was interrupted; peer reset to empty");
-                PeerStorage::reset_interrupted_snapshot(&store.kv, &store.raft, &region)?;
-                // Recreated by the leader's next message.
-                continue;
+                tracing::warn!(region = %region.id, "snapshot apply was interrupted; finishing it");
+                region = PeerStorage::resume_interrupted_snapshot(&store.kv, &store.raft, region.id)?;
             }
             let Some(me) = region.peer_on_store(store_id).copied() else {
                 tracing::warn!(region = %region.id, "region state without a local peer; skipping");
@@ -149,6 +155,69 @@ impl Store {
         }
         tracing::info!(store = %store_id, regions = store.peers.len(), "store loaded");
         Ok(store)
+    }
+
+    /// One round of the loop: waits up to `wait` for input, handles
+    /// everything queued, ticks if a tick is due, handles the readies and
+    /// answers clients. False once the loop should stop.
+    fn round(&mut self, wait: Duration) -> Result<bool> {
+        fail::fail_point!("store_loop_round");
+        let mut replies = Vec::new();
+        let mut go_on = true;
+        // Every router holds all three senders: one queue disconnected
+        // means every router is gone, and the loop has nothing left to do.
+        let first = crossbeam_channel::select! {
+            recv(self.rx.control) -> m => m.map(Some),
+            recv(self.rx.raft) -> m => m.map(Some),
+            recv(self.rx.requests) -> m => m.map(Some),
+            default(wait) => Ok(None),
+        };
+        let Ok(first) = first else { return Ok(false) };
+        let per_tick = self.cfg.messages_per_tick;
+        let control: Vec<StoreMsg> = self.rx.control.try_iter().collect();
+        let raft: Vec<StoreMsg> = self.rx.raft.try_iter().take(per_tick).collect();
+        let requests: Vec<StoreMsg> = self.rx.requests.try_iter().take(per_tick).collect();
+        for msg in first.into_iter().chain(control).chain(raft).chain(requests) {
+            match msg {
+                StoreMsg::Shutdown => go_on = false,
+                msg => self.handle(msg, &mut replies),
+            }
+        }
+        let now = Instant::now();
+        if now >= self.next_tick {
+            self.tick(now, &mut replies)?;
+        }
+        self.handle_readies(&mut replies)?;
+        self.destroy_removed_peers(&mut replies)?;
+        deliver(replies);
+        Ok(go_on)
+    }
+
+    /// One base tick: raft time, read expiry, store pings, PD reports,
+    /// split checks and log GC when their intervals passed.
+    fn tick(&mut self, now: Instant, replies: &mut Vec<Reply>) -> Result<()> {
+        let read_timeout = self.cfg.tick_interval * self.cfg.peer.election_tick as u32;
+        self.tick_no += 1;
+        for p in self.peers.values_mut() {
+            p.on_base_tick(self.tick_no);
+            p.expire_reads(now, read_timeout, replies);
+        }
+        if self.tick_no.is_multiple_of(STORE_PING_TICKS) {
+            self.ping_stores_and_wake(now, read_timeout);
+        }
+        // After a stall, tick once and restart the clock: catch-up
+        // ticks in a burst would shorten elections and void leases.
+        self.next_tick = now + self.cfg.tick_interval;
+        self.report_to_pd(now);
+        if now >= self.next_split_check {
+            self.next_split_check = now + self.cfg.split_check_interval;
+            self.schedule_split_checks();
+        }
+        if now >= self.next_log_gc {
+            self.next_log_gc = now + self.cfg.raft_log_gc_interval;
+            self.compact_logs()?;
+        }
+        Ok(())
     }
 
     fn create_peer(&mut self, me: PeerMeta, region: Region) -> Result<()> {
@@ -161,61 +230,16 @@ impl Store {
 
     /// Runs until a `Shutdown` message arrives or every sender is gone.
     pub fn run(mut self) {
-        let mut next_tick = Instant::now() + self.cfg.tick_interval;
-        let mut tick_no = 0u64;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            let mut replies = Vec::new();
-            match self.rx.recv_timeout(wait) {
-                Ok(StoreMsg::Shutdown) => break,
-                Ok(msg) => self.handle(msg, &mut replies),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            let mut stop = false;
-            for msg in self.rx.try_iter().take(4096).collect::<Vec<_>>() {
-                match msg {
-                    StoreMsg::Shutdown => stop = true,
-                    msg => self.handle(msg, &mut replies),
+            let wait = self.next_tick.saturating_duration_since(Instant::now());
+            match self.round(wait) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    // Losing a raft or kv write means losing promises: stop the node.
+                    tracing::error!("fatal storage error in store loop: {e}");
+                    std::process::exit(2);
                 }
-            }
-            let now = Instant::now();
-            if now >= next_tick {
-                let read_timeout = self.cfg.tick_interval * self.cfg.peer.election_tick as u32;
-                tick_no += 1;
-                for p in self.peers.values_mut() {
-                    p.on_base_tick(tick_no);
-                    p.expire_reads(now, read_timeout, &mut replies);
-                }
-                if tick_no.is_multiple_of(STORE_PING_TICKS) {
-                    self.ping_stores_and_wake(now, read_timeout);
-                }
-                // After a stall, tick once and restart the clock: catch-up
-                // ticks in a burst would shorten elections and void leases.
-                next_tick = now + self.cfg.tick_interval;
-                self.report_to_pd(now);
-                if now >= self.next_split_check {
-                    self.next_split_check = now + self.cfg.split_check_interval;
-                    self.schedule_split_checks();
-                }
-                if now >= self.next_log_gc {
-                    self.next_log_gc = now + self.cfg.raft_log_gc_interval;
-                    if let Err(e) = self.compact_logs() {
-                        tracing::error!("fatal storage error compacting raft logs: {e}");
-                        std::process::exit(2);
-                    }
-                }
-            }
-            if let Err(e) =
-                self.handle_readies(&mut replies).and_then(|_| self.destroy_removed_peers(&mut replies))
-            {
-                // Losing a raft or kv write means losing promises: stop the node.
-                tracing::error!("fatal storage error in store loop: {e}");
-                std::process::exit(2);
-            }
-            deliver(replies);
-            if stop {
-                break;
             }
         }
         let mut replies = Vec::new();
@@ -226,28 +250,45 @@ impl Store {
         tracing::info!("store loop stopped");
     }
 
-    /// The time now on both clocks; with an untouched lease clock both are
-    /// the same instant.
+    /// The time now on every clock; with an untouched lease clock `real`
+    /// and `lease` are the same instant.
     fn now(&self) -> Now {
         let real = Instant::now();
-        Now { real, lease: self.cfg.lease_clock.at(real) }
+        Now { real, lease: self.cfg.lease_clock.at(real), wall_ms: keys::now_unix_ms() }
     }
 
     fn handle(&mut self, msg: StoreMsg, replies: &mut Vec<Reply>) {
         let now = self.now();
         match msg {
-            StoreMsg::Raft(m) => self.on_raft_message(m),
-            StoreMsg::Read { region_id, epoch, policy, cb } => match self.peers.get_mut(&region_id) {
-                Some(p) if p.raw.store().is_initialized() => match policy {
-                    ReadPolicy::Linearizable => p.read(epoch, now, cb, replies),
-                    ReadPolicy::UnsafeStale => p.stale_read(epoch, cb, replies),
-                },
-                _ => replies.push(Reply::Read(cb, Err(Error::RegionNotFound(region_id)))),
-            },
-            StoreMsg::Write { region_id, cmd, cb } => match self.peers.get_mut(&region_id) {
-                Some(p) if p.raw.store().is_initialized() => p.propose_write(cmd, now.lease, cb, replies),
-                _ => replies.push(Reply::Write(cb, Err(Error::RegionNotFound(region_id)))),
-            },
+            StoreMsg::Raft(m) => {
+                if let Err(e) = self.on_raft_message(m, replies) {
+                    // Destroying a stale peer failed to write: as fatal as any lost write.
+                    tracing::error!("fatal storage error handling a raft message: {e}");
+                    std::process::exit(2);
+                }
+            }
+            StoreMsg::Read { region_id, epoch, policy, cb } => {
+                if let Some(e) = self.stale_epoch(region_id, epoch) {
+                    return replies.push(Reply::Read(cb, Err(e)));
+                }
+                match self.peers.get_mut(&region_id) {
+                    Some(p) if p.raw.store().is_initialized() => match policy {
+                        ReadPolicy::Linearizable => p.read(epoch, now, cb, replies),
+                        ReadPolicy::UnsafeStale => p.stale_read(epoch, cb, replies),
+                    },
+                    _ => replies.push(Reply::Read(cb, Err(Error::RegionNotFound(region_id)))),
+                }
+            }
+            StoreMsg::Write { region_id, cmd, cb } => {
+                let epoch = epoch_of(cmd.header.as_ref().and_then(|h| h.region_epoch.as_ref()));
+                if let Some(e) = self.stale_epoch(region_id, epoch) {
+                    return replies.push(Reply::Write(cb, Err(e)));
+                }
+                match self.peers.get_mut(&region_id) {
+                    Some(p) if p.raw.store().is_initialized() => p.propose_write(cmd, now, cb, replies),
+                    _ => replies.push(Reply::Write(cb, Err(Error::RegionNotFound(region_id)))),
+                }
+            }
             StoreMsg::Operator { region_id, epoch, op } => {
                 let Some(p) = self.peers.get_mut(&region_id) else { return };
                 match op {
@@ -258,8 +299,7 @@ impl Store {
                     }
                     Operator::TransferLeader { peer } => {
                         if p.is_leader() && peer.id != p.meta.id {
-                            p.wake();
-                            p.raw.transfer_leader(peer.id.0);
+                            p.transfer_leader(peer.id);
                         }
                     }
                     Operator::Split { keys } => {
@@ -310,21 +350,88 @@ impl Store {
                     p.raw.report_unreachable(to.0);
                 }
             }
+            StoreMsg::RegionHashes { cb } => {
+                let _ = cb.send(self.region_hashes());
+            }
             StoreMsg::Shutdown => {}
         }
     }
 
-    fn on_raft_message(&mut self, m: RaftMessage) {
+    /// The [`RegionHash`] of every initialized peer. Runs in the loop, so
+    /// each hash matches its applied index exactly (nothing applies
+    /// meanwhile); it scans all data, so it is for tests only.
+    fn region_hashes(&self) -> Vec<RegionHash> {
+        use std::hash::{Hash, Hasher};
+        let mut out = Vec::new();
+        for p in self.peers.values().filter(|p| p.raw.store().is_initialized()) {
+            let region = p.region();
+            let (start, end) = (keys::data_key(&region.start_key), keys::data_end_key(&region.end_key));
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            let mut count = 0u64;
+            let scanned = self.kv.scan(
+                Cf::Default,
+                ScanRange { start: &start, end: &end, reverse: false },
+                &mut |k, v| {
+                    (k, v).hash(&mut hasher);
+                    count += 1;
+                    true
+                },
+            );
+            if scanned.is_err() {
+                continue;
+            }
+            out.push(RegionHash {
+                region_id: region.id.0,
+                applied_index: p.raw.store().applied_index(),
+                version: region.epoch.version,
+                conf_ver: region.epoch.conf_ver,
+                hash: hasher.finish(),
+                keys: count,
+            });
+        }
+        out.sort_by_key(|h| h.region_id);
+        out
+    }
+
+    /// `EpochNotMatch` if this store leads `region_id` and the request was
+    /// made for another range of it (`version`). It carries the region and
+    /// the local regions to its right that a split may have cut from it
+    /// (ours keeps the left part), so the client fixes its cache without
+    /// asking PD. A neighbour that was not split from it does no harm: the
+    /// client installs only what is newer than what it has.
+    fn stale_epoch(&self, region_id: RegionId, epoch: RegionEpoch) -> Option<Error> {
+        let p = self.peers.get(&region_id).filter(|p| p.raw.store().is_initialized() && p.is_leader())?;
+        if p.region().epoch.version == epoch.version {
+            return None;
+        }
+        let by_start: HashMap<&[u8], &Region> = self
+            .peers
+            .values()
+            .filter(|q| q.raw.store().is_initialized())
+            .map(|q| (q.region().start_key.as_slice(), q.region()))
+            .collect();
+        let mut current = vec![p.region().clone()];
+        while current.len() < MAX_SIBLINGS_IN_EPOCH_ERROR {
+            let end = &current.last().expect("non-empty").end_key;
+            match by_start.get(end.as_slice()) {
+                Some(next) if !end.is_empty() => current.push((*next).clone()),
+                _ => break,
+            }
+        }
+        Some(Error::EpochNotMatch { current })
+    }
+
+    fn on_raft_message(&mut self, m: RaftMessage, replies: &mut Vec<Reply>) -> Result<()> {
         let region_id = RegionId(m.region_id);
-        let (Some(from), Some(to)) = (m.from_peer.as_ref(), m.to_peer.as_ref()) else { return };
+        let (Some(from), Some(to)) = (m.from_peer.as_ref(), m.to_peer.as_ref()) else { return Ok(()) };
         let (from, to) = (PeerMeta::from(from), PeerMeta::from(to));
         if to.store_id != self.store_id {
             tracing::warn!(region = %region_id, to = %to.store_id, "raft message for another store; dropped");
-            return;
+            return Ok(());
         }
         self.last_heard.insert(from.store_id, Instant::now());
         if m.region_id == 0 {
-            return; // a store-level ping
+            return Ok(()); // a store-level ping
         }
         if m.is_tombstone {
             // The sender's region no longer has our peer: if its epoch is
@@ -336,27 +443,38 @@ impl Store {
                     p.pending_remove = true;
                 }
             }
-            return;
+            return Ok(());
         }
         let msg = match RaftMsg::parse_from_bytes(&m.message) {
             Ok(msg) => msg,
             Err(e) => {
                 tracing::warn!(region = %region_id, "undecodable raft message: {e}");
-                return;
+                return Ok(());
             }
         };
+        if let Some(local) = self.peers.get(&region_id).map(|p| p.meta.id) {
+            if to.id > local {
+                // The region removed our peer and added a new one on this
+                // store while ours was away: ours is stale and would block
+                // the new one for ever. Destroy it; the new one starts
+                // empty below (if this message may create it).
+                tracing::info!(region = %region_id, stale = %local, new = %to.id, "message for a newer peer of the region; destroying the stale one");
+                self.destroy_peer(region_id, replies)?;
+            }
+        }
         if !self.peers.contains_key(&region_id) {
             if self.tombstones.get(&region_id).is_some_and(|max| to.id <= *max)
                 || !Peer::may_create_peer(&msg)
+                || !self.claim_raft_state(region_id, to.id)?
             {
-                return;
+                return Ok(());
             }
             // A leader talks to a peer we do not have yet: it was just added.
             let region =
                 Region { id: region_id, epoch: epoch_of(m.region_epoch.as_ref()), ..Default::default() };
             if let Err(e) = self.create_peer(to, region) {
                 tracing::error!(region = %region_id, "cannot create peer: {e}");
-                return;
+                return Ok(());
             }
             self.tombstones.remove(&region_id);
             tracing::info!(region = %region_id, peer = %to.id, "created peer from leader message");
@@ -377,27 +495,28 @@ impl Store {
                 ..Default::default()
             };
             self.transport.send(from.store_id, vec![tombstone]);
-            return;
+            return Ok(());
         }
         if peer.meta.id != to.id {
-            tracing::debug!(region = %region_id, local = %peer.meta.id, to = %to.id, "message for another peer id; dropped");
-            return;
+            tracing::debug!(region = %region_id, local = %peer.meta.id, to = %to.id, "message for an older peer id; dropped");
+            return Ok(());
         }
         if msg.get_msg_type() == MessageType::MsgSnapshot {
-            // A snapshot may not cover data another local region still owns
-            // (e.g. a new region's snapshot arriving before our parent applied
-            // the split); drop it, the leader retries.
-            let is_init = peer.raw.store().is_initialized();
-            let overlap = self.peers.values().find(|q| {
-                q.region_id() != region_id
-                    && q.raw.store().is_initialized()
-                    && ranges_overlap(&q.region().start_key, &q.region().end_key, &m.start_key, &m.end_key)
-            });
-            if !is_init {
-                if let Some(q) = overlap {
-                    tracing::info!(region = %region_id, other = %q.region_id(), "snapshot overlaps a local region; dropped");
-                    return;
+            // A snapshot may not cover data another local region owns or is
+            // about to own (e.g. a new region's snapshot arriving before our
+            // parent applied the split, or a stale parent's snapshot next to
+            // a child's snapshot received in the same round): drop it, the
+            // leader retries.
+            let range = match storage::snapshot_region(msg.get_snapshot().get_data()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(region = %region_id, "undecodable snapshot: {e}");
+                    return Ok(());
                 }
+            };
+            if let Some(other) = self.region_owning_any_of(region_id, &range.start_key, &range.end_key) {
+                tracing::info!(region = %region_id, %other, "snapshot overlaps a local region; dropped");
+                return Ok(());
             }
             tracing::info!(region = %region_id, index = msg.get_snapshot().get_metadata().index, "received snapshot");
         }
@@ -407,6 +526,49 @@ impl Store {
         if let Err(e) = peer.step(msg) {
             tracing::debug!(region = %region_id, "step failed: {e}");
         }
+        Ok(())
+    }
+
+    /// Makes the region's raft state on disk peer `id`'s before a message
+    /// creates that (empty) peer. The raft state is kept per region, and an
+    /// empty peer has no region record, so the raft log store remembers
+    /// whose it is (`keys::raft_peer_key`): a newer peer must not inherit an
+    /// older one's log or vote (left by a crash halfway through destroying
+    /// it), and an older peer must never be re-created over a newer one's
+    /// vote after a restart (it could vote twice in a term). False: `id` is
+    /// older than the peer the state belongs to; drop the message.
+    fn claim_raft_state(&mut self, region: RegionId, id: PeerId) -> Result<bool> {
+        let owner = self
+            .raft
+            .get(Cf::Default, &keys::raft_peer_key(region))?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(|b| PeerId(u64::from_be_bytes(b)));
+        match owner {
+            Some(owner) if owner > id => Ok(false),
+            Some(owner) if owner == id => Ok(true),
+            _ => {
+                let mut wb = WriteBatch::new();
+                storage::clear_raft_state(region, &mut wb);
+                wb.put(Cf::Default, keys::raft_peer_key(region), id.0.to_be_bytes().to_vec());
+                self.raft.write(&wb, true)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// A local region other than `except` that owns a key of `[start, end)`:
+    /// by its applied range, or by the range of a snapshot it accepted and
+    /// has not applied yet (pending snapshots own their range too).
+    fn region_owning_any_of(&self, except: RegionId, start: &[u8], end: &[u8]) -> Option<RegionId> {
+        self.peers.values().filter(|q| q.region_id() != except).find_map(|q| {
+            let applied = q.raw.store().is_initialized()
+                && ranges_overlap(&q.region().start_key, &q.region().end_key, start, end);
+            let pending = q.raw.raft.raft_log.unstable.snapshot.as_ref().is_some_and(|snap| {
+                storage::snapshot_region(snap.get_data())
+                    .is_ok_and(|r| ranges_overlap(&r.start_key, &r.end_key, start, end))
+            });
+            (applied || pending).then(|| q.region_id())
+        })
     }
 
     fn handle_readies(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
@@ -421,16 +583,20 @@ impl Store {
             let mut ready = p.raw.ready();
             if let Some(ss) = ready.ss() {
                 tracing::info!(region = %id, role = ?ss.raft_state, leader = ss.leader_id, term = p.raw.raft.term, "raft state changed");
+                if ss.raft_state == raft::StateRole::Leader {
+                    self.metrics.leader_changes.inc();
+                }
                 p.on_soft_state_change(replies);
             }
             p.queue_messages(ready.take_messages());
             if !ready.snapshot().is_empty() {
                 let snap = ready.snapshot().clone();
-                p.raw.mut_store().apply_snapshot(&snap, &mut kv_wb, &mut raft_wb)?;
+                // Durable when it returns (its own synced writes).
+                p.raw.mut_store().apply_snapshot(&snap)?;
+                self.metrics.snapshots_applied.inc();
                 for peer in p.region().peers.clone() {
                     p.remember_peer(peer);
                 }
-                sync_kv = true;
                 p.heartbeat_due = true;
                 tracing::info!(region = %id, index = snap.get_metadata().index, "applied snapshot");
             }
@@ -438,6 +604,8 @@ impl Store {
                 p.on_read_state(&rs.request_ctx, rs.index);
             }
             p.apply_entries(ready.take_committed_entries(), &self.kv, &mut kv_wb, replies)?;
+            sync_kv |= std::mem::take(&mut p.region_state_changed);
+            self.metrics.conf_changes_applied.add(std::mem::take(&mut p.conf_changes_applied));
             if !ready.entries().is_empty() {
                 p.raw.mut_store().append(ready.entries(), &mut raft_wb);
             }
@@ -449,17 +617,21 @@ impl Store {
         if readies.is_empty() {
             return Ok(());
         }
+        fail::fail_point!("raft_before_save");
         if !kv_wb.is_empty() {
             self.kv.write(&kv_wb, sync_kv)?;
         }
+        fail::fail_point!("raft_between_kv_and_raft_write");
         if !raft_wb.is_empty() {
             self.raft.write(&raft_wb, true)?;
             self.metrics.raft_fsyncs.inc();
         }
+        fail::fail_point!("raft_after_save");
         self.metrics.ready_rounds.inc();
 
         let mut kv_wb = WriteBatch::new();
         let mut raft_wb = WriteBatch::new();
+        let mut sync_kv = false;
         // Taken once, before any of the reads below is started: a ReadIndex
         // round stamped a little early only shortens the lease it confirms.
         let now = self.now();
@@ -474,11 +646,13 @@ impl Store {
             }
             p.queue_messages(light.take_messages());
             p.apply_entries(light.take_committed_entries(), &self.kv, &mut kv_wb, replies)?;
+            sync_kv |= std::mem::take(&mut p.region_state_changed);
+            self.metrics.conf_changes_applied.add(std::mem::take(&mut p.conf_changes_applied));
             p.raw.advance_apply();
             p.answer_ready_reads(now, replies);
         }
         if !kv_wb.is_empty() {
-            self.kv.write(&kv_wb, false)?;
+            self.kv.write(&kv_wb, sync_kv)?;
         }
         if !raft_wb.is_empty() {
             self.raft.write(&raft_wb, false)?;
@@ -528,7 +702,11 @@ impl Store {
                 splits.push((*id, leader, s));
             }
         }
+        if !splits.is_empty() {
+            fail::fail_point!("split_after_apply");
+        }
         for (parent, was_leader, (derived, new_regions)) in splits {
+            self.metrics.splits_applied.inc();
             let mut raft_wb = WriteBatch::new();
             let mut to_create = Vec::new();
             for r in new_regions {
@@ -540,6 +718,10 @@ impl Store {
                     Some(_) => {
                         self.peers.remove(&r.id);
                     }
+                    // A raft state on disk without a live peer: this split is
+                    // being replayed, or a message created the peer before a
+                    // restart. It may hold a vote: never rewrite it.
+                    None if self.raft.get(Cf::Default, &keys::raft_state_key(r.id))?.is_some() => {}
                     None => storage::write_initial_hard_state(r.id, &mut raft_wb),
                 }
                 to_create.push(r);
@@ -598,6 +780,7 @@ impl Store {
             }
             if target >= first && target - first + 1 >= self.cfg.raft_log_gc_threshold {
                 p.raw.mut_store().compact_to(target)?;
+                self.metrics.raft_log_gcs.inc();
             }
         }
         Ok(())
@@ -607,16 +790,23 @@ impl Store {
         let doomed: Vec<RegionId> =
             self.peers.iter().filter(|(_, p)| p.pending_remove).map(|(id, _)| *id).collect();
         for id in doomed {
-            let mut p = self.peers.remove(&id).expect("present");
-            let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
-            p.fail_all(replies);
-            let max = p.region().peers.iter().map(|q| q.id).max().unwrap_or(p.meta.id).max(p.meta.id);
-            p.raw.mut_store().destroy(&mut kv_wb, &mut raft_wb);
-            self.kv.write(&kv_wb, true)?;
-            self.raft.write(&raft_wb, true)?;
-            self.tombstones.insert(id, max);
-            tracing::info!(region = %id, peer = %p.meta.id, "peer removed from region; destroyed");
+            self.destroy_peer(id, replies)?;
         }
+        Ok(())
+    }
+
+    /// Destroys this store's peer of `id` (data, meta, log), leaving a
+    /// tombstone so messages to it or older peers cannot recreate it.
+    fn destroy_peer(&mut self, id: RegionId, replies: &mut Vec<Reply>) -> Result<()> {
+        let Some(mut p) = self.peers.remove(&id) else { return Ok(()) };
+        let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+        p.fail_all(replies);
+        let max = p.region().peers.iter().map(|q| q.id).max().unwrap_or(p.meta.id).max(p.meta.id);
+        p.raw.mut_store().destroy(p.meta, &mut kv_wb, &mut raft_wb);
+        self.kv.write(&kv_wb, true)?;
+        self.raft.write(&raft_wb, true)?;
+        self.tombstones.insert(id, max);
+        tracing::info!(region = %id, peer = %p.meta.id, "peer destroyed");
         Ok(())
     }
 
@@ -690,6 +880,9 @@ impl Store {
     }
 }
 
+/// Most regions an `EpochNotMatch` carries (the region and its right neighbours).
+const MAX_SIBLINGS_IN_EPOCH_ERROR: usize = 16;
+
 /// Stores ping each other every this many base ticks (500 ms by default).
 const STORE_PING_TICKS: u64 = 5;
 
@@ -721,3 +914,7 @@ pub fn conf_change_kind(v: i32) -> Option<ConfChangeType> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

@@ -1,0 +1,88 @@
+//! Crashes at chosen points (crash points, `mnemo_node::failpoints`), in
+//! real processes: the node must die there, and come back whole.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mnemo_chaos::cluster::{wait_for, Cluster, ClusterConfig};
+use mnemo_client::RawClient;
+
+/// Exit code of a node that died at a crash point.
+const CRASH_POINT_EXIT_CODE: i32 = 86;
+
+/// Waits until node `i` exits on its own; returns its exit code.
+fn wait_exit(cluster: &mut Cluster, i: usize, what: &str) -> Option<i32> {
+    wait_for(what, Duration::from_secs(60), || {
+        cluster.reap_crashed_nodes().into_iter().find(|(n, _)| *n == i).map(|(_, status)| status.code())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_store_loop_ends_the_process_and_pd_marks_the_store_down() {
+    let mut cluster = Cluster::start(ClusterConfig {
+        pd_toml: "[schedule]\nmax-store-down-time = \"3s\"\n".into(),
+        node_args: vec!["--enable-test-controls".into()],
+        ..Default::default()
+    });
+    cluster.wait_replicated(3, Duration::from_secs(60));
+    let store = cluster.store_id_of(0).expect("node 1 registered");
+    // A panic inside the store loop (raft-rs `fatal!` would be one): the
+    // whole process must go, not just the thread.
+    cluster.arm_crash_point(0, "store_loop_round", "panic").unwrap();
+    let code = wait_exit(&mut cluster, 0, "node 1 to exit after the panic");
+    assert_eq!(code, Some(CRASH_POINT_EXIT_CODE));
+    // Nothing answers heartbeats for it any more: PD sees it Down.
+    wait_for("PD to mark the store Down", Duration::from_secs(60), || {
+        let s = cluster.pd_get(&format!("/pd/api/v1/store/{store}"))?;
+        (s["status"]["state_name"].as_str() == Some("Down")
+            || s["store"]["state_name"].as_str() == Some("Down"))
+        .then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_snapshot_apply_is_finished_at_restart() {
+    // Raft logs are cut short quickly, so a node that was down needs a snapshot.
+    let mut config = ClusterConfig { node_args: vec!["--enable-test-controls".into()], ..Default::default() };
+    config.node_toml.push_str(
+        "raft-log-gc-tick-interval = \"200ms\"\nraft-log-gc-threshold = 10\nraft-log-gc-count-limit = 20\n",
+    );
+    let mut cluster = Cluster::start(config);
+    cluster.wait_replicated(3, Duration::from_secs(60));
+    let client = Arc::new(RawClient::new(vec![cluster.pd_endpoint()]).await.unwrap());
+    let mut acked = Vec::new();
+    let mut put = |i: u32| {
+        let (k, v) = (format!("k{i:05}").into_bytes(), format!("v{i}").into_bytes());
+        acked.push((k.clone(), v.clone()));
+        let client = client.clone();
+        async move { client.put(k, v).await.unwrap() }
+    };
+    for i in 0..20 {
+        put(i).await;
+    }
+    // A follower goes down while the log moves on and is compacted past it.
+    let leader = cluster.leader_node_of(b"k").unwrap();
+    let lagging = (leader + 1) % 3;
+    cluster.kill_node(lagging);
+    for i in 20..300 {
+        put(i).await;
+    }
+    // It comes back, receives a snapshot and dies in the middle of applying
+    // it: data replaced, region state not yet final.
+    cluster.restart_node_with_failpoints(lagging, "snapshot_apply_after_ingest=panic");
+    let code = wait_exit(&mut cluster, lagging, "the lagging node to die applying the snapshot");
+    assert_eq!(code, Some(CRASH_POINT_EXIT_CODE));
+    // Restarted, it finishes the apply and serves: no crash loop.
+    cluster.restart_node(lagging);
+    cluster.wait_replicated(3, Duration::from_secs(60));
+    // It must be part of every quorum now: stop the third node.
+    let third = (0..3).find(|&n| n != leader && n != lagging).unwrap();
+    cluster.kill_node(third);
+    for i in 300..310 {
+        put(i).await;
+    }
+    for (k, v) in &acked {
+        assert_eq!(client.get(k.clone()).await.unwrap().as_ref(), Some(v));
+    }
+    assert!(cluster.reap_crashed_nodes().is_empty(), "a node crashed after the restart");
+}

@@ -1,0 +1,300 @@
+//! Scenario tests of the store loop: one [`Store`] on in-memory engines,
+//! driven round by round, with raft messages from other stores written by
+//! hand and what it sends captured.
+
+use std::sync::Arc;
+
+use mnemo_proto::raft_serverpb::{
+    BatchSplit, Mutation, MutationOp, RaftCommand, RaftRequestHeader, SnapshotData, SnapshotKv, SplitRequest,
+};
+use mnemo_proto::types::PeerRole;
+use parking_lot::Mutex;
+use raft::eraftpb::{HardState, Snapshot};
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::engine::{Engine, MemEngine};
+use crate::raftstore::apply::WriteOutcome;
+
+/// Keeps what the store sends.
+#[derive(Default)]
+struct Captured(Mutex<Vec<(StoreId, RaftMessage)>>);
+
+impl Transport for Captured {
+    fn send(&self, store: StoreId, msgs: Vec<RaftMessage>) {
+        self.0.lock().extend(msgs.into_iter().map(|m| (store, m)));
+    }
+}
+
+/// Store 1 on in-memory engines.
+struct TestStore {
+    store: Store,
+    tx: StoreRouter,
+    kv: Arc<MemEngine>,
+    raft: Arc<MemEngine>,
+    _pd: tokio::sync::mpsc::UnboundedReceiver<PdTask>,
+}
+
+const ME: StoreId = StoreId(1);
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        peer: PeerConfig {
+            election_tick: 10,
+            heartbeat_tick: 2,
+            lease: Duration::from_millis(800),
+            raft_entry_max_size: 8 << 20,
+            max_uncommitted_size: 128 << 20,
+            hibernate: false,
+            plants: Default::default(),
+        },
+        tick_interval: Duration::from_secs(3600),
+        pd_heartbeat_interval: Duration::from_secs(3600),
+        split: SplitLimits { split_size: 1 << 30, split_keys: 1 << 30, max_size: 1 << 30, max_keys: 1 << 30 },
+        split_check_interval: Duration::from_secs(3600),
+        raft_log_gc_interval: Duration::from_secs(3600),
+        raft_log_gc_threshold: 50,
+        raft_log_gc_count_limit: 10_000,
+        lease_clock: LeaseClock::real(),
+        messages_per_tick: 4096,
+    }
+}
+
+impl TestStore {
+    /// Loads store 1 from `kv`/`raft` (fresh engines: no regions).
+    fn open(kv: Arc<MemEngine>, raft: Arc<MemEngine>) -> TestStore {
+        let (tx, rx) = super::super::router::channel(1024);
+        let (pd_tx, pd) = tokio::sync::mpsc::unbounded_channel();
+        let engines = Engines { kv: kv.clone(), raft: raft.clone() };
+        let store = Store::load(
+            ME,
+            config(),
+            engines,
+            (tx.clone(), rx),
+            Arc::new(Captured::default()),
+            pd_tx,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        TestStore { store, tx, kv, raft, _pd: pd }
+    }
+
+    fn new() -> TestStore {
+        TestStore::open(Arc::new(MemEngine::new()), Arc::new(MemEngine::new()))
+    }
+
+    /// A store holding the only voter (peer 11) of region 1 = everything, elected.
+    fn with_leader() -> TestStore {
+        let (kv, raft) = (Arc::new(MemEngine::new()), Arc::new(MemEngine::new()));
+        let region = Region {
+            id: RegionId(1),
+            epoch: RegionEpoch { conf_ver: 1, version: 1 },
+            peers: vec![PeerMeta { id: PeerId(11), store_id: ME, role: PeerRole::Voter }],
+            ..Default::default()
+        };
+        let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+        storage::write_initial_state(&region, &mut kv_wb, &mut raft_wb);
+        kv.write(&kv_wb, true).unwrap();
+        raft.write(&raft_wb, true).unwrap();
+        let mut s = TestStore::open(kv, raft);
+        s.store.peers.get_mut(&RegionId(1)).unwrap().raw.campaign().unwrap();
+        s.settle();
+        assert!(s.store.peers[&RegionId(1)].is_leader());
+        s
+    }
+
+    /// Runs rounds until no peer has anything left to do.
+    fn settle(&mut self) {
+        for _ in 0..100 {
+            assert!(self.store.round(Duration::ZERO).unwrap());
+            if self.tx.pending() == 0 && !self.store.peers.values_mut().any(|p| p.raw.has_ready()) {
+                return;
+            }
+        }
+        panic!("the store does not settle");
+    }
+
+    fn send(&self, msg: StoreMsg) {
+        self.tx.send(msg).unwrap();
+    }
+
+    fn region(&self, id: u64) -> Region {
+        self.store.peers[&RegionId(id)].region().clone()
+    }
+
+    /// Splits region 1 at `key` into a new region 2 (peer 21) and waits for it.
+    fn split_at(&mut self, key: &[u8]) {
+        let split = BatchSplit {
+            requests: vec![SplitRequest {
+                split_key: key.to_vec(),
+                new_region_id: 2,
+                new_peer_ids: vec![21],
+            }],
+        };
+        let epoch = self.region(1).epoch;
+        self.send(StoreMsg::ProposeSplit { region_id: RegionId(1), epoch, split });
+        self.settle();
+        assert!(self.store.peers.contains_key(&RegionId(2)), "split applied and its peer created");
+    }
+
+    fn hard_state(&self, region: u64) -> HardState {
+        let raw = self.raft.get(Cf::Default, &keys::raft_state_key(RegionId(region))).unwrap().unwrap();
+        HardState::parse_from_bytes(&raw).unwrap()
+    }
+}
+
+/// A raft message from peer `from` on store 2 to peer `to` here, for a
+/// region with range `[start, end)` at `version`.
+fn message(region: u64, from: u64, to: u64, version: u64, range: (&[u8], &[u8]), msg: RaftMsg) -> StoreMsg {
+    StoreMsg::Raft(RaftMessage {
+        region_id: region,
+        from_peer: Some(PeerMeta { id: PeerId(from), store_id: StoreId(2), role: PeerRole::Voter }.into()),
+        to_peer: Some(PeerMeta { id: PeerId(to), store_id: ME, role: PeerRole::Voter }.into()),
+        message: msg.write_to_bytes().unwrap(),
+        region_epoch: Some(RegionEpoch { conf_ver: 1, version }.into()),
+        start_key: range.0.to_vec(),
+        end_key: range.1.to_vec(),
+        ..Default::default()
+    })
+}
+
+fn heartbeat(from: u64, to: u64) -> RaftMsg {
+    let mut m = RaftMsg::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    (m.from, m.to, m.term) = (from, to, 6);
+    m
+}
+
+/// A snapshot of region `region` = `[start, end)` at `version`, led by peer
+/// `region*10 + 2` on store 2, for our peer `region*10 + 1`, holding `kvs`.
+fn snapshot(region: u64, version: u64, range: (&[u8], &[u8]), kvs: &[(&[u8], &[u8])]) -> StoreMsg {
+    let (ours, leader) = (region * 10 + 1, region * 10 + 2);
+    let r = Region {
+        id: RegionId(region),
+        start_key: range.0.to_vec(),
+        end_key: range.1.to_vec(),
+        epoch: RegionEpoch { conf_ver: 1, version },
+        peers: vec![
+            PeerMeta { id: PeerId(ours), store_id: ME, role: PeerRole::Voter },
+            PeerMeta { id: PeerId(leader), store_id: StoreId(2), role: PeerRole::Voter },
+        ],
+    };
+    let data = SnapshotData {
+        region: Some((&r).into()),
+        kvs: kvs
+            .iter()
+            .map(|(k, v)| SnapshotKv { key: k.to_vec(), value: keys::encode_value(v, 0) })
+            .collect(),
+    };
+    let mut snap = Snapshot { data: data.encode_to_vec().into(), ..Default::default() };
+    snap.mut_metadata().index = 10;
+    snap.mut_metadata().term = 6;
+    snap.mut_metadata().set_conf_state(storage::conf_state_of(&r));
+    let mut m = RaftMsg::default();
+    m.set_msg_type(MessageType::MsgSnapshot);
+    (m.from, m.to, m.term) = (leader, ours, 6);
+    m.set_snapshot(snap);
+    message(region, leader, ours, version, range, m)
+}
+
+#[test]
+fn two_overlapping_snapshots_in_one_round_never_both_land() {
+    let mut s = TestStore::new();
+    // In one batch: a stale snapshot of the parent region 2 = [a, z) taken
+    // before it split, and one of its child region 3 = [m, z), newer. Applied
+    // in either order, one would overwrite the other's data.
+    s.send(snapshot(2, 1, (b"a", b"z"), &[(b"b", b"parent"), (b"n", b"old")]));
+    s.send(snapshot(3, 2, (b"m", b"z"), &[(b"n", b"new")]));
+    s.settle();
+    let initialized: Vec<Region> = s
+        .store
+        .peers
+        .values()
+        .filter(|p| p.raw.store().is_initialized())
+        .map(|p| p.region().clone())
+        .collect();
+    assert_eq!(initialized.len(), 1, "the second snapshot overlaps the first, pending one: dropped");
+    let kept = &initialized[0];
+    let n = crate::raftstore::apply::read_live(s.kv.as_ref(), b"n", 0).unwrap().unwrap();
+    let expect: &[u8] = if kept.id == RegionId(2) { b"old" } else { b"new" };
+    assert_eq!(n, expect, "the data is exactly the kept snapshot's");
+}
+
+#[test]
+fn a_message_for_a_newer_peer_replaces_a_leftover_empty_peer() {
+    let mut s = TestStore::new();
+    // Region 5's leader (52, store 2) talks to our peer 51: it is created empty.
+    s.send(message(5, 52, 51, 1, (b"", b""), heartbeat(52, 51)));
+    s.settle();
+    assert_eq!(s.store.peers[&RegionId(5)].meta.id, PeerId(51));
+    // 51 was removed before it got a snapshot, and the region re-adds this
+    // store as peer 55: the leftover must go, or 55 never exists here.
+    s.send(message(5, 52, 55, 1, (b"", b""), heartbeat(52, 55)));
+    s.settle();
+    assert_eq!(s.store.peers[&RegionId(5)].meta.id, PeerId(55));
+    // Messages to the old peer no longer create anything.
+    s.send(message(5, 52, 51, 1, (b"", b""), heartbeat(52, 51)));
+    s.settle();
+    assert_eq!(s.store.peers[&RegionId(5)].meta.id, PeerId(55));
+}
+
+#[test]
+fn a_power_loss_after_a_split_never_rewrites_the_new_peers_vote() {
+    let mut s = TestStore::with_leader();
+    s.split_at(b"m");
+    // The new region's peer campaigned at once (its parent led here): it
+    // voted for itself in a new term, synced to the raft engine.
+    s.settle();
+    let voted = s.hard_state(2);
+    assert!(voted.term > storage::INIT_TERM && voted.vote == 21, "{voted:?}");
+    // Power loss: each engine keeps what it synced.
+    let (kv, raft) = (Arc::new(s.kv.after_power_loss()), Arc::new(s.raft.after_power_loss()));
+    drop(s);
+    let mut s = TestStore::open(kv, raft);
+    s.settle();
+    let after = s.hard_state(2);
+    assert!(
+        after.term > voted.term || (after.term == voted.term && after.vote == voted.vote),
+        "term/vote went backwards: {voted:?} -> {after:?}"
+    );
+}
+
+/// A put of key `x` for region `region` made at `epoch`.
+fn put_x(region: u64, epoch: RegionEpoch) -> RaftCommand {
+    let put =
+        Mutation { op: MutationOp::Put as i32, key: b"x".to_vec(), value: b"v".to_vec(), expire_at_ms: 0 };
+    RaftCommand {
+        header: Some(RaftRequestHeader {
+            region_id: region,
+            region_epoch: Some(epoch.into()),
+            ..Default::default()
+        }),
+        mutations: vec![put],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn epoch_not_match_carries_the_regions_a_split_made() {
+    let mut s = TestStore::with_leader();
+    let old = s.region(1).epoch;
+    s.split_at(b"m");
+    // A write for region 1 made before the split: the answer names region
+    // 1's new range and the region cut from it.
+    let (cb, mut rx) = oneshot::channel();
+    s.send(StoreMsg::Write { region_id: RegionId(1), cmd: put_x(1, old), cb });
+    s.settle();
+    match rx.try_recv().unwrap() {
+        Err(Error::EpochNotMatch { current }) => {
+            let ranges: Vec<(u64, &[u8], &[u8])> =
+                current.iter().map(|r| (r.id.0, r.start_key.as_slice(), r.end_key.as_slice())).collect();
+            assert_eq!(ranges, vec![(1, &b""[..], &b"m"[..]), (2, &b"m"[..], &b""[..])]);
+        }
+        other => panic!("expected EpochNotMatch, got {other:?}"),
+    }
+    // With the current epoch the write goes through.
+    let (cb, mut rx) = oneshot::channel();
+    s.send(StoreMsg::Write { region_id: RegionId(2), cmd: put_x(2, s.region(2).epoch), cb });
+    s.settle();
+    assert!(matches!(rx.try_recv().unwrap(), Ok(WriteOutcome::Done)));
+}
