@@ -392,6 +392,13 @@ impl Cluster {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
+    /// Node `i`'s region hashes (`GET /debug/region-hashes`; the node must
+    /// run with `--enable-test-controls`), or None if it does not answer.
+    pub fn node_region_hashes(&self, i: usize) -> Option<Vec<Value>> {
+        let url = format!("http://{}/debug/region-hashes", self.status_addrs[i]);
+        ureq::get(&url).timeout(Duration::from_secs(10)).call().ok()?.into_json().ok()
+    }
+
     /// Resident memory of node `i`'s process in bytes (Linux), if it runs.
     pub fn node_rss_bytes(&self, i: usize) -> Option<u64> {
         let pid = self.nodes[i].child.as_ref()?.id();

@@ -21,7 +21,8 @@
 //! On disk a history is JSONL, one event per line:
 //! `{"process":3,"type":"ok","f":"cas","key":1,"value":[null,2],"time_ns":812}`.
 //! `value` depends on `f`: `read` → the value read (`null`: absent) on `ok`,
-//! `null` otherwise; `write` → the value; `cas` → `[from, to]`; `add` → the
+//! `null` otherwise; `write` and `write_ttl` → the value; `delete` → `null`;
+//! `batch_write` → `[[key, value], ...]` (no `key`); `cas` → `[from, to]`; `add` → the
 //! element (no key); `read_all` → the sorted elements on `ok`; `increment` →
 //! `[old, new]` observed by the successful CAS on `ok`; `read_counter` → the
 //! counter on `ok`.
@@ -62,6 +63,26 @@ pub enum Op {
         /// Value written.
         value: u64,
     },
+    /// Register: set `key` to `value` with a time to live: the value may
+    /// vanish (expire) at any point after the write.
+    WriteTtl {
+        /// Register key.
+        key: Key,
+        /// Value written.
+        value: u64,
+    },
+    /// Register: remove `key`.
+    Delete {
+        /// Register key.
+        key: Key,
+    },
+    /// Register: set several keys in one request (each key's value in it;
+    /// keys in different regions are not atomic together, so each key is
+    /// checked on its own).
+    BatchWrite {
+        /// (key, value) pairs.
+        writes: Vec<(Key, u64)>,
+    },
     /// Register: set `key` to `to` iff its value is `from` (`None`: absent).
     /// A CAS that found another value completes `fail`.
     Cas {
@@ -77,7 +98,8 @@ pub enum Op {
         /// The element inserted.
         element: u64,
     },
-    /// Set: the final read of every element; output [`Output::ReadAll`].
+    /// Set: a read of every element (during the run, and a final one);
+    /// output [`Output::ReadAll`].
     ReadAll,
     /// Counter: read v, CAS v → v+1 on `key`; output [`Output::Increment`].
     /// A lost CAS race completes `fail` (nothing happened).
@@ -100,6 +122,12 @@ pub enum OpName {
     Read,
     /// [`Op::Write`].
     Write,
+    /// [`Op::WriteTtl`].
+    WriteTtl,
+    /// [`Op::Delete`].
+    Delete,
+    /// [`Op::BatchWrite`].
+    BatchWrite,
     /// [`Op::Cas`].
     Cas,
     /// [`Op::Add`].
@@ -118,6 +146,9 @@ impl OpName {
         match self {
             OpName::Read => "read",
             OpName::Write => "write",
+            OpName::WriteTtl => "write_ttl",
+            OpName::Delete => "delete",
+            OpName::BatchWrite => "batch_write",
             OpName::Cas => "cas",
             OpName::Add => "add",
             OpName::ReadAll => "read_all",
@@ -133,6 +164,9 @@ impl Op {
         match self {
             Op::Read { .. } => OpName::Read,
             Op::Write { .. } => OpName::Write,
+            Op::WriteTtl { .. } => OpName::WriteTtl,
+            Op::Delete { .. } => OpName::Delete,
+            Op::BatchWrite { .. } => OpName::BatchWrite,
             Op::Cas { .. } => OpName::Cas,
             Op::Add { .. } => OpName::Add,
             Op::ReadAll => OpName::ReadAll,
@@ -145,8 +179,9 @@ impl Op {
     pub fn key(&self) -> Option<Key> {
         match self {
             Op::Read { key } | Op::Write { key, .. } | Op::Cas { key, .. } => Some(*key),
+            Op::WriteTtl { key, .. } | Op::Delete { key } => Some(*key),
             Op::Increment { key } | Op::ReadCounter { key } => Some(*key),
-            Op::Add { .. } | Op::ReadAll => None,
+            Op::Add { .. } | Op::ReadAll | Op::BatchWrite { .. } => None,
         }
     }
 
@@ -155,7 +190,15 @@ impl Op {
         matches!(
             (self, output),
             (Op::Read { .. }, Output::Read(_))
-                | (Op::Write { .. } | Op::Cas { .. } | Op::Add { .. }, Output::Done)
+                | (
+                    Op::Write { .. }
+                        | Op::WriteTtl { .. }
+                        | Op::Delete { .. }
+                        | Op::BatchWrite { .. }
+                        | Op::Cas { .. }
+                        | Op::Add { .. },
+                    Output::Done
+                )
                 | (Op::ReadAll, Output::ReadAll(_))
                 | (Op::Increment { .. }, Output::Increment { .. })
                 | (Op::ReadCounter { .. }, Output::ReadCounter(_))
@@ -171,7 +214,8 @@ pub enum Output {
     Done,
     /// The value read (`None`: absent).
     Read(Option<u64>),
-    /// Every element read, sorted.
+    /// Every element read, in the order the scan returned them (the
+    /// checker flags duplicates and disorder).
     ReadAll(Vec<u64>),
     /// The successful CAS of an increment: it saw `old` (absent = 0) and
     /// stored `new` (= old + 1).
@@ -273,7 +317,8 @@ struct WireEvent {
 impl Event {
     fn to_wire(&self) -> WireEvent {
         let value = match (&self.op, &self.output) {
-            (Op::Write { value, .. }, _) => json!(value),
+            (Op::Write { value, .. } | Op::WriteTtl { value, .. }, _) => json!(value),
+            (Op::BatchWrite { writes }, _) => json!(writes),
             (Op::Cas { from, to, .. }, _) => json!([from, to]),
             (Op::Add { element }, _) => json!(element),
             (_, Some(Output::Read(v))) => json!(v),
@@ -303,6 +348,11 @@ impl Event {
             OpName::Write => {
                 (Op::Write { key: key()?, value: de(&w.value)? }, ok.then_some(Ok(Output::Done)))
             }
+            OpName::WriteTtl => {
+                (Op::WriteTtl { key: key()?, value: de(&w.value)? }, ok.then_some(Ok(Output::Done)))
+            }
+            OpName::Delete => (Op::Delete { key: key()? }, ok.then_some(Ok(Output::Done))),
+            OpName::BatchWrite => (Op::BatchWrite { writes: de(&w.value)? }, ok.then_some(Ok(Output::Done))),
             OpName::Cas => {
                 let (from, to) = de(&w.value)?;
                 (Op::Cas { key: key()?, from, to }, ok.then_some(Ok(Output::Done)))

@@ -9,14 +9,16 @@
 //! - The Jepsen-style chaos harness, `mnemo-chaos` (`src/bin/mnemo-chaos.rs`):
 //!   [`run`] drives one run: [`workload`]s (register, set, counter) through
 //!   the real client, recorded as a [`history`], while the [`nemesis`]
-//!   injects faults; then the [`checker`]s judge the history and [`report`]
-//!   writes `results.json` and `report.html`.
+//!   injects faults; then the [`checker`]s judge the history, [`replicas`]
+//!   compares the replicas' data, and [`report`] writes `results.json` and
+//!   `report.html`.
 
 pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod replicas;
 pub mod report;
 pub mod run;
 pub mod workload;

@@ -1,11 +1,15 @@
-//! Nemeses: faults injected from outside the processes on a seeded random
-//! schedule, each healed before the next starts, and everything healed at
-//! the end.
+//! Nemeses: faults injected on a seeded random schedule, each healed before
+//! the next starts, and everything healed at the end.
 //!
 //! One round: pick a fault (from a shuffled deck of the enabled kinds, so a
-//! short run still sees every kind), start it, hold it 2–5 s, heal it, let
-//! the cluster run quietly 1.5–3 s. Every round is a [`NemesisWindow`] on
-//! the history's clock, shaded in the report.
+//! short run still sees every kind), start it, hold it 1.5–4 s, heal it, let
+//! the cluster run quietly 1–2 s. Every round is a [`NemesisWindow`] on the
+//! history's clock, shaded in the report, and records whether the fault
+//! *took effect* (a leader was found and killed, the iptables rules went in,
+//! the crash point fired, ...): a fault that did nothing proves nothing, and
+//! the short chaos test requires every kind to have taken effect.
+//!
+//! Classic faults (`all`):
 //!
 //! | name | fault |
 //! |------|-------|
@@ -18,16 +22,39 @@
 //! | `kill-leader` | SIGKILL the node of a workload key's region leader; measures kill → first successful write to that region |
 //! | `pause` | SIGSTOP one node, SIGCONT at the heal |
 //! | `shuffle-leader` / `shuffle-region` | PD's shuffle schedulers on for the window |
-//! | `split` | forced splits (through PD) near workload keys, every ~300 ms |
+//! | `split` | forced splits (through PD) at and near live workload keys, every ~300 ms |
 //! | `clock-skew` | one or two nodes' lease clocks run at 0.95–1.5× and jump ahead ≤ 1 s |
 //!
-//! Partitions cut node–node links only; PD and clients reach every node.
-//! Clock skew stays inside the lease's safety margin (see the node's
-//! `--enable-test-controls`): a lease of 0.8 s on a clock running at 0.95×
-//! lasts 0.84 s of real time, below the ~0.9 s a follower must wait before
-//! it may elect a new leader (10 ticks of 100 ms, the first one possibly
-//! short).
+//! `crash-point`: arms a random crash point (`mnemo_node::failpoints`) on a
+//! node with `panic`; the node dies exactly there (exit 86) and is
+//! restarted. Snapshot points are armed where a snapshot will happen: on a
+//! node restarted after missing writes (apply), or on the leaders' node
+//! while another node is down (generate, send).
+//!
+//! Compound faults (`compound`):
+//!
+//! | name | fault |
+//! |------|-------|
+//! | `partition-kill` | one node cut off while another is killed |
+//! | `skew-partition-leader` | the leaders' node cut off with its lease clock slowed (≥ 0.95×) |
+//! | `kill-shuffle` / `kill-split` | a node killed during shuffle-region / the leader during forced splits |
+//! | `kill-majority` / `kill-all` | a majority / every node killed, restarted at the heal |
+//! | `partition-oneway` | one node hears nobody, but everybody hears it |
+//! | `pd-cut` | one or two nodes cannot reach PD |
+//! | `client-cut` | clients cannot reach one or two nodes |
+//! | `delay` | raft messages of one to three nodes delayed 20–300 ms (in-process: no netem here) |
+//! | `delay-transfer` | messages to a region's leader delayed 450 ms while PD moves its leadership away |
+//! | `delay-split` | every node's raft messages delayed 100–250 ms while splits land on live keys: writes proposed before a split commits apply after it |
+//!
+//! `everything` = both lists and `crash-point`. Network faults need the
+//! nodes in namespaces (root); the harness refuses them otherwise unless
+//! told to skip them. Partitions cut node–node links only; PD and clients
+//! reach every node unless a fault says otherwise. Clock skew stays inside
+//! the lease's safety margin (see the node's `--enable-test-controls`): a
+//! lease of 0.8 s on a clock running at 0.95× lasts 0.84 s of real time,
+//! below the ~0.9 s a follower must wait before it may elect a new leader.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +63,7 @@ use mnemo_client::RawClient;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::cluster::{wait_for, Cluster};
@@ -43,7 +71,7 @@ use crate::history::Recorder;
 use crate::report::NemesisWindow;
 
 /// One kind of fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Fault {
     /// One node isolated.
     PartitionOne,
@@ -71,9 +99,36 @@ pub enum Fault {
     Split,
     /// Lease clock skew.
     ClockSkew,
+    /// A crash point armed on a node.
+    CrashPoint,
+    /// One node partitioned while another is killed.
+    PartitionKill,
+    /// The leaders' node partitioned with a slowed lease clock.
+    SkewPartitionLeader,
+    /// A node killed during shuffle-region.
+    KillShuffle,
+    /// A region leader killed during forced splits.
+    KillSplit,
+    /// A majority killed.
+    KillMajority,
+    /// Every node killed.
+    KillAll,
+    /// One node hears nobody; everybody hears it.
+    PartitionOneWay,
+    /// Nodes cut off from PD.
+    PdCut,
+    /// Nodes the clients cannot reach.
+    ClientCut,
+    /// Raft messages delayed.
+    Delay,
+    /// Messages to a leader delayed while its leadership moves away.
+    DelayTransfer,
+    /// Forced splits at live keys while every link is slow.
+    DelaySplit,
 }
 
-const ALL: [Fault; 13] = [
+/// The classic faults (`all`).
+const CLASSIC: [Fault; 13] = [
     Fault::PartitionOne,
     Fault::PartitionHalves,
     Fault::PartitionLeader,
@@ -88,6 +143,27 @@ const ALL: [Fault; 13] = [
     Fault::Split,
     Fault::ClockSkew,
 ];
+
+/// The compound faults (`compound`).
+const COMPOUND: [Fault; 12] = [
+    Fault::PartitionKill,
+    Fault::SkewPartitionLeader,
+    Fault::KillShuffle,
+    Fault::KillSplit,
+    Fault::KillMajority,
+    Fault::KillAll,
+    Fault::PartitionOneWay,
+    Fault::PdCut,
+    Fault::ClientCut,
+    Fault::Delay,
+    Fault::DelayTransfer,
+    Fault::DelaySplit,
+];
+
+/// Every fault kind.
+pub fn every_fault() -> Vec<Fault> {
+    CLASSIC.iter().chain(&COMPOUND).copied().chain([Fault::CrashPoint]).collect()
+}
 
 impl Fault {
     /// The fault's name (as in `--nemesis` and the report).
@@ -106,6 +182,19 @@ impl Fault {
             Fault::ShuffleRegion => "shuffle-region",
             Fault::Split => "split",
             Fault::ClockSkew => "clock-skew",
+            Fault::CrashPoint => "crash-point",
+            Fault::PartitionKill => "partition-kill",
+            Fault::SkewPartitionLeader => "skew-partition-leader",
+            Fault::KillShuffle => "kill-shuffle",
+            Fault::KillSplit => "kill-split",
+            Fault::KillMajority => "kill-majority",
+            Fault::KillAll => "kill-all",
+            Fault::PartitionOneWay => "partition-oneway",
+            Fault::PdCut => "pd-cut",
+            Fault::ClientCut => "client-cut",
+            Fault::Delay => "delay",
+            Fault::DelayTransfer => "delay-transfer",
+            Fault::DelaySplit => "delay-split",
         }
     }
 
@@ -115,7 +204,7 @@ impl Fault {
         matches!(self, Fault::PartitionOne | Fault::PartitionHalves | Fault::PartitionLeader)
     }
 
-    /// True for the network partitions (they need namespaces).
+    /// True for faults that cut links with iptables (they need namespaces).
     pub fn is_partition(self) -> bool {
         matches!(
             self,
@@ -124,24 +213,33 @@ impl Fault {
                 | Fault::PartitionLeader
                 | Fault::PartitionBridge
                 | Fault::PartitionRing
+                | Fault::PartitionKill
+                | Fault::SkewPartitionLeader
+                | Fault::PartitionOneWay
+                | Fault::PdCut
+                | Fault::ClientCut
         )
     }
 
-    /// Parses `--nemesis`: `all` (alias `mixed`), `none`, or a comma list of
-    /// fault names and groups (`partition`, `kill`, `churn`).
+    /// Parses `--nemesis`: `all` (alias `mixed`: the classic faults),
+    /// `compound`, `everything`, `none`, or a comma list of fault names and
+    /// groups (`partition`, `kill`, `churn`, `crash-point`).
     pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
+        let every = every_fault();
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let group: Vec<Fault> = match part {
-                "all" | "mixed" => ALL.to_vec(),
+                "all" | "mixed" => CLASSIC.to_vec(),
+                "compound" => COMPOUND.to_vec(),
+                "everything" => every.clone(),
                 "none" => Vec::new(),
-                "partition" => ALL.iter().copied().filter(|f| f.is_partition()).collect(),
+                "partition" => every.iter().copied().filter(|f| f.is_partition()).collect(),
                 "kill" => vec![Fault::KillOne, Fault::KillMinority, Fault::KillLeader],
                 "churn" => vec![Fault::ShuffleLeader, Fault::ShuffleRegion, Fault::Split],
-                name => vec![*ALL.iter().find(|f| f.name() == name).ok_or_else(|| {
-                    let names: Vec<&str> = ALL.iter().map(|f| f.name()).collect();
+                name => vec![*every.iter().find(|f| f.name() == name).ok_or_else(|| {
+                    let names: Vec<&str> = every.iter().map(|f| f.name()).collect();
                     format!(
-                        "unknown nemesis {name:?}: all, mixed, none, partition, kill, churn, {}",
+                        "unknown nemesis {name:?}: all, mixed, compound, everything, none, partition, kill, churn, {}",
                         names.join(", ")
                     )
                 })?],
@@ -156,6 +254,82 @@ impl Fault {
     }
 }
 
+/// The crash points of `mnemo-node` the nemesis arms (see
+/// `mnemo_node::failpoints::CRASH_POINTS`).
+pub const CRASH_POINTS: [&str; 10] = [
+    "raft_before_save",
+    "raft_after_save",
+    "raft_between_kv_and_raft_write",
+    "snapshot_generate",
+    "snapshot_send",
+    "snapshot_apply_after_mark",
+    "snapshot_apply_after_ingest",
+    "split_after_apply",
+    "conf_change_apply",
+    "store_loop_round",
+];
+
+/// Exit code of a node that died at a crash point.
+const CRASH_POINT_EXIT_CODE: i32 = 86;
+
+/// Node counters the harness tallies over a run (summed over nodes and
+/// over restarts of each node), as `results.json`'s `cluster_events`.
+pub const EVENT_METRICS: [(&str, &str); 6] = [
+    ("snapshots_sent", "mnemo_snapshots_sent_total"),
+    ("snapshots_applied", "mnemo_snapshots_applied_total"),
+    ("raft_log_gcs", "mnemo_raft_log_gc_total"),
+    ("splits_applied", "mnemo_splits_applied_total"),
+    ("conf_changes_applied", "mnemo_conf_changes_applied_total"),
+    ("leader_changes", "mnemo_leader_changes_total"),
+];
+
+/// Sums node counters across a run in which nodes restart (a restarted
+/// node's counters start again from zero).
+#[derive(Debug, Default)]
+pub struct EventTally {
+    /// Per node and metric: (total of earlier incarnations, last value seen).
+    seen: HashMap<(usize, &'static str), (f64, f64)>,
+}
+
+impl EventTally {
+    /// Reads node `i`'s counters.
+    fn scrape(&mut self, cluster: &Cluster, i: usize) {
+        for (_, metric) in EVENT_METRICS {
+            let Some(v) = cluster.node_metric(i, metric) else { continue };
+            let e = self.seen.entry((i, metric)).or_insert((0.0, 0.0));
+            if v < e.1 {
+                e.0 += e.1; // the node restarted since the last look
+            }
+            e.1 = v;
+        }
+    }
+
+    /// Totals by short name.
+    pub fn totals(&self) -> BTreeMap<&'static str, u64> {
+        EVENT_METRICS
+            .iter()
+            .map(|(name, metric)| {
+                let sum: f64 = self
+                    .seen
+                    .iter()
+                    .filter(|((_, m), _)| m == metric)
+                    .map(|(_, (base, last))| base + last)
+                    .sum();
+                (*name, sum as u64)
+            })
+            .collect()
+    }
+}
+
+/// How often a fault kind ran and how often it took effect.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct FaultTally {
+    /// Windows of this kind.
+    pub runs: u64,
+    /// Windows in which it took effect.
+    pub effective: u64,
+}
+
 /// What the nemesis measured besides the windows.
 #[derive(Debug, Default)]
 pub struct NemesisLog {
@@ -166,9 +340,25 @@ pub struct NemesisLog {
     /// For each `kill-leader`: time from the kill to the first successful
     /// write to the killed leader's region (None: not within 20 s).
     pub leader_kill_recovery: Vec<Option<Duration>>,
-    /// Nodes that exited on their own (crashed), described; each was
-    /// restarted so the run could go on.
+    /// Nodes that exited on their own (crashed) other than at an armed
+    /// crash point, described; each was restarted so the run could go on.
     pub crashes: Vec<String>,
+    /// Crash points that fired, by name.
+    pub crash_points_fired: BTreeMap<String, u64>,
+    /// Runs and effective runs per fault kind.
+    pub tally: BTreeMap<&'static str, FaultTally>,
+    /// Node counters over the run.
+    pub events: EventTally,
+}
+
+/// A fault's account of itself: what it did, and whether it took effect.
+struct Done {
+    desc: String,
+    effective: bool,
+}
+
+fn done(desc: impl Into<String>, effective: bool) -> Done {
+    Done { desc: desc.into(), effective }
 }
 
 /// The nemesis: owns the cluster while the run lasts.
@@ -180,6 +370,8 @@ pub struct Nemesis {
     recorder: Recorder,
     /// Keys whose regions the faults aim at.
     keys: Vec<Vec<u8>>,
+    /// Splits of live keys asked so far (makes each split point new).
+    splits_asked: u64,
     /// A client of its own, for the kill-leader recovery probe.
     probe: Arc<RawClient>,
     runtime: tokio::runtime::Handle,
@@ -187,11 +379,15 @@ pub struct Nemesis {
     killed: Vec<usize>,
     paused: Vec<usize>,
     skewed: Vec<usize>,
+    delayed: Vec<usize>,
+    /// Nodes with an armed crash point, and which.
+    armed: HashMap<usize, &'static str>,
+    next_scrape: Instant,
 }
 
 impl Nemesis {
-    /// A nemesis over `cluster` injecting `faults` (partitions are dropped
-    /// if the cluster cannot cut links).
+    /// A nemesis over `cluster` injecting `faults` (network faults must be
+    /// dropped by the caller if the cluster cannot cut links).
     pub fn new(
         cluster: Cluster,
         faults: Vec<Fault>,
@@ -208,12 +404,16 @@ impl Nemesis {
             rng: StdRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973),
             recorder,
             keys,
+            splits_asked: 0,
             probe,
             runtime: tokio::runtime::Handle::current(),
             log: NemesisLog::default(),
             killed: Vec::new(),
             paused: Vec::new(),
             skewed: Vec::new(),
+            delayed: Vec::new(),
+            armed: HashMap::new(),
+            next_scrape: Instant::now(),
         }
     }
 
@@ -222,11 +422,11 @@ impl Nemesis {
     /// only by panicking (a fault it could not inject or heal).
     pub fn run(mut self, stop: Arc<AtomicBool>) -> (Cluster, NemesisLog) {
         let mut deck: Vec<Fault> = Vec::new();
-        sleep_until(Instant::now() + Duration::from_secs(2), &stop);
+        self.sleep_until(Instant::now() + Duration::from_secs(2), &stop);
         while !stop.load(Ordering::Relaxed) {
             if self.faults.is_empty() {
                 // No faults: only watch for crashes until the run ends.
-                sleep_until(Instant::now() + Duration::from_millis(500), &stop);
+                self.sleep_until(Instant::now() + Duration::from_millis(500), &stop);
                 self.restart_crashed();
                 continue;
             }
@@ -236,154 +436,371 @@ impl Nemesis {
             }
             let fault = deck.pop().expect("refilled");
             let start_ns = self.recorder.now_ns();
-            let hold = Duration::from_millis(self.rng.gen_range(2000..5000));
-            let desc = self.start(fault, hold, &stop);
+            let hold = Duration::from_millis(self.rng.gen_range(1500..4000));
+            let outcome = self.start(fault, hold, &stop);
             self.restart_crashed();
             let end_ns = self.recorder.now_ns();
-            tracing::info!(fault = fault.name(), %desc, "fault healed");
+            tracing::info!(fault = fault.name(), desc = %outcome.desc, effective = outcome.effective, "fault healed");
+            let t = self.log.tally.entry(fault.name()).or_default();
+            t.runs += 1;
+            t.effective += outcome.effective as u64;
             self.log.windows.push(NemesisWindow {
-                name: format!("{} {desc}", fault.name()),
+                name: format!("{} {}", fault.name(), outcome.desc),
+                kind: fault.name().to_string(),
+                effective: outcome.effective,
                 start_ns,
                 end_ns,
             });
             self.log.faults.push(fault);
-            sleep_until(Instant::now() + Duration::from_millis(self.rng.gen_range(1500..3000)), &stop);
+            let quiet = Duration::from_millis(self.rng.gen_range(1000..2000));
+            self.sleep_until(Instant::now() + quiet, &stop);
         }
         self.heal_all();
+        for i in 0..self.cluster.node_count() {
+            self.log.events.scrape(&self.cluster, i);
+        }
         (self.cluster, self.log)
     }
 
     /// Starts `fault`, holds it for `hold` (or until `stop`), heals it.
-    /// Returns a short description (which nodes) for the report.
-    fn start(&mut self, fault: Fault, hold: Duration, stop: &AtomicBool) -> String {
+    fn start(&mut self, fault: Fault, hold: Duration, stop: &AtomicBool) -> Done {
         let n = self.cluster.node_count();
         let hold_until = Instant::now() + hold;
-        let wait = |stop: &AtomicBool| sleep_until(hold_until, stop);
-        let desc = match fault {
+        match fault {
             Fault::PartitionOne | Fault::PartitionLeader => {
                 let leaders =
                     if fault == Fault::PartitionLeader { self.node_with_most_leaders() } else { None };
                 let v = leaders.unwrap_or_else(|| self.rng.gen_range(0..n));
-                self.cut(&[v], &(0..n).filter(|&i| i != v).collect::<Vec<_>>());
-                wait(stop);
-                format!("n{}", v + 1)
+                let ok = self.cut(&[v], &others(n, &[v]));
+                self.hold(hold_until, stop);
+                self.heal_network();
+                done(format!("n{}", v + 1), ok && (fault == Fault::PartitionOne || leaders.is_some()))
             }
             Fault::PartitionHalves => {
-                let mut order: Vec<usize> = (0..n).collect();
-                order.shuffle(&mut self.rng);
+                let order = self.shuffled(n);
                 let (minority, majority) = order.split_at(n / 2);
-                self.cut(minority, majority);
-                wait(stop);
-                format!("{} | {}", names(minority), names(majority))
+                let ok = self.cut(minority, majority);
+                self.hold(hold_until, stop);
+                self.heal_network();
+                done(format!("{} | {}", names(minority), names(majority)), ok)
             }
             Fault::PartitionBridge => {
-                let mut order: Vec<usize> = (0..n).collect();
-                order.shuffle(&mut self.rng);
+                let order = self.shuffled(n);
                 let bridge = order[n / 2];
                 let (left, right) = (&order[..n / 2], &order[n / 2 + 1..]);
-                self.cut(left, right);
-                wait(stop);
-                format!("{} | n{} | {}", names(left), bridge + 1, names(right))
+                let ok = self.cut(left, right);
+                self.hold(hold_until, stop);
+                self.heal_network();
+                done(format!("{} | n{} | {}", names(left), bridge + 1, names(right)), ok)
             }
             Fault::PartitionRing => {
-                let mut order: Vec<usize> = (0..n).collect();
-                order.shuffle(&mut self.rng);
-                self.partition(&ring_grudge(&order));
-                wait(stop);
-                format!("ring {}", names(&order))
+                let order = self.shuffled(n);
+                let ok = self.partition(&ring_grudge(&order));
+                self.hold(hold_until, stop);
+                self.heal_network();
+                done(format!("ring {}", names(&order)), ok)
             }
-            Fault::KillOne | Fault::KillMinority => {
-                let count = if fault == Fault::KillOne { 1 } else { (n - 1) / 2 };
-                let mut order: Vec<usize> = (0..n).collect();
-                order.shuffle(&mut self.rng);
-                for &v in &order[..count] {
-                    self.kill(v);
-                }
-                wait(stop);
-                let desc = names(&order[..count]);
+            Fault::PartitionOneWay => {
+                let v = self.rng.gen_range(0..n);
+                let mut grudge = vec![Vec::new(); n];
+                grudge[v] = others(n, &[v]);
+                let ok = self.partition(&grudge);
+                self.hold(hold_until, stop);
+                self.heal_network();
+                done(format!("n{} hears nobody", v + 1), ok)
+            }
+            Fault::KillOne | Fault::KillMinority | Fault::KillMajority | Fault::KillAll => {
+                let count = match fault {
+                    Fault::KillOne => 1,
+                    Fault::KillMinority => (n - 1) / 2,
+                    Fault::KillMajority => n / 2 + 1,
+                    _ => n,
+                };
+                let order = self.shuffled(n);
+                let victims = &order[..count];
+                let ok = victims.iter().all(|&v| self.kill(v));
+                self.hold(hold_until, stop);
                 self.restart_killed();
-                desc
+                done(names(victims), ok)
             }
             Fault::KillLeader => {
-                let key = self.keys[self.rng.gen_range(0..self.keys.len())].clone();
+                let key = self.random_key();
                 let Some(v) = self.cluster.leader_node_of(&key) else {
-                    wait(stop);
-                    return "no leader known".into();
+                    self.hold(hold_until, stop);
+                    return done("no leader known", false);
                 };
-                self.kill(v);
+                let ok = self.kill(v);
                 let killed_at = Instant::now();
                 let recovery = self.probe_write(&key, killed_at, stop);
                 self.log.leader_kill_recovery.push(recovery);
-                wait(stop);
+                self.hold(hold_until, stop);
                 self.restart_killed();
-                match recovery {
+                let desc = match recovery {
                     Some(d) => format!("n{} ({}: write ok after {} ms)", v + 1, show(&key), d.as_millis()),
                     None => format!("n{} ({}: no write within 20 s)", v + 1, show(&key)),
-                }
+                };
+                done(desc, ok)
             }
             Fault::Pause => {
                 let v = self.rng.gen_range(0..n);
+                let ok = self.cluster.node_running(v);
                 self.cluster.pause_node(v);
                 self.paused.push(v);
-                wait(stop);
+                self.hold(hold_until, stop);
                 self.resume_paused();
-                format!("n{}", v + 1)
+                done(format!("n{}", v + 1), ok)
             }
             Fault::ShuffleLeader | Fault::ShuffleRegion => {
                 let name = format!("{}-scheduler", fault.name());
-                if let Err(e) = self.cluster.pd_post("/pd/api/v1/schedulers", json!({ "name": name })) {
-                    tracing::warn!(%e, "cannot add {name}");
-                }
-                wait(stop);
+                let ok = self.add_scheduler(&name);
+                self.hold(hold_until, stop);
                 self.remove_scheduler(&name);
-                String::new()
+                done("", ok)
             }
             Fault::Split => {
-                let mut splits = 0;
-                while Instant::now() < hold_until && !stop.load(Ordering::Relaxed) {
-                    let mut at = self.keys[self.rng.gen_range(0..self.keys.len())].clone();
-                    at.extend(format!("/{:04}", self.rng.gen_range(0..10_000)).bytes());
-                    if self.cluster.split_at(&[at]).is_ok() {
-                        splits += 1;
-                    }
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-                format!("{splits} splits asked")
+                let splits = self.split_until(hold_until, stop);
+                done(format!("{splits} splits asked"), splits > 0)
             }
             Fault::ClockSkew => {
-                let mut order: Vec<usize> = (0..n).collect();
-                order.shuffle(&mut self.rng);
+                let order = self.shuffled(n);
                 let count = self.rng.gen_range(1..=2.min(n));
                 let mut parts = Vec::new();
+                let mut ok = true;
                 for &v in &order[..count] {
                     let rate: f64 = self.rng.gen_range(0.95..1.5);
                     let jump_ms: u64 = self.rng.gen_range(0..1000);
-                    self.skewed.push(v);
-                    if let Err(e) = self.skew(v, json!({ "rate": rate, "jump_ms": jump_ms })) {
-                        tracing::warn!(%e, node = v + 1, "cannot skew the lease clock");
-                    }
+                    ok &= self.skew(v, rate, jump_ms);
                     parts.push(format!("n{} ×{rate:.2} +{jump_ms}ms", v + 1));
                 }
-                wait(stop);
+                self.hold(hold_until, stop);
                 self.unskew();
-                parts.join(", ")
+                done(parts.join(", "), ok)
             }
-        };
-        if fault.is_partition() {
-            self.heal_network();
+            Fault::CrashPoint => self.crash_point(hold_until, stop),
+            Fault::PartitionKill => {
+                let order = self.shuffled(n);
+                let (cut, dead) = (order[0], order[1]);
+                let ok = self.cut(&[cut], &others(n, &[cut])) & self.kill(dead);
+                self.hold(hold_until, stop);
+                self.heal_network();
+                self.restart_killed();
+                done(format!("n{} cut, n{} killed", cut + 1, dead + 1), ok)
+            }
+            Fault::SkewPartitionLeader => {
+                let Some(v) = self.node_with_most_leaders() else {
+                    self.hold(hold_until, stop);
+                    return done("no leader known", false);
+                };
+                let rate: f64 = self.rng.gen_range(0.95..1.0);
+                let ok = self.skew(v, rate, 0) & self.cut(&[v], &others(n, &[v]));
+                self.hold(hold_until, stop);
+                self.heal_network();
+                self.unskew();
+                done(format!("n{} ×{rate:.2}", v + 1), ok)
+            }
+            Fault::KillShuffle => {
+                let ok = self.add_scheduler("shuffle-region-scheduler");
+                let v = self.rng.gen_range(0..n);
+                let killed = self.kill(v);
+                self.hold(hold_until, stop);
+                self.restart_killed();
+                self.remove_scheduler("shuffle-region-scheduler");
+                done(format!("n{}", v + 1), ok && killed)
+            }
+            Fault::KillSplit => {
+                let key = self.random_key();
+                let leader = self.cluster.leader_node_of(&key);
+                let half = Instant::now() + hold / 2;
+                let mut splits = self.split_until(half, stop);
+                let killed = leader.is_some_and(|v| self.kill(v));
+                splits += self.split_until(hold_until, stop);
+                self.restart_killed();
+                let who = leader.map_or("no leader".into(), |v| format!("n{}", v + 1));
+                done(format!("{who} killed, {splits} splits asked"), killed && splits > 0)
+            }
+            Fault::PdCut | Fault::ClientCut => {
+                let order = self.shuffled(n);
+                let victims = &order[..self.rng.gen_range(1..=2.min(n))];
+                let mut ok = true;
+                for &v in victims {
+                    let r = if fault == Fault::PdCut {
+                        self.cluster.cut_from_pd(v)
+                    } else {
+                        self.cluster.cut_from_clients(v)
+                    };
+                    if let Err(e) = r {
+                        panic!("cannot cut n{}: {e}", v + 1);
+                    }
+                    ok &= self.cluster.node_running(v);
+                }
+                self.hold(hold_until, stop);
+                self.heal_network();
+                done(names(victims), ok)
+            }
+            Fault::Delay => {
+                let order = self.shuffled(n);
+                let victims = &order[..self.rng.gen_range(1..=3.min(n))];
+                let ms: u64 = self.rng.gen_range(20..300);
+                let ok = victims.iter().fold(true, |ok, &v| ok & self.delay(v, ms, None));
+                self.hold(hold_until, stop);
+                self.undelay();
+                done(format!("{} +{ms}ms", names(victims)), ok)
+            }
+            Fault::DelayTransfer => self.delay_transfer(hold_until, stop),
+            Fault::DelaySplit => {
+                let ms: u64 = self.rng.gen_range(100..250);
+                let ok = (0..n).fold(true, |ok, v| ok & self.delay(v, ms, None));
+                let splits = self.split_until(hold_until, stop);
+                self.undelay();
+                done(format!("+{ms}ms, {splits} splits asked"), ok && splits > 0)
+            }
         }
-        desc
+    }
+
+    /// `crash-point`: see the module doc.
+    fn crash_point(&mut self, hold_until: Instant, stop: &AtomicBool) -> Done {
+        let n = self.cluster.node_count();
+        let point = CRASH_POINTS[self.rng.gen_range(0..CRASH_POINTS.len())];
+        let v = self.rng.gen_range(0..n);
+        let mut lagging = None;
+        match point {
+            "snapshot_apply_after_mark" | "snapshot_apply_after_ingest" => {
+                // v misses writes while down, then needs a snapshot at restart.
+                self.kill(v);
+                let back_at = Instant::now() + (hold_until - Instant::now()) / 2;
+                self.hold(back_at, stop);
+                self.killed.retain(|&k| k != v);
+                self.cluster.restart_node_with_failpoints(v, &format!("{point}=panic"));
+                self.armed.insert(v, point);
+            }
+            "snapshot_generate" | "snapshot_send" => {
+                // The leaders' node sends snapshots to a node that was down.
+                let leader = self.node_with_most_leaders().unwrap_or(v);
+                let w = (leader + 1 + self.rng.gen_range(0..n - 1)) % n;
+                if self.arm(leader, point) {
+                    self.kill(w);
+                    lagging = Some(w);
+                }
+            }
+            _ => {
+                self.arm(v, point);
+            }
+        }
+        if let Some(w) = lagging {
+            let back_at = Instant::now() + (hold_until - Instant::now()) / 2;
+            self.hold(back_at, stop);
+            self.killed.retain(|&k| k != w);
+            self.cluster.restart_node(w);
+        }
+        let target = self.armed.keys().next().copied();
+        let mut fired = false;
+        while Instant::now() < hold_until && !stop.load(Ordering::Relaxed) && !fired {
+            self.hold(Instant::now() + Duration::from_millis(100), stop);
+            fired = target.is_some_and(|t| !self.armed.contains_key(&t));
+        }
+        // Not fired: disarm (a node restarted with FAILPOINTS is restarted
+        // clean so the point cannot fire later).
+        for (node, name) in std::mem::take(&mut self.armed) {
+            self.cluster.disarm_crash_point(node, name);
+        }
+        self.restart_killed();
+        let desc =
+            format!("{point} on n{}{}", target.map_or(v, |t| t) + 1, if fired { " fired" } else { "" });
+        done(desc, fired)
+    }
+
+    /// `delay-transfer`: messages to a region's leader are delayed on every
+    /// other node, and PD moves the leadership away; the old leader learns
+    /// of its successor only after the delay.
+    fn delay_transfer(&mut self, hold_until: Instant, stop: &AtomicBool) -> Done {
+        let n = self.cluster.node_count();
+        let key = self.random_key();
+        let Some(region) = self.region_of(&key) else {
+            self.hold(hold_until, stop);
+            return done("no region known", false);
+        };
+        let leader_store = region["leader"]["store_id"].as_u64().unwrap_or(0);
+        let Some(l) = (0..n).find(|&i| self.cluster.store_id_of(i) == Some(leader_store)) else {
+            self.hold(hold_until, stop);
+            return done("no leader known", false);
+        };
+        let targets: Vec<u64> = region["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["store_id"].as_u64())
+            .filter(|s| *s != leader_store)
+            .collect();
+        let Some(&to) = targets.choose(&mut self.rng) else {
+            self.hold(hold_until, stop);
+            return done("no other peer", false);
+        };
+        let mut ok = true;
+        // 450 ms: the old leader hears of its successor ~900 ms after the
+        // transfer began, well after its lease (0.8 s from the last write it
+        // proposed) should have been given up.
+        for i in others(n, &[l]) {
+            ok &= self.delay(i, 450, Some(leader_store));
+        }
+        let op = json!({ "name": "transfer-leader", "region_id": region["id"], "to_store_id": to });
+        ok &= self.cluster.pd_post("/pd/api/v1/operators", op).is_ok();
+        self.hold(hold_until, stop);
+        self.undelay();
+        done(format!("n{} ({}) → store {to}", l + 1, show(&key)), ok)
+    }
+
+    /// Asks PD for splits that move live register keys into a new region,
+    /// and near workload keys, every 300 ms until `until`.
+    fn split_until(&mut self, until: Instant, stop: &AtomicBool) -> u64 {
+        let mut splits = 0;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            let at = if self.rng.gen_bool(0.5) {
+                self.splits_asked += 1;
+                let slot = self.rng.gen_range(0..crate::workload::REGISTER_KEYS);
+                crate::workload::live_split_point(slot, self.splits_asked)
+            } else {
+                let mut at = self.random_key();
+                at.extend(format!("/{:04}", self.rng.gen_range(0..10_000)).bytes());
+                at
+            };
+            if self.cluster.split_at(&[at]).is_ok() {
+                splits += 1;
+            }
+            self.hold(Instant::now() + Duration::from_millis(300), stop);
+        }
+        splits
+    }
+
+    fn random_key(&mut self) -> Vec<u8> {
+        self.keys[self.rng.gen_range(0..self.keys.len())].clone()
+    }
+
+    fn shuffled(&mut self, n: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut self.rng);
+        order
+    }
+
+    /// The region containing `key`, as PD lists it.
+    fn region_of(&self, key: &[u8]) -> Option<serde_json::Value> {
+        self.cluster.regions().into_iter().find(|r| {
+            let start = crate::cluster::unhex(r["start_key"].as_str().unwrap_or(""));
+            let end = crate::cluster::unhex(r["end_key"].as_str().unwrap_or(""));
+            key >= start.as_slice() && (end.is_empty() || key < end.as_slice())
+        })
     }
 
     /// Cuts every link between `a` and `b` (both directions).
-    fn cut(&self, a: &[usize], b: &[usize]) {
-        self.partition(&cut_grudge(self.cluster.node_count(), a, b));
+    fn cut(&self, a: &[usize], b: &[usize]) -> bool {
+        self.partition(&cut_grudge(self.cluster.node_count(), a, b))
     }
 
-    fn partition(&self, grudge: &[Vec<usize>]) {
+    /// Applies a grudge; true once the rules are in place.
+    fn partition(&self, grudge: &[Vec<usize>]) -> bool {
         if let Err(e) = self.cluster.partition(grudge) {
             panic!("cannot partition the network: {e}");
         }
+        true
     }
 
     fn heal_network(&self) {
@@ -392,9 +809,16 @@ impl Nemesis {
         }
     }
 
-    fn kill(&mut self, v: usize) {
+    /// SIGKILLs node `v`; true if it was running.
+    fn kill(&mut self, v: usize) -> bool {
+        let was_running = self.cluster.node_running(v);
+        self.log.events.scrape(&self.cluster, v);
         self.cluster.kill_node(v);
-        self.killed.push(v);
+        self.armed.remove(&v);
+        if !self.killed.contains(&v) {
+            self.killed.push(v);
+        }
+        was_running
     }
 
     fn restart_killed(&mut self) {
@@ -409,17 +833,53 @@ impl Nemesis {
         }
     }
 
+    fn add_scheduler(&self, name: &str) -> bool {
+        match self.cluster.pd_post("/pd/api/v1/schedulers", json!({ "name": name })) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(%e, "cannot add {name}");
+                false
+            }
+        }
+    }
+
     fn remove_scheduler(&self, name: &str) {
         let _ = self.cluster.pd_delete(&format!("/pd/api/v1/schedulers/{name}"));
     }
 
-    fn skew(&self, v: usize, body: serde_json::Value) -> Result<(), String> {
-        let url = format!("http://{}/debug/lease-clock", self.cluster.node_status_addr(v));
+    /// Arms crash point `name` on node `v` (`panic`); true if armed.
+    fn arm(&mut self, v: usize, name: &'static str) -> bool {
+        match self.cluster.arm_crash_point(v, name, "panic") {
+            Ok(()) => {
+                self.armed.insert(v, name);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%e, node = v + 1, "cannot arm crash point {name}");
+                false
+            }
+        }
+    }
+
+    fn status_post(&self, v: usize, path: &str, body: serde_json::Value) -> Result<(), String> {
+        let url = format!("http://{}{path}", self.cluster.node_status_addr(v));
         ureq::post(&url)
             .timeout(Duration::from_secs(2))
             .send_json(body)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// Skews node `v`'s lease clock; true if the node took it.
+    fn skew(&mut self, v: usize, rate: f64, jump_ms: u64) -> bool {
+        self.skewed.push(v);
+        match self.status_post(v, "/debug/lease-clock", json!({ "rate": rate, "jump_ms": jump_ms })) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(%e, node = v + 1, "cannot skew the lease clock");
+                false
+            }
+        }
     }
 
     /// Puts skewed clocks back to real speed; a clock left slow could
@@ -428,22 +888,62 @@ impl Nemesis {
         self.restart_crashed();
         for v in std::mem::take(&mut self.skewed) {
             wait_for(&format!("n{}'s lease clock back to rate 1", v + 1), Duration::from_secs(10), || {
-                self.skew(v, json!({ "rate": 1.0 })).ok()
+                self.status_post(v, "/debug/lease-clock", json!({ "rate": 1.0 })).ok()
             });
         }
     }
 
-    /// Records and restarts nodes that exited on their own (a crash is a
-    /// finding of the run; the restart lets the run go on and heal).
+    /// Delays node `v`'s raft messages (to `store`, or to all) by `ms`.
+    fn delay(&mut self, v: usize, ms: u64, store: Option<u64>) -> bool {
+        self.delayed.push(v);
+        let body = match store {
+            Some(s) => json!({ "ms": ms, "to_stores": [s] }),
+            None => json!({ "ms": ms }),
+        };
+        match self.status_post(v, "/debug/transport-delay", body) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(%e, node = v + 1, "cannot delay raft messages");
+                false
+            }
+        }
+    }
+
+    /// Removes every delay (a restarted node has none).
+    fn undelay(&mut self) {
+        self.restart_crashed();
+        let mut delayed = std::mem::take(&mut self.delayed);
+        delayed.sort_unstable();
+        delayed.dedup();
+        for v in delayed {
+            wait_for(&format!("n{}'s raft delay cleared", v + 1), Duration::from_secs(10), || {
+                self.status_post(v, "/debug/transport-delay", json!({ "ms": 0 })).ok()
+            });
+        }
+    }
+
+    /// Records and restarts nodes that exited on their own. A node that died
+    /// at the crash point armed on it is what the fault wanted (counted);
+    /// any other exit is a crash, a finding of the run; the restart lets
+    /// the run go on and heal.
     fn restart_crashed(&mut self) {
         for (v, status) in self.cluster.reap_crashed_nodes() {
             let at = self.recorder.now_ns() as f64 / 1e9;
-            tracing::error!(node = v + 1, %status, "node crashed; restarting it");
-            self.log
-                .crashes
-                .push(format!("n{0} exited on its own ({status}) by {at:.1} s; see n{0}.log", v + 1));
-            // A fresh process has a true clock and is not stopped.
+            match self.armed.remove(&v) {
+                Some(point) if status.code() == Some(CRASH_POINT_EXIT_CODE) => {
+                    tracing::info!(node = v + 1, point, "node died at its crash point; restarting it");
+                    *self.log.crash_points_fired.entry(point.to_string()).or_default() += 1;
+                }
+                _ => {
+                    tracing::error!(node = v + 1, %status, "node crashed; restarting it");
+                    self.log
+                        .crashes
+                        .push(format!("n{0} exited on its own ({status}) by {at:.1} s; see n{0}.log", v + 1));
+                }
+            }
+            // A fresh process has a true clock, no delays and is not stopped.
             self.skewed.retain(|&s| s != v);
+            self.delayed.retain(|&d| d != v);
             self.paused.retain(|&p| p != v);
             self.cluster.restart_node(v);
         }
@@ -452,10 +952,14 @@ impl Nemesis {
     /// Heals whatever is still broken (the run is ending).
     fn heal_all(&mut self) {
         self.restart_crashed();
+        for (node, name) in std::mem::take(&mut self.armed) {
+            self.cluster.disarm_crash_point(node, name);
+        }
         self.heal_network();
         self.resume_paused();
         self.restart_killed();
         self.unskew();
+        self.undelay();
         for name in ["shuffle-leader-scheduler", "shuffle-region-scheduler"] {
             self.remove_scheduler(name);
         }
@@ -464,7 +968,7 @@ impl Nemesis {
     /// Index of the node holding the most region leaders, per PD.
     fn node_with_most_leaders(&self) -> Option<usize> {
         let mut counts = vec![0usize; self.cluster.node_count()];
-        let node_of_store: std::collections::HashMap<u64, usize> =
+        let node_of_store: HashMap<u64, usize> =
             (0..counts.len()).filter_map(|i| Some((self.cluster.store_id_of(i)?, i))).collect();
         for r in self.cluster.regions() {
             if let Some(&i) = r["leader"]["store_id"].as_u64().and_then(|s| node_of_store.get(&s)) {
@@ -488,6 +992,40 @@ impl Nemesis {
         }
         None
     }
+
+    /// Holds a fault until `until` (or `stop`), restarting crashed nodes
+    /// and reading node counters along the way.
+    fn hold(&mut self, until: Instant, stop: &AtomicBool) {
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            if !self.armed.is_empty() {
+                self.restart_crashed();
+            }
+            self.scrape_now_and_then();
+        }
+    }
+
+    /// Like [`Nemesis::hold`], between faults.
+    fn sleep_until(&mut self, until: Instant, stop: &AtomicBool) {
+        self.hold(until, stop);
+    }
+
+    fn scrape_now_and_then(&mut self) {
+        if Instant::now() < self.next_scrape {
+            return;
+        }
+        self.next_scrape = Instant::now() + Duration::from_secs(1);
+        for i in 0..self.cluster.node_count() {
+            if self.cluster.node_running(i) {
+                self.log.events.scrape(&self.cluster, i);
+            }
+        }
+    }
+}
+
+/// Every node but `except`.
+fn others(n: usize, except: &[usize]) -> Vec<usize> {
+    (0..n).filter(|i| !except.contains(i)).collect()
 }
 
 fn names(nodes: &[usize]) -> String {
@@ -524,13 +1062,6 @@ fn ring_grudge(order: &[usize]) -> Vec<Vec<usize>> {
         }
     }
     grudge
-}
-
-/// Sleeps until `until` or until `stop` is set, whichever comes first.
-fn sleep_until(until: Instant, stop: &AtomicBool) {
-    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn show(key: &[u8]) -> String {
@@ -580,13 +1111,16 @@ mod tests {
 
     #[test]
     fn nemesis_names_parse() {
-        assert_eq!(Fault::parse_list("all").unwrap().len(), ALL.len());
+        assert_eq!(Fault::parse_list("all").unwrap().len(), CLASSIC.len());
+        assert_eq!(Fault::parse_list("compound").unwrap().len(), COMPOUND.len());
+        assert_eq!(Fault::parse_list("everything").unwrap().len(), CLASSIC.len() + COMPOUND.len() + 1);
         assert!(Fault::parse_list("none").unwrap().is_empty());
         let p = Fault::parse_list("partition,kill-leader,partition-one").unwrap();
-        assert_eq!(p.len(), 6, "groups expand, duplicates collapse: {p:?}");
-        assert!(p.iter().take(5).all(|f| f.is_partition()));
+        let partitions = every_fault().iter().filter(|f| f.is_partition()).count();
+        assert_eq!(p.len(), partitions + 1, "groups expand, duplicates collapse: {p:?}");
+        assert!(p.iter().take(partitions).all(|f| f.is_partition()));
         assert!(Fault::parse_list("meteor").unwrap_err().contains("unknown nemesis"));
-        for f in ALL {
+        for f in every_fault() {
             assert_eq!(Fault::parse_list(f.name()).unwrap(), vec![f]);
         }
     }

@@ -49,8 +49,14 @@ pub const MAX_POINTS: usize = 50_000;
 /// same clock as history events).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NemesisWindow {
-    /// The fault as shown on the charts (e.g. `partition-majority`).
+    /// The fault as shown on the charts (e.g. `partition-majority n1,n2`).
     pub name: String,
+    /// The fault's kind (`--nemesis` name, e.g. `partition-halves`).
+    #[serde(default)]
+    pub kind: String,
+    /// Whether the fault took effect (see `nemesis`).
+    #[serde(default)]
+    pub effective: bool,
     /// When the fault began, ns since the run started.
     pub start_ns: u64,
     /// When it was healed, ns since the run started. A fault still active at
@@ -522,7 +528,13 @@ mod tests {
     use crate::history::{Event, Key, Op, Output, Recorder};
 
     fn window(name: &str, start_ms: u64, end_ms: u64) -> NemesisWindow {
-        NemesisWindow { name: name.to_string(), start_ns: start_ms * 1_000_000, end_ns: end_ms * 1_000_000 }
+        NemesisWindow {
+            name: name.to_string(),
+            kind: name.split_whitespace().next().unwrap_or(name).to_string(),
+            effective: true,
+            start_ns: start_ms * 1_000_000,
+            end_ns: end_ms * 1_000_000,
+        }
     }
 
     #[test]

@@ -1,21 +1,25 @@
 //! One chaos run, start to verdict:
 //!
 //! 1. start PD + N nodes (each in its own network namespace when possible)
-//!    with a fresh data directory `<out>/data`, kept with the results;
+//!    with a fresh data directory `<out>/data`, kept with the results; the
+//!    nodes run with small regions and short raft logs, so splits, log GC
+//!    and snapshots to lagging followers all happen during the run;
 //! 2. split the workload keys apart, so they live in several regions;
 //! 3. run the workloads through the real client while the nemesis injects
 //!    faults, for the run's duration;
 //! 4. heal everything, wait until every region has a leader again, do the
 //!    final reads (set, counters);
-//! 5. check the history and write `<out>/history.jsonl`, `results.json` and
+//! 5. compare the replicas: every two replicas of a region that applied the
+//!    same log index must hold the same data (`/debug/region-hashes`);
+//! 6. check the history and write `<out>/history.jsonl`, `results.json` and
 //!    `report.html`.
 //!
-//! The unsafe mode (`unsafe_mode`) starts the nodes with
-//! `--unsafe-stale-reads` and sends each get first to a random replica with
-//! `replica_read` (retries go to the leader): followers answer from their
-//! local state, which must be
-//! caught as non-linearizable. It exists to show the checker has teeth.
+//! A run can plant a known bug ([`Plant`]) to prove the checkers catch it:
+//! `stale-follower-reads` starts the nodes with `--unsafe-stale-reads` and
+//! sends each get first to a random replica with `replica_read`; the others
+//! start the nodes with `--plant NAME`. Such a run must come out invalid.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,10 +30,66 @@ use serde_json::json;
 
 use crate::checker::{self, Anomaly, AnomalyKind, Report, Validity};
 use crate::cluster::{Cluster, ClusterConfig};
-use crate::history::{History, Outcome, Recorder};
+use crate::history::{History, Key, OpName, Outcome};
 use crate::nemesis::{Fault, Nemesis, NemesisLog};
 use crate::report::{self, RunInfo};
 use crate::workload::{self, Shared, Workloads};
+
+/// A known bug a run can plant, to show the harness catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plant {
+    /// Followers answer reads from their own state (`--unsafe-stale-reads`).
+    StaleFollowerReads,
+    /// Apply judges TTL expiry by the local clock.
+    ApplyLocalClock,
+    /// The leader lease survives leader transfers.
+    LeaseIgnoresTransfer,
+    /// Writes are acknowledged when proposed, before commit.
+    AckBeforeCommit,
+    /// Apply skips the epoch and key-range check.
+    SkipApplyEpochCheck,
+}
+
+impl Plant {
+    /// Every plantable bug.
+    pub const ALL: [Plant; 5] = [
+        Plant::StaleFollowerReads,
+        Plant::ApplyLocalClock,
+        Plant::LeaseIgnoresTransfer,
+        Plant::AckBeforeCommit,
+        Plant::SkipApplyEpochCheck,
+    ];
+
+    /// The name (`--plant NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Plant::StaleFollowerReads => "stale-follower-reads",
+            Plant::ApplyLocalClock => "apply-local-clock",
+            Plant::LeaseIgnoresTransfer => "lease-ignores-transfer",
+            Plant::AckBeforeCommit => "ack-before-commit",
+            Plant::SkipApplyEpochCheck => "skip-apply-epoch-check",
+        }
+    }
+
+    /// What it breaks.
+    pub fn description(self) -> &'static str {
+        match self {
+            Plant::StaleFollowerReads => "any replica answers gets from its own state (stale reads)",
+            Plant::ApplyLocalClock => "apply judges TTL expiry by the local clock (replicas diverge)",
+            Plant::LeaseIgnoresTransfer => "the lease stays valid across leader transfers (stale reads)",
+            Plant::AckBeforeCommit => "writes acknowledged when proposed (acknowledged writes lost)",
+            Plant::SkipApplyEpochCheck => "apply skips the epoch check (writes land in the wrong region)",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Result<Plant, String> {
+        Plant::ALL.iter().copied().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Plant::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown bug {s:?}: {}", names.join(", "))
+        })
+    }
+}
 
 /// What a run does.
 #[derive(Clone, Debug)]
@@ -48,8 +108,8 @@ pub struct RunOptions {
     pub nodes: usize,
     /// Concurrent register clients (set and counter get a third each, ≥ 1).
     pub clients: usize,
-    /// Deliberately unsafe stale follower reads (see the module doc).
-    pub unsafe_mode: bool,
+    /// A bug planted on purpose (the run must come out invalid).
+    pub plant: Option<Plant>,
     /// Results directory (created; the cluster's data goes to `data/`).
     pub out_dir: PathBuf,
     /// Nodes in network namespaces (needed for partitions; needs root).
@@ -71,12 +131,18 @@ pub struct RunOutcome {
     /// was in place: the clients reach every node, so this is what the
     /// majority side served (None: no such partition).
     pub ok_share_during_minority_partitions: Option<f64>,
+    /// `ok` operations per (operation kind, key) — the workloads' coverage.
+    pub ok_per_key: BTreeMap<(OpName, Key), u64>,
+    /// What happened in the cluster (node counters summed, crash points fired).
+    pub cluster_events: BTreeMap<String, u64>,
 }
 
 /// Node settings for chaos runs: regions split after ~500 keys, so the set
-/// workload's range keeps splitting while the run goes on; quick PD reports.
+/// workload's range keeps splitting while the run goes on; quick PD reports;
+/// raft logs cut short (a follower that misses ~30 entries needs a snapshot).
 const CHAOS_NODE_TOML: &str = "[raftstore]\npd-heartbeat-tick-interval = \"1s\"\n\
 pd-store-heartbeat-tick-interval = \"1s\"\nraft-log-gc-tick-interval = \"1s\"\n\
+raft-log-gc-threshold = 10\nraft-log-gc-count-limit = 30\n\
 [coprocessor]\nregion-split-size = \"64KiB\"\nregion-split-keys = 500\n\
 split-region-check-tick-interval = \"1s\"\n";
 
@@ -89,8 +155,10 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     }
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| format!("{}: {e}", opts.out_dir.display()))?;
     let mut node_args = vec!["--enable-test-controls".to_string()];
-    if opts.unsafe_mode {
-        node_args.push("--unsafe-stale-reads".into());
+    match opts.plant {
+        Some(Plant::StaleFollowerReads) => node_args.push("--unsafe-stale-reads".into()),
+        Some(p) => node_args.extend(["--plant".to_string(), p.name().to_string()]),
+        None => {}
     }
     let cfg = ClusterConfig {
         nodes: opts.nodes,
@@ -110,23 +178,24 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     .map_err(|e| format!("cluster start failed: {e}"))?;
 
     // Short per-call deadlines keep operations (and so the history) moving through faults.
+    let stale_reads = opts.plant == Some(Plant::StaleFollowerReads);
     let config = Config {
         timeout: Duration::from_secs(3),
         rpc_timeout: Duration::from_secs(1),
-        replica_read: opts.unsafe_mode,
+        replica_read: stale_reads,
     };
     let endpoints = vec![cluster.pd_endpoint()];
-    let client =
-        RawClient::with_config(endpoints.clone(), config.clone()).await.map_err(|e| e.to_string())?;
     let probe = RawClient::with_config(endpoints.clone(), Config { replica_read: false, ..config.clone() })
         .await
         .map_err(|e| e.to_string())?;
     // The final reads may scan hundreds of regions: a long deadline.
-    let final_config = Config { timeout: Duration::from_secs(60), ..config };
-    let final_client = RawClient::with_config(endpoints, final_config).await.map_err(|e| e.to_string())?;
-    let recorder = Recorder::new();
+    let final_config = Config { timeout: Duration::from_secs(60), replica_read: false, ..config.clone() };
+    let final_client =
+        RawClient::with_config(endpoints.clone(), final_config).await.map_err(|e| e.to_string())?;
+    let recorder = crate::history::Recorder::new();
     let shared = Shared {
-        client: Arc::new(client),
+        endpoints,
+        config,
         recorder: recorder.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         next_element: Arc::new(AtomicU64::new(0)),
@@ -137,18 +206,17 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     let side = (opts.clients / 3).max(1);
     for i in 0..opts.clients {
         if w.register {
-            workers.push(tokio::spawn(workload::register_worker(shared.clone(), worker_seed(opts.seed, i))));
+            let seed = worker_seed(opts.seed, i);
+            workers.push(tokio::spawn(workload::register_worker(shared.clone(), i as u64, seed)));
         }
     }
     for i in 0..side {
         if w.set {
-            workers.push(tokio::spawn(workload::set_worker(shared.clone())));
+            workers.push(tokio::spawn(workload::set_worker(shared.clone(), i == 0)));
         }
         if w.counter {
-            workers.push(tokio::spawn(workload::counter_worker(
-                shared.clone(),
-                worker_seed(opts.seed, 500 + i),
-            )));
+            let seed = worker_seed(opts.seed, 500 + i);
+            workers.push(tokio::spawn(workload::counter_worker(shared.clone(), seed)));
         }
     }
 
@@ -186,8 +254,14 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     })
     .await
     .map_err(|e| format!("cluster did not recover after the heal: {e}"))?;
-    let finals = Shared { client: Arc::new(final_client), ..shared.clone() };
-    let missing = workload::final_reads(&finals, w, Instant::now() + Duration::from_secs(120)).await;
+    let missing =
+        workload::final_reads(&final_client, &shared, w, Instant::now() + Duration::from_secs(120)).await;
+    let (cluster, replicas) = tokio::task::spawn_blocking(move || {
+        let replicas = crate::replicas::compare(&cluster, Duration::from_secs(30));
+        (cluster, replicas)
+    })
+    .await
+    .map_err(|e| format!("replica comparison failed: {e}"))?;
 
     let history = recorder.history();
     history.save(&opts.out_dir.join("history.jsonl")).map_err(|e| e.to_string())?;
@@ -197,6 +271,10 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("history is malformed: {e}"))?;
+    report.validity = report.validity.and(replicas.validity);
+    report.checkers.insert("replicas".into(), replicas.validity);
+    report.anomalies.extend(replicas.anomalies.clone());
+    report.details.insert("replicas".into(), replicas.details.clone());
     for crash in &log.crashes {
         report.validity = report.validity.and(Validity::Invalid);
         report.anomalies.push(Anomaly {
@@ -217,16 +295,24 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
         });
     }
     let ok_share = ok_share_during_minority_partitions(&history, &log);
+    let mut cluster_events: BTreeMap<String, u64> =
+        log.events.totals().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    cluster_events.insert("crash_points_fired".into(), log.crash_points_fired.values().sum());
+    let ok_per_key = ok_per_key(&history);
     let info = RunInfo {
         seed: opts.seed,
         duration_s: opts.duration.as_secs(),
         nemesis: opts.nemesis_name.clone(),
         workload: w.names(),
         nodes: opts.nodes,
-        unsafe_mode: opts.unsafe_mode,
+        unsafe_mode: opts.plant.is_some(),
         data_dir: cluster.root().display().to_string(),
         extra: json!({
+            "planted_bug": opts.plant.map(|p| p.name()),
             "faults": opts.faults.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            "fault_tally": log.tally,
+            "cluster_events": cluster_events,
+            "crash_points_fired": log.crash_points_fired,
             "network": if cluster.can_partition() { "namespaces" } else { "loopback (no partitions)" },
             "leader_kill_recovery_ms": recovery_summary(&log),
             "ok_share_during_minority_partitions": ok_share,
@@ -235,7 +321,25 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     report::write(&opts.out_dir, &info, &history, &report, &log.windows).map_err(|e| e.to_string())?;
     drop(cluster);
     let operations = history.operations().map(|o| o.len()).unwrap_or(0);
-    Ok(RunOutcome { report, operations, nemesis: log, ok_share_during_minority_partitions: ok_share })
+    Ok(RunOutcome {
+        report,
+        operations,
+        nemesis: log,
+        ok_share_during_minority_partitions: ok_share,
+        ok_per_key,
+        cluster_events,
+    })
+}
+
+/// `ok` operations per (kind, key), for keyed operations.
+fn ok_per_key(history: &History) -> BTreeMap<(OpName, Key), u64> {
+    let mut out = BTreeMap::new();
+    for o in history.operations().unwrap_or_default() {
+        if let (Some(key), Outcome::Ok(_)) = (o.op.key(), &o.outcome) {
+            *out.entry((o.op.name(), key)).or_default() += 1;
+        }
+    }
+    out
 }
 
 /// Splits the workload keys into their own regions: asks PD (again, while

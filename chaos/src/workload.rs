@@ -1,13 +1,26 @@
 //! The three workloads, run through the real client ([`RawClient`]) and
-//! recorded into one [`Recorder`]:
+//! recorded into one [`Recorder`]. Every worker has a client of its own (its
+//! own connections and region cache, as separate application processes
+//! would), and every value written is unique in the run, so a read names
+//! exactly which write it saw.
 //!
-//! - **register**: random get / put / CAS on [`REGISTER_KEYS`] keys at a
-//!   time, `reg/<slot>/<generation>`; every [`REGISTER_GENERATION`] the
-//!   clients move on to fresh keys (as Jepsen's independent keys do), so an
-//!   operation of unknown outcome stays open in one short sub-history, not
-//!   in the whole run's. Checked for linearizability per key.
-//! - **set**: unique inserts `set/<element>`; at the end one `read_all`
-//!   (a scan of the `set/` range) must hold every acknowledged insert.
+//! - **register**: [`REGISTER_KEYS`] keys at a time, `reg/<slot>/<generation>`;
+//!   every [`REGISTER_GENERATION`] the clients move on to fresh keys (as
+//!   Jepsen's independent keys do), so an operation of unknown outcome stays
+//!   open in one short sub-history. Each worker picks a key and one of: read,
+//!   write, write with a TTL of one second ([`TTL_SECS`]), CAS from the
+//!   value it last saw (a CAS stores without TTL), delete, or a batch write
+//!   of two keys. Each worker also has a key of its own per generation
+//!   (`reg/ttl/<worker>/<generation>`), nobody else writes: it writes a value
+//!   with a TTL there and CASes that value away right at its expiry (one
+//!   second later, ± 25 ms), so the CAS is decided at the edge — where
+//!   replicas judging expiry by different clocks, or at different times,
+//!   would disagree — and now and then reads it back. Checked for linearizability per key, with expiring
+//!   values in the model.
+//! - **set**: unique inserts `set/<element>`; one worker also reads the whole
+//!   set every [`SET_READ_EVERY`] during the run, and one final `read_all`
+//!   (a scan of the `set/` range) ends it. Every read must hold every
+//!   acknowledged insert, in key order, once each.
 //! - **counter**: [`COUNTER_KEYS`] counters `ctr/000`…, each incremented by
 //!   read v → CAS v → v+1, read now and then and once at the end; no
 //!   increment may be lost or doubled.
@@ -22,11 +35,12 @@
 //! (`DeadlineExceeded`, `InvalidArgument`); any other error leaves it
 //! unknown (`info`), and the process id is retired.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mnemo_client::{Error, RawClient};
+use mnemo_client::{Config, Error, RawClient};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -38,8 +52,11 @@ pub const REGISTER_KEYS: u64 = 8;
 pub const REGISTER_GENERATION: Duration = Duration::from_secs(20);
 /// Number of counter keys.
 pub const COUNTER_KEYS: u64 = 4;
-/// Values written to registers are drawn from `0..REGISTER_VALUES`.
-const REGISTER_VALUES: u64 = 5;
+/// Time to live of the register workload's expiring writes (seconds; the
+/// smallest RawKV allows).
+pub const TTL_SECS: u64 = 1;
+/// How often one set worker reads the whole set during the run.
+pub const SET_READ_EVERY: Duration = Duration::from_secs(5);
 
 /// Which workloads a run drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +102,19 @@ impl Workloads {
 /// `k / REGISTER_KEYS`. A slot's keys of every generation are neighbours
 /// (`reg/003/00000`, `reg/003/00001`, ...), so they share a region.
 pub fn register_key(k: Key) -> Vec<u8> {
+    if k.0 >= EDGE_KEYS {
+        let (worker, generation) = ((k.0 - EDGE_KEYS) / 100_000, (k.0 - EDGE_KEYS) % 100_000);
+        return format!("reg/ttl/{worker:03}/{generation:05}").into_bytes();
+    }
     format!("reg/{:03}/{:05}", k.0 % REGISTER_KEYS, k.0 / REGISTER_KEYS).into_bytes()
+}
+
+/// Key ids from here on are the workers' own TTL-edge keys.
+const EDGE_KEYS: u64 = 1 << 40;
+
+/// Worker `worker`'s own key of `generation` (see the module doc).
+fn edge_key(worker: u64, generation: u64) -> Key {
+    Key(EDGE_KEYS + worker * 100_000 + generation)
 }
 
 /// The key prefix of register slot `slot` (the split and probe targets).
@@ -135,6 +164,19 @@ pub fn interesting_keys(w: Workloads) -> Vec<Vec<u8>> {
     keys
 }
 
+/// A split point that moves every key of register slot `slot` (all its
+/// generations, the live one included) into a new region: `reg/<slot>//<n>`
+/// sorts after the slot's previous split points (for a larger `n`) and
+/// before all its keys. A write in flight when such a split applies must be
+/// refused by apply's epoch check, not land in the wrong region.
+pub fn live_split_point(slot: u64, n: u64) -> Vec<u8> {
+    format!("reg/{slot:03}//{n:010}").into_bytes()
+}
+
+fn generation_at(started: Instant) -> u64 {
+    (started.elapsed().as_secs() / REGISTER_GENERATION.as_secs()).min(99_999)
+}
+
 /// A value the workloads never write: what an unparseable value read from
 /// the store is recorded as, so the checkers flag it instead of the
 /// harness crashing on it.
@@ -162,8 +204,10 @@ fn complete_write(pending: Pending, r: Result<(), Error>) -> Process {
 /// What every worker shares.
 #[derive(Clone)]
 pub struct Shared {
-    /// The client all workers use (one region cache, as an application would).
-    pub client: Arc<RawClient>,
+    /// PD endpoints; each worker opens its own client.
+    pub endpoints: Vec<String>,
+    /// The workers' client settings.
+    pub config: Config,
     /// Where operations are recorded.
     pub recorder: Recorder,
     /// Set when the run is over.
@@ -174,36 +218,141 @@ pub struct Shared {
     pub started: Instant,
 }
 
+impl Shared {
+    /// A client of the worker's own, retried until PD answers (or the run ends).
+    pub async fn client(&self) -> Option<RawClient> {
+        while !self.stop.load(Ordering::Relaxed) {
+            match RawClient::with_config(self.endpoints.clone(), self.config.clone()).await {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::warn!("workload client cannot start yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Unique values of worker `worker`: `(worker + 1) · 10⁹ + n`.
+struct Values {
+    next: u64,
+}
+
+impl Values {
+    fn new(worker: u64) -> Values {
+        Values { next: (worker + 1) * 1_000_000_000 }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+}
+
 /// One register client until `stop`.
-pub async fn register_worker(s: Shared, seed: u64) {
+pub async fn register_worker(s: Shared, worker: u64, seed: u64) {
+    let Some(client) = s.client().await else { return };
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut values = Values::new(worker);
+    // The value this worker last saw for each key: its CASes expect it.
+    let mut last_seen: HashMap<Key, Option<u64>> = HashMap::new();
+    // The value written with a TTL on this worker's own key, to CAS away at
+    // its expiry: (key, value, when).
+    let mut at_expiry: Option<(Key, u64, Instant)> = None;
     let mut process = s.recorder.process();
     while !s.stop.load(Ordering::Relaxed) {
-        let generation = (s.started.elapsed().as_secs() / REGISTER_GENERATION.as_secs()).min(99_999);
-        let key = Key(generation * REGISTER_KEYS + rng.gen_range(0..REGISTER_KEYS));
-        let op = match rng.gen_range(0..3) {
-            0 => Op::Read { key },
-            1 => Op::Write { key, value: rng.gen_range(0..REGISTER_VALUES) },
-            _ => Op::Cas {
-                key,
-                from: Some(rng.gen_range(0..REGISTER_VALUES)).filter(|_| rng.gen_bool(0.8)),
-                to: rng.gen_range(0..REGISTER_VALUES),
-            },
+        let generation = generation_at(s.started);
+        let key_at = |slot: u64| Key(generation * REGISTER_KEYS + slot);
+        let key = key_at(rng.gen_range(0..REGISTER_KEYS));
+        let due = at_expiry.filter(|(_, _, when)| Instant::now() >= *when);
+        let edge = edge_key(worker, generation);
+        // Every third worker is a reader (80% reads), as most of a feature
+        // store's clients are: it keeps asking the leader it knows.
+        let reader = worker % 3 == 0 && rng.gen_bool(0.8);
+        let op = match rng.gen_range(0..100) {
+            _ if due.is_some() => {
+                let (key, value, _) = due.expect("checked");
+                at_expiry = None;
+                Op::Cas { key, from: Some(value), to: values.next() }
+            }
+            _ if reader => Op::Read { key },
+            0..5 if at_expiry.is_none() => Op::WriteTtl { key: edge, value: values.next() },
+            5..8 => Op::Read { key: edge },
+            0..30 => Op::Read { key },
+            30..45 => Op::Write { key, value: values.next() },
+            45..55 => Op::WriteTtl { key, value: values.next() },
+            55..85 => Op::Cas { key, from: last_seen.get(&key).copied().flatten(), to: values.next() },
+            85..93 => Op::Delete { key },
+            _ => {
+                let other = key_at(rng.gen_range(0..REGISTER_KEYS));
+                let mut writes = vec![(key, values.next())];
+                if other != key {
+                    writes.push((other, values.next()));
+                }
+                Op::BatchWrite { writes }
+            }
         };
         let pending = s.recorder.invoke(process, op.clone());
         process = match op {
-            Op::Read { key } => match s.client.get(register_key(key)).await {
-                Ok(v) => pending.ok(Output::Read(v.as_deref().map(decode))),
+            Op::Read { key } => match client.get(register_key(key)).await {
+                Ok(v) => {
+                    let v = v.as_deref().map(decode);
+                    last_seen.insert(key, v);
+                    pending.ok(Output::Read(v))
+                }
                 Err(_) => pending.fail(),
             },
             Op::Write { key, value } => {
-                complete_write(pending, s.client.put(register_key(key), value.to_string()).await)
+                let r = client.put(register_key(key), value.to_string()).await;
+                if r.is_ok() {
+                    last_seen.insert(key, Some(value));
+                }
+                complete_write(pending, r)
+            }
+            Op::WriteTtl { key, value } => {
+                // The expiry is set from the node's clock when the write
+                // arrives: time the CAS from when it was sent.
+                let sent = Instant::now();
+                let r = client.put_with_ttl(register_key(key), value.to_string(), TTL_SECS).await;
+                if r.is_ok() {
+                    last_seen.insert(key, Some(value));
+                    if key.0 >= EDGE_KEYS {
+                        let edge = Duration::from_millis(rng.gen_range(960..1040));
+                        at_expiry = Some((key, value, sent + edge));
+                    }
+                }
+                complete_write(pending, r)
+            }
+            Op::Delete { key } => {
+                // Half of the deletes as a range delete of exactly the key:
+                // its effect depends on the region's range at apply time.
+                let k = register_key(key);
+                let r = if rng.gen_bool(0.5) {
+                    let mut end = k.clone();
+                    end.push(0);
+                    client.delete_range(k, end).await
+                } else {
+                    client.delete(k).await
+                };
+                complete_write(pending, r)
+            }
+            Op::BatchWrite { ref writes } => {
+                let pairs: Vec<(Vec<u8>, String)> =
+                    writes.iter().map(|(k, v)| (register_key(*k), v.to_string())).collect();
+                complete_write(pending, client.batch_put(pairs).await)
             }
             Op::Cas { key, from, to } => {
                 let expect = from.map(|f| f.to_string().into_bytes());
-                match s.client.compare_and_swap(register_key(key), expect, to.to_string()).await {
-                    Ok((_, true)) => pending.ok(Output::Done),
-                    Ok((_, false)) => pending.fail(),
+                match client.compare_and_swap(register_key(key), expect, to.to_string()).await {
+                    Ok((_, true)) => {
+                        last_seen.insert(key, Some(to));
+                        pending.ok(Output::Done)
+                    }
+                    Ok((previous, false)) => {
+                        last_seen.insert(key, previous.as_deref().map(decode));
+                        pending.fail()
+                    }
                     Err(e) if definitely_not_applied(&e) => pending.fail(),
                     Err(_) => pending.info(),
                 }
@@ -213,47 +362,72 @@ pub async fn register_worker(s: Shared, seed: u64) {
     }
 }
 
-/// One set client: unique inserts until `stop`.
-pub async fn set_worker(s: Shared) {
+/// One set client: unique inserts until `stop`; with `reads`, also a read of
+/// the whole set every [`SET_READ_EVERY`].
+pub async fn set_worker(s: Shared, reads: bool) {
+    let Some(client) = s.client().await else { return };
     let mut process = s.recorder.process();
+    let mut next_read = Instant::now() + SET_READ_EVERY;
     while !s.stop.load(Ordering::Relaxed) {
+        if reads && Instant::now() >= next_read {
+            next_read = Instant::now() + SET_READ_EVERY;
+            process = read_set(&client, &s, process).await.0;
+            continue;
+        }
         let element = s.next_element.fetch_add(1, Ordering::Relaxed);
         let pending = s.recorder.invoke(process, Op::Add { element });
-        process = complete_write(pending, s.client.put(set_key(element), "1").await);
+        process = complete_write(pending, client.put(set_key(element), "1").await);
+    }
+}
+
+/// One read of the whole set, recorded exactly as the scan returned it.
+async fn read_set(client: &RawClient, s: &Shared, process: Process) -> (Process, bool) {
+    let pending = s.recorder.invoke(process, Op::ReadAll);
+    match client.scan(SET_START, SET_END, u32::MAX).await {
+        Ok(pairs) => {
+            let elements: Vec<u64> = pairs
+                .iter()
+                .filter(|p| !p.0.ends_with(PROBE_SUFFIX))
+                .map(|p| decode(&p.0[SET_START.len()..]))
+                .collect();
+            (pending.ok(Output::ReadAll(elements)), true)
+        }
+        Err(_) => (pending.fail(), false),
     }
 }
 
 /// One counter client: increments, and a read every tenth operation.
 pub async fn counter_worker(s: Shared, seed: u64) {
+    let Some(client) = s.client().await else { return };
     let mut rng = StdRng::seed_from_u64(seed);
     let mut process = s.recorder.process();
     while !s.stop.load(Ordering::Relaxed) {
         let key = Key(rng.gen_range(0..COUNTER_KEYS));
         process = if rng.gen_bool(0.1) {
-            read_counter(&s, process, key).await.0
+            read_counter(&client, &s, process, key).await.0
         } else {
-            increment(&s, process, key).await
+            increment(&client, &s, process, key).await
         };
     }
 }
 
-async fn read_counter(s: &Shared, process: Process, key: Key) -> (Process, bool) {
+async fn read_counter(client: &RawClient, s: &Shared, process: Process, key: Key) -> (Process, bool) {
     let pending = s.recorder.invoke(process, Op::ReadCounter { key });
-    match s.client.get(counter_key(key)).await {
+    match client.get(counter_key(key)).await {
         Ok(v) => (pending.ok(Output::ReadCounter(v.as_deref().map_or(0, decode))), true),
         Err(_) => (pending.fail(), false),
     }
 }
 
-async fn increment(s: &Shared, process: Process, key: Key) -> Process {
+async fn increment(client: &RawClient, s: &Shared, process: Process, key: Key) -> Process {
     let pending = s.recorder.invoke(process, Op::Increment { key });
-    let current = match s.client.get(counter_key(key)).await {
+    let current = match client.get(counter_key(key)).await {
         Ok(v) => v,
         Err(_) => return pending.fail(),
     };
     let old = current.as_deref().map_or(0, decode);
     let new = old + 1;
-    match s.client.compare_and_swap(counter_key(key), current, new.to_string()).await {
+    match client.compare_and_swap(counter_key(key), current, new.to_string()).await {
         Ok((_, true)) => pending.ok(Output::Increment { old, new }),
         Ok((_, false)) => pending.fail(),
         Err(e) if definitely_not_applied(&e) => pending.fail(),
@@ -261,18 +435,18 @@ async fn increment(s: &Shared, process: Process, key: Key) -> Process {
     }
 }
 
-/// The final reads after the cluster healed: every counter, and the whole
-/// set. `s.client` should have a long deadline (the set may span hundreds
-/// of regions). Each read is retried until it succeeds or `deadline`
+/// The final reads after the cluster healed, through `client` (give it a
+/// long deadline: the set may span hundreds of regions): every counter, and
+/// the whole set. Each read is retried until it succeeds or `deadline`
 /// passes; returns what could not be read, which the run reports as
 /// Unknown (never valid).
-pub async fn final_reads(s: &Shared, w: Workloads, deadline: Instant) -> Vec<String> {
+pub async fn final_reads(client: &RawClient, s: &Shared, w: Workloads, deadline: Instant) -> Vec<String> {
     let mut missing = Vec::new();
     let mut process = s.recorder.process();
     if w.counter {
         for k in 0..COUNTER_KEYS {
             loop {
-                let (p, ok) = read_counter(s, process, Key(k)).await;
+                let (p, ok) = read_counter(client, s, process, Key(k)).await;
                 process = p;
                 if ok {
                     break;
@@ -287,20 +461,10 @@ pub async fn final_reads(s: &Shared, w: Workloads, deadline: Instant) -> Vec<Str
     }
     if w.set {
         loop {
-            let pending = s.recorder.invoke(process, Op::ReadAll);
-            match s.client.scan(SET_START, SET_END, u32::MAX).await {
-                Ok(pairs) => {
-                    let mut elements: Vec<u64> = pairs
-                        .iter()
-                        .filter(|p| !p.0.ends_with(PROBE_SUFFIX))
-                        .map(|p| decode(&p.0[SET_START.len()..]))
-                        .collect();
-                    elements.sort_unstable();
-                    elements.dedup();
-                    pending.ok(Output::ReadAll(elements));
-                    break;
-                }
-                Err(_) => process = pending.fail(),
+            let (p, ok) = read_set(client, s, process).await;
+            process = p;
+            if ok {
+                break;
             }
             if Instant::now() > deadline {
                 missing.push("final read of the set".into());

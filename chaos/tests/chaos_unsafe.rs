@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mnemo_chaos::checker::{AnomalyKind, Validity};
 use mnemo_chaos::nemesis::Fault;
-use mnemo_chaos::run::{run, RunOptions};
+use mnemo_chaos::run::{run, Plant, RunOptions};
 use mnemo_chaos::workload::Workloads;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,7 +25,7 @@ async fn unsafe_stale_reads_are_caught() {
         workloads: Workloads::parse("register").unwrap(),
         nodes: 5,
         clients: 6,
-        unsafe_mode: true,
+        plant: Some(Plant::StaleFollowerReads),
         out_dir: dir.join("run"),
         netns,
         check_budget: Duration::from_secs(60),

@@ -1,7 +1,9 @@
 //! `mnemo-chaos`: a Jepsen-style run against a fresh local cluster.
 //!
 //! ```text
-//! mnemo-chaos --duration 1800 --seed 7 --nemesis all --workload all
+//! mnemo-chaos --duration 1800 --seed 7 --nemesis all,crash-point,compound --workload all
+//! mnemo-chaos --duration 60 --plant ack-before-commit     # must come out invalid
+//! mnemo-chaos --plant list
 //! ```
 //!
 //! Starts PD and `--nodes` storage nodes from the binaries next to this one
@@ -18,7 +20,7 @@ use std::time::Duration;
 use clap::Parser;
 use mnemo_chaos::checker::Validity;
 use mnemo_chaos::nemesis::Fault;
-use mnemo_chaos::run::{self, RunOptions};
+use mnemo_chaos::run::{self, Plant, RunOptions};
 use mnemo_chaos::workload::Workloads;
 
 #[derive(Parser, Debug)]
@@ -30,10 +32,11 @@ struct Args {
     /// Seed of the fault schedule and the workloads.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// `all` (alias `mixed`), `none`, or a comma list of faults and groups
-    /// (`partition`, `kill`, `churn`, `partition-one`, `kill-leader`, `pause`,
-    /// `clock-skew`, ...).
-    #[arg(long, default_value = "all")]
+    /// `all` (alias `mixed`: the classic faults), `compound`, `crash-point`,
+    /// `everything`, `none`, or a comma list of faults and groups
+    /// (`partition`, `kill`, `churn`, `partition-one`, `kill-leader`,
+    /// `pause`, `clock-skew`, `delay`, ...).
+    #[arg(long, default_value = "all,crash-point,compound")]
     nemesis: String,
     /// `all` or a comma list of `register`, `set`, `counter`.
     #[arg(long, default_value = "all")]
@@ -51,10 +54,17 @@ struct Args {
     /// `loopback` (partitions skipped). Default: netns when possible.
     #[arg(long)]
     net: Option<String>,
-    /// DELIBERATELY UNSAFE: followers answer reads from local state. For
-    /// showing that the checker catches violations; never valid.
+    /// DELIBERATELY UNSAFE: plant a known bug to show the checkers catch it
+    /// (the run must come out invalid); `list` prints the bugs.
+    #[arg(long)]
+    plant: Option<String>,
+    /// Same as `--plant stale-follower-reads`.
     #[arg(long = "unsafe")]
     unsafe_mode: bool,
+    /// Run without network faults when nodes cannot have namespaces (not
+    /// root); without this flag such a run is refused.
+    #[arg(long)]
+    no_partitions: bool,
     /// Seconds the linearizability checker may search before answering unknown.
     #[arg(long, default_value_t = 300)]
     check_budget: u64,
@@ -66,7 +76,24 @@ async fn main() -> ExitCode {
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let (faults, workloads) = match (Fault::parse_list(&args.nemesis), Workloads::parse(&args.workload)) {
+    if args.plant.as_deref() == Some("list") {
+        for p in Plant::ALL {
+            println!("{:<24} {}", p.name(), p.description());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let plant = match (args.plant.as_deref(), args.unsafe_mode) {
+        (Some(name), _) => match Plant::parse(name) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("error: --plant: {e}");
+                return ExitCode::from(3);
+            }
+        },
+        (None, true) => Some(Plant::StaleFollowerReads),
+        (None, false) => None,
+    };
+    let (mut faults, workloads) = match (Fault::parse_list(&args.nemesis), Workloads::parse(&args.workload)) {
         (Ok(f), Ok(w)) => (f, w),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
@@ -83,7 +110,15 @@ async fn main() -> ExitCode {
         }
     };
     if !netns && faults.iter().any(|f| f.is_partition()) {
-        eprintln!("warning: nodes on loopback: partition faults are skipped (run as root for namespaces)");
+        if !args.no_partitions {
+            eprintln!(
+                "error: network faults need the nodes in network namespaces (root, ip, iptables); \
+                 run as root, or pass --no-partitions to run without them"
+            );
+            return ExitCode::from(3);
+        }
+        eprintln!("warning: --no-partitions: network faults skipped");
+        faults.retain(|f| !f.is_partition());
     }
     let out = args.out.unwrap_or_else(|| {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -97,7 +132,7 @@ async fn main() -> ExitCode {
         workloads,
         nodes: args.nodes,
         clients: args.clients,
-        unsafe_mode: args.unsafe_mode,
+        plant,
         out_dir: out.clone(),
         netns,
         check_budget: Duration::from_secs(args.check_budget),
@@ -126,6 +161,7 @@ async fn main() -> ExitCode {
     if let Some(s) = outcome.ok_share_during_minority_partitions {
         println!("ok share during minority partitions: {:.1}%", s * 100.0);
     }
+    println!("cluster events: {:?}", outcome.cluster_events);
     println!("verdict: {:?}", r.validity);
     println!("results: {}/results.json, report: {}/report.html", out.display(), out.display());
     match r.validity {

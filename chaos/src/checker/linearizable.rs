@@ -1,11 +1,18 @@
 //! Linearizability of per-key registers: Wing–Gong–Lowe search.
 //!
-//! Model (one register per key): state `Option<u64>`, initially `None`.
-//! `read` is legal iff its output equals the state; `write v` sets it;
-//! `cas(from, to)` is legal iff state == from, and sets it to `to`. `fail`
-//! operations are dropped (they did not happen). `info` operations return at
-//! +infinity and may or may not take effect; `info` reads are dropped since
-//! their output is unknown.
+//! Model (one register per key): state `None` (absent) or `(value,
+//! expiring)`, initially `None`. `write v` sets `(v, false)`; `write_ttl v`
+//! sets `(v, true)`: a value with a time to live, which may vanish at any
+//! moment after it was written; `delete` sets `None`; a `batch_write` is a
+//! write of each of its keys. `read` is legal iff it returns the value held,
+//! or returns absent while the value held is expiring — the read then
+//! witnesses the expiry, and the state becomes `None` (expired stays
+//! expired). `cas(from, to)` is legal iff the value held is `from`, or
+//! `from` is absent and the state is `None` or expiring; it sets
+//! `(to, false)`. Without TTLs this is the plain register. `fail` operations
+//! are dropped (they did not happen). `info` operations return at +infinity
+//! and may or may not take effect; `info` reads are dropped since their
+//! output is unknown.
 //!
 //! Search (per key): all call and return entries in one doubly linked list
 //! sorted by time (calls before returns at equal times, which only adds
@@ -109,7 +116,7 @@ pub fn check_register(ops: &[Operation], budget: Duration) -> RegisterCheck {
     let deadline = Instant::now() + budget;
     let mut by_key: BTreeMap<Key, Vec<RegOp>> = BTreeMap::new();
     for (src, o) in ops.iter().enumerate() {
-        if let Some((key, r)) = RegOp::from_operation(o, src) {
+        for (key, r) in RegOp::from_operation(o, src) {
             by_key.entry(key).or_default().push(r);
         }
     }
@@ -138,21 +145,30 @@ pub fn check_register(ops: &[Operation], budget: Duration) -> RegisterCheck {
     check
 }
 
+/// A register's model state: absent, or a value and whether it may expire.
+type State = Option<(u64, bool)>;
+
 /// What a register op does to the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
     Read(Option<u64>),
-    Write(u64),
+    /// A write; `true`: with a time to live.
+    Write(u64, bool),
+    Delete,
     Cas(Option<u64>, u64),
 }
 
 impl Step {
     /// The state after applying this op to `state`, or `None` if illegal.
-    fn apply(self, state: Option<u64>) -> Option<Option<u64>> {
+    fn apply(self, state: State) -> Option<State> {
+        let absent_or_expiring = matches!(state, None | Some((_, true)));
         match self {
-            Step::Read(v) => (v == state).then_some(state),
-            Step::Write(v) => Some(Some(v)),
-            Step::Cas(from, to) => (from == state).then_some(Some(to)),
+            Step::Read(None) => absent_or_expiring.then_some(None),
+            Step::Read(Some(v)) => (state.map(|s| s.0) == Some(v)).then_some(state),
+            Step::Write(v, ttl) => Some(Some((v, ttl))),
+            Step::Delete => Some(None),
+            Step::Cas(None, to) => absent_or_expiring.then_some(Some((to, false))),
+            Step::Cas(Some(from), to) => (state.map(|s| s.0) == Some(from)).then_some(Some((to, false))),
         }
     }
 }
@@ -169,16 +185,22 @@ struct RegOp {
 }
 
 impl RegOp {
-    fn from_operation(o: &Operation, src: usize) -> Option<(Key, RegOp)> {
-        let (key, step) = match (&o.op, &o.outcome) {
-            (_, Outcome::Fail) => return None,
-            (Op::Read { key }, Outcome::Ok(Output::Read(v))) => (*key, Step::Read(*v)),
-            (Op::Write { key, value }, _) => (*key, Step::Write(*value)),
-            (Op::Cas { key, from, to }, _) => (*key, Step::Cas(*from, *to)),
-            _ => return None, // info reads, other workloads
+    /// The register ops an operation is (several for a batch write).
+    fn from_operation(o: &Operation, src: usize) -> Vec<(Key, RegOp)> {
+        let steps = match (&o.op, &o.outcome) {
+            (_, Outcome::Fail) => return Vec::new(),
+            (Op::Read { key }, Outcome::Ok(Output::Read(v))) => vec![(*key, Step::Read(*v))],
+            (Op::Write { key, value }, _) => vec![(*key, Step::Write(*value, false))],
+            (Op::WriteTtl { key, value }, _) => vec![(*key, Step::Write(*value, true))],
+            (Op::Delete { key }, _) => vec![(*key, Step::Delete)],
+            (Op::BatchWrite { writes }, _) => {
+                writes.iter().map(|(k, v)| (*k, Step::Write(*v, false))).collect()
+            }
+            (Op::Cas { key, from, to }, _) => vec![(*key, Step::Cas(*from, *to))],
+            _ => return Vec::new(), // info reads, other workloads
         };
         let ret = if matches!(o.outcome, Outcome::Ok(_)) { o.ret_ns } else { None };
-        Some((key, RegOp { step, call: o.call_ns, ret, src }))
+        steps.into_iter().map(|(key, step)| (key, RegOp { step, call: o.call_ns, ret, src })).collect()
     }
 
     fn to_operation(&self, original: &Operation) -> Operation {
@@ -271,9 +293,9 @@ fn search(ops: &[RegOp], deadline: Instant) -> Search {
     let mut list = Entries::new(ops);
     let mut required = ops.iter().filter(|o| o.ret.is_some()).count();
     let mut linearized = vec![0u64; ops.len().div_ceil(64)];
-    let mut seen: HashSet<(Vec<u64>, Option<u64>)> = HashSet::new();
-    let mut stack: Vec<(usize, Option<u64>)> = Vec::new();
-    let mut state: Option<u64> = None;
+    let mut seen: HashSet<(Vec<u64>, State)> = HashSet::new();
+    let mut stack: Vec<(usize, State)> = Vec::new();
+    let mut state: State = None;
     let mut entry = list.next[0];
     let mut steps: u64 = 0;
     loop {

@@ -8,8 +8,10 @@
 //!   explored once. The search has a time budget; running out gives
 //!   [`Validity::Unknown`], never valid. A violation comes with a small
 //!   sub-history that is itself non-linearizable.
-//! - [`set`]: every acknowledged `add` is in the final `read_all`, and nothing
-//!   appears that was never added (or whose add certainly failed).
+//! - [`set`]: every acknowledged `add` is in every later `read_all` (during
+//!   the run and the final one), nothing appears that was never added (or
+//!   whose add certainly failed), nothing seen vanishes, and each read comes
+//!   back in key order without duplicates.
 //! - [`counter`]: counters incremented by CAS lose no increment and double
 //!   none: every read lies between the increments certainly done and those
 //!   possibly done, and no two successful CASes saw the same old value.
@@ -70,6 +72,11 @@ pub enum AnomalyKind {
     /// Two successful increment CASes on a key observed the same old value
     /// (or one stored something other than old + 1).
     DoubledIncrement,
+    /// A `read_all` returned an element twice or out of key order.
+    MalformedRead,
+    /// Two replicas of a region that applied the same log index hold
+    /// different data (replicas diverged).
+    Divergence,
     /// A storage node or PD process exited on its own (crashed): not a
     /// broken promise about data, but a bug the run must not pass with.
     Crash,

@@ -495,7 +495,10 @@ impl Peer {
                     self.region_id()
                 ))
             } else {
-                Error::NotLeader { region: self.region_id(), leader: self.leader() }
+                // While handing over, point the client at the peer taking over.
+                let transferee =
+                    self.raw.raft.lead_transferee.and_then(|id| self.peer_cache.get(&PeerId(id)).copied());
+                Error::NotLeader { region: self.region_id(), leader: transferee.or_else(|| self.leader()) }
             };
             replies.push(Reply::Write(cb, Err(e)));
             return;
@@ -725,6 +728,9 @@ impl Peer {
                                 apply::apply_write(kv.as_ref(), &region, &local, kv_wb)
                             } else if plants.skip_apply_epoch_check {
                                 // Planted bug: no epoch or key-range check.
+                                if let Err(e) = apply::check_command(&region, &cmd) {
+                                    tracing::warn!(region = %region.id, "PLANTED BUG: applying a command the epoch check refuses ({e})");
+                                }
                                 apply::stage_write(kv.as_ref(), &region, &cmd, kv_wb)
                             } else {
                                 apply::apply_write(kv.as_ref(), &region, &cmd, kv_wb)

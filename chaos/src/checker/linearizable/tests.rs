@@ -54,6 +54,41 @@ fn sequential_and_concurrent_good_histories() {
 }
 
 #[test]
+fn values_with_a_ttl_may_vanish_but_never_come_back() {
+    let wt = |v| Op::WriteTtl { key: Key(0), value: v };
+    // An expiring value may be read, then found gone.
+    let h = [done(0, 10, wt(1)), read(20, 30, 0, Some(1)), read(40, 50, 0, None)];
+    assert_eq!(verdict(&h), Validity::Valid);
+    // Once gone it stays gone.
+    let h = [done(0, 10, wt(1)), read(20, 30, 0, None), read(40, 50, 0, Some(1))];
+    assert_eq!(verdict(&h), Validity::Invalid);
+    // A CAS may find it expired (absent) and succeed...
+    let h = [done(0, 10, wt(1)), done(20, 30, cas(0, None, 2)), read(40, 50, 0, Some(2))];
+    assert_eq!(verdict(&h), Validity::Valid);
+    // ...and what a CAS stores has no TTL: it cannot vanish. (Replicas that
+    // judged the expiry differently would show exactly this.)
+    let h = [done(0, 10, wt(1)), done(20, 30, cas(0, Some(1), 2)), read(40, 50, 0, None)];
+    assert_eq!(verdict(&h), Validity::Invalid);
+    // A value without TTL never vanishes.
+    assert_eq!(verdict(&[done(0, 10, w(0, 1)), read(20, 30, 0, None)]), Validity::Invalid);
+}
+
+#[test]
+fn deletes_and_batch_writes() {
+    let del = Op::Delete { key: Key(0) };
+    let h = [done(0, 10, w(0, 1)), done(20, 30, del.clone()), read(40, 50, 0, None)];
+    assert_eq!(verdict(&h), Validity::Valid);
+    let h = [done(0, 10, w(0, 1)), done(20, 30, del), read(40, 50, 0, Some(1))];
+    assert_eq!(verdict(&h), Validity::Invalid);
+    // A batch write sets each of its keys.
+    let batch = Op::BatchWrite { writes: vec![(Key(0), 5), (Key(1), 6)] };
+    let h = [done(0, 10, batch.clone()), read(20, 30, 0, Some(5)), read(20, 30, 1, Some(6))];
+    assert_eq!(verdict(&h), Validity::Valid);
+    let h = [done(0, 10, batch), read(20, 30, 1, None)];
+    assert_eq!(verdict(&h), Validity::Invalid);
+}
+
+#[test]
 fn stale_read_is_invalid() {
     // write 1, then write 2, then a read still sees 1.
     let h = [done(0, 10, w(0, 1)), done(20, 30, w(0, 2)), read(40, 50, 0, Some(1))];
@@ -199,7 +234,7 @@ fn brute_force_linearizable(ops: &[Operation]) -> bool {
                 (_, Outcome::Fail) => return None,
                 (Op::Read { .. }, Outcome::Ok(Output::Read(v))) => Step::Read(*v),
                 (Op::Read { .. }, _) => return None,
-                (Op::Write { value, .. }, _) => Step::Write(*value),
+                (Op::Write { value, .. }, _) => Step::Write(*value, false),
                 (Op::Cas { from, to, .. }, _) => Step::Cas(*from, *to),
                 _ => unreachable!(),
             };
@@ -207,7 +242,7 @@ fn brute_force_linearizable(ops: &[Operation]) -> bool {
             Some(B { step, call: o.call_ns, ret })
         })
         .collect();
-    fn dfs(bs: &[B], used: u32, state: Option<u64>) -> bool {
+    fn dfs(bs: &[B], used: u32, state: State) -> bool {
         if (0..bs.len()).all(|i| used & (1 << i) != 0 || bs[i].ret.is_none()) {
             return true;
         }
