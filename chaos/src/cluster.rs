@@ -441,6 +441,24 @@ impl Cluster {
         self.wait_pd_healthy();
     }
 
+    /// Restarts PD with crash points armed (`FAILPOINTS=spec`), without
+    /// waiting for it: it may die at once.
+    pub fn restart_pd_with_failpoints(&mut self, spec: &str) {
+        self.pd.env = vec![("FAILPOINTS".into(), spec.into())];
+        self.pd.start();
+    }
+
+    /// If PD exited on its own, reaps it (so it can be restarted) and
+    /// returns how it ended.
+    pub fn reap_crashed_pd(&mut self) -> Option<std::process::ExitStatus> {
+        self.pd.reap_crashed()
+    }
+
+    /// True if PD runs.
+    pub fn pd_running(&self) -> bool {
+        self.pd.is_running()
+    }
+
     /// GET a PD HTTP API path, as JSON (None on any failure).
     pub fn pd_get(&self, path: &str) -> Option<Value> {
         let url = format!("http://{}{}", self.pd_addr, path);

@@ -27,9 +27,12 @@
 //!
 //! `crash-point`: arms a random crash point (`mnemo_node::failpoints`) on a
 //! node with `panic`; the node dies exactly there (exit 86) and is
-//! restarted. Snapshot points are armed where a snapshot will happen: on a
-//! node restarted after missing writes (apply), or on the leaders' node
-//! while another node is down (generate, send).
+//! restarted. Points on rare paths are armed where the path will run:
+//! snapshot points on a node restarted after missing writes (apply) or on
+//! the leaders' node while another node is down (generate, send), the split
+//! point while splits are asked, the conf-change point while shuffle-region
+//! moves peers. A point whose path did not run within two thirds of the
+//! window gives way to `raft_before_save`, which fires at once.
 //!
 //! Compound faults (`compound`):
 //!
@@ -254,9 +257,10 @@ impl Fault {
     }
 }
 
-/// The crash points of `mnemo-node` the nemesis arms (see
-/// `mnemo_node::failpoints::CRASH_POINTS`).
-pub const CRASH_POINTS: [&str; 10] = [
+/// The crash points the nemesis arms: `mnemo-node`'s (see
+/// `mnemo_node::failpoints::CRASH_POINTS`) and PD's region-heartbeat handler.
+pub const CRASH_POINTS: [&str; 11] = [
+    "pd_region_heartbeat",
     "raft_before_save",
     "raft_after_save",
     "raft_between_kv_and_raft_write",
@@ -382,6 +386,8 @@ pub struct Nemesis {
     delayed: Vec<usize>,
     /// Nodes with an armed crash point, and which.
     armed: HashMap<usize, &'static str>,
+    /// Nodes that died at their armed crash point since the fault began.
+    fired: HashMap<usize, &'static str>,
     next_scrape: Instant,
 }
 
@@ -413,6 +419,7 @@ impl Nemesis {
             skewed: Vec::new(),
             delayed: Vec::new(),
             armed: HashMap::new(),
+            fired: HashMap::new(),
             next_scrape: Instant::now(),
         }
     }
@@ -662,12 +669,15 @@ impl Nemesis {
         let n = self.cluster.node_count();
         let point = CRASH_POINTS[self.rng.gen_range(0..CRASH_POINTS.len())];
         let v = self.rng.gen_range(0..n);
-        let mut lagging = None;
+        let mut target = v;
+        self.fired.clear();
+        let mut scheduler = None;
         match point {
+            "pd_region_heartbeat" => return self.pd_crash_point(hold_until, stop),
             "snapshot_apply_after_mark" | "snapshot_apply_after_ingest" => {
                 // v misses writes while down, then needs a snapshot at restart.
                 self.kill(v);
-                let back_at = Instant::now() + (hold_until - Instant::now()) / 2;
+                let back_at = Instant::now() + (hold_until - Instant::now()) / 3;
                 self.hold(back_at, stop);
                 self.killed.retain(|&k| k != v);
                 self.cluster.restart_node_with_failpoints(v, &format!("{point}=panic"));
@@ -675,37 +685,96 @@ impl Nemesis {
             }
             "snapshot_generate" | "snapshot_send" => {
                 // The leaders' node sends snapshots to a node that was down.
-                let leader = self.node_with_most_leaders().unwrap_or(v);
-                let w = (leader + 1 + self.rng.gen_range(0..n - 1)) % n;
-                if self.arm(leader, point) {
+                target = self.node_with_most_leaders().unwrap_or(v);
+                let w = (target + 1 + self.rng.gen_range(0..n - 1)) % n;
+                if self.arm(target, point) {
                     self.kill(w);
-                    lagging = Some(w);
+                    let back_at = Instant::now() + (hold_until - Instant::now()) / 3;
+                    self.hold(back_at, stop);
+                    self.killed.retain(|&k| k != w);
+                    self.cluster.restart_node(w);
+                }
+            }
+            "conf_change_apply" => {
+                // Membership changes happen while shuffle-region runs.
+                self.arm(v, point);
+                let name = "shuffle-region-scheduler";
+                if self.add_scheduler(name) {
+                    scheduler = Some(name);
                 }
             }
             _ => {
                 self.arm(v, point);
             }
         }
-        if let Some(w) = lagging {
-            let back_at = Instant::now() + (hold_until - Instant::now()) / 2;
-            self.hold(back_at, stop);
-            self.killed.retain(|&k| k != w);
-            self.cluster.restart_node(w);
+        // Wait for it to fire (driving splits for the split point). A point
+        // whose path did not run by two thirds of the window gives way to
+        // one that fires at once (the next raft save on that node), so the
+        // fault always kills somewhere; the description says which fired.
+        let fallback_at = Instant::now() + (hold_until.saturating_duration_since(Instant::now())) * 2 / 3;
+        let mut fired_point = None;
+        let mut fell_back = false;
+        while Instant::now() < hold_until && !stop.load(Ordering::Relaxed) {
+            if point == "split_after_apply" {
+                let until = Instant::now() + Duration::from_millis(300);
+                self.split_until(until, stop);
+            } else {
+                self.hold(Instant::now() + Duration::from_millis(100), stop);
+            }
+            if let Some(p) = self.fired.remove(&target) {
+                fired_point = Some(p);
+                break;
+            }
+            if !fell_back && Instant::now() >= fallback_at && self.armed.contains_key(&target) {
+                fell_back = true;
+                self.cluster.disarm_crash_point(target, point);
+                self.armed.remove(&target);
+                self.arm(target, "raft_before_save");
+            }
         }
-        let target = self.armed.keys().next().copied();
-        let mut fired = false;
-        while Instant::now() < hold_until && !stop.load(Ordering::Relaxed) && !fired {
-            self.hold(Instant::now() + Duration::from_millis(100), stop);
-            fired = target.is_some_and(|t| !self.armed.contains_key(&t));
-        }
-        // Not fired: disarm (a node restarted with FAILPOINTS is restarted
-        // clean so the point cannot fire later).
         for (node, name) in std::mem::take(&mut self.armed) {
             self.cluster.disarm_crash_point(node, name);
         }
+        if let Some(name) = scheduler {
+            self.remove_scheduler(name);
+        }
         self.restart_killed();
-        let desc =
-            format!("{point} on n{}{}", target.map_or(v, |t| t) + 1, if fired { " fired" } else { "" });
+        let desc = match fired_point {
+            Some(p) => format!("{p} fired on n{}", target + 1),
+            None => format!("{point} armed on n{}, did not fire", target + 1),
+        };
+        done(desc, fired_point.is_some())
+    }
+
+    /// PD's crash point: PD restarts with `pd_region_heartbeat` armed, dies
+    /// at the first region heartbeat it handles, and is restarted clean.
+    fn pd_crash_point(&mut self, hold_until: Instant, stop: &AtomicBool) -> Done {
+        self.cluster.kill_pd();
+        self.cluster.restart_pd_with_failpoints("pd_region_heartbeat=panic");
+        let mut fired = false;
+        while Instant::now() < hold_until && !stop.load(Ordering::Relaxed) && !fired {
+            self.hold(Instant::now() + Duration::from_millis(100), stop);
+            if let Some(status) = self.cluster.reap_crashed_pd() {
+                fired = status.code() == Some(CRASH_POINT_EXIT_CODE);
+                if !fired {
+                    self.log.crashes.push(format!("PD exited on its own ({status}); see pd1.log"));
+                }
+                break;
+            }
+        }
+        if fired {
+            *self.log.crash_points_fired.entry("pd_region_heartbeat".into()).or_default() += 1;
+        }
+        // Clean again either way (an unfired point dies with the process).
+        if self.cluster.pd_running() {
+            self.cluster.kill_pd();
+        }
+        self.cluster.restart_pd();
+        let desc = if fired {
+            "pd_region_heartbeat fired on PD"
+        } else {
+            "pd_region_heartbeat armed on PD, did not fire"
+        };
         done(desc, fired)
     }
 
@@ -927,12 +996,19 @@ impl Nemesis {
     /// any other exit is a crash, a finding of the run; the restart lets
     /// the run go on and heal.
     fn restart_crashed(&mut self) {
+        if let Some(status) = self.cluster.reap_crashed_pd() {
+            let at = self.recorder.now_ns() as f64 / 1e9;
+            tracing::error!(%status, "PD crashed; restarting it");
+            self.log.crashes.push(format!("PD exited on its own ({status}) by {at:.1} s; see pd1.log"));
+            self.cluster.restart_pd();
+        }
         for (v, status) in self.cluster.reap_crashed_nodes() {
             let at = self.recorder.now_ns() as f64 / 1e9;
             match self.armed.remove(&v) {
                 Some(point) if status.code() == Some(CRASH_POINT_EXIT_CODE) => {
                     tracing::info!(node = v + 1, point, "node died at its crash point; restarting it");
                     *self.log.crash_points_fired.entry(point.to_string()).or_default() += 1;
+                    self.fired.insert(v, point);
                 }
                 _ => {
                     tracing::error!(node = v + 1, %status, "node crashed; restarting it");

@@ -11,13 +11,15 @@
 //!   `nemesis_windows`, `latency_ms` (p50/p99/max of the `ok` operations per
 //!   operation kind) and `operations` (their total).
 //! - `report.html`: one self-contained page (no scripts, no external files),
-//!   so it can be opened offline or attached to a bug. From the top: the
-//!   verdict in big letters and the run facts; the latency of every operation
-//!   against its invoke time (log scale, coloured by outcome); completed
-//!   operations per second by outcome; then tables of counts and latency,
-//!   checker verdicts, anomalies with their evidence, and nemesis windows.
-//!   Both charts shade the nemesis windows, so that a latency spike or a
-//!   throughput hole can be matched with the fault that caused it.
+//!   so it can be opened offline or attached to a bug. From the top, what a
+//!   reader needs first: the verdict in big letters, the checkers' verdicts,
+//!   every anomaly with its (shrunk) sub-history as a table; then the run
+//!   facts, cluster events and fault tally as tables; then one small latency
+//!   chart per operation kind (a CAS that found another value is a `fail` of
+//!   its own chart, not a red smear over every other), a throughput chart,
+//!   and the tables of operations and nemesis windows. Fault windows are
+//!   coloured bands, one colour per fault kind, with one legend above the
+//!   charts (pale bands: the fault did not take effect).
 //!
 //! The SVG is written by hand: two axes and a few hundred lines do not need
 //! a plotting crate. Every piece of text that comes from the run (window
@@ -177,6 +179,7 @@ impl Kind {
 
 /// One operation as the charts see it.
 struct Point {
+    op: OpName,
     call_ns: u64,
     /// Completion, or the `info` event for an operation the client gave up
     /// on; `None` if the history never completed it.
@@ -196,6 +199,7 @@ fn points(history: &History, ops: &[Operation]) -> Vec<Point> {
     let gave_up: HashMap<ProcessId, u64> =
         history.events.iter().filter(|e| e.kind == EventType::Info).map(|e| (e.process, e.time_ns)).collect();
     let point = |o: &Operation| Point {
+        op: o.op.name(),
         call_ns: o.call_ns,
         done_ns: o.ret_ns.or_else(|| gave_up.get(&o.process).copied()),
         kind: match o.outcome {
@@ -209,19 +213,20 @@ fn points(history: &History, ops: &[Operation]) -> Vec<Point> {
 
 /// The scatter's points: all of them up to [`MAX_POINTS`], else every k-th
 /// `ok` one and all the others. Returns the points kept and k (1: all kept).
-fn subsample(points: &[Point]) -> (Vec<&Point>, usize) {
+fn subsample<'a>(points: &[&'a Point], max: usize) -> (Vec<&'a Point>, usize) {
     let oks = points.iter().filter(|p| p.kind == Kind::Ok).count();
-    let k = if points.len() <= MAX_POINTS {
+    let k = if points.len() <= max {
         1
     } else {
         // Keep some ok points even when failures alone exceed the budget:
         // they show what normal latency looked like.
-        let budget = MAX_POINTS.saturating_sub(points.len() - oks).max(MAX_POINTS / 10);
+        let budget = max.saturating_sub(points.len() - oks).max(max / 10);
         oks.div_ceil(budget).max(1)
     };
     let mut nth_ok = 0;
     let kept = points
         .iter()
+        .copied()
         .filter(|p| {
             let keep = p.kind != Kind::Ok || nth_ok % k == 0;
             nth_ok += usize::from(p.kind == Kind::Ok);
@@ -233,11 +238,42 @@ fn subsample(points: &[Point]) -> (Vec<&Point>, usize) {
 
 // Chart geometry, SVG pixels. The right margin holds the legend.
 const WIDTH: f64 = 960.0;
-const HEIGHT: f64 = 340.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = WIDTH - 110.0;
-const TOP: f64 = 20.0;
-const BOTTOM: f64 = HEIGHT - 45.0;
+const TOP: f64 = 10.0;
+/// Below the plot: tick labels and the axis title.
+const BELOW: f64 = 38.0;
+/// Height of the throughput chart, and of each small latency chart.
+const BIG: f64 = 300.0;
+const SMALL: f64 = 170.0;
+
+/// Colours of fault kinds, in order of first appearance.
+const FAULT_COLOURS: [&str; 12] = [
+    "#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78",
+    "#98df8a", "#c5b0d5", "#c49c94",
+];
+
+/// The colour of each fault kind present in `windows`.
+fn fault_colours(windows: &[NemesisWindow]) -> BTreeMap<String, &'static str> {
+    let mut out: BTreeMap<String, &'static str> = BTreeMap::new();
+    for w in windows {
+        let kind = window_kind(w);
+        if !out.contains_key(&kind) {
+            let colour = FAULT_COLOURS[out.len() % FAULT_COLOURS.len()];
+            out.insert(kind, colour);
+        }
+    }
+    out
+}
+
+/// A window's fault kind (older reports carry it only in the name).
+fn window_kind(w: &NemesisWindow) -> String {
+    if w.kind.is_empty() {
+        w.name.split_whitespace().next().unwrap_or("").to_string()
+    } else {
+        w.kind.clone()
+    }
+}
 
 /// Maps data values on one axis to pixels: `lo` to `px0`, `hi` to `px1`.
 struct Axis {
@@ -288,31 +324,38 @@ impl Axis {
     }
 }
 
-/// An SVG chart: shaded nemesis windows, grid, ticks, axis labels, the
-/// `body` drawn with `x` and `y`, and the outcome legend.
-fn chart(x: &Axis, y: &Axis, y_label: &str, windows: &[NemesisWindow], body: &str) -> String {
+/// An SVG chart `height` pixels tall: fault windows as bands coloured by
+/// kind (the full description is the tooltip), grid, ticks, axis labels,
+/// the `body` drawn with `x` and `y`, and the outcome legend.
+fn chart(
+    x: &Axis,
+    y: &Axis,
+    height: f64,
+    y_label: &str,
+    windows: &[NemesisWindow],
+    colours: &BTreeMap<String, &'static str>,
+    body: &str,
+) -> String {
+    let bottom = height - BELOW;
     let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-size="11">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-size="11">"#
     );
-    // Labels carry only the fault's kind (the first word), staggered over
-    // three rows so neighbours do not overlap; the full text is the tooltip
-    // and is in the windows table.
-    for (i, w) in windows.iter().enumerate() {
+    for w in windows {
         let (x0, x1) = (x.px(w.start_ns as f64 / 1e9), x.px(w.end_ns as f64 / 1e9));
-        let (name, width) = (escape(&w.name), (x1 - x0).max(0.0));
-        let short = escape(w.name.split_whitespace().next().unwrap_or(""));
+        let colour = colours.get(&window_kind(w)).copied().unwrap_or("#7f7f7f");
+        let opacity = if w.effective { 0.28 } else { 0.1 };
         svg += &format!(
-            r##"<rect x="{x0:.1}" y="{TOP}" width="{width:.1}" height="{}" fill="#7f7f7f" fill-opacity="0.18"><title>{name}</title></rect><text x="{:.1}" y="{}" fill="#555">{short}</text>"##,
-            BOTTOM - TOP,
-            x0 + 3.0,
-            TOP + 12.0 + 12.0 * (i % 3) as f64,
+            r#"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="{colour}" fill-opacity="{opacity}"><title>{}</title></rect>"#,
+            (x1 - x0).max(0.0),
+            bottom - TOP,
+            escape(&w.name),
         );
     }
     for (v, label) in x.ticks() {
         let px = x.px(v);
         svg += &format!(
-            r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{BOTTOM}" stroke="#eee"/><text x="{px:.1}" y="{}" text-anchor="middle">{label}</text>"##,
-            BOTTOM + 15.0
+            r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{bottom}" stroke="#eee"/><text x="{px:.1}" y="{}" text-anchor="middle">{label}</text>"##,
+            bottom + 15.0
         );
     }
     for (v, label) in y.ticks() {
@@ -326,14 +369,14 @@ fn chart(x: &Axis, y: &Axis, y_label: &str, windows: &[NemesisWindow], body: &st
     svg += &format!(
         r#"<text x="{}" y="{}" text-anchor="middle">time since start (s)</text><text transform="translate(15 {}) rotate(-90)" text-anchor="middle">{y_label}</text>"#,
         (LEFT + RIGHT) / 2.0,
-        HEIGHT - 8.0,
-        (TOP + BOTTOM) / 2.0,
+        height - 6.0,
+        (TOP + bottom) / 2.0,
     );
     svg += body;
     svg += &format!(
         r#"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="black"/>"#,
         RIGHT - LEFT,
-        BOTTOM - TOP
+        bottom - TOP
     );
     for (i, kind) in KINDS.iter().enumerate() {
         let ly = TOP + 10.0 + 18.0 * i as f64;
@@ -349,12 +392,19 @@ fn chart(x: &Axis, y: &Axis, y_label: &str, windows: &[NemesisWindow], body: &st
     svg + "</svg>"
 }
 
-fn latency_chart(points: &[&Point], x: &Axis, windows: &[NemesisWindow]) -> String {
+/// One small latency chart of the operations `points` (one kind).
+fn latency_chart(
+    points: &[&Point],
+    x: &Axis,
+    windows: &[NemesisWindow],
+    colours: &BTreeMap<String, &'static str>,
+) -> String {
+    let bottom = SMALL - BELOW;
     let (min, max) = points
         .iter()
         .filter_map(|p| p.latency_ms())
         .fold((f64::INFINITY, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let y = if min.is_finite() { Axis::log(min, max, BOTTOM, TOP) } else { Axis::log(1.0, 1e3, BOTTOM, TOP) };
+    let y = if min.is_finite() { Axis::log(min, max, bottom, TOP) } else { Axis::log(1.0, 1e3, bottom, TOP) };
     let mut body = String::new();
     for kind in KINDS {
         body += &format!(r#"<g fill="{}" fill-opacity="0.6">"#, kind.colour());
@@ -364,11 +414,17 @@ fn latency_chart(points: &[&Point], x: &Axis, windows: &[NemesisWindow]) -> Stri
         }
         body += "</g>";
     }
-    chart(x, &y, "latency (ms, log scale)", windows, &body)
+    chart(x, &y, SMALL, "latency (ms, log)", windows, colours, &body)
 }
 
-fn throughput_chart(points: &[Point], x: &Axis, windows: &[NemesisWindow]) -> String {
-    let seconds = x.hi.ceil() as usize;
+fn throughput_chart(
+    points: &[Point],
+    x: &Axis,
+    windows: &[NemesisWindow],
+    colours: &BTreeMap<String, &'static str>,
+) -> String {
+    let bottom = BIG - BELOW;
+    let seconds = (x.hi.ceil() as usize).max(1);
     let mut per_second = [vec![0u64; seconds], vec![0u64; seconds], vec![0u64; seconds]];
     for p in points {
         if let Some(done) = p.done_ns {
@@ -377,7 +433,7 @@ fn throughput_chart(points: &[Point], x: &Axis, windows: &[NemesisWindow]) -> St
         }
     }
     let max = per_second.iter().flatten().copied().max().unwrap_or(0);
-    let y = Axis::linear((max as f64).max(1.0), BOTTOM, TOP);
+    let y = Axis::linear((max as f64).max(1.0), bottom, TOP);
     let mut body = String::new();
     for (kind, counts) in KINDS.iter().zip(&per_second) {
         let line: Vec<String> = (counts.iter().enumerate())
@@ -389,7 +445,22 @@ fn throughput_chart(points: &[Point], x: &Axis, windows: &[NemesisWindow]) -> St
             line.join(" ")
         );
     }
-    chart(x, &y, "completed operations / s", windows, &body)
+    chart(x, &y, BIG, "completed operations / s", windows, colours, &body)
+}
+
+/// The fault-kind legend: a swatch per kind, with how many windows took effect.
+fn fault_legend(windows: &[NemesisWindow], colours: &BTreeMap<String, &'static str>) -> String {
+    let mut html = String::from("<p class=\"legend\">");
+    for (kind, colour) in colours {
+        let of_kind: Vec<&NemesisWindow> = windows.iter().filter(|w| window_kind(w) == *kind).collect();
+        let effective = of_kind.iter().filter(|w| w.effective).count();
+        html += &format!(
+            "<span><i style=\"background:{colour}\"></i>{} ({effective}/{})</span> ",
+            escape(kind),
+            of_kind.len()
+        );
+    }
+    html + "</p>"
 }
 
 /// Escapes text for HTML element content and quoted attributes.
@@ -426,10 +497,69 @@ fn verdict(v: Validity) -> &'static str {
     }
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222}\
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222;max-width:1000px}\
     .verdict{font-size:3em;font-weight:bold;margin:.2em 0}.VALID{color:#2ca02c}\
-    .UNKNOWN{color:#ff7f0e}.INVALID{color:#d62728}table{border-collapse:collapse}\
-    th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}pre{background:#f6f6f6;padding:.5em}";
+    .UNKNOWN{color:#ff7f0e}.INVALID{color:#d62728}table{border-collapse:collapse;margin:.5em 0}\
+    th,td{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}\
+    pre{background:#f6f6f6;padding:.5em}.legend span{margin-right:1em;white-space:nowrap}\
+    .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}\
+    .anomaly{border-left:4px solid #d62728;padding-left:.8em;margin:1em 0}h3{margin:.8em 0 .2em}";
+
+/// Renders JSON as tables: objects as key/value rows (nested), arrays of
+/// scalars inline, everything else as text.
+fn json_table(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) if !map.is_empty() => {
+            let mut t = String::from("<table>");
+            for (k, v) in map {
+                t += &format!("<tr><th>{}</th><td>{}</td></tr>", escape(k), json_table(v));
+            }
+            t + "</table>"
+        }
+        Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
+            let parts: Vec<String> = items.iter().map(|i| escape(&scalar(i))).collect();
+            parts.join(", ")
+        }
+        Value::Array(items) => items.iter().map(json_table).collect::<Vec<_>>().join("<br>"),
+        other => escape(&scalar(other)),
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.3}"),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// An anomaly's evidence as a table, one operation a row.
+fn ops_table(ops: &[Operation]) -> String {
+    let mut t = row(&["process", "operation", "invoked (s)", "returned (s)", "outcome"]);
+    for o in ops {
+        let op = serde_json::to_value(&o.op).map(|v| scalar_compact(&v)).unwrap_or_default();
+        let outcome = match &o.outcome {
+            Outcome::Ok(out) => {
+                format!("ok {}", serde_json::to_value(out).map(|v| scalar_compact(&v)).unwrap_or_default())
+            }
+            Outcome::Fail => "fail".into(),
+            Outcome::Info => "info (unknown)".into(),
+        };
+        let secs = |ns: u64| format!("{:.6}", ns as f64 / 1e9);
+        t +=
+            &row(&[o.process.0.to_string(), op, secs(o.call_ns), o.ret_ns.map_or("-".into(), secs), outcome]);
+    }
+    format!("<table>{t}</table>")
+}
+
+fn scalar_compact(v: &serde_json::Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
 
 fn html(
     info: &RunInfo,
@@ -441,38 +571,84 @@ fn html(
     let end_ns = points.iter().map(|p| p.done_ns.unwrap_or(p.call_ns));
     let end_ns = end_ns.chain(windows.iter().map(|w| w.end_ns)).max().unwrap_or(0);
     let x = Axis::linear((end_ns as f64 / 1e9).max(1.0), LEFT, RIGHT);
-    let (shown, k) = subsample(points);
+    let colours = fault_colours(windows);
     let v = verdict(report.validity);
+    // 1. The verdict, the checkers, the anomalies: what a reader needs first.
     let mut page = format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{v}: chaos run seed {}</title>\
          <style>{STYLE}</style></head><body><h1>Mnemosyne chaos run</h1><p class=\"verdict {v}\">{v}</p><table>",
         info.seed
     );
+    page += &row(&["checker", "verdict"]);
+    for (name, validity) in &report.checkers {
+        page += &row(&[name.as_str(), verdict(*validity)]);
+    }
+    page += &format!("</table><h2>Anomalies ({})</h2>", report.anomalies.len());
+    if report.anomalies.is_empty() {
+        page += "<p>None.</p>";
+    }
+    for a in &report.anomalies {
+        let kind = serde_json::to_value(a.kind).unwrap_or_default();
+        let key = a.key.map(|k| format!(" on key {}", k.0)).unwrap_or_default();
+        page += &format!(
+            "<div class=\"anomaly\"><h3>{}{key}</h3><p>{}</p>",
+            escape(kind.as_str().unwrap_or("?")),
+            escape(&a.message)
+        );
+        if !a.ops.is_empty() {
+            page += &format!(
+                "<details open><summary>{} operations (a smallest sub-history that shows it)</summary>{}</details>",
+                a.ops.len(),
+                ops_table(&a.ops)
+            );
+        }
+        page += "</div>";
+    }
+    // 2. The run: facts, cluster events, faults.
+    page += "<h2>Run</h2><table>";
     page += &row(&["seed", &info.seed.to_string()]);
     page += &row(&["duration (s)", &info.duration_s.to_string()]);
     page += &row(&["workload", &info.workload]);
     page += &row(&["nemesis", &info.nemesis]);
     page += &row(&["nodes", &info.nodes.to_string()]);
-    page += &row(&["unsafe mode", &info.unsafe_mode.to_string()]);
+    page += &row(&["planted bug / unsafe", &info.unsafe_mode.to_string()]);
     page += &row(&["data dir", &info.data_dir]);
     page += &row(&["operations", &points.len().to_string()]);
-    if !info.extra.is_null() {
-        page += &row(&["extra", &info.extra.to_string()]);
+    page += "</table>";
+    if let Some(extra) = info.extra.as_object() {
+        page += "<h2>Cluster and faults</h2>";
+        page += &json_table(&serde_json::Value::Object(extra.clone()));
     }
-    page += "</table><h2>Latency</h2><p>Every operation at its invoke time; <code>info</code> operations at \
-             the moment the client gave up, or on the top edge if they never completed. Grey: nemesis windows.";
-    if k > 1 {
-        page += &format!(
-            " <b>Subsampled:</b> {} of {} operations shown (every {k}th <code>ok</code>, every \
-             <code>fail</code> and <code>info</code>).",
-            shown.len(),
-            points.len()
-        );
+    // 3. Charts: one latency chart per operation kind, then throughput.
+    page += "<h2>Latency by operation</h2><p>Every operation at its invoke time; <code>info</code> \
+             operations at the moment the client gave up, or on the top edge if they never completed. \
+             Bands: fault windows by kind (pale: did not take effect).</p>";
+    page += &fault_legend(windows, &colours);
+    let names: Vec<OpName> = {
+        let mut n: Vec<OpName> = points.iter().map(|p| p.op).collect();
+        n.sort();
+        n.dedup();
+        n
+    };
+    for name in names {
+        let of_kind: Vec<&Point> = points.iter().filter(|p| p.op == name).collect();
+        let (shown, k) = subsample(&of_kind, MAX_POINTS / 10);
+        let c = report.counts.get(&name).copied().unwrap_or_default();
+        page += &format!("<h3>{}: ok {}, fail {}, info {}</h3>", escape(name.as_str()), c.ok, c.fail, c.info);
+        if k > 1 {
+            page += &format!(
+                "<p><b>Subsampled:</b> {} of {} shown (every {k}th <code>ok</code>, every <code>fail</code> \
+                 and <code>info</code>).</p>",
+                shown.len(),
+                of_kind.len()
+            );
+        }
+        page += &latency_chart(&shown, &x, windows, &colours);
     }
-    page += "</p>";
-    page += &latency_chart(&shown, &x, windows);
     page += "<h2>Throughput</h2><p>Completed operations per 1 s bucket, by outcome.</p>";
-    page += &throughput_chart(points, &x, windows);
+    page += &fault_legend(windows, &colours);
+    page += &throughput_chart(points, &x, windows, &colours);
+    // 4. The tables.
     page += "<h2>Operations</h2><table>";
     page += &row(&["op", "ok", "fail", "info", "p50 ms", "p99 ms", "max ms"]);
     for (name, c) in &report.counts {
@@ -489,33 +665,18 @@ fn html(
             &ms(max),
         ]);
     }
-    page += "</table><h2>Checkers</h2><table>";
-    for (name, validity) in &report.checkers {
-        page += &row(&[name.as_str(), verdict(*validity)]);
-    }
-    let details = serde_json::to_string_pretty(&report.details).unwrap_or_default();
-    page += &format!(
-        "</table><details><summary>details</summary><pre>{}</pre></details><h2>Anomalies ({})</h2>",
-        escape(&details),
-        report.anomalies.len()
-    );
-    for a in &report.anomalies {
-        let kind = serde_json::to_value(a.kind).unwrap_or_default();
-        let key = a.key.map(|k| format!(" on key {}", k.0)).unwrap_or_default();
-        let ops: Vec<String> = a.ops.iter().map(|o| serde_json::to_string(o).unwrap_or_default()).collect();
-        page += &format!(
-            "<h3>{}{key}</h3><p>{}</p><details><summary>{} operations</summary><pre>{}</pre></details>",
-            escape(kind.as_str().unwrap_or("?")),
-            escape(&a.message),
-            ops.len(),
-            escape(&ops.join("\n"))
-        );
-    }
+    page += "</table><h2>Checker details</h2>";
+    page += &json_table(&serde_json::to_value(&report.details).unwrap_or_default());
     page += "<h2>Nemesis windows</h2><table>";
-    page += &row(&["name", "start (s)", "end (s)"]);
+    page += &row(&["fault", "took effect", "start (s)", "end (s)"]);
     for w in windows {
         let secs = |ns: u64| format!("{:.3}", ns as f64 / 1e9);
-        page += &row(&[w.name.as_str(), &secs(w.start_ns), &secs(w.end_ns)]);
+        page += &row(&[
+            w.name.as_str(),
+            if w.effective { "yes" } else { "no" },
+            &secs(w.start_ns),
+            &secs(w.end_ns),
+        ]);
     }
     page + "</table></body></html>\n"
 }
@@ -574,7 +735,8 @@ mod tests {
 
         // report.html: charts, escaped window names, the verdict.
         let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
-        assert_eq!(html.matches("<svg").count(), 2);
+        // One latency chart per operation kind (write, read, cas) and the throughput chart.
+        assert_eq!(html.matches("<svg").count(), 4);
         assert!(html.contains("partition-majority"));
         assert!(html.contains("kill&lt;leader&gt;") && !html.contains("kill<leader>"));
         assert!(html.contains(">VALID</p>"));
@@ -608,7 +770,7 @@ mod tests {
         let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
         assert!(html.contains("Subsampled"));
         let circles = html.matches("<circle").count();
-        assert!(circles <= MAX_POINTS && circles > MAX_POINTS / 2, "{circles} points");
+        assert!(circles <= MAX_POINTS / 10 && circles > MAX_POINTS / 20, "{circles} points");
         assert!(html.len() < 10_000_000);
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
