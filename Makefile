@@ -16,13 +16,13 @@ APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl
 
 .PHONY: deps build run test bench bench-regions chaos lint fmt clean-data
 
-# make chaos DURATION=1800 SEED=7 NEMESIS=all WORKLOAD=all: a Jepsen-style
-# run of mnemo-chaos (5 nodes in network namespaces, faults from NEMESIS,
-# workloads from WORKLOAD); results, report.html and the data directory go to
-# chaos-results/<seed>-<time>/.
+# make chaos DURATION=1800 SEED=7 NEMESIS=all,crash-point,compound WORKLOAD=all:
+# a Jepsen-style run of mnemo-chaos (5 nodes in network namespaces, faults
+# from NEMESIS, workloads from WORKLOAD); results, report.html and the data
+# directory go to chaos-results/<seed>-<time>/.
 DURATION ?= 1800
 SEED ?= 7
-NEMESIS ?= all
+NEMESIS ?= all,crash-point,compound
 WORKLOAD ?= all
 
 deps:

@@ -42,7 +42,7 @@
 //! | `skew-partition-leader` | the leaders' node cut off with its lease clock slowed (≥ 0.95×) |
 //! | `kill-shuffle` / `kill-split` | a node killed during shuffle-region / the leader during forced splits |
 //! | `kill-majority` / `kill-all` | a majority / every node killed, restarted at the heal |
-//! | `partition-oneway` | one node hears nobody, but everybody hears it |
+//! | `partition-oneway` | nobody hears one node's raft messages, it hears everybody (dropped in-process: TCP cannot be cut one way) |
 //! | `pd-cut` | one or two nodes cannot reach PD |
 //! | `client-cut` | clients cannot reach one or two nodes |
 //! | `delay` | raft messages of one to three nodes delayed 20–300 ms (in-process: no netem here) |
@@ -218,7 +218,6 @@ impl Fault {
                 | Fault::PartitionRing
                 | Fault::PartitionKill
                 | Fault::SkewPartitionLeader
-                | Fault::PartitionOneWay
                 | Fault::PdCut
                 | Fault::ClientCut
         )
@@ -372,8 +371,11 @@ pub struct Nemesis {
     faults: Vec<Fault>,
     rng: StdRng,
     recorder: Recorder,
-    /// Keys whose regions the faults aim at.
+    /// Keys whose regions the faults aim at (register slots stand for the
+    /// slot's live key, see [`Nemesis::random_key`]).
     keys: Vec<Vec<u8>>,
+    /// When the workloads started (the live register keys follow from it).
+    started: Instant,
     /// Splits of live keys asked so far (makes each split point new).
     splits_asked: u64,
     /// A client of its own, for the kill-leader recovery probe.
@@ -400,6 +402,7 @@ impl Nemesis {
         seed: u64,
         recorder: Recorder,
         keys: Vec<Vec<u8>>,
+        started: Instant,
         probe: Arc<RawClient>,
     ) -> Nemesis {
         let can_partition = cluster.can_partition();
@@ -410,6 +413,7 @@ impl Nemesis {
             rng: StdRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973),
             recorder,
             keys,
+            started,
             splits_asked: 0,
             probe,
             runtime: tokio::runtime::Handle::current(),
@@ -451,6 +455,12 @@ impl Nemesis {
             let t = self.log.tally.entry(fault.name()).or_default();
             t.runs += 1;
             t.effective += outcome.effective as u64;
+            // A fault that did not take effect is dealt again soon (a few
+            // times at most), so every kind gets its chance in a short run.
+            if t.effective == 0 && t.runs < 3 {
+                let at = deck.len().saturating_sub(self.rng.gen_range(1..=3));
+                deck.insert(at, fault);
+            }
             self.log.windows.push(NemesisWindow {
                 name: format!("{} {}", fault.name(), outcome.desc),
                 kind: fault.name().to_string(),
@@ -508,13 +518,17 @@ impl Nemesis {
                 done(format!("ring {}", names(&order)), ok)
             }
             Fault::PartitionOneWay => {
+                // Raft messages only (TCP cannot be cut one way: its ACKs go
+                // back): v's are dropped on the way out, it still hears all.
                 let v = self.rng.gen_range(0..n);
-                let mut grudge = vec![Vec::new(); n];
-                grudge[v] = others(n, &[v]);
-                let ok = self.partition(&grudge);
+                let stores: Vec<u64> =
+                    others(n, &[v]).iter().filter_map(|&i| self.cluster.store_id_of(i)).collect();
+                self.delayed.push(v);
+                let body = json!({ "ms": 0, "to_stores": stores, "drop": true });
+                let ok = self.status_post(v, "/debug/transport-delay", body).is_ok();
                 self.hold(hold_until, stop);
-                self.heal_network();
-                done(format!("n{} hears nobody", v + 1), ok)
+                self.undelay();
+                done(format!("nobody hears n{}", v + 1), ok)
             }
             Fault::KillOne | Fault::KillMinority | Fault::KillMajority | Fault::KillAll => {
                 let count = match fault {
@@ -558,11 +572,16 @@ impl Nemesis {
                 done(format!("n{}", v + 1), ok)
             }
             Fault::ShuffleLeader | Fault::ShuffleRegion => {
+                // Took effect if leaders moved / membership changed meanwhile.
+                let event =
+                    if fault == Fault::ShuffleLeader { "leader_changes" } else { "conf_changes_applied" };
+                let before = self.event_count(event);
                 let name = format!("{}-scheduler", fault.name());
                 let ok = self.add_scheduler(&name);
                 self.hold(hold_until, stop);
                 self.remove_scheduler(&name);
-                done("", ok)
+                let moved = self.event_count(event).saturating_sub(before);
+                done(format!("{moved} {event}"), ok && moved > 0)
             }
             Fault::Split => {
                 let splits = self.split_until(hold_until, stop);
@@ -606,13 +625,15 @@ impl Nemesis {
                 done(format!("n{} ×{rate:.2}", v + 1), ok)
             }
             Fault::KillShuffle => {
+                let before = self.event_count("conf_changes_applied");
                 let ok = self.add_scheduler("shuffle-region-scheduler");
                 let v = self.rng.gen_range(0..n);
                 let killed = self.kill(v);
                 self.hold(hold_until, stop);
                 self.restart_killed();
                 self.remove_scheduler("shuffle-region-scheduler");
-                done(format!("n{}", v + 1), ok && killed)
+                let moved = self.event_count("conf_changes_applied").saturating_sub(before);
+                done(format!("n{}, {moved} conf changes", v + 1), ok && killed && moved > 0)
             }
             Fault::KillSplit => {
                 let key = self.random_key();
@@ -751,8 +772,11 @@ impl Nemesis {
     fn pd_crash_point(&mut self, hold_until: Instant, stop: &AtomicBool) -> Done {
         self.cluster.kill_pd();
         self.cluster.restart_pd_with_failpoints("pd_region_heartbeat=panic");
+        // Nodes reconnect to a restarted PD within a few seconds: give it
+        // at least 8 s to see a region heartbeat.
+        let until = hold_until.max(Instant::now() + Duration::from_secs(8));
         let mut fired = false;
-        while Instant::now() < hold_until && !stop.load(Ordering::Relaxed) && !fired {
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) && !fired {
             self.hold(Instant::now() + Duration::from_millis(100), stop);
             if let Some(status) = self.cluster.reap_crashed_pd() {
                 fired = status.code() == Some(CRASH_POINT_EXIT_CODE);
@@ -815,7 +839,15 @@ impl Nemesis {
         ok &= self.cluster.pd_post("/pd/api/v1/operators", op).is_ok();
         self.hold(hold_until, stop);
         self.undelay();
-        done(format!("n{} ({}) → store {to}", l + 1, show(&key)), ok)
+        // Took effect if the leadership actually moved.
+        let moved = self
+            .region_of(&key)
+            .and_then(|r| r["leader"]["store_id"].as_u64())
+            .is_some_and(|s| s != leader_store);
+        done(
+            format!("n{} ({}) → store {to}{}", l + 1, show(&key), if moved { "" } else { ", did not move" }),
+            ok && moved,
+        )
     }
 
     /// Asks PD for splits that move live register keys into a new region,
@@ -840,8 +872,11 @@ impl Nemesis {
         splits
     }
 
+    /// A workload key to aim at: a counter, the set, or the live key of a
+    /// register slot (live splits move a slot's keys away from its prefix).
     fn random_key(&mut self) -> Vec<u8> {
-        self.keys[self.rng.gen_range(0..self.keys.len())].clone()
+        let key = self.keys[self.rng.gen_range(0..self.keys.len())].clone();
+        crate::workload::live_key_of(&key, self.started).unwrap_or(key)
     }
 
     fn shuffled(&mut self, n: usize) -> Vec<usize> {
@@ -880,6 +915,8 @@ impl Nemesis {
 
     /// SIGKILLs node `v`; true if it was running.
     fn kill(&mut self, v: usize) -> bool {
+        // A node that died on its own must be seen as such, not killed over.
+        self.restart_crashed();
         let was_running = self.cluster.node_running(v);
         self.log.events.scrape(&self.cluster, v);
         self.cluster.kill_node(v);
@@ -912,8 +949,17 @@ impl Nemesis {
         }
     }
 
+    /// Stops scheduler `name`; retried, since a shuffler left on would
+    /// keep churning after its window (a 404 means it is already gone).
     fn remove_scheduler(&self, name: &str) {
-        let _ = self.cluster.pd_delete(&format!("/pd/api/v1/schedulers/{name}"));
+        let path = format!("/pd/api/v1/schedulers/{name}");
+        wait_for(&format!("{name} removed"), Duration::from_secs(30), || {
+            match self.cluster.pd_delete(&path) {
+                Ok(()) => Some(()),
+                Err(e) if e.contains("404") => Some(()),
+                Err(_) => None,
+            }
+        });
     }
 
     /// Arms crash point `name` on node `v` (`panic`); true if armed.
@@ -1004,8 +1050,13 @@ impl Nemesis {
         }
         for (v, status) in self.cluster.reap_crashed_nodes() {
             let at = self.recorder.now_ns() as f64 / 1e9;
-            match self.armed.remove(&v) {
-                Some(point) if status.code() == Some(CRASH_POINT_EXIT_CODE) => {
+            // Exit 86 comes only from a crash point's panic, and only the
+            // nemesis arms crash points: expected, even if it fired after a
+            // disarm that did not reach the node.
+            let armed = self.armed.remove(&v);
+            match armed {
+                _ if status.code() == Some(CRASH_POINT_EXIT_CODE) => {
+                    let point = armed.unwrap_or("a crash point armed earlier");
                     tracing::info!(node = v + 1, point, "node died at its crash point; restarting it");
                     *self.log.crash_points_fired.entry(point.to_string()).or_default() += 1;
                     self.fired.insert(v, point);
@@ -1069,14 +1120,22 @@ impl Nemesis {
         None
     }
 
+    /// The cluster's count of `event` so far (see [`EVENT_METRICS`]), read now.
+    fn event_count(&mut self, event: &str) -> u64 {
+        for i in 0..self.cluster.node_count() {
+            if self.cluster.node_running(i) && !self.paused.contains(&i) {
+                self.log.events.scrape(&self.cluster, i);
+            }
+        }
+        self.log.events.totals().get(event).copied().unwrap_or(0)
+    }
+
     /// Holds a fault until `until` (or `stop`), restarting crashed nodes
     /// and reading node counters along the way.
     fn hold(&mut self, until: Instant, stop: &AtomicBool) {
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
-            if !self.armed.is_empty() {
-                self.restart_crashed();
-            }
+            self.restart_crashed();
             self.scrape_now_and_then();
         }
     }
@@ -1092,7 +1151,7 @@ impl Nemesis {
         }
         self.next_scrape = Instant::now() + Duration::from_secs(1);
         for i in 0..self.cluster.node_count() {
-            if self.cluster.node_running(i) {
+            if self.cluster.node_running(i) && !self.paused.contains(&i) {
                 self.log.events.scrape(&self.cluster, i);
             }
         }

@@ -122,7 +122,7 @@ impl Network {
         run(&["ip", "addr", "add", &gw, "dev", &b])?;
         run(&["ip", "link", "set", &b, "up"])?;
         let rule = self.forward_rule();
-        let mut insert = vec!["iptables", "-I"];
+        let mut insert = vec!["iptables", "-w", "-I"];
         insert.extend(rule.iter().map(String::as_str));
         run(&insert)?;
         for i in 0..self.hosts {
@@ -170,7 +170,7 @@ impl Network {
             }
         }
         let rule = self.forward_rule();
-        let mut delete = vec!["iptables", "-D"];
+        let mut delete = vec!["iptables", "-w", "-D"];
         delete.extend(rule.iter().map(String::as_str));
         while run(&delete).is_ok() {}
         let _ = run(&["ip", "link", "del", &self.bridge()]);
@@ -184,7 +184,9 @@ impl Network {
             let ns = self.namespace(i);
             for &j in enemies {
                 let src = self.host_ip(j).to_string();
-                run(&["ip", "netns", "exec", &ns, "iptables", "-A", "INPUT", "-s", &src, "-j", "DROP"])?;
+                run(&[
+                    "ip", "netns", "exec", &ns, "iptables", "-w", "-A", "INPUT", "-s", &src, "-j", "DROP",
+                ])?;
             }
         }
         Ok(())
@@ -196,8 +198,8 @@ impl Network {
         let (gw, port) = (self.gateway_ip().to_string(), port.to_string());
         let ns = self.namespace(i);
         run(&[
-            "ip", "netns", "exec", &ns, "iptables", "-A", "OUTPUT", "-d", &gw, "-p", "tcp", "--dport", &port,
-            "-j", "DROP",
+            "ip", "netns", "exec", &ns, "iptables", "-w", "-A", "OUTPUT", "-d", &gw, "-p", "tcp", "--dport",
+            &port, "-j", "DROP",
         ])
     }
 
@@ -207,8 +209,8 @@ impl Network {
         let (gw, port) = (self.gateway_ip().to_string(), port.to_string());
         let ns = self.namespace(i);
         run(&[
-            "ip", "netns", "exec", &ns, "iptables", "-A", "INPUT", "-s", &gw, "-p", "tcp", "--dport", &port,
-            "-j", "DROP",
+            "ip", "netns", "exec", &ns, "iptables", "-w", "-A", "INPUT", "-s", &gw, "-p", "tcp", "--dport",
+            &port, "-j", "DROP",
         ])
     }
 
@@ -216,7 +218,7 @@ impl Network {
     pub fn heal(&self) -> Result<(), String> {
         for i in 0..self.hosts {
             for chain in ["INPUT", "OUTPUT"] {
-                run(&["ip", "netns", "exec", &self.namespace(i), "iptables", "-F", chain])?;
+                run(&["ip", "netns", "exec", &self.namespace(i), "iptables", "-w", "-F", chain])?;
             }
         }
         Ok(())

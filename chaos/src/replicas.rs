@@ -40,8 +40,10 @@ pub fn compare(cluster: &Cluster, timeout: Duration) -> ReplicaCheck {
     let deadline = Instant::now() + timeout;
     let mut diverged: BTreeMap<u64, String> = BTreeMap::new();
     let (mut compared, mut replicas_compared, mut unsettled);
+    let mut silent: Vec<usize>;
     loop {
-        let by_region = collect(cluster);
+        let by_region;
+        (by_region, silent) = collect(cluster);
         (compared, replicas_compared, unsettled) = (0, 0, 0);
         for (region, replicas) in &by_region {
             let mut by_index: BTreeMap<u64, Vec<&Replica>> = BTreeMap::new();
@@ -68,7 +70,7 @@ pub fn compare(cluster: &Cluster, timeout: Duration) -> ReplicaCheck {
                 }
             }
         }
-        if unsettled == 0 || Instant::now() >= deadline {
+        if (unsettled == 0 && silent.is_empty()) || Instant::now() >= deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -77,9 +79,18 @@ pub fn compare(cluster: &Cluster, timeout: Duration) -> ReplicaCheck {
         .values()
         .map(|m| Anomaly { kind: AnomalyKind::Divergence, key: None, message: m.clone(), ops: Vec::new() })
         .collect();
-    let validity = if !anomalies.is_empty() {
+    let mut anomalies = anomalies;
+    for i in &silent {
+        anomalies.push(Anomaly {
+            kind: AnomalyKind::Unknown,
+            key: None,
+            message: format!("replicas: n{} never reported its region hashes", i + 1),
+            ops: Vec::new(),
+        });
+    }
+    let validity = if !diverged.is_empty() {
         Validity::Invalid
-    } else if compared == 0 {
+    } else if compared == 0 || !silent.is_empty() {
         Validity::Unknown
     } else {
         Validity::Valid
@@ -92,15 +103,21 @@ pub fn compare(cluster: &Cluster, timeout: Duration) -> ReplicaCheck {
             "replicas_compared": replicas_compared,
             "regions_unsettled": unsettled,
             "regions_diverged": diverged.len(),
+            "nodes_silent": silent.len(),
         }),
     }
 }
 
-/// Every node's region hashes, grouped by region.
-fn collect(cluster: &Cluster) -> BTreeMap<u64, Vec<Replica>> {
+/// Every node's region hashes, grouped by region, and the nodes that did
+/// not answer.
+fn collect(cluster: &Cluster) -> (BTreeMap<u64, Vec<Replica>>, Vec<usize>) {
     let mut by_region: BTreeMap<u64, Vec<Replica>> = BTreeMap::new();
+    let mut silent = Vec::new();
     for i in 0..cluster.node_count() {
-        let Some(hashes) = cluster.node_region_hashes(i) else { continue };
+        let Some(hashes) = cluster.node_region_hashes(i) else {
+            silent.push(i);
+            continue;
+        };
         for h in hashes {
             let field = |name: &str| h[name].as_u64().unwrap_or(0);
             by_region.entry(field("region_id")).or_default().push((
@@ -111,5 +128,5 @@ fn collect(cluster: &Cluster) -> BTreeMap<u64, Vec<Replica>> {
             ));
         }
     }
-    by_region
+    (by_region, silent)
 }

@@ -227,6 +227,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
         opts.seed,
         recorder.clone(),
         workload::interesting_keys(w),
+        shared.started,
         Arc::new(probe),
     );
     let stop = nemesis_stop.clone();
@@ -256,7 +257,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     .map_err(|e| format!("cluster did not recover after the heal: {e}"))?;
     let missing =
         workload::final_reads(&final_client, &shared, w, Instant::now() + Duration::from_secs(120)).await;
-    let (cluster, replicas) = tokio::task::spawn_blocking(move || {
+    let (mut cluster, replicas) = tokio::task::spawn_blocking(move || {
         let replicas = crate::replicas::compare(&cluster, Duration::from_secs(30));
         (cluster, replicas)
     })
@@ -275,7 +276,15 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     report.checkers.insert("replicas".into(), replicas.validity);
     report.anomalies.extend(replicas.anomalies.clone());
     report.details.insert("replicas".into(), replicas.details.clone());
-    for crash in &log.crashes {
+    // Anything that died after the nemesis stopped watching is a crash too.
+    let mut crashes = log.crashes.clone();
+    if let Some(status) = cluster.reap_crashed_pd() {
+        crashes.push(format!("PD exited on its own ({status}) after the heal; see pd1.log"));
+    }
+    for (v, status) in cluster.reap_crashed_nodes() {
+        crashes.push(format!("n{0} exited on its own ({status}) after the heal; see n{0}.log", v + 1));
+    }
+    for crash in &crashes {
         report.validity = report.validity.and(Validity::Invalid);
         report.anomalies.push(Anomaly {
             kind: AnomalyKind::Crash,

@@ -164,6 +164,13 @@ pub fn interesting_keys(w: Workloads) -> Vec<Vec<u8>> {
     keys
 }
 
+/// The live key (current generation) of the register slot whose prefix is
+/// `key` (`reg/<slot>`), or None for any other key.
+pub fn live_key_of(key: &[u8], started: Instant) -> Option<Vec<u8>> {
+    let slot: u64 = std::str::from_utf8(key.strip_prefix(b"reg/")?).ok()?.parse().ok()?;
+    Some(register_key(Key(generation_at(started) * REGISTER_KEYS + slot)))
+}
+
 /// A split point that moves every key of register slot `slot` (all its
 /// generations, the live one included) into a new region: `reg/<slot>//<n>`
 /// sorts after the slot's previous split points (for a larger `n`) and

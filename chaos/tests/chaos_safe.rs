@@ -24,7 +24,7 @@ async fn short_run_under_every_nemesis_is_valid() {
     let faults: Vec<Fault> =
         Fault::parse_list("everything").unwrap().into_iter().filter(|f| netns || !f.is_partition()).collect();
     let opts = RunOptions {
-        duration: Duration::from_secs(150),
+        duration: Duration::from_secs(180),
         seed,
         faults: faults.clone(),
         nemesis_name: "everything".into(),

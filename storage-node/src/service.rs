@@ -32,7 +32,7 @@ use crate::engine::{Cf, EngineRef, EngineSnapshot, ScanRange};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::raftstore::{ReadPolicy, SendError, StoreMsg, StoreRouter, WriteOutcome};
+use crate::raftstore::{ReadGrant, ReadPolicy, SendError, StoreMsg, StoreRouter, WriteOutcome};
 
 /// How long a request waits for the store loop before answering.
 /// A write still pending then has an unknown outcome (`StaleCommand`);
@@ -227,7 +227,7 @@ impl KvService {
 
     /// Waits until this node may serve a read of the region under `policy`
     /// (every read but the test-only stale one is linearizable).
-    async fn read_permit(&self, ctx: Option<&Context>, policy: ReadPolicy) -> Result<Region> {
+    async fn read_permit(&self, ctx: Option<&Context>, policy: ReadPolicy) -> Result<ReadGrant> {
         let (region_id, header) = self.target(ctx)?;
         self.metrics.reads.inc();
         if policy == ReadPolicy::UnsafeStale {
@@ -376,19 +376,19 @@ fn get_live(snap: &dyn EngineSnapshot, key: &[u8], now_ms: u64) -> Result<Option
 /// Scans `[lower, upper)` (empty upper = region end) of `region` in `snap`.
 fn scan_region(
     snap: &dyn EngineSnapshot,
-    region: &Region,
+    grant: &ReadGrant,
     (lower, upper): (&[u8], &[u8]),
     reverse: bool,
     limit: u32,
     key_only: bool,
 ) -> Result<Vec<KvPair>> {
+    let (region, now) = (&grant.region, grant.now_ms);
     let (lower, upper) = clamp_range(region, lower, upper);
     let (start, end) = (keys::data_key(&lower), keys::data_end_key(&upper));
     let mut out = Vec::new();
     if limit == 0 || start >= end {
         return Ok(out);
     }
-    let now = keys::now_unix_ms();
     snap.scan(Cf::Default, ScanRange { start: &start, end: &end, reverse }, &mut |k, v| {
         let stored = keys::decode_value(v);
         if !stored.is_expired(now) {
@@ -408,11 +408,11 @@ impl Tikv for KvService {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
             let policy = self.get_policy(req.context.as_ref());
-            let region = self.read_permit(req.context.as_ref(), policy).await?;
-            Self::check_in_region(&region, &req.key)?;
+            let grant = self.read_permit(req.context.as_ref(), policy).await?;
+            Self::check_in_region(&grant.region, &req.key)?;
             let mut resp = kvrpcpb::RawGetResponse::default();
-            let key = req.key;
-            match self.read_snapshot(move |snap| get_live(snap, &key, keys::now_unix_ms())).await? {
+            let (key, now) = (req.key, grant.now_ms);
+            match self.read_snapshot(move |snap| get_live(snap, &key, now)).await? {
                 Some(v) => resp.value = v,
                 None => resp.not_found = true,
             }
@@ -433,14 +433,13 @@ impl Tikv for KvService {
             for k in &req.keys {
                 self.check_key(k)?;
             }
-            let region = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
+            let grant = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
             for k in &req.keys {
-                Self::check_in_region(&region, k)?;
+                Self::check_in_region(&grant.region, k)?;
             }
-            let keys = req.keys;
+            let (keys, now) = (req.keys, grant.now_ms);
             let pairs = self
                 .read_snapshot(move |snap| {
-                    let now = keys::now_unix_ms();
                     let mut pairs = Vec::new();
                     for k in keys {
                         if let Some(value) = get_live(snap, &k, now)? {
@@ -546,12 +545,12 @@ impl Tikv for KvService {
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_scan_limit(req.limit)?;
-            let region = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
-            let (lower, upper) = Self::scan_bounds(&region, &req.start_key, &req.end_key, req.reverse)?;
+            let grant = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
+            let (lower, upper) = Self::scan_bounds(&grant.region, &req.start_key, &req.end_key, req.reverse)?;
             let (reverse, limit, key_only) = (req.reverse, req.limit, req.key_only);
             let kvs = self
                 .read_snapshot(move |snap| {
-                    scan_region(snap, &region, (&lower, &upper), reverse, limit, key_only)
+                    scan_region(snap, &grant, (&lower, &upper), reverse, limit, key_only)
                 })
                 .await?;
             Ok(kvrpcpb::RawScanResponse { region_error: None, kvs })
@@ -590,17 +589,17 @@ impl Tikv for KvService {
             Self::check_cf(&req.cf)?;
             self.check_batch(req.ranges.len())?;
             self.check_scan_limit(req.each_limit)?;
-            let region = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
+            let grant = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
             let mut bounds = Vec::with_capacity(req.ranges.len());
             for range in &req.ranges {
-                bounds.push(Self::scan_bounds(&region, &range.start_key, &range.end_key, req.reverse)?);
+                bounds.push(Self::scan_bounds(&grant.region, &range.start_key, &range.end_key, req.reverse)?);
             }
             let (reverse, limit, key_only) = (req.reverse, req.each_limit, req.key_only);
             let kvs = self
                 .read_snapshot(move |snap| {
                     let mut kvs = Vec::new();
                     for (lower, upper) in &bounds {
-                        kvs.extend(scan_region(snap, &region, (lower, upper), reverse, limit, key_only)?);
+                        kvs.extend(scan_region(snap, &grant, (lower, upper), reverse, limit, key_only)?);
                     }
                     Ok(kvs)
                 })
@@ -619,10 +618,10 @@ impl Tikv for KvService {
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
-            let region = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
-            Self::check_in_region(&region, &req.key)?;
+            let grant = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
+            Self::check_in_region(&grant.region, &req.key)?;
             let mut resp = kvrpcpb::RawGetKeyTtlResponse::default();
-            let now = keys::now_unix_ms();
+            let now = grant.now_ms;
             let key = keys::data_key(&req.key);
             match self.read_snapshot(move |snap| Ok(snap.get(Cf::Default, &key)?)).await? {
                 Some(raw) if !keys::decode_value(&raw).is_expired(now) => {
@@ -698,10 +697,9 @@ mod tests {
         std::thread::spawn(move || {
             for msg in inbox.requests.iter() {
                 if let StoreMsg::Read { cb, .. } = msg {
-                    let _ = cb.send(Ok(Region {
-                        epoch: RegionEpoch { conf_ver: 1, version: 1 },
-                        ..Default::default()
-                    }));
+                    let region =
+                        Region { epoch: RegionEpoch { conf_ver: 1, version: 1 }, ..Default::default() };
+                    let _ = cb.send(Ok(ReadGrant { region, now_ms: keys::now_unix_ms() }));
                 }
             }
         });

@@ -20,6 +20,8 @@
 //!   `{"ms": u64, "to_stores": [id, ...]}` (`to_stores` omitted: every
 //!   store; `ms` 0 clears, at most 10,000): raft messages to those stores
 //!   leave that much later (see [`crate::transport::TransportDelays`]);
+//!   with `"drop": true` (and `to_stores`) they are dropped instead, a
+//!   one-way partition (`"drop": false` or `{"ms": 0}` ends it);
 //! - `GET /debug/region-hashes`: `[{"region_id", "applied_index", "version",
 //!   "conf_ver", "hash", "keys"}]`, a digest of every initialized replica's
 //!   data computed inside the store loop (replicas of a region at the same
@@ -73,6 +75,7 @@ pub fn router(state: Arc<StatusState>) -> Router {
                     "test_controls": {
                         "enable_test_controls": t.enable_test_controls,
                         "unsafe_stale_reads": t.unsafe_stale_reads,
+                        "planted_bugs": t.plant,
                         "lease_clock": s.lease_clock.is_adjustable().then(|| s.lease_clock.state()),
                     },
                 }))
@@ -144,6 +147,9 @@ pub fn router(state: Arc<StatusState>) -> Router {
 struct TransportDelayRequest {
     ms: u64,
     to_stores: Option<Vec<u64>>,
+    /// With `to_stores`: drop those messages instead (true) or stop
+    /// dropping them (false).
+    drop: Option<bool>,
 }
 
 /// `POST /debug/transport-delay`: 200 with the new state, or 400.
@@ -159,7 +165,24 @@ fn set_transport_delay(delays: &TransportDelays, body: &[u8]) -> (StatusCode, Js
         }
     };
     let stores: Option<Vec<StoreId>> = req.to_stores.map(|v| v.into_iter().map(StoreId).collect());
-    delays.set(Duration::from_millis(req.ms), stores.as_deref());
+    match (req.drop, stores.as_deref()) {
+        (Some(drop), Some(ids)) => delays.set_dropped(ids, drop),
+        (Some(_), None) => {
+            let msg = "drop needs to_stores";
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg })));
+        }
+        (None, ids) => delays.set(Duration::from_millis(req.ms), ids),
+    }
+    if req.ms == 0 && stores.is_none() {
+        // A full clear also stops dropping.
+        let all: Vec<StoreId> = delays.state()["dropped"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_u64().map(StoreId))
+            .collect();
+        delays.set_dropped(&all, false);
+    }
     tracing::warn!(ms = req.ms, stores = ?stores, "TEST CONTROL: raft transport delay set");
     (StatusCode::OK, Json(delays.state()))
 }

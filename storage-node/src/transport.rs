@@ -75,6 +75,9 @@ pub struct TransportConfig {
 #[derive(Debug, Default)]
 pub struct TransportDelays {
     inner: Mutex<(Duration, HashMap<StoreId, Duration>)>,
+    /// Stores whose messages are dropped instead (a one-way partition at
+    /// the raft level: this node hears them, they do not hear it).
+    dropped: Mutex<std::collections::HashSet<StoreId>>,
 }
 
 impl TransportDelays {
@@ -95,6 +98,23 @@ impl TransportDelays {
         }
     }
 
+    /// Drops every message to `stores` from now on (`false` stops that).
+    pub fn set_dropped(&self, stores: &[StoreId], drop: bool) {
+        let mut dropped = self.dropped.lock();
+        for s in stores {
+            if drop {
+                dropped.insert(*s);
+            } else {
+                dropped.remove(s);
+            }
+        }
+    }
+
+    /// True if messages to `store` are dropped.
+    pub fn drops(&self, store: StoreId) -> bool {
+        self.dropped.lock().contains(&store)
+    }
+
     /// The delay of messages to `store`.
     pub fn delay_to(&self, store: StoreId) -> Duration {
         let inner = self.inner.lock();
@@ -106,7 +126,8 @@ impl TransportDelays {
         let inner = self.inner.lock();
         let stores: serde_json::Map<String, serde_json::Value> =
             inner.1.iter().map(|(s, d)| (s.0.to_string(), (d.as_millis() as u64).into())).collect();
-        serde_json::json!({ "all_ms": inner.0.as_millis() as u64, "stores": stores })
+        let dropped: Vec<u64> = self.dropped.lock().iter().map(|s| s.0).collect();
+        serde_json::json!({ "all_ms": inner.0.as_millis() as u64, "stores": stores, "dropped": dropped })
     }
 }
 
@@ -252,6 +273,10 @@ async fn store_sender(store: StoreId, mut rx: mpsc::Receiver<Queued>, shared: Ar
             tokio::select! {
                 msgs = rx.recv() => {
                     let Some((queued_at, msgs)) = msgs else { return };
+                    if shared.cfg.delays.drops(store) {
+                        report_unreachable(&shared, &msgs);
+                        continue;
+                    }
                     let delay = shared.cfg.delays.delay_to(store);
                     if !delay.is_zero() {
                         tokio::time::sleep_until((queued_at + delay).into()).await;

@@ -34,7 +34,7 @@ use raft::eraftpb::ConfChangeType;
 
 pub use apply::WriteOutcome;
 pub use lease_clock::{LeaseClock, LeaseInstant};
-pub use peer::{Now, PeerConfig, PlantedBugs, ReadCallback, WriteCallback};
+pub use peer::{Now, PeerConfig, PlantedBugs, ReadCallback, ReadGrant, WriteCallback};
 pub use router::{SendError, StoreInbox, StoreRouter};
 pub use store::{Store, StoreConfig};
 

@@ -37,8 +37,22 @@ pub const HIBERNATE_TICK_STRETCH: u64 = 10;
 
 /// Answer to a write: its outcome once applied, or an error.
 pub type WriteCallback = oneshot::Sender<Result<WriteOutcome>>;
-/// Answer to a read: the region it may be served from (checked), or an error.
-pub type ReadCallback = oneshot::Sender<Result<Region>>;
+/// Answer to a read: permission to serve it, or an error.
+pub type ReadCallback = oneshot::Sender<Result<ReadGrant>>;
+
+/// Permission to serve a read from the kv engine.
+#[derive(Clone, Debug)]
+pub struct ReadGrant {
+    /// The region as of the read (epoch checked; the caller checks keys).
+    pub region: Region,
+    /// The wall-clock time (Unix ms) the read judges TTL expiry at: the
+    /// reader's clock, but never below a stamp already applied nor at or
+    /// above the stamp of a write still in flight, so reads and writes
+    /// judge expiry in the order they take effect (a CAS stamped before a
+    /// value expired, applied after, must not follow a read that already
+    /// found the value gone).
+    pub now_ms: u64,
+}
 
 /// The time of a store-loop step on every clock a peer uses.
 #[derive(Clone, Copy, Debug)]
@@ -55,6 +69,8 @@ pub struct Now {
 struct Proposal {
     index: u64,
     term: u64,
+    /// The time stamped into the command (`proposed_at_ms`).
+    stamp_ms: u64,
     /// On the lease clock: a committed proposal extends the lease from here.
     proposed_at: LeaseInstant,
     /// [`Peer::lease_fence`] when proposed: only a round started after the
@@ -82,7 +98,7 @@ struct PendingRead {
 /// A response to deliver after the round's writes are on disk.
 pub enum Reply {
     Write(WriteCallback, Result<WriteOutcome>),
-    Read(ReadCallback, Result<Region>),
+    Read(ReadCallback, Result<ReadGrant>),
 }
 
 /// Settings of one peer (copied from the node config).
@@ -164,6 +180,8 @@ pub struct Peer {
     /// backwards within a region's log, even across leaders whose wall
     /// clocks disagree.
     last_stamp_ms: u64,
+    /// The largest time stamp applied here.
+    applied_stamp_ms: u64,
     /// Peers of this region (or formerly of it) by id, to address messages.
     peer_cache: HashMap<PeerId, PeerMeta>,
     /// Outgoing raft messages: (target peer, message).
@@ -229,6 +247,7 @@ impl Peer {
             transfer_cooldown: 0,
             applied_term: 0,
             last_stamp_ms: 0,
+            applied_stamp_ms: 0,
             peer_cache,
             outbox: Vec::new(),
             pending_remove: false,
@@ -373,7 +392,7 @@ impl Peer {
             return;
         }
         if self.lease_valid(now.lease) {
-            replies.push(Reply::Read(cb, Ok(self.region().clone())));
+            replies.push(Reply::Read(cb, Ok(self.grant(now))));
             return;
         }
         let id = self.next_read_id;
@@ -396,9 +415,18 @@ impl Peer {
     /// ReadIndex. A follower or a deposed leader may answer with data that
     /// is arbitrarily old, which is the point: the chaos checker must catch
     /// it. The epoch is still checked (the caller checks the key range).
-    pub fn stale_read(&self, epoch: RegionEpoch, cb: ReadCallback, replies: &mut Vec<Reply>) {
-        let answer = self.check_epoch(epoch).map(|_| self.region().clone());
+    pub fn stale_read(&self, epoch: RegionEpoch, now: Now, cb: ReadCallback, replies: &mut Vec<Reply>) {
+        let answer = self.check_epoch(epoch).map(|_| self.grant(now));
         replies.push(Reply::Read(cb, answer));
+    }
+
+    /// Permission to read the region now (see [`ReadGrant::now_ms`]).
+    fn grant(&self, now: Now) -> ReadGrant {
+        let mut at = now.wall_ms.max(self.applied_stamp_ms);
+        if let Some(oldest) = self.proposals.iter().map(|p| p.stamp_ms).min() {
+            at = at.min(oldest.saturating_sub(1)).max(self.applied_stamp_ms);
+        }
+        ReadGrant { region: self.region().clone(), now_ms: at }
     }
 
     /// Starts the ReadIndex rounds of waiting reads. raft-rs silently drops a
@@ -513,6 +541,7 @@ impl Peer {
         self.proposals.push_back(Proposal {
             index,
             term,
+            stamp_ms: self.last_stamp_ms,
             proposed_at: now.lease,
             fence: self.lease_fence,
             cb,
@@ -688,7 +717,7 @@ impl Peer {
             self.reads.drain(..).partition(|r| r.read_index.is_some_and(|idx| idx <= applied));
         self.reads = waiting;
         for r in ready {
-            let answer = self.check_epoch(r.epoch).map(|_| self.region().clone());
+            let answer = self.check_epoch(r.epoch).map(|_| self.grant(now));
             replies.push(Reply::Read(r.cb, answer));
         }
     }
@@ -720,6 +749,7 @@ impl Peer {
                         None => {
                             self.size_diff_hint += apply::written_bytes(&cmd);
                             self.last_stamp_ms = self.last_stamp_ms.max(cmd.proposed_at_ms);
+                            self.applied_stamp_ms = self.applied_stamp_ms.max(cmd.proposed_at_ms);
                             let plants = self.cfg.plants;
                             if plants.apply_local_clock {
                                 // Planted bug: each replica judges by its own clock.
@@ -1197,6 +1227,38 @@ mod tests {
         cc
     }
 
+    /// A lease read now: the time it judges expiry at.
+    fn read_time(p: &mut Peer, now: Now) -> u64 {
+        let (cb, mut rx) = oneshot::channel();
+        let mut replies = Vec::new();
+        p.read(p.region().epoch, now, cb, &mut replies);
+        crate::raftstore::store::deliver(replies);
+        rx.try_recv().expect("answered at once").expect("granted").now_ms
+    }
+
+    #[test]
+    fn reads_judge_expiry_in_the_order_writes_take_effect() {
+        let mut now = now_on(&LeaseClock::real(), Instant::now());
+        now.wall_ms = 1_000;
+        let (mut p, kv, raft) = leader(now);
+        // A value expiring at 1,500, and a lease (from this write's round).
+        let put = put_with_ttl(&p, b"k", b"v", 1_500);
+        assert_eq!(write(&mut p, &kv, &raft, put, now), WriteOutcome::Done);
+        // A CAS stamped 1,400 (the value is live then) is proposed, and not
+        // yet applied when a read arrives at 2,000.
+        now.wall_ms = 1_400;
+        let (cb, _rx) = oneshot::channel();
+        p.propose_write(cas_cmd(&p, b"k", b"v", b"w"), now, cb, &mut Vec::new());
+        now.wall_ms = 2_000;
+        // The read judges expiry before the CAS's stamp: it may not find the
+        // value gone, which the CAS, applied after it, will not.
+        let at = read_time(&mut p, now);
+        assert!((1_000..1_400).contains(&at), "read judged at {at}");
+        // Once the CAS applied, reads judge by the clock again.
+        drive(&mut p, &kv, &raft, now, &mut Vec::new());
+        assert_eq!(read_time(&mut p, now), 2_000);
+    }
+
     #[test]
     fn a_conf_change_raft_refuses_is_a_no_op_at_apply_and_refused_at_propose() {
         let now = now_on(&LeaseClock::real(), Instant::now());
@@ -1324,13 +1386,13 @@ mod tests {
         let (cb, mut rx) = oneshot::channel();
         p.read(p.region().epoch, t0, cb, &mut replies);
         let (stale_cb, mut stale_rx) = oneshot::channel();
-        p.stale_read(p.region().epoch, stale_cb, &mut replies);
+        p.stale_read(p.region().epoch, t0, stale_cb, &mut replies);
         let old = RegionEpoch { version: 0, ..p.region().epoch };
         let (old_cb, mut old_rx) = oneshot::channel();
-        p.stale_read(old, old_cb, &mut replies);
+        p.stale_read(old, t0, old_cb, &mut replies);
         crate::raftstore::store::deliver(replies);
         assert!(matches!(rx.try_recv(), Ok(Err(Error::NotLeader { .. }))));
-        assert!(matches!(stale_rx.try_recv(), Ok(Ok(r)) if r.id == RegionId(1)));
+        assert!(matches!(stale_rx.try_recv(), Ok(Ok(g)) if g.region.id == RegionId(1)));
         assert!(matches!(old_rx.try_recv(), Ok(Err(Error::EpochNotMatch { .. }))));
     }
 }

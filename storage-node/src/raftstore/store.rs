@@ -274,7 +274,7 @@ impl Store {
                 match self.peers.get_mut(&region_id) {
                     Some(p) if p.raw.store().is_initialized() => match policy {
                         ReadPolicy::Linearizable => p.read(epoch, now, cb, replies),
-                        ReadPolicy::UnsafeStale => p.stale_read(epoch, cb, replies),
+                        ReadPolicy::UnsafeStale => p.stale_read(epoch, now, cb, replies),
                     },
                     _ => replies.push(Reply::Read(cb, Err(Error::RegionNotFound(region_id)))),
                 }
