@@ -276,7 +276,7 @@ pub async fn register_worker(s: Shared, worker: u64, seed: u64) {
         let edge = edge_key(worker, generation);
         // Every third worker is a reader (80% reads), as most of a feature
         // store's clients are: it keeps asking the leader it knows.
-        let reader = worker % 3 == 0 && rng.gen_bool(0.8);
+        let reader = worker.is_multiple_of(3) && rng.gen_bool(0.8);
         let op = match rng.gen_range(0..100) {
             _ if due.is_some() => {
                 let (key, value, _) = due.expect("checked");

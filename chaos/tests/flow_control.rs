@@ -24,7 +24,7 @@ async fn a_write_flood_gets_server_is_busy_and_loses_nothing() {
     cluster.wait_replicated(3, Duration::from_secs(60));
     // The probe's keys get a region of their own.
     wait_for("the probe region", Duration::from_secs(30), || {
-        if cluster.region_starts().contains(&b"probe/".to_vec()) {
+        if cluster.region_starts().contains(b"probe/".as_slice()) {
             return Some(());
         }
         let _ = cluster.split_at(&[b"probe/".to_vec()]);

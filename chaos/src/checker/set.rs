@@ -178,7 +178,9 @@ pub fn check_set(ops: &[Operation]) -> SetCheck {
             }
         }
         // Nothing seen by an earlier, finished read may vanish.
-        if let Some(earlier) = reads[..i].iter().filter(|r| r.op.ret_ns.is_some_and(|t| t < call)).last() {
+        if let Some(earlier) =
+            reads[..i].iter().filter(|r| r.op.ret_ns.is_some_and(|t| t < call)).max_by_key(|r| r.op.ret_ns)
+        {
             for &element in earlier.elements {
                 if !present.contains(&element) {
                     let message = format!("element {element}, seen by an earlier read_all, vanished");
