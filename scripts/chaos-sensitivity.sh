@@ -20,7 +20,7 @@ declare -A NEMESIS=(
     [apply-local-clock]=delay,pause,kill-one
     [lease-ignores-transfer]=delay-transfer
     [ack-before-commit]=kill-leader,kill-one,partition-leader
-    [skip-apply-epoch-check]=delay-split,split
+    [skip-apply-epoch-check]=delay-split
     [none]=everything
 )
 BUGS=("$@")

@@ -667,18 +667,31 @@ impl Nemesis {
             }
             Fault::Delay => {
                 let order = self.shuffled(n);
-                let victims = &order[..self.rng.gen_range(1..=3.min(n))];
+                let mut victims = order[..self.rng.gen_range(1..=3.min(n))].to_vec();
+                // Half the time the leader of a live key's region (the TTL
+                // edge keys' half of those times) is among them: its
+                // followers then learn late what it decided, and apply late.
+                if self.rng.gen_bool(0.5) {
+                    let key = if self.rng.gen_bool(0.5) {
+                        crate::workload::EDGE_PREFIX.to_vec()
+                    } else {
+                        self.random_key()
+                    };
+                    if let Some(leader) = self.cluster.leader_node_of(&key).filter(|l| !victims.contains(l)) {
+                        victims[0] = leader;
+                    }
+                }
                 let ms: u64 = self.rng.gen_range(20..300);
                 let ok = victims.iter().fold(true, |ok, &v| ok & self.delay(v, ms, None));
                 self.hold(hold_until, stop);
                 self.undelay();
-                done(format!("{} +{ms}ms", names(victims)), ok)
+                done(format!("{} +{ms}ms", names(&victims)), ok)
             }
             Fault::DelayTransfer => self.delay_transfer(hold_until, stop),
             Fault::DelaySplit => {
                 let ms: u64 = self.rng.gen_range(100..250);
                 let ok = (0..n).fold(true, |ok, v| ok & self.delay(v, ms, None));
-                let splits = self.split_until(hold_until, stop);
+                let splits = self.split_until_every(hold_until, stop, Duration::from_millis(150), true);
                 self.undelay();
                 done(format!("+{ms}ms, {splits} splits asked"), ok && splits > 0)
             }
@@ -853,21 +866,40 @@ impl Nemesis {
     /// Asks PD for splits that move live register keys into a new region,
     /// and near workload keys, every 300 ms until `until`.
     fn split_until(&mut self, until: Instant, stop: &AtomicBool) -> u64 {
+        self.split_until_every(until, stop, Duration::from_millis(300), false)
+    }
+
+    /// [`Nemesis::split_until`] every `every`; with `every_slot`, each round
+    /// moves every register slot's live keys into a new region at once, so
+    /// that while the splits are in flight any write to a live register key
+    /// races one (what `delay-split` is for).
+    fn split_until_every(
+        &mut self,
+        until: Instant,
+        stop: &AtomicBool,
+        every: Duration,
+        every_slot: bool,
+    ) -> u64 {
         let mut splits = 0;
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            let at = if self.rng.gen_bool(0.5) {
-                self.splits_asked += 1;
+            self.splits_asked += 1;
+            let at = if every_slot {
+                let n = self.splits_asked;
+                (0..crate::workload::REGISTER_KEYS)
+                    .map(|slot| crate::workload::live_split_point(slot, n))
+                    .collect()
+            } else if self.rng.gen_bool(0.5) {
                 let slot = self.rng.gen_range(0..crate::workload::REGISTER_KEYS);
-                crate::workload::live_split_point(slot, self.splits_asked)
+                vec![crate::workload::live_split_point(slot, self.splits_asked)]
             } else {
                 let mut at = self.random_key();
                 at.extend(format!("/{:04}", self.rng.gen_range(0..10_000)).bytes());
-                at
+                vec![at]
             };
-            if self.cluster.split_at(&[at]).is_ok() {
-                splits += 1;
+            if self.cluster.split_at(&at).is_ok() {
+                splits += at.len() as u64;
             }
-            self.hold(Instant::now() + Duration::from_millis(300), stop);
+            self.hold(Instant::now() + every, stop);
         }
         splits
     }

@@ -10,12 +10,13 @@
 //!   open in one short sub-history. Each worker picks a key and one of: read,
 //!   write, write with a TTL of one second ([`TTL_SECS`]), CAS from the
 //!   value it last saw (a CAS stores without TTL), delete, or a batch write
-//!   of two keys. Each worker also has a key of its own per generation
-//!   (`reg/ttl/<worker>/<generation>`), nobody else writes: it writes a value
-//!   with a TTL there and CASes that value away right at its expiry (one
-//!   second later, ± 25 ms), so the CAS is decided at the edge — where
-//!   replicas judging expiry by different clocks, or at different times,
-//!   would disagree — and now and then reads it back. Checked for linearizability per key, with expiring
+//!   of two keys. Each worker also writes, again and again, a value with a
+//!   TTL to a fresh key of its own (`reg/ttl/<worker>/<cycle>`, nobody else
+//!   writes it) and CASes that value away right at its expiry (one second
+//!   later, ± 40 ms), so the CAS is decided at the edge — where replicas
+//!   judging expiry by different clocks, or at different times, would
+//!   disagree — and now and then reads it back. The key is never written
+//!   again, so what each replica decided stays to be compared at the end. Checked for linearizability per key, with expiring
 //!   values in the model.
 //! - **set**: unique inserts `set/<element>`; one worker also reads the whole
 //!   set every [`SET_READ_EVERY`] during the run, and one final `read_all`
@@ -42,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use mnemo_client::{Config, Error, RawClient};
 use rand::rngs::StdRng;
+use rand::seq::IteratorRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::history::{Key, Op, Output, Pending, Process, Recorder};
@@ -103,18 +105,27 @@ impl Workloads {
 /// (`reg/003/00000`, `reg/003/00001`, ...), so they share a region.
 pub fn register_key(k: Key) -> Vec<u8> {
     if k.0 >= EDGE_KEYS {
-        let (worker, generation) = ((k.0 - EDGE_KEYS) / 100_000, (k.0 - EDGE_KEYS) % 100_000);
-        return format!("reg/ttl/{worker:03}/{generation:05}").into_bytes();
+        let (worker, cycle) = ((k.0 - EDGE_KEYS) / 1_000_000, (k.0 - EDGE_KEYS) % 1_000_000);
+        return [EDGE_PREFIX, format!("{worker:03}/{cycle:06}").as_bytes()].concat();
     }
     format!("reg/{:03}/{:05}", k.0 % REGISTER_KEYS, k.0 / REGISTER_KEYS).into_bytes()
 }
 
+/// Where the workers' own TTL-edge keys live (`reg/ttl/<worker>/<cycle>`).
+pub const EDGE_PREFIX: &[u8] = b"reg/ttl/";
+
 /// Key ids from here on are the workers' own TTL-edge keys.
 const EDGE_KEYS: u64 = 1 << 40;
 
-/// Worker `worker`'s own key of `generation` (see the module doc).
-fn edge_key(worker: u64, generation: u64) -> Key {
-    Key(EDGE_KEYS + worker * 100_000 + generation)
+/// Whether `k` is one of the workers' own TTL-edge keys (each sees only a
+/// write, a CAS and a read or two), not a shared register key.
+pub fn is_edge_key(k: Key) -> bool {
+    k.0 >= EDGE_KEYS
+}
+
+/// Worker `worker`'s own key of its `cycle`-th edge CAS (see the module doc).
+fn edge_key(worker: u64, cycle: u64) -> Key {
+    Key(EDGE_KEYS + worker * 1_000_000 + cycle % 1_000_000)
 }
 
 /// The key prefix of register slot `slot` (the split and probe targets).
@@ -265,32 +276,46 @@ pub async fn register_worker(s: Shared, worker: u64, seed: u64) {
     // The value this worker last saw for each key: its CASes expect it.
     let mut last_seen: HashMap<Key, Option<u64>> = HashMap::new();
     // The value written with a TTL on this worker's own key, to CAS away at
-    // its expiry: (key, value, when).
+    // its expiry: (key, value, when). Each cycle uses a fresh key, so what
+    // the CAS decided is never overwritten: replicas that decided
+    // differently stay different until the end-of-run comparison.
     let mut at_expiry: Option<(Key, u64, Instant)> = None;
+    let mut edge_cycle = 0u64;
+    // A key to read next: right after a range delete, to see that it took.
+    let mut read_next: Option<Key> = None;
     let mut process = s.recorder.process();
     while !s.stop.load(Ordering::Relaxed) {
         let generation = generation_at(s.started);
         let key_at = |slot: u64| Key(generation * REGISTER_KEYS + slot);
         let key = key_at(rng.gen_range(0..REGISTER_KEYS));
         let due = at_expiry.filter(|(_, _, when)| Instant::now() >= *when);
-        let edge = edge_key(worker, generation);
+        let follow_up = read_next.take();
+        let edge = edge_key(worker, edge_cycle);
         // Every third worker is a reader (80% reads), as most of a feature
         // store's clients are: it keeps asking the leader it knows.
         let reader = worker.is_multiple_of(3) && rng.gen_bool(0.8);
         let op = match rng.gen_range(0..100) {
+            _ if follow_up.is_some() => Op::Read { key: follow_up.expect("checked") },
             _ if due.is_some() => {
                 let (key, value, _) = due.expect("checked");
                 at_expiry = None;
+                edge_cycle += 1;
                 Op::Cas { key, from: Some(value), to: values.next() }
             }
             _ if reader => Op::Read { key },
             0..5 if at_expiry.is_none() => Op::WriteTtl { key: edge, value: values.next() },
-            5..8 => Op::Read { key: edge },
+            5..8 => Op::Read { key: edge_key(worker, edge_cycle.saturating_sub(1)) },
             0..30 => Op::Read { key },
             30..45 => Op::Write { key, value: values.next() },
             45..55 => Op::WriteTtl { key, value: values.next() },
-            55..85 => Op::Cas { key, from: last_seen.get(&key).copied().flatten(), to: values.next() },
-            85..93 => Op::Delete { key },
+            55..80 => Op::Cas { key, from: last_seen.get(&key).copied().flatten(), to: values.next() },
+            80..92 => {
+                // Delete a key this worker last saw holding a value, where it
+                // knows one: a delete of nothing proves nothing.
+                let held =
+                    (0..REGISTER_KEYS).map(key_at).filter(|k| matches!(last_seen.get(k), Some(Some(_))));
+                Op::Delete { key: held.choose(&mut rng).unwrap_or(key) }
+            }
             _ => {
                 let other = key_at(rng.gen_range(0..REGISTER_KEYS));
                 let mut writes = vec![(key, values.next())];
@@ -332,12 +357,14 @@ pub async fn register_worker(s: Shared, worker: u64, seed: u64) {
                 complete_write(pending, r)
             }
             Op::Delete { key } => {
-                // Half of the deletes as a range delete of exactly the key:
-                // its effect depends on the region's range at apply time.
+                // Most deletes as a range delete of exactly the key, read
+                // back at once: its effect depends on the region's range at
+                // apply time, so one that raced a split must still delete.
                 let k = register_key(key);
-                let r = if rng.gen_bool(0.5) {
+                let r = if rng.gen_bool(0.75) {
                     let mut end = k.clone();
                     end.push(0);
+                    read_next = Some(key);
                     client.delete_range(k, end).await
                 } else {
                     client.delete(k).await
