@@ -388,6 +388,8 @@ pub struct Nemesis {
     delayed: Vec<usize>,
     /// Nodes with an armed crash point, and which.
     armed: HashMap<usize, &'static str>,
+    /// PD died at its crash point since `pd_crash_point` armed it.
+    pd_point_fired: bool,
     /// Nodes that died at their armed crash point since the fault began.
     fired: HashMap<usize, &'static str>,
     next_scrape: Instant,
@@ -423,6 +425,7 @@ impl Nemesis {
             skewed: Vec::new(),
             delayed: Vec::new(),
             armed: HashMap::new(),
+            pd_point_fired: false,
             fired: HashMap::new(),
             next_scrape: Instant::now(),
         }
@@ -788,25 +791,21 @@ impl Nemesis {
         // Nodes reconnect to a restarted PD within a few seconds: give it
         // at least 8 s to see a region heartbeat.
         let until = hold_until.max(Instant::now() + Duration::from_secs(8));
-        let mut fired = false;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) && !fired {
+        // `hold` reaps PD when it exits (see `restart_crashed`): exit 86 is
+        // this point firing, anything else a crash.
+        self.pd_point_fired = false;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) && !self.pd_point_fired {
             self.hold(Instant::now() + Duration::from_millis(100), stop);
-            if let Some(status) = self.cluster.reap_crashed_pd() {
-                fired = status.code() == Some(CRASH_POINT_EXIT_CODE);
-                if !fired {
-                    self.log.crashes.push(format!("PD exited on its own ({status}); see pd1.log"));
-                }
-                break;
+        }
+        let fired = std::mem::take(&mut self.pd_point_fired);
+        if !fired {
+            // Restart clean: an unfired point dies with the process. (One
+            // that fired was restarted clean by `restart_crashed`.)
+            if self.cluster.pd_running() {
+                self.cluster.kill_pd();
             }
+            self.cluster.restart_pd();
         }
-        if fired {
-            *self.log.crash_points_fired.entry("pd_region_heartbeat".into()).or_default() += 1;
-        }
-        // Clean again either way (an unfired point dies with the process).
-        if self.cluster.pd_running() {
-            self.cluster.kill_pd();
-        }
-        self.cluster.restart_pd();
         let desc = if fired {
             "pd_region_heartbeat fired on PD"
         } else {
@@ -1076,8 +1075,15 @@ impl Nemesis {
     fn restart_crashed(&mut self) {
         if let Some(status) = self.cluster.reap_crashed_pd() {
             let at = self.recorder.now_ns() as f64 / 1e9;
-            tracing::error!(%status, "PD crashed; restarting it");
-            self.log.crashes.push(format!("PD exited on its own ({status}) by {at:.1} s; see pd1.log"));
+            if status.code() == Some(CRASH_POINT_EXIT_CODE) {
+                // Only `pd_crash_point` arms PD's crash point: expected.
+                tracing::info!("PD died at its crash point; restarting it");
+                *self.log.crash_points_fired.entry("pd_region_heartbeat".into()).or_default() += 1;
+                self.pd_point_fired = true;
+            } else {
+                tracing::error!(%status, "PD crashed; restarting it");
+                self.log.crashes.push(format!("PD exited on its own ({status}) by {at:.1} s; see pd1.log"));
+            }
             self.cluster.restart_pd();
         }
         for (v, status) in self.cluster.reap_crashed_nodes() {

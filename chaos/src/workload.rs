@@ -13,7 +13,7 @@
 //!   of two keys. Each worker also writes, again and again, a value with a
 //!   TTL to a fresh key of its own (`reg/ttl/<worker>/<cycle>`, nobody else
 //!   writes it) and CASes that value away right at its expiry (one second
-//!   later, ± 40 ms), so the CAS is decided at the edge — where replicas
+//!   later, ± 10 ms), so the CAS is decided at the edge — where replicas
 //!   judging expiry by different clocks, or at different times, would
 //!   disagree — and now and then reads it back. The key is never written
 //!   again, so what each replica decided stays to be compared at the end. Checked for linearizability per key, with expiring
@@ -350,7 +350,7 @@ pub async fn register_worker(s: Shared, worker: u64, seed: u64) {
                 if r.is_ok() {
                     last_seen.insert(key, Some(value));
                     if key.0 >= EDGE_KEYS {
-                        let edge = Duration::from_millis(rng.gen_range(960..1040));
+                        let edge = Duration::from_millis(rng.gen_range(990..1010));
                         at_expiry = Some((key, value, sent + edge));
                     }
                 }
