@@ -45,9 +45,9 @@
 //! | `partition-oneway` | nobody hears one node's raft messages, it hears everybody (dropped in-process: TCP cannot be cut one way) |
 //! | `pd-cut` | one or two nodes cannot reach PD |
 //! | `client-cut` | clients cannot reach one or two nodes |
-//! | `delay` | raft messages of one to three nodes delayed 20–300 ms (in-process: no netem here) |
+//! | `delay` | raft messages of one to three nodes delayed 20–300 ms (in-process: no netem here); half the time one of them leads a live key's region |
 //! | `delay-transfer` | messages to a region's leader delayed 450 ms while PD moves its leadership away |
-//! | `delay-split` | every node's raft messages delayed 100–250 ms while splits land on live keys: writes proposed before a split commits apply after it |
+//! | `delay-split` | every node's raft messages delayed 100–250 ms while, every 150 ms, splits move every register slot's live keys: writes proposed before a split commits apply after it |
 //!
 //! `everything` = both lists and `crash-point`. Network faults need the
 //! nodes in namespaces (root); the harness refuses them otherwise unless
