@@ -16,8 +16,9 @@
 //!   later, ± 10 ms), so the CAS is decided at the edge — where replicas
 //!   judging expiry by different clocks, or at different times, would
 //!   disagree — and now and then reads it back. The key is never written
-//!   again, so what each replica decided stays to be compared at the end. Checked for linearizability per key, with expiring
-//!   values in the model.
+//!   again, so what each replica decided stays to be compared at the end.
+//!   Checked for linearizability per key, with expiring values in the
+//!   model.
 //! - **set**: unique inserts `set/<element>`; one worker also reads the whole
 //!   set every [`SET_READ_EVERY`] during the run, and one final `read_all`
 //!   (a scan of the `set/` range) ends it. Every read must hold every
@@ -104,7 +105,7 @@ impl Workloads {
 /// `k / REGISTER_KEYS`. A slot's keys of every generation are neighbours
 /// (`reg/003/00000`, `reg/003/00001`, ...), so they share a region.
 pub fn register_key(k: Key) -> Vec<u8> {
-    if k.0 >= EDGE_KEYS {
+    if is_edge_key(k) {
         let (worker, cycle) = ((k.0 - EDGE_KEYS) / 1_000_000, (k.0 - EDGE_KEYS) % 1_000_000);
         return [EDGE_PREFIX, format!("{worker:03}/{cycle:06}").as_bytes()].concat();
     }
@@ -349,7 +350,7 @@ pub async fn register_worker(s: Shared, worker: u64, seed: u64) {
                 let r = client.put_with_ttl(register_key(key), value.to_string(), TTL_SECS).await;
                 if r.is_ok() {
                     last_seen.insert(key, Some(value));
-                    if key.0 >= EDGE_KEYS {
+                    if is_edge_key(key) {
                         let edge = Duration::from_millis(rng.gen_range(990..1010));
                         at_expiry = Some((key, value, sent + edge));
                     }
