@@ -360,6 +360,15 @@ struct Done {
     effective: bool,
 }
 
+/// A region's leader and one of its followers, as PD last saw them.
+struct LeaderLink {
+    region_id: u64,
+    /// The leader's node index.
+    leader: usize,
+    leader_store: u64,
+    follower_store: u64,
+}
+
 fn done(desc: impl Into<String>, effective: bool) -> Done {
     Done { desc: desc.into(), effective }
 }
@@ -672,23 +681,31 @@ impl Nemesis {
                 let order = self.shuffled(n);
                 let mut victims = order[..self.rng.gen_range(1..=3.min(n))].to_vec();
                 // Half the time the leader of a live key's region (the TTL
-                // edge keys' half of those times) is among them: its
-                // followers then learn late what it decided, and apply late.
+                // edge keys' half of those times) is delayed towards one of
+                // its followers only: it commits on time with the other, and
+                // the delayed follower applies what it decided late.
+                let mut slow_link = None;
                 if self.rng.gen_bool(0.5) {
                     let key = if self.rng.gen_bool(0.5) {
                         crate::workload::EDGE_PREFIX.to_vec()
                     } else {
                         self.random_key()
                     };
-                    if let Some(leader) = self.cluster.leader_node_of(&key).filter(|l| !victims.contains(l)) {
-                        victims[0] = leader;
-                    }
+                    slow_link = self.leader_and_a_follower(&key);
                 }
                 let ms: u64 = self.rng.gen_range(20..300);
-                let ok = victims.iter().fold(true, |ok, &v| ok & self.delay(v, ms, None));
+                let mut ok = true;
+                if let Some(link) = &slow_link {
+                    victims.retain(|&v| v != link.leader);
+                    ok &= self.delay(link.leader, ms, Some(link.follower_store));
+                }
+                ok = victims.iter().fold(ok, |ok, &v| ok & self.delay(v, ms, None));
                 self.hold(hold_until, stop);
                 self.undelay();
-                done(format!("{} +{ms}ms", names(&victims)), ok)
+                let link = slow_link
+                    .map(|l| format!(" n{}→store {}", l.leader + 1, l.follower_store))
+                    .unwrap_or_default();
+                done(format!("{}{link} +{ms}ms", names(&victims)), ok)
             }
             Fault::DelayTransfer => self.delay_transfer(hold_until, stop),
             Fault::DelaySplit => {
@@ -820,25 +837,11 @@ impl Nemesis {
     fn delay_transfer(&mut self, hold_until: Instant, stop: &AtomicBool) -> Done {
         let n = self.cluster.node_count();
         let key = self.random_key();
-        let Some(region) = self.region_of(&key) else {
+        let Some(LeaderLink { region_id, leader: l, leader_store, follower_store: to }) =
+            self.leader_and_a_follower(&key)
+        else {
             self.hold(hold_until, stop);
-            return done("no region known", false);
-        };
-        let leader_store = region["leader"]["store_id"].as_u64().unwrap_or(0);
-        let Some(l) = (0..n).find(|&i| self.cluster.store_id_of(i) == Some(leader_store)) else {
-            self.hold(hold_until, stop);
-            return done("no leader known", false);
-        };
-        let targets: Vec<u64> = region["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p["store_id"].as_u64())
-            .filter(|s| *s != leader_store)
-            .collect();
-        let Some(&to) = targets.choose(&mut self.rng) else {
-            self.hold(hold_until, stop);
-            return done("no other peer", false);
+            return done("no leader and follower known", false);
         };
         let mut ok = true;
         // 450 ms: the old leader hears of its successor ~900 ms after the
@@ -847,7 +850,7 @@ impl Nemesis {
         for i in others(n, &[l]) {
             ok &= self.delay(i, 450, Some(leader_store));
         }
-        let op = json!({ "name": "transfer-leader", "region_id": region["id"], "to_store_id": to });
+        let op = json!({ "name": "transfer-leader", "region_id": region_id, "to_store_id": to });
         ok &= self.cluster.pd_post("/pd/api/v1/operators", op).is_ok();
         self.hold(hold_until, stop);
         self.undelay();
@@ -917,6 +920,22 @@ impl Nemesis {
     }
 
     /// The region containing `key`, as PD lists it.
+    /// Where `key`'s region leads from, and one of its followers chosen at
+    /// random.
+    fn leader_and_a_follower(&mut self, key: &[u8]) -> Option<LeaderLink> {
+        let region = self.region_of(key)?;
+        let leader_store = region["leader"]["store_id"].as_u64()?;
+        let leader = self.cluster.node_index(&self.cluster.store_address(leader_store)?)?;
+        let followers: Vec<u64> = region["peers"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["store_id"].as_u64())
+            .filter(|s| *s != leader_store)
+            .collect();
+        let follower_store = *followers.choose(&mut self.rng)?;
+        Some(LeaderLink { region_id: region["id"].as_u64()?, leader, leader_store, follower_store })
+    }
+
     fn region_of(&self, key: &[u8]) -> Option<serde_json::Value> {
         self.cluster.regions().into_iter().find(|r| {
             let start = crate::cluster::unhex(r["start_key"].as_str().unwrap_or(""));
