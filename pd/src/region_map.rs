@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::time::SystemTime;
 
-use mnemo_proto::types::{Peer, Region, RegionId, StoreId};
+use mnemo_proto::types::{Peer, PeerId, Region, RegionId, StoreId};
 
 /// A peer the leader reports as unreachable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,10 @@ pub struct RegionRuntime {
     /// Peers still catching up (their log is behind; a learner here is not
     /// promoted yet).
     pub pending_peers: Vec<Peer>,
+    /// Since when each of `pending_peers` has been reported pending without
+    /// a break (PD's own bookkeeping across heartbeats; empty until a
+    /// heartbeat with a time arrives).
+    pub pending_since: BTreeMap<PeerId, SystemTime>,
     /// Peers the leader cannot reach.
     pub down_peers: Vec<DownPeer>,
     /// Approximate data size, bytes.
@@ -190,6 +194,7 @@ impl RegionMap {
         let is_peer = |p: &Peer| region.peer(p.id).is_some();
         runtime.leader = runtime.leader.filter(|l| is_peer(l));
         runtime.pending_peers.retain(|p| is_peer(p));
+        runtime.pending_since.retain(|id, _| region.peer(*id).is_some());
         runtime.down_peers.retain(|d| is_peer(&d.peer));
         self.attach(RegionInfo { region, runtime });
         removed
@@ -205,6 +210,20 @@ impl RegionMap {
     pub fn set_runtime(&mut self, id: RegionId, mut runtime: RegionRuntime) {
         let Some(info) = self.by_id.get_mut(&id) else { return };
         runtime.leader = runtime.leader.filter(|l| info.region.peer(l.id).is_some());
+        // No size (0): the reporting leader has not measured the region yet
+        // (it just took over); the last known size still holds.
+        if runtime.approximate_size == 0 && runtime.approximate_keys == 0 {
+            runtime.approximate_size = info.runtime.approximate_size;
+            runtime.approximate_keys = info.runtime.approximate_keys;
+        }
+        if let Some(at) = runtime.last_heartbeat {
+            let before = &info.runtime.pending_since;
+            runtime.pending_since = runtime
+                .pending_peers
+                .iter()
+                .map(|p| (p.id, before.get(&p.id).copied().unwrap_or(at)))
+                .collect();
+        }
         let (old_weight, old_leader) = (info.weight(), info.runtime.leader);
         info.runtime = runtime;
         let (new_weight, new_leader) = (info.weight(), info.runtime.leader);

@@ -50,23 +50,25 @@ impl Cluster {
         };
         let mut inner = self.inner.lock();
         inner.ensure_bootstrapped()?;
+        // A deposed leader's late report must not undo the new one's
+        // leadership; its region metadata, if newer, is still true (it was
+        // committed), so the map takes it.
+        let known_term = inner.state().regions().get(id).map_or(0, |i| i.runtime.term);
+        let deposed = hb.runtime.term != 0 && hb.runtime.term < known_term;
         match inner.state().regions().check(&hb.region) {
             Verdict::Stale(why) => {
                 debug!(region_id = %id, %why, "stale region heartbeat ignored");
                 return Ok(None);
             }
-            Verdict::Unchanged => {
-                // A deposed leader's late report must not undo the new one's.
-                let known = inner.state().regions().get(id).map_or(0, |i| i.runtime.term);
-                if hb.runtime.term != 0 && hb.runtime.term < known {
-                    debug!(region_id = %id, term = hb.runtime.term, known, "heartbeat of a stale leader ignored");
-                    return Ok(None);
-                }
-            }
+            Verdict::Unchanged => {}
             Verdict::Changed => {
                 debug!(region_id = %id, epoch = ?hb.region.epoch, "region changed");
                 inner.propose(Command::PutRegion { region: hb.region })?;
             }
+        }
+        if deposed {
+            debug!(region_id = %id, term = hb.runtime.term, known_term, "heartbeat of a deposed leader: leader kept");
+            return Ok(None);
         }
         let runtime = RegionRuntime { last_heartbeat: Some(now), ..hb.runtime };
         inner.sm.state_mut().set_region_runtime(id, runtime);

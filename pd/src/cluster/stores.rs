@@ -8,7 +8,8 @@ use tracing::{info, warn};
 use super::{validate_store, Cluster};
 use crate::error::{Error, Result};
 use crate::meta::Command;
-use crate::store::{StoreInfo, StoreMeta, StoreState, StoreStats};
+use crate::schedule;
+use crate::store::{StoreInfo, StoreMeta, StoreState, StoreStats, StoreStatus};
 
 impl Cluster {
     /// Registers a store or updates its address, labels and version. The
@@ -63,7 +64,7 @@ impl Cluster {
     }
 
     /// Records a store heartbeat. An Offline store that no longer holds any
-    /// region becomes Tombstone here.
+    /// region, by PD's map and by its own report, becomes Tombstone here.
     pub fn store_heartbeat(&self, id: StoreId, stats: StoreStats) -> Result<()> {
         let now = SystemTime::now();
         let mut inner = self.inner.lock();
@@ -76,15 +77,20 @@ impl Cluster {
             return Err(Error::StoreTombstone(id));
         }
         inner.sm.state_mut().record_store_heartbeat(id, stats, now);
-        if state == StoreState::Offline && inner.state().regions().store_region_count(id) == 0 {
+        let drained =
+            inner.state().store(id).is_some_and(|s| schedule::is_drained(s, inner.state().regions(), now));
+        if drained {
             inner.propose(Command::SetStoreState { store: id, state: StoreState::Tombstone })?;
             info!(store_id = %id, "offline store holds no region any more: now tombstone");
         }
         Ok(())
     }
 
-    /// Changes a store's lifecycle state: Up ⇄ Offline, and Offline →
-    /// Tombstone once it holds no region. Tombstone is final.
+    /// Changes a store's lifecycle state: Up ⇄ Offline (Offline only while
+    /// `max-replicas` other stores are Up to take its replicas), and Offline
+    /// → Tombstone once PD's map shows it holds no region (an operator's
+    /// word that it is gone; PD itself waits for the store's own report of
+    /// zero regions, see [`schedule::is_drained`]). Tombstone is final.
     pub fn set_store_state(&self, id: StoreId, new: StoreState) -> Result<()> {
         let mut inner = self.inner.lock();
         inner.ensure_bootstrapped()?;
@@ -96,6 +102,29 @@ impl Cluster {
             (StoreState::Tombstone, _) => return Err(Error::StoreTombstone(id)),
             (StoreState::Up, StoreState::Tombstone) => {
                 return Err(Error::InvalidArgument(format!("store {id} is Up; set it Offline first")))
+            }
+            (StoreState::Up, StoreState::Offline) => {
+                // Its replicas need somewhere to go: max-replicas other
+                // stores that are Up and not Down.
+                let (snap, settings, ..) = inner.scheduling(SystemTime::now(), self.alive_since);
+                let up = snap
+                    .stores
+                    .keys()
+                    .filter(|s| **s != id)
+                    .filter(|s| {
+                        matches!(
+                            snap.status(**s, settings.max_store_down_time),
+                            Some(StoreStatus::Up | StoreStatus::Disconnected)
+                        )
+                    })
+                    .count();
+                if up < settings.max_replicas {
+                    return Err(Error::InvalidArgument(format!(
+                        "store {id} cannot go Offline: only {up} other stores are Up, fewer than \
+                         max-replicas ({})",
+                        settings.max_replicas
+                    )));
+                }
             }
             (StoreState::Offline, StoreState::Tombstone) => {
                 let n = inner.state().regions().store_region_count(id);

@@ -62,17 +62,24 @@ fn ids_tso_and_cluster_id_survive_a_restart() {
         let engine = Arc::new(RocksEngine::open(&dir.path().join("meta")).unwrap());
         Cluster::open(config.clone(), member(&config), engine).unwrap()
     };
-    let (cluster_id, last_id, last_ts) = {
+    let (cluster_id, last_id, last_ts, bound_ms) = {
         let c = open();
         let ids: Vec<u64> = (0..1500).map(|_| c.alloc_id().unwrap()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         let ts = (0..100).map(|_| c.tso(3).unwrap().compose()).max().unwrap();
-        (c.cluster_id(), *ids.last().unwrap(), ts)
+        let bound_ms = c.read(|v| v.state.tso_bound_ms());
+        (c.cluster_id(), *ids.last().unwrap(), ts, bound_ms)
     };
     let c = open();
     assert_eq!(c.cluster_id(), cluster_id, "a restarted PD keeps its cluster id");
     assert!(c.alloc_id().unwrap() > last_id, "ids are never re-issued");
-    assert!(c.tso(1).unwrap().compose() > last_ts, "timestamps keep increasing");
+    // The saved bound lies ~3 s ahead of the clock, so the wall clock alone
+    // (the restart takes milliseconds) would hand out timestamps below what
+    // the first life may have issued: only the durable bound keeps them above.
+    assert!(bound_ms > crate::time::unix_ms(std::time::SystemTime::now()), "bound {bound_ms} is ahead");
+    let first = c.tso(1).unwrap();
+    assert!(first.physical_ms >= bound_ms, "{first:?} starts at the saved bound {bound_ms}");
+    assert!(first.compose() > last_ts, "timestamps keep increasing");
 }
 
 #[test]
@@ -103,7 +110,10 @@ fn requests_before_bootstrap_are_refused() {
 
 #[test]
 fn stores_register_and_tombstones_stay_out() {
-    let c = open_mem(Config::default());
+    let c = open_mem(Config {
+        replication: crate::config::ReplicationConfig { max_replicas: 1, ..Default::default() },
+        ..Config::default()
+    });
     c.bootstrap(store(1), first_region()).unwrap();
     c.put_store(store(4)).unwrap();
     let dup = StoreMeta { id: StoreId(5), ..store(4) };
@@ -168,32 +178,33 @@ fn heartbeats_update_the_map_and_stale_ones_are_ignored() {
         None,
         "one replica is enough"
     );
-    // Split: region 2 keeps [m, +inf), new region 10 takes [-inf, m).
+    // Split as the node splits: region 2 keeps [-inf, m), new region 10
+    // takes [m, +inf).
     let ids = c.ask_batch_split(&first_region(), 1).unwrap();
     assert_eq!(ids[0].peer_ids.len(), 1);
     let new_id = ids[0].region_id;
-    let right =
-        Region { start_key: b"m".to_vec(), epoch: RegionEpoch { conf_ver: 1, version: 2 }, ..first_region() };
-    let left = Region {
+    let left =
+        Region { end_key: b"m".to_vec(), epoch: RegionEpoch { conf_ver: 1, version: 2 }, ..first_region() };
+    let right = Region {
         id: new_id,
-        end_key: b"m".to_vec(),
+        start_key: b"m".to_vec(),
+        end_key: vec![],
         peers: vec![voter(ids[0].peer_ids[0].0, 1)],
-        ..right.clone()
+        ..left.clone()
     };
-    let left = Region { start_key: vec![], ..left };
     c.report_batch_split(&[left.clone(), right.clone()]).unwrap();
-    let found = c.get_region(b"a").unwrap().unwrap();
+    let found = c.get_region(b"x").unwrap().unwrap();
     assert_eq!(found.region.id, new_id);
     assert_eq!(
         found.leader().map(|l| l.store_id),
         Some(StoreId(1)),
         "leader assumed on the split leader's store"
     );
-    assert_eq!(c.get_prev_region(b"x").unwrap().unwrap().region.id, new_id);
+    assert_eq!(c.get_prev_region(b"x").unwrap().unwrap().region.id, first_region().id);
 
     // A heartbeat from before the split changes nothing.
     assert_eq!(c.region_heartbeat(heartbeat(&first_region(), leader)).unwrap(), None);
-    assert_eq!(c.get_region(b"x").unwrap().unwrap().region, right);
+    assert_eq!(c.get_region(b"a").unwrap().unwrap().region, left);
     assert_eq!(c.scan_regions(b"", b"", 0).unwrap().len(), 2);
 }
 
@@ -218,8 +229,9 @@ fn three_replicas(n: u64) -> (Cluster, Region) {
 #[test]
 fn a_batch_split_reported_in_any_order_tiles_the_key_space() {
     let (c, parent) = three_replicas(3);
-    // Region 2 splits at "g" and "p": two new regions on the left, the
-    // parent keeps the right end; the report lists the right end first.
+    // Region 2 splits at "g" and "p" as the node splits: the parent keeps
+    // the left end, two new regions take the rest; the report lists the
+    // right end first.
     let ids = c.ask_batch_split(&parent, 2).unwrap();
     let child = |i: usize, start: &str, end: &str| Region {
         id: ids[i].region_id,
@@ -228,8 +240,8 @@ fn a_batch_split_reported_in_any_order_tiles_the_key_space() {
         epoch: RegionEpoch { conf_ver: 3, version: 3 },
         peers: ids[i].peer_ids.iter().zip(1..).map(|(p, s)| voter(p.0, s)).collect(),
     };
-    let right = Region { start_key: b"p".to_vec(), epoch: RegionEpoch { conf_ver: 3, version: 3 }, ..parent };
-    c.report_batch_split(&[right, child(1, "g", "p"), child(0, "", "g")]).unwrap();
+    let left = Region { end_key: b"g".to_vec(), epoch: RegionEpoch { conf_ver: 3, version: 3 }, ..parent };
+    c.report_batch_split(&[child(1, "p", ""), child(0, "g", "p"), left]).unwrap();
 
     let regions = c.scan_regions(b"", b"", 0).unwrap();
     let bounds: Vec<(Vec<u8>, Vec<u8>)> =
@@ -253,6 +265,40 @@ fn a_deposed_leader_cannot_take_leadership_back_in_pd() {
     c.region_heartbeat(with_term(voter(3, 1), 6)).unwrap();
     let leader = c.get_region_by_id(region.id).unwrap().unwrap().leader();
     assert_eq!(leader, Some(voter(4, 2)));
+
+    // Its late report of a newer epoch (a change committed in its term,
+    // not yet applied by the new leader) updates the map, not the leader.
+    let newer = Region { epoch: RegionEpoch { conf_ver: 4, version: 1 }, ..region.clone() };
+    let mut late = heartbeat(&newer, voter(3, 1));
+    late.runtime.term = 6;
+    assert_eq!(c.region_heartbeat(late).unwrap(), None);
+    let info = c.get_region_by_id(region.id).unwrap().unwrap();
+    assert_eq!((info.region.epoch.conf_ver, info.leader(), info.runtime.term), (4, Some(voter(4, 2)), 7));
+}
+
+#[test]
+fn a_split_asked_for_replaces_a_schedulers_operator() {
+    let (c, region) = three_replicas(4);
+    // max-replicas 2: the replica checker starts removing a replica.
+    c.update_config(&serde_json::json!({"max-replicas": 2})).unwrap();
+    let order = c.region_heartbeat(heartbeat(&region, voter(3, 1))).unwrap().expect("a removal");
+    assert!(matches!(order.step, Step::RemovePeer(_)), "{order:?}");
+    // A split asked for through the API takes its place.
+    let (orders, _) = c.split_at_keys(&[b"m".to_vec()]).unwrap();
+    assert!(matches!(&orders[..], [o] if matches!(o.step, Step::SplitRegion(_))), "{orders:?}");
+}
+
+#[test]
+fn a_new_leader_that_has_not_measured_its_region_keeps_the_known_size() {
+    let (c, region) = three_replicas(3);
+    let mut sized = heartbeat(&region, voter(3, 1));
+    (sized.runtime.approximate_size, sized.runtime.approximate_keys) = (96 << 20, 1000);
+    c.region_heartbeat(sized).unwrap();
+    // Leadership moved; the new leader's first report carries no size yet.
+    c.region_heartbeat(heartbeat(&region, voter(4, 2))).unwrap();
+    let info = c.get_region_by_id(region.id).unwrap().unwrap();
+    assert_eq!(info.leader(), Some(voter(4, 2)));
+    assert_eq!((info.runtime.approximate_size, info.runtime.approximate_keys), (96 << 20, 1000));
 }
 
 #[test]
@@ -313,13 +359,33 @@ fn schedulers_added_or_removed_at_run_time_survive_a_restart() {
 }
 
 #[test]
-fn a_drained_offline_store_becomes_tombstone_on_patrol_even_if_silent() {
+fn an_offline_store_becomes_tombstone_only_once_it_reports_no_region_itself() {
     let (c, _) = three_replicas(4);
+    // PD's map shows nothing on store 4, but the store says it holds two
+    // region peers (a split whose report was lost): it stays Offline.
+    let holding = StoreStats { region_count: 2, ..Default::default() };
+    c.store_heartbeat(StoreId(4), holding).unwrap();
     c.set_store_state(StoreId(4), StoreState::Offline).unwrap();
-    // Store 4 holds nothing and never heartbeats again; the patrol buries it.
     c.patrol().unwrap();
+    assert_eq!(c.get_store(StoreId(4)).unwrap().meta.state, StoreState::Offline);
+    // Its own report of zero regions buries it.
+    c.store_heartbeat(StoreId(4), StoreStats::default()).unwrap();
     assert_eq!(c.get_store(StoreId(4)).unwrap().meta.state, StoreState::Tombstone);
     assert_eq!(c.get_store(StoreId(3)).unwrap().meta.state, StoreState::Up);
+}
+
+#[test]
+fn a_store_goes_offline_only_while_max_replicas_others_are_up() {
+    // Three stores, three replicas: the region's replicas would have
+    // nowhere to go.
+    let (c, _) = three_replicas(3);
+    let err = c.set_store_state(StoreId(3), StoreState::Offline).unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("max-replicas")), "{err}");
+    assert_eq!(c.get_store(StoreId(3)).unwrap().meta.state, StoreState::Up);
+    // A fourth store: now it can.
+    c.put_store(store(4)).unwrap();
+    c.store_heartbeat(StoreId(4), StoreStats::default()).unwrap();
+    c.set_store_state(StoreId(3), StoreState::Offline).unwrap();
 }
 
 #[test]

@@ -137,5 +137,5 @@ pub fn add(
     let leader = info.leader().ok_or_else(|| format!("region {region} has no known leader yet"))?;
     let proposal = plan(req, info, &Ctx { snap, settings, ops })?;
     let step = try_create(snap, settings, ops, info, &proposal, new_peer)?;
-    Ok(step.map(|step| ScheduleOrder { region_id: region, epoch: info.region.epoch, leader, step }))
+    Ok(step.map(|(step, epoch)| ScheduleOrder { region_id: region, epoch, leader, step }))
 }

@@ -95,6 +95,16 @@ impl<'a> Ctx<'a> {
         info.runtime.pending_peers.iter().any(|p| p.id == peer.id)
     }
 
+    /// True if `peer` has been catching up for longer than an operator may
+    /// take (`schedule.operator-timeout`): whatever added it has given up
+    /// on it (its snapshot was dropped, its operator timed out), and it
+    /// will not catch up on its own.
+    pub fn is_pending_too_long(&self, peer: &Peer, info: &RegionInfo) -> bool {
+        info.runtime.pending_since.get(&peer.id).is_some_and(|since| {
+            self.snap.now.duration_since(*since).unwrap_or_default() >= self.settings.operator_timeout
+        })
+    }
+
     /// Region score of `store` once the operators in flight finish: the sum
     /// of its regions' weights (MiB, at least 1 each).
     pub fn region_score(&self, store: StoreId) -> i64 {

@@ -94,7 +94,7 @@ impl OperatorController {
         self.influence.apply(&new, 1);
         *old = new;
         match progress {
-            Progress::Run(_) | Progress::Wait => Some((progress, None)),
+            Progress::Run(..) | Progress::Wait => Some((progress, None)),
             _ => Some((progress, self.remove(id))),
         }
     }

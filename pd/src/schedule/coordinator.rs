@@ -48,8 +48,8 @@ pub const PATROL_BATCH: usize = 128;
 pub struct ScheduleOrder {
     /// The region.
     pub region_id: RegionId,
-    /// The region's epoch as PD last saw it; the leader ignores the order if
-    /// its epoch differs.
+    /// The region's epoch the step was planned against; the leader ignores
+    /// the order if its epoch differs.
     pub epoch: RegionEpoch,
     /// The leader the order is for (its store's heartbeat stream carries it).
     pub leader: Peer,
@@ -101,9 +101,9 @@ impl Coordinator {
     ) -> Option<ScheduleOrder> {
         let info = snap.regions.get(region)?;
         let leader = info.leader()?;
-        let order = |step| ScheduleOrder { region_id: region, epoch: info.region.epoch, leader, step };
+        let order = |(step, epoch)| ScheduleOrder { region_id: region, epoch, leader, step };
         match ops.check(info, snap.now) {
-            Some((Progress::Run(step), _)) => return Some(order(step)),
+            Some((Progress::Run(step, epoch), _)) => return Some(order((step, epoch))),
             Some((Progress::Wait, _)) => return None,
             Some((progress, Some(op))) => log_end(&op, &progress),
             _ => {}
@@ -154,13 +154,8 @@ impl Coordinator {
             let Some(info) = snap.regions.get(p.region) else { return false };
             match create(snap, settings, ops, info, &p, &mut *new_peer) {
                 Some(step) => {
-                    if let (Some(step), Some(leader)) = (step, info.leader()) {
-                        orders.push(ScheduleOrder {
-                            region_id: p.region,
-                            epoch: info.region.epoch,
-                            leader,
-                            step,
-                        });
+                    if let (Some((step, epoch)), Some(leader)) = (step, info.leader()) {
+                        orders.push(ScheduleOrder { region_id: p.region, epoch, leader, step });
                     }
                     true
                 }
@@ -219,12 +214,13 @@ fn log_end(op: &Operator, progress: &Progress) {
         Progress::Finished => info!(%region_id, desc, "operator finished"),
         Progress::TimedOut => warn!(%region_id, desc, step = ?op.current_step(), "operator timed out"),
         Progress::Cancelled(why) => warn!(%region_id, desc, %why, "operator cancelled"),
-        Progress::Run(_) | Progress::Wait => {}
+        Progress::Run(..) | Progress::Wait => {}
     }
 }
 
 /// Builds `p` into an operator and adds it to `ops`, if its kind has room
-/// and it has something to do. Returns the step to send now (`None`: wait).
+/// and it has something to do. Returns the step to send now and the epoch
+/// it was planned against (`None`: wait).
 fn create(
     snap: &ClusterSnapshot<'_>,
     settings: &Settings,
@@ -232,7 +228,7 @@ fn create(
     info: &RegionInfo,
     p: &Proposal,
     new_peer: NewPeerId<'_>,
-) -> Option<Option<Step>> {
+) -> Option<Option<(Step, RegionEpoch)>> {
     match try_create(snap, settings, ops, info, p, new_peer) {
         Ok(step) => Some(step),
         Err(why) => {
@@ -250,13 +246,12 @@ pub(super) fn try_create(
     info: &RegionInfo,
     p: &Proposal,
     new_peer: NewPeerId<'_>,
-) -> Result<Option<Step>, String> {
+) -> Result<Option<(Step, RegionEpoch)>, String> {
     if !ops.has_room(p.kind, settings) {
         return Err(format!("{} operators are at their limit", p.kind.name()));
     }
-    if let Some(cur) =
-        ops.get(info.region.id).filter(|cur| p.kind != OpKind::Admin || cur.kind == OpKind::Admin)
-    {
+    // A manual operator (split or admin) replaces a scheduler's, not another manual one.
+    if let Some(cur) = ops.get(info.region.id).filter(|cur| !p.kind.is_manual() || cur.kind.is_manual()) {
         return Err(format!("region {} already has operator {}", info.region.id, cur.desc));
     }
     let peer_id = match p.plan.needs_peer_id() {
@@ -265,7 +260,7 @@ pub(super) fn try_create(
     };
     let mut op = build(p, info, &Ctx { snap, settings, ops }, peer_id)?;
     let step = match op.check(info, snap.now) {
-        Progress::Run(step) => Some(step),
+        Progress::Run(step, epoch) => Some((step, epoch)),
         Progress::Wait => None,
         progress => return Err(format!("the operator has nothing to do ({progress:?})")),
     };

@@ -34,20 +34,25 @@
 //!
 //! ## Protocol with the region leader (kvproto `RegionHeartbeatResponse`)
 //!
-//! - One step per response, with `region_id`, `region_epoch` (PD's latest
-//!   view of the region) and `target_peer` (the leader):
+//! - One step per response, with `region_id`, `region_epoch` (the epoch the
+//!   step was planned against: the operator's creation epoch plus the
+//!   `conf_ver` moves of its earlier steps) and `target_peer` (the leader):
 //!   `change_peer{AddLearnerNode | AddNode | RemoveNode}`,
 //!   `change_peer_v2{changes}` (several changes as one raft ConfChangeV2:
 //!   joint consensus, left automatically), `transfer_leader{peer}`,
 //!   `split_region{policy: USEKEY keys | APPROXIMATE}`.
 //! - The same step is re-sent on every heartbeat until the region shows it
 //!   done, so the leader treats a step already in effect or in progress as a
-//!   no-op, and ignores one whose `region_epoch` differs from its own.
+//!   no-op, and ignores one whose `region_epoch` differs from its own: a
+//!   step late, duplicated, or from an operator since dropped can only act
+//!   on the membership it was planned for.
 //! - A learner is promoted only once it is absent from `pending_peers`;
 //!   meanwhile, and while a joint state is being left, PD sends nothing.
 //! - An operator not finished within its timeout is dropped (leader
 //!   transfers after at most 10 s); one whose region split or merged (epoch
-//!   `version` changed) is cancelled, unless that split was its step.
+//!   `version` changed) is cancelled, unless that split was its step; so is
+//!   one whose region's `conf_ver` moved further than its own steps explain
+//!   (a membership change it did not plan: it was planned on a stale view).
 //!
 //! ## What can go wrong
 //!
@@ -87,15 +92,26 @@ pub use schedulers::{Scheduler, BALANCE_BATCH, SHUFFLE_BATCH};
 pub use settings::{Settings, LEADER_OPERATOR_TIMEOUT};
 pub use step::{PeerChange, SplitPolicy, Step};
 
+use std::time::SystemTime;
+
 use mnemo_proto::types::StoreId;
 
-use crate::store::StoreState;
+use crate::region_map::RegionMap;
+use crate::store::{StoreInfo, StoreState};
 
 /// Offline stores that hold no region any more: ready to become Tombstone.
 pub fn drained_stores(snap: &ClusterSnapshot<'_>) -> Vec<StoreId> {
-    snap.stores
-        .values()
-        .filter(|s| s.meta.state == StoreState::Offline && snap.regions.store_region_count(s.meta.id) == 0)
-        .map(|s| s.meta.id)
-        .collect()
+    snap.stores.values().filter(|s| is_drained(s, snap.regions, snap.now)).map(|s| s.meta.id).collect()
+}
+
+/// True if `store` is Offline and holds no region peer, by PD's map *and*
+/// by the store's own report, a recent one. The map alone can have holes (a
+/// split whose report was lost leaves a region PD never heard of), so a
+/// store that is silent, or still reports peers, stays Offline (an operator
+/// who knows it is gone sets it Tombstone through the API).
+pub fn is_drained(store: &StoreInfo, regions: &RegionMap, now: SystemTime) -> bool {
+    store.meta.state == StoreState::Offline
+        && regions.store_region_count(store.meta.id) == 0
+        && store.recently_heartbeated(now)
+        && store.stats.as_ref().is_some_and(|s| s.region_count == 0)
 }

@@ -49,8 +49,9 @@ impl OpKind {
 /// Where an operator stands after looking at the region's latest state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
-    /// Send this step (again).
-    Run(Step),
+    /// Send this step (again), to be carried out only at this epoch: the
+    /// one it was planned against (see [`Operator::step_epoch`]).
+    Run(Step, RegionEpoch),
     /// The step has started (e.g. a learner is catching up, a joint state is
     /// being left); wait, sending nothing.
     Wait,
@@ -69,7 +70,8 @@ pub struct Operator {
     pub region_id: RegionId,
     /// The region's epoch when the operator was created. A split or merge
     /// since (another `version`) cancels the operator, unless its step was
-    /// that split.
+    /// that split; so does a membership change its own steps do not
+    /// account for (`conf_ver` moved further than they explain).
     pub epoch: RegionEpoch,
     /// Which limit it counts against.
     pub kind: OpKind,
@@ -83,7 +85,15 @@ pub struct Operator {
     pub created: SystemTime,
     /// It is dropped if not finished this long after `created`.
     pub timeout: Duration,
+    /// When a split step was last sent (each sending makes the leader ask
+    /// for fresh region and peer ids, so it is not re-sent on every
+    /// heartbeat; see [`SPLIT_RESEND_AFTER`]).
+    pub split_sent: Option<SystemTime>,
 }
+
+/// A split step not done this long after it was sent is sent again (the
+/// leader's proposal may have been dropped); sooner, PD waits.
+pub const SPLIT_RESEND_AFTER: Duration = Duration::from_secs(5);
 
 impl Operator {
     /// A new operator for `region`.
@@ -104,6 +114,7 @@ impl Operator {
             current: 0,
             created: now,
             timeout,
+            split_sent: None,
         }
     }
 
@@ -121,6 +132,14 @@ impl Operator {
                 self.epoch.version, info.region.epoch.version
             ));
         }
+        let (moved, own) =
+            (info.region.epoch.conf_ver.saturating_sub(self.epoch.conf_ver), self.conf_ver_changed(info));
+        if moved > own {
+            return Progress::Cancelled(format!(
+                "stale: conf_ver moved from {} to {}, {own} of that by its own steps",
+                self.epoch.conf_ver, info.region.epoch.conf_ver
+            ));
+        }
         if self.is_expired(now) {
             return Progress::TimedOut;
         }
@@ -128,10 +147,39 @@ impl Operator {
             return Progress::Cancelled(why);
         }
         if step.is_started(info, self.epoch) {
-            Progress::Wait
-        } else {
-            Progress::Run(step.clone())
+            return Progress::Wait;
         }
+        if let Step::SplitRegion(_) = step {
+            let since = self.split_sent.map(|at| now.duration_since(at).unwrap_or_default());
+            if since.is_some_and(|d| d < SPLIT_RESEND_AFTER) {
+                return Progress::Wait;
+            }
+            self.split_sent = Some(now);
+        }
+        Progress::Run(step.clone(), self.step_epoch())
+    }
+
+    /// The epoch the current step was planned against: the creation epoch
+    /// plus the membership changes of the steps before it. The leader
+    /// carries a step out only at exactly this epoch, so an order that
+    /// arrives late, twice, or after its operator was dropped can never
+    /// act on a membership it was not planned for.
+    pub fn step_epoch(&self) -> RegionEpoch {
+        let done = &self.steps[..self.current.min(self.steps.len())];
+        RegionEpoch {
+            conf_ver: self.epoch.conf_ver + done.iter().map(Step::conf_ver_delta).sum::<u64>(),
+            version: self.epoch.version,
+        }
+    }
+
+    /// How much of the region's `conf_ver` move since creation its own
+    /// steps explain, as `info` shows them: all of each step before the
+    /// current one, and what of the current one is visible (it may have
+    /// taken effect since it was sent).
+    fn conf_ver_changed(&self, info: &RegionInfo) -> u64 {
+        let done = &self.steps[..self.current.min(self.steps.len())];
+        let current = self.steps.get(self.current).map_or(0, |step| step.conf_ver_shown(info, self.epoch));
+        done.iter().map(Step::conf_ver_delta).sum::<u64>() + current
     }
 
     /// True once `timeout` has passed since creation.
@@ -190,6 +238,10 @@ mod tests {
         }
     }
 
+    fn epoch(conf_ver: u64, version: u64) -> RegionEpoch {
+        RegionEpoch { conf_ver, version }
+    }
+
     const T0: SystemTime = SystemTime::UNIX_EPOCH;
     const MINUTE: Duration = Duration::from_secs(60);
 
@@ -202,15 +254,16 @@ mod tests {
         let steps = vec![Step::AddLearner(new), swap.clone()];
         let mut op = Operator::new(&r0.region, OpKind::Region, "balance-region", steps, T0, MINUTE);
         // Re-sent until the region shows the learner.
-        assert_eq!(op.check(&r0, T0), Progress::Run(Step::AddLearner(new)));
-        assert_eq!(op.check(&r0, T0), Progress::Run(Step::AddLearner(new)));
+        assert_eq!(op.check(&r0, T0), Progress::Run(Step::AddLearner(new), epoch(1, 1)));
+        assert_eq!(op.check(&r0, T0), Progress::Run(Step::AddLearner(new), epoch(1, 1)));
         // The learner is there but still catching up: wait, sending nothing.
         let mut r1 = region(vec![a, b, old, new], 2, 1);
         r1.runtime.pending_peers = vec![new];
         assert_eq!(op.check(&r1, T0), Progress::Wait);
         // Caught up: promote it and remove the old voter at once.
         r1.runtime.pending_peers.clear();
-        assert_eq!(op.check(&r1, T0), Progress::Run(swap));
+        // Planned against the epoch the learner's addition made (conf_ver 2).
+        assert_eq!(op.check(&r1, T0), Progress::Run(swap, epoch(2, 1)));
         // The node entered the joint state: wait for it to leave.
         let voter = Peer { role: PeerRole::Voter, ..new };
         assert_eq!(op.check(&region(vec![a, b, old, voter], 3, 1), T0), Progress::Wait);
@@ -241,7 +294,40 @@ mod tests {
         let r = region(vec![leader], 1, 1);
         let steps = vec![Step::SplitRegion(SplitPolicy::Approximate)];
         let mut op = Operator::new(&r.region, OpKind::Split, "split-region", steps, T0, MINUTE);
-        assert!(matches!(op.check(&r, T0), Progress::Run(Step::SplitRegion(_))));
+        assert!(matches!(op.check(&r, T0), Progress::Run(Step::SplitRegion(_), _)));
+        // Each sending costs the leader fresh ids: not again on every
+        // heartbeat, only once the split seems lost.
+        assert_eq!(op.check(&r, T0 + Duration::from_secs(1)), Progress::Wait);
+        assert!(matches!(op.check(&r, T0 + SPLIT_RESEND_AFTER), Progress::Run(Step::SplitRegion(_), _)));
         assert_eq!(op.check(&region(vec![leader], 1, 2), T0), Progress::Finished);
+    }
+
+    #[test]
+    fn a_membership_change_its_steps_do_not_explain_cancels_it() {
+        // Region {a, b, c, d} at conf_ver 5. "remove d" took effect on the
+        // node (conf_ver 6), but PD had not heard yet and planned "remove c"
+        // on the old membership.
+        let (a, b) = (peer(10, 1, PeerRole::Voter), peer(11, 2, PeerRole::Voter));
+        let (c, d) = (peer(12, 3, PeerRole::Voter), peer(13, 4, PeerRole::Voter));
+        let stale = region(vec![a, b, c, d], 5, 1);
+        let mut remove_c =
+            Operator::new(&stale.region, OpKind::Replica, "x", vec![Step::RemovePeer(c)], T0, MINUTE);
+        // Sent (again and again) only for the membership it was planned on.
+        assert_eq!(remove_c.check(&stale, T0), Progress::Run(Step::RemovePeer(c), epoch(5, 1)));
+        // The heartbeat showing "remove d" cancels it: that change is not its own.
+        let now = region(vec![a, b, c], 6, 1);
+        assert!(matches!(remove_c.check(&now, T0), Progress::Cancelled(why) if why.contains("stale")));
+
+        // Its own change does not: a joint swap in its joint state moved
+        // conf_ver by one, then by two once left.
+        let new = peer(20, 5, PeerRole::Learner);
+        let swap = Step::ChangePeerV2(vec![PeerChange::Promote(new), PeerChange::Remove(d)]);
+        let with_learner = region(vec![a, b, d, new], 7, 1);
+        let mut op = Operator::new(&with_learner.region, OpKind::Region, "x", vec![swap], T0, MINUTE);
+        let voter = Peer { role: PeerRole::Voter, ..new };
+        assert_eq!(op.check(&region(vec![a, b, d, voter], 8, 1), T0), Progress::Wait);
+        // One change more than its own: stale.
+        assert!(matches!(op.clone().check(&region(vec![a, d, voter], 9, 1), T0), Progress::Cancelled(_)));
+        assert_eq!(op.check(&region(vec![a, b, voter], 9, 1), T0), Progress::Finished);
     }
 }

@@ -9,19 +9,22 @@
 //!
 //! 1. an unhealthy learner is removed, and so is one still catching up on a
 //!    store that stopped heartbeating (it would block the region until the
-//!    store is declared Down);
-//! 2. a learner still catching up (in `pending_peers`) makes the checker
-//!    wait; a caught-up one is promoted if healthy voters are missing —
+//!    store is declared Down) or for longer than `operator-timeout` (what
+//!    added it gave up: a dropped snapshot, a timed-out operator);
+//! 2. a caught-up learner is promoted if healthy voters are missing —
 //!    swapped in for an unhealthy voter in one joint change when the region
-//!    already has `max-replicas` voters — else removed as extra;
+//!    already has `max-replicas` voters — else removed as extra; a learner
+//!    still catching up (in `pending_peers`) makes the checker wait, unless
+//!    a voter must be replaced (rule 4 goes ahead beside it);
 //! 3. fewer voters than `max-replicas`: add a replica on the best store;
 //! 4. exactly `max-replicas` voters, one on a Down or Offline store (or
 //!    reported down): *move* it — learner on the best store, then one joint
 //!    change promoting it and removing the unhealthy voter (this is how
 //!    Offline stores drain and Down stores are healed);
-//! 5. more voters than `max-replicas`: remove one, never the leader,
-//!    unhealthy first, then the one whose departure leaves the best
-//!    isolation, then the one on the fullest store;
+//! 5. more voters than `max-replicas`: remove one — unhealthy first (the
+//!    leader too: it hands leadership over first), then the one whose
+//!    departure leaves the best isolation, then a follower rather than the
+//!    leader, then the one on the fullest store;
 //! 6. isolation worse than the stores allow (two replicas in one zone while
 //!    a zone has none of them): move the replica whose move improves it most.
 //!
@@ -51,14 +54,18 @@ pub fn check(info: &RegionInfo, ctx: &Ctx<'_>) -> Option<Proposal> {
     // An unhealthy voter to replace; the leader last (it must hand over first).
     let unhealthy_voter = voters.iter().filter(|p| !healthy(p)).min_by_key(|p| Some(p.id) == leader).copied();
 
-    let stuck = |l: &Peer| ctx.is_pending(l, info) && !ctx.is_active(l.store_id);
+    let stuck = |l: &Peer| {
+        ctx.is_pending(l, info) && (!ctx.is_active(l.store_id) || ctx.is_pending_too_long(l, info))
+    };
     if let Some(&l) = r.learners().find(|l| !healthy(l) || stuck(l)) {
         return propose("remove-unhealthy-learner", Plan::Remove(l));
     }
-    if let Some(&l) = r.learners().next() {
-        return if ctx.is_pending(&l, info) {
-            None
-        } else if healthy_voters >= max {
+    let must_replace = voters.len() == max && unhealthy_voter.is_some();
+    if r.learners().next().is_some() && r.learners().all(|l| ctx.is_pending(l, info)) && !must_replace {
+        return None;
+    }
+    if let Some(&l) = r.learners().find(|l| !ctx.is_pending(l, info)) {
+        return if healthy_voters >= max {
             propose("remove-extra-learner", Plan::Remove(l))
         } else if let (true, Some(u)) = (voters.len() >= max, unhealthy_voter) {
             propose("replace-unhealthy-replica", Plan::Swap { promote: l, remove: u })
@@ -84,10 +91,14 @@ pub fn check(info: &RegionInfo, ctx: &Ctx<'_>) -> Option<Proposal> {
     }
     if voters.len() > max {
         let remaining = |p: &Peer| stores_of(&mut voters.iter().filter(|q| q.id != p.id));
-        let victim = voters.iter().filter(|p| Some(p.id) != leader).min_by_key(|p| {
+        // Every voter is a candidate, the leader too (an Offline or Down
+        // leader must go before any healthy follower: the plan hands its
+        // leadership over first); among equals a follower goes.
+        let victim = voters.iter().min_by_key(|p| {
             (
                 healthy(p),
                 ctx.isolation(&remaining(p)),
+                Some(p.id) == leader,
                 std::cmp::Reverse(ctx.region_score(p.store_id)),
                 std::cmp::Reverse(p.store_id),
             )

@@ -148,6 +148,35 @@ fn a_learner_catching_up_on_a_silent_store_is_given_up() {
 }
 
 #[test]
+fn a_learner_pending_longer_than_an_operator_may_take_is_given_up() {
+    // The learner's snapshot was dropped and the operator that added it
+    // timed out: it would never catch up, and the region would wait for ever.
+    let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]);
+    let mut r = region(vec![voter(10, 1), voter(12, 3), learner(11, 2)]);
+    r.runtime.pending_peers = vec![learner(11, 2)];
+    r.runtime.pending_since = BTreeMap::from([(PeerId(11), w.now - Duration::from_secs(10))]);
+    assert_eq!(w.check(&r), None, "still within operator-timeout: wait");
+    r.runtime.pending_since = BTreeMap::from([(PeerId(11), w.now - w.settings.operator_timeout)]);
+    assert_eq!(w.check(&r), Some(Plan::Remove(learner(11, 2))));
+}
+
+#[test]
+fn a_pending_learner_never_blocks_replacing_a_down_voter() {
+    // Store 3 is Down; a learner on store 4 is still catching up. The down
+    // voter is moved to store 5 at once rather than after the learner.
+    let w = World::new()
+        .store(1, &[])
+        .store(2, &[])
+        .store(3, &[])
+        .store(4, &[])
+        .store(5, &[])
+        .silent_for(3, 31 * 60);
+    let mut r = region(vec![voter(10, 1), voter(11, 2), voter(12, 3), learner(13, 4)]);
+    r.runtime.pending_peers = vec![learner(13, 4)];
+    assert_eq!(w.check(&r), Some(Plan::Move { from: voter(12, 3), to: store(5) }));
+}
+
+#[test]
 fn a_fully_replicated_region_is_left_alone() {
     let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).store(4, &[]);
     assert_eq!(w.check(&region(vec![voter(10, 1), voter(11, 2), voter(12, 3)])), None);
@@ -212,6 +241,24 @@ fn the_leader_is_never_removed_as_extra() {
     let Some(Plan::Remove(peer)) = w.check(&r) else { panic!("expected a removal") };
     assert_ne!(peer.store_id, store(1), "store 1 holds the leader");
     assert_eq!(w.desc(&r), "remove-extra-replica");
+}
+
+#[test]
+fn an_unhealthy_leader_is_removed_as_extra_before_a_healthy_follower() {
+    // Four voters, the leader's store is Offline: it is the one to go (the
+    // operator transfers its leadership first), not a healthy follower.
+    let w =
+        World::new().store(1, &[]).store(2, &[]).store(3, &[]).store(4, &[]).state(1, StoreState::Offline);
+    let r = region(vec![voter(10, 1), voter(11, 2), voter(12, 3), voter(13, 4)]);
+    assert_eq!(w.check(&r), Some(Plan::Remove(voter(10, 1))));
+
+    // One replica wanted: a move off an Offline leader that timed out after
+    // promoting the new voter leaves two; the old leader goes, not the new
+    // voter (which would only start the same move again, for ever).
+    let mut w = World::new().store(1, &[]).store(2, &[]).state(1, StoreState::Offline);
+    w.settings.max_replicas = 1;
+    let r = region(vec![voter(10, 1), voter(11, 2)]);
+    assert_eq!(w.check(&r), Some(Plan::Remove(voter(10, 1))));
 }
 
 #[test]

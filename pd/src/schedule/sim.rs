@@ -10,15 +10,26 @@
 //! replaced by the live voter with the lowest id on the next tick. Leaders
 //! heartbeat every second and at once after a change; dead stores send
 //! nothing and their peers show as pending.
+//!
+//! By default PD and the nodes talk instantly and reliably. [`Sim::unreliable`]
+//! makes the link what it is in a real cluster: heartbeats and orders are
+//! delayed by up to [`Unreliable::max_delay_ticks`], some are lost, orders
+//! are sometimes delivered twice, and operators are cancelled at random (as
+//! `DELETE /operators/{id}` does), so PD plans on a stale view and steps
+//! arrive late, twice, or after their operator is gone. Whatever happens,
+//! [`Sim::min_voters`] records the fewest voters any region ever had.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
 
 use super::{ClusterSnapshot, Coordinator, OperatorController, ScheduleOrder, Scheduler, Settings, Step};
 use crate::region_map::{RegionMap, RegionRuntime, Verdict};
-use crate::store::{StoreInfo, StoreMeta, StoreState};
+use crate::store::{StoreInfo, StoreMeta, StoreState, StoreStats};
 
 /// How long a new learner stays pending.
 pub const CATCH_UP: Duration = Duration::from_millis(500);
@@ -34,6 +45,41 @@ struct Truth {
     /// Voters to drop when leaving the joint state.
     leaving: Vec<PeerId>,
     changed: bool,
+}
+
+/// How unreliable the link between PD and the nodes is.
+pub struct Unreliable {
+    rng: StdRng,
+    /// Heartbeats and orders arrive within this many ticks.
+    pub max_delay_ticks: u64,
+    /// Chance that a heartbeat or an order is lost.
+    pub loss: f64,
+    /// Chance that an order is delivered twice (at two different times).
+    pub duplicate: f64,
+    /// Chance per tick that one operator in flight is cancelled.
+    pub cancel: f64,
+    reports: Vec<(u64, Region, RegionRuntime)>,
+    orders: Vec<(u64, ScheduleOrder)>,
+}
+
+impl Unreliable {
+    /// Delays of up to 3 s, 10 % loss, 30 % duplicates, a cancellation every
+    /// second or so; random choices follow `seed`.
+    pub fn new(seed: u64) -> Self {
+        Unreliable {
+            rng: StdRng::seed_from_u64(seed),
+            max_delay_ticks: 30,
+            loss: 0.1,
+            duplicate: 0.3,
+            cancel: 0.1,
+            reports: Vec::new(),
+            orders: Vec::new(),
+        }
+    }
+
+    fn due(&mut self, now_tick: u64) -> u64 {
+        now_tick + self.rng.gen_range(0..=self.max_delay_ticks)
+    }
 }
 
 /// A cluster of fake nodes and one PD coordinator.
@@ -52,6 +98,11 @@ pub struct Sim {
     pub burst: BTreeMap<&'static str, usize>,
     /// Most operators in flight of any one kind seen after a tick, by kind name.
     pub peak: BTreeMap<&'static str, usize>,
+    /// The fewest voters any region had after any change (in a joint state,
+    /// of the incoming configuration).
+    pub min_voters: usize,
+    /// `Some`: PD and the nodes talk over an unreliable link.
+    pub unreliable: Option<Unreliable>,
     coordinator: Coordinator,
     truth: BTreeMap<RegionId, Truth>,
     alive_since: SystemTime,
@@ -74,6 +125,8 @@ impl Sim {
             created_by: BTreeMap::new(),
             burst: BTreeMap::new(),
             peak: BTreeMap::new(),
+            min_voters: usize::MAX,
+            unreliable: None,
             coordinator: Coordinator::new(7),
             truth: BTreeMap::new(),
             alive_since: now,
@@ -163,9 +216,13 @@ impl Sim {
         for (id, s) in self.stores.iter_mut() {
             if !self.dead.contains(id) {
                 s.last_heartbeat = Some(now);
+                let region_count =
+                    self.truth.values().filter(|t| t.region.peer_on_store(*id).is_some()).count();
+                s.stats = Some(StoreStats { region_count: region_count as u32, ..Default::default() });
             }
         }
         self.nodes_progress();
+        self.deliver();
         let periodic = self.ticks.is_multiple_of(10);
         let ids: Vec<RegionId> = self.truth.keys().copied().collect();
         for id in ids {
@@ -186,7 +243,7 @@ impl Sim {
         });
         self.next_id = next_id;
         for order in orders {
-            self.execute(order);
+            self.send(order);
         }
         // Operators created this tick (on heartbeats or patrol) are all still
         // in flight: none can finish before its region heartbeats again.
@@ -249,15 +306,35 @@ impl Sim {
             .filter(|p| t.pending_until.contains_key(&p.id) || self.dead.contains(&p.store_id))
             .copied()
             .collect();
-        if self.regions.check(&region) == Verdict::Changed {
-            self.regions.put(region);
-        }
         let runtime = RegionRuntime {
             leader: Some(leader),
             pending_peers: pending,
             last_heartbeat: Some(self.now),
             ..Default::default()
         };
+        let ticks = self.ticks;
+        match &mut self.unreliable {
+            Some(u) => {
+                if !u.rng.gen_bool(u.loss) {
+                    let due = u.due(ticks);
+                    u.reports.push((due, region, runtime));
+                }
+            }
+            None => self.receive(region, runtime),
+        }
+    }
+
+    /// PD takes in a region heartbeat (a stale one is ignored, as the real
+    /// PD does) and answers with the step to carry out, if any.
+    fn receive(&mut self, region: Region, runtime: RegionRuntime) {
+        let id = region.id;
+        match self.regions.check(&region) {
+            Verdict::Stale(_) => return,
+            Verdict::Changed => {
+                self.regions.put(region);
+            }
+            Verdict::Unchanged => {}
+        }
         self.regions.set_runtime(id, runtime);
         let snap = ClusterSnapshot {
             stores: &self.stores,
@@ -272,7 +349,45 @@ impl Sim {
         });
         self.next_id = next_id;
         if let Some(order) = order {
+            self.send(order);
+        }
+    }
+
+    /// PD sends `order` to its leader: carried out at once over a reliable
+    /// link, else later, perhaps twice, perhaps never.
+    fn send(&mut self, order: ScheduleOrder) {
+        let ticks = self.ticks;
+        let Some(u) = &mut self.unreliable else { return self.execute(order) };
+        if u.rng.gen_bool(u.loss) {
+            return;
+        }
+        if u.rng.gen_bool(u.duplicate) {
+            let due = u.due(ticks);
+            u.orders.push((due, order.clone()));
+        }
+        let due = u.due(ticks);
+        u.orders.push((due, order));
+    }
+
+    /// Over an unreliable link: delivers the heartbeats and orders due by
+    /// now, and cancels an operator now and then.
+    fn deliver(&mut self) {
+        let ticks = self.ticks;
+        let Some(u) = &mut self.unreliable else { return };
+        let (due, later): (Vec<_>, Vec<_>) = u.reports.drain(..).partition(|(t, ..)| *t <= ticks);
+        u.reports = later;
+        let (due_orders, later): (Vec<_>, Vec<_>) = u.orders.drain(..).partition(|(t, _)| *t <= ticks);
+        u.orders = later;
+        let cancel = u.rng.gen_bool(u.cancel).then(|| u.rng.gen::<usize>());
+        for (_, order) in due_orders {
             self.execute(order);
+        }
+        for (_, region, runtime) in due {
+            self.receive(region, runtime);
+        }
+        let ids: Vec<RegionId> = self.ops.iter().map(|op| op.region_id).collect();
+        if let Some(pick) = cancel.filter(|_| !ids.is_empty()) {
+            self.ops.remove(ids[pick % ids.len()]);
         }
     }
 
@@ -323,6 +438,8 @@ impl Sim {
             Step::SplitRegion(_) => return,
         }
         t.changed = true;
+        let voters = t.region.voters().filter(|p| !t.leaving.contains(&p.id)).count();
+        self.min_voters = self.min_voters.min(voters);
     }
 
     /// Regions PD's map shows with a peer on `store`.

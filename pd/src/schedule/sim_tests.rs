@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mnemo_proto::types::{RegionId, StoreId};
 
-use super::sim::Sim;
+use super::sim::{Sim, Unreliable};
 use super::{drained_stores, ClusterSnapshot, Scheduler, Settings};
 use crate::store::StoreState;
 
@@ -284,6 +284,38 @@ fn shuffle_region_moves_replicas_within_their_zones_and_never_loses_one() {
     let settled = stores_of(&sim);
     sim.run(5);
     assert_eq!(stores_of(&sim), settled);
+}
+
+#[test]
+fn late_duplicated_and_cancelled_steps_never_cost_a_region_a_voter() {
+    // 24 regions start with four voters (one more than max-replicas) on
+    // five stores, so PD removes extra replicas while shuffle-region and
+    // shuffle-leader keep moving things. Heartbeats and orders arrive late
+    // (up to 3 s), twice or never, operators are cancelled at random and
+    // time out after 2 s: PD plans on stale views, and orders of dropped
+    // operators are still in flight. Whatever the interleaving, every
+    // change a region takes keeps it at max-replicas voters or more (far
+    // from losing its quorum), then everything settles once the link heals.
+    for seed in 1..=20 {
+        let mut sim = Sim::new(Settings { operator_timeout: Duration::from_secs(2), ..settings() });
+        plain_stores(&mut sim, 1..=5);
+        sim.regions(24, &[1, 2, 3, 4]);
+        sim.schedulers(&[Scheduler::ShuffleRegion, Scheduler::ShuffleLeader]);
+        sim.unreliable = Some(Unreliable::new(seed));
+        sim.run(120);
+        assert!(
+            sim.min_voters >= 3,
+            "seed {seed}: a region fell to {} voters (quorum of 3 is 2): {:?}",
+            sim.min_voters,
+            stores_of(&sim)
+        );
+        let created = |desc| sim.created_by.get(desc).copied().unwrap_or(0);
+        assert!(created("remove-extra-replica") > 0 && created("shuffle-region") > 0, "{:?}", sim.created_by);
+
+        sim.unreliable = None;
+        sim.schedulers(&[]);
+        assert!(sim.run_until(60, Sim::healthy).is_some(), "seed {seed}: {:?}", stores_of(&sim));
+    }
 }
 
 fn counts(sim: &Sim, count: fn(&Sim, u64) -> usize) -> Vec<usize> {

@@ -133,6 +133,32 @@ impl Step {
         }
     }
 
+    /// How much the step moves the region's `conf_ver` once carried out:
+    /// one per raft membership change, i.e. one for a single change and two
+    /// for a joint one (entering, then raft's own leaving); none for a
+    /// leader transfer or a split.
+    pub fn conf_ver_delta(&self) -> u64 {
+        match self {
+            Step::ChangePeerV2(changes) if changes.len() > 1 => 2,
+            Step::TransferLeader { .. } | Step::SplitRegion(_) => 0,
+            _ => 1,
+        }
+    }
+
+    /// How much of [`Step::conf_ver_delta`] `info` shows: all of it once
+    /// applied, one while a joint change is in its joint state.
+    pub fn conf_ver_shown(&self, info: &RegionInfo, origin: RegionEpoch) -> u64 {
+        if self.conf_ver_delta() == 0 {
+            0
+        } else if self.is_applied(info, origin) {
+            self.conf_ver_delta()
+        } else if self.is_started(info, origin) {
+            1
+        } else {
+            0
+        }
+    }
+
     /// True once the step is applied and, for an added learner, caught up.
     pub fn is_done(&self, info: &RegionInfo, origin: RegionEpoch) -> bool {
         match self {

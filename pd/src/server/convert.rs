@@ -28,6 +28,7 @@ pub(super) fn heartbeat_from_wire(req: &pdpb::RegionHeartbeatRequest) -> RegionH
         keys_read: req.keys_read,
         term: req.term,
         last_heartbeat: None,
+        pending_since: Default::default(),
     };
     RegionHeartbeat { region, runtime }
 }
