@@ -680,13 +680,14 @@ impl Nemesis {
             Fault::Delay => {
                 let order = self.shuffled(n);
                 let mut victims = order[..self.rng.gen_range(1..=3.min(n))].to_vec();
-                // Half the time the leader of a live key's region (the TTL
-                // edge keys' half of those times) is delayed towards one of
-                // its followers only: it commits on time with the other, and
-                // the delayed follower applies what it decided late.
+                // Three times in four the leader of a live key's region (the
+                // TTL edge keys' three times in four of those) is delayed
+                // towards one of its followers only: it commits on time with
+                // the other, and the delayed follower applies what it
+                // decided late.
                 let mut slow_link = None;
-                if self.rng.gen_bool(0.5) {
-                    let key = if self.rng.gen_bool(0.5) {
+                if self.rng.gen_bool(0.75) {
+                    let key = if self.rng.gen_bool(0.75) {
                         crate::workload::EDGE_PREFIX.to_vec()
                     } else {
                         self.random_key()
