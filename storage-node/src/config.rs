@@ -207,6 +207,11 @@ pub struct RaftstoreConfig {
     pub pd_heartbeat_tick_interval: ReadableDuration,
     /// How often the node reports its store statistics to PD. Default `10s`.
     pub pd_store_heartbeat_tick_interval: ReadableDuration,
+    /// A leader reports a peer down (`down_peers` in its region heartbeat,
+    /// with the seconds of silence) once nothing has been heard from the
+    /// peer's store for this long; PD replaces it after
+    /// `max-store-down-time`. Default `10m`.
+    pub max_peer_down_duration: ReadableDuration,
     /// Idle regions tick 10× slower (leader heartbeat every 2 s, election
     /// after 10–20 s without one), so thousands of idle regions cost little;
     /// the price is a slower failover for regions that were idle. Default true.
@@ -299,6 +304,7 @@ impl Default for RaftstoreConfig {
             raft_entry_max_size: ReadableSize(8 << 20),
             pd_heartbeat_tick_interval: ReadableDuration(Duration::from_secs(5)),
             pd_store_heartbeat_tick_interval: ReadableDuration(Duration::from_secs(10)),
+            max_peer_down_duration: ReadableDuration(Duration::from_secs(600)),
             hibernate_regions: true,
             raft_log_gc_tick_interval: ReadableDuration(Duration::from_secs(10)),
             raft_log_gc_threshold: 50,

@@ -143,7 +143,12 @@ impl Metrics {
                 "Requests refused with ServerIsBusy.",
                 self.server_is_busy.get(),
             ),
-            ("mnemo_region_count", "gauge", "Region peers on this node.", self.region_count.get()),
+            (
+                "mnemo_region_count",
+                "gauge",
+                "Initialized region peers on this node (holding the region's data).",
+                self.region_count.get(),
+            ),
             ("mnemo_leader_count", "gauge", "Regions led by this node.", self.leader_count.get()),
         ]
     }

@@ -288,6 +288,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         },
         tick_interval: r.raft_base_tick_interval.0,
         pd_heartbeat_interval: r.pd_heartbeat_tick_interval.0,
+        max_peer_down_duration: r.max_peer_down_duration.0,
         split: SplitLimits {
             split_size: cfg.coprocessor.region_split_size.0,
             split_keys: cfg.coprocessor.region_split_keys,

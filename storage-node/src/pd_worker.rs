@@ -82,6 +82,11 @@ impl PdWorker {
             region: Some((&r.region).into()),
             leader: Some(r.leader.into()),
             pending_peers: r.pending_peers.into_iter().map(Into::into).collect(),
+            down_peers: r
+                .down_peers
+                .into_iter()
+                .map(|(peer, down_seconds)| pdpb::PeerStats { peer: Some(peer.into()), down_seconds })
+                .collect(),
             term: r.term,
             approximate_size: r.approximate_size,
             approximate_keys: r.approximate_keys,

@@ -122,6 +122,9 @@ pub struct RegionReport {
     pub leader: PeerMeta,
     /// Peers that need a snapshot or are far behind.
     pub pending_peers: Vec<PeerMeta>,
+    /// Peers whose store has been silent for `max-peer-down-duration`, with
+    /// the seconds of silence.
+    pub down_peers: Vec<(PeerMeta, u64)>,
     pub term: u64,
     /// Bytes and keys at the last split check (0 before the first).
     pub approximate_size: u64,

@@ -44,6 +44,8 @@ pub struct StoreConfig {
     pub tick_interval: Duration,
     /// How often a leader reports its region to PD even if nothing changed.
     pub pd_heartbeat_interval: Duration,
+    /// Silence of a peer's store after which its leader reports it down.
+    pub max_peer_down_duration: Duration,
     /// Split thresholds.
     pub split: SplitLimits,
     /// How often leaders consider a split check (`split-region-check-tick-interval`).
@@ -77,13 +79,18 @@ pub struct Store {
     pd: tokio::sync::mpsc::UnboundedSender<PdTask>,
     logger: slog::Logger,
     metrics: Arc<Metrics>,
-    last_reported: HashMap<RegionId, (Instant, Vec<PeerId>)>,
+    /// Per led region: when it was last reported to PD, and its pending
+    /// and down peers then (a change is reported at once).
+    last_reported: HashMap<RegionId, (Instant, Vec<PeerId>, Vec<PeerId>)>,
     split_checker: crossbeam_channel::Sender<SplitCheckTask>,
     next_split_check: Instant,
     next_log_gc: Instant,
     /// When each other store last sent us anything (store-level liveness,
     /// which wakes hibernating followers whose leader's store went silent).
     last_heard: HashMap<StoreId, Instant>,
+    /// When the store loop started (a store never heard from is silent
+    /// since then).
+    started: Instant,
     /// When the next base tick is due, and how many ticked so far.
     next_tick: Instant,
     tick_no: u64,
@@ -110,6 +117,7 @@ impl Store {
             next_tick: now + cfg.tick_interval,
             tick_no: 0,
             last_heard: HashMap::new(),
+            started: now,
             split_checker,
             store_id,
             cfg,
@@ -851,11 +859,27 @@ impl Store {
             leaders += 1;
             let pending_peers = p.pending_peers();
             let pending: Vec<PeerId> = pending_peers.iter().map(|q| q.id).collect();
+            // Down: nothing heard from the peer's store for
+            // max-peer-down-duration (store pings keep this fresh even while
+            // the region hibernates).
+            let down_peers: Vec<(PeerMeta, u64)> = p
+                .region()
+                .peers
+                .iter()
+                .filter(|q| q.store_id != self.store_id)
+                .filter_map(|q| {
+                    let heard = self.last_heard.get(&q.store_id).copied().unwrap_or(self.started);
+                    let silent = now.saturating_duration_since(heard);
+                    (silent >= self.cfg.max_peer_down_duration).then_some((*q, silent.as_secs()))
+                })
+                .collect();
+            let down: Vec<PeerId> = down_peers.iter().map(|(q, _)| q.id).collect();
             let due = match self.last_reported.get(id) {
                 None => true,
-                Some((at, last_pending)) => {
+                Some((at, last_pending, last_down)) => {
                     p.heartbeat_due
                         || *last_pending != pending
+                        || *last_down != down
                         || now.duration_since(*at) >= self.cfg.pd_heartbeat_interval
                 }
             };
@@ -863,19 +887,25 @@ impl Store {
                 continue;
             }
             p.heartbeat_due = false;
-            self.last_reported.insert(*id, (now, pending));
+            self.last_reported.insert(*id, (now, pending, down));
             let (approximate_size, approximate_keys) = p.approximate.unwrap_or_default();
             let _ = self.pd.send(PdTask::RegionHeartbeat(RegionReport {
                 region: p.region().clone(),
                 leader: p.meta,
                 pending_peers,
+                down_peers,
                 term: p.raw.raft.term,
                 approximate_size,
                 approximate_keys,
             }));
         }
         self.last_reported.retain(|id, _| live.contains(id));
-        self.metrics.region_count.set(self.peers.len() as u64);
+        // Regions whose data this store holds: a peer still waiting for its
+        // first snapshot holds none (and may be left over from a learner
+        // removed before it caught up); PD tombstones a drained store only
+        // once this reaches zero.
+        let initialized = self.peers.values().filter(|p| p.raw.store().is_initialized()).count();
+        self.metrics.region_count.set(initialized as u64);
         self.metrics.leader_count.set(leaders);
     }
 }

@@ -32,7 +32,7 @@ struct TestStore {
     tx: StoreRouter,
     kv: Arc<MemEngine>,
     raft: Arc<MemEngine>,
-    _pd: tokio::sync::mpsc::UnboundedReceiver<PdTask>,
+    pd: tokio::sync::mpsc::UnboundedReceiver<PdTask>,
 }
 
 const ME: StoreId = StoreId(1);
@@ -50,6 +50,7 @@ fn config() -> StoreConfig {
         },
         tick_interval: Duration::from_secs(3600),
         pd_heartbeat_interval: Duration::from_secs(3600),
+        max_peer_down_duration: Duration::from_secs(600),
         split: SplitLimits { split_size: 1 << 30, split_keys: 1 << 30, max_size: 1 << 30, max_keys: 1 << 30 },
         split_check_interval: Duration::from_secs(3600),
         raft_log_gc_interval: Duration::from_secs(3600),
@@ -76,7 +77,7 @@ impl TestStore {
             Arc::new(Metrics::default()),
         )
         .unwrap();
-        TestStore { store, tx, kv, raft, _pd: pd }
+        TestStore { store, tx, kv, raft, pd }
     }
 
     fn new() -> TestStore {
@@ -85,11 +86,17 @@ impl TestStore {
 
     /// A store holding the only voter (peer 11) of region 1 = everything, elected.
     fn with_leader() -> TestStore {
+        TestStore::leading(vec![PeerMeta { id: PeerId(11), store_id: ME, role: PeerRole::Voter }])
+    }
+
+    /// A store whose peer 11 (the only voter, listed first) leads region 1
+    /// = everything, of `peers`, elected.
+    fn leading(peers: Vec<PeerMeta>) -> TestStore {
         let (kv, raft) = (Arc::new(MemEngine::new()), Arc::new(MemEngine::new()));
         let region = Region {
             id: RegionId(1),
             epoch: RegionEpoch { conf_ver: 1, version: 1 },
-            peers: vec![PeerMeta { id: PeerId(11), store_id: ME, role: PeerRole::Voter }],
+            peers,
             ..Default::default()
         };
         let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
@@ -236,6 +243,47 @@ fn a_message_for_a_newer_peer_replaces_a_leftover_empty_peer() {
     s.send(message(5, 52, 51, 1, (b"", b""), heartbeat(52, 51)));
     s.settle();
     assert_eq!(s.store.peers[&RegionId(5)].meta.id, PeerId(55));
+}
+
+#[test]
+fn a_peer_whose_store_stays_silent_is_reported_down_to_pd() {
+    // Region 1: our voter 11 leads; learner 12 lives on store 2, which never
+    // says a word (cut off from us, while perhaps still heartbeating PD).
+    let learner = PeerMeta { id: PeerId(12), store_id: StoreId(2), role: PeerRole::Learner };
+    let mut s =
+        TestStore::leading(vec![PeerMeta { id: PeerId(11), store_id: ME, role: PeerRole::Voter }, learner]);
+    let reports = |s: &mut TestStore, at: Instant| {
+        s.store.report_to_pd(at);
+        let mut out = Vec::new();
+        while let Ok(PdTask::RegionHeartbeat(r)) = s.pd.try_recv() {
+            out.push(r.down_peers);
+        }
+        out
+    };
+    let started = s.store.started;
+    // Silent for less than max-peer-down-duration: not down yet.
+    let early = reports(&mut s, started + Duration::from_secs(60));
+    assert!(early.iter().all(Vec::is_empty), "{early:?}");
+    // Past it: reported down, with the seconds of silence, at once.
+    let late = reports(&mut s, started + Duration::from_secs(660));
+    assert_eq!(late, vec![vec![(learner, 660)]]);
+    // Heard from again: no longer down.
+    s.store.last_heard.insert(StoreId(2), started + Duration::from_secs(665));
+    let back = reports(&mut s, started + Duration::from_secs(670));
+    assert_eq!(back, vec![vec![]]);
+}
+
+#[test]
+fn the_region_count_reported_to_pd_leaves_out_peers_without_data() {
+    // Region 1 is ours; region 5's leader creates an empty peer here that
+    // never gets its snapshot (a learner removed before it caught up). PD
+    // tombstones a drained store only when this count reaches zero.
+    let mut s = TestStore::with_leader();
+    s.send(message(5, 52, 51, 1, (b"", b""), heartbeat(52, 51)));
+    s.settle();
+    assert_eq!(s.store.peers.len(), 2);
+    s.store.report_to_pd(Instant::now());
+    assert_eq!(s.store.metrics.region_count.get(), 1);
 }
 
 #[test]
