@@ -64,7 +64,9 @@ impl Cluster {
 
     /// Splits the regions containing `keys` at those keys, one split
     /// operator per region (`POST /regions/split`). Returns the first steps
-    /// to push, and the regions being split.
+    /// to push, and the regions being split; regions that refuse (one
+    /// manual operator at a time) are left out, and only if every region
+    /// refuses is it an error.
     pub fn split_at_keys(&self, keys: &[Vec<u8>]) -> Result<(Vec<ScheduleOrder>, Vec<RegionId>)> {
         let mut by_region: std::collections::BTreeMap<RegionId, Vec<Vec<u8>>> = Default::default();
         {
@@ -79,12 +81,27 @@ impl Cluster {
                 }
             }
         }
-        let mut orders = Vec::new();
-        for (region, keys) in &by_region {
-            let req = AdminRequest::Split(SplitPolicy::UseKeys(keys.clone()));
-            orders.extend(self.add_operator(*region, &req)?);
+        // Each region on its own: one that refuses (it already has a manual
+        // operator) does not stop the others, whose first steps must still
+        // be pushed. Only if none takes the split is it an error.
+        let (mut orders, mut split, mut refusal) = (Vec::new(), Vec::new(), None);
+        for (region, keys) in by_region {
+            let req = AdminRequest::Split(SplitPolicy::UseKeys(keys));
+            match self.add_operator(region, &req) {
+                Ok(order) => {
+                    orders.extend(order);
+                    split.push(region);
+                }
+                Err(e) => {
+                    warn!(region_id = %region, "split refused: {e}");
+                    refusal.get_or_insert(e);
+                }
+            }
         }
-        Ok((orders, by_region.into_keys().collect()))
+        match refusal {
+            Some(e) if split.is_empty() => Err(e),
+            _ => Ok((orders, split)),
+        }
     }
 
     /// Cancels the operator of `region`; false if it had none.

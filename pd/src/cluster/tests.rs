@@ -414,3 +414,44 @@ fn operators_asked_through_the_api_are_checked_then_handed_out() {
     assert_eq!(regions, vec![id]);
     assert_eq!(orders[0].step, Step::SplitRegion(SplitPolicy::UseKeys(vec![b"b".to_vec(), b"q".to_vec()])));
 }
+
+#[test]
+fn a_split_over_several_regions_goes_ahead_where_it_can() {
+    use crate::schedule::{AdminRequest, SplitPolicy};
+    let (c, parent) = three_replicas(3);
+    let ids = c.ask_batch_split(&parent, 1).unwrap();
+    let left = Region { end_key: b"m".to_vec(), epoch: RegionEpoch { conf_ver: 3, version: 2 }, ..parent };
+    let right = Region {
+        id: ids[0].region_id,
+        start_key: b"m".to_vec(),
+        end_key: vec![],
+        peers: ids[0].peer_ids.iter().zip(1..).map(|(p, s)| voter(p.0, s)).collect(),
+        ..left.clone()
+    };
+    c.report_batch_split(&[left.clone(), right.clone()]).unwrap();
+    // The left region is busy with a manual operator; the right one splits.
+    let split = AdminRequest::Split(SplitPolicy::UseKeys(vec![b"b".to_vec()]));
+    assert!(c.add_operator(left.id, &split).unwrap().is_some());
+    let (orders, regions) = c.split_at_keys(&[b"c".to_vec(), b"x".to_vec()]).unwrap();
+    assert_eq!(regions, vec![right.id]);
+    assert_eq!(orders.iter().map(|o| o.region_id).collect::<Vec<_>>(), vec![right.id]);
+    // Where no region can, it is an error.
+    assert!(c.split_at_keys(&[b"d".to_vec()]).is_err());
+}
+
+#[test]
+fn an_admin_removal_that_would_lose_the_quorum_is_refused() {
+    use crate::region_map::DownPeer;
+    use crate::schedule::AdminRequest;
+    let (c, region) = three_replicas(4);
+    // The leader reports the voter on store 3 down for an hour.
+    let mut hb = heartbeat(&region, voter(3, 1));
+    hb.runtime.down_peers = vec![DownPeer { peer: voter(5, 3), down_seconds: 3600 }];
+    c.region_heartbeat(hb).unwrap();
+    // Removing store 2's voter would leave {1, 3 (down)}: one healthy of two.
+    let err = c.add_operator(region.id, &AdminRequest::RemovePeer { store: StoreId(2) }).unwrap_err();
+    assert!(err.to_string().contains("no quorum"), "{err}");
+    // Removing the down one leaves two healthy voters of two.
+    let order = c.add_operator(region.id, &AdminRequest::RemovePeer { store: StoreId(3) }).unwrap();
+    assert_eq!(order.map(|o| o.step), Some(Step::RemovePeer(voter(5, 3))));
+}

@@ -7,7 +7,7 @@
 //! removing the worst-placed voter, and a `remove-peer` by a new replica
 //! elsewhere — as in PD.
 
-use mnemo_proto::types::{PeerRole, RegionId, StoreId};
+use mnemo_proto::types::{Peer, PeerRole, RegionId, StoreId};
 
 use super::context::{ClusterSnapshot, Ctx};
 use super::controller::OperatorController;
@@ -92,6 +92,17 @@ pub fn plan(req: &AdminRequest, info: &RegionInfo, ctx: &Ctx<'_>) -> Result<Prop
             let peer = peer_on(*store)?;
             if peer.role == PeerRole::Voter && r.voters().count() == 1 {
                 return Err(format!("peer {} is the region's only voter", peer.id));
+            }
+            // The voters left must still form a quorum of healthy ones, or
+            // the region stops (e.g. removing B from {A, B, C on a Down store}).
+            let left: Vec<&Peer> = r.voters().filter(|v| v.id != peer.id).collect();
+            let healthy = left.iter().filter(|v| ctx.is_healthy(v, info)).count();
+            if peer.role == PeerRole::Voter && healthy < left.len() / 2 + 1 {
+                return Err(format!(
+                    "removing peer {} would leave {healthy} healthy of {} voters: no quorum",
+                    peer.id,
+                    left.len()
+                ));
             }
             Plan::Remove(peer)
         }

@@ -95,13 +95,13 @@ impl<'a> Ctx<'a> {
         info.runtime.pending_peers.iter().any(|p| p.id == peer.id)
     }
 
-    /// True if `peer` has been catching up for longer than an operator may
-    /// take (`schedule.operator-timeout`): whatever added it has given up
-    /// on it (its snapshot was dropped, its operator timed out), and it
-    /// will not catch up on its own.
+    /// True if `peer` has been catching up for twice as long as an operator
+    /// may take (`schedule.operator-timeout`): the operator that added it
+    /// gave up, and a full operator's time later it has still not caught
+    /// up (its snapshot was dropped); it will not on its own.
     pub fn is_pending_too_long(&self, peer: &Peer, info: &RegionInfo) -> bool {
         info.runtime.pending_since.get(&peer.id).is_some_and(|since| {
-            self.snap.now.duration_since(*since).unwrap_or_default() >= self.settings.operator_timeout
+            self.snap.now.duration_since(*since).unwrap_or_default() >= 2 * self.settings.operator_timeout
         })
     }
 

@@ -91,8 +91,9 @@ pub struct Operator {
     pub split_sent: Option<SystemTime>,
 }
 
-/// A split step not done this long after it was sent is sent again (the
-/// leader's proposal may have been dropped); sooner, PD waits.
+/// A split step not done this long after it was sent (or half the
+/// operator's timeout, if shorter) is sent again: the leader's proposal may
+/// have been dropped. Sooner, PD waits.
 pub const SPLIT_RESEND_AFTER: Duration = Duration::from_secs(5);
 
 impl Operator {
@@ -151,7 +152,7 @@ impl Operator {
         }
         if let Step::SplitRegion(_) = step {
             let since = self.split_sent.map(|at| now.duration_since(at).unwrap_or_default());
-            if since.is_some_and(|d| d < SPLIT_RESEND_AFTER) {
+            if since.is_some_and(|d| d < SPLIT_RESEND_AFTER.min(self.timeout / 2)) {
                 return Progress::Wait;
             }
             self.split_sent = Some(now);

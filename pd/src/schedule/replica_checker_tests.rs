@@ -156,7 +156,10 @@ fn a_learner_pending_longer_than_an_operator_may_take_is_given_up() {
     r.runtime.pending_peers = vec![learner(11, 2)];
     r.runtime.pending_since = BTreeMap::from([(PeerId(11), w.now - Duration::from_secs(10))]);
     assert_eq!(w.check(&r), None, "still within operator-timeout: wait");
+    // Its operator timed out, yet its snapshot may still be on the way.
     r.runtime.pending_since = BTreeMap::from([(PeerId(11), w.now - w.settings.operator_timeout)]);
+    assert_eq!(w.check(&r), None, "one operator-timeout: still waiting");
+    r.runtime.pending_since = BTreeMap::from([(PeerId(11), w.now - 2 * w.settings.operator_timeout)]);
     assert_eq!(w.check(&r), Some(Plan::Remove(learner(11, 2))));
 }
 
@@ -235,7 +238,7 @@ fn offline_stores_are_drained_even_of_leaders() {
 }
 
 #[test]
-fn the_leader_is_never_removed_as_extra() {
+fn a_healthy_leader_is_not_removed_as_extra_while_a_follower_can_go() {
     let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).store(4, &[]).regions_on(1, 100);
     let r = region(vec![voter(10, 1), voter(11, 2), voter(12, 3), voter(13, 4)]);
     let Some(Plan::Remove(peer)) = w.check(&r) else { panic!("expected a removal") };
