@@ -390,6 +390,14 @@ impl NodeConfig {
         if r.raft_base_tick_interval.0.is_zero() {
             return Err("raftstore.raft-base-tick-interval must be positive".into());
         }
+        let election = r.raft_base_tick_interval.0 * r.raft_election_timeout_ticks as u32;
+        if r.max_peer_down_duration.0 < 2 * election {
+            return Err(format!(
+                "raftstore.max-peer-down-duration ({:?}) must be at least twice the election timeout \
+                 ({:?}): stores ping each other about that often",
+                r.max_peer_down_duration.0, election
+            ));
+        }
         if r.leader_lease() > r.max_safe_lease() {
             return Err(format!(
                 "raftstore.raft-store-max-leader-lease ({} ms) must not exceed {} ms: the shortest \
@@ -491,6 +499,15 @@ mod tests {
         let mut c = NodeConfig { pd_endpoints: vec!["x:1".into()], ..Default::default() };
         c.raftstore.raft_store_max_leader_lease = Some(ReadableDuration(Duration::from_secs(2)));
         assert!(c.validate().unwrap_err().contains("must not exceed 810 ms"));
+    }
+
+    #[test]
+    fn a_peer_down_duration_shorter_than_store_pings_can_refresh_is_rejected() {
+        let mut c = NodeConfig { pd_endpoints: vec!["x:1".into()], ..Default::default() };
+        c.raftstore.max_peer_down_duration = ReadableDuration(Duration::from_millis(500));
+        assert!(c.validate().unwrap_err().contains("max-peer-down-duration"));
+        c.raftstore.max_peer_down_duration = ReadableDuration(Duration::from_secs(2));
+        c.validate().unwrap();
     }
 
     #[test]

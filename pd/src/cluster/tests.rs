@@ -454,4 +454,18 @@ fn an_admin_removal_that_would_lose_the_quorum_is_refused() {
     // Removing the down one leaves two healthy voters of two.
     let order = c.add_operator(region.id, &AdminRequest::RemovePeer { store: StoreId(3) }).unwrap();
     assert_eq!(order.map(|o| o.step), Some(Step::RemovePeer(voter(5, 3))));
+
+    // Long before a peer is reported down, a store that went silent cannot
+    // vote: here store 3 never heartbeats at all.
+    let c = open_mem(Config::default());
+    c.bootstrap(store(1), first_region()).unwrap();
+    for id in 1..=4 {
+        c.put_store(store(id)).unwrap();
+        if id != 3 {
+            c.store_heartbeat(StoreId(id), StoreStats::default()).unwrap();
+        }
+    }
+    c.region_heartbeat(heartbeat(&region, voter(3, 1))).unwrap();
+    let err = c.add_operator(region.id, &AdminRequest::RemovePeer { store: StoreId(2) }).unwrap_err();
+    assert!(err.to_string().contains("no quorum"), "{err}");
 }

@@ -93,13 +93,14 @@ pub fn plan(req: &AdminRequest, info: &RegionInfo, ctx: &Ctx<'_>) -> Result<Prop
             if peer.role == PeerRole::Voter && r.voters().count() == 1 {
                 return Err(format!("peer {} is the region's only voter", peer.id));
             }
-            // The voters left must still form a quorum of healthy ones, or
-            // the region stops (e.g. removing B from {A, B, C on a Down store}).
+            // The voters left must still form a quorum of voters that can
+            // vote now, or the region stops (e.g. removing B from {A, B, C
+            // whose store went silent}).
             let left: Vec<&Peer> = r.voters().filter(|v| v.id != peer.id).collect();
-            let healthy = left.iter().filter(|v| ctx.is_healthy(v, info)).count();
-            if peer.role == PeerRole::Voter && healthy < left.len() / 2 + 1 {
+            let live = left.iter().filter(|v| ctx.can_vote_now(v, info)).count();
+            if peer.role == PeerRole::Voter && live < left.len() / 2 + 1 {
                 return Err(format!(
-                    "removing peer {} would leave {healthy} healthy of {} voters: no quorum",
+                    "removing peer {} would leave {live} live of {} voters: no quorum",
                     peer.id,
                     left.len()
                 ));

@@ -90,6 +90,20 @@ impl<'a> Ctx<'a> {
         !info.runtime.down_peers.iter().any(|d| d.peer.id == peer.id && d.down_seconds >= limit)
     }
 
+    /// True if `peer` can take part in a vote right now, as far as PD can
+    /// tell: its store (Up or Offline: a draining store still votes) sent a
+    /// heartbeat within the disconnect window, and the leader reports it
+    /// neither down nor catching up. Stricter than [`Ctx::is_healthy`],
+    /// which waits for `max-store-down-time` before giving up on a store.
+    pub fn can_vote_now(&self, peer: &Peer, info: &RegionInfo) -> bool {
+        self.snap
+            .stores
+            .get(&peer.store_id)
+            .is_some_and(|s| s.meta.state != StoreState::Tombstone && s.recently_heartbeated(self.snap.now))
+            && !info.runtime.down_peers.iter().any(|d| d.peer.id == peer.id)
+            && !self.is_pending(peer, info)
+    }
+
     /// True if the leader lists `peer` as catching up.
     pub fn is_pending(&self, peer: &Peer, info: &RegionInfo) -> bool {
         info.runtime.pending_peers.iter().any(|p| p.id == peer.id)

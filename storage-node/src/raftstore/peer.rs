@@ -208,6 +208,10 @@ pub struct Peer {
     /// tick. A leader decides it (and tells followers in its messages);
     /// any activity wakes it.
     pub hibernating: bool,
+    /// As leader: when it first counted each other peer of the region (a
+    /// peer it has just added, or found on taking over, is not down for a
+    /// silence that began before; see [`Peer::counted_since`]).
+    pub(super) counted_since: HashMap<PeerId, Instant>,
     idle_ticks: usize,
     cfg: PeerConfig,
 }
@@ -258,6 +262,7 @@ impl Peer {
             region_state_changed: false,
             conf_changes_applied: 0,
             hibernating: false,
+            counted_since: HashMap::new(),
             idle_ticks: 0,
             cfg,
         })
@@ -668,9 +673,21 @@ impl Peer {
         res
     }
 
+    /// Since when this leader has counted each other peer of the region
+    /// (from now, for peers it has not seen yet); forgets peers that left.
+    pub fn counted_since(&mut self, now: Instant) -> HashMap<PeerId, Instant> {
+        let region = self.raw.store().region.clone();
+        self.counted_since.retain(|id, _| region.peer(*id).is_some());
+        for q in &region.peers {
+            self.counted_since.entry(q.id).or_insert(now);
+        }
+        self.counted_since.clone()
+    }
+
     /// Handles a role or term change: pending work from the old term fails.
     pub fn on_soft_state_change(&mut self, replies: &mut Vec<Reply>) {
         self.heartbeat_due = true;
+        self.counted_since.clear();
         self.observe_transfer();
         self.lease_until = None;
         if !self.is_leader() {

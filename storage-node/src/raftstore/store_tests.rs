@@ -261,16 +261,21 @@ fn a_peer_whose_store_stays_silent_is_reported_down_to_pd() {
         out
     };
     let started = s.store.started;
-    // Silent for less than max-peer-down-duration: not down yet.
-    let early = reports(&mut s, started + Duration::from_secs(60));
+    let at = |secs| started + Duration::from_secs(secs);
+    // The leader counts the learner from its first report on (+60 s here).
+    s.store.peers.get_mut(&RegionId(1)).unwrap().counted_since.clear();
+    let early = reports(&mut s, at(60));
     assert!(early.iter().all(Vec::is_empty), "{early:?}");
-    // Past it: reported down, with the seconds of silence, at once.
-    let late = reports(&mut s, started + Duration::from_secs(660));
-    assert_eq!(late, vec![vec![(learner, 660)]]);
+    // Store 2 has been silent since the start, but counted only for 580 s:
+    // a peer just added (or found on taking over) is not down at once.
+    s.store.peers.get_mut(&RegionId(1)).unwrap().heartbeat_due = true;
+    assert_eq!(reports(&mut s, at(640)), vec![vec![]]);
+    // Past max-peer-down-duration of counted silence: reported down, with
+    // the seconds of silence, at once.
+    assert_eq!(reports(&mut s, at(661)), vec![vec![(learner, 601)]]);
     // Heard from again: no longer down.
-    s.store.last_heard.insert(StoreId(2), started + Duration::from_secs(665));
-    let back = reports(&mut s, started + Duration::from_secs(670));
-    assert_eq!(back, vec![vec![]]);
+    s.store.last_heard.insert(StoreId(2), at(665));
+    assert_eq!(reports(&mut s, at(670)), vec![vec![]]);
 }
 
 #[test]
