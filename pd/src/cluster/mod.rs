@@ -46,6 +46,11 @@ pub struct Cluster {
     member: Member,
     cluster_id: u64,
     alive_since: SystemTime,
+    /// The timestamp oracle, under its own lock: a timestamp never waits
+    /// for heartbeats, scheduling or HTTP work on `inner`, except for the
+    /// write of a new window bound (about every 2 s), which goes through
+    /// `inner` like any metadata change. Lock order: `tso`, then `inner`.
+    tso: Mutex<TsoAllocator>,
     inner: Mutex<Inner>,
 }
 
@@ -53,7 +58,6 @@ struct Inner {
     sm: StateMachine,
     replicator: Box<dyn Replicator>,
     ids: IdAllocator,
-    tso: TsoAllocator,
     operators: OperatorController,
     coordinator: Coordinator,
     /// The effective config: file and flags, then run-time changes.
@@ -158,7 +162,6 @@ impl Cluster {
             sm,
             replicator,
             ids,
-            tso,
             operators: OperatorController::default(),
             coordinator,
             config,
@@ -178,7 +181,13 @@ impl Cluster {
             schedulers = %inner.coordinator.schedulers().iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
             "metadata loaded"
         );
-        Ok(Cluster { member, cluster_id, alive_since: SystemTime::now(), inner: Mutex::new(inner) })
+        Ok(Cluster {
+            member,
+            cluster_id,
+            alive_since: SystemTime::now(),
+            tso: Mutex::new(tso),
+            inner: Mutex::new(inner),
+        })
     }
 
     /// The cluster id (nonzero, fixed for the cluster's life).
@@ -259,14 +268,14 @@ impl Cluster {
         if count == 0 || u64::from(count) > MAX_LOGICAL {
             return Err(Error::InvalidArgument(format!("tso count {count} must be in 1..={MAX_LOGICAL}")));
         }
-        let mut inner = self.inner.lock();
+        let mut tso = self.tso.lock();
         loop {
             let now_ms = crate::time::unix_ms(SystemTime::now());
-            match inner.tso.alloc(count, now_ms) {
+            match tso.alloc(count, now_ms) {
                 TsoStep::Ready(ts) => return Ok(ts),
                 TsoStep::NeedSave { bound_ms } => {
-                    inner.propose(Command::TsoWindow { physical_ms: bound_ms })?;
-                    inner.tso.saved(bound_ms);
+                    self.inner.lock().propose(Command::TsoWindow { physical_ms: bound_ms })?;
+                    tso.saved(bound_ms);
                 }
             }
         }

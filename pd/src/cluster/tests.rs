@@ -83,6 +83,20 @@ fn ids_tso_and_cluster_id_survive_a_restart() {
 }
 
 #[test]
+fn timestamps_never_wait_for_work_holding_the_metadata_lock() {
+    let c = Arc::new(open_mem(Config::default()));
+    c.tso(1).unwrap(); // the first window's bound is written
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Held as long as a slow heartbeat, patrol or HTTP listing would.
+    c.read(|_| {
+        let c = c.clone();
+        std::thread::spawn(move || tx.send(c.tso(1).map(|t| t.compose())).unwrap());
+        let ts = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert!(matches!(ts, Ok(Ok(_))), "no timestamp while the metadata lock was held: {ts:?}");
+    });
+}
+
+#[test]
 fn racing_bootstraps_have_one_winner() {
     let c = Arc::new(open_mem(Config::default()));
     let results: Vec<_> = (1..=4)
