@@ -144,12 +144,7 @@ fn stores_register_and_tombstones_stay_out() {
 
 #[test]
 fn a_lone_region_is_replicated_step_by_step() {
-    let c = open_mem(Config::default());
-    c.bootstrap(store(1), first_region()).unwrap();
-    for id in 1..=3 {
-        c.put_store(store(id)).unwrap();
-        c.store_heartbeat(StoreId(id), StoreStats::default()).unwrap();
-    }
+    let c = lone_region(3);
     let leader = voter(3, 1);
     let mut region = first_region();
 
@@ -177,6 +172,18 @@ fn a_lone_region_is_replicated_step_by_step() {
     let Step::AddLearner(third) = order.step else { panic!("expected AddLearner, got {order:?}") };
     assert!(![StoreId(1), learner.store_id].contains(&third.store_id));
     c.read(|v| assert_eq!(v.operators.len(), 1));
+}
+
+#[test]
+fn an_operator_that_sends_a_snapshot_gets_time_by_region_size() {
+    let c = lone_region(3);
+    // A lone 512 MiB replica: PD adds a learner, which needs a snapshot.
+    let mut hb = heartbeat(&first_region(), voter(3, 1));
+    hb.runtime.approximate_size = 512 << 20;
+    let order = c.region_heartbeat(hb).unwrap().expect("an order");
+    assert!(matches!(order.step, Step::AddLearner(_)), "{order:?}");
+    let timeout = c.read(|v| v.operators.get(first_region().id).map(|op| op.timeout));
+    assert_eq!(timeout, Some(std::time::Duration::from_secs(60 + 512)));
 }
 
 #[test]
@@ -223,14 +230,21 @@ fn heartbeats_update_the_map_and_stale_ones_are_ignored() {
 }
 
 /// A cluster bootstrapped with stores 1..=n, all heartbeating, and region 2
-/// on stores 1..=3 led from store 1.
-fn three_replicas(n: u64) -> (Cluster, Region) {
+/// with its one replica on store 1.
+fn lone_region(n: u64) -> Cluster {
     let c = open_mem(Config::default());
     c.bootstrap(store(1), first_region()).unwrap();
     for id in 1..=n {
         c.put_store(store(id)).unwrap();
         c.store_heartbeat(StoreId(id), StoreStats::default()).unwrap();
     }
+    c
+}
+
+/// A cluster bootstrapped with stores 1..=n, all heartbeating, and region 2
+/// on stores 1..=3 led from store 1.
+fn three_replicas(n: u64) -> (Cluster, Region) {
+    let c = lone_region(n);
     let region = Region {
         epoch: RegionEpoch { conf_ver: 3, version: 1 },
         peers: vec![voter(3, 1), voter(4, 2), voter(5, 3)],

@@ -110,12 +110,14 @@ impl<'a> Ctx<'a> {
     }
 
     /// True if `peer` has been catching up for twice as long as an operator
-    /// may take (`schedule.operator-timeout`): the operator that added it
-    /// gave up, and a full operator's time later it has still not caught
-    /// up (its snapshot was dropped); it will not on its own.
+    /// adding it may take ([`Settings::snapshot_timeout`]: grows with the
+    /// region's size): the operator that added it gave up, and a full
+    /// operator's time later it has still not caught up (its snapshot was
+    /// dropped); it will not on its own.
     pub fn is_pending_too_long(&self, peer: &Peer, info: &RegionInfo) -> bool {
         info.runtime.pending_since.get(&peer.id).is_some_and(|since| {
-            self.snap.now.duration_since(*since).unwrap_or_default() >= 2 * self.settings.operator_timeout
+            self.snap.now.duration_since(*since).unwrap_or_default()
+                >= 2 * self.settings.snapshot_timeout(info)
         })
     }
 

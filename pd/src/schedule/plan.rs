@@ -145,8 +145,10 @@ pub fn build(
         }
         Plan::Split(policy) => vec![Step::SplitRegion(policy.clone())],
     };
+    let sends_snapshot = steps.iter().any(|s| matches!(s, Step::AddLearner(_)));
     let timeout = match p.kind {
         OpKind::Leader => ctx.settings.operator_timeout.min(LEADER_OPERATOR_TIMEOUT),
+        _ if sends_snapshot => ctx.settings.snapshot_timeout(info),
         _ => ctx.settings.operator_timeout,
     };
     Ok(Operator::new(&info.region, p.kind, p.desc, steps, ctx.snap.now, timeout))

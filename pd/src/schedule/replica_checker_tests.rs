@@ -159,8 +159,13 @@ fn a_learner_pending_longer_than_an_operator_may_take_is_given_up() {
     // Its operator timed out, yet its snapshot may still be on the way.
     r.runtime.pending_since = BTreeMap::from([(PeerId(11), w.now - w.settings.operator_timeout)]);
     assert_eq!(w.check(&r), None, "one operator-timeout: still waiting");
-    r.runtime.pending_since = BTreeMap::from([(PeerId(11), w.now - 2 * w.settings.operator_timeout)]);
+    let twice = 2 * w.settings.snapshot_timeout(&r);
+    r.runtime.pending_since = BTreeMap::from([(PeerId(11), w.now - twice)]);
     assert_eq!(w.check(&r), Some(Plan::Remove(learner(11, 2))));
+    // A 1 GiB region's snapshot takes longer: the same wait is not enough.
+    r.runtime.approximate_size = 1 << 30;
+    assert_eq!(w.check(&r), None, "a big region's learner gets more time");
+    assert_eq!(w.settings.snapshot_timeout(&r), w.settings.operator_timeout + Duration::from_secs(1024));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::region_map::RegionInfo;
 
 /// Scheduling configuration, one flat struct.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +34,19 @@ pub struct Settings {
 /// target lags or is gone. Dropping it frees a `leader-schedule-limit` slot.
 pub const LEADER_OPERATOR_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Extra time an operator that sends a snapshot gets per MiB of region: a
+/// snapshot is assumed to move at 1 MiB/s or better, even on a busy store.
+pub const SNAPSHOT_SECS_PER_MIB: u64 = 1;
+
 impl Settings {
+    /// Life of an operator that adds a peer to `info`'s region (the new
+    /// peer needs a snapshot of it): `operator-timeout` plus
+    /// [`SNAPSHOT_SECS_PER_MIB`] per MiB of region, so a big region's
+    /// snapshot is not cut short and started again for ever.
+    pub fn snapshot_timeout(&self, info: &RegionInfo) -> Duration {
+        self.operator_timeout + Duration::from_secs(info.weight().saturating_mul(SNAPSHOT_SECS_PER_MIB))
+    }
+
     /// The settings of `config`.
     pub fn from_config(config: &Config) -> Settings {
         let (s, r) = (&config.schedule, &config.replication);
