@@ -920,7 +920,6 @@ impl Nemesis {
         order
     }
 
-    /// The region containing `key`, as PD lists it.
     /// Where `key`'s region leads from, and one of its followers chosen at
     /// random.
     fn leader_and_a_follower(&mut self, key: &[u8]) -> Option<LeaderLink> {
@@ -937,6 +936,7 @@ impl Nemesis {
         Some(LeaderLink { region_id: region["id"].as_u64()?, leader, leader_store, follower_store })
     }
 
+    /// The region containing `key`, as PD lists it.
     fn region_of(&self, key: &[u8]) -> Option<serde_json::Value> {
         self.cluster.regions().into_iter().find(|r| {
             let start = crate::cluster::unhex(r["start_key"].as_str().unwrap_or(""));

@@ -9,7 +9,7 @@ use super::{validate_store, Cluster};
 use crate::error::{Error, Result};
 use crate::meta::Command;
 use crate::schedule;
-use crate::store::{StoreInfo, StoreMeta, StoreState, StoreStats, StoreStatus};
+use crate::store::{StoreInfo, StoreMeta, StoreState, StoreStats};
 
 impl Cluster {
     /// Registers a store or updates its address, labels and version. The
@@ -110,13 +110,7 @@ impl Cluster {
                 let up = snap
                     .stores
                     .keys()
-                    .filter(|s| **s != id)
-                    .filter(|s| {
-                        matches!(
-                            snap.status(**s, settings.max_store_down_time),
-                            Some(StoreStatus::Up | StoreStatus::Disconnected)
-                        )
-                    })
+                    .filter(|s| **s != id && snap.is_up(**s, settings.max_store_down_time))
                     .count();
                 if up < settings.max_replicas {
                     return Err(Error::InvalidArgument(format!(

@@ -32,6 +32,12 @@ impl ClusterSnapshot<'_> {
     pub fn status(&self, store: StoreId, max_down: std::time::Duration) -> Option<StoreStatus> {
         Some(self.stores.get(&store)?.status(self.now, self.alive_since, max_down))
     }
+
+    /// True if `store` is Up, or only Disconnected (it may be restarting):
+    /// still a place for the replicas it holds.
+    pub fn is_up(&self, store: StoreId, max_down: std::time::Duration) -> bool {
+        matches!(self.status(store, max_down), Some(StoreStatus::Up | StoreStatus::Disconnected))
+    }
 }
 
 /// Everything a decision reads.
@@ -82,9 +88,8 @@ impl<'a> Ctx<'a> {
     /// `max-store-down-time`. (A store that merely went quiet — Disconnected —
     /// may be restarting; moving its data would be premature.)
     pub fn is_healthy(&self, peer: &Peer, info: &RegionInfo) -> bool {
-        match self.status(peer.store_id) {
-            Some(StoreStatus::Up | StoreStatus::Disconnected) => {}
-            _ => return false,
+        if !self.snap.is_up(peer.store_id, self.settings.max_store_down_time) {
+            return false;
         }
         let limit = self.settings.max_store_down_time.as_secs();
         !info.runtime.down_peers.iter().any(|d| d.peer.id == peer.id && d.down_seconds >= limit)

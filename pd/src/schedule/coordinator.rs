@@ -122,12 +122,7 @@ impl Coordinator {
     ) -> Vec<ScheduleOrder> {
         // Operators that can no longer finish: expired, region gone, or
         // moving something onto a store that went Down or Offline meanwhile.
-        let unusable = |store| {
-            !matches!(
-                snap.status(store, settings.max_store_down_time),
-                Some(StoreStatus::Up | StoreStatus::Disconnected)
-            )
-        };
+        let unusable = |store| !snap.is_up(store, settings.max_store_down_time);
         let doomed: Vec<(RegionId, &'static str)> = ops
             .iter()
             .filter_map(|op| {

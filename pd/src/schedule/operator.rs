@@ -166,11 +166,15 @@ impl Operator {
     /// arrives late, twice, or after its operator was dropped can never
     /// act on a membership it was not planned for.
     pub fn step_epoch(&self) -> RegionEpoch {
-        let done = &self.steps[..self.current.min(self.steps.len())];
         RegionEpoch {
-            conf_ver: self.epoch.conf_ver + done.iter().map(Step::conf_ver_delta).sum::<u64>(),
+            conf_ver: self.epoch.conf_ver + self.done_conf_ver_delta(),
             version: self.epoch.version,
         }
+    }
+
+    /// The `conf_ver` moves of the steps before the current one.
+    fn done_conf_ver_delta(&self) -> u64 {
+        self.steps[..self.current.min(self.steps.len())].iter().map(Step::conf_ver_delta).sum()
     }
 
     /// How much of the region's `conf_ver` move since creation its own
@@ -178,9 +182,8 @@ impl Operator {
     /// current one, and what of the current one is visible (it may have
     /// taken effect since it was sent).
     fn conf_ver_changed(&self, info: &RegionInfo) -> u64 {
-        let done = &self.steps[..self.current.min(self.steps.len())];
         let current = self.steps.get(self.current).map_or(0, |step| step.conf_ver_shown(info, self.epoch));
-        done.iter().map(Step::conf_ver_delta).sum::<u64>() + current
+        self.done_conf_ver_delta() + current
     }
 
     /// True once `timeout` has passed since creation.

@@ -9,8 +9,9 @@
 //!
 //! 1. an unhealthy learner is removed, and so is one still catching up on a
 //!    store that stopped heartbeating (it would block the region until the
-//!    store is declared Down) or for twice `operator-timeout` (what added
-//!    it gave up, and it still has not caught up: a dropped snapshot);
+//!    store is declared Down) or for twice the time an operator adding it
+//!    gets (`operator-timeout` plus 1 s per MiB of region: what added it
+//!    gave up, and it still has not caught up, e.g. a dropped snapshot);
 //! 2. a caught-up learner is promoted if healthy voters are missing —
 //!    swapped in for an unhealthy voter in one joint change when the region
 //!    already has `max-replicas` voters — else removed as extra; a learner

@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use mnemo_proto::raft_serverpb::{BatchSplit, ConfChangeContext, RaftCommand, RaftRequestHeader};
-use mnemo_proto::types::{Peer as PeerMeta, PeerId, PeerRole, Region, RegionEpoch, RegionId};
+use mnemo_proto::types::{Peer as PeerMeta, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message as RaftMsg, MessageType};
@@ -673,15 +673,27 @@ impl Peer {
         res
     }
 
-    /// Since when this leader has counted each other peer of the region
-    /// (from now, for peers it has not seen yet); forgets peers that left.
-    pub fn counted_since(&mut self, now: Instant) -> HashMap<PeerId, Instant> {
-        let region = self.raw.store().region.clone();
-        self.counted_since.retain(|id, _| region.peer(*id).is_some());
-        for q in &region.peers {
-            self.counted_since.entry(q.id).or_insert(now);
+    /// As leader: the other peers silent for `limit` or longer, with the
+    /// seconds of silence. A peer is silent since its store was last heard
+    /// from (`heard`), but never longer than this leader has counted it (a
+    /// peer it just added, or found on taking over, starts at `now`).
+    pub fn down_peers(
+        &mut self,
+        now: Instant,
+        limit: Duration,
+        heard: impl Fn(StoreId) -> Instant,
+    ) -> Vec<(PeerMeta, u64)> {
+        let (region, counted) = (&self.raw.store().region, &mut self.counted_since);
+        counted.retain(|id, _| region.peer(*id).is_some());
+        let mut down = Vec::new();
+        for q in region.peers.iter().filter(|q| q.id != self.meta.id) {
+            let since = heard(q.store_id).max(*counted.entry(q.id).or_insert(now));
+            let silent = now.saturating_duration_since(since);
+            if silent >= limit {
+                down.push((*q, silent.as_secs()));
+            }
         }
-        self.counted_since.clone()
+        down
     }
 
     /// Handles a role or term change: pending work from the old term fails.
@@ -992,8 +1004,6 @@ fn decode_conf_change(e: &Entry) -> Result<(Option<u64>, ConfChangeV2)> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-
-    use mnemo_proto::types::StoreId;
 
     use super::*;
     use crate::engine::{Cf, MemEngine, ScanRange};

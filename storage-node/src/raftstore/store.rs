@@ -861,21 +861,11 @@ impl Store {
             let pending: Vec<PeerId> = pending_peers.iter().map(|q| q.id).collect();
             // Down: nothing heard from the peer's store for
             // max-peer-down-duration (store pings keep this fresh even while
-            // the region hibernates), counted from when this leader first
-            // counted the peer at the earliest.
-            let counted = p.counted_since(now);
-            let down_peers: Vec<(PeerMeta, u64)> = p
-                .region()
-                .peers
-                .iter()
-                .filter(|q| q.store_id != self.store_id)
-                .filter_map(|q| {
-                    let heard = self.last_heard.get(&q.store_id).copied().unwrap_or(self.started);
-                    let heard = counted.get(&q.id).map_or(heard, |c| heard.max(*c));
-                    let silent = now.saturating_duration_since(heard);
-                    (silent >= self.cfg.max_peer_down_duration).then_some((*q, silent.as_secs()))
-                })
-                .collect();
+            // the region hibernates).
+            let (last_heard, started) = (&self.last_heard, self.started);
+            let down_peers = p.down_peers(now, self.cfg.max_peer_down_duration, |store| {
+                last_heard.get(&store).copied().unwrap_or(started)
+            });
             let down: Vec<PeerId> = down_peers.iter().map(|(q, _)| q.id).collect();
             let due = match self.last_reported.get(id) {
                 None => true,
