@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/eraftpb.proto",
         "proto/pdpb.proto",
         "proto/raft_serverpb.proto",
+        "proto/pd_raftpb.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

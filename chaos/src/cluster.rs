@@ -1,5 +1,6 @@
-//! A local cluster of real processes: one `mnemo-pd` and N `mnemo-node`s on
-//! loopback, each with its own data directory under one temporary root.
+//! A local cluster of real processes: one or more `mnemo-pd` members (a PD
+//! raft group) and N `mnemo-node`s on loopback, each with its own data
+//! directory under one temporary root.
 //!
 //! Used by the process tests, `mnemo-bench --spawn`, and (later) the chaos
 //! harness, so there is one launcher. Nodes can be killed with SIGKILL and
@@ -28,6 +29,8 @@ pub struct ClusterConfig {
     pub node_toml: String,
     /// Extra TOML appended to PD's config file.
     pub pd_toml: String,
+    /// PD members (one raft group); 1 by default.
+    pub pd_members: usize,
     /// `--labels` of node i (0-based), if any (e.g. `zone=z1,host=h1`).
     pub node_labels: Vec<String>,
     /// Extra command-line arguments of every node (e.g. test-only flags).
@@ -65,6 +68,7 @@ impl Default for ClusterConfig {
             node_toml: "[raftstore]\npd-heartbeat-tick-interval = \"1s\"\npd-store-heartbeat-tick-interval = \"1s\"\n"
                 .into(),
             pd_toml: String::new(),
+            pd_members: 1,
             node_labels: Vec::new(),
             node_args: Vec::new(),
             netns: false,
@@ -139,8 +143,9 @@ impl Proc {
 pub struct Cluster {
     root: PathBuf,
     keep: bool,
-    pd: Proc,
-    pd_addr: String,
+    /// PD members, and their client addresses (`host:port`).
+    pds: Vec<Proc>,
+    pd_addrs: Vec<String>,
     nodes: Vec<Proc>,
     node_addrs: Vec<String>,
     status_addrs: Vec<String>,
@@ -211,30 +216,41 @@ impl Cluster {
         let net = cfg.netns.then(|| Network::create(cfg.nodes).unwrap_or_else(|e| panic!("network: {e}")));
         let host = net.as_ref().map_or("127.0.0.1".to_string(), |n| n.gateway_ip().to_string());
         let bins = bin_dir();
-        let pd_port = free_port();
-        let peer_port = free_port();
-        let pd_addr = format!("{host}:{pd_port}");
         std::fs::write(root.join("pd.toml"), &cfg.pd_toml).expect("write pd.toml");
-        let pd_args = vec![
-            "--name".into(),
-            "pd1".into(),
-            "--data-dir".into(),
-            root.join("pd1").display().to_string(),
-            "--client-urls".into(),
-            format!("http://{pd_addr}"),
-            "--peer-urls".into(),
-            format!("http://{host}:{peer_port}"),
-            "--initial-cluster".into(),
-            format!("pd1=http://{host}:{peer_port}"),
-            "--config".into(),
-            root.join("pd.toml").display().to_string(),
-        ];
-        let pd = Proc::spawn(&bins.join("mnemo-pd"), &pd_args, &root.join("pd1.log"));
+        let members = cfg.pd_members.max(1);
+        let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("pd{}=http://{host}:{peer}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut pds = Vec::new();
+        let mut pd_addrs = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("pd{}", i + 1);
+            let pd_args = vec![
+                "--name".into(),
+                name.clone(),
+                "--data-dir".into(),
+                root.join(&name).display().to_string(),
+                "--client-urls".into(),
+                format!("http://{host}:{client}"),
+                "--peer-urls".into(),
+                format!("http://{host}:{peer}"),
+                "--initial-cluster".into(),
+                initial.clone(),
+                "--config".into(),
+                root.join("pd.toml").display().to_string(),
+            ];
+            pds.push(Proc::spawn(&bins.join("mnemo-pd"), &pd_args, &root.join(format!("{name}.log"))));
+            pd_addrs.push(format!("{host}:{client}"));
+        }
         let mut cluster = Cluster {
             root,
             keep,
-            pd,
-            pd_addr,
+            pds,
+            pd_addrs,
             nodes: Vec::new(),
             node_addrs: Vec::new(),
             status_addrs: Vec::new(),
@@ -262,7 +278,7 @@ impl Cluster {
         };
         args.extend([
             "--pd".into(),
-            self.pd_addr.clone(),
+            self.pd_addrs.join(","),
             "--addr".into(),
             addr.clone(),
             "--status-addr".into(),
@@ -304,9 +320,13 @@ impl Cluster {
 
     /// Cuts node `i` off from PD (adds to other cuts; needs namespaces).
     pub fn cut_from_pd(&self, i: usize) -> Result<(), String> {
-        let port =
-            self.pd_addr.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or("PD address has no port")?;
-        self.net.as_ref().ok_or("cuts need ClusterConfig::netns")?.cut_port_out(i, port)
+        let net = self.net.as_ref().ok_or("cuts need ClusterConfig::netns")?;
+        for addr in &self.pd_addrs {
+            let port =
+                addr.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or("PD address has no port")?;
+            net.cut_port_out(i, port)?;
+        }
+        Ok(())
     }
 
     /// Makes node `i`'s gRPC port unreachable for clients (adds to other
@@ -325,9 +345,52 @@ impl Cluster {
         self.net.as_ref().map_or(Ok(()), Network::heal)
     }
 
-    /// PD's client endpoint (`127.0.0.1:port`).
+    /// The first PD member's client endpoint (`127.0.0.1:port`); with one
+    /// member, PD's.
     pub fn pd_endpoint(&self) -> String {
-        self.pd_addr.clone()
+        self.pd_addrs[0].clone()
+    }
+
+    /// Every PD member's client endpoint.
+    pub fn pd_endpoints(&self) -> Vec<String> {
+        self.pd_addrs.clone()
+    }
+
+    /// Number of PD members (running or not).
+    pub fn pd_member_count(&self) -> usize {
+        self.pds.len()
+    }
+
+    /// The PD member that serves as leader, as the members say (`GET
+    /// /pd/api/v1/leader` on each running one), if any.
+    pub fn pd_leader(&self) -> Option<usize> {
+        (0..self.pds.len()).filter(|i| self.pds[*i].is_running()).find_map(|i| {
+            let url = format!("http://{}/pd/api/v1/leader", self.pd_addrs[i]);
+            let leader: Value =
+                ureq::get(&url).timeout(Duration::from_secs(1)).call().ok()?.into_json().ok()?;
+            let client_url = leader["client_urls"][0].as_str()?.trim_start_matches("http://").to_owned();
+            self.pd_addrs.iter().position(|a| *a == client_url)
+        })
+    }
+
+    /// SIGKILLs PD member `i`.
+    pub fn kill_pd_member(&mut self, i: usize) {
+        self.pds[i].kill();
+    }
+
+    /// Restarts PD member `i` on its data directory (without waiting).
+    pub fn restart_pd_member(&mut self, i: usize) {
+        self.pds[i].start();
+    }
+
+    /// SIGSTOPs (`pause = true`) or SIGCONTs PD member `i`.
+    pub fn pause_pd_member(&mut self, i: usize, pause: bool) {
+        self.pds[i].signal(if pause { "-STOP" } else { "-CONT" });
+    }
+
+    /// True if PD member `i` runs.
+    pub fn pd_member_running(&self, i: usize) -> bool {
+        self.pds[i].is_running()
     }
 
     /// The gRPC address of node `i` (0-based).
@@ -430,50 +493,59 @@ impl Cluster {
         (0..self.nodes.len()).filter_map(|i| Some((i, self.nodes[i].reap_crashed()?))).collect()
     }
 
-    /// SIGKILLs PD.
+    /// SIGKILLs every PD member.
     pub fn kill_pd(&mut self) {
-        self.pd.kill();
+        self.pds.iter_mut().for_each(Proc::kill);
     }
 
-    /// Restarts PD on its data directory and waits until it answers.
+    /// Restarts the PD members that are down, on their data directories,
+    /// and waits until one serves as leader.
     pub fn restart_pd(&mut self) {
-        self.pd.start();
+        self.pds.iter_mut().filter(|p| !p.is_running()).for_each(Proc::start);
         self.wait_pd_healthy();
     }
 
-    /// Restarts PD with crash points armed (`FAILPOINTS=spec`), without
-    /// waiting for it: it may die at once.
+    /// Restarts the PD members that are down with crash points armed
+    /// (`FAILPOINTS=spec`), without waiting: they may die at once.
     pub fn restart_pd_with_failpoints(&mut self, spec: &str) {
-        self.pd.env = vec![("FAILPOINTS".into(), spec.into())];
-        self.pd.start();
+        for p in self.pds.iter_mut().filter(|p| !p.is_running()) {
+            p.env = vec![("FAILPOINTS".into(), spec.into())];
+            p.start();
+        }
     }
 
-    /// If PD exited on its own, reaps it (so it can be restarted) and
-    /// returns how it ended.
+    /// If a PD member exited on its own, reaps it (so it can be restarted)
+    /// and returns how it ended.
     pub fn reap_crashed_pd(&mut self) -> Option<std::process::ExitStatus> {
-        self.pd.reap_crashed()
+        self.pds.iter_mut().find_map(Proc::reap_crashed)
     }
 
-    /// True if PD runs.
+    /// True if any PD member runs.
     pub fn pd_running(&self) -> bool {
-        self.pd.is_running()
+        self.pds.iter().any(Proc::is_running)
+    }
+
+    /// The client address of a running PD member (followers forward the
+    /// HTTP API to the leader), the first one if none runs.
+    fn pd_http_addr(&self) -> &str {
+        let i = (0..self.pds.len()).find(|i| self.pds[*i].is_running()).unwrap_or(0);
+        &self.pd_addrs[i]
     }
 
     /// GET a PD HTTP API path, as JSON (None on any failure).
     pub fn pd_get(&self, path: &str) -> Option<Value> {
-        let url = format!("http://{}{}", self.pd_addr, path);
+        let url = format!("http://{}{}", self.pd_http_addr(), path);
         ureq::get(&url).timeout(Duration::from_secs(2)).call().ok()?.into_json().ok()
     }
 
-    fn wait_pd_healthy(&self) {
-        wait_for("PD to answer /pd/api/v1/health", Duration::from_secs(30), || {
-            self.pd_get("/pd/api/v1/health")
-        });
+    /// Waits until a PD member serves as leader.
+    pub fn wait_pd_healthy(&self) {
+        wait_for("a PD member to serve as leader", Duration::from_secs(30), || self.pd_leader());
     }
 
     /// POSTs JSON to a PD HTTP API path; returns the response body.
     pub fn pd_post(&self, path: &str, body: Value) -> Result<String, String> {
-        let url = format!("http://{}{}", self.pd_addr, path);
+        let url = format!("http://{}{}", self.pd_http_addr(), path);
         match ureq::post(&url).timeout(Duration::from_secs(5)).send_json(body) {
             Ok(r) => r.into_string().map_err(|e| e.to_string()),
             Err(ureq::Error::Status(code, r)) => {
@@ -497,7 +569,7 @@ impl Cluster {
 
     /// DELETEs a PD HTTP API path.
     pub fn pd_delete(&self, path: &str) -> Result<(), String> {
-        let url = format!("http://{}{}", self.pd_addr, path);
+        let url = format!("http://{}{}", self.pd_http_addr(), path);
         ureq::delete(&url).timeout(Duration::from_secs(5)).call().map(|_| ()).map_err(|e| e.to_string())
     }
 
@@ -613,7 +685,7 @@ impl Drop for Cluster {
             n.signal("-CONT");
             n.kill();
         }
-        self.pd.kill();
+        self.pds.iter_mut().for_each(Proc::kill);
         if self.keep || std::thread::panicking() {
             eprintln!("cluster data and logs kept in {}", self.root.display());
         } else {

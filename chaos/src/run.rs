@@ -184,7 +184,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
         rpc_timeout: Duration::from_secs(1),
         replica_read: stale_reads,
     };
-    let endpoints = vec![cluster.pd_endpoint()];
+    let endpoints = cluster.pd_endpoints();
     let probe = RawClient::with_config(endpoints.clone(), Config { replica_read: false, ..config.clone() })
         .await
         .map_err(|e| e.to_string())?;

@@ -144,6 +144,50 @@ impl PdClient {
         self.leader.read().url.clone()
     }
 
+    /// `count` timestamps from PD's TSO (1..=262,144); returns the last of
+    /// them, `physical_ms << 18 | logical` (the caller may use the `count`
+    /// values ending there). One `Tso` stream per call; a member that does
+    /// not lead sends the client looking for the leader once.
+    pub async fn get_ts(&self, count: u32) -> Result<u64> {
+        let mut last = String::new();
+        for _ in 0..2 {
+            let leader = self.leader.read().clone();
+            let req = pdpb::TsoRequest {
+                header: Some(RequestHeader { cluster_id: self.cluster_id, sender_id: 0 }),
+                count,
+                dc_location: String::new(),
+            };
+            let mut client = leader.client.clone();
+            let call = async move {
+                let mut answers = client.tso(futures::stream::iter([req])).await?.into_inner();
+                answers.message().await
+            };
+            let failure = match tokio::time::timeout(self.rpc_timeout, call).await {
+                Err(_) => format!("timeout after {:?}", self.rpc_timeout),
+                Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+                Ok(Ok(None)) => "TSO stream closed".to_string(),
+                Ok(Ok(Some(resp))) => match header_error(resp.header.as_ref()) {
+                    Some(a) => a.message,
+                    None => {
+                        let ts = resp.timestamp.unwrap_or_default();
+                        return Ok(((ts.physical as u64) << 18) | ts.logical as u64);
+                    }
+                },
+            };
+            last = format!("pd {}: {failure}", leader.url);
+            self.rediscover(leader.generation).await?;
+        }
+        Err(Error::Pd(last))
+    }
+
+    /// Looks for the PD leader again (a stream to the one in use failed):
+    /// `GetMembers` on every known endpoint. Concurrent callers share one
+    /// lookup.
+    pub async fn refresh_leader(&self) -> Result<()> {
+        let generation = self.leader.read().generation;
+        self.rediscover(generation).await
+    }
+
     /// The region containing `key`, and its leader if PD knows one.
     pub async fn get_region(&self, key: &[u8]) -> Result<RegionWithLeader> {
         let req = pdpb::GetRegionRequest { region_key: key.to_vec(), ..Default::default() };

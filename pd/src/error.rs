@@ -6,7 +6,7 @@
 //! exception is a cluster id mismatch, which is a gRPC `FailedPrecondition`
 //! status, exactly as PD sends it.
 
-use mnemo_node::engine::EngineError;
+use mnemo_engine::EngineError;
 use mnemo_proto::pdpb;
 use mnemo_proto::types::{RegionId, StoreId};
 
@@ -78,6 +78,12 @@ pub enum Error {
     /// Binding or serving the listener failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// This member does not lead the PD group (or lost its lease, or a
+    /// proposal's fate is unknown after leadership moved). gRPC answers
+    /// `UNAVAILABLE` with these words, which clients match to look for the
+    /// leader again.
+    #[error("not leader: {0}")]
+    NotLeader(String),
 }
 
 impl Error {
@@ -97,7 +103,8 @@ impl Error {
             | Error::Config(_)
             | Error::Engine(_)
             | Error::Corrupt { .. }
-            | Error::Io(_) => pdpb::ErrorType::Unknown,
+            | Error::Io(_)
+            | Error::NotLeader(_) => pdpb::ErrorType::Unknown,
         }
     }
 
@@ -109,7 +116,7 @@ impl Error {
     /// True if the same call may succeed later without the caller changing
     /// it (the engine recovered, the cluster got bootstrapped).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::NotBootstrapped | Error::Engine(_) | Error::Io(_))
+        matches!(self, Error::NotBootstrapped | Error::Engine(_) | Error::Io(_) | Error::NotLeader(_))
     }
 
     /// True if applying a command failed for a reason every replica would hit

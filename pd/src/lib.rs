@@ -35,10 +35,11 @@
 //! | operators                   | no        | checkers, balancers, `POST /pd/api/v1/operators` |
 //!
 //! Persisted state changes only through [`meta::Command`]s applied by
-//! [`meta::StateMachine::apply`], behind a [`meta::Replicator`] — today a
-//! direct apply, later a raft log shared by three PD members. The engine is
-//! the node's [`mnemo_node::engine::RocksEngine`] (`Cf::Meta`, under
-//! `<data-dir>/meta`).
+//! [`meta::StateMachine::stage`], behind a [`meta::Replicator`]: the PD raft
+//! group ([`raft`]), whose log every member applies in order (one member in
+//! development, three in production), and whose leader alone serves. The
+//! engine is [`mnemo_engine::RocksEngine`] (`Cf::Meta`, under
+//! `<data-dir>/meta`), which also holds the group's raft log.
 //!
 //! ## Invariants
 //!
@@ -95,6 +96,7 @@ pub mod error;
 pub mod id;
 pub mod member;
 pub mod meta;
+pub mod raft;
 pub mod region_map;
 pub mod schedule;
 pub mod server;

@@ -4,7 +4,7 @@ use crate::config::{Config, HttpUrl};
 use crate::error::Result;
 
 /// One PD member.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     /// `--name`.
     pub name: String,
@@ -32,7 +32,7 @@ impl Member {
 }
 
 /// FNV-1a over `name`, a separator and `peer_url`; never 0.
-fn member_id(name: &str, peer_url: &str) -> u64 {
+pub fn member_id(name: &str, peer_url: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in name.bytes().chain([0u8]).chain(peer_url.bytes()) {
         h ^= u64::from(b);

@@ -4,8 +4,9 @@
 //! `pdpb`) are a subset of TiKV's public kvproto with the same package,
 //! service and method names and the same field numbers, so an unmodified TiKV
 //! client can talk to Mnemosyne. `raft_serverpb` is our own node-to-node
-//! protocol. Generated types stay in this crate's users' edges: business logic
-//! converts them into domain types (see [`types`]).
+//! protocol, `pd_raftpb` our own PD-member-to-PD-member one. Generated types
+//! stay in this crate's users' edges: business logic converts them into
+//! domain types (see [`types`]).
 
 #[allow(clippy::all)]
 pub mod metapb {
@@ -34,6 +35,10 @@ pub mod pdpb {
 #[allow(clippy::all)]
 pub mod raft_serverpb {
     tonic::include_proto!("raft_serverpb");
+}
+#[allow(clippy::all)]
+pub mod pd_raftpb {
+    tonic::include_proto!("pd_raftpb");
 }
 
 pub mod types;

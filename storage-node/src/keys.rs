@@ -91,10 +91,17 @@ fn raft_prefix(region: RegionId) -> Vec<u8> {
     k
 }
 
-/// Key of raft log entry `index` of `region` in the raft log store.
-pub fn raft_log_key(region: RegionId, index: u64) -> Vec<u8> {
+/// The prefix of `region`'s raft log entries in the raft log store; entry
+/// `i` is this prefix followed by `i` big-endian (`mnemo_raft_driver::log`).
+pub fn raft_log_prefix(region: RegionId) -> Vec<u8> {
     let mut k = raft_prefix(region);
     k.push(RAFT_LOG_SUFFIX);
+    k
+}
+
+/// Key of raft log entry `index` of `region` in the raft log store.
+pub fn raft_log_key(region: RegionId, index: u64) -> Vec<u8> {
+    let mut k = raft_log_prefix(region);
     k.extend_from_slice(&index.to_be_bytes());
     k
 }

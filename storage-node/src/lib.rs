@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Where to look:
-//! - [`engine`]: the storage trait, RocksDB and in-memory engines;
+//! - [`engine`] (crate `mnemo-engine`): the storage trait, RocksDB and in-memory engines;
 //! - [`keys`]: how keys, values and raft state are laid out;
 //! - [`raftstore`]: multi-raft — peers, the store loop, apply, snapshots;
 //! - [`service`]: the RawKV gRPC API and its limits;
@@ -28,12 +28,9 @@
 //! error in the store loop stops the process rather than risk divergence.
 
 pub mod config;
-pub mod duration;
-pub mod engine;
 pub mod error;
 pub mod failpoints;
 pub mod keys;
-pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod pd_worker;
@@ -41,3 +38,7 @@ pub mod raftstore;
 pub mod service;
 pub mod status;
 pub mod transport;
+
+// Building blocks shared with PD, in crates of their own beside this one.
+pub use mnemo_engine as engine;
+pub use mnemo_raft_driver::{duration, logging};

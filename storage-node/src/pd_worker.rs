@@ -126,12 +126,19 @@ impl PdWorker {
         match self.pd.region_heartbeat(rx).await {
             Ok(mut responses) => {
                 let store_tx = self.store_tx.clone();
+                let pd = self.pd.clone();
                 tokio::spawn(async move {
                     while let Some(resp) = responses.next().await {
                         match resp {
                             Ok(resp) => forward_operator(&store_tx, resp),
                             Err(status) => {
+                                // A PD member that stopped leading ends the
+                                // stream ("not leader"): find the new leader,
+                                // which the next stream goes to.
                                 tracing::warn!("region heartbeat stream failed: {status}");
+                                if let Err(e) = pd.refresh_leader().await {
+                                    tracing::warn!("PD leader lookup failed: {e}");
+                                }
                                 break;
                             }
                         }
@@ -141,6 +148,9 @@ impl PdWorker {
             }
             Err(e) => {
                 tracing::warn!("cannot open region heartbeat stream: {e}");
+                if let Err(e) = self.pd.refresh_leader().await {
+                    tracing::warn!("PD leader lookup failed: {e}");
+                }
                 // Keep the caller from spinning when PD is down.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 None

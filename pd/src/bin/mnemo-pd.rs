@@ -21,8 +21,8 @@ async fn main() -> ExitCode {
     init_logging(&config.log);
     // Any panic ends the process (crash points with code 86): PD state is
     // shared by every task, and a half-dead PD must not keep serving.
-    mnemo_node::failpoints::install_panic_hook();
-    if let Err(e) = mnemo_node::failpoints::configure_from_env() {
+    mnemo_raft_driver::failpoints::install_panic_hook();
+    if let Err(e) = mnemo_raft_driver::failpoints::configure_from_env() {
         error!("{e}");
         return ExitCode::from(2);
     }
@@ -41,7 +41,7 @@ async fn main() -> ExitCode {
 }
 
 fn init_logging(log: &LogConfig) {
-    mnemo_node::logging::init(&log.level, matches!(log.format, LogFormat::Json));
+    mnemo_raft_driver::logging::init(&log.level, matches!(log.format, LogFormat::Json));
 }
 
 async fn wait_for_signal() {

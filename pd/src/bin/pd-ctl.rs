@@ -9,7 +9,8 @@
 //!                   | transfer-peer REGION FROM_STORE TO_STORE
 //!                   | split-region REGION [--policy approximate|usekey] [--keys HEX,HEX...]
 //!        scheduler show | scheduler add NAME | scheduler remove NAME
-//!        health | member | cluster | tso TS
+//!        member | member leader show | member leader resign | member leader transfer NAME
+//!        health | cluster | tso TS
 //! ```
 
 use std::process::ExitCode;
@@ -40,8 +41,10 @@ enum Cmd {
     },
     /// Health of the PD members.
     Health,
-    /// PD members and the leader.
-    Member,
+    /// `member`: PD members and the leader; `member leader show` the
+    /// leader; `member leader resign` hands leadership to another member;
+    /// `member leader transfer NAME` to that one.
+    Member { args: Vec<String> },
     /// `config show [schedule|replication]`: the effective configuration;
     /// `config set KEY VALUE` changes a `schedule` or `replication` key at
     /// run time, e.g. `config set max-store-down-time 5s`.
@@ -98,7 +101,15 @@ fn run(cli: &Cli) -> Result<(), String> {
             }
         }
         Cmd::Health => "/health".to_owned(),
-        Cmd::Member => "/members".to_owned(),
+        Cmd::Member { args } => match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            [] => "/members".to_owned(),
+            ["leader", "show"] => "/leader".to_owned(),
+            ["leader", "resign"] => return call("POST", &format!("{base}/leader/resign")),
+            ["leader", "transfer", name] => {
+                return call("POST", &format!("{base}/leader/transfer/{}", percent_encode(name)))
+            }
+            _ => return Err("usage: member | member leader show|resign | member leader transfer NAME".into()),
+        },
         Cmd::Config { args } => match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             ["show"] | ["show", "all"] => "/config".to_owned(),
             ["show", "schedule"] => "/config/schedule".to_owned(),

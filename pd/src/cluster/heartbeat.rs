@@ -55,7 +55,8 @@ impl Cluster {
         // committed), so the map takes it.
         let known_term = inner.state().regions().get(id).map_or(0, |i| i.runtime.term);
         let deposed = hb.runtime.term != 0 && hb.runtime.term < known_term;
-        match inner.state().regions().check(&hb.region) {
+        let verdict = inner.state().regions().check(&hb.region);
+        match verdict {
             Verdict::Stale(why) => {
                 debug!(region_id = %id, %why, "stale region heartbeat ignored");
                 return Ok(None);
@@ -71,13 +72,20 @@ impl Cluster {
             return Ok(None);
         }
         let runtime = RegionRuntime { last_heartbeat: Some(now), ..hb.runtime };
-        inner.sm.state_mut().set_region_runtime(id, runtime);
+        inner.state().set_region_runtime(id, runtime);
         if inner.state().regions().get(id).and_then(|r| r.leader()) != Some(leader) {
             return Ok(None); // the sender is not a peer of the region we know
         }
+        if !inner.prepared(now) {
+            return Ok(None);
+        }
         inner.ensure_ids()?;
-        let (snap, settings, ops, coordinator, ids) = inner.scheduling(now, self.alive_since);
-        Ok(coordinator.on_heartbeat(&snap, settings, ops, id, &mut || ids.try_alloc().map(PeerId)))
+        Ok(inner.scheduling(
+            now,
+            Box::new(|snap, settings, ops, coordinator, ids| {
+                coordinator.on_heartbeat(snap, settings, ops, id, &mut || ids.try_alloc().map(PeerId))
+            }),
+        ))
     }
 
     /// Allocates ids for `count` new regions split off `region`.
@@ -109,11 +117,14 @@ impl Cluster {
     pub fn report_batch_split(&self, regions: &[Region]) -> Result<()> {
         let mut inner = self.inner.lock();
         inner.ensure_bootstrapped()?;
-        let leader_store: Option<StoreId> = regions
-            .iter()
-            .filter_map(|r| inner.state().regions().get(r.id).and_then(|i| i.leader()))
-            .map(|l| l.store_id)
-            .next();
+        let leader_store: Option<StoreId> = {
+            let state = inner.state();
+            regions
+                .iter()
+                .filter_map(|r| state.regions().get(r.id).and_then(|i| i.leader()))
+                .map(|l| l.store_id)
+                .next()
+        };
         for region in regions {
             if inner.state().regions().check(region) == Verdict::Changed {
                 inner.propose(Command::PutRegion { region: region.clone() })?;
@@ -124,7 +135,7 @@ impl Cluster {
             if let (Some(false), Some(store)) = (known, leader_store) {
                 if let Some(&peer) = region.peer_on_store(store) {
                     let runtime = RegionRuntime { leader: Some(peer), ..Default::default() };
-                    inner.sm.state_mut().set_region_runtime(region.id, runtime);
+                    inner.state().set_region_runtime(region.id, runtime);
                 }
             }
         }

@@ -1,12 +1,21 @@
 //! The cluster: PD's request handling, transport-free.
 //!
-//! [`Cluster`] owns the metadata [`StateMachine`] (behind a [`Replicator`]),
-//! the id and TSO allocators and the operators, all under one mutex: every
-//! request decides and proposes atomically, so racing `Bootstrap` calls have
-//! exactly one winner and two `PutStore`s cannot both claim an address.
-//! Proposals write the engine with fsync while holding the lock; PD's write
-//! rate (new windows every 1,000 ids or ~2 s of TSO, region changes) keeps
-//! that cheap.
+//! [`Cluster`] holds the metadata [`StateMachine`] (shared with the PD raft
+//! thread, which applies committed commands to it), and, under one mutex,
+//! what the leader derives from it: the id allocator, the operators, the
+//! effective config and the schedulers. Requests decide under that mutex and
+//! propose through the [`Replicator`]; the rules a command must obey (one
+//! `Bootstrap`, one store per address, tombstone only when empty) are checked
+//! again when it applies, so a race between two proposals is settled by the
+//! log order every member sees. The state machine's own lock is never held
+//! across a proposal.
+//!
+//! Only the PD leader serves ([`Cluster::check_serving`]): when this member
+//! starts serving a term, [`Cluster::promote`] rebuilds everything derived
+//! from the applied metadata (allocators from their persisted windows,
+//! config and schedulers from their persisted changes; operators start
+//! empty) and creates the cluster id on a brand-new cluster. Scheduling waits
+//! until the stores have reported to the new leader ([`Inner::prepared`]).
 //!
 //! Scheduling decisions are made by `schedule` (sans-IO) under the same
 //! lock: on each region heartbeat, and on [`Cluster::patrol`], which the
@@ -21,11 +30,13 @@ mod heartbeat;
 mod scheduling;
 mod stores;
 
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use mnemo_node::engine::EngineRef;
+use mnemo_engine::EngineRef;
 use mnemo_proto::types::{Region, RegionId, StoreId};
-use parking_lot::Mutex;
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use tracing::{info, warn};
 
 pub use crate::schedule::ScheduleOrder;
@@ -35,7 +46,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::id::IdAllocator;
 use crate::member::Member;
-use crate::meta::{Command, LocalReplicator, MetaState, Replicator, StateMachine};
+use crate::meta::{Command, LocalReplicator, MetaState, Replicator, SharedMeta, StateMachine};
+use crate::raft::{Leadership, SoleLeader};
 use crate::region_map::RegionInfo;
 use crate::schedule::{ClusterSnapshot, Coordinator, OperatorController, Settings};
 use crate::store::{StoreMeta, StoreState};
@@ -44,19 +56,40 @@ use crate::tso::{Timestamp, TsoAllocator, TsoStep, MAX_LOGICAL};
 /// PD's state and request handling.
 pub struct Cluster {
     member: Member,
-    cluster_id: u64,
-    alive_since: SystemTime,
-    /// The timestamp oracle, under its own lock: a timestamp never waits
-    /// for heartbeats, scheduling or HTTP work on `inner`, except for the
-    /// write of a new window bound (about every 2 s), which goes through
-    /// `inner` like any metadata change. Lock order: `tso`, then `inner`.
-    tso: Mutex<TsoAllocator>,
+    /// The cluster id once known (0 before); it never changes after.
+    cluster_id: AtomicU64,
+    /// Who leads the PD group.
+    leadership: Arc<dyn Leadership>,
+    /// The term [`Cluster::promote`] last prepared this member for.
+    promoted_term: AtomicU64,
+    /// The configuration from the file and flags; run-time changes replay
+    /// over it.
+    base_config: Config,
+    sm: SharedMeta,
+    /// The timestamp oracle, under its own lock with its own handle on
+    /// the replicator: a timestamp never waits for heartbeats, scheduling or
+    /// HTTP work on `inner`, only (about every 2 s) for its next window
+    /// bound to commit. Lock order: `tso`, then `inner`, then the state
+    /// machine.
+    tso: Mutex<Tso>,
     inner: Mutex<Inner>,
 }
 
-struct Inner {
-    sm: StateMachine,
+/// The timestamp oracle and how it persists its window bound.
+struct Tso {
+    alloc: TsoAllocator,
     replicator: Box<dyn Replicator>,
+}
+
+struct Inner {
+    sm: SharedMeta,
+    replicator: Box<dyn Replicator>,
+    /// When this member started serving: the grace period of stores that
+    /// have not reported yet, and the start of the prepare check.
+    alive_since: SystemTime,
+    /// Whether a new leader waits for the stores (a member of a replicated
+    /// PD; a lone member without raft starts with nothing to distrust).
+    prepare_check: bool,
     ids: IdAllocator,
     operators: OperatorController,
     coordinator: Coordinator,
@@ -70,13 +103,24 @@ struct Inner {
 /// which borrow the state, never have to persist an id window midway.
 const IDS_AT_HAND: u64 = 64;
 
+/// Everything scheduling reads and changes, for [`Inner::scheduling`].
+type SchedulingFn<'a, R> = dyn FnOnce(&ClusterSnapshot<'_>, &Settings, &mut OperatorController, &mut Coordinator, &mut IdAllocator) -> R
+    + 'a;
+
+/// How long a new leader waits at most for the stores to report before it
+/// schedules anyway (PD waits 5 minutes).
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
+
 impl Inner {
     fn propose(&mut self, cmd: Command) -> Result<()> {
-        self.replicator.replicate(&mut self.sm, cmd)
+        self.replicator.replicate(cmd)
     }
 
-    fn state(&self) -> &MetaState {
-        self.sm.state()
+    /// The metadata and runtime, locked until the guard is dropped. Never
+    /// hold it across [`Inner::propose`] (the borrow checker refuses), nor
+    /// take it twice in one expression (it is not reentrant).
+    fn state(&self) -> MappedMutexGuard<'_, MetaState> {
+        MutexGuard::map(self.sm.lock(), StateMachine::state_mut)
     }
 
     fn alloc_id(&mut self) -> Result<u64> {
@@ -84,31 +128,59 @@ impl Inner {
             if let Some(id) = self.ids.try_alloc() {
                 return Ok(id);
             }
-            let end = self.ids.next_window_end();
-            self.propose(Command::AllocIdWindow { end })?;
-            self.ids.extend(end);
+            self.extend_ids()?;
         }
     }
 
     /// Makes sure [`IDS_AT_HAND`] ids can be handed out without a write.
     fn ensure_ids(&mut self) -> Result<()> {
         if self.ids.remaining() < IDS_AT_HAND {
-            let end = self.ids.next_window_end();
-            self.propose(Command::AllocIdWindow { end })?;
-            self.ids.extend(end);
+            self.extend_ids()?;
         }
         Ok(())
     }
 
-    /// The scheduling inputs at `now`, and everything scheduling changes.
-    fn scheduling(
-        &mut self,
-        now: SystemTime,
-        alive_since: SystemTime,
-    ) -> (ClusterSnapshot<'_>, &Settings, &mut OperatorController, &mut Coordinator, &mut IdAllocator) {
-        let state = self.sm.state();
-        let snap = ClusterSnapshot { stores: state.stores(), regions: state.regions(), now, alive_since };
-        (snap, &self.settings, &mut self.operators, &mut self.coordinator, &mut self.ids)
+    /// Persists the next id window; the allocator then follows the window
+    /// as applied (not as proposed).
+    fn extend_ids(&mut self) -> Result<()> {
+        let end = self.ids.next_window_end();
+        self.propose(Command::AllocIdWindow { end })?;
+        let applied = self.state().id_window_end();
+        self.ids.extend(applied);
+        Ok(())
+    }
+
+    /// Runs `f` on the scheduling inputs at `now` and everything scheduling
+    /// changes (the state stays locked meanwhile: `f` must not propose).
+    fn scheduling<R>(&mut self, now: SystemTime, f: Box<SchedulingFn<'_, R>>) -> R {
+        let guard = self.sm.lock();
+        let state = guard.state();
+        let snap = ClusterSnapshot {
+            stores: state.stores(),
+            regions: state.regions(),
+            now,
+            alive_since: self.alive_since,
+        };
+        f(&snap, &self.settings, &mut self.operators, &mut self.coordinator, &mut self.ids)
+    }
+
+    /// PD's prepare check: a new leader schedules only once 90% of the
+    /// regions were heard from since it started serving (or
+    /// [`PREPARE_TIMEOUT`] passed): until then its view of leaders, sizes
+    /// and down peers is its predecessor's or none, and acting on it could
+    /// undo work in flight.
+    fn prepared(&self, now: SystemTime) -> bool {
+        if !self.prepare_check || now.duration_since(self.alive_since).unwrap_or_default() >= PREPARE_TIMEOUT
+        {
+            return true;
+        }
+        let state = self.state();
+        let regions = state.regions();
+        let heard = regions
+            .iter()
+            .filter(|r| r.runtime.last_heartbeat.is_some_and(|t| t >= self.alive_since))
+            .count();
+        heard * 10 >= regions.len() * 9
     }
 
     fn ensure_bootstrapped(&self) -> Result<()> {
@@ -135,64 +207,220 @@ pub struct ClusterView<'a> {
 }
 
 impl Cluster {
-    /// Loads the metadata from `engine` and, on a first start, creates the
-    /// cluster id. Applies commands directly (one member).
+    /// A single member without raft, serving at once: loads the metadata
+    /// from `engine`, applies commands directly, and on a first start
+    /// creates the cluster id. (The cluster logic's tests.)
     pub fn open(config: Config, member: Member, engine: EngineRef) -> Result<Cluster> {
-        Cluster::open_with(config, member, engine, Box::new(LocalReplicator))
+        let sm: SharedMeta = Arc::new(Mutex::new(StateMachine::open(engine)?));
+        let replicator = Box::new(LocalReplicator::new(sm.clone()));
+        let cluster = Cluster::with_replicator(config, member, sm, replicator, Arc::new(SoleLeader));
+        cluster.inner.lock().prepare_check = false;
+        cluster.promote(1)?;
+        Ok(cluster)
     }
 
-    /// [`Cluster::open`] with another replicator.
-    pub fn open_with(
+    /// A member of a replicated PD: `sm` is the state machine the raft
+    /// thread applies to, `replicator` and `leadership` its handle. Serves
+    /// once [`Cluster::promote`] ran for a term the group says it leads.
+    pub fn with_replicator(
         config: Config,
         member: Member,
-        engine: EngineRef,
+        sm: SharedMeta,
         replicator: Box<dyn Replicator>,
-    ) -> Result<Cluster> {
-        let sm = StateMachine::open(engine)?;
-        let state = sm.state();
-        let ids = IdAllocator::new(state.id_window_end());
-        let tso = TsoAllocator::new(state.tso_bound_ms());
-        let config = with_overrides(config, state.config_overrides());
+        leadership: Arc<dyn Leadership>,
+    ) -> Cluster {
+        let (cluster_id, window_end, tso_bound) = {
+            let sm = sm.lock();
+            let s = sm.state();
+            info!(
+                cluster_id = s.cluster_id(),
+                bootstrapped = s.is_bootstrapped(),
+                stores = s.stores().len(),
+                regions = s.regions().len(),
+                "metadata loaded"
+            );
+            (s.cluster_id(), s.id_window_end(), s.tso_bound_ms())
+        };
         let settings = Settings::from_config(&config);
-        let mut coordinator = Coordinator::new(rand::random());
-        if let Some(names) = state.schedulers() {
-            coordinator.set_schedulers(scheduling::parse_persisted_schedulers(names));
-        }
-        let mut inner = Inner {
-            sm,
+        let tso_replicator = replicator.another();
+        let inner = Inner {
+            sm: sm.clone(),
             replicator,
-            ids,
+            alive_since: SystemTime::now(),
+            prepare_check: true,
+            ids: IdAllocator::new(window_end),
             operators: OperatorController::default(),
-            coordinator,
-            config,
+            coordinator: Coordinator::new(rand::random()),
+            config: config.clone(),
             settings,
         };
-        if inner.state().cluster_id() == 0 {
+        Cluster {
+            member,
+            cluster_id: AtomicU64::new(cluster_id),
+            leadership,
+            promoted_term: AtomicU64::new(0),
+            base_config: config,
+            sm,
+            tso: Mutex::new(Tso { alloc: TsoAllocator::new(tso_bound), replicator: tso_replicator }),
+            inner: Mutex::new(inner),
+        }
+    }
+
+    /// Prepares this member to serve `term` as PD leader: everything derived
+    /// from the metadata is rebuilt from what is applied (allocators start
+    /// above their persisted windows, so nothing a predecessor handed out is
+    /// handed out again), operators in flight are dropped (the nodes finish
+    /// or abandon their current step; the replica checker re-plans), and a
+    /// brand-new cluster gets its id. Idempotent per term.
+    pub fn promote(&self, term: u64) -> Result<()> {
+        let mut tso = self.tso.lock();
+        let mut inner = self.inner.lock();
+        if self.promoted_term.load(Ordering::SeqCst) == term {
+            return Ok(());
+        }
+        let (cluster_id, window_end, tso_bound, overrides, schedulers) = {
+            let s = inner.state();
+            (
+                s.cluster_id(),
+                s.id_window_end(),
+                s.tso_bound_ms(),
+                s.config_overrides().clone(),
+                s.schedulers().map(<[String]>::to_vec),
+            )
+        };
+        inner.ids = IdAllocator::new(window_end);
+        tso.alloc = TsoAllocator::new(tso_bound);
+        inner.config = with_overrides(self.base_config.clone(), &overrides, true);
+        inner.settings = Settings::from_config(&inner.config);
+        inner.coordinator = Coordinator::new(rand::random());
+        if let Some(names) = schedulers {
+            inner.coordinator.set_schedulers(scheduling::parse_persisted_schedulers(&names));
+        }
+        inner.operators = OperatorController::default();
+        inner.alive_since = SystemTime::now();
+        if cluster_id == 0 {
             let cluster_id = new_cluster_id();
             inner.propose(Command::InitCluster { cluster_id })?;
             info!(cluster_id, "created a new cluster id");
         }
-        let cluster_id = inner.state().cluster_id();
+        let id = inner.state().cluster_id();
+        self.cluster_id.store(id, Ordering::SeqCst);
+        self.promoted_term.store(term, Ordering::SeqCst);
         info!(
-            cluster_id,
-            bootstrapped = inner.state().is_bootstrapped(),
-            stores = inner.state().stores().len(),
-            regions = inner.state().regions().len(),
+            term,
+            cluster_id = id,
             schedulers = %inner.coordinator.schedulers().iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
-            "metadata loaded"
+            "serving as PD leader"
         );
-        Ok(Cluster {
-            member,
-            cluster_id,
-            alive_since: SystemTime::now(),
-            tso: Mutex::new(tso),
-            inner: Mutex::new(inner),
-        })
+        Ok(())
     }
 
-    /// The cluster id (nonzero, fixed for the cluster's life).
+    /// `Ok` if this member serves as PD leader now; [`Error::NotLeader`]
+    /// otherwise (a follower, a leader without its lease or not yet
+    /// prepared, a leader handing over).
+    pub fn check_serving(&self) -> Result<()> {
+        let status = self.leadership.status();
+        match status.serving_term(Instant::now()) {
+            Some(term) if term == self.promoted_term.load(Ordering::SeqCst) => Ok(()),
+            _ => Err(Error::NotLeader(match status.leader_id {
+                0 => "no PD leader elected".into(),
+                id => format!("PD leader is member {id:x}"),
+            })),
+        }
+    }
+
+    /// Who leads the PD group.
+    pub fn leadership(&self) -> &Arc<dyn Leadership> {
+        &self.leadership
+    }
+
+    /// True once [`Cluster::promote`] prepared this member for `term`.
+    pub fn is_promoted(&self, term: u64) -> bool {
+        self.promoted_term.load(Ordering::SeqCst) == term
+    }
+
+    /// Every member of the PD group with what is known of it (this member
+    /// always; the others once published), and the leader if known.
+    pub fn member_list(&self) -> (Vec<Member>, Option<Member>) {
+        let status = self.leadership.status();
+        let mut members = self.members();
+        members.insert(self.member.member_id, self.member.clone());
+        if !status.voters.is_empty() {
+            members.retain(|id, _| status.voters.contains(id));
+        }
+        // As PD reports the holder of the leader key: this member only
+        // once it serves; another member as soon as raft elected it.
+        let me = self.member.member_id;
+        let leader = match status.leader_id {
+            _ if self.check_serving().is_ok() => Some(self.member.clone()),
+            id if id == me || id == 0 => None,
+            id => members.get(&id).cloned(),
+        };
+        (members.into_values().collect(), leader)
+    }
+
+    /// Leader only: hands leadership to another member (PD's "resign");
+    /// a no-op for a lone member.
+    pub fn resign_leader(&self) -> Result<()> {
+        self.check_serving()?;
+        let status = self.leadership.status();
+        match status.voters.iter().find(|id| **id != self.member.member_id) {
+            Some(to) => self.leadership.transfer_leader(*to),
+            None => Ok(()),
+        }
+    }
+
+    /// Leader only: hands leadership to the member called `name`.
+    pub fn transfer_leader_to(&self, name: &str) -> Result<()> {
+        self.check_serving()?;
+        let (members, _) = self.member_list();
+        let target = members
+            .iter()
+            .find(|m| m.name == name && m.member_id != self.member.member_id)
+            .ok_or_else(|| Error::InvalidArgument("no valid pd to transfer etcd leader".into()))?;
+        self.leadership.transfer_leader(target.member_id)
+    }
+
+    /// Leader only: publishes the name and URLs of every member the group
+    /// has (learned from their raft messages) and forgets members it no
+    /// longer has.
+    pub fn publish_members(&self) -> Result<()> {
+        self.check_serving()?;
+        let status = self.leadership.status();
+        let mut wanted = self.leadership.peer_infos();
+        wanted.retain(|id, _| status.voters.contains(id));
+        wanted.insert(self.member.member_id, self.member.clone());
+        let known = self.members();
+        let mut inner = self.inner.lock();
+        for (id, m) in &wanted {
+            if known.get(id) != Some(m) {
+                inner.propose(Command::PutMember { member: m.clone() })?;
+                info!(member = %m.name, client_url = %m.client_url, "PD member published");
+            }
+        }
+        if !status.voters.is_empty() {
+            for id in known.keys().filter(|id| !status.voters.contains(id)) {
+                inner.propose(Command::RemoveMember { member_id: *id })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster id (nonzero once created, fixed for the cluster's life;
+    /// 0 on a member that has not yet applied it).
     pub fn cluster_id(&self) -> u64 {
-        self.cluster_id
+        let id = self.cluster_id.load(Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+        let id = self.sm.lock().state().cluster_id();
+        self.cluster_id.store(id, Ordering::Relaxed);
+        id
+    }
+
+    /// The published PD members (name and URLs), by member id.
+    pub fn members(&self) -> std::collections::BTreeMap<u64, Member> {
+        self.sm.lock().state().members().clone()
     }
 
     /// This member.
@@ -202,33 +430,42 @@ impl Cluster {
 
     /// The effective configuration (file and flags, then run-time changes).
     pub fn config(&self) -> Config {
-        self.inner.lock().config.clone()
+        if self.check_serving().is_ok() {
+            return self.inner.lock().config.clone();
+        }
+        // A follower (which answers `GET /config` itself) replays the
+        // applied run-time changes: its own derived copy is rebuilt only
+        // when it is promoted.
+        let overrides = self.sm.lock().state().config_overrides().clone();
+        with_overrides(self.base_config.clone(), &overrides, false)
     }
 
     /// `Ok` if a request header's cluster id is this cluster's.
     pub fn check_cluster_id(&self, got: u64) -> Result<()> {
-        if got == self.cluster_id {
+        let need = self.cluster_id();
+        if got == need {
             Ok(())
         } else {
-            Err(Error::ClusterIdMismatch { need: self.cluster_id, got })
+            Err(Error::ClusterIdMismatch { need, got })
         }
     }
 
     /// Runs `f` on a consistent view of everything.
     pub fn read<R>(&self, f: impl FnOnce(ClusterView<'_>) -> R) -> R {
         let inner = self.inner.lock();
+        let state = inner.state();
         f(ClusterView {
-            state: inner.state(),
+            state: &state,
             operators: &inner.operators,
             now: SystemTime::now(),
-            alive_since: self.alive_since,
+            alive_since: inner.alive_since,
             config: &inner.config,
         })
     }
 
     /// True once the first store and region were recorded.
     pub fn is_bootstrapped(&self) -> bool {
-        self.inner.lock().state().is_bootstrapped()
+        self.sm.lock().state().is_bootstrapped()
     }
 
     /// Records the first store and the region covering the whole key space.
@@ -268,14 +505,21 @@ impl Cluster {
         if count == 0 || u64::from(count) > MAX_LOGICAL {
             return Err(Error::InvalidArgument(format!("tso count {count} must be in 1..={MAX_LOGICAL}")));
         }
+        self.check_serving()?;
         let mut tso = self.tso.lock();
         loop {
             let now_ms = crate::time::unix_ms(SystemTime::now());
-            match tso.alloc(count, now_ms) {
-                TsoStep::Ready(ts) => return Ok(ts),
+            match tso.alloc.alloc(count, now_ms) {
+                TsoStep::Ready(ts) => {
+                    // Leadership may have moved while this waited for the
+                    // lock or a save: only a leader still serving answers.
+                    self.check_serving()?;
+                    return Ok(ts);
+                }
                 TsoStep::NeedSave { bound_ms } => {
-                    self.inner.lock().propose(Command::TsoWindow { physical_ms: bound_ms })?;
-                    tso.saved(bound_ms);
+                    tso.replicator.replicate(Command::TsoWindow { physical_ms: bound_ms })?;
+                    let applied = self.sm.lock().state().tso_bound_ms();
+                    tso.alloc.saved(applied);
                 }
             }
         }
@@ -283,38 +527,44 @@ impl Cluster {
 
     /// The region containing `key` (with its leader, if known).
     pub fn get_region(&self, key: &[u8]) -> Result<Option<RegionInfo>> {
-        let inner = self.inner.lock();
-        inner.ensure_bootstrapped()?;
-        Ok(inner.state().regions().get_by_key(key).cloned())
+        self.read_state(|s| s.regions().get_by_key(key).cloned())
+    }
+
+    /// Runs `f` on the state of a bootstrapped cluster, without waiting for
+    /// request handling (only for the state machine's own lock).
+    fn read_state<R>(&self, f: impl FnOnce(&MetaState) -> R) -> Result<R> {
+        let sm = self.sm.lock();
+        if !sm.state().is_bootstrapped() {
+            return Err(Error::NotBootstrapped);
+        }
+        Ok(f(sm.state()))
     }
 
     /// The region before the one containing `key`.
     pub fn get_prev_region(&self, key: &[u8]) -> Result<Option<RegionInfo>> {
-        let inner = self.inner.lock();
-        inner.ensure_bootstrapped()?;
-        Ok(inner.state().regions().prev_of_key(key).cloned())
+        self.read_state(|s| s.regions().prev_of_key(key).cloned())
     }
 
     /// Region `id`.
     pub fn get_region_by_id(&self, id: RegionId) -> Result<Option<RegionInfo>> {
-        let inner = self.inner.lock();
-        inner.ensure_bootstrapped()?;
-        Ok(inner.state().regions().get(id).cloned())
+        self.read_state(|s| s.regions().get(id).cloned())
     }
 
     /// Regions intersecting `[start, end)` (empty end = +inf), at most `limit`
     /// (0 = all).
     pub fn scan_regions(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<RegionInfo>> {
-        let inner = self.inner.lock();
-        inner.ensure_bootstrapped()?;
-        Ok(inner.state().regions().scan(start, end, limit).into_iter().cloned().collect())
+        self.read_state(|s| s.regions().scan(start, end, limit).into_iter().cloned().collect())
     }
 }
 
 /// `config` with the run-time changes persisted in `overrides` replayed over
 /// it. A change that no longer applies (a key this version does not know)
 /// is skipped with a warning rather than keeping PD from starting.
-fn with_overrides(config: Config, overrides: &std::collections::BTreeMap<String, String>) -> Config {
+fn with_overrides(
+    config: Config,
+    overrides: &std::collections::BTreeMap<String, String>,
+    log: bool,
+) -> Config {
     let mut config = config;
     for (key, text) in overrides {
         let applied = serde_json::from_str(text)
@@ -322,10 +572,15 @@ fn with_overrides(config: Config, overrides: &std::collections::BTreeMap<String,
             .and_then(|value| config.with_changes(&[(key.clone(), value)]));
         match applied {
             Ok((c, _)) => {
-                info!(key = %key, value = %text, "config changed at run time earlier: applied over the file");
+                if log {
+                    info!(key = %key, value = %text, "config changed at run time earlier: applied over the file");
+                }
                 config = c;
             }
-            Err(e) => warn!(key = %key, value = %text, error = %e, "ignoring a persisted config change"),
+            Err(e) if log => {
+                warn!(key = %key, value = %text, error = %e, "ignoring a persisted config change")
+            }
+            Err(_) => {}
         }
     }
     config

@@ -27,17 +27,21 @@ impl Cluster {
         if !inner.state().is_bootstrapped() {
             return Ok(Vec::new());
         }
-        let drained = {
-            let (snap, ..) = inner.scheduling(now, self.alive_since);
-            schedule::drained_stores(&snap)
-        };
+        let drained = inner.scheduling(now, Box::new(|snap, _, _, _, _| schedule::drained_stores(snap)));
         for store in drained {
             inner.propose(Command::SetStoreState { store, state: StoreState::Tombstone })?;
             warn!(store_id = %store, "offline store holds no region any more: now Tombstone");
         }
+        if !inner.prepared(now) {
+            return Ok(Vec::new());
+        }
         inner.ensure_ids()?;
-        let (snap, settings, ops, coordinator, ids) = inner.scheduling(now, self.alive_since);
-        Ok(coordinator.patrol(&snap, settings, ops, &mut || ids.try_alloc().map(PeerId)))
+        Ok(inner.scheduling(
+            now,
+            Box::new(|snap, settings, ops, coordinator, ids| {
+                coordinator.patrol(snap, settings, ops, &mut || ids.try_alloc().map(PeerId))
+            }),
+        ))
     }
 
     /// How often [`Cluster::patrol`] should run (`schedule.patrol-region-interval`).
@@ -55,8 +59,13 @@ impl Cluster {
             return Err(Error::RegionNotFound(region));
         }
         inner.ensure_ids()?;
-        let (snap, settings, ops, _, ids) = inner.scheduling(now, self.alive_since);
-        let order = admin::add(&snap, settings, ops, region, req, &mut || ids.try_alloc().map(PeerId))
+        let order = inner
+            .scheduling(
+                now,
+                Box::new(|snap, settings, ops, _, ids| {
+                    admin::add(snap, settings, ops, region, req, &mut || ids.try_alloc().map(PeerId))
+                }),
+            )
             .map_err(Error::InvalidArgument)?;
         info!(region_id = %region, operator = req.name(), "operator added through the API");
         Ok(order)
@@ -72,8 +81,9 @@ impl Cluster {
         {
             let inner = self.inner.lock();
             inner.ensure_bootstrapped()?;
+            let state = inner.state();
             for key in keys {
-                let region = inner.state().regions().get_by_key(key).ok_or_else(|| {
+                let region = state.regions().get_by_key(key).ok_or_else(|| {
                     Error::InvalidArgument(format!("no region contains key {}", hex::encode_upper(key)))
                 })?;
                 if region.region.start_key != *key {

@@ -19,23 +19,27 @@ impl Cluster {
         validate_store(&store)?;
         let mut inner = self.inner.lock();
         inner.ensure_bootstrapped()?;
-        let state = inner.state();
-        if let Some(other) = state.stores().values().find(|s| {
-            s.meta.id != store.id && s.meta.address == store.address && s.meta.state != StoreState::Tombstone
-        }) {
-            return Err(Error::DuplicateStoreAddress { address: store.address, existing: other.meta.id });
-        }
-        match state.store(store.id) {
-            Some(cur) if cur.meta.state == StoreState::Tombstone => {
-                return Err(Error::StoreTombstone(store.id))
+        {
+            let state = inner.state();
+            if let Some(other) = state.stores().values().find(|s| {
+                s.meta.id != store.id
+                    && s.meta.address == store.address
+                    && s.meta.state != StoreState::Tombstone
+            }) {
+                return Err(Error::DuplicateStoreAddress { address: store.address, existing: other.meta.id });
             }
-            Some(cur) => {
-                store.state = cur.meta.state;
-                if cur.meta == store {
-                    return Ok(());
+            match state.store(store.id) {
+                Some(cur) if cur.meta.state == StoreState::Tombstone => {
+                    return Err(Error::StoreTombstone(store.id))
                 }
+                Some(cur) => {
+                    store.state = cur.meta.state;
+                    if cur.meta == store {
+                        return Ok(());
+                    }
+                }
+                None => store.state = StoreState::Up,
             }
-            None => store.state = StoreState::Up,
         }
         let (id, address) = (store.id, store.address.clone());
         inner.propose(Command::PutStore { store })?;
@@ -45,22 +49,18 @@ impl Cluster {
 
     /// Store `id`, with its latest heartbeat.
     pub fn get_store(&self, id: StoreId) -> Result<StoreInfo> {
-        let inner = self.inner.lock();
-        inner.ensure_bootstrapped()?;
-        inner.state().store(id).cloned().ok_or(Error::StoreNotFound(id))
+        self.read_state(|s| s.store(id).cloned())?.ok_or(Error::StoreNotFound(id))
     }
 
     /// Every store, optionally without tombstones.
     pub fn all_stores(&self, exclude_tombstone: bool) -> Result<Vec<StoreInfo>> {
-        let inner = self.inner.lock();
-        inner.ensure_bootstrapped()?;
-        Ok(inner
-            .state()
-            .stores()
-            .values()
-            .filter(|s| !(exclude_tombstone && s.meta.state == StoreState::Tombstone))
-            .cloned()
-            .collect())
+        self.read_state(|s| {
+            s.stores()
+                .values()
+                .filter(|s| !(exclude_tombstone && s.meta.state == StoreState::Tombstone))
+                .cloned()
+                .collect()
+        })
     }
 
     /// Records a store heartbeat. An Offline store that no longer holds any
@@ -76,9 +76,11 @@ impl Cluster {
         if state == StoreState::Tombstone {
             return Err(Error::StoreTombstone(id));
         }
-        inner.sm.state_mut().record_store_heartbeat(id, stats, now);
-        let drained =
-            inner.state().store(id).is_some_and(|s| schedule::is_drained(s, inner.state().regions(), now));
+        let drained = {
+            let mut state = inner.state();
+            state.record_store_heartbeat(id, stats, now);
+            state.store(id).is_some_and(|s| schedule::is_drained(s, state.regions(), now))
+        };
         if drained {
             inner.propose(Command::SetStoreState { store: id, state: StoreState::Tombstone })?;
             info!(store_id = %id, "offline store holds no region any more: now tombstone");
@@ -106,17 +108,21 @@ impl Cluster {
             (StoreState::Up, StoreState::Offline) => {
                 // Its replicas need somewhere to go: max-replicas other
                 // stores that are Up and not Down.
-                let (snap, settings, ..) = inner.scheduling(SystemTime::now(), self.alive_since);
-                let up = snap
-                    .stores
-                    .keys()
-                    .filter(|s| **s != id && snap.is_up(**s, settings.max_store_down_time))
-                    .count();
-                if up < settings.max_replicas {
+                let (up, max_replicas) = inner.scheduling(
+                    SystemTime::now(),
+                    Box::new(|snap, settings, _, _, _| {
+                        let up = snap
+                            .stores
+                            .keys()
+                            .filter(|s| **s != id && snap.is_up(**s, settings.max_store_down_time))
+                            .count();
+                        (up, settings.max_replicas)
+                    }),
+                );
+                if up < max_replicas {
                     return Err(Error::InvalidArgument(format!(
                         "store {id} cannot go Offline: only {up} other stores are Up, fewer than \
-                         max-replicas ({})",
-                        settings.max_replicas
+                         max-replicas ({max_replicas})"
                     )));
                 }
             }

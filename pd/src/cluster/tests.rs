@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use mnemo_node::engine::{MemEngine, RocksEngine};
+use mnemo_engine::{MemEngine, RocksEngine};
 use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
 
 use super::*;
@@ -350,7 +350,7 @@ fn config_changed_at_run_time_survives_a_restart() {
     // Restarted with a file that sets other values: run-time changes win,
     // key by key; the file's other keys apply.
     let mut edited = file;
-    edited.schedule.max_store_down_time = mnemo_node::duration::ReadableDuration::minutes(10);
+    edited.schedule.max_store_down_time = mnemo_raft_driver::duration::ReadableDuration::minutes(10);
     edited.schedule.region_schedule_limit = 7;
     let c = open(edited);
     let config = c.config();

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use mnemo_node::duration::ReadableDuration;
+use mnemo_raft_driver::duration::ReadableDuration;
 
 /// Everything a PD member needs to start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,16 +37,29 @@ pub struct Config {
     /// as `client-urls`; required when `client-urls` binds `0.0.0.0`/`::`.
     /// Default empty.
     pub advertise_client_urls: String,
-    /// URL for PD-to-PD traffic. Recorded and validated; nothing listens on it
-    /// until PD replicates its metadata. Default `"http://127.0.0.1:2380"`.
+    /// URL the PD-to-PD listener (raft messages of the PD group) binds; port
+    /// 0 picks a free port (one-member tests). Default
+    /// `"http://127.0.0.1:2380"`.
     pub peer_urls: String,
     /// Peer URL other members are told to use. Empty means `peer-urls`.
     /// Default empty.
     pub advertise_peer_urls: String,
-    /// Initial members as `name=peer-url,...`. Only a one-member cluster
-    /// (this member) is accepted for now. Empty means `<name>=<advertise
-    /// peer url>`. Default empty.
+    /// Initial members as `name=peer-url,...`, this member among them with
+    /// its advertised peer URL; used on the first start only (the members
+    /// are in the metadata afterwards). Empty means a one-member PD,
+    /// `<name>=<advertise peer url>`. Default empty.
     pub initial_cluster: String,
+    /// One tick of the PD raft group; the leader heartbeats every tick.
+    /// Default `"500ms"` (embedded etcd's default in PD).
+    pub tick_interval: ReadableDuration,
+    /// Election timeout of the PD raft group: a follower that heard nothing
+    /// from the leader for this long (randomized up to twice) campaigns; a
+    /// leader cut off from a quorum stops serving within it. At least 3
+    /// ticks. Default `"3s"`.
+    pub election_interval: ReadableDuration,
+    /// Applied PD raft log entries kept before the log is compacted; a
+    /// member further behind catches up by snapshot. Default 10000.
+    pub raft_log_keep_entries: u64,
     /// Logging.
     pub log: LogConfig,
     /// Scheduling: store liveness and operators.
@@ -137,6 +150,9 @@ impl Default for Config {
             peer_urls: "http://127.0.0.1:2380".into(),
             advertise_peer_urls: String::new(),
             initial_cluster: String::new(),
+            tick_interval: ReadableDuration(Duration::from_millis(500)),
+            election_interval: ReadableDuration::secs(3),
+            raft_log_keep_entries: 10_000,
             log: LogConfig::default(),
             schedule: ScheduleConfig::default(),
             replication: ReplicationConfig::default(),
@@ -247,6 +263,9 @@ impl Config {
         Config {
             data_dir: data_dir.to_path_buf(),
             client_urls: "http://127.0.0.1:0".into(),
+            peer_urls: "http://127.0.0.1:0".into(),
+            tick_interval: ReadableDuration(Duration::from_millis(100)),
+            election_interval: ReadableDuration::secs(1),
             ..Config::default()
         }
     }
@@ -274,20 +293,25 @@ impl Config {
         }
         let peer = self.advertise_peer_url()?;
         let members = self.initial_members()?;
-        if members.len() != 1 {
-            return bad(format!(
-                "initial-cluster lists {} members; only a one-member PD cluster is supported for now",
-                members.len()
-            ));
+        for (i, (name, url)) in members.iter().enumerate() {
+            if members[..i].iter().any(|(n, u)| n == name || u == url) {
+                return bad(format!("initial-cluster lists {name} or {url} twice"));
+            }
         }
-        let (name, url) = &members[0];
-        if name != &self.name {
-            return bad(format!("initial-cluster names {name:?} but this member is {:?}", self.name));
+        match members.iter().find(|(name, _)| name == &self.name) {
+            None => return bad(format!("initial-cluster does not list this member, {:?}", self.name)),
+            Some((name, url)) if url != &peer => {
+                return bad(format!(
+                    "initial-cluster gives {name} the peer URL {url}, but its peer URL is {peer}"
+                ))
+            }
+            Some(_) => {}
         }
-        if url != &peer {
-            return bad(format!(
-                "initial-cluster gives {name} the peer URL {url}, but its peer URL is {peer}"
-            ));
+        if self.tick_interval.0 < Duration::from_millis(10) {
+            return bad("tick-interval must be at least 10ms".into());
+        }
+        if self.election_interval.0 < self.tick_interval.0 * 3 {
+            return bad("election-interval must be at least 3 tick-intervals".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad(format!("log.level {:?} is not a valid filter (try \"info\")", self.log.level));
@@ -330,6 +354,11 @@ impl Config {
         } else {
             one_url("advertise-client-urls", &self.advertise_client_urls)
         }
+    }
+
+    /// The URL the peer listener binds.
+    pub fn peer_listen_url(&self) -> Result<HttpUrl> {
+        one_url("peer-urls", &self.peer_urls)
     }
 
     /// The peer URL this member advertises.
@@ -462,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_unreachable_advertise_and_multi_member_clusters() {
+    fn refuses_unreachable_advertise_and_clusters_without_this_member() {
         let wildcard = Config { client_urls: "http://0.0.0.0:2379".into(), ..Config::default() };
         assert!(wildcard.validate().unwrap_err().to_string().contains("advertise-client-urls"));
         let ok = Config { advertise_client_urls: "http://10.0.0.1:2379".into(), ..wildcard };
@@ -474,7 +503,11 @@ mod tests {
                 .into(),
             ..Config::default()
         };
-        assert!(three.validate().unwrap_err().to_string().contains("one-member"));
+        three.validate().unwrap();
+        let stranger = Config { name: "pd4".into(), ..three.clone() };
+        assert!(stranger.validate().unwrap_err().to_string().contains("does not list"));
+        let moved = Config { peer_urls: "http://127.0.0.1:2390".into(), ..three };
+        assert!(moved.validate().unwrap_err().to_string().contains("peer URL"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::member::Member;
 use crate::store::{StoreMeta, StoreState};
 
 /// One change to PD's replicated metadata. Values that are not
@@ -71,6 +72,17 @@ pub enum Command {
         /// the proposer.
         names: Vec<String>,
     },
+    /// Publishes a PD member's name and URLs (what `GetMembers` lists),
+    /// replacing what was known of it.
+    PutMember {
+        /// The member.
+        member: Member,
+    },
+    /// Forgets a PD member that left the group.
+    RemoveMember {
+        /// Its id.
+        member_id: u64,
+    },
 }
 
 /// The encoded form: JSON, with stores and regions as hex of their protobuf
@@ -87,6 +99,8 @@ enum Repr {
     TsoWindow { physical_ms: u64 },
     UpdateConfig { changes: Vec<(String, String)> },
     SetSchedulers { names: Vec<String> },
+    PutMember { member: Member },
+    RemoveMember { member_id: u64 },
 }
 
 impl Command {
@@ -108,6 +122,8 @@ impl Command {
             Command::TsoWindow { physical_ms } => Repr::TsoWindow { physical_ms: *physical_ms },
             Command::UpdateConfig { changes } => Repr::UpdateConfig { changes: changes.clone() },
             Command::SetSchedulers { names } => Repr::SetSchedulers { names: names.clone() },
+            Command::PutMember { member } => Repr::PutMember { member: member.clone() },
+            Command::RemoveMember { member_id } => Repr::RemoveMember { member_id: *member_id },
         };
         serde_json::to_vec(&repr).expect("command repr always serializes")
     }
@@ -140,6 +156,8 @@ impl Command {
             Repr::TsoWindow { physical_ms } => Command::TsoWindow { physical_ms },
             Repr::UpdateConfig { changes } => Command::UpdateConfig { changes },
             Repr::SetSchedulers { names } => Command::SetSchedulers { names },
+            Repr::PutMember { member } => Command::PutMember { member },
+            Repr::RemoveMember { member_id } => Command::RemoveMember { member_id },
         })
     }
 }
@@ -169,6 +187,15 @@ mod tests {
             Command::TsoWindow { physical_ms: 1_700_000_003_000 },
             Command::UpdateConfig { changes: vec![("schedule.max-store-down-time".into(), "\"5s\"".into())] },
             Command::SetSchedulers { names: vec!["shuffle-leader-scheduler".into()] },
+            Command::PutMember {
+                member: Member {
+                    name: "pd2".into(),
+                    member_id: 9,
+                    client_url: "http://b:2379".into(),
+                    peer_url: "http://b:2380".into(),
+                },
+            },
+            Command::RemoveMember { member_id: 9 },
         ];
         for cmd in cmds {
             assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);

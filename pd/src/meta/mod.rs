@@ -6,12 +6,13 @@
 //! [`StateMachine`] only through a [`Replicator`]:
 //!
 //! ```text
-//!   request ──► Cluster (decides, under one lock) ──► Replicator::replicate(cmd)
-//!                                                        │  today: apply at once
-//!                                                        │  later: raft log → commit
-//!                                                        ▼
-//!                                   StateMachine::apply(cmd): engine write (sync)
-//!                                                             then memory update
+//!   request ──► Cluster (decides) ──► Replicator::replicate(cmd)
+//!                                        │  PD raft log → commit (crate::raft),
+//!                                        │  or at once (one member, tests)
+//!                                        ▼
+//!              StateMachine::stage(cmd, batch): validate, stage, update memory
+//!              then the batch (with the applied index) is written, synced,
+//!              before the proposer is answered
 //! ```
 //!
 //! Invariants:
@@ -19,9 +20,11 @@
 //!   state, never on the clock or randomness (commands carry such values, e.g.
 //!   the generated cluster id or the TSO bound). Rejections (`Bootstrap` twice,
 //!   a stale region) are deterministic no-ops or errors every replica agrees on.
-//! - Disk before memory: the engine write is synced before memory changes, so
-//!   nothing observable is lost on a crash; if the write fails, memory is
-//!   unchanged and the error is not deterministic (a replica must stop).
+//! - Nothing is answered before it is on disk: memory changes as a command
+//!   is staged, and the batch is synced before the proposer hears of it
+//!   (what readers may see in between is committed, so not lost). A failed
+//!   write ends the process (the panic policy): memory would be ahead of
+//!   disk, and a member must not diverge from its peers.
 //! - Runtime facts (region leaders, store heartbeats) are not commands: they
 //!   live beside the metadata in memory and are rebuilt from heartbeats.
 //!
@@ -34,5 +37,5 @@ mod state;
 mod storage;
 
 pub use command::Command;
-pub use replicator::{LocalReplicator, Replicator};
+pub use replicator::{LocalReplicator, Replicator, SharedMeta};
 pub use state::{MetaState, StateMachine};

@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use mnemo_node::engine::{Cf, EngineRef, WriteBatch};
+use mnemo_engine::{Cf, EngineRef, WriteBatch};
 use mnemo_proto::types::{RegionId, StoreId};
 
 use super::storage;
 use super::Command;
 use crate::error::{Error, Result};
+use crate::member::Member;
 use crate::region_map::{RegionMap, RegionRuntime, Verdict};
 use crate::store::{StoreInfo, StoreState, StoreStats};
 
@@ -25,6 +26,7 @@ pub struct MetaState {
     tso_bound_ms: u64,
     config_overrides: BTreeMap<String, String>,
     schedulers: Option<Vec<String>>,
+    members: BTreeMap<u64, Member>,
 }
 
 impl MetaState {
@@ -74,6 +76,11 @@ impl MetaState {
         self.schedulers.as_deref()
     }
 
+    /// The PD members as last published (name and URLs), by member id.
+    pub fn members(&self) -> &BTreeMap<u64, Member> {
+        &self.members
+    }
+
     /// Runtime: the latest heartbeat of region `id` (no-op if unknown).
     pub fn set_region_runtime(&mut self, id: RegionId, runtime: RegionRuntime) {
         self.regions.set_runtime(id, runtime);
@@ -107,6 +114,9 @@ impl StateMachine {
             schedulers: storage::get_schedulers(e)?,
             ..MetaState::default()
         };
+        for member in storage::load_members(e)? {
+            state.members.insert(member.member_id, member);
+        }
         for meta in storage::load_stores(e)? {
             state.stores.insert(meta.id, StoreInfo { meta, ..Default::default() });
         }
@@ -126,10 +136,25 @@ impl StateMachine {
         &mut self.state
     }
 
-    /// Applies one command: validates it against the state, writes the engine
-    /// (synced), then updates memory. See the module docs for the invariants.
+    /// Applies one command and writes it (synced): [`StateMachine::stage`]
+    /// with a batch of its own. A failed write panics (the process ends, see
+    /// the module docs): memory already holds the change.
     pub fn apply(&mut self, cmd: &Command) -> Result<()> {
         let mut wb = WriteBatch::new();
+        self.stage(cmd, &mut wb)?;
+        if !wb.is_empty() {
+            if let Err(e) = self.engine.write(&wb, true) {
+                panic!("PD metadata write failed after the change was applied in memory: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one command: validates it against the state, stages its
+    /// writes into `wb`, and updates memory. A refused command (an `Err`)
+    /// changes nothing; the caller writes `wb` before telling anyone the
+    /// command took effect. See the module docs for the invariants.
+    pub fn stage(&mut self, cmd: &Command, wb: &mut WriteBatch) -> Result<()> {
         match cmd {
             Command::InitCluster { cluster_id } => {
                 if *cluster_id == 0 {
@@ -141,18 +166,16 @@ impl StateMachine {
                         self.state.cluster_id
                     )));
                 }
-                storage::put_u64(&mut wb, storage::CLUSTER_ID, *cluster_id);
-                self.write(&wb)?;
+                storage::put_u64(wb, storage::CLUSTER_ID, *cluster_id);
                 self.state.cluster_id = *cluster_id;
             }
             Command::Bootstrap { store, region } => {
                 if self.state.bootstrapped {
                     return Err(Error::AlreadyBootstrapped);
                 }
-                storage::put_store(&mut wb, store);
-                storage::put_region(&mut wb, region);
+                storage::put_store(wb, store);
+                storage::put_region(wb, region);
                 wb.put(Cf::Meta, storage::BOOTSTRAPPED, [1u8]);
-                self.write(&wb)?;
                 self.state.stores.insert(store.id, StoreInfo { meta: store.clone(), ..Default::default() });
                 self.state.regions.put(region.clone());
                 self.state.bootstrapped = true;
@@ -163,8 +186,20 @@ impl StateMachine {
                         return Err(Error::StoreTombstone(store.id));
                     }
                 }
-                storage::put_store(&mut wb, store);
-                self.write(&wb)?;
+                // Checked by the proposer too, but only here against the
+                // state every member applies to: two racing registrations
+                // of one address are both valid when proposed.
+                if let Some(other) = self.state.stores.values().find(|s| {
+                    s.meta.id != store.id
+                        && s.meta.address == store.address
+                        && s.meta.state != StoreState::Tombstone
+                }) {
+                    return Err(Error::DuplicateStoreAddress {
+                        address: store.address.clone(),
+                        existing: other.meta.id,
+                    });
+                }
+                storage::put_store(wb, store);
                 let entry = self.state.stores.entry(store.id).or_default();
                 entry.meta = store.clone();
             }
@@ -173,55 +208,64 @@ impl StateMachine {
                 if cur.meta.state == StoreState::Tombstone && *state != StoreState::Tombstone {
                     return Err(Error::StoreTombstone(*store));
                 }
+                if *state == StoreState::Tombstone {
+                    let n = self.state.regions.store_region_count(*store);
+                    if n > 0 {
+                        return Err(Error::InvalidArgument(format!("store {store} still holds {n} regions")));
+                    }
+                }
                 let mut meta = cur.meta.clone();
                 meta.state = *state;
-                storage::put_store(&mut wb, &meta);
-                self.write(&wb)?;
+                storage::put_store(wb, &meta);
                 self.state.stores.get_mut(store).expect("checked above").meta = meta;
             }
             Command::PutRegion { region } => {
                 if self.state.regions.check(region) != Verdict::Changed {
                     return Ok(());
                 }
-                storage::put_region(&mut wb, region);
+                storage::put_region(wb, region);
                 for id in self.state.regions.overlaps(region) {
-                    storage::delete_region(&mut wb, id);
+                    storage::delete_region(wb, id);
                 }
-                self.write(&wb)?;
                 self.state.regions.put(region.clone());
             }
             Command::AllocIdWindow { end } => {
                 if *end > self.state.id_window_end {
-                    storage::put_u64(&mut wb, storage::ID_WINDOW_END, *end);
-                    self.write(&wb)?;
+                    storage::put_u64(wb, storage::ID_WINDOW_END, *end);
                     self.state.id_window_end = *end;
                 }
             }
             Command::TsoWindow { physical_ms } => {
                 if *physical_ms > self.state.tso_bound_ms {
-                    storage::put_u64(&mut wb, storage::TSO_BOUND, *physical_ms);
-                    self.write(&wb)?;
+                    storage::put_u64(wb, storage::TSO_BOUND, *physical_ms);
                     self.state.tso_bound_ms = *physical_ms;
                 }
             }
             Command::UpdateConfig { changes } => {
                 let mut overrides = self.state.config_overrides.clone();
                 overrides.extend(changes.iter().cloned());
-                storage::put_overrides(&mut wb, &overrides);
-                self.write(&wb)?;
+                storage::put_overrides(wb, &overrides);
                 self.state.config_overrides = overrides;
             }
             Command::SetSchedulers { names } => {
-                storage::put_schedulers(&mut wb, names);
-                self.write(&wb)?;
+                storage::put_schedulers(wb, names);
                 self.state.schedulers = Some(names.clone());
             }
+            Command::PutMember { member } => {
+                if member.member_id == 0 || member.name.is_empty() {
+                    return Err(Error::InvalidArgument("a member needs an id and a name".into()));
+                }
+                if self.state.members.get(&member.member_id) != Some(member) {
+                    storage::put_member(wb, member);
+                    self.state.members.insert(member.member_id, member.clone());
+                }
+            }
+            Command::RemoveMember { member_id } => {
+                if self.state.members.remove(member_id).is_some() {
+                    storage::delete_member(wb, *member_id);
+                }
+            }
         }
-        Ok(())
-    }
-
-    fn write(&self, wb: &WriteBatch) -> Result<()> {
-        self.engine.write(wb, true)?;
         Ok(())
     }
 }
@@ -230,7 +274,7 @@ impl StateMachine {
 mod tests {
     use std::sync::Arc;
 
-    use mnemo_node::engine::{MemEngine, RocksEngine};
+    use mnemo_engine::{MemEngine, RocksEngine};
     use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch};
 
     use super::*;

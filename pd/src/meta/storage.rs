@@ -7,6 +7,7 @@
 //! pd/tso_bound_ms          u64 big-endian
 //! pd/config_overrides      JSON object: dotted config key → value as JSON text
 //! pd/schedulers            JSON array of active scheduler names (absent: the defaults)
+//! pd/member/<id u64 BE>    JSON: name, member id, peer and client URL
 //! pd/store/<id u64 BE>     metapb.Store (protobuf)
 //! pd/region/<id u64 BE>    metapb.Region (protobuf)
 //! ```
@@ -16,12 +17,13 @@
 
 use std::collections::BTreeMap;
 
-use mnemo_node::engine::{Cf, Engine, ScanRange, WriteBatch};
+use mnemo_engine::{Cf, Engine, ScanRange, WriteBatch};
 use mnemo_proto::metapb;
 use mnemo_proto::types::{Region, RegionId, StoreId};
 use prost::Message;
 
 use crate::error::{Error, Result};
+use crate::member::Member;
 use crate::store::StoreMeta;
 
 pub(super) const CLUSTER_ID: &[u8] = b"pd/cluster_id";
@@ -31,6 +33,7 @@ pub(super) const TSO_BOUND: &[u8] = b"pd/tso_bound_ms";
 pub(super) const CONFIG_OVERRIDES: &[u8] = b"pd/config_overrides";
 pub(super) const SCHEDULERS: &[u8] = b"pd/schedulers";
 const STORE_PREFIX: &[u8] = b"pd/store/";
+const MEMBER_PREFIX: &[u8] = b"pd/member/";
 const REGION_PREFIX: &[u8] = b"pd/region/";
 
 pub(super) fn store_key(id: StoreId) -> Vec<u8> {
@@ -95,6 +98,23 @@ pub(super) fn get_schedulers(engine: &dyn Engine) -> Result<Option<Vec<String>>>
 
 pub(super) fn is_set(engine: &dyn Engine, key: &[u8]) -> Result<bool> {
     Ok(engine.get(Cf::Meta, key)?.is_some())
+}
+
+fn member_key(id: u64) -> Vec<u8> {
+    [MEMBER_PREFIX, &id.to_be_bytes()].concat()
+}
+
+pub(super) fn put_member(wb: &mut WriteBatch, m: &Member) {
+    wb.put(Cf::Meta, member_key(m.member_id), serde_json::to_vec(m).expect("a member serializes"));
+}
+
+pub(super) fn delete_member(wb: &mut WriteBatch, id: u64) {
+    wb.delete(Cf::Meta, member_key(id));
+}
+
+/// Every published member.
+pub(super) fn load_members(engine: &dyn Engine) -> Result<Vec<Member>> {
+    scan_prefix(engine, MEMBER_PREFIX, |k, v| serde_json::from_slice(v).map_err(|e| corrupt(k, e)))
 }
 
 /// Every persisted store.

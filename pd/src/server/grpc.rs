@@ -71,10 +71,23 @@ fn header(cluster_id: u64, err: Option<&Error>) -> pdpb::ResponseHeader {
     pdpb::ResponseHeader { cluster_id, error: err.map(Error::to_header_error) }
 }
 
+/// Every RPC but `GetMembers`: only the serving leader answers (a follower
+/// says UNAVAILABLE "not leader", as PD's do), and only for its cluster.
 fn check_header(cluster: &Cluster, h: Option<&pdpb::RequestHeader>) -> std::result::Result<(), Status> {
+    cluster.check_serving().map_err(|e| Status::unavailable(e.to_string()))?;
     cluster
         .check_cluster_id(h.map_or(0, |h| h.cluster_id))
         .map_err(|e| Status::failed_precondition(e.to_string()))
+}
+
+fn wire_member(m: &crate::member::Member) -> pdpb::Member {
+    pdpb::Member {
+        name: m.name.clone(),
+        member_id: m.member_id,
+        peer_urls: vec![m.peer_url.clone()],
+        client_urls: vec![m.client_url.clone()],
+        ..Default::default()
+    }
 }
 
 fn required<T>(field: Option<T>, name: &str) -> Result<T> {
@@ -134,19 +147,15 @@ impl Pd for PdService {
         &self,
         _req: Request<pdpb::GetMembersRequest>,
     ) -> std::result::Result<Response<pdpb::GetMembersResponse>, Status> {
-        let m = self.cluster.member();
-        let me = pdpb::Member {
-            name: m.name.clone(),
-            member_id: m.member_id,
-            peer_urls: vec![m.peer_url.clone()],
-            client_urls: vec![m.client_url.clone()],
-            ..Default::default()
-        };
+        // Every member answers, leader or not: this is how clients find
+        // the leader and learn the cluster id.
+        let (members, leader) = self.cluster.member_list();
+        let leader = leader.as_ref().map(wire_member);
         Ok(Response::new(pdpb::GetMembersResponse {
             header: Some(header(self.cluster.cluster_id(), None)),
-            members: vec![me.clone()],
-            leader: Some(me.clone()),
-            etcd_leader: Some(me),
+            members: members.iter().map(wire_member).collect(),
+            leader: leader.clone(),
+            etcd_leader: leader,
         }))
     }
 

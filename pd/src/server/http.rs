@@ -72,6 +72,10 @@ pub(super) fn routes(cluster: Arc<Cluster>) -> Router {
         .route("/pd/api/v1/region/key/:key", get(region_by_key))
         .route("/pd/api/v1/health", get(health))
         .route("/pd/api/v1/members", get(members))
+        .route("/pd/api/v1/leader", get(leader))
+        .route("/pd/api/v1/leader/resign", post(resign_leader))
+        .route("/pd/api/v1/leader/transfer/:name", post(transfer_leader))
+        .route("/pd/api/v1/ping", get(ping))
         .route("/pd/api/v1/cluster", get(cluster_info))
         .with_state(cluster)
 }
@@ -189,13 +193,33 @@ async fn health(State(c): Shared) -> Json<Vec<json::Health>> {
 }
 
 async fn members(State(c): Shared) -> Json<json::Members> {
-    let me = json::member(c.member());
+    let (members, leader) = c.member_list();
+    let leader = leader.as_ref().map(json::member);
     Json(json::Members {
         header: json::Header { cluster_id: c.cluster_id() },
-        members: vec![me.clone()],
-        leader: me.clone(),
-        etcd_leader: me,
+        members: members.iter().map(json::member).collect(),
+        leader: leader.clone(),
+        etcd_leader: leader,
     })
+}
+
+/// The leader `Member`, or `null` when none is known.
+async fn leader(State(c): Shared) -> Json<Option<json::MemberJson>> {
+    Json(c.member_list().1.as_ref().map(json::member))
+}
+
+async fn resign_leader(State(c): Shared) -> ApiResult<&'static str> {
+    c.resign_leader()?;
+    Ok(Json("The resign command is submitted."))
+}
+
+async fn transfer_leader(State(c): Shared, Path(name): Path<String>) -> ApiResult<&'static str> {
+    c.transfer_leader_to(&name)?;
+    Ok(Json("The transfer command is submitted."))
+}
+
+async fn ping() -> StatusCode {
+    StatusCode::OK
 }
 
 async fn cluster_info(State(c): Shared) -> Json<json::ClusterJson> {

@@ -14,8 +14,8 @@ use crate::region_map::RegionInfo;
 use crate::schedule::Operator;
 use crate::store::{unix_nanos, StoreInfo};
 use crate::time::format_rfc3339_ms;
-use mnemo_node::duration::ReadableDuration;
 use mnemo_proto::types::{Peer, PeerRole};
+use mnemo_raft_driver::duration::ReadableDuration;
 
 /// A key as PD's HTTP API prints it: uppercase hex.
 pub fn hex_key(key: &[u8]) -> String {
@@ -221,8 +221,11 @@ pub(super) fn member(m: &Member) -> MemberJson {
 pub(super) struct Members {
     pub(super) header: Header,
     pub(super) members: Vec<MemberJson>,
-    pub(super) leader: MemberJson,
-    pub(super) etcd_leader: MemberJson,
+    /// Left out when no leader is known, as PD does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) leader: Option<MemberJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) etcd_leader: Option<MemberJson>,
 }
 
 #[derive(Serialize)]

@@ -8,26 +8,34 @@
 //! end them all and return only once the metadata engine is released — a
 //! test can restart PD on the same data dir right away.
 //!
-//! One more task, the patrol, calls [`Cluster::patrol`] every
-//! `schedule.patrol-region-interval` and pushes the first steps of new
-//! operators onto the leaders' heartbeat streams ([`streams`]), which the
-//! gRPC service and the HTTP operator API share.
+//! Beside it: the peer listener (`peer-urls`), where the other PD members'
+//! raft messages arrive (`crate::raft`); the leader task, which promotes
+//! this member when the PD group makes it leader ([`Cluster::promote`]) and
+//! publishes the members' URLs; and the patrol, which calls
+//! [`Cluster::patrol`] every `schedule.patrol-region-interval` on the leader
+//! and pushes the first steps of new operators onto the leaders' heartbeat
+//! streams ([`streams`]), which the gRPC service and the HTTP operator API
+//! share.
 
 mod admin_api;
 mod convert;
 mod grpc;
 mod http;
 mod json;
+mod proxy;
 mod streams;
 mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use mnemo_node::engine::RocksEngine;
+use mnemo_engine::{EngineRef, RocksEngine};
 use mnemo_proto::pdpb::pd_server::PdServer;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -36,7 +44,9 @@ use tracing::{debug, info, warn};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::Result;
-use crate::member::Member;
+use crate::member::{member_id, Member};
+use crate::meta::StateMachine;
+use crate::raft::{self, PeerTransport, RaftHandle, RaftSettings};
 use streams::HeartbeatStreams;
 
 pub use json::hex_key;
@@ -45,7 +55,11 @@ pub use json::hex_key;
 /// [`PdHandle::shutdown`] to wait for that.
 pub struct PdHandle {
     addr: SocketAddr,
+    peer_addr: SocketAddr,
     cluster: Arc<Cluster>,
+    raft: RaftHandle,
+    raft_thread: std::thread::JoinHandle<()>,
+    peer_rt: PeerRuntime,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -54,6 +68,11 @@ impl PdHandle {
     /// The address the listener is bound to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address the peer listener is bound to.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
     }
 
     /// The advertised client URL (`http://host:port`), as `GetMembers` reports it.
@@ -79,6 +98,18 @@ impl PdHandle {
         if let Err(e) = self.task.await {
             warn!(error = %e, "PD server task failed");
         }
+        self.raft.stop();
+        let thread = self.raft_thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        drop(self.peer_rt);
+        // Blocking work the leader task started (a promotion, publishing
+        // members) may still hold the cluster for a moment; the engine
+        // closes with the last holder.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.cluster) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(self.cluster);
         info!(addr = %self.addr, "PD stopped");
     }
 
@@ -110,29 +141,149 @@ pub async fn start_with_listener(config: Config, listener: TcpListener) -> Resul
     if advertised.port == 0 {
         advertised.port = addr.port();
     }
-    let member = Member::new(&config, &advertised)?;
+    // Raft traffic between members runs on a runtime of its own: request
+    // handlers wait for proposals on the main runtime's threads, and the
+    // messages that commit those proposals must flow meanwhile.
+    let peer_rt = PeerRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pd-peer")
+            .enable_all()
+            .build()?,
+    ));
+    let peer_listener = std::net::TcpListener::bind(config.peer_listen_url()?.host_port())?;
+    peer_listener.set_nonblocking(true)?;
+    let peer_addr = peer_listener.local_addr()?;
+    let mut member = Member::new(&config, &advertised)?;
+    let mut peer_url = config.advertise_peer_url()?;
+    if peer_url.port == 0 {
+        peer_url.port = peer_addr.port();
+        member.peer_url = peer_url.to_string();
+    }
     std::fs::create_dir_all(&config.data_dir)?;
-    let engine = RocksEngine::open(&config.data_dir.join("meta"))?;
-    let cluster = Arc::new(Cluster::open(config, member, Arc::new(engine))?);
-    info!(%addr, client_url = %cluster.member().client_url, cluster_id = cluster.cluster_id(), "PD serving");
+    let engine: EngineRef = Arc::new(RocksEngine::open(&config.data_dir.join("meta"))?);
+    let sm = Arc::new(Mutex::new(StateMachine::open(engine.clone())?));
+
+    // The group: the initial members on a first start; members that joined
+    // later are in the metadata.
+    let transport = PeerTransport::new(member.clone(), peer_rt.handle());
+    let mut voters = Vec::new();
+    for (name, url) in config.initial_members()? {
+        let id = member_id(&name, &url.to_string());
+        voters.push(id);
+        transport.add_peer(id, &url.to_string());
+    }
+    for m in sm.lock().state().members().values() {
+        transport.add_peer(m.member_id, &m.peer_url);
+    }
+    let election = config.election_interval.0;
+    let settings = RaftSettings {
+        tick: config.tick_interval.0,
+        election,
+        log_keep: config.raft_log_keep_entries,
+        propose_timeout: (election * 2).max(Duration::from_secs(3)),
+    };
+    let (raft, raft_tx, raft_thread) =
+        raft::start(member.clone(), &voters, engine, sm.clone(), transport.clone(), settings)?;
+    transport.set_raft(raft_tx.clone());
+    let tick = config.tick_interval.0;
+    let cluster = Arc::new(Cluster::with_replicator(
+        config,
+        member,
+        sm,
+        Box::new(raft.clone()),
+        Arc::new(raft.clone()),
+    ));
+    info!(%addr, %peer_addr, client_url = %cluster.member().client_url, member_id = cluster.member().member_id, "PD member started");
     let streams = Arc::new(HeartbeatStreams::default());
     let router = router(cluster.clone(), streams.clone());
     let (stop, stopped) = watch::channel(false);
     let tasks = tasks::Tasks::new();
     tasks.spawn(patrol_loop(cluster.clone(), streams));
-    let task = tokio::spawn(accept_loop(listener, router, tasks, stopped));
-    Ok(PdHandle { addr, cluster, stop, task })
+    tasks.spawn(leader_loop(cluster.clone(), transport, tick));
+    let mut peer_stopped = stopped.clone();
+    peer_rt.handle().spawn(async move {
+        let stop = async move {
+            let _ = peer_stopped.changed().await;
+        };
+        let listener = match TcpListener::from_std(peer_listener) {
+            Ok(l) => l,
+            Err(e) => return warn!(error = %e, "PD peer listener failed"),
+        };
+        if let Err(e) = raft::serve_peers(listener, raft_tx, stop).await {
+            warn!(error = %e, "PD peer listener failed");
+        }
+    });
+    let task = tokio::spawn(accept_loop(listener, router, tasks, stopped, raft.clone()));
+    // A lone member elects itself at once: be ready to answer before
+    // returning, as a single PD always was. A member of a larger group may
+    // wait for its peers; callers poll.
+    if voters == [cluster.member().member_id] {
+        let deadline = Instant::now() + election * 10;
+        while cluster.check_serving().is_err() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(PdHandle { addr, peer_addr, cluster, raft, raft_thread, peer_rt, stop, task })
+}
+
+/// The peer runtime, shut down without waiting when dropped (dropping a
+/// runtime the usual way blocks, which async code must not).
+struct PeerRuntime(Option<tokio::runtime::Runtime>);
+
+impl PeerRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("runtime until dropped").handle().clone()
+    }
+}
+
+impl Drop for PeerRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Promotes this member when the PD group makes it leader, and keeps the
+/// published member list (names and URLs, as `GetMembers` reports them)
+/// in line with the group.
+async fn leader_loop(cluster: Arc<Cluster>, transport: PeerTransport, tick: Duration) {
+    let mut last_publish = Instant::now() - Duration::from_secs(60);
+    loop {
+        tokio::time::sleep((tick / 4).clamp(Duration::from_millis(10), Duration::from_millis(50))).await;
+        let status = cluster.leadership().status();
+        // Members that joined while this one was away.
+        for m in cluster.members().values() {
+            transport.add_peer(m.member_id, &m.peer_url);
+        }
+        let Some(term) = status.serving_term(Instant::now()) else { continue };
+        if !cluster.is_promoted(term) {
+            let c = cluster.clone();
+            match tokio::task::spawn_blocking(move || c.promote(term)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(term, error = %e, "cannot serve as PD leader yet"),
+                Err(e) => warn!(error = %e, "PD promotion task failed"),
+            }
+        }
+        if last_publish.elapsed() >= Duration::from_secs(1) {
+            last_publish = Instant::now();
+            let c = cluster.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || c.publish_members()).await {
+                debug!(error = %e, "publishing PD members failed");
+            }
+        }
+    }
 }
 
 /// gRPC and HTTP routes together; anything else is 404 (or gRPC
 /// `UNIMPLEMENTED` for a gRPC request).
 fn router(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) -> axum::Router {
     let pd = PdServer::new(grpc::PdService::new(cluster.clone(), streams.clone()));
-    tonic::service::Routes::new(pd)
-        .into_axum_router()
-        .merge(http::routes(cluster.clone()))
-        .merge(admin_api::routes(cluster, streams))
-        .fallback(http::fallback)
+    let api = http::routes(cluster.clone())
+        .merge(admin_api::routes(cluster.clone(), streams))
+        .layer(axum::middleware::from_fn_with_state(cluster, proxy::to_leader));
+    tonic::service::Routes::new(pd).into_axum_router().merge(api).fallback(http::fallback)
 }
 
 /// Runs the patrol forever (until shutdown aborts it). The interval is read
@@ -140,6 +291,9 @@ fn router(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) -> axum::Router
 async fn patrol_loop(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) {
     loop {
         tokio::time::sleep(cluster.patrol_interval()).await;
+        if cluster.check_serving().is_err() {
+            continue;
+        }
         match cluster.patrol() {
             Ok(orders) => streams.push(cluster.cluster_id(), &orders),
             Err(e) => warn!(error = %e, "patrol failed"),
@@ -152,6 +306,7 @@ async fn accept_loop(
     router: axum::Router,
     tasks: tasks::Tasks,
     mut stopped: watch::Receiver<bool>,
+    raft: RaftHandle,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -181,4 +336,5 @@ async fn accept_loop(
     drop(listener);
     drop(router);
     tasks.shutdown().await;
+    raft.stop();
 }

@@ -1008,6 +1008,8 @@ mod tests {
     use super::*;
     use crate::engine::{Cf, MemEngine, ScanRange};
     use crate::raftstore::lease_clock::LeaseClock;
+    use crate::raftstore::store::RoundCx;
+    use mnemo_raft_driver::round::Round;
 
     const LEASE: Duration = Duration::from_millis(800);
 
@@ -1015,7 +1017,8 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// The store's ready loop for one peer; returns the messages it sends.
+    /// The store's ready round (`mnemo_raft_driver::round`) for one peer,
+    /// until it has nothing left; returns the messages it sends.
     fn drive(
         p: &mut Peer,
         kv: &EngineRef,
@@ -1023,34 +1026,18 @@ mod tests {
         now: Now,
         replies: &mut Vec<Reply>,
     ) -> Vec<RaftMsg> {
-        let mut msgs = Vec::new();
+        let metrics = crate::metrics::Metrics::default();
         while p.raw.has_ready() {
-            let mut rd = p.raw.ready();
-            if rd.ss().is_some() {
-                p.on_soft_state_change(replies);
+            let mut cx = RoundCx { kv, metrics: &metrics, replies, now: Some(now) };
+            let mut round = Round::new();
+            round.collect((), p, &mut cx).unwrap();
+            let (readies, _) = round.persist(kv.as_ref(), raft.as_ref()).unwrap();
+            for ((), ready) in readies {
+                round.advance(p, ready, &mut cx).unwrap();
             }
-            msgs.extend(rd.take_messages());
-            for rs in rd.read_states() {
-                p.on_read_state(&rs.request_ctx, rs.index);
-            }
-            let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
-            p.apply_entries(rd.take_committed_entries(), kv, &mut kv_wb, replies).unwrap();
-            p.raw.mut_store().append(rd.entries(), &mut raft_wb);
-            if let Some(hs) = rd.hs() {
-                p.raw.mut_store().set_hard_state(hs, &mut raft_wb);
-            }
-            kv.write(&kv_wb, true).unwrap();
-            raft.write(&raft_wb, true).unwrap();
-            msgs.extend(rd.take_persisted_messages());
-            let mut light = p.raw.advance(rd);
-            msgs.extend(light.take_messages());
-            let mut kv_wb = WriteBatch::new();
-            p.apply_entries(light.take_committed_entries(), kv, &mut kv_wb, replies).unwrap();
-            kv.write(&kv_wb, true).unwrap();
-            p.raw.advance_apply();
-            p.answer_ready_reads(now, replies);
+            round.finish(kv.as_ref(), raft.as_ref()).unwrap();
         }
-        msgs
+        p.outbox.drain(..).map(|(_, m)| m).collect()
     }
 
     /// The only voter of its region, elected, with its first entry applied.

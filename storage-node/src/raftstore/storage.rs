@@ -18,11 +18,12 @@ use mnemo_proto::types::{PeerRole, Region, RegionId};
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
-use raft::{GetEntriesContext, RaftState, StorageError};
+use raft::{GetEntriesContext, RaftState};
 
 use crate::engine::{Cf, EngineRef, ScanRange, WriteBatch};
 use crate::error::{Error, Result};
 use crate::keys;
+use mnemo_raft_driver::log::{RaftLog, Truncated};
 
 /// Index and term a freshly bootstrapped region's log starts after. Peers
 /// created empty (index 0) are always behind it, so they get a snapshot.
@@ -45,12 +46,14 @@ pub struct PeerStorage {
     pub hard_state: HardState,
     /// Last applied index and truncation point.
     pub apply_state: RaftApplyState,
-    last_index: u64,
-    last_term: u64,
+    /// The log entries (`mnemo_raft_driver::log`, shared with PD).
+    log: RaftLog,
 }
 
-fn engine_err(e: impl std::fmt::Display) -> raft::Error {
-    raft::Error::Store(StorageError::Other(e.to_string().into()))
+use mnemo_raft_driver::log::storage_err as engine_err;
+
+fn truncated(a: &RaftApplyState) -> Truncated {
+    Truncated { index: a.truncated_index, term: a.truncated_term }
 }
 
 /// The conf state matching a region's peers.
@@ -154,19 +157,9 @@ impl PeerStorage {
             Some(b) => HardState::parse_from_bytes(&b).map_err(|e| Error::Other(e.to_string()))?,
             None => HardState::default(),
         };
-        let mut s = PeerStorage {
-            region_id,
-            kv,
-            raft,
-            region,
-            peer_state,
-            conf_state,
-            hard_state,
-            apply_state,
-            last_index: 0,
-            last_term: 0,
-        };
-        s.load_last()?;
+        let log = RaftLog::open(raft.clone(), keys::raft_log_prefix(region_id), truncated(&apply_state))?;
+        let mut s =
+            PeerStorage { region_id, kv, raft, region, peer_state, conf_state, hard_state, apply_state, log };
         // A crash between writing a received snapshot to the kv engine and
         // resetting the raft log leaves a hard state behind the snapshot; the
         // snapshot was committed, so its index is committed too.
@@ -187,24 +180,6 @@ impl PeerStorage {
         Ok(s)
     }
 
-    fn load_last(&mut self) -> Result<()> {
-        self.last_index = self.apply_state.truncated_index;
-        self.last_term = self.apply_state.truncated_term;
-        let start = keys::raft_log_key(self.region_id, self.apply_state.truncated_index + 1);
-        let end = keys::raft_log_key(self.region_id, u64::MAX);
-        let mut last = None;
-        self.raft.scan(Cf::Default, ScanRange { start: &start, end: &end, reverse: true }, &mut |_, v| {
-            last = Some(v.to_vec());
-            false
-        })?;
-        if let Some(v) = last {
-            let e = Entry::parse_from_bytes(&v).map_err(|e| Error::Other(e.to_string()))?;
-            self.last_index = e.index;
-            self.last_term = e.term;
-        }
-        Ok(())
-    }
-
     /// True once the peer holds the region's data (bootstrapped or from a snapshot).
     pub fn is_initialized(&self) -> bool {
         !self.region.peers.is_empty()
@@ -217,31 +192,13 @@ impl PeerStorage {
 
     /// The last index in the log.
     pub fn last_index_now(&self) -> u64 {
-        self.last_index
+        self.log.last_index()
     }
 
     /// Stages `entries` (a contiguous run) into `wb`, replacing any
     /// conflicting suffix of the log.
     pub fn append(&mut self, entries: &[Entry], wb: &mut WriteBatch) {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
-        for e in entries {
-            wb.put(
-                Cf::Default,
-                keys::raft_log_key(self.region_id, e.index),
-                e.write_to_bytes().expect("encode"),
-            );
-        }
-        if last.index < self.last_index {
-            // Entries past the new tail came from an older leader; remove them.
-            wb.delete_range(
-                Cf::Default,
-                keys::raft_log_key(self.region_id, last.index + 1),
-                keys::raft_log_key(self.region_id, self.last_index + 1),
-            );
-        }
-        debug_assert!(first.index <= self.last_index + 1);
-        self.last_index = last.index;
-        self.last_term = last.term;
+        self.log.append(entries, wb);
     }
 
     /// Stages a new hard state into `wb`.
@@ -348,14 +305,12 @@ impl PeerStorage {
         fail::fail_point!("snapshot_apply_after_ingest");
         // The log: everything before the snapshot is gone, its index committed.
         let mut raft_wb = WriteBatch::new();
-        clear_raft_log(self.region_id, &mut raft_wb);
+        self.log.reset(Truncated { index: meta.index, term: meta.term }, &mut raft_wb);
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
         self.set_hard_state(&hs, &mut raft_wb);
         self.raft.write(&raft_wb, true)?;
-        self.last_index = meta.index;
-        self.last_term = meta.term;
         // The region record and apply state: the peer is whole again.
         self.region = region;
         self.peer_state = PeerState::Normal;
@@ -438,11 +393,7 @@ impl PeerStorage {
         self.stage_apply_state(&mut kv_wb);
         self.kv.write(&kv_wb, true)?;
         let mut raft_wb = WriteBatch::new();
-        raft_wb.delete_range(
-            Cf::Default,
-            keys::raft_log_key(self.region_id, first),
-            keys::raft_log_key(self.region_id, index + 1),
-        );
+        self.log.stage_delete(first, index, &mut raft_wb);
         self.raft.write(&raft_wb, false)?;
         Ok(())
     }
@@ -474,28 +425,7 @@ impl PeerStorage {
     }
 
     fn term_of(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.apply_state.truncated_index {
-            return Ok(self.apply_state.truncated_term);
-        }
-        if idx < self.apply_state.truncated_index {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if idx > self.last_index {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        if idx == self.last_index {
-            return Ok(self.last_term);
-        }
-        Ok(self.read_entry(idx)?.term)
-    }
-
-    fn read_entry(&self, idx: u64) -> raft::Result<Entry> {
-        let b = self
-            .raft
-            .get(Cf::Default, &keys::raft_log_key(self.region_id, idx))
-            .map_err(engine_err)?
-            .ok_or(raft::Error::Store(StorageError::Unavailable))?;
-        Entry::parse_from_bytes(&b).map_err(engine_err)
+        self.log.term(idx, truncated(&self.apply_state))
     }
 }
 
@@ -511,44 +441,7 @@ impl raft::Storage for PeerStorage {
         max_size: impl Into<Option<u64>>,
         _ctx: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low <= self.apply_state.truncated_index {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if high > self.last_index + 1 {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        let max = max_size.into().unwrap_or(u64::MAX);
-        let mut out = Vec::with_capacity((high - low) as usize);
-        let mut size = 0u64;
-        let start = keys::raft_log_key(self.region_id, low);
-        let end = keys::raft_log_key(self.region_id, high);
-        let mut bad = None;
-        self.raft
-            .scan(Cf::Default, ScanRange { start: &start, end: &end, reverse: false }, &mut |_, v| {
-                match Entry::parse_from_bytes(v) {
-                    Ok(e) => {
-                        size += e.compute_size() as u64;
-                        // raft-rs wants at least one entry even over the limit.
-                        if !out.is_empty() && size > max {
-                            return false;
-                        }
-                        out.push(e);
-                        true
-                    }
-                    Err(e) => {
-                        bad = Some(e);
-                        false
-                    }
-                }
-            })
-            .map_err(engine_err)?;
-        if let Some(e) = bad {
-            return Err(engine_err(e));
-        }
-        if out.is_empty() || out[0].index != low {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        Ok(out)
+        self.log.entries(low, high, max_size.into(), truncated(&self.apply_state))
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -560,7 +453,7 @@ impl raft::Storage for PeerStorage {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last_index)
+        Ok(self.log.last_index())
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {

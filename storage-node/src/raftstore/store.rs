@@ -2,16 +2,13 @@
 //!
 //! Each round: take all queued messages (raft messages from other stores,
 //! client reads and writes, PD operators), tick peers when the tick interval
-//! passed, then handle the readies of all peers together:
-//!
-//! 1. send each ready's messages (a leader may send before persisting);
-//! 2. apply a received snapshot;
-//! 3. apply committed entries into one kv batch;
-//! 4. stage new entries and hard states of **all** peers into one raft batch;
-//! 5. write the kv batch, then the raft batch with **one fsync**;
-//! 6. send persisted messages, `advance`, apply what the light ready commits;
-//! 7. answer clients (only now is their write applied and durable);
-//! 8. flush outgoing messages: one batch per target store.
+//! passed, then handle the readies of all peers together in one ready round
+//! (`mnemo_raft_driver::round`, shared with PD: apply committed entries into
+//! one kv batch, stage **all** peers' entries and hard states into one raft
+//! batch, write them with **one fsync**, advance), then answer clients (only
+//! now is their write applied and durable) and flush outgoing messages: one
+//! batch per target store. How a peer takes part in the round is
+//! [`RoundCx`] and the `Group` impl at the end of this file.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,6 +31,7 @@ use crate::engine::{Cf, EngineRef, Engines, ScanRange, WriteBatch};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::metrics::Metrics;
+use mnemo_raft_driver::round::{Group, Round};
 
 /// Settings of the store loop.
 #[derive(Clone, Debug)]
@@ -580,91 +578,27 @@ impl Store {
     }
 
     fn handle_readies(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
-        let mut kv_wb = WriteBatch::new();
-        let mut raft_wb = WriteBatch::new();
-        let mut sync_kv = false;
-        let mut readies = Vec::new();
+        let mut round = Round::new();
+        let mut cx = RoundCx { kv: &self.kv, metrics: &self.metrics, replies, now: None };
         for (id, p) in self.peers.iter_mut() {
-            if !p.raw.has_ready() {
-                continue;
-            }
-            let mut ready = p.raw.ready();
-            if let Some(ss) = ready.ss() {
-                tracing::info!(region = %id, role = ?ss.raft_state, leader = ss.leader_id, term = p.raw.raft.term, "raft state changed");
-                if ss.raft_state == raft::StateRole::Leader {
-                    self.metrics.leader_changes.inc();
-                }
-                p.on_soft_state_change(replies);
-            }
-            p.queue_messages(ready.take_messages());
-            if !ready.snapshot().is_empty() {
-                let snap = ready.snapshot().clone();
-                // Durable when it returns (its own synced writes).
-                p.raw.mut_store().apply_snapshot(&snap)?;
-                self.metrics.snapshots_applied.inc();
-                for peer in p.region().peers.clone() {
-                    p.remember_peer(peer);
-                }
-                p.heartbeat_due = true;
-                tracing::info!(region = %id, index = snap.get_metadata().index, "applied snapshot");
-            }
-            for rs in ready.read_states() {
-                p.on_read_state(&rs.request_ctx, rs.index);
-            }
-            p.apply_entries(ready.take_committed_entries(), &self.kv, &mut kv_wb, replies)?;
-            sync_kv |= std::mem::take(&mut p.region_state_changed);
-            self.metrics.conf_changes_applied.add(std::mem::take(&mut p.conf_changes_applied));
-            if !ready.entries().is_empty() {
-                p.raw.mut_store().append(ready.entries(), &mut raft_wb);
-            }
-            if let Some(hs) = ready.hs() {
-                p.raw.mut_store().set_hard_state(hs, &mut raft_wb);
-            }
-            readies.push((*id, ready));
+            round.collect(*id, p, &mut cx)?;
         }
+        let (readies, synced) = round.persist(self.kv.as_ref(), self.raft.as_ref())?;
         if readies.is_empty() {
             return Ok(());
         }
-        fail::fail_point!("raft_before_save");
-        if !kv_wb.is_empty() {
-            self.kv.write(&kv_wb, sync_kv)?;
-        }
-        fail::fail_point!("raft_between_kv_and_raft_write");
-        if !raft_wb.is_empty() {
-            self.raft.write(&raft_wb, true)?;
+        if synced {
             self.metrics.raft_fsyncs.inc();
         }
-        fail::fail_point!("raft_after_save");
         self.metrics.ready_rounds.inc();
-
-        let mut kv_wb = WriteBatch::new();
-        let mut raft_wb = WriteBatch::new();
-        let mut sync_kv = false;
         // Taken once, before any of the reads below is started: a ReadIndex
         // round stamped a little early only shortens the lease it confirms.
-        let now = self.now();
+        cx.now = Some(self.now());
         for (id, ready) in readies {
             let p = self.peers.get_mut(&id).expect("peer with ready exists");
-            p.queue_messages(ready.persisted_messages().to_vec());
-            let mut light = p.raw.advance(ready);
-            if let Some(commit) = light.commit_index() {
-                let mut hs = p.raw.store().hard_state.clone();
-                hs.commit = commit;
-                p.raw.mut_store().set_hard_state(&hs, &mut raft_wb);
-            }
-            p.queue_messages(light.take_messages());
-            p.apply_entries(light.take_committed_entries(), &self.kv, &mut kv_wb, replies)?;
-            sync_kv |= std::mem::take(&mut p.region_state_changed);
-            self.metrics.conf_changes_applied.add(std::mem::take(&mut p.conf_changes_applied));
-            p.raw.advance_apply();
-            p.answer_ready_reads(now, replies);
+            round.advance(p, ready, &mut cx)?;
         }
-        if !kv_wb.is_empty() {
-            self.kv.write(&kv_wb, sync_kv)?;
-        }
-        if !raft_wb.is_empty() {
-            self.raft.write(&raft_wb, false)?;
-        }
+        round.finish(self.kv.as_ref(), self.raft.as_ref())?;
         self.create_split_peers()?;
         self.flush_outbox();
         Ok(())
@@ -941,3 +875,79 @@ pub fn conf_change_kind(v: i32) -> Option<ConfChangeType> {
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;
+
+/// What the store loop hands its peers during a ready round.
+pub(super) struct RoundCx<'a> {
+    pub(super) kv: &'a EngineRef,
+    pub(super) metrics: &'a Metrics,
+    pub(super) replies: &'a mut Vec<Reply>,
+    /// Set once the round's raft batch is durable, before any peer advances.
+    pub(super) now: Option<Now>,
+}
+
+impl Group<RoundCx<'_>> for Peer {
+    type Storage = PeerStorage;
+    type Error = Error;
+
+    fn raw_node(&mut self) -> &mut raft::RawNode<PeerStorage> {
+        &mut self.raw
+    }
+
+    fn on_soft_state(&mut self, ss: &raft::SoftState, cx: &mut RoundCx<'_>) {
+        tracing::info!(region = %self.region_id(), role = ?ss.raft_state, leader = ss.leader_id, term = self.raw.raft.term, "raft state changed");
+        if ss.raft_state == raft::StateRole::Leader {
+            cx.metrics.leader_changes.inc();
+        }
+        self.on_soft_state_change(cx.replies);
+    }
+
+    fn send(&mut self, msgs: Vec<RaftMsg>, _cx: &mut RoundCx<'_>) {
+        self.queue_messages(msgs);
+    }
+
+    fn apply_snapshot(&mut self, snap: &raft::eraftpb::Snapshot, cx: &mut RoundCx<'_>) -> Result<()> {
+        // Durable when it returns (its own synced writes).
+        self.raw.mut_store().apply_snapshot(snap)?;
+        cx.metrics.snapshots_applied.inc();
+        for peer in self.region().peers.clone() {
+            self.remember_peer(peer);
+        }
+        self.heartbeat_due = true;
+        tracing::info!(region = %self.region_id(), index = snap.get_metadata().index, "applied snapshot");
+        Ok(())
+    }
+
+    fn on_read_states(&mut self, states: &[raft::ReadState], _cx: &mut RoundCx<'_>) {
+        for rs in states {
+            self.on_read_state(&rs.request_ctx, rs.index);
+        }
+    }
+
+    fn apply(
+        &mut self,
+        entries: Vec<raft::eraftpb::Entry>,
+        kv_wb: &mut WriteBatch,
+        cx: &mut RoundCx<'_>,
+    ) -> Result<bool> {
+        self.apply_entries(entries, cx.kv, kv_wb, cx.replies)?;
+        cx.metrics.conf_changes_applied.add(std::mem::take(&mut self.conf_changes_applied));
+        Ok(std::mem::take(&mut self.region_state_changed))
+    }
+
+    fn stage_entries(&mut self, entries: &[raft::eraftpb::Entry], raft_wb: &mut WriteBatch) {
+        self.raw.mut_store().append(entries, raft_wb);
+    }
+
+    fn stage_hard_state(&mut self, hs: &raft::eraftpb::HardState, raft_wb: &mut WriteBatch) {
+        self.raw.mut_store().set_hard_state(hs, raft_wb);
+    }
+
+    fn hard_state(&self) -> raft::eraftpb::HardState {
+        self.raw.store().hard_state.clone()
+    }
+
+    fn round_done(&mut self, cx: &mut RoundCx<'_>) {
+        let now = cx.now.expect("set before peers advance");
+        self.answer_ready_reads(now, cx.replies);
+    }
+}

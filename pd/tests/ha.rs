@@ -1,0 +1,255 @@
+//! Three PD members in one process, on loopback ports, talking raft over
+//! their peer URLs: one leader serves, followers refuse as PD's do, the
+//! metadata survives the leader going away and the whole group restarting,
+//! and a member far behind a compacted log catches up by snapshot.
+
+use std::time::{Duration, Instant};
+
+use mnemo_pd::{Config, PdHandle};
+use mnemo_proto::metapb;
+use mnemo_proto::pdpb::{self, pd_client::PdClient};
+use mnemo_raft_driver::duration::ReadableDuration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+/// Bounds every wait; nothing sleeps for a fixed time.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn header(cluster_id: u64) -> Option<pdpb::RequestHeader> {
+    Some(pdpb::RequestHeader { cluster_id, sender_id: 0 })
+}
+
+/// Three member configs with fixed ports (the initial cluster names them),
+/// fast ticks, and a short log.
+fn group(dirs: &[tempfile::TempDir]) -> Vec<Config> {
+    let ports: Vec<(u16, u16)> = dirs.iter().map(|_| (free_port(), free_port())).collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("pd{}=http://127.0.0.1:{peer}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    dirs.iter()
+        .zip(&ports)
+        .enumerate()
+        .map(|(i, (dir, (client, peer)))| Config {
+            name: format!("pd{}", i + 1),
+            client_urls: format!("http://127.0.0.1:{client}"),
+            peer_urls: format!("http://127.0.0.1:{peer}"),
+            initial_cluster: initial.clone(),
+            tick_interval: ReadableDuration(Duration::from_millis(50)),
+            election_interval: ReadableDuration(Duration::from_millis(500)),
+            raft_log_keep_entries: 5,
+            ..Config::for_tests(dir.path())
+        })
+        .collect()
+}
+
+async fn start_all(configs: &[Config]) -> Vec<Option<PdHandle>> {
+    let mut out = Vec::new();
+    for c in configs {
+        out.push(Some(mnemo_pd::start(c.clone()).await.unwrap()));
+    }
+    out
+}
+
+/// The index of the one member serving as leader, once there is one.
+async fn wait_leader(members: &[Option<PdHandle>]) -> usize {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let serving: Vec<usize> = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.as_ref().is_some_and(|m| m.cluster().check_serving().is_ok()))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(serving.len() <= 1, "two members serve at once: {serving:?}");
+        if let [one] = serving[..] {
+            return one;
+        }
+        assert!(Instant::now() < deadline, "no PD leader within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn client(m: &PdHandle) -> PdClient<Channel> {
+    PdClient::connect(m.client_url().to_owned()).await.unwrap()
+}
+
+async fn alloc_id(pd: &mut PdClient<Channel>, cluster_id: u64) -> u64 {
+    let resp = pd.alloc_id(pdpb::AllocIdRequest { header: header(cluster_id) }).await.unwrap().into_inner();
+    assert_eq!(resp.header.unwrap().error, None);
+    resp.id
+}
+
+async fn tso(pd: &mut PdClient<Channel>, cluster_id: u64) -> u64 {
+    let (tx, rx) = mpsc::channel(1);
+    let mut answers = pd.tso(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(pdpb::TsoRequest { header: header(cluster_id), count: 1, dc_location: String::new() })
+        .await
+        .unwrap();
+    let ts = answers.message().await.unwrap().unwrap().timestamp.unwrap();
+    ((ts.physical as u64) << 18) | ts.logical as u64
+}
+
+async fn put_store(pd: &mut PdClient<Channel>, cluster_id: u64, id: u64) {
+    let store = metapb::Store { id, address: format!("127.0.0.1:{}", 30000 + id), ..Default::default() };
+    let resp =
+        pd.put_store(pdpb::PutStoreRequest { header: header(cluster_id), store: Some(store) }).await.unwrap();
+    assert_eq!(resp.into_inner().header.unwrap().error, None);
+}
+
+async fn bootstrap(pd: &mut PdClient<Channel>, cluster_id: u64) {
+    let store_id = alloc_id(pd, cluster_id).await;
+    let region = metapb::Region {
+        id: alloc_id(pd, cluster_id).await,
+        peers: vec![metapb::Peer { id: alloc_id(pd, cluster_id).await, store_id, ..Default::default() }],
+        region_epoch: Some(metapb::RegionEpoch { conf_ver: 1, version: 1 }),
+        ..Default::default()
+    };
+    let store = metapb::Store { id: store_id, address: "127.0.0.1:20160".into(), ..Default::default() };
+    let req = pdpb::BootstrapRequest { header: header(cluster_id), store: Some(store), region: Some(region) };
+    assert_eq!(pd.bootstrap(req).await.unwrap().into_inner().header.unwrap().error, None);
+}
+
+/// Polls `f` on a member until it holds.
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn shutdown_all(members: Vec<Option<PdHandle>>) {
+    for m in members.into_iter().flatten() {
+        m.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_serves_followers_refuse_and_a_new_leader_continues_above_everything_issued() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let configs = group(&dirs);
+    let mut members = start_all(&configs).await;
+    let leader = wait_leader(&members).await;
+    let mut pd = client(members[leader].as_ref().unwrap()).await;
+    let cluster_id = members[leader].as_ref().unwrap().cluster_id();
+    assert_ne!(cluster_id, 0);
+
+    // Followers: UNAVAILABLE "not leader" for a unary call; GetMembers
+    // answered by everyone, naming the leader with its client URL.
+    let follower = (leader + 1) % 3;
+    let mut f = client(members[follower].as_ref().unwrap()).await;
+    let err =
+        f.is_bootstrapped(pdpb::IsBootstrappedRequest { header: header(cluster_id) }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(err.message().contains("not leader"), "{}", err.message());
+    let leader_url = members[leader].as_ref().unwrap().client_url().to_owned();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let resp = f.get_members(pdpb::GetMembersRequest::default()).await.unwrap().into_inner();
+        let named = resp.leader.as_ref().is_some_and(|l| l.client_urls == vec![leader_url.clone()]);
+        if named && resp.members.len() == 3 && resp.header.unwrap().cluster_id == cluster_id {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower never listed 3 members and the leader: {:?}",
+            resp.members
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Work on the leader: bootstrap, stores, ids, timestamps.
+    bootstrap(&mut pd, cluster_id).await;
+    for id in 100..110 {
+        put_store(&mut pd, cluster_id, id).await;
+    }
+    let last_id = alloc_id(&mut pd, cluster_id).await;
+    let last_ts = tso(&mut pd, cluster_id).await;
+
+    // The leader goes away: another serves, above every id and timestamp.
+    let stopped_at = Instant::now();
+    members[leader].take().unwrap().shutdown().await;
+    let next = wait_leader(&members).await;
+    let failover = stopped_at.elapsed();
+    let mut pd = client(members[next].as_ref().unwrap()).await;
+    let resp = pd.is_bootstrapped(pdpb::IsBootstrappedRequest { header: header(cluster_id) }).await.unwrap();
+    assert!(resp.into_inner().bootstrapped);
+    assert!(alloc_id(&mut pd, cluster_id).await > last_id);
+    assert!(tso(&mut pd, cluster_id).await > last_ts);
+    let stores = pd
+        .get_all_stores(pdpb::GetAllStoresRequest {
+            header: header(cluster_id),
+            exclude_tombstone_stores: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stores;
+    assert_eq!(stores.len(), 11, "bootstrap store and 10 more");
+    eprintln!("failover after the leader stopped: {failover:?}");
+
+    // The old leader comes back as a follower and catches up.
+    members[leader] = Some(mnemo_pd::start(configs[leader].clone()).await.unwrap());
+    put_store(&mut pd, cluster_id, 200).await;
+    let back = members[leader].as_ref().unwrap().cluster().clone();
+    wait_for("the old leader to catch up", || back.read(|v| v.state.stores().len() == 12)).await;
+    assert_eq!(wait_leader(&members).await, next, "a returning member does not disturb the leader");
+    drop(back);
+
+    // The whole group stops and starts again: everything is still there,
+    // and ids and timestamps keep going up.
+    let last_id = alloc_id(&mut pd, cluster_id).await;
+    let last_ts = tso(&mut pd, cluster_id).await;
+    drop(pd);
+    shutdown_all(members).await;
+    let members = start_all(&configs).await;
+    let leader = wait_leader(&members).await;
+    let m = members[leader].as_ref().unwrap();
+    assert_eq!(m.cluster_id(), cluster_id);
+    let mut pd = client(m).await;
+    assert!(alloc_id(&mut pd, cluster_id).await > last_id);
+    assert!(tso(&mut pd, cluster_id).await > last_ts);
+    assert_eq!(m.cluster().read(|v| v.state.stores().len()), 12);
+    drop(pd);
+    shutdown_all(members).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_a_compacted_log_catches_up_by_snapshot() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let configs = group(&dirs);
+    let mut members = start_all(&configs).await;
+    let leader = wait_leader(&members).await;
+    let cluster_id = members[leader].as_ref().unwrap().cluster_id();
+    let mut pd = client(members[leader].as_ref().unwrap()).await;
+    bootstrap(&mut pd, cluster_id).await;
+
+    // One follower stops; the others commit far more than the log keeps.
+    let away = (leader + 1) % 3;
+    let left_at = members[away].as_ref().unwrap().cluster().leadership().status().applied_index;
+    members[away].take().unwrap().shutdown().await;
+    for id in 100..140 {
+        put_store(&mut pd, cluster_id, id).await;
+    }
+    let first_kept = members[leader].as_ref().unwrap().cluster().leadership().status().first_index;
+    assert!(
+        first_kept > left_at + 1,
+        "the log was compacted past the member that left ({first_kept} vs {left_at})"
+    );
+
+    // Back, it can only catch up by snapshot.
+    members[away] = Some(mnemo_pd::start(configs[away].clone()).await.unwrap());
+    let back = members[away].as_ref().unwrap().cluster().clone();
+    wait_for("the member to catch up", || back.read(|v| v.state.stores().len() == 41)).await;
+    assert!(back.is_bootstrapped());
+    drop(pd);
+    shutdown_all(members).await;
+}

@@ -1,0 +1,175 @@
+//! The ready round: how every raft group of a process is driven, written once.
+//!
+//! A process drives its groups (the node: one per region peer; PD: one) in
+//! rounds, on one thread. Each round handles the `Ready` of every group that
+//! has one, and persists all of them together with **one fsync**:
+//!
+//! 1. [`Round::collect`], per group: send the ready's messages (a leader may
+//!    send before it persists, raft-rs allows it), apply a received snapshot,
+//!    note read states, apply committed entries into the round's kv batch,
+//!    stage new entries and the hard state into the round's raft batch;
+//! 2. [`Round::persist`]: write the kv batch, then the raft batch with fsync;
+//! 3. [`Round::advance`], per group: send the messages that had to wait for
+//!    the persist (a follower's append responses, votes), `advance`, apply
+//!    what the light ready commits, then let the group queue its answers;
+//! 4. [`Round::finish`]: write what step 3 staged (the commit index is not
+//!    synced: raft recovers it).
+//!
+//! What a group does at each step (what "apply" means, where entries live) is
+//! its own business, behind [`Group`]; `Cx` is whatever context the process
+//! hands its groups for the round (the node's replies and metrics, PD's
+//! waiting proposers).
+//!
+//! Crash points (armed through [`crate::failpoints`]): `raft_before_save`,
+//! `raft_between_kv_and_raft_write`, `raft_after_save`.
+
+use mnemo_engine::{Engine, EngineError, WriteBatch};
+use raft::eraftpb::{Entry, HardState, Message, Snapshot};
+use raft::{RawNode, ReadState, Ready, SoftState};
+
+/// One raft group as the round sees it.
+pub trait Group<Cx> {
+    /// The group's raft-rs storage.
+    type Storage: raft::Storage;
+    /// What the group's steps fail with; engine errors convert into it.
+    type Error: From<EngineError>;
+
+    /// The raft-rs node.
+    fn raw_node(&mut self) -> &mut RawNode<Self::Storage>;
+    /// The group's role or leader changed.
+    fn on_soft_state(&mut self, ss: &SoftState, cx: &mut Cx);
+    /// Messages to send to other members.
+    fn send(&mut self, msgs: Vec<Message>, cx: &mut Cx);
+    /// Installs a snapshot received from the leader; durable when it returns.
+    fn apply_snapshot(&mut self, snap: &Snapshot, cx: &mut Cx) -> Result<(), Self::Error>;
+    /// ReadIndex requests that completed.
+    fn on_read_states(&mut self, states: &[ReadState], cx: &mut Cx);
+    /// Applies committed entries, staging their writes (and the applied
+    /// index) into `kv_wb`. Returns true if `kv_wb` must be synced.
+    fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        kv_wb: &mut WriteBatch,
+        cx: &mut Cx,
+    ) -> Result<bool, Self::Error>;
+    /// Stages new log entries into `raft_wb` (and updates the storage's view).
+    fn stage_entries(&mut self, entries: &[Entry], raft_wb: &mut WriteBatch);
+    /// Stages a hard state into `raft_wb` (and updates the storage's view).
+    fn stage_hard_state(&mut self, hs: &HardState, raft_wb: &mut WriteBatch);
+    /// The last hard state staged.
+    fn hard_state(&self) -> HardState;
+    /// The group's part of the round is over. What it applied is durable
+    /// only once [`Round::finish`] returned: queue answers in `cx` and send
+    /// them after that.
+    fn round_done(&mut self, cx: &mut Cx);
+}
+
+/// One round over any number of groups, keyed by `K`.
+pub struct Round<K> {
+    readies: Vec<(K, Ready)>,
+    kv_wb: WriteBatch,
+    raft_wb: WriteBatch,
+    sync_kv: bool,
+}
+
+impl<K> Default for Round<K> {
+    fn default() -> Self {
+        Round { readies: Vec::new(), kv_wb: WriteBatch::new(), raft_wb: WriteBatch::new(), sync_kv: false }
+    }
+}
+
+impl<K> Round<K> {
+    /// An empty round.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Step 1 for group `key`: a no-op if it has no ready.
+    pub fn collect<Cx, G: Group<Cx>>(&mut self, key: K, g: &mut G, cx: &mut Cx) -> Result<(), G::Error> {
+        if !g.raw_node().has_ready() {
+            return Ok(());
+        }
+        let mut ready = g.raw_node().ready();
+        if let Some(ss) = ready.ss() {
+            g.on_soft_state(ss, cx);
+        }
+        g.send(ready.take_messages(), cx);
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            g.apply_snapshot(&snap, cx)?;
+        }
+        if !ready.read_states().is_empty() {
+            g.on_read_states(ready.read_states(), cx);
+        }
+        self.sync_kv |= g.apply(ready.take_committed_entries(), &mut self.kv_wb, cx)?;
+        if !ready.entries().is_empty() {
+            g.stage_entries(ready.entries(), &mut self.raft_wb);
+        }
+        if let Some(hs) = ready.hs() {
+            g.stage_hard_state(hs, &mut self.raft_wb);
+        }
+        self.readies.push((key, ready));
+        Ok(())
+    }
+
+    /// Step 2: writes the kv batch (synced if a group asked), then the raft
+    /// batch with one fsync. Returns the collected readies for
+    /// [`Round::advance`] (empty if no group had one: nothing was written)
+    /// and whether the raft batch was written.
+    pub fn persist(
+        &mut self,
+        kv: &dyn Engine,
+        raft: &dyn Engine,
+    ) -> Result<(Vec<(K, Ready)>, bool), EngineError> {
+        if self.readies.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        fail::fail_point!("raft_before_save");
+        let kv_wb = std::mem::take(&mut self.kv_wb);
+        if !kv_wb.is_empty() {
+            kv.write(&kv_wb, std::mem::take(&mut self.sync_kv))?;
+        }
+        fail::fail_point!("raft_between_kv_and_raft_write");
+        let raft_wb = std::mem::take(&mut self.raft_wb);
+        let synced = !raft_wb.is_empty();
+        if synced {
+            raft.write(&raft_wb, true)?;
+        }
+        fail::fail_point!("raft_after_save");
+        Ok((std::mem::take(&mut self.readies), synced))
+    }
+
+    /// Step 3 for one group whose ready [`Round::persist`] returned.
+    pub fn advance<Cx, G: Group<Cx>>(
+        &mut self,
+        g: &mut G,
+        mut ready: Ready,
+        cx: &mut Cx,
+    ) -> Result<(), G::Error> {
+        g.send(ready.take_persisted_messages(), cx);
+        let mut light = g.raw_node().advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let mut hs = g.hard_state();
+            hs.commit = commit;
+            g.stage_hard_state(&hs, &mut self.raft_wb);
+        }
+        g.send(light.take_messages(), cx);
+        self.sync_kv |= g.apply(light.take_committed_entries(), &mut self.kv_wb, cx)?;
+        g.raw_node().advance_apply();
+        g.round_done(cx);
+        Ok(())
+    }
+
+    /// Step 4: writes what the advances staged; the raft batch unsynced
+    /// (a commit index lost in a crash is learned again from the leader).
+    pub fn finish(mut self, kv: &dyn Engine, raft: &dyn Engine) -> Result<(), EngineError> {
+        if !self.kv_wb.is_empty() {
+            kv.write(&self.kv_wb, self.sync_kv)?;
+        }
+        if !self.raft_wb.is_empty() {
+            raft.write(&self.raft_wb, false)?;
+        }
+        self.readies.clear();
+        Ok(())
+    }
+}
