@@ -78,6 +78,9 @@ pub enum Error {
     /// Binding or serving the listener failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// No PD member has this name. Answered with HTTP 404.
+    #[error("not found, pd: {0}")]
+    MemberNotFound(String),
     /// This member does not lead the PD group (or lost its lease, or a
     /// proposal's fate is unknown after leadership moved). gRPC answers
     /// `UNAVAILABLE` with these words, which clients match to look for the
@@ -104,7 +107,8 @@ impl Error {
             | Error::Engine(_)
             | Error::Corrupt { .. }
             | Error::Io(_)
-            | Error::NotLeader(_) => pdpb::ErrorType::Unknown,
+            | Error::NotLeader(_)
+            | Error::MemberNotFound(_) => pdpb::ErrorType::Unknown,
         }
     }
 

@@ -150,6 +150,15 @@ async fn one_leader_serves_followers_refuse_and_a_new_leader_continues_above_eve
         f.is_bootstrapped(pdpb::IsBootstrappedRequest { header: header(cluster_id) }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert!(err.message().contains("not leader"), "{}", err.message());
+    // The gRPC health service: SERVING on every member, leader or not.
+    let follower_url = members[follower].as_ref().unwrap().client_url().to_owned();
+    let channel = Channel::from_shared(follower_url).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(
+        status.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let leader_url = members[leader].as_ref().unwrap().client_url().to_owned();
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -250,6 +259,77 @@ async fn a_member_behind_a_compacted_log_catches_up_by_snapshot() {
     let back = members[away].as_ref().unwrap().cluster().clone();
     wait_for("the member to catch up", || back.read(|v| v.state.stores().len() == 41)).await;
     assert!(back.is_bootstrapped());
+    drop(pd);
+    shutdown_all(members).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_member_joins_catches_up_by_snapshot_and_is_removed_again() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let configs = group(&dirs[..3]);
+    let mut members = start_all(&configs).await;
+    let leader = wait_leader(&members).await;
+    let cluster_id = members[leader].as_ref().unwrap().cluster_id();
+    let mut pd = client(members[leader].as_ref().unwrap()).await;
+    bootstrap(&mut pd, cluster_id).await;
+    for id in 100..130 {
+        put_store(&mut pd, cluster_id, id).await;
+    }
+    let first_kept = members[leader].as_ref().unwrap().cluster().leadership().status().first_index;
+    assert!(first_kept > 1, "the log was compacted: a new member needs a snapshot");
+
+    // pd4 joins through a follower's client URL (forwarded to the leader).
+    let follower = members[(leader + 1) % 3].as_ref().unwrap().client_url().to_owned();
+    let peer = free_port();
+    let pd4 = Config {
+        name: "pd4".into(),
+        client_urls: format!("http://127.0.0.1:{}", free_port()),
+        peer_urls: format!("http://127.0.0.1:{peer}"),
+        initial_cluster: String::new(),
+        join: follower,
+        ..configs[0].clone()
+    };
+    let pd4 = Config { data_dir: dirs[3].path().to_path_buf(), ..pd4 };
+    members.push(Some(mnemo_pd::start(pd4.clone()).await.unwrap()));
+    let joined = members[3].as_ref().unwrap().cluster().clone();
+    wait_for("pd4 to catch up", || joined.read(|v| v.state.stores().len() == 31)).await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let resp = pd.get_members(pdpb::GetMembersRequest::default()).await.unwrap().into_inner();
+        let listed = resp.members.iter().any(|m| m.name == "pd4" && !m.client_urls.is_empty());
+        if resp.members.len() == 4 && listed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pd4 never listed with its client URL: {:?}", resp.members);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(joined.leadership().status().voters.len(), 4);
+
+    // Restarted, pd4 comes back as a member without asking to join again.
+    drop(joined);
+    members[3].take().unwrap().shutdown().await;
+    members[3] = Some(mnemo_pd::start(pd4).await.unwrap());
+    put_store(&mut pd, cluster_id, 300).await;
+    let back = members[3].as_ref().unwrap().cluster().clone();
+    wait_for("pd4 to catch up after its restart", || back.read(|v| v.state.stores().len() == 32)).await;
+    drop(back);
+
+    // Removed, it is no longer a voter anywhere nor listed.
+    let url = members[leader].as_ref().unwrap().client_url().to_owned();
+    let removed = tokio::task::spawn_blocking(move || {
+        let resp = ureq::delete(&format!("{url}/pd/api/v1/members/name/pd4")).call();
+        resp.map_err(|e| e.to_string()).map(|r| r.into_string().unwrap())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(removed.contains("removed, pd: pd4"), "{removed}");
+    let leader_cluster = members[leader].as_ref().unwrap().cluster().clone();
+    wait_for("pd4 to leave the member list and the voters", || {
+        leader_cluster.member_list().0.len() == 3 && leader_cluster.leadership().status().voters.len() == 3
+    })
+    .await;
+    drop(leader_cluster);
     drop(pd);
     shutdown_all(members).await;
 }

@@ -9,7 +9,8 @@
 //!                   | transfer-peer REGION FROM_STORE TO_STORE
 //!                   | split-region REGION [--policy approximate|usekey] [--keys HEX,HEX...]
 //!        scheduler show | scheduler add NAME | scheduler remove NAME
-//!        member | member leader show | member leader resign | member leader transfer NAME
+//!        member | member add NAME PEER_URL | member delete NAME
+//!        member leader show | member leader resign | member leader transfer NAME
 //!        health | cluster | tso TS
 //! ```
 
@@ -41,7 +42,9 @@ enum Cmd {
     },
     /// Health of the PD members.
     Health,
-    /// `member`: PD members and the leader; `member leader show` the
+    /// `member`: PD members and the leader; `member add NAME PEER_URL` adds
+    /// a member (start it with `--join`); `member delete NAME` removes one;
+    /// `member leader show` the
     /// leader; `member leader resign` hands leadership to another member;
     /// `member leader transfer NAME` to that one.
     Member { args: Vec<String> },
@@ -104,11 +107,22 @@ fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Member { args } => match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             [] => "/members".to_owned(),
             ["leader", "show"] => "/leader".to_owned(),
+            ["add", name, peer_url] => {
+                let body = serde_json::json!({ "name": *name, "peer_urls": [*peer_url] });
+                return send("POST", &format!("{base}/members"), body);
+            }
+            ["delete", name] => {
+                return call("DELETE", &format!("{base}/members/name/{}", percent_encode(name)))
+            }
             ["leader", "resign"] => return call("POST", &format!("{base}/leader/resign")),
             ["leader", "transfer", name] => {
                 return call("POST", &format!("{base}/leader/transfer/{}", percent_encode(name)))
             }
-            _ => return Err("usage: member | member leader show|resign | member leader transfer NAME".into()),
+            _ => {
+                return Err("usage: member | member add NAME PEER_URL | member delete NAME | member leader \
+                            show|resign | member leader transfer NAME"
+                    .into())
+            }
         },
         Cmd::Config { args } => match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             ["show"] | ["show", "all"] => "/config".to_owned(),

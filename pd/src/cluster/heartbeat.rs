@@ -1,6 +1,7 @@
 //! Region heartbeats and splits: keeping the region map current, and
 //! answering with operator steps (see `schedule` for the protocol).
 
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use mnemo_proto::types::{PeerId, Region, RegionId, StoreId};
@@ -40,6 +41,7 @@ impl Cluster {
     /// peers) lives in memory.
     pub fn region_heartbeat(&self, hb: RegionHeartbeat) -> Result<Option<ScheduleOrder>> {
         fail::fail_point!("pd_region_heartbeat");
+        self.counters.region_heartbeats.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now();
         let id = hb.region.id;
         if id.0 == 0 {
@@ -64,6 +66,7 @@ impl Cluster {
             Verdict::Unchanged => {}
             Verdict::Changed => {
                 debug!(region_id = %id, epoch = ?hb.region.epoch, "region changed");
+                self.counters.region_changes.fetch_add(1, Ordering::Relaxed);
                 inner.propose(Command::PutRegion { region: hb.region })?;
             }
         }
@@ -127,6 +130,7 @@ impl Cluster {
         };
         for region in regions {
             if inner.state().regions().check(region) == Verdict::Changed {
+                self.counters.region_changes.fetch_add(1, Ordering::Relaxed);
                 inner.propose(Command::PutRegion { region: region.clone() })?;
             }
         }

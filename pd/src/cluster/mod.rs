@@ -45,9 +45,10 @@ pub use heartbeat::{RegionHeartbeat, SplitIds};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::id::IdAllocator;
+use crate::member::member_id;
 use crate::member::Member;
 use crate::meta::{Command, LocalReplicator, MetaState, Replicator, SharedMeta, StateMachine};
-use crate::raft::{Leadership, SoleLeader};
+use crate::raft::{Leadership, MemberChange, SoleLeader};
 use crate::region_map::RegionInfo;
 use crate::schedule::{ClusterSnapshot, Coordinator, OperatorController, Settings};
 use crate::store::{StoreMeta, StoreState};
@@ -73,6 +74,16 @@ pub struct Cluster {
     /// machine.
     tso: Mutex<Tso>,
     inner: Mutex<Inner>,
+    counters: Counters,
+}
+
+/// What this member handled since it started, for `GET /pd/api/v1/raft`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Region heartbeats received.
+    pub region_heartbeats: AtomicU64,
+    /// Region records proposed to the log (new or changed metadata).
+    pub region_changes: AtomicU64,
 }
 
 /// The timestamp oracle and how it persists its window bound.
@@ -263,6 +274,7 @@ impl Cluster {
             sm,
             tso: Mutex::new(Tso { alloc: TsoAllocator::new(tso_bound), replicator: tso_replicator }),
             inner: Mutex::new(inner),
+            counters: Counters::default(),
         }
     }
 
@@ -334,6 +346,11 @@ impl Cluster {
         &self.leadership
     }
 
+    /// What this member handled since it started.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     /// True once [`Cluster::promote`] prepared this member for `term`.
     pub fn is_promoted(&self, term: u64) -> bool {
         self.promoted_term.load(Ordering::SeqCst) == term
@@ -357,6 +374,55 @@ impl Cluster {
             id => members.get(&id).cloned(),
         };
         (members.into_values().collect(), leader)
+    }
+
+    /// Leader only: adds a voting member called `name` at `peer_url` (it
+    /// must then start with `--join`); returns the members afterwards.
+    pub fn add_member(&self, name: &str, peer_url: &str) -> Result<Vec<Member>> {
+        self.check_serving()?;
+        let url = crate::config::HttpUrl::parse("peer_urls", peer_url)?.to_string();
+        if name.is_empty() || name.contains([',', '=', ' ']) {
+            return Err(Error::InvalidArgument(format!(
+                "member name {name:?} must be non-empty without ',', '=' or spaces"
+            )));
+        }
+        let (members, _) = self.member_list();
+        if let Some(m) = members.iter().find(|m| m.name == name || m.peer_url == url) {
+            return Err(Error::InvalidArgument(format!(
+                "member {} at {} already exists: a name and a peer URL belong to one member",
+                m.name, m.peer_url
+            )));
+        }
+        let member = Member {
+            name: name.to_owned(),
+            member_id: member_id(name, &url),
+            client_url: String::new(),
+            peer_url: url,
+        };
+        self.leadership.change_member(MemberChange::Add(member.clone()))?;
+        info!(member = %member.name, peer_url = %member.peer_url, "PD member added");
+        let (mut members, _) = self.member_list();
+        if !members.iter().any(|m| m.member_id == member.member_id) {
+            members.push(member);
+        }
+        Ok(members)
+    }
+
+    /// Leader only: removes the member called `name` from the group. The
+    /// leader itself is refused (resign first).
+    pub fn remove_member(&self, name: &str) -> Result<()> {
+        self.check_serving()?;
+        let (members, _) = self.member_list();
+        let m =
+            members.iter().find(|m| m.name == name).ok_or_else(|| Error::MemberNotFound(name.to_owned()))?;
+        if m.member_id == self.member.member_id {
+            return Err(Error::InvalidArgument(format!(
+                "{name} is the leader: `member leader resign` first"
+            )));
+        }
+        self.leadership.change_member(MemberChange::Remove(m.member_id))?;
+        warn!(member = %name, "PD member removed");
+        Ok(())
     }
 
     /// Leader only: hands leadership to another member (PD's "resign");

@@ -49,6 +49,12 @@ pub struct Config {
     /// are in the metadata afterwards). Empty means a one-member PD,
     /// `<name>=<advertise peer url>`. Default empty.
     pub initial_cluster: String,
+    /// Client URLs of a running PD cluster, `http://host:port,...`: on its
+    /// first start this member asks that cluster to add it (by name and
+    /// advertised peer URL) and catches up from the leader. Ignored once the
+    /// data dir holds PD raft state; not combined with `initial-cluster`.
+    /// Default empty.
+    pub join: String,
     /// One tick of the PD raft group; the leader heartbeats every tick.
     /// Default `"500ms"` (embedded etcd's default in PD).
     pub tick_interval: ReadableDuration,
@@ -150,6 +156,7 @@ impl Default for Config {
             peer_urls: "http://127.0.0.1:2380".into(),
             advertise_peer_urls: String::new(),
             initial_cluster: String::new(),
+            join: String::new(),
             tick_interval: ReadableDuration(Duration::from_millis(500)),
             election_interval: ReadableDuration::secs(3),
             raft_log_keep_entries: 10_000,
@@ -215,6 +222,9 @@ pub struct Flags {
     /// `name=peer-url,...` (`initial-cluster`).
     #[arg(long)]
     pub initial_cluster: Option<String>,
+    /// Client URLs of a running PD cluster to join (`join`).
+    #[arg(long)]
+    pub join: Option<String>,
     /// Log format (`log.format`).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -254,6 +264,7 @@ impl Config {
         set(&mut self.peer_urls, &flags.peer_urls);
         set(&mut self.advertise_peer_urls, &flags.advertise_peer_urls);
         set(&mut self.initial_cluster, &flags.initial_cluster);
+        set(&mut self.join, &flags.join);
         set(&mut self.log.format, &flags.log_format);
     }
 
@@ -292,6 +303,9 @@ impl Config {
             });
         }
         let peer = self.advertise_peer_url()?;
+        if !self.join.trim().is_empty() && !self.initial_cluster.trim().is_empty() {
+            return bad("join and initial-cluster exclude each other: give one".into());
+        }
         let members = self.initial_members()?;
         for (i, (name, url)) in members.iter().enumerate() {
             if members[..i].iter().any(|(n, u)| n == name || u == url) {

@@ -51,6 +51,7 @@ use crate::meta::{Command, Replicator};
 
 pub(crate) use node::start;
 pub use node::RaftSettings;
+pub(crate) use storage::has_raft_state;
 pub(crate) use transport::serve_peers;
 pub use transport::PeerTransport;
 
@@ -85,6 +86,16 @@ impl GroupStatus {
     }
 }
 
+/// A change of the PD group's membership.
+#[derive(Clone, Debug)]
+pub enum MemberChange {
+    /// A new voting member (its name and peer URL; its client URL is
+    /// published once it talks).
+    Add(Member),
+    /// The member with this id leaves.
+    Remove(u64),
+}
+
 /// Who leads the PD group, shared by the raft thread and the servers.
 pub trait Leadership: Send + Sync + 'static {
     /// The leadership state now.
@@ -93,6 +104,8 @@ pub trait Leadership: Send + Sync + 'static {
     fn transfer_leader(&self, member_id: u64) -> Result<()>;
     /// Member info learned from peers' messages (name and URLs), by id.
     fn peer_infos(&self) -> BTreeMap<u64, Member>;
+    /// Changes the group's membership (leader only), waiting until applied.
+    fn change_member(&self, change: MemberChange) -> Result<()>;
 }
 
 /// A single member that always leads (tests of the cluster logic, which
@@ -117,6 +130,10 @@ impl Leadership for SoleLeader {
     fn peer_infos(&self) -> BTreeMap<u64, Member> {
         BTreeMap::new()
     }
+
+    fn change_member(&self, _change: MemberChange) -> Result<()> {
+        Err(Error::InvalidArgument("this PD runs without raft: it has no members to change".into()))
+    }
 }
 
 /// What the raft thread is asked to do.
@@ -127,6 +144,8 @@ pub(crate) enum Input {
     Propose { data: Vec<u8>, done: mpsc::SyncSender<Result<()>> },
     /// Move leadership to this member.
     TransferLeader(u64),
+    /// Propose a membership change; answer with the result of applying it.
+    ChangeMember { change: MemberChange, done: mpsc::SyncSender<Result<()>> },
     /// A snapshot sent to this member was handed over or lost.
     SnapshotStatus(u64, raft::SnapshotStatus),
     /// The connection to this member failed.
@@ -162,6 +181,20 @@ impl Leadership for RaftHandle {
 
     fn peer_infos(&self) -> BTreeMap<u64, Member> {
         self.infos.lock().clone()
+    }
+
+    fn change_member(&self, change: MemberChange) -> Result<()> {
+        let (done, wait) = mpsc::sync_channel(1);
+        self.tx
+            .send(Input::ChangeMember { change, done })
+            .map_err(|_| Error::NotLeader("PD raft stopped".into()))?;
+        match blocking(|| wait.recv_timeout(self.propose_timeout)) {
+            Ok(r) => r,
+            Err(_) => Err(Error::NotLeader(format!(
+                "membership change not applied within {:?} (leadership lost or no quorum)",
+                self.propose_timeout
+            ))),
+        }
     }
 }
 

@@ -10,12 +10,14 @@ use mnemo_engine::{EngineRef, WriteBatch};
 use mnemo_raft_driver::round::{Group, Round};
 use parking_lot::Mutex;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, HardState, Message, MessageType, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, HardState, Message, MessageType, Snapshot,
+};
 use raft::{RawNode, ReadState, SoftState, StateRole};
 use tracing::{error, info, warn};
 
 use super::storage::PdRaftStorage;
-use super::{GroupStatus, Input, PeerTransport, RaftHandle};
+use super::{GroupStatus, Input, MemberChange, PeerTransport, RaftHandle};
 use crate::error::{Error, Result};
 use crate::member::Member;
 use crate::meta::{Command, SharedMeta, StateMachine};
@@ -203,6 +205,7 @@ impl PdGroup {
                         }
                     }
                     Input::Propose { data, done } => self.propose(data, done),
+                    Input::ChangeMember { change, done } => self.propose_member_change(change, done),
                     Input::SnapshotStatus(to, status) => self.raw.report_snapshot(to, status),
                     Input::Unreachable(to) => self.raw.report_unreachable(to),
                     Input::TransferLeader(to) => {
@@ -348,7 +351,11 @@ impl PdGroup {
         *self.status.lock() = st;
     }
 
-    fn apply_conf_change(&mut self, e: &Entry, kv_wb: &mut WriteBatch) -> Result<()> {
+    /// Applies a membership change: raft's configuration, and the member
+    /// list the change carries in its context (name and peer URL of a new
+    /// member). The outer result is fatal; the inner one is the proposer's
+    /// answer (a change raft refuses is a no-op everywhere).
+    fn apply_conf_change(&mut self, e: &Entry, kv_wb: &mut WriteBatch) -> Result<Result<()>> {
         let cc = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
             ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| corrupt_entry(e.index, err))?
         } else {
@@ -361,15 +368,69 @@ impl PdGroup {
             v2.mut_changes().push(single);
             v2
         };
-        match self.raw.apply_conf_change(&cc) {
-            Ok(cs) => {
-                info!(index = e.index, voters = ?cs.voters, "PD membership changed");
-                self.raw.mut_store().stage_conf_state(cs, kv_wb);
+        let cs = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(err) => {
+                // Refused the same way by every member: a no-op.
+                warn!(index = e.index, error = %err, "PD membership change refused");
+                return Ok(Err(Error::InvalidArgument(format!("membership change refused: {err}"))));
             }
-            // Refused the same way by every member: a no-op.
-            Err(err) => warn!(index = e.index, error = %err, "PD membership change refused"),
+        };
+        info!(index = e.index, voters = ?cs.voters, "PD membership changed");
+        self.raw.mut_store().stage_conf_state(cs, kv_wb);
+        for change in cc.get_changes() {
+            let cmd = match change.get_change_type() {
+                ConfChangeType::AddNode => match serde_json::from_slice::<Member>(cc.get_context()) {
+                    Ok(member) if member.member_id == change.node_id => {
+                        self.transport.add_peer(member.member_id, &member.peer_url);
+                        Command::PutMember { member }
+                    }
+                    _ => continue,
+                },
+                ConfChangeType::RemoveNode => Command::RemoveMember { member_id: change.node_id },
+                ConfChangeType::AddLearnerNode => continue,
+            };
+            let r = self.sm.lock().stage(&cmd, kv_wb);
+            if let Err(err) = r {
+                if !err.is_deterministic() {
+                    return Err(err);
+                }
+            }
         }
-        Ok(())
+        Ok(Ok(()))
+    }
+
+    fn propose_member_change(&mut self, change: MemberChange, done: mpsc::SyncSender<Result<()>>) {
+        if self.raw.raft.state != StateRole::Leader || self.raw.raft.lead_transferee.is_some() {
+            let _ = done.send(Err(Error::NotLeader("this PD member does not lead".into())));
+            return;
+        }
+        let mut single = raft::eraftpb::ConfChangeSingle::default();
+        let mut cc = ConfChangeV2::default();
+        match change {
+            MemberChange::Add(member) => {
+                single.set_change_type(ConfChangeType::AddNode);
+                single.node_id = member.member_id;
+                cc.context = serde_json::to_vec(&member).expect("a member serializes").into();
+            }
+            MemberChange::Remove(id) => {
+                single.set_change_type(ConfChangeType::RemoveNode);
+                single.node_id = id;
+            }
+        }
+        cc.mut_changes().push(single);
+        let seq = self.next_proposal;
+        self.next_proposal += 1;
+        match self.raw.propose_conf_change(proposal_context(self.me, self.boot, seq), cc) {
+            Ok(()) => {
+                self.pending.insert(seq, done);
+            }
+            Err(e) => {
+                // raft-rs takes one membership change at a time.
+                let _ =
+                    done.send(Err(Error::InvalidArgument(format!("membership change not proposed: {e}"))));
+            }
+        }
     }
 }
 
@@ -447,7 +508,14 @@ impl Group<RoundCx> for PdGroup {
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(&e, kv_wb)?
+                    let r = self.apply_conf_change(&e, kv_wb)?;
+                    if let Some((member, boot, seq)) = parse_context(&e.context) {
+                        if member == self.me && boot == self.boot {
+                            if let Some(done) = self.pending.remove(&seq) {
+                                cx.answers.push((done, r));
+                            }
+                        }
+                    }
                 }
             }
             self.raw.mut_store().apply_state.applied_index = e.index;

@@ -31,6 +31,11 @@ const CONF_STATE: &[u8] = b"pd/raft/conf_state";
 const META_PREFIX: &[u8] = b"pd/";
 const RAFT_META_PREFIX: &[u8] = b"pd/raft/";
 
+/// True once this engine holds PD raft state (a member that started before).
+pub(crate) fn has_raft_state(engine: &EngineRef) -> Result<bool> {
+    Ok(engine.get(Cf::Meta, CONF_STATE)?.is_some())
+}
+
 /// How far the group has applied, and where its log starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyState {

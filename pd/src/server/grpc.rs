@@ -85,7 +85,7 @@ fn wire_member(m: &crate::member::Member) -> pdpb::Member {
         name: m.name.clone(),
         member_id: m.member_id,
         peer_urls: vec![m.peer_url.clone()],
-        client_urls: vec![m.client_url.clone()],
+        client_urls: [m.client_url.clone()].into_iter().filter(|u| !u.is_empty()).collect(),
         ..Default::default()
     }
 }

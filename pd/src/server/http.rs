@@ -23,7 +23,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use mnemo_proto::types::{RegionId, StoreId};
 use serde::Deserialize;
@@ -42,9 +42,10 @@ pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match e {
-            Error::StoreNotFound(_) | Error::RegionNotFound(_) | Error::SchedulerNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Error::StoreNotFound(_)
+            | Error::RegionNotFound(_)
+            | Error::SchedulerNotFound(_)
+            | Error::MemberNotFound(_) => StatusCode::NOT_FOUND,
             Error::SchedulerExists(_) => StatusCode::CONFLICT,
             Error::InvalidArgument(_) | Error::StoreTombstone(_) | Error::Config(_) => {
                 StatusCode::BAD_REQUEST
@@ -71,11 +72,13 @@ pub(super) fn routes(cluster: Arc<Cluster>) -> Router {
         .route("/pd/api/v1/region/id/:id", get(region_by_id))
         .route("/pd/api/v1/region/key/:key", get(region_by_key))
         .route("/pd/api/v1/health", get(health))
-        .route("/pd/api/v1/members", get(members))
+        .route("/pd/api/v1/members", get(members).post(add_member))
+        .route("/pd/api/v1/members/name/:name", delete(remove_member))
         .route("/pd/api/v1/leader", get(leader))
         .route("/pd/api/v1/leader/resign", post(resign_leader))
         .route("/pd/api/v1/leader/transfer/:name", post(transfer_leader))
         .route("/pd/api/v1/ping", get(ping))
+        .route("/pd/api/v1/raft", get(raft_status))
         .route("/pd/api/v1/cluster", get(cluster_info))
         .with_state(cluster)
 }
@@ -203,6 +206,39 @@ async fn members(State(c): Shared) -> Json<json::Members> {
     })
 }
 
+/// Body of `POST /pd/api/v1/members` (etcd's member add, by name).
+#[derive(Deserialize)]
+struct AddMember {
+    name: String,
+    peer_urls: Vec<String>,
+}
+
+/// Adds a member; answers with every member afterwards (with member ids).
+async fn add_member(State(c): Shared, Json(req): Json<AddMember>) -> ApiResult<json::Members> {
+    let [url] = req.peer_urls.as_slice() else {
+        return Err(Error::InvalidArgument("give exactly one peer URL".into()).into());
+    };
+    let (name, url) = (req.name.clone(), url.clone());
+    let c2 = c.clone();
+    let members = tokio::task::spawn_blocking(move || c2.add_member(&name, &url))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(json::Members {
+        header: json::Header { cluster_id: c.cluster_id() },
+        members: members.iter().map(json::member).collect(),
+        leader: None,
+        etcd_leader: None,
+    }))
+}
+
+async fn remove_member(State(c): Shared, Path(name): Path<String>) -> ApiResult<String> {
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || c.remove_member(&n))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(format!("removed, pd: {name}")))
+}
+
 /// The leader `Member`, or `null` when none is known.
 async fn leader(State(c): Shared) -> Json<Option<json::MemberJson>> {
     Json(c.member_list().1.as_ref().map(json::member))
@@ -216,6 +252,25 @@ async fn resign_leader(State(c): Shared) -> ApiResult<&'static str> {
 async fn transfer_leader(State(c): Shared, Path(name): Path<String>) -> ApiResult<&'static str> {
     c.transfer_leader_to(&name)?;
     Ok(Json("The transfer command is submitted."))
+}
+
+/// This member's view of the PD raft group (answered by every member).
+async fn raft_status(State(c): Shared) -> Json<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = c.leadership().status();
+    Json(serde_json::json!({
+        "name": c.member().name,
+        "member_id": c.member().member_id,
+        "serving": c.check_serving().is_ok(),
+        "term": s.term,
+        "leader_id": s.leader_id,
+        "is_leader": s.is_leader,
+        "voters": s.voters,
+        "applied_index": s.applied_index,
+        "first_index": s.first_index,
+        "region_heartbeats": c.counters().region_heartbeats.load(Relaxed),
+        "region_changes": c.counters().region_changes.load(Relaxed),
+    }))
 }
 
 async fn ping() -> StatusCode {

@@ -213,7 +213,8 @@ pub(super) fn member(m: &Member) -> MemberJson {
         name: m.name.clone(),
         member_id: m.member_id,
         peer_urls: vec![m.peer_url.clone()],
-        client_urls: vec![m.client_url.clone()],
+        // A member added but not heard from yet has no client URL to give.
+        client_urls: [m.client_url.clone()].into_iter().filter(|u| !u.is_empty()).collect(),
     }
 }
 

@@ -168,10 +168,18 @@ pub async fn start_with_listener(config: Config, listener: TcpListener) -> Resul
     // later are in the metadata.
     let transport = PeerTransport::new(member.clone(), peer_rt.handle());
     let mut voters = Vec::new();
-    for (name, url) in config.initial_members()? {
-        let id = member_id(&name, &url.to_string());
-        voters.push(id);
-        transport.add_peer(id, &url.to_string());
+    if config.join.trim().is_empty() {
+        for (name, url) in config.initial_members()? {
+            let id = member_id(&name, &url.to_string());
+            voters.push(id);
+            transport.add_peer(id, &url.to_string());
+        }
+    } else if !raft::has_raft_state(&engine)? {
+        // A new member: the cluster adds it, and its leader's log (or a
+        // snapshot) brings the configuration; it starts with none.
+        for m in join_cluster(&config.join, &member).await? {
+            transport.add_peer(m.member_id, &m.peer_url);
+        }
     }
     for m in sm.lock().state().members().values() {
         transport.add_peer(m.member_id, &m.peer_url);
@@ -245,6 +253,73 @@ impl Drop for PeerRuntime {
     }
 }
 
+/// Asks the PD cluster at `join` (client URLs) to add `me`; returns its
+/// members. A cluster that already lists `me` under the same name and peer
+/// URL (an earlier start that failed after the add) is joined as is.
+async fn join_cluster(join: &str, me: &Member) -> Result<Vec<Member>> {
+    let urls: Vec<String> = join
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let body = serde_json::json!({ "name": me.name, "peer_urls": [me.peer_url] });
+    let (name, peer_url) = (me.name.clone(), me.peer_url.clone());
+    let answer = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut last = String::new();
+            for url in &urls {
+                let url = if url.starts_with("http") { url.clone() } else { format!("http://{url}") };
+                let members = format!("{url}/pd/api/v1/members");
+                match ureq::post(&members).timeout(Duration::from_secs(10)).send_json(body.clone()) {
+                    Ok(resp) => return resp.into_json::<serde_json::Value>().map_err(|e| e.to_string()),
+                    Err(ureq::Error::Status(code, resp)) => {
+                        last = format!("{members}: HTTP {code}: {}", resp.into_string().unwrap_or_default());
+                        if last.contains("already exists") {
+                            let listed: serde_json::Value = ureq::get(&members)
+                                .timeout(Duration::from_secs(10))
+                                .call()
+                                .map_err(|e| e.to_string())?
+                                .into_json()
+                                .map_err(|e| e.to_string())?;
+                            let same = listed["members"].as_array().is_some_and(|ms| {
+                                ms.iter().any(|m| {
+                                    m["name"] == name.as_str() && m["peer_urls"][0] == peer_url.as_str()
+                                })
+                            });
+                            if same {
+                                return Ok(listed);
+                            }
+                            return Err(format!("{last} (another member has this name or peer URL)"));
+                        }
+                    }
+                    Err(e) => last = format!("{members}: {e}"),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("cannot join the PD cluster at {urls:?}: {last}"));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+    .await
+    .map_err(|e| crate::error::Error::Config(e.to_string()))?
+    .map_err(crate::error::Error::Config)?;
+    let members = answer["members"].as_array().cloned().unwrap_or_default();
+    info!(joined = %join, members = members.len(), "joined the PD cluster");
+    Ok(members
+        .iter()
+        .filter_map(|m| {
+            Some(Member {
+                name: m["name"].as_str()?.to_owned(),
+                member_id: m["member_id"].as_u64()?,
+                peer_url: m["peer_urls"][0].as_str()?.to_owned(),
+                client_url: m["client_urls"][0].as_str().unwrap_or_default().to_owned(),
+            })
+        })
+        .collect())
+}
+
 /// Promotes this member when the PD group makes it leader, and keeps the
 /// published member list (names and URLs, as `GetMembers` reports them)
 /// in line with the group.
@@ -280,10 +355,13 @@ async fn leader_loop(cluster: Arc<Cluster>, transport: PeerTransport, tick: Dura
 /// `UNIMPLEMENTED` for a gRPC request).
 fn router(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) -> axum::Router {
     let pd = PdServer::new(grpc::PdService::new(cluster.clone(), streams.clone()));
+    // Every running member is SERVING (service ""), leader or not, as PD's
+    // members answer: clients use it to tell live members from dead ones.
+    let (_, health) = tonic_health::server::health_reporter();
     let api = http::routes(cluster.clone())
         .merge(admin_api::routes(cluster.clone(), streams))
         .layer(axum::middleware::from_fn_with_state(cluster, proxy::to_leader));
-    tonic::service::Routes::new(pd).into_axum_router().merge(api).fallback(http::fallback)
+    tonic::service::Routes::new(pd).add_service(health).into_axum_router().merge(api).fallback(http::fallback)
 }
 
 /// Runs the patrol forever (until shutdown aborts it). The interval is read

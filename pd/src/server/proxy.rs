@@ -3,8 +3,9 @@
 //! Every `/pd/api/v1` request reaching a member that does not serve is sent
 //! on to the leader's client URL with header `PD-Redirector: <own name>`, and
 //! the leader's answer (status, content type, body) is returned as is.
-//! Answered by every member itself: `health`, `ping`, `members`, `leader`,
-//! `GET config` (PD's list), and anything carrying `PD-Allow-Follower-Handle`.
+//! Answered by every member itself: `GET` of `health`, `ping`, `members`,
+//! `leader`, `raft` and `config` (PD's list), and anything carrying
+//! `PD-Allow-Follower-Handle`.
 //! A request that was already redirected once and still reached a non-leader
 //! gets 500 (never a second hop); with no leader known the member waits up to
 //! 3 s for one, then answers 503.
@@ -30,8 +31,8 @@ const WAIT_FOR_LEADER: Duration = Duration::from_secs(3);
 
 fn answered_locally(method: &Method, path: &str) -> bool {
     let tail = path.strip_prefix("/pd/api/v1/").unwrap_or(path);
-    matches!(tail, "health" | "ping" | "members" | "leader" | "version" | "status")
-        || (method == Method::GET && tail == "config")
+    method == Method::GET
+        && matches!(tail, "health" | "ping" | "members" | "leader" | "version" | "status" | "raft" | "config")
 }
 
 /// The axum middleware.
