@@ -184,14 +184,21 @@ impl Leadership for RaftHandle {
     }
 
     fn change_member(&self, change: MemberChange) -> Result<()> {
+        self.submit("membership change", |done| Input::ChangeMember { change, done })
+    }
+}
+
+impl RaftHandle {
+    /// Hands the raft thread a proposal and waits (on the calling thread)
+    /// until it is applied here, or fails with [`Error::NotLeader`] when
+    /// this member cannot get it committed in time.
+    fn submit(&self, what: &str, input: impl FnOnce(mpsc::SyncSender<Result<()>>) -> Input) -> Result<()> {
         let (done, wait) = mpsc::sync_channel(1);
-        self.tx
-            .send(Input::ChangeMember { change, done })
-            .map_err(|_| Error::NotLeader("PD raft stopped".into()))?;
+        self.tx.send(input(done)).map_err(|_| Error::NotLeader("PD raft stopped".into()))?;
         match blocking(|| wait.recv_timeout(self.propose_timeout)) {
             Ok(r) => r,
             Err(_) => Err(Error::NotLeader(format!(
-                "membership change not applied within {:?} (leadership lost or no quorum)",
+                "{what} not applied within {:?} (leadership lost or no quorum)",
                 self.propose_timeout
             ))),
         }
@@ -211,27 +218,16 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Replicates through the raft thread: waits (on the calling thread) until
-/// the command is applied here, or fails with [`Error::NotLeader`] when this
-/// member cannot get it committed in time. On that error the command may
-/// still commit later (a proposal's fate is unknown); every PD command is
-/// safe to apply whether or not its proposer learned of it.
+/// Replicates through the raft thread (see [`RaftHandle::submit`]). On
+/// [`Error::NotLeader`] the command may still commit later (a proposal's
+/// fate is unknown); every PD command is safe to apply whether or not its
+/// proposer learned of it.
 impl Replicator for RaftHandle {
     fn replicate(&mut self, cmd: Command) -> Result<()> {
         if !self.status.lock().is_leader {
             return Err(Error::NotLeader("this PD member does not lead".into()));
         }
-        let (done, wait) = mpsc::sync_channel(1);
-        self.tx
-            .send(Input::Propose { data: cmd.encode(), done })
-            .map_err(|_| Error::NotLeader("PD raft stopped".into()))?;
-        match blocking(|| wait.recv_timeout(self.propose_timeout)) {
-            Ok(r) => r,
-            Err(_) => Err(Error::NotLeader(format!(
-                "proposal not applied within {:?} (leadership lost or no quorum)",
-                self.propose_timeout
-            ))),
-        }
+        self.submit("proposal", |done| Input::Propose { data: cmd.encode(), done })
     }
 
     fn another(&self) -> Box<dyn Replicator> {

@@ -238,18 +238,31 @@ impl PdGroup {
     }
 
     fn propose(&mut self, data: Vec<u8>, done: mpsc::SyncSender<Result<()>>) {
+        self.submit(done, |raw, ctx| {
+            raw.propose(ctx, data).map_err(|e| Error::NotLeader(format!("proposal dropped: {e}")))
+        });
+    }
+
+    /// Proposes with `propose` (given the entry context) on a leader, and
+    /// keeps `done` to answer once the entry applies; answers at once if
+    /// this member does not lead or raft refuses.
+    fn submit(
+        &mut self,
+        done: mpsc::SyncSender<Result<()>>,
+        propose: impl FnOnce(&mut RawNode<PdRaftStorage>, Vec<u8>) -> Result<()>,
+    ) {
         if self.raw.raft.state != StateRole::Leader || self.raw.raft.lead_transferee.is_some() {
             let _ = done.send(Err(Error::NotLeader("this PD member does not lead".into())));
             return;
         }
         let seq = self.next_proposal;
         self.next_proposal += 1;
-        match self.raw.propose(proposal_context(self.me, self.boot, seq), data) {
+        match propose(&mut self.raw, proposal_context(self.me, self.boot, seq)) {
             Ok(()) => {
                 self.pending.insert(seq, done);
             }
             Err(e) => {
-                let _ = done.send(Err(Error::NotLeader(format!("proposal dropped: {e}"))));
+                let _ = done.send(Err(e));
             }
         }
     }
@@ -320,6 +333,17 @@ impl PdGroup {
     fn fresh_from_restart(&self, m: &Message) -> bool {
         let vote = matches!(m.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
         vote && self.started.elapsed() < self.settings.election
+    }
+
+    /// Queues the answer to this member's proposal of `e`, if it made it
+    /// since its start and still waits.
+    fn answer(&mut self, e: &Entry, r: Result<()>, cx: &mut RoundCx) {
+        let Some((member, boot, seq)) = parse_context(&e.context) else { return };
+        if member == self.me && boot == self.boot {
+            if let Some(done) = self.pending.remove(&seq) {
+                cx.answers.push((done, r));
+            }
+        }
     }
 
     /// A leader that applied its own term's first entry.
@@ -401,10 +425,6 @@ impl PdGroup {
     }
 
     fn propose_member_change(&mut self, change: MemberChange, done: mpsc::SyncSender<Result<()>>) {
-        if self.raw.raft.state != StateRole::Leader || self.raw.raft.lead_transferee.is_some() {
-            let _ = done.send(Err(Error::NotLeader("this PD member does not lead".into())));
-            return;
-        }
         let mut single = raft::eraftpb::ConfChangeSingle::default();
         let mut cc = ConfChangeV2::default();
         match change {
@@ -419,18 +439,11 @@ impl PdGroup {
             }
         }
         cc.mut_changes().push(single);
-        let seq = self.next_proposal;
-        self.next_proposal += 1;
-        match self.raw.propose_conf_change(proposal_context(self.me, self.boot, seq), cc) {
-            Ok(()) => {
-                self.pending.insert(seq, done);
-            }
-            Err(e) => {
-                // raft-rs takes one membership change at a time.
-                let _ =
-                    done.send(Err(Error::InvalidArgument(format!("membership change not proposed: {e}"))));
-            }
-        }
+        // raft-rs takes one membership change at a time.
+        self.submit(done, |raw, ctx| {
+            raw.propose_conf_change(ctx, cc)
+                .map_err(|e| Error::InvalidArgument(format!("membership change not proposed: {e}")))
+        });
     }
 }
 
@@ -499,23 +512,11 @@ impl Group<RoundCx> for PdGroup {
                             return Err(r.unwrap_err());
                         }
                     }
-                    if let Some((member, boot, seq)) = parse_context(&e.context) {
-                        if member == self.me && boot == self.boot {
-                            if let Some(done) = self.pending.remove(&seq) {
-                                cx.answers.push((done, r));
-                            }
-                        }
-                    }
+                    self.answer(&e, r, cx);
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let r = self.apply_conf_change(&e, kv_wb)?;
-                    if let Some((member, boot, seq)) = parse_context(&e.context) {
-                        if member == self.me && boot == self.boot {
-                            if let Some(done) = self.pending.remove(&seq) {
-                                cx.answers.push((done, r));
-                            }
-                        }
-                    }
+                    self.answer(&e, r, cx);
                 }
             }
             self.raw.mut_store().apply_state.applied_index = e.index;
