@@ -143,9 +143,12 @@ impl Proc {
 pub struct Cluster {
     root: PathBuf,
     keep: bool,
-    /// PD members, and their client addresses (`host:port`).
+    /// PD members, their client addresses (`host:port`) and peer ports.
     pds: Vec<Proc>,
     pd_addrs: Vec<String>,
+    pd_peer_ports: Vec<u16>,
+    /// Peer ports cut by [`Cluster::cut_pd_member`] (healed with the rest).
+    pd_cuts: std::sync::Mutex<Vec<u16>>,
     nodes: Vec<Proc>,
     node_addrs: Vec<String>,
     status_addrs: Vec<String>,
@@ -251,6 +254,8 @@ impl Cluster {
             keep,
             pds,
             pd_addrs,
+            pd_peer_ports: ports.iter().map(|(_, peer)| *peer).collect(),
+            pd_cuts: Default::default(),
             nodes: Vec::new(),
             node_addrs: Vec::new(),
             status_addrs: Vec::new(),
@@ -340,9 +345,26 @@ impl Cluster {
         self.net.as_ref().ok_or("cuts need ClusterConfig::netns")?.cut_port_in(i, port)
     }
 
+    /// Cuts PD member `i` off from the other members' raft messages (its
+    /// own still go out; it can no longer hear a quorum). Needs namespaces.
+    pub fn cut_pd_member(&self, i: usize) -> Result<(), String> {
+        let net = self.net.as_ref().ok_or("cuts need ClusterConfig::netns")?;
+        net.cut_root_port(self.pd_peer_ports[i])?;
+        self.pd_cuts.lock().expect("pd cuts").push(self.pd_peer_ports[i]);
+        Ok(())
+    }
+
     /// Removes every cut (no-op without namespaces).
     pub fn heal_network(&self) -> Result<(), String> {
-        self.net.as_ref().map_or(Ok(()), Network::heal)
+        let Some(net) = self.net.as_ref() else { return Ok(()) };
+        // Every cut is tried, whatever fails before it.
+        let mut failed = Ok(());
+        for port in std::mem::take(&mut *self.pd_cuts.lock().expect("pd cuts")) {
+            if let Err(e) = net.heal_root_port(port) {
+                failed = Err(e);
+            }
+        }
+        net.heal().and(failed)
     }
 
     /// The first PD member's client endpoint (`127.0.0.1:port`); with one
@@ -361,16 +383,21 @@ impl Cluster {
         self.pds.len()
     }
 
-    /// The PD member that serves as leader, as the members say (`GET
-    /// /pd/api/v1/leader` on each running one), if any.
+    /// The PD member that serves as leader now (it says so itself, `GET
+    /// /pd/api/v1/raft`), if any. A stopped member counts as not serving.
     pub fn pd_leader(&self) -> Option<usize> {
-        (0..self.pds.len()).filter(|i| self.pds[*i].is_running()).find_map(|i| {
-            let url = format!("http://{}/pd/api/v1/leader", self.pd_addrs[i]);
-            let leader: Value =
-                ureq::get(&url).timeout(Duration::from_secs(1)).call().ok()?.into_json().ok()?;
-            let client_url = leader["client_urls"][0].as_str()?.trim_start_matches("http://").to_owned();
-            self.pd_addrs.iter().position(|a| *a == client_url)
-        })
+        (0..self.pds.len())
+            .filter(|i| self.pds[*i].is_running())
+            .find(|&i| self.pd_member_serving(i) == Some(true))
+    }
+
+    /// Whether PD member `i` says it serves as leader (None: no answer
+    /// within 300 ms).
+    pub fn pd_member_serving(&self, i: usize) -> Option<bool> {
+        let url = format!("http://{}/pd/api/v1/raft", self.pd_addrs[i]);
+        let raft: Value =
+            ureq::get(&url).timeout(Duration::from_millis(300)).call().ok()?.into_json().ok()?;
+        raft["serving"].as_bool()
     }
 
     /// SIGKILLs PD member `i`.
@@ -686,6 +713,8 @@ impl Drop for Cluster {
             n.kill();
         }
         self.pds.iter_mut().for_each(Proc::kill);
+        // Cuts in the root namespace outlive the cluster unless removed.
+        let _ = self.heal_network();
         if self.keep || std::thread::panicking() {
             eprintln!("cluster data and logs kept in {}", self.root.display());
         } else {

@@ -49,7 +49,16 @@
 //! | `delay-transfer` | messages to a region's leader delayed 450 ms while PD moves its leadership away |
 //! | `delay-split` | every node's raft messages delayed 100–250 ms while, every 150 ms, splits move every register slot's live keys: writes proposed before a split commits apply after it |
 //!
-//! `everything` = both lists and `crash-point`. Network faults need the
+//! PD faults (`pd`; they need three PD members, `--pd-members`):
+//!
+//! | name | fault |
+//! |------|-------|
+//! | `pd-kill-leader` | SIGKILL the PD leader; measures kill → another member serving; restart at the heal |
+//! | `pd-pause-leader` | SIGSTOP the PD leader (its lease must run out before another serves) |
+//! | `pd-partition-leader` | the PD leader hears no other member (iptables on its peer port) |
+//! | `pd-kill-majority` | SIGKILL the PD leader and a majority with it: no PD at all until the heal |
+//!
+//! `everything` = the three lists and `crash-point`. Network faults need the
 //! nodes in namespaces (root); the harness refuses them otherwise unless
 //! told to skip them. Partitions cut node–node links only; PD and clients
 //! reach every node unless a fault says otherwise. Clock skew stays inside
@@ -128,6 +137,14 @@ pub enum Fault {
     DelayTransfer,
     /// Forced splits at live keys while every link is slow.
     DelaySplit,
+    /// SIGKILL the PD leader, restart it at the heal.
+    PdKillLeader,
+    /// SIGSTOP the PD leader, SIGCONT at the heal.
+    PdPauseLeader,
+    /// The PD leader cut off from the other members' raft messages.
+    PdPartitionLeader,
+    /// SIGKILL a majority of the PD members (the leader among them).
+    PdKillMajority,
 }
 
 /// The classic faults (`all`).
@@ -163,9 +180,13 @@ const COMPOUND: [Fault; 12] = [
     Fault::DelaySplit,
 ];
 
+/// The PD faults (`pd`): on the PD raft group (three members or more).
+const PD: [Fault; 4] =
+    [Fault::PdKillLeader, Fault::PdPauseLeader, Fault::PdPartitionLeader, Fault::PdKillMajority];
+
 /// Every fault kind.
 pub fn every_fault() -> Vec<Fault> {
-    CLASSIC.iter().chain(&COMPOUND).copied().chain([Fault::CrashPoint]).collect()
+    CLASSIC.iter().chain(&COMPOUND).chain(&PD).copied().chain([Fault::CrashPoint]).collect()
 }
 
 impl Fault {
@@ -198,6 +219,10 @@ impl Fault {
             Fault::Delay => "delay",
             Fault::DelayTransfer => "delay-transfer",
             Fault::DelaySplit => "delay-split",
+            Fault::PdKillLeader => "pd-kill-leader",
+            Fault::PdPauseLeader => "pd-pause-leader",
+            Fault::PdPartitionLeader => "pd-partition-leader",
+            Fault::PdKillMajority => "pd-kill-majority",
         }
     }
 
@@ -220,7 +245,13 @@ impl Fault {
                 | Fault::SkewPartitionLeader
                 | Fault::PdCut
                 | Fault::ClientCut
+                | Fault::PdPartitionLeader
         )
+    }
+
+    /// True for faults on the PD raft group (they need three members).
+    pub fn is_pd(self) -> bool {
+        PD.contains(&self)
     }
 
     /// Parses `--nemesis`: `all` (alias `mixed`: the classic faults),
@@ -238,10 +269,11 @@ impl Fault {
                 "partition" => every.iter().copied().filter(|f| f.is_partition()).collect(),
                 "kill" => vec![Fault::KillOne, Fault::KillMinority, Fault::KillLeader],
                 "churn" => vec![Fault::ShuffleLeader, Fault::ShuffleRegion, Fault::Split],
+                "pd" => PD.to_vec(),
                 name => vec![*every.iter().find(|f| f.name() == name).ok_or_else(|| {
                     let names: Vec<&str> = every.iter().map(|f| f.name()).collect();
                     format!(
-                        "unknown nemesis {name:?}: all, mixed, compound, everything, none, partition, kill, churn, {}",
+                        "unknown nemesis {name:?}: all, mixed, compound, everything, none, partition, kill, churn, pd, {}",
                         names.join(", ")
                     )
                 })?],
@@ -393,6 +425,9 @@ pub struct Nemesis {
     log: NemesisLog,
     killed: Vec<usize>,
     paused: Vec<usize>,
+    /// PD members killed or stopped by the current fault.
+    killed_pds: Vec<usize>,
+    paused_pds: Vec<usize>,
     skewed: Vec<usize>,
     delayed: Vec<usize>,
     /// Nodes with an armed crash point, and which.
@@ -417,7 +452,11 @@ impl Nemesis {
         probe: Arc<RawClient>,
     ) -> Nemesis {
         let can_partition = cluster.can_partition();
-        let faults = faults.into_iter().filter(|f| can_partition || !f.is_partition()).collect();
+        let pd_group = cluster.pd_member_count() >= 3;
+        let faults = faults
+            .into_iter()
+            .filter(|f| (can_partition || !f.is_partition()) && (pd_group || !f.is_pd()))
+            .collect();
         Nemesis {
             cluster,
             faults,
@@ -431,6 +470,8 @@ impl Nemesis {
             log: NemesisLog::default(),
             killed: Vec::new(),
             paused: Vec::new(),
+            killed_pds: Vec::new(),
+            paused_pds: Vec::new(),
             skewed: Vec::new(),
             delayed: Vec::new(),
             armed: HashMap::new(),
@@ -658,6 +699,58 @@ impl Nemesis {
                 let who = leader.map_or("no leader".into(), |v| format!("n{}", v + 1));
                 done(format!("{who} killed, {splits} splits asked"), killed && splits > 0)
             }
+            Fault::PdKillLeader | Fault::PdPauseLeader | Fault::PdPartitionLeader | Fault::PdKillMajority => {
+                let Some(leader) = self.cluster.pd_leader() else {
+                    self.hold(hold_until, stop);
+                    return done("no PD leader", false);
+                };
+                let mut victims = vec![leader];
+                match fault {
+                    Fault::PdKillLeader | Fault::PdKillMajority => {
+                        if fault == Fault::PdKillMajority {
+                            let members = self.cluster.pd_member_count();
+                            let mut others: Vec<usize> = (0..members).filter(|&m| m != leader).collect();
+                            others.shuffle(&mut self.rng);
+                            victims.extend(others.into_iter().take(members / 2));
+                        }
+                        for &m in &victims {
+                            self.cluster.kill_pd_member(m);
+                            self.killed_pds.push(m);
+                        }
+                    }
+                    Fault::PdPauseLeader => {
+                        self.cluster.pause_pd_member(leader, true);
+                        self.paused_pds.push(leader);
+                    }
+                    _ => {
+                        if let Err(e) = self.cluster.cut_pd_member(leader) {
+                            panic!("cannot cut pd{}: {e}", leader + 1);
+                        }
+                    }
+                }
+                // How long until another member serves (none for a
+                // majority); a cut-off leader must at least stop serving.
+                let since = Instant::now();
+                let mut failover = None;
+                let mut deposed = fault != Fault::PdPartitionLeader;
+                while Instant::now() < hold_until && !stop.load(Ordering::Relaxed) {
+                    if failover.is_none() && self.cluster.pd_leader().is_some_and(|l| !victims.contains(&l)) {
+                        failover = Some(since.elapsed());
+                    }
+                    deposed |= self.cluster.pd_member_serving(leader) == Some(false);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                self.heal_pd();
+                self.heal_network();
+                // The next fault starts with a PD that serves.
+                self.wait_pd_serving();
+                let names: Vec<String> = victims.iter().map(|m| format!("pd{}", m + 1)).collect();
+                let desc = match failover {
+                    Some(d) => format!("{} (new PD leader after {} ms)", names.join(","), d.as_millis()),
+                    None => format!("{} (no new PD leader while held)", names.join(",")),
+                };
+                done(desc, deposed || failover.is_some())
+            }
             Fault::PdCut | Fault::ClientCut => {
                 let order = self.shuffled(n);
                 let victims = &order[..self.rng.gen_range(1..=2.min(n))];
@@ -816,14 +909,13 @@ impl Nemesis {
             self.hold(Instant::now() + Duration::from_millis(100), stop);
         }
         let fired = std::mem::take(&mut self.pd_point_fired);
-        if !fired {
-            // Restart clean: an unfired point dies with the process. (One
-            // that fired was restarted clean by `restart_crashed`.)
-            if self.cluster.pd_running() {
-                self.cluster.kill_pd();
-            }
-            self.cluster.restart_pd();
+        // Restart clean: an unfired point dies with the process (the member
+        // that fired was restarted clean by `restart_crashed`; the others
+        // are still armed and would fire whenever they come to lead).
+        if self.cluster.pd_running() {
+            self.cluster.kill_pd();
         }
+        self.cluster.restart_pd();
         let desc = if fired {
             "pd_region_heartbeat fired on PD"
         } else {
@@ -1134,9 +1226,28 @@ impl Nemesis {
         }
     }
 
+    /// Waits (at most 20 s) until a PD member serves as leader.
+    fn wait_pd_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.cluster.pd_leader().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Restarts the PD members killed and resumes those stopped.
+    fn heal_pd(&mut self) {
+        for m in std::mem::take(&mut self.paused_pds) {
+            self.cluster.pause_pd_member(m, false);
+        }
+        for m in std::mem::take(&mut self.killed_pds) {
+            self.cluster.restart_pd_member(m);
+        }
+    }
+
     /// Heals whatever is still broken (the run is ending).
     fn heal_all(&mut self) {
         self.restart_crashed();
+        self.heal_pd();
         for (node, name) in std::mem::take(&mut self.armed) {
             self.cluster.disarm_crash_point(node, name);
         }
@@ -1306,7 +1417,12 @@ mod tests {
     fn nemesis_names_parse() {
         assert_eq!(Fault::parse_list("all").unwrap().len(), CLASSIC.len());
         assert_eq!(Fault::parse_list("compound").unwrap().len(), COMPOUND.len());
-        assert_eq!(Fault::parse_list("everything").unwrap().len(), CLASSIC.len() + COMPOUND.len() + 1);
+        assert_eq!(Fault::parse_list("pd").unwrap().len(), PD.len());
+        assert!(Fault::parse_list("pd").unwrap().iter().all(|f| f.is_pd()));
+        assert_eq!(
+            Fault::parse_list("everything").unwrap().len(),
+            CLASSIC.len() + COMPOUND.len() + PD.len() + 1
+        );
         assert!(Fault::parse_list("none").unwrap().is_empty());
         let p = Fault::parse_list("partition,kill-leader,partition-one").unwrap();
         let partitions = every_fault().iter().filter(|f| f.is_partition()).count();

@@ -140,6 +140,7 @@ impl Network {
 
     /// Removes whatever an earlier holder of this network number left.
     fn remove_leftovers(&self) {
+        self.remove_root_cuts();
         let prefix = format!("mnemo{}-n", self.k);
         if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -215,6 +216,50 @@ impl Network {
     }
 
     /// Removes every cut.
+    /// The root namespace's rule refusing TCP to `port` (first in INPUT,
+    /// so no earlier ACCEPT lets it through; a reset, so open streams break
+    /// at once), tagged with this network's comment.
+    fn root_cut_rule(&self, op: &str, port: u16) -> Vec<String> {
+        let tag = format!("mnemo{}-pd-cut", self.k);
+        let mut rule: Vec<String> = vec!["iptables".into(), "-w".into(), op.into(), "INPUT".into()];
+        if op == "-I" {
+            rule.push("1".into());
+        }
+        for a in
+            ["-p", "tcp", "--dport", &port.to_string(), "-m", "comment", "--comment", &tag, "-j", "REJECT"]
+        {
+            rule.push(a.to_string());
+        }
+        rule.extend(["--reject-with".to_string(), "tcp-reset".to_string()]);
+        rule
+    }
+
+    /// Refuses every TCP connection and packet to `port` in the root
+    /// namespace, where the PD members run (one member cut from the others'
+    /// raft messages).
+    pub fn cut_root_port(&self, port: u16) -> Result<(), String> {
+        let rule = self.root_cut_rule("-I", port);
+        run(&rule.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Removes a [`Network::cut_root_port`] rule.
+    pub fn heal_root_port(&self, port: u16) -> Result<(), String> {
+        let rule = self.root_cut_rule("-D", port);
+        run(&rule.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Removes every root-namespace rule this network's tag marks (those a
+    /// killed run left behind included).
+    fn remove_root_cuts(&self) {
+        let tag = format!("mnemo{}-pd-cut", self.k);
+        let Ok(out) = Command::new("iptables").args(["-w", "-S", "INPUT"]).output() else { return };
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&tag)) {
+            let mut args: Vec<&str> = vec!["iptables", "-w"];
+            args.extend(line.split_whitespace().map(|w| if w == "-A" { "-D" } else { w.trim_matches('"') }));
+            let _ = run(&args);
+        }
+    }
+
     pub fn heal(&self) -> Result<(), String> {
         for i in 0..self.hosts {
             for chain in ["INPUT", "OUTPUT"] {

@@ -104,8 +104,10 @@ pub struct RunOptions {
     pub nemesis_name: String,
     /// Which workloads run.
     pub workloads: Workloads,
-    /// Storage nodes (PD is one more process).
+    /// Storage nodes.
     pub nodes: usize,
+    /// PD members (a raft group; the PD faults need three).
+    pub pd_members: usize,
     /// Concurrent register clients (set and counter get a third each, ≥ 1).
     pub clients: usize,
     /// A bug planted on purpose (the run must come out invalid).
@@ -146,6 +148,10 @@ raft-log-gc-threshold = 10\nraft-log-gc-count-limit = 30\n\
 [coprocessor]\nregion-split-size = \"64KiB\"\nregion-split-keys = 500\n\
 split-region-check-tick-interval = \"1s\"\n";
 
+/// PD settings of a chaos run: a fast PD raft group, so PD faults heal
+/// (elections) within a fault window.
+const CHAOS_PD_TOML: &str = "tick-interval = \"100ms\"\nelection-interval = \"1s\"\n";
+
 /// Runs one chaos run. Errors are about the harness (cluster would not
 /// start, results not writable), not about the verdict.
 pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
@@ -163,6 +169,8 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     let cfg = ClusterConfig {
         nodes: opts.nodes,
         node_toml: CHAOS_NODE_TOML.into(),
+        pd_members: opts.pd_members,
+        pd_toml: CHAOS_PD_TOML.into(),
         node_args,
         netns: opts.netns,
         root: Some(opts.out_dir.join("data")),
@@ -219,6 +227,9 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
             workers.push(tokio::spawn(workload::counter_worker(shared.clone(), seed)));
         }
     }
+    let tso_workers: Vec<_> = (0..if w.tso { workload::TSO_WORKERS } else { 0 })
+        .map(|_| tokio::spawn(workload::tso_worker(shared.clone())))
+        .collect();
 
     let nemesis_stop = Arc::new(AtomicBool::new(false));
     let nemesis = Nemesis::new(
@@ -241,6 +252,10 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     nemesis_stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.map_err(|e| format!("worker panicked: {e}"))?;
+    }
+    let mut timestamps = Vec::new();
+    for t in tso_workers {
+        timestamps.push(t.await.map_err(|e| format!("TSO worker panicked: {e}"))?);
     }
     let (cluster, log) = match early {
         Some(r) => r,
@@ -272,6 +287,13 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("history is malformed: {e}"))?;
+    if w.tso {
+        let tso = checker::tso::check(&timestamps);
+        report.validity = report.validity.and(tso.validity);
+        report.checkers.insert("tso".into(), tso.validity);
+        report.anomalies.extend(tso.anomalies);
+        report.details.insert("tso".into(), tso.details);
+    }
     report.validity = report.validity.and(replicas.validity);
     report.checkers.insert("replicas".into(), replicas.validity);
     report.anomalies.extend(replicas.anomalies.clone());

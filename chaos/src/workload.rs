@@ -26,6 +26,10 @@
 //! - **counter**: [`COUNTER_KEYS`] counters `ctr/000`…, each incremented by
 //!   read v → CAS v → v+1, read now and then and once at the end; no
 //!   increment may be lost or doubled.
+//! - **tso**: [`TSO_WORKERS`] clients, each with a PD client of its own, ask
+//!   PD for one timestamp after another; each client's timestamps must
+//!   strictly increase and no timestamp may go to two clients, across every
+//!   change of PD leader (`checker::tso`).
 //!
 //! Keys are spread over several regions: [`split_keys`] are split off at the
 //! start (two registers per region, counters apart from registers, the set's
@@ -58,6 +62,8 @@ pub const COUNTER_KEYS: u64 = 4;
 /// Time to live of the register workload's expiring writes (seconds; the
 /// smallest RawKV allows).
 pub const TTL_SECS: u64 = 1;
+/// Concurrent TSO clients.
+pub const TSO_WORKERS: usize = 3;
 /// How often one set worker reads the whole set during the run.
 pub const SET_READ_EVERY: Duration = Duration::from_secs(5);
 
@@ -70,21 +76,26 @@ pub struct Workloads {
     pub set: bool,
     /// CAS counters.
     pub counter: bool,
+    /// Timestamps from PD's TSO (checked by `checker::tso`).
+    pub tso: bool,
 }
 
 impl Workloads {
-    /// Parses `all` or a comma list of `register`, `set`, `counter`.
+    /// Parses `all` or a comma list of `register`, `set`, `counter`, `tso`.
     pub fn parse(s: &str) -> Result<Workloads, String> {
         if s == "all" {
-            return Ok(Workloads { register: true, set: true, counter: true });
+            return Ok(Workloads { register: true, set: true, counter: true, tso: true });
         }
-        let mut w = Workloads { register: false, set: false, counter: false };
+        let mut w = Workloads { register: false, set: false, counter: false, tso: false };
         for part in s.split(',').map(str::trim) {
             match part {
                 "register" => w.register = true,
                 "set" => w.set = true,
                 "counter" => w.counter = true,
-                other => return Err(format!("unknown workload {other:?} (register, set, counter, all)")),
+                "tso" => w.tso = true,
+                other => {
+                    return Err(format!("unknown workload {other:?} (register, set, counter, tso, all)"))
+                }
             }
         }
         Ok(w)
@@ -92,11 +103,12 @@ impl Workloads {
 
     /// The names, comma-separated.
     pub fn names(&self) -> String {
-        let names: Vec<&str> = [(self.register, "register"), (self.set, "set"), (self.counter, "counter")]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| *n)
-            .collect();
+        let names: Vec<&str> =
+            [(self.register, "register"), (self.set, "set"), (self.counter, "counter"), (self.tso, "tso")]
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, n)| *n)
+                .collect();
         names.join(",")
     }
 }
@@ -511,6 +523,39 @@ pub async fn final_reads(client: &RawClient, s: &Shared, w: Workloads, deadline:
     missing
 }
 
+/// One TSO client: asks PD for a timestamp again and again until the run
+/// ends, and returns the calls that got one, in order, with when each was
+/// sent and answered on the history's clock (failed calls hand nothing out).
+pub async fn tso_worker(s: Shared) -> Vec<crate::checker::tso::TsoCall> {
+    let mut got = Vec::new();
+    let mut pd = None;
+    while !s.stop.load(Ordering::Relaxed) {
+        let client = match &pd {
+            Some(c) => c,
+            None => match mnemo_client::pd::PdClient::connect_with_timeout(
+                s.endpoints.clone(),
+                s.config.rpc_timeout,
+            )
+            .await
+            {
+                Ok(c) => pd.insert(c),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let invoke_ns = s.recorder.now_ns();
+        match client.get_ts(1).await {
+            Ok(ts) => {
+                got.push(crate::checker::tso::TsoCall { invoke_ns, complete_ns: s.recorder.now_ns(), ts })
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    got
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,7 +583,7 @@ mod tests {
     fn workload_names_parse() {
         let w = Workloads::parse("set,counter").unwrap();
         assert!(!w.register && w.set && w.counter);
-        assert_eq!(Workloads::parse("all").unwrap().names(), "register,set,counter");
+        assert_eq!(Workloads::parse("all").unwrap().names(), "register,set,counter,tso");
         assert!(Workloads::parse("bank").is_err());
     }
 }

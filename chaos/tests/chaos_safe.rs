@@ -1,6 +1,7 @@
 //! The short chaos run of `make test`: every fault kind (classic,
-//! compound, crash points), all three workloads, 5 nodes in network
-//! namespaces when run as root. The history must be valid, every fault kind
+//! compound, PD, crash points), all four workloads (register, set,
+//! counter, TSO), 5 nodes in network namespaces when run as root and three
+//! PD members. The history must be valid, every fault kind
 //! must have taken effect, the rare paths must have run (snapshots applied,
 //! log GCs, splits, conf changes, leader changes, crash points fired), and
 //! every counter and most register keys must have seen real traffic.
@@ -30,6 +31,7 @@ async fn short_run_under_every_nemesis_is_valid() {
         nemesis_name: "everything".into(),
         workloads: Workloads::parse("all").unwrap(),
         nodes: 5,
+        pd_members: 3,
         clients: 6,
         plant: None,
         out_dir: dir.join("run"),
@@ -82,6 +84,10 @@ async fn short_run_under_every_nemesis_is_valid() {
     register.sort_unstable();
     let median = register.get(register.len() / 2).copied().unwrap_or(0);
     assert!(median >= 10, "register keys saw too little traffic (median {median} ok ops per key and kind)");
+    // PD's timestamps were checked, and there were plenty of them.
+    assert_eq!(report.checkers.get("tso"), Some(&Validity::Valid));
+    let stamps = report.details["tso"]["timestamps"].as_u64().unwrap_or(0);
+    assert!(stamps >= 1000, "only {stamps} timestamps were handed out");
     assert!(kept.join("run/results.json").exists() && kept.join("run/report.html").exists());
     std::fs::remove_dir_all(&kept).unwrap();
 }

@@ -24,6 +24,7 @@ async fn unsafe_stale_reads_are_caught() {
         nemesis_name: nemesis.into(),
         workloads: Workloads::parse("register").unwrap(),
         nodes: 5,
+        pd_members: 1,
         clients: 6,
         plant: Some(Plant::StaleFollowerReads),
         out_dir: dir.join("run"),

@@ -38,12 +38,15 @@ struct Args {
     /// `pause`, `clock-skew`, `delay`, ...).
     #[arg(long, default_value = "all,crash-point,compound")]
     nemesis: String,
-    /// `all` or a comma list of `register`, `set`, `counter`.
+    /// `all` or a comma list of `register`, `set`, `counter`, `tso`.
     #[arg(long, default_value = "all")]
     workload: String,
     /// Storage nodes.
     #[arg(long, default_value_t = 5)]
     nodes: usize,
+    /// PD members (one raft group; the `pd` faults need 3).
+    #[arg(long, default_value_t = 3)]
+    pd_members: usize,
     /// Concurrent register clients (set and counter get a third as many).
     #[arg(long, default_value_t = 6)]
     clients: usize,
@@ -131,6 +134,7 @@ async fn main() -> ExitCode {
         nemesis_name: args.nemesis.clone(),
         workloads,
         nodes: args.nodes,
+        pd_members: args.pd_members,
         clients: args.clients,
         plant,
         out_dir: out.clone(),

@@ -26,6 +26,7 @@
 pub mod counter;
 pub mod linearizable;
 pub mod set;
+pub mod tso;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -80,6 +81,10 @@ pub enum AnomalyKind {
     /// A storage node or PD process exited on its own (crashed): not a
     /// broken promise about data, but a bug the run must not pass with.
     Crash,
+    /// A TSO client got a timestamp not above its previous one.
+    TsoNotIncreasing,
+    /// Two TSO clients got the same timestamp.
+    TsoDuplicate,
     /// A check could not decide (see `message`).
     Unknown,
 }

@@ -393,6 +393,18 @@ impl Cluster {
                 m.name, m.peer_url
             )));
         }
+        // As etcd does: the group must keep a quorum of live voters with
+        // the new one counted but not yet running.
+        let status = self.leadership.status();
+        let size_after = status.voters.len() + 1;
+        let need = size_after / 2 + 1;
+        if status.active_voters.len() < need {
+            return Err(Error::InvalidArgument(format!(
+                "only {} of {} members are live: adding one would need {need} live to keep a quorum",
+                status.active_voters.len(),
+                status.voters.len()
+            )));
+        }
         let member = Member {
             name: name.to_owned(),
             member_id: member_id(name, &url),
@@ -418,6 +430,14 @@ impl Cluster {
         if m.member_id == self.member.member_id {
             return Err(Error::InvalidArgument(format!(
                 "{name} is the leader: `member leader resign` first"
+            )));
+        }
+        let status = self.leadership.status();
+        let left = status.voters.len().saturating_sub(1);
+        let live_left = status.active_voters.iter().filter(|id| **id != m.member_id).count();
+        if live_left < left / 2 + 1 {
+            return Err(Error::InvalidArgument(format!(
+                "removing {name} would leave {live_left} live of {left} members, fewer than a quorum"
             )));
         }
         self.leadership.change_member(MemberChange::Remove(m.member_id))?;

@@ -306,6 +306,11 @@ impl Config {
         if !self.join.trim().is_empty() && !self.initial_cluster.trim().is_empty() {
             return bad("join and initial-cluster exclude each other: give one".into());
         }
+        if !self.join.trim().is_empty() && self.advertise_peer_url()?.port == 0 {
+            return bad(
+                "a joining member needs a fixed peer port (its identity derives from it), not 0".into()
+            );
+        }
         let members = self.initial_members()?;
         for (i, (name, url)) in members.iter().enumerate() {
             if members[..i].iter().any(|(n, u)| n == name || u == url) {

@@ -72,6 +72,9 @@ pub struct GroupStatus {
     pub lease_until: Option<Instant>,
     /// Voting members (member ids).
     pub voters: Vec<u64>,
+    /// Voters this member heard from within an election interval (itself
+    /// included): on the leader, those that would answer a vote now.
+    pub active_voters: Vec<u64>,
     /// Applied index of the metadata.
     pub applied_index: u64,
     /// First index still in the log (older ones were compacted away).

@@ -97,6 +97,7 @@ pub(crate) fn start(
         next_proposal: 1,
         boot: rand::random::<u64>() | 1,
         started: Instant::now(),
+        last_heard: HashMap::new(),
         probe: None,
         probe_seq: 0,
         lease_until: None,
@@ -138,6 +139,8 @@ struct PdGroup {
     /// a proposal made after it with the same sequence number.
     boot: u64,
     started: Instant,
+    /// When each member's raft messages last arrived.
+    last_heard: HashMap<u64, Instant>,
     /// The lease probe in flight: its sequence number and when it was sent.
     probe: Option<(u64, Instant)>,
     probe_seq: u64,
@@ -193,6 +196,7 @@ impl PdGroup {
                     }
                     Input::Raft(msgs, from) => {
                         if from.member_id != 0 {
+                            self.last_heard.insert(from.member_id, Instant::now());
                             self.infos.lock().insert(from.member_id, from);
                         }
                         for m in msgs {
@@ -346,6 +350,16 @@ impl PdGroup {
         }
     }
 
+    /// Voters heard from within an election interval (this member always).
+    fn active_voters(&self) -> Vec<u64> {
+        let now = Instant::now();
+        let heard = |id: &u64| {
+            *id == self.me
+                || self.last_heard.get(id).is_some_and(|t| now.duration_since(*t) < self.settings.election)
+        };
+        self.raw.store().conf_state.voters.iter().copied().filter(heard).collect()
+    }
+
     /// A leader that applied its own term's first entry.
     fn caught_up(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
@@ -369,6 +383,7 @@ impl PdGroup {
             transferring: raft.lead_transferee.is_some(),
             lease_until: if is_leader { self.lease_until } else { None },
             voters: self.raw.store().conf_state.voters.clone(),
+            active_voters: self.active_voters(),
             applied_index: self.raw.store().apply_state.applied_index,
             first_index: self.raw.store().apply_state.truncated_index + 1,
         };
@@ -425,6 +440,12 @@ impl PdGroup {
     }
 
     fn propose_member_change(&mut self, change: MemberChange, done: mpsc::SyncSender<Result<()>>) {
+        if self.raw.raft.has_pending_conf() {
+            // raft-rs would turn a second one into an empty entry.
+            let busy = "another membership change is still being applied; retry when it is done";
+            let _ = done.send(Err(Error::InvalidArgument(busy.into())));
+            return;
+        }
         let mut single = raft::eraftpb::ConfChangeSingle::default();
         let mut cc = ConfChangeV2::default();
         match change {

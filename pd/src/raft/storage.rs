@@ -36,6 +36,12 @@ pub(crate) fn has_raft_state(engine: &EngineRef) -> Result<bool> {
     Ok(engine.get(Cf::Meta, CONF_STATE)?.is_some())
 }
 
+/// Where a founding member's log starts (index and term of its initial
+/// state); a joining member starts at 0, behind it, and gets a snapshot.
+pub const INIT_INDEX: u64 = 5;
+/// Term of [`INIT_INDEX`].
+pub const INIT_TERM: u64 = 5;
+
 /// How far the group has applied, and where its log starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyState {
@@ -78,9 +84,14 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
 
 impl PdRaftStorage {
     /// Loads the group's state. A member starting for the first time (no
-    /// hard state, no conf state) takes `initial_voters` as the group.
+    /// conf state) with `initial_voters` is one of the group's founders: its
+    /// log starts after [`INIT_INDEX`], as if a snapshot holding that
+    /// configuration had been applied there. A member starting with none
+    /// (`--join`) starts empty at index 0, so the leader must send it a
+    /// snapshot — which carries the configuration; replaying the log from
+    /// index 1 would not, since the founders' configuration is in no entry.
     pub fn open(engine: EngineRef, initial_voters: &[u64]) -> Result<PdRaftStorage> {
-        let apply_state = match engine.get(Cf::Meta, APPLY_STATE)? {
+        let mut apply_state = match engine.get(Cf::Meta, APPLY_STATE)? {
             Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt("apply state", e))?,
             None => ApplyState::default(),
         };
@@ -103,6 +114,24 @@ impl PdRaftStorage {
                 let cs = ConfState { voters: initial_voters.to_vec(), ..Default::default() };
                 let mut wb = WriteBatch::new();
                 wb.put(Cf::Meta, CONF_STATE, cs.write_to_bytes().expect("a conf state encodes"));
+                if !initial_voters.is_empty() {
+                    apply_state = ApplyState {
+                        applied_index: INIT_INDEX,
+                        truncated_index: INIT_INDEX,
+                        truncated_term: INIT_TERM,
+                    };
+                    hard_state = HardState { term: INIT_TERM, commit: INIT_INDEX, ..Default::default() };
+                    wb.put(
+                        Cf::Meta,
+                        APPLY_STATE,
+                        serde_json::to_vec(&apply_state).expect("apply state serializes"),
+                    );
+                    wb.put(
+                        Cf::Default,
+                        HARD_STATE,
+                        hard_state.write_to_bytes().expect("a hard state encodes"),
+                    );
+                }
                 engine.write(&wb, true)?;
                 cs
             }

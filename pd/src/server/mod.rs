@@ -60,6 +60,8 @@ pub struct PdHandle {
     raft: RaftHandle,
     raft_thread: std::thread::JoinHandle<()>,
     peer_rt: PeerRuntime,
+    /// The peer listener's task (on `peer_rt`).
+    peer_server: JoinHandle<()>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -101,6 +103,10 @@ impl PdHandle {
         self.raft.stop();
         let thread = self.raft_thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        // Dropped, not drained: other members keep their streams open. The
+        // listener is closed when this returns (a restart may bind it).
+        self.peer_server.abort();
+        let _ = self.peer_server.await;
         drop(self.peer_rt);
         // Blocking work the leader task started (a promotion, publishing
         // members) may still hold the cluster for a moment; the engine
@@ -210,7 +216,7 @@ pub async fn start_with_listener(config: Config, listener: TcpListener) -> Resul
     tasks.spawn(patrol_loop(cluster.clone(), streams));
     tasks.spawn(leader_loop(cluster.clone(), transport, tick));
     let mut peer_stopped = stopped.clone();
-    peer_rt.handle().spawn(async move {
+    let peer_server = peer_rt.handle().spawn(async move {
         let stop = async move {
             let _ = peer_stopped.changed().await;
         };
@@ -232,7 +238,7 @@ pub async fn start_with_listener(config: Config, listener: TcpListener) -> Resul
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    Ok(PdHandle { addr, peer_addr, cluster, raft, raft_thread, peer_rt, stop, task })
+    Ok(PdHandle { addr, peer_addr, cluster, raft, raft_thread, peer_rt, peer_server, stop, task })
 }
 
 /// The peer runtime, shut down without waiting when dropped (dropping a
@@ -255,7 +261,10 @@ impl Drop for PeerRuntime {
 
 /// Asks the PD cluster at `join` (client URLs) to add `me`; returns its
 /// members. A cluster that already lists `me` under the same name and peer
-/// URL (an earlier start that failed after the add) is joined as is.
+/// URL but never heard from it (no client URL published: an earlier start
+/// that failed right after the add) is joined as is; one that heard from it
+/// is refused — this data dir is empty, and a member that lost its log must
+/// not vote again under its old id (remove it first).
 async fn join_cluster(join: &str, me: &Member) -> Result<Vec<Member>> {
     let urls: Vec<String> = join
         .split(',')
@@ -282,15 +291,20 @@ async fn join_cluster(join: &str, me: &Member) -> Result<Vec<Member>> {
                                 .map_err(|e| e.to_string())?
                                 .into_json()
                                 .map_err(|e| e.to_string())?;
-                            let same = listed["members"].as_array().is_some_and(|ms| {
+                            let never_heard = listed["members"].as_array().is_some_and(|ms| {
                                 ms.iter().any(|m| {
-                                    m["name"] == name.as_str() && m["peer_urls"][0] == peer_url.as_str()
+                                    m["name"] == name.as_str()
+                                        && m["peer_urls"][0] == peer_url.as_str()
+                                        && m["client_urls"].as_array().is_none_or(Vec::is_empty)
                                 })
                             });
-                            if same {
+                            if never_heard {
                                 return Ok(listed);
                             }
-                            return Err(format!("{last} (another member has this name or peer URL)"));
+                            return Err(format!(
+                                "{last}: a member with this name or peer URL already ran; with an empty data dir \
+                                 it must not rejoin under its old identity: `pd-ctl member delete {name}` first"
+                            ));
                         }
                     }
                     Err(e) => last = format!("{members}: {e}"),
@@ -306,6 +320,15 @@ async fn join_cluster(join: &str, me: &Member) -> Result<Vec<Member>> {
     .map_err(|e| crate::error::Error::Config(e.to_string()))?
     .map_err(crate::error::Error::Config)?;
     let members = answer["members"].as_array().cloned().unwrap_or_default();
+    let listed_id =
+        members.iter().find(|m| m["name"] == me.name.as_str()).and_then(|m| m["member_id"].as_u64());
+    if listed_id != Some(me.member_id) {
+        return Err(crate::error::Error::Config(format!(
+            "the PD cluster lists {} with id {listed_id:?}, this member's id is {}: check --peer-urls / \
+             --advertise-peer-urls",
+            me.name, me.member_id
+        )));
+    }
     info!(joined = %join, members = members.len(), "joined the PD cluster");
     Ok(members
         .iter()
