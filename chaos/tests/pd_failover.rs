@@ -130,3 +130,27 @@ async fn killing_the_pd_leader_again_and_again_fails_no_warm_client_operation() 
         stamps.len()
     );
 }
+
+/// Region heartbeats every minute: a new PD leader still learns every
+/// region's leader at once, because the nodes report everything when their
+/// heartbeat stream moves to it (else: up to a minute without leaders, and
+/// no scheduling, since the prepare check waits for the reports).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pd_leader_hears_every_region_leader_without_waiting_for_the_heartbeat_tick() {
+    let cfg = ClusterConfig {
+        pd_members: 3,
+        pd_toml: "tick-interval = \"100ms\"\nelection-interval = \"1s\"\n".into(),
+        node_toml:
+            "[raftstore]\npd-heartbeat-tick-interval = \"60s\"\npd-store-heartbeat-tick-interval = \"1s\"\n"
+                .into(),
+        ..ClusterConfig::default()
+    };
+    let mut cluster = Cluster::start(cfg);
+    cluster.wait_replicated(3, Duration::from_secs(60));
+    let leader = wait_for("a PD leader", Duration::from_secs(30), || cluster.pd_leader());
+    cluster.kill_pd_member(leader);
+    wait_for("another PD leader", Duration::from_secs(30), || cluster.pd_leader());
+    // The new leader knew the regions (the log) but none of their leaders.
+    cluster.wait_replicated(3, Duration::from_secs(20));
+    cluster.restart_pd_member(leader);
+}

@@ -4,10 +4,12 @@
 //! One long-lived `RegionHeartbeat` stream carries every leader's report; PD
 //! answers on the same stream with at most one operator step per region,
 //! which goes to the store loop as a `StoreMsg::Operator`. When the stream
-//! breaks (PD restart), the worker reconnects with a backoff and leaders
-//! report again at their next heartbeat tick (a fresh stream forgets
-//! nothing PD needs: heartbeats carry full region state).
+//! breaks (PD restart, or the PD leader moved: then the worker looks for
+//! the new leader), the worker reconnects with a backoff and asks every
+//! leader to report at once (a fresh stream forgets nothing PD needs:
+//! heartbeats carry full region state).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +41,7 @@ impl PdWorker {
     /// Runs until `tasks` closes.
     pub async fn run(self, mut tasks: mpsc::UnboundedReceiver<PdTask>) {
         let mut store_tick = tokio::time::interval(self.store_heartbeat_interval);
-        let mut stream: Option<mpsc::Sender<RegionHeartbeatRequest>> = None;
+        let mut stream: Option<HeartbeatStream> = None;
         loop {
             tokio::select! {
                 task = tasks.recv() => {
@@ -58,17 +60,25 @@ impl PdWorker {
                             continue;
                         }
                     };
-                    if stream.as_ref().is_none_or(|s| s.is_closed()) {
+                    if stream.as_ref().is_none_or(HeartbeatStream::is_broken) {
                         stream = self.open_stream().await;
                     }
                     let req = self.heartbeat_request(report);
                     if let Some(s) = &stream {
-                        if s.send(req).await.is_err() {
+                        if s.requests.send(req).await.is_err() {
                             stream = None;
                         }
                     }
                 }
-                _ = store_tick.tick() => self.store_heartbeat().await,
+                _ = store_tick.tick() => {
+                    self.store_heartbeat().await;
+                    // A stream lost (PD down, or its leader moved) is opened
+                    // again here too, not only when a region next reports:
+                    // opening it has every leader report at once.
+                    if stream.as_ref().is_none_or(HeartbeatStream::is_broken) {
+                        stream = self.open_stream().await;
+                    }
+                }
             }
         }
     }
@@ -121,10 +131,16 @@ impl PdWorker {
             self.store_tx.send(StoreMsg::ProposeSplit { region_id: region.id, epoch: region.epoch, split });
     }
 
-    async fn open_stream(&self) -> Option<mpsc::Sender<RegionHeartbeatRequest>> {
+    async fn open_stream(&self) -> Option<HeartbeatStream> {
         let (tx, rx) = mpsc::channel(1024);
         match self.pd.region_heartbeat(rx).await {
             Ok(mut responses) => {
+                let ended = Arc::new(AtomicBool::new(false));
+                let ended_by_task = ended.clone();
+                // A fresh stream may lead to a new PD leader: report every
+                // region now rather than at the next heartbeat tick.
+                tracing::info!(pd = %self.pd.leader_url(), "region heartbeat stream opened");
+                let _ = self.store_tx.send(StoreMsg::HeartbeatPd);
                 let store_tx = self.store_tx.clone();
                 let pd = self.pd.clone();
                 tokio::spawn(async move {
@@ -143,8 +159,9 @@ impl PdWorker {
                             }
                         }
                     }
+                    ended_by_task.store(true, Ordering::Relaxed);
                 });
-                Some(tx)
+                Some(HeartbeatStream { requests: tx, ended })
             }
             Err(e) => {
                 tracing::warn!("cannot open region heartbeat stream: {e}");
@@ -172,6 +189,20 @@ impl PdWorker {
         if let Err(e) = self.pd.store_heartbeat(stats).await {
             tracing::warn!("store heartbeat failed: {e}");
         }
+    }
+}
+
+/// The region heartbeat stream the worker writes to.
+struct HeartbeatStream {
+    requests: mpsc::Sender<RegionHeartbeatRequest>,
+    /// Set when PD's side of the stream ended (PD gone, or not the leader):
+    /// the request side may look open for a while after.
+    ended: Arc<AtomicBool>,
+}
+
+impl HeartbeatStream {
+    fn is_broken(&self) -> bool {
+        self.ended.load(Ordering::Relaxed) || self.requests.is_closed()
     }
 }
 

@@ -14,7 +14,7 @@ use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, HardState, Message, MessageType, Snapshot,
 };
 use raft::{RawNode, ReadState, SoftState, StateRole};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::storage::PdRaftStorage;
 use super::{GroupStatus, Input, MemberChange, PeerTransport, RaftHandle};
@@ -195,6 +195,12 @@ impl PdGroup {
                         return Ok(());
                     }
                     Input::Raft(msgs, from) => {
+                        if !self.is_member(from.member_id) {
+                            // A removed member that keeps running must not
+                            // disturb the group (etcd refuses it too).
+                            debug!(from = %from.name, "raft messages from a non-member dropped");
+                            continue;
+                        }
                         if from.member_id != 0 {
                             self.last_heard.insert(from.member_id, Instant::now());
                             self.infos.lock().insert(from.member_id, from);
@@ -350,6 +356,13 @@ impl PdGroup {
         }
     }
 
+    /// True if `id` is in this member's configuration, or if this member
+    /// has none yet (it joined and waits for the leader's snapshot).
+    fn is_member(&self, id: u64) -> bool {
+        let cs = &self.raw.store().conf_state;
+        cs.voters.is_empty() || cs.voters.contains(&id) || cs.learners.contains(&id)
+    }
+
     /// Voters heard from within an election interval (this member always).
     fn active_voters(&self) -> Vec<u64> {
         let now = Instant::now();
@@ -426,7 +439,12 @@ impl PdGroup {
                     }
                     _ => continue,
                 },
-                ConfChangeType::RemoveNode => Command::RemoveMember { member_id: change.node_id },
+                ConfChangeType::RemoveNode => {
+                    if change.node_id == self.me {
+                        warn!("this member was removed from the PD group: it serves nothing; stop it");
+                    }
+                    Command::RemoveMember { member_id: change.node_id }
+                }
                 ConfChangeType::AddLearnerNode => continue,
             };
             let r = self.sm.lock().stage(&cmd, kv_wb);

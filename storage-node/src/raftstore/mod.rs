@@ -56,6 +56,11 @@ pub enum StoreMsg {
     SnapshotStatus { region_id: RegionId, to: PeerId, ok: bool },
     /// A message to `to` could not be delivered.
     Unreachable { region_id: RegionId, to: PeerId },
+    /// The PD worker reached a (possibly new) PD leader on a fresh stream:
+    /// every leader reports at once, so a new PD leader learns leaders and
+    /// sizes (and passes its prepare check) without waiting a heartbeat
+    /// interval (TiKV's `HeartbeatPd` on reconnect).
+    HeartbeatPd,
     /// Test-only (`--enable-test-controls`): a digest of every initialized
     /// peer's data at its applied index, to compare replicas.
     RegionHashes { cb: tokio::sync::oneshot::Sender<Vec<RegionHash>> },

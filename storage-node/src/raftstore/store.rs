@@ -359,6 +359,8 @@ impl Store {
             StoreMsg::RegionHashes { cb } => {
                 let _ = cb.send(self.region_hashes());
             }
+            // With nothing reported, every leader's report is due.
+            StoreMsg::HeartbeatPd => self.last_reported.clear(),
             StoreMsg::Shutdown => {}
         }
     }
