@@ -41,6 +41,8 @@ impl PdWorker {
     /// Runs until `tasks` closes.
     pub async fn run(self, mut tasks: mpsc::UnboundedReceiver<PdTask>) {
         let mut store_tick = tokio::time::interval(self.store_heartbeat_interval);
+        let mut reconnect_tick = tokio::time::interval(RECONNECT_INTERVAL);
+        reconnect_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stream: Option<HeartbeatStream> = None;
         loop {
             tokio::select! {
@@ -60,21 +62,20 @@ impl PdWorker {
                             continue;
                         }
                     };
-                    if stream.as_ref().is_none_or(HeartbeatStream::is_broken) {
-                        stream = self.open_stream().await;
-                    }
-                    let req = self.heartbeat_request(report);
-                    if let Some(s) = &stream {
-                        if s.requests.send(req).await.is_err() {
-                            stream = None;
-                        }
+                    // A report without a working stream is dropped: the
+                    // stream is (re)opened on the store tick only, at most
+                    // once per tick however many regions report, and every
+                    // leader reports again once it is open.
+                    let Some(s) = stream.as_ref().filter(|s| !s.is_broken()) else { continue };
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = s.requests.try_send(self.heartbeat_request(report)) {
+                        stream = None;
                     }
                 }
-                _ = store_tick.tick() => {
-                    self.store_heartbeat().await;
-                    // A stream lost (PD down, or its leader moved) is opened
-                    // again here too, not only when a region next reports:
-                    // opening it has every leader report at once.
+                _ = store_tick.tick() => self.store_heartbeat().await,
+                // The region heartbeat stream is opened here, and again when
+                // lost (PD down, or its leader moved), at most once per
+                // interval: opening it has every leader report at once.
+                _ = reconnect_tick.tick() => {
                     if stream.as_ref().is_none_or(HeartbeatStream::is_broken) {
                         stream = self.open_stream().await;
                     }
@@ -133,7 +134,9 @@ impl PdWorker {
 
     async fn open_stream(&self) -> Option<HeartbeatStream> {
         let (tx, rx) = mpsc::channel(1024);
-        match self.pd.region_heartbeat(rx).await {
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, self.pd.region_heartbeat(rx)).await;
+        let opened = opened.unwrap_or_else(|_| Err(mnemo_client::Error::Pd("opening timed out".into())));
+        match opened {
             Ok(mut responses) => {
                 let ended = Arc::new(AtomicBool::new(false));
                 let ended_by_task = ended.clone();
@@ -152,6 +155,7 @@ impl PdWorker {
                                 // stream ("not leader"): find the new leader,
                                 // which the next stream goes to.
                                 tracing::warn!("region heartbeat stream failed: {status}");
+                                ended_by_task.store(true, Ordering::Relaxed);
                                 if let Err(e) = pd.refresh_leader().await {
                                     tracing::warn!("PD leader lookup failed: {e}");
                                 }
@@ -164,12 +168,11 @@ impl PdWorker {
                 Some(HeartbeatStream { requests: tx, ended })
             }
             Err(e) => {
+                // Tried again at the next store tick.
                 tracing::warn!("cannot open region heartbeat stream: {e}");
                 if let Err(e) = self.pd.refresh_leader().await {
                     tracing::warn!("PD leader lookup failed: {e}");
                 }
-                // Keep the caller from spinning when PD is down.
-                tokio::time::sleep(Duration::from_millis(500)).await;
                 None
             }
         }
@@ -191,6 +194,13 @@ impl PdWorker {
         }
     }
 }
+
+/// How often a lost region heartbeat stream is opened again (TiKV waits
+/// about a second between PD reconnects).
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long opening the region heartbeat stream may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The region heartbeat stream the worker writes to.
 struct HeartbeatStream {

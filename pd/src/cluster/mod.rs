@@ -396,8 +396,17 @@ impl Cluster {
         // As etcd does: the group must keep a quorum of live voters with
         // the new one counted but not yet running.
         let status = self.leadership.status();
+        if status.first_index <= crate::raft::INIT_INDEX {
+            // A log that starts at 1 (a data dir from before founders
+            // started after INIT_INDEX) would be replayed by the newcomer
+            // instead of sending it a snapshot with the configuration.
+            return Err(Error::InvalidArgument(
+                "this PD group's log predates member changes; it cannot add members".into(),
+            ));
+        }
         let size_after = status.voters.len() + 1;
-        let need = size_after / 2 + 1;
+        // etcd's rule, with its exception: one member may always add a second.
+        let need = if status.voters.len() == 1 { 1 } else { size_after / 2 + 1 };
         if status.active_voters.len() < need {
             return Err(Error::InvalidArgument(format!(
                 "only {} of {} members are live: adding one would need {need} live to keep a quorum",

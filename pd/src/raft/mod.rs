@@ -52,6 +52,7 @@ use crate::meta::{Command, Replicator};
 pub(crate) use node::start;
 pub use node::RaftSettings;
 pub(crate) use storage::has_raft_state;
+pub use storage::INIT_INDEX;
 pub(crate) use transport::serve_peers;
 pub use transport::PeerTransport;
 

@@ -98,6 +98,7 @@ pub(crate) fn start(
         boot: rand::random::<u64>() | 1,
         started: Instant::now(),
         last_heard: HashMap::new(),
+        removed: std::collections::HashSet::new(),
         probe: None,
         probe_seq: 0,
         lease_until: None,
@@ -141,6 +142,9 @@ struct PdGroup {
     started: Instant,
     /// When each member's raft messages last arrived.
     last_heard: HashMap<u64, Instant>,
+    /// Members this one applied the removal of (since it started; an id
+    /// added again leaves the set).
+    removed: std::collections::HashSet<u64>,
     /// The lease probe in flight: its sequence number and when it was sent.
     probe: Option<(u64, Instant)>,
     probe_seq: u64,
@@ -195,10 +199,12 @@ impl PdGroup {
                         return Ok(());
                     }
                     Input::Raft(msgs, from) => {
-                        if !self.is_member(from.member_id) {
+                        if self.removed.contains(&from.member_id) {
                             // A removed member that keeps running must not
-                            // disturb the group (etcd refuses it too).
-                            debug!(from = %from.name, "raft messages from a non-member dropped");
+                            // disturb the group (etcd refuses it too). Only
+                            // removed ids: a member not yet applying an add
+                            // must still hear the new member (it may lead).
+                            debug!(from = %from.name, "raft messages from a removed member dropped");
                             continue;
                         }
                         if from.member_id != 0 {
@@ -356,13 +362,6 @@ impl PdGroup {
         }
     }
 
-    /// True if `id` is in this member's configuration, or if this member
-    /// has none yet (it joined and waits for the leader's snapshot).
-    fn is_member(&self, id: u64) -> bool {
-        let cs = &self.raw.store().conf_state;
-        cs.voters.is_empty() || cs.voters.contains(&id) || cs.learners.contains(&id)
-    }
-
     /// Voters heard from within an election interval (this member always).
     fn active_voters(&self) -> Vec<u64> {
         let now = Instant::now();
@@ -434,6 +433,7 @@ impl PdGroup {
             let cmd = match change.get_change_type() {
                 ConfChangeType::AddNode => match serde_json::from_slice::<Member>(cc.get_context()) {
                     Ok(member) if member.member_id == change.node_id => {
+                        self.removed.remove(&member.member_id);
                         self.transport.add_peer(member.member_id, &member.peer_url);
                         Command::PutMember { member }
                     }
@@ -443,6 +443,7 @@ impl PdGroup {
                     if change.node_id == self.me {
                         warn!("this member was removed from the PD group: it serves nothing; stop it");
                     }
+                    self.removed.insert(change.node_id);
                     Command::RemoveMember { member_id: change.node_id }
                 }
                 ConfChangeType::AddLearnerNode => continue,
@@ -518,7 +519,12 @@ impl Group<RoundCx> for PdGroup {
     fn apply_snapshot(&mut self, snap: &Snapshot, _cx: &mut RoundCx) -> Result<()> {
         self.raw.mut_store().install_snapshot(snap)?;
         // Entries after the snapshot apply to the state it holds.
-        *self.sm.lock() = StateMachine::open(self.engine.clone())?;
+        let fresh = StateMachine::open(self.engine.clone())?;
+        // A member that joined knows the others only from here on.
+        for m in fresh.state().members().values() {
+            self.transport.add_peer(m.member_id, &m.peer_url);
+        }
+        *self.sm.lock() = fresh;
         info!(index = snap.get_metadata().index, "PD snapshot installed: metadata replaced");
         Ok(())
     }

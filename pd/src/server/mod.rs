@@ -181,9 +181,15 @@ pub async fn start_with_listener(config: Config, listener: TcpListener) -> Resul
             transport.add_peer(id, &url.to_string());
         }
     } else if !raft::has_raft_state(&engine)? {
-        // A new member: the cluster adds it, and its leader's log (or a
-        // snapshot) brings the configuration; it starts with none.
+        // A new member: the cluster adds it, and the leader's snapshot
+        // brings the configuration; it starts with none.
         for m in join_cluster(&config.join, &member).await? {
+            transport.add_peer(m.member_id, &m.peer_url);
+        }
+    } else if sm.lock().state().members().is_empty() {
+        // Joined, but restarted before the snapshot came: who the others
+        // are is still only known to them.
+        for m in list_members(&config.join).await {
             transport.add_peer(m.member_id, &m.peer_url);
         }
     }
@@ -319,9 +325,8 @@ async fn join_cluster(join: &str, me: &Member) -> Result<Vec<Member>> {
     .await
     .map_err(|e| crate::error::Error::Config(e.to_string()))?
     .map_err(crate::error::Error::Config)?;
-    let members = answer["members"].as_array().cloned().unwrap_or_default();
-    let listed_id =
-        members.iter().find(|m| m["name"] == me.name.as_str()).and_then(|m| m["member_id"].as_u64());
+    let members = members_of(&answer);
+    let listed_id = members.iter().find(|m| m.name == me.name).map(|m| m.member_id);
     if listed_id != Some(me.member_id) {
         return Err(crate::error::Error::Config(format!(
             "the PD cluster lists {} with id {listed_id:?}, this member's id is {}: check --peer-urls / \
@@ -330,7 +335,13 @@ async fn join_cluster(join: &str, me: &Member) -> Result<Vec<Member>> {
         )));
     }
     info!(joined = %join, members = members.len(), "joined the PD cluster");
-    Ok(members
+    Ok(members)
+}
+
+/// The members a `GET`/`POST /pd/api/v1/members` answer lists.
+fn members_of(answer: &serde_json::Value) -> Vec<Member> {
+    let listed = answer["members"].as_array().cloned().unwrap_or_default();
+    listed
         .iter()
         .filter_map(|m| {
             Some(Member {
@@ -340,7 +351,26 @@ async fn join_cluster(join: &str, me: &Member) -> Result<Vec<Member>> {
                 client_url: m["client_urls"][0].as_str().unwrap_or_default().to_owned(),
             })
         })
-        .collect())
+        .collect()
+}
+
+/// The members the cluster at `join` lists (best effort: none if it does
+/// not answer).
+async fn list_members(join: &str) -> Vec<Member> {
+    let urls: Vec<String> = join.split(',').map(|u| u.trim().trim_end_matches('/').to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        urls.iter()
+            .filter(|u| !u.is_empty())
+            .find_map(|u| {
+                let url = if u.starts_with("http") { u.clone() } else { format!("http://{u}") };
+                let answer =
+                    ureq::get(&format!("{url}/pd/api/v1/members")).timeout(Duration::from_secs(5)).call();
+                answer.ok()?.into_json::<serde_json::Value>().ok().map(|a| members_of(&a))
+            })
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// Promotes this member when the PD group makes it leader, and keeps the
