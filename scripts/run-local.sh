@@ -58,8 +58,8 @@ Mnemosyne is running (logs in $DATA/logs):
 Try:
   $BIN/mnemo-cli --pd $endpoints put hello world
   $BIN/mnemo-cli --pd $endpoints get hello
-  $BIN/pd-ctl -u http://127.0.0.1:2379 member
-  $BIN/pd-ctl -u http://<leader's client URL> region
+  $BIN/pd-ctl -u http://127.0.0.1:2379 member        (any member; followers forward to the leader)
+  $BIN/pd-ctl -u http://127.0.0.1:2379 region
 Press Ctrl-C to stop.
 TXT
 wait
