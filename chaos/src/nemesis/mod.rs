@@ -82,211 +82,12 @@ use crate::cluster::{wait_for, Cluster};
 use crate::history::Recorder;
 use crate::report::NemesisWindow;
 
-/// One kind of fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Fault {
-    /// One node isolated.
-    PartitionOne,
-    /// Random minority/majority halves.
-    PartitionHalves,
-    /// The node with the most leaders isolated.
-    PartitionLeader,
-    /// Two halves joined by one node.
-    PartitionBridge,
-    /// Ring of overlapping majorities.
-    PartitionRing,
-    /// SIGKILL one node.
-    KillOne,
-    /// SIGKILL a minority of nodes.
-    KillMinority,
-    /// SIGKILL the node of a region leader.
-    KillLeader,
-    /// SIGSTOP one node.
-    Pause,
-    /// PD's shuffle-leader scheduler.
-    ShuffleLeader,
-    /// PD's shuffle-region scheduler.
-    ShuffleRegion,
-    /// Forced splits.
-    Split,
-    /// Lease clock skew.
-    ClockSkew,
-    /// A crash point armed on a node.
-    CrashPoint,
-    /// One node partitioned while another is killed.
-    PartitionKill,
-    /// The leaders' node partitioned with a slowed lease clock.
-    SkewPartitionLeader,
-    /// A node killed during shuffle-region.
-    KillShuffle,
-    /// A region leader killed during forced splits.
-    KillSplit,
-    /// A majority killed.
-    KillMajority,
-    /// Every node killed.
-    KillAll,
-    /// One node hears nobody; everybody hears it.
-    PartitionOneWay,
-    /// Nodes cut off from PD.
-    PdCut,
-    /// Nodes the clients cannot reach.
-    ClientCut,
-    /// Raft messages delayed.
-    Delay,
-    /// Messages to a leader delayed while its leadership moves away.
-    DelayTransfer,
-    /// Forced splits at live keys while every link is slow.
-    DelaySplit,
-    /// SIGKILL the PD leader, restart it at the heal.
-    PdKillLeader,
-    /// SIGSTOP the PD leader, SIGCONT at the heal.
-    PdPauseLeader,
-    /// The PD leader cut off from the other members' raft messages.
-    PdPartitionLeader,
-    /// SIGKILL a majority of the PD members (the leader among them).
-    PdKillMajority,
-}
+mod events;
+mod fault;
+mod pd;
 
-/// The classic faults (`all`).
-const CLASSIC: [Fault; 13] = [
-    Fault::PartitionOne,
-    Fault::PartitionHalves,
-    Fault::PartitionLeader,
-    Fault::PartitionBridge,
-    Fault::PartitionRing,
-    Fault::KillOne,
-    Fault::KillMinority,
-    Fault::KillLeader,
-    Fault::Pause,
-    Fault::ShuffleLeader,
-    Fault::ShuffleRegion,
-    Fault::Split,
-    Fault::ClockSkew,
-];
-
-/// The compound faults (`compound`).
-const COMPOUND: [Fault; 12] = [
-    Fault::PartitionKill,
-    Fault::SkewPartitionLeader,
-    Fault::KillShuffle,
-    Fault::KillSplit,
-    Fault::KillMajority,
-    Fault::KillAll,
-    Fault::PartitionOneWay,
-    Fault::PdCut,
-    Fault::ClientCut,
-    Fault::Delay,
-    Fault::DelayTransfer,
-    Fault::DelaySplit,
-];
-
-/// The PD faults (`pd`): on the PD raft group (three members or more).
-const PD: [Fault; 4] =
-    [Fault::PdKillLeader, Fault::PdPauseLeader, Fault::PdPartitionLeader, Fault::PdKillMajority];
-
-/// Every fault kind.
-pub fn every_fault() -> Vec<Fault> {
-    CLASSIC.iter().chain(&COMPOUND).chain(&PD).copied().chain([Fault::CrashPoint]).collect()
-}
-
-impl Fault {
-    /// The fault's name (as in `--nemesis` and the report).
-    pub fn name(self) -> &'static str {
-        match self {
-            Fault::PartitionOne => "partition-one",
-            Fault::PartitionHalves => "partition-halves",
-            Fault::PartitionLeader => "partition-leader",
-            Fault::PartitionBridge => "partition-bridge",
-            Fault::PartitionRing => "partition-ring",
-            Fault::KillOne => "kill-one",
-            Fault::KillMinority => "kill-minority",
-            Fault::KillLeader => "kill-leader",
-            Fault::Pause => "pause",
-            Fault::ShuffleLeader => "shuffle-leader",
-            Fault::ShuffleRegion => "shuffle-region",
-            Fault::Split => "split",
-            Fault::ClockSkew => "clock-skew",
-            Fault::CrashPoint => "crash-point",
-            Fault::PartitionKill => "partition-kill",
-            Fault::SkewPartitionLeader => "skew-partition-leader",
-            Fault::KillShuffle => "kill-shuffle",
-            Fault::KillSplit => "kill-split",
-            Fault::KillMajority => "kill-majority",
-            Fault::KillAll => "kill-all",
-            Fault::PartitionOneWay => "partition-oneway",
-            Fault::PdCut => "pd-cut",
-            Fault::ClientCut => "client-cut",
-            Fault::Delay => "delay",
-            Fault::DelayTransfer => "delay-transfer",
-            Fault::DelaySplit => "delay-split",
-            Fault::PdKillLeader => "pd-kill-leader",
-            Fault::PdPauseLeader => "pd-pause-leader",
-            Fault::PdPartitionLeader => "pd-partition-leader",
-            Fault::PdKillMajority => "pd-kill-majority",
-        }
-    }
-
-    /// True for partitions that leave a majority connected (the report's
-    /// "majority side" availability is measured during these).
-    pub fn is_minority_partition(self) -> bool {
-        matches!(self, Fault::PartitionOne | Fault::PartitionHalves | Fault::PartitionLeader)
-    }
-
-    /// True for faults that cut links with iptables (they need namespaces).
-    pub fn is_partition(self) -> bool {
-        matches!(
-            self,
-            Fault::PartitionOne
-                | Fault::PartitionHalves
-                | Fault::PartitionLeader
-                | Fault::PartitionBridge
-                | Fault::PartitionRing
-                | Fault::PartitionKill
-                | Fault::SkewPartitionLeader
-                | Fault::PdCut
-                | Fault::ClientCut
-                | Fault::PdPartitionLeader
-        )
-    }
-
-    /// True for faults on the PD raft group (they need three members).
-    pub fn is_pd(self) -> bool {
-        PD.contains(&self)
-    }
-
-    /// Parses `--nemesis`: `all` (alias `mixed`: the classic faults),
-    /// `compound`, `everything`, `none`, or a comma list of fault names and
-    /// groups (`partition`, `kill`, `churn`, `crash-point`).
-    pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
-        let every = every_fault();
-        let mut out = Vec::new();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let group: Vec<Fault> = match part {
-                "all" | "mixed" => CLASSIC.to_vec(),
-                "compound" => COMPOUND.to_vec(),
-                "everything" => every.clone(),
-                "none" => Vec::new(),
-                "partition" => every.iter().copied().filter(|f| f.is_partition()).collect(),
-                "kill" => vec![Fault::KillOne, Fault::KillMinority, Fault::KillLeader],
-                "churn" => vec![Fault::ShuffleLeader, Fault::ShuffleRegion, Fault::Split],
-                "pd" => PD.to_vec(),
-                name => vec![*every.iter().find(|f| f.name() == name).ok_or_else(|| {
-                    let names: Vec<&str> = every.iter().map(|f| f.name()).collect();
-                    format!(
-                        "unknown nemesis {name:?}: all, mixed, compound, everything, none, partition, kill, churn, pd, {}",
-                        names.join(", ")
-                    )
-                })?],
-            };
-            for f in group {
-                if !out.contains(&f) {
-                    out.push(f);
-                }
-            }
-        }
-        Ok(out)
-    }
-}
+pub use events::{EventTally, EVENT_METRICS};
+pub use fault::{every_fault, Fault};
 
 /// The crash points the nemesis arms: `mnemo-node`'s (see
 /// `mnemo_node::failpoints::CRASH_POINTS`) and PD's region-heartbeat handler.
@@ -306,55 +107,6 @@ pub const CRASH_POINTS: [&str; 11] = [
 
 /// Exit code of a node that died at a crash point.
 const CRASH_POINT_EXIT_CODE: i32 = 86;
-
-/// Node counters the harness tallies over a run (summed over nodes and
-/// over restarts of each node), as `results.json`'s `cluster_events`.
-pub const EVENT_METRICS: [(&str, &str); 6] = [
-    ("snapshots_sent", "mnemo_snapshots_sent_total"),
-    ("snapshots_applied", "mnemo_snapshots_applied_total"),
-    ("raft_log_gcs", "mnemo_raft_log_gc_total"),
-    ("splits_applied", "mnemo_splits_applied_total"),
-    ("conf_changes_applied", "mnemo_conf_changes_applied_total"),
-    ("leader_changes", "mnemo_leader_changes_total"),
-];
-
-/// Sums node counters across a run in which nodes restart (a restarted
-/// node's counters start again from zero).
-#[derive(Debug, Default)]
-pub struct EventTally {
-    /// Per node and metric: (total of earlier incarnations, last value seen).
-    seen: HashMap<(usize, &'static str), (f64, f64)>,
-}
-
-impl EventTally {
-    /// Reads node `i`'s counters.
-    fn scrape(&mut self, cluster: &Cluster, i: usize) {
-        for (_, metric) in EVENT_METRICS {
-            let Some(v) = cluster.node_metric(i, metric) else { continue };
-            let e = self.seen.entry((i, metric)).or_insert((0.0, 0.0));
-            if v < e.1 {
-                e.0 += e.1; // the node restarted since the last look
-            }
-            e.1 = v;
-        }
-    }
-
-    /// Totals by short name.
-    pub fn totals(&self) -> BTreeMap<&'static str, u64> {
-        EVENT_METRICS
-            .iter()
-            .map(|(name, metric)| {
-                let sum: f64 = self
-                    .seen
-                    .iter()
-                    .filter(|((_, m), _)| m == metric)
-                    .map(|(_, (base, last))| base + last)
-                    .sum();
-                (*name, sum as u64)
-            })
-            .collect()
-    }
-}
 
 /// How often a fault kind ran and how often it took effect.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -700,56 +452,7 @@ impl Nemesis {
                 done(format!("{who} killed, {splits} splits asked"), killed && splits > 0)
             }
             Fault::PdKillLeader | Fault::PdPauseLeader | Fault::PdPartitionLeader | Fault::PdKillMajority => {
-                let Some(leader) = self.cluster.pd_leader() else {
-                    self.hold(hold_until, stop);
-                    return done("no PD leader", false);
-                };
-                let mut victims = vec![leader];
-                match fault {
-                    Fault::PdKillLeader | Fault::PdKillMajority => {
-                        if fault == Fault::PdKillMajority {
-                            let members = self.cluster.pd_member_count();
-                            let mut others: Vec<usize> = (0..members).filter(|&m| m != leader).collect();
-                            others.shuffle(&mut self.rng);
-                            victims.extend(others.into_iter().take(members / 2));
-                        }
-                        for &m in &victims {
-                            self.cluster.kill_pd_member(m);
-                            self.killed_pds.push(m);
-                        }
-                    }
-                    Fault::PdPauseLeader => {
-                        self.cluster.pause_pd_member(leader, true);
-                        self.paused_pds.push(leader);
-                    }
-                    _ => {
-                        if let Err(e) = self.cluster.cut_pd_member(leader) {
-                            panic!("cannot cut pd{}: {e}", leader + 1);
-                        }
-                    }
-                }
-                // How long until another member serves (none for a
-                // majority); a cut-off leader must at least stop serving.
-                let since = Instant::now();
-                let mut failover = None;
-                let mut deposed = fault != Fault::PdPartitionLeader;
-                while Instant::now() < hold_until && !stop.load(Ordering::Relaxed) {
-                    if failover.is_none() && self.cluster.pd_leader().is_some_and(|l| !victims.contains(&l)) {
-                        failover = Some(since.elapsed());
-                    }
-                    deposed |= self.cluster.pd_member_serving(leader) == Some(false);
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                self.heal_pd();
-                self.heal_network();
-                // The next fault starts with a PD that serves.
-                self.wait_pd_serving();
-                let names: Vec<String> = victims.iter().map(|m| format!("pd{}", m + 1)).collect();
-                let desc = match failover {
-                    Some(d) => format!("{} (new PD leader after {} ms)", names.join(","), d.as_millis()),
-                    None => format!("{} (no new PD leader while held)", names.join(",")),
-                };
-                done(desc, deposed || failover.is_some())
+                self.pd_fault(fault, hold_until, stop)
             }
             Fault::PdCut | Fault::ClientCut => {
                 let order = self.shuffled(n);
@@ -892,36 +595,6 @@ impl Nemesis {
             None => format!("{point} armed on n{}, did not fire", target + 1),
         };
         done(desc, fired_point.is_some())
-    }
-
-    /// PD's crash point: PD restarts with `pd_region_heartbeat` armed, dies
-    /// at the first region heartbeat it handles, and is restarted clean.
-    fn pd_crash_point(&mut self, hold_until: Instant, stop: &AtomicBool) -> Done {
-        self.cluster.kill_pd();
-        self.cluster.restart_pd_with_failpoints("pd_region_heartbeat=panic");
-        // Nodes reconnect to a restarted PD within a few seconds: give it
-        // at least 8 s to see a region heartbeat.
-        let until = hold_until.max(Instant::now() + Duration::from_secs(8));
-        // `hold` reaps PD when it exits (see `restart_crashed`): exit 86 is
-        // this point firing, anything else a crash.
-        self.pd_point_fired = false;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) && !self.pd_point_fired {
-            self.hold(Instant::now() + Duration::from_millis(100), stop);
-        }
-        let fired = std::mem::take(&mut self.pd_point_fired);
-        // Restart clean: an unfired point dies with the process (the member
-        // that fired was restarted clean by `restart_crashed`; the others
-        // are still armed and would fire whenever they come to lead).
-        if self.cluster.pd_running() {
-            self.cluster.kill_pd();
-        }
-        self.cluster.restart_pd();
-        let desc = if fired {
-            "pd_region_heartbeat fired on PD"
-        } else {
-            "pd_region_heartbeat armed on PD, did not fire"
-        };
-        done(desc, fired)
     }
 
     /// `delay-transfer`: messages to a region's leader are delayed on every
@@ -1226,24 +899,6 @@ impl Nemesis {
         }
     }
 
-    /// Waits (at most 20 s) until a PD member serves as leader.
-    fn wait_pd_serving(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.cluster.pd_leader().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Restarts the PD members killed and resumes those stopped.
-    fn heal_pd(&mut self) {
-        for m in std::mem::take(&mut self.paused_pds) {
-            self.cluster.pause_pd_member(m, false);
-        }
-        for m in std::mem::take(&mut self.killed_pds) {
-            self.cluster.restart_pd_member(m);
-        }
-    }
-
     /// Heals whatever is still broken (the run is ending).
     fn heal_all(&mut self) {
         self.restart_crashed();
@@ -1411,26 +1066,5 @@ mod tests {
         assert_eq!(hears(&grudge, 2).len(), 5);
         assert_eq!(hears(&grudge, 0), HashSet::from([0, 1, 2]));
         assert_eq!(hears(&grudge, 4), HashSet::from([2, 3, 4]));
-    }
-
-    #[test]
-    fn nemesis_names_parse() {
-        assert_eq!(Fault::parse_list("all").unwrap().len(), CLASSIC.len());
-        assert_eq!(Fault::parse_list("compound").unwrap().len(), COMPOUND.len());
-        assert_eq!(Fault::parse_list("pd").unwrap().len(), PD.len());
-        assert!(Fault::parse_list("pd").unwrap().iter().all(|f| f.is_pd()));
-        assert_eq!(
-            Fault::parse_list("everything").unwrap().len(),
-            CLASSIC.len() + COMPOUND.len() + PD.len() + 1
-        );
-        assert!(Fault::parse_list("none").unwrap().is_empty());
-        let p = Fault::parse_list("partition,kill-leader,partition-one").unwrap();
-        let partitions = every_fault().iter().filter(|f| f.is_partition()).count();
-        assert_eq!(p.len(), partitions + 1, "groups expand, duplicates collapse: {p:?}");
-        assert!(p.iter().take(partitions).all(|f| f.is_partition()));
-        assert!(Fault::parse_list("meteor").unwrap_err().contains("unknown nemesis"));
-        for f in every_fault() {
-            assert_eq!(Fault::parse_list(f.name()).unwrap(), vec![f]);
-        }
     }
 }
