@@ -415,11 +415,6 @@ impl Cluster {
         self.pds[i].signal(if pause { "-STOP" } else { "-CONT" });
     }
 
-    /// True if PD member `i` runs.
-    pub fn pd_member_running(&self, i: usize) -> bool {
-        self.pds[i].is_running()
-    }
-
     /// The gRPC address of node `i` (0-based).
     pub fn node_addr(&self, i: usize) -> &str {
         &self.node_addrs[i]

@@ -55,7 +55,6 @@ pub use json::hex_key;
 /// [`PdHandle::shutdown`] to wait for that.
 pub struct PdHandle {
     addr: SocketAddr,
-    peer_addr: SocketAddr,
     cluster: Arc<Cluster>,
     raft: RaftHandle,
     raft_thread: std::thread::JoinHandle<()>,
@@ -70,11 +69,6 @@ impl PdHandle {
     /// The address the listener is bound to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// The address the peer listener is bound to.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer_addr
     }
 
     /// The advertised client URL (`http://host:port`), as `GetMembers` reports it.
@@ -244,7 +238,7 @@ pub async fn start_with_listener(config: Config, listener: TcpListener) -> Resul
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    Ok(PdHandle { addr, peer_addr, cluster, raft, raft_thread, peer_rt, peer_server, stop, task })
+    Ok(PdHandle { addr, cluster, raft, raft_thread, peer_rt, peer_server, stop, task })
 }
 
 /// The peer runtime, shut down without waiting when dropped (dropping a
