@@ -12,7 +12,7 @@ export MNEMO_BIN_DIR := $(BIN)
 # features, so nothing (RocksDB above all) is compiled twice.
 FEATURES := --features mnemo-node/failpoints,mnemo-pd/failpoints
 
-APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl
+APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl etcd-server
 
 .PHONY: deps build run test bench bench-regions chaos lint fmt clean-data
 

@@ -31,6 +31,10 @@ pub struct ClusterConfig {
     pub pd_toml: String,
     /// PD members (one raft group); 1 by default.
     pub pd_members: usize,
+    /// Keep PD's metadata in a three-member etcd (Debian's `etcd-server`)
+    /// started with the cluster (`--backend etcd`) instead of the PD
+    /// members' own raft group.
+    pub pd_etcd: bool,
     /// `--labels` of node i (0-based), if any (e.g. `zone=z1,host=h1`).
     pub node_labels: Vec<String>,
     /// Extra command-line arguments of every node (e.g. test-only flags).
@@ -69,6 +73,7 @@ impl Default for ClusterConfig {
                 .into(),
             pd_toml: String::new(),
             pd_members: 1,
+            pd_etcd: false,
             node_labels: Vec::new(),
             node_args: Vec::new(),
             netns: false,
@@ -149,6 +154,8 @@ pub struct Cluster {
     pd_peer_ports: Vec<u16>,
     /// Peer ports cut by [`Cluster::cut_pd_member`] (healed with the rest).
     pd_cuts: std::sync::Mutex<Vec<u16>>,
+    /// etcd members holding PD's metadata (`pd_etcd`).
+    etcds: Vec<Proc>,
     nodes: Vec<Proc>,
     node_addrs: Vec<String>,
     status_addrs: Vec<String>,
@@ -191,6 +198,58 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Starts a three-member etcd on loopback under `root/etcd*` (Debian's
+/// `etcd-server`) and waits until every member is healthy; returns the
+/// processes and their client URLs.
+fn start_etcd(root: &Path) -> (Vec<Proc>, Vec<String>) {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("etcd{i}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let token = format!("mnemo-{}-{}", std::process::id(), ports[0].0);
+    let mut procs = Vec::new();
+    let mut endpoints = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let (client_url, peer_url) =
+            (format!("http://127.0.0.1:{client}"), format!("http://127.0.0.1:{peer}"));
+        let args: Vec<String> = [
+            "--name",
+            &format!("etcd{i}"),
+            "--data-dir",
+            &root.join(format!("etcd{i}")).display().to_string(),
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            &token,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        procs.push(Proc::spawn(Path::new("etcd"), &args, &root.join(format!("etcd{i}.log"))));
+        endpoints.push(client_url);
+    }
+    for url in &endpoints {
+        wait_for(&format!("etcd at {url} to be healthy"), Duration::from_secs(30), || {
+            let answer = ureq::get(&format!("{url}/health")).timeout(Duration::from_secs(2)).call().ok()?;
+            answer.into_string().ok()?.contains("\"true\"").then_some(())
+        });
+    }
+    (procs, endpoints)
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -228,11 +287,12 @@ impl Cluster {
             .map(|(i, (_, peer))| format!("pd{}=http://{host}:{peer}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
+        let (etcds, etcd_endpoints) = if cfg.pd_etcd { start_etcd(&root) } else { (Vec::new(), Vec::new()) };
         let mut pds = Vec::new();
         let mut pd_addrs = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
             let name = format!("pd{}", i + 1);
-            let pd_args = vec![
+            let mut pd_args = vec![
                 "--name".into(),
                 name.clone(),
                 "--data-dir".into(),
@@ -241,11 +301,19 @@ impl Cluster {
                 format!("http://{host}:{client}"),
                 "--peer-urls".into(),
                 format!("http://{host}:{peer}"),
-                "--initial-cluster".into(),
-                initial.clone(),
                 "--config".into(),
                 root.join("pd.toml").display().to_string(),
             ];
+            if cfg.pd_etcd {
+                pd_args.extend([
+                    "--backend".into(),
+                    "etcd".into(),
+                    "--etcd-endpoints".into(),
+                    etcd_endpoints.join(","),
+                ]);
+            } else {
+                pd_args.extend(["--initial-cluster".into(), initial.clone()]);
+            }
             pds.push(Proc::spawn(&bins.join("mnemo-pd"), &pd_args, &root.join(format!("{name}.log"))));
             pd_addrs.push(format!("{host}:{client}"));
         }
@@ -256,6 +324,7 @@ impl Cluster {
             pd_addrs,
             pd_peer_ports: ports.iter().map(|(_, peer)| *peer).collect(),
             pd_cuts: Default::default(),
+            etcds,
             nodes: Vec::new(),
             node_addrs: Vec::new(),
             status_addrs: Vec::new(),
@@ -708,6 +777,7 @@ impl Drop for Cluster {
             n.kill();
         }
         self.pds.iter_mut().for_each(Proc::kill);
+        self.etcds.iter_mut().for_each(Proc::kill);
         // Cuts in the root namespace outlive the cluster unless removed.
         let _ = self.heal_network();
         if self.keep || std::thread::panicking() {

@@ -64,6 +64,11 @@
 //!        └── heartbeat streams (one per store) ◄──┘
 //! ```
 //!
+//! The state machine's commands become durable through a
+//! [`meta::Replicator`], and who serves is a [`raft::Leadership`]: the
+//! members' own raft group ([`raft`], the default) or an external etcd
+//! ([`etcd`], `--backend etcd`).
+//!
 //! Decisions are sans-IO: the region map, allocators, checkers, balancers
 //! and operators take their inputs (including `now`) and return results;
 //! [`cluster::Cluster`] wires them to the state machine; [`server`] wires the
@@ -93,6 +98,7 @@
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod id;
 pub mod member;
 pub mod meta;

@@ -1,10 +1,16 @@
-//! Three PD members in one process, on loopback ports, talking raft over
-//! their peer URLs: one leader serves, followers refuse as PD's do, the
-//! metadata survives the leader going away and the whole group restarting,
-//! and a member far behind a compacted log catches up by snapshot.
+//! Three PD members in one process, on loopback ports: one leader serves,
+//! followers refuse as PD's do, the metadata survives the leader going away
+//! and the whole group restarting. The suite runs on both backends: the
+//! members' own raft group (talking over their peer URLs; a member far
+//! behind a compacted log catches up by snapshot, a fourth joins and
+//! leaves) and an external etcd (a real three-member `etcd` from Debian's
+//! `etcd-server`, started by the test; a leader cut off from etcd stops
+//! serving before its lease could pass to anyone else).
 
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mnemo_pd::config::Backend;
 use mnemo_pd::{Config, PdHandle};
 use mnemo_proto::metapb;
 use mnemo_proto::pdpb::{self, pd_client::PdClient};
@@ -22,6 +28,111 @@ fn free_port() -> u16 {
 
 fn header(cluster_id: u64) -> Option<pdpb::RequestHeader> {
     Some(pdpb::RequestHeader { cluster_id, sender_id: 0 })
+}
+
+/// A real etcd cluster of three members on loopback (Debian's
+/// `etcd-server`, installed by `make deps`), each with its own data dir;
+/// killed and removed on drop.
+struct Etcd {
+    members: Vec<Child>,
+    endpoints: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("mnemo-test-{}", std::process::id());
+        let mut members = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = std::fs::File::create(dir.path().join(format!("e{i}.log"))).unwrap();
+            let child = Command::new("etcd")
+                .args(["--name", &format!("e{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("e{i}")))
+                .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", &token])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("etcd (Debian package etcd-server; `make deps` installs it)");
+            members.push(child);
+            endpoints.push(client_url);
+        }
+        let etcd = Etcd { members, endpoints, _dir: dir };
+        let deadline = Instant::now() + DEADLINE;
+        for url in &etcd.endpoints {
+            loop {
+                let health = ureq::get(&format!("{url}/health")).timeout(Duration::from_secs(2)).call();
+                if health.ok().and_then(|r| r.into_string().ok()).is_some_and(|b| b.contains("\"true\"")) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "etcd at {url} never became healthy");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        etcd
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) every etcd member.
+    fn signal_all(&self, signal: &str) {
+        for m in &self.members {
+            let ok = Command::new("kill").args([signal, &m.id().to_string()]).status().unwrap().success();
+            assert!(ok, "kill {signal} etcd");
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            let _ = Command::new("kill").args(["-CONT", &m.id().to_string()]).status();
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+/// Which backend a group runs on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Raft,
+    Etcd,
+}
+
+/// A group of members and what it needs (etcd, when it runs on etcd).
+struct Fixture {
+    configs: Vec<Config>,
+    _dirs: Vec<tempfile::TempDir>,
+    etcd: Option<Etcd>,
+}
+
+impl Fixture {
+    fn new(kind: Kind) -> Fixture {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut configs = group(&dirs);
+        let etcd = (kind == Kind::Etcd).then(Etcd::start);
+        if let Some(etcd) = &etcd {
+            for c in &mut configs {
+                c.backend = Backend::Etcd;
+                c.etcd_endpoints = etcd.endpoints.join(",");
+                c.initial_cluster = String::new();
+            }
+        }
+        Fixture { configs, _dirs: dirs, etcd }
+    }
 }
 
 /// Three member configs with fixed ports (the initial cluster names them),
@@ -134,9 +245,18 @@ async fn shutdown_all(members: Vec<Option<PdHandle>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_serves_followers_refuse_and_a_new_leader_continues_above_everything_issued() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let configs = group(&dirs);
-    let mut members = start_all(&configs).await;
+    failover_and_restart(Kind::Raft).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_one_leader_serves_followers_refuse_and_a_new_leader_continues_above_everything_issued() {
+    failover_and_restart(Kind::Etcd).await;
+}
+
+async fn failover_and_restart(kind: Kind) {
+    let fixture = Fixture::new(kind);
+    let configs = &fixture.configs;
+    let mut members = start_all(configs).await;
     let leader = wait_leader(&members).await;
     let mut pd = client(members[leader].as_ref().unwrap()).await;
     let cluster_id = members[leader].as_ref().unwrap().cluster_id();
@@ -231,7 +351,7 @@ async fn one_leader_serves_followers_refuse_and_a_new_leader_continues_above_eve
     let last_ts = tso(&mut pd, cluster_id).await;
     drop(pd);
     shutdown_all(members).await;
-    let members = start_all(&configs).await;
+    let members = start_all(configs).await;
     let leader = wait_leader(&members).await;
     let m = members[leader].as_ref().unwrap();
     assert_eq!(m.cluster_id(), cluster_id);
@@ -243,6 +363,42 @@ async fn one_leader_serves_followers_refuse_and_a_new_leader_continues_above_eve
     assert_eq!(m.cluster().config().schedule.max_store_down_time.0, Duration::from_secs(420));
     let schedulers: Vec<&str> = m.cluster().schedulers().iter().map(|s| s.name()).collect();
     assert!(schedulers.contains(&"shuffle-leader-scheduler"), "{schedulers:?}");
+    drop(pd);
+    shutdown_all(members).await;
+}
+
+/// The etcd backend's lease: with etcd unreachable (every etcd member
+/// stopped), the leader cannot renew its lease and stops serving, and no
+/// member serves; once etcd is back, a leader serves again and hands out
+/// ids and timestamps above everything before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_a_leader_cut_off_from_etcd_stops_serving_and_a_leader_serves_again_above_everything() {
+    let fixture = Fixture::new(Kind::Etcd);
+    let members = start_all(&fixture.configs).await;
+    let leader = wait_leader(&members).await;
+    let cluster_id = members[leader].as_ref().unwrap().cluster_id();
+    let mut pd = client(members[leader].as_ref().unwrap()).await;
+    bootstrap(&mut pd, cluster_id).await;
+    let last_id = alloc_id(&mut pd, cluster_id).await;
+    let last_ts = tso(&mut pd, cluster_id).await;
+
+    let etcd = fixture.etcd.as_ref().unwrap();
+    etcd.signal_all("-STOP");
+    let paused = Instant::now();
+    wait_for("every member to stop serving", || {
+        members.iter().flatten().all(|m| m.cluster().check_serving().is_err())
+    })
+    .await;
+    eprintln!("the leader stopped serving {:?} after etcd stopped", paused.elapsed());
+    let err = pd.alloc_id(pdpb::AllocIdRequest { header: header(cluster_id) }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("not leader"), "{}", err.message());
+
+    etcd.signal_all("-CONT");
+    let next = wait_leader(&members).await;
+    let mut pd = client(members[next].as_ref().unwrap()).await;
+    assert!(alloc_id(&mut pd, cluster_id).await > last_id);
+    assert!(tso(&mut pd, cluster_id).await > last_ts);
     drop(pd);
     shutdown_all(members).await;
 }

@@ -396,14 +396,6 @@ impl Cluster {
         // As etcd does: the group must keep a quorum of live voters with
         // the new one counted but not yet running.
         let status = self.leadership.status();
-        if status.first_index <= crate::raft::INIT_INDEX {
-            // A log that starts at 1 (a data dir from before founders
-            // started after INIT_INDEX) would be replayed by the newcomer
-            // instead of sending it a snapshot with the configuration.
-            return Err(Error::InvalidArgument(
-                "this PD group's log predates member changes; it cannot add members".into(),
-            ));
-        }
         let size_after = status.voters.len() + 1;
         // etcd's rule, with its exception: one member may always add a second.
         let need = if status.voters.len() == 1 { 1 } else { size_after / 2 + 1 };
@@ -459,7 +451,10 @@ impl Cluster {
     pub fn resign_leader(&self) -> Result<()> {
         self.check_serving()?;
         let status = self.leadership.status();
-        match status.voters.iter().find(|id| **id != self.member.member_id) {
+        // A live member if there is one: a transfer to a dead one only
+        // delays the next leader.
+        let others = |ids: &[u64]| ids.iter().copied().find(|id| *id != self.member.member_id);
+        match others(&status.active_voters).or_else(|| others(&status.voters)).as_ref() {
             Some(to) => self.leadership.transfer_leader(*to),
             None => Ok(()),
         }

@@ -66,12 +66,36 @@ pub struct Config {
     /// Applied PD raft log entries kept before the log is compacted; a
     /// member further behind catches up by snapshot. Default 10000.
     pub raft_log_keep_entries: u64,
+    /// Where the metadata lives and how the leader is elected: `"raft"`
+    /// (the members' own raft group, metadata in each `data-dir`) or
+    /// `"etcd"` (an existing etcd cluster at `etcd-endpoints` holds the
+    /// metadata; the leader holds an etcd lease on a leader key; the peer
+    /// URLs, `initial-cluster` and `join` are not used). Default `"raft"`.
+    pub backend: Backend,
+    /// `--backend etcd`: client URLs of the etcd cluster,
+    /// `http://host:2379,...`. Default empty.
+    pub etcd_endpoints: String,
+    /// `--backend etcd`: key prefix of this PD cluster in etcd (several
+    /// clusters may share one etcd under different prefixes). Default
+    /// `"/mnemosyne"`.
+    pub etcd_prefix: String,
     /// Logging.
     pub log: LogConfig,
     /// Scheduling: store liveness and operators.
     pub schedule: ScheduleConfig,
     /// Replica placement.
     pub replication: ReplicationConfig,
+}
+
+/// Where PD keeps its metadata (see [`Config::backend`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// The members' own raft group.
+    #[default]
+    Raft,
+    /// An external etcd cluster.
+    Etcd,
 }
 
 /// `[log]` section.
@@ -160,6 +184,9 @@ impl Default for Config {
             tick_interval: ReadableDuration(Duration::from_millis(500)),
             election_interval: ReadableDuration::secs(3),
             raft_log_keep_entries: 10_000,
+            backend: Backend::Raft,
+            etcd_endpoints: String::new(),
+            etcd_prefix: "/mnemosyne".into(),
             log: LogConfig::default(),
             schedule: ScheduleConfig::default(),
             replication: ReplicationConfig::default(),
@@ -225,6 +252,15 @@ pub struct Flags {
     /// Client URLs of a running PD cluster to join (`join`).
     #[arg(long)]
     pub join: Option<String>,
+    /// Metadata backend (`backend`): raft or etcd.
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+    /// etcd client URLs for `--backend etcd` (`etcd-endpoints`).
+    #[arg(long)]
+    pub etcd_endpoints: Option<String>,
+    /// Key prefix in etcd (`etcd-prefix`).
+    #[arg(long)]
+    pub etcd_prefix: Option<String>,
     /// Log format (`log.format`).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -265,6 +301,9 @@ impl Config {
         set(&mut self.advertise_peer_urls, &flags.advertise_peer_urls);
         set(&mut self.initial_cluster, &flags.initial_cluster);
         set(&mut self.join, &flags.join);
+        set(&mut self.backend, &flags.backend);
+        set(&mut self.etcd_endpoints, &flags.etcd_endpoints);
+        set(&mut self.etcd_prefix, &flags.etcd_prefix);
         set(&mut self.log.format, &flags.log_format);
     }
 
@@ -303,6 +342,24 @@ impl Config {
             });
         }
         let peer = self.advertise_peer_url()?;
+        if self.backend == Backend::Etcd {
+            if self.etcd_endpoints().is_empty() {
+                return bad("backend etcd needs etcd-endpoints (http://host:2379,...)".into());
+            }
+            if !self.join.trim().is_empty() || !self.initial_cluster.trim().is_empty() {
+                return bad(
+                    "join and initial-cluster belong to the raft backend: with backend etcd, members \
+                     find each other in etcd"
+                        .into(),
+                );
+            }
+            if !self.etcd_prefix.starts_with('/') || self.etcd_prefix.ends_with('/') {
+                return bad(format!(
+                    "etcd-prefix {:?} must start with '/' and not end with one",
+                    self.etcd_prefix
+                ));
+            }
+        }
         if !self.join.trim().is_empty() && !self.initial_cluster.trim().is_empty() {
             return bad("join and initial-cluster exclude each other: give one".into());
         }
@@ -387,6 +444,16 @@ impl Config {
         } else {
             one_url("advertise-peer-urls", &self.advertise_peer_urls)
         }
+    }
+
+    /// `etcd-endpoints` as a list (`http://` added where missing).
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd_endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| if u.contains("://") { u.to_owned() } else { format!("http://{u}") })
+            .collect()
     }
 
     /// `initial-cluster` as (name, peer URL) pairs.

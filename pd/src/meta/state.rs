@@ -1,12 +1,13 @@
 //! The metadata state and the one function that changes it, [`StateMachine::apply`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use mnemo_engine::{Cf, EngineRef, WriteBatch};
+use mnemo_engine::{Cf, Engine, EngineRef, MemEngine, WriteBatch};
 use mnemo_proto::types::{RegionId, StoreId};
 
-use super::storage;
+use super::storage::{self, Record};
 use super::Command;
 use crate::error::{Error, Result};
 use crate::member::Member;
@@ -124,6 +125,59 @@ impl StateMachine {
             state.regions.put(region);
         }
         Ok(StateMachine { engine, state })
+    }
+
+    /// The state held by `records` (record key → value, the layout in
+    /// `storage.rs`) as an external store keeps them (`--backend etcd`); the
+    /// state machine's own engine is then an in-memory copy.
+    pub fn from_records(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<StateMachine> {
+        let engine = Arc::new(MemEngine::new());
+        let mut wb = WriteBatch::new();
+        for (k, v) in records {
+            wb.put(Cf::Meta, k, v);
+        }
+        engine.write(&wb, false)?;
+        StateMachine::open(engine)
+    }
+
+    /// Follows a record another member wrote to the external store (`value`
+    /// `None`: deleted), keeping the runtime attached to stores and regions.
+    /// Records are whole values, so following them in the store's order
+    /// ends in the writer's state.
+    pub fn apply_record(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let s = &mut self.state;
+        match storage::decode_record(key, value)? {
+            Record::ClusterId(id) => s.cluster_id = id,
+            Record::Bootstrapped(b) => s.bootstrapped = b,
+            Record::IdWindowEnd(end) => s.id_window_end = end,
+            Record::TsoBound(ms) => s.tso_bound_ms = ms,
+            Record::ConfigOverrides(o) => s.config_overrides = o,
+            Record::Schedulers(names) => s.schedulers = names,
+            Record::Member(id, Some(m)) => {
+                s.members.insert(id, m);
+            }
+            Record::Member(id, None) => {
+                s.members.remove(&id);
+            }
+            Record::Store(id, Some(meta)) => s.stores.entry(id).or_default().meta = meta,
+            Record::Store(id, None) => {
+                s.stores.remove(&id);
+            }
+            Record::Region(_, Some(region)) => {
+                s.regions.put(region);
+            }
+            Record::Region(id, None) => {
+                s.regions.remove(id);
+            }
+            Record::Unknown => return Ok(()),
+        }
+        let mut wb = WriteBatch::new();
+        match value {
+            Some(v) => wb.put(Cf::Meta, key, v),
+            None => wb.delete(Cf::Meta, key),
+        }
+        self.engine.write(&wb, false)?;
+        Ok(())
     }
 
     /// The current state.
@@ -272,9 +326,7 @@ impl StateMachine {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use mnemo_engine::{MemEngine, RocksEngine};
+    use mnemo_engine::RocksEngine;
     use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch};
 
     use super::*;
@@ -352,5 +404,65 @@ mod tests {
         assert_eq!(s.tso_bound_ms(), 123_456);
         assert_eq!(s.config_overrides()["schedule.max-store-down-time"], "\"7s\"");
         assert_eq!(s.schedulers(), Some(&["shuffle-leader-scheduler".to_owned()][..]));
+    }
+
+    /// What a follower of an external store sees: the records each command
+    /// wrote, applied one by one, and all records loaded at once, both end
+    /// in the writer's state.
+    #[test]
+    fn followed_records_rebuild_the_writers_state() {
+        let mut writer = StateMachine::open(Arc::new(MemEngine::new())).unwrap();
+        let mut follower = StateMachine::from_records(Vec::new()).unwrap();
+        let member = Member { name: "pd1".into(), member_id: 9, ..Default::default() };
+        let change = |k: &str, v: &str| Command::UpdateConfig { changes: vec![(k.into(), v.into())] };
+        let commands = [
+            Command::InitCluster { cluster_id: 77 },
+            Command::Bootstrap { store: store(1), region: region(2, "", "", 1) },
+            Command::PutStore { store: store(3) },
+            Command::PutRegion { region: region(4, "", "m", 2) },
+            Command::PutRegion { region: region(2, "m", "", 2) },
+            Command::PutRegion { region: region(6, "", "z", 3) }, // swallows 4 and 2
+            Command::AllocIdWindow { end: 2000 },
+            Command::TsoWindow { physical_ms: 123_456 },
+            change("schedule.max-store-down-time", "\"5s\""),
+            Command::SetSchedulers { names: vec!["shuffle-leader-scheduler".into()] },
+            Command::PutMember { member: member.clone() },
+            Command::RemoveMember { member_id: 9 },
+            Command::PutMember { member },
+            Command::SetStoreState { store: StoreId(3), state: StoreState::Tombstone },
+        ];
+        for cmd in &commands {
+            let mut wb = WriteBatch::new();
+            writer.stage(cmd, &mut wb).unwrap();
+            for op in wb.ops() {
+                match op {
+                    mnemo_engine::WriteOp::Put { key, value, .. } => follower.apply_record(key, Some(value)),
+                    mnemo_engine::WriteOp::Delete { key, .. } => follower.apply_record(key, None),
+                    other => panic!("a state machine write the external store cannot hold: {other:?}"),
+                }
+                .unwrap();
+            }
+        }
+        // Everything the follower holds, loaded at once (a member that
+        // becomes leader, or starts, loads the store this way).
+        let everything = mnemo_engine::ScanRange { start: b"", end: b"", reverse: false };
+        let loaded_records =
+            mnemo_engine::scan_collect(follower.engine.as_ref(), Cf::Meta, everything, 0).unwrap();
+        let loaded = StateMachine::from_records(loaded_records).unwrap();
+        for sm in [&follower, &loaded] {
+            let (a, b) = (writer.state(), sm.state());
+            assert_eq!(a.cluster_id(), b.cluster_id());
+            assert_eq!(a.is_bootstrapped(), b.is_bootstrapped());
+            assert_eq!(a.id_window_end(), b.id_window_end());
+            assert_eq!(a.tso_bound_ms(), b.tso_bound_ms());
+            assert_eq!(a.config_overrides(), b.config_overrides());
+            assert_eq!(a.schedulers(), b.schedulers());
+            assert_eq!(a.members(), b.members());
+            let stores = |s: &MetaState| s.stores().values().map(|i| i.meta.clone()).collect::<Vec<_>>();
+            assert_eq!(stores(a), stores(b));
+            let regions = |s: &MetaState| s.regions().iter().map(|i| i.region.clone()).collect::<Vec<_>>();
+            assert_eq!(regions(a), regions(b));
+            assert_eq!(regions(b).len(), 1);
+        }
     }
 }

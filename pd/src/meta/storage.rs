@@ -65,13 +65,12 @@ fn corrupt(key: &[u8], reason: impl ToString) -> Error {
 }
 
 pub(super) fn get_u64(engine: &dyn Engine, key: &[u8]) -> Result<Option<u64>> {
-    match engine.get(Cf::Meta, key)? {
-        None => Ok(None),
-        Some(v) => {
-            let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| corrupt(key, "expected 8 bytes"))?;
-            Ok(Some(u64::from_be_bytes(bytes)))
-        }
-    }
+    engine.get(Cf::Meta, key)?.map(|v| decode_u64(key, &v)).transpose()
+}
+
+pub(super) fn decode_u64(key: &[u8], v: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = v.try_into().map_err(|_| corrupt(key, "expected 8 bytes"))?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 pub(super) fn put_overrides(wb: &mut WriteBatch, overrides: &BTreeMap<String, String>) {
@@ -79,10 +78,15 @@ pub(super) fn put_overrides(wb: &mut WriteBatch, overrides: &BTreeMap<String, St
 }
 
 pub(super) fn get_overrides(engine: &dyn Engine) -> Result<BTreeMap<String, String>> {
-    match engine.get(Cf::Meta, CONFIG_OVERRIDES)? {
-        None => Ok(BTreeMap::new()),
-        Some(v) => serde_json::from_slice(&v).map_err(|e| corrupt(CONFIG_OVERRIDES, e)),
-    }
+    engine
+        .get(Cf::Meta, CONFIG_OVERRIDES)?
+        .map(|v| decode_overrides(&v))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+pub(super) fn decode_overrides(v: &[u8]) -> Result<BTreeMap<String, String>> {
+    serde_json::from_slice(v).map_err(|e| corrupt(CONFIG_OVERRIDES, e))
 }
 
 pub(super) fn put_schedulers(wb: &mut WriteBatch, names: &[String]) {
@@ -90,10 +94,11 @@ pub(super) fn put_schedulers(wb: &mut WriteBatch, names: &[String]) {
 }
 
 pub(super) fn get_schedulers(engine: &dyn Engine) -> Result<Option<Vec<String>>> {
-    match engine.get(Cf::Meta, SCHEDULERS)? {
-        None => Ok(None),
-        Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| corrupt(SCHEDULERS, e)),
-    }
+    engine.get(Cf::Meta, SCHEDULERS)?.map(|v| decode_schedulers(&v)).transpose()
+}
+
+pub(super) fn decode_schedulers(v: &[u8]) -> Result<Vec<String>> {
+    serde_json::from_slice(v).map_err(|e| corrupt(SCHEDULERS, e))
 }
 
 pub(super) fn is_set(engine: &dyn Engine, key: &[u8]) -> Result<bool> {
@@ -114,20 +119,75 @@ pub(super) fn delete_member(wb: &mut WriteBatch, id: u64) {
 
 /// Every published member.
 pub(super) fn load_members(engine: &dyn Engine) -> Result<Vec<Member>> {
-    scan_prefix(engine, MEMBER_PREFIX, |k, v| serde_json::from_slice(v).map_err(|e| corrupt(k, e)))
+    scan_prefix(engine, MEMBER_PREFIX, decode_member)
 }
 
 /// Every persisted store.
 pub(super) fn load_stores(engine: &dyn Engine) -> Result<Vec<StoreMeta>> {
-    scan_prefix(engine, STORE_PREFIX, |k, v| {
-        metapb::Store::decode(v).map(|s| StoreMeta::from(&s)).map_err(|e| corrupt(k, e))
-    })
+    scan_prefix(engine, STORE_PREFIX, decode_store)
 }
 
 /// Every persisted region.
 pub(super) fn load_regions(engine: &dyn Engine) -> Result<Vec<Region>> {
-    scan_prefix(engine, REGION_PREFIX, |k, v| {
-        metapb::Region::decode(v).map(|r| Region::from(&r)).map_err(|e| corrupt(k, e))
+    scan_prefix(engine, REGION_PREFIX, decode_region)
+}
+
+fn decode_member(k: &[u8], v: &[u8]) -> Result<Member> {
+    serde_json::from_slice(v).map_err(|e| corrupt(k, e))
+}
+
+fn decode_store(k: &[u8], v: &[u8]) -> Result<StoreMeta> {
+    metapb::Store::decode(v).map(|s| StoreMeta::from(&s)).map_err(|e| corrupt(k, e))
+}
+
+fn decode_region(k: &[u8], v: &[u8]) -> Result<Region> {
+    metapb::Region::decode(v).map(|r| Region::from(&r)).map_err(|e| corrupt(k, e))
+}
+
+/// One record as another writer left it (`value` `None`: deleted), by
+/// what it holds; see [`super::StateMachine::apply_record`].
+pub(super) enum Record {
+    ClusterId(u64),
+    Bootstrapped(bool),
+    IdWindowEnd(u64),
+    TsoBound(u64),
+    ConfigOverrides(BTreeMap<String, String>),
+    Schedulers(Option<Vec<String>>),
+    Member(u64, Option<Member>),
+    Store(StoreId, Option<StoreMeta>),
+    Region(RegionId, Option<Region>),
+    /// A key this version does not know (a newer member wrote it).
+    Unknown,
+}
+
+/// Decodes the record at `key` (see the layout above).
+pub(super) fn decode_record(key: &[u8], value: Option<&[u8]>) -> Result<Record> {
+    let u64_or_0 =
+        |v: Option<&[u8]>| v.map(|v| decode_u64(key, v)).transpose().map(Option::unwrap_or_default);
+    let id = |prefix: &[u8]| -> Result<u64> {
+        let bytes: [u8; 8] =
+            key[prefix.len()..].try_into().map_err(|_| corrupt(key, "expected an 8-byte id"))?;
+        Ok(u64::from_be_bytes(bytes))
+    };
+    Ok(match key {
+        CLUSTER_ID => Record::ClusterId(u64_or_0(value)?),
+        BOOTSTRAPPED => Record::Bootstrapped(value.is_some()),
+        ID_WINDOW_END => Record::IdWindowEnd(u64_or_0(value)?),
+        TSO_BOUND => Record::TsoBound(u64_or_0(value)?),
+        CONFIG_OVERRIDES => {
+            Record::ConfigOverrides(value.map(decode_overrides).transpose()?.unwrap_or_default())
+        }
+        SCHEDULERS => Record::Schedulers(value.map(decode_schedulers).transpose()?),
+        k if k.starts_with(MEMBER_PREFIX) => {
+            Record::Member(id(MEMBER_PREFIX)?, value.map(|v| decode_member(k, v)).transpose()?)
+        }
+        k if k.starts_with(STORE_PREFIX) => {
+            Record::Store(StoreId(id(STORE_PREFIX)?), value.map(|v| decode_store(k, v)).transpose()?)
+        }
+        k if k.starts_with(REGION_PREFIX) => {
+            Record::Region(RegionId(id(REGION_PREFIX)?), value.map(|v| decode_region(k, v)).transpose()?)
+        }
+        _ => Record::Unknown,
     })
 }
 

@@ -188,6 +188,14 @@ impl Leadership for RaftHandle {
     }
 
     fn change_member(&self, change: MemberChange) -> Result<()> {
+        if matches!(change, MemberChange::Add(_)) && self.status().first_index <= INIT_INDEX {
+            // A log that starts at 1 (a data dir from before founders
+            // started after INIT_INDEX) would be replayed by the newcomer
+            // instead of sending it a snapshot with the configuration.
+            return Err(Error::InvalidArgument(
+                "this PD group's log predates member changes; it cannot add members".into(),
+            ));
+        }
         self.submit("membership change", |done| Input::ChangeMember { change, done })
     }
 }
@@ -212,7 +220,7 @@ impl RaftHandle {
 /// Runs `f`, which blocks, telling a multi-threaded tokio runtime first so
 /// that the worker's other tasks move elsewhere meanwhile (request handlers
 /// wait for proposals on worker threads).
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     let multi = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi {

@@ -8,8 +8,9 @@
 //! end them all and return only once the metadata engine is released — a
 //! test can restart PD on the same data dir right away.
 //!
-//! Beside it: the peer listener (`peer-urls`), where the other PD members'
-//! raft messages arrive (`crate::raft`); the leader task, which promotes
+//! Beside it: the backend — with raft, the peer listener (`peer-urls`),
+//! where the other PD members' raft messages arrive (`crate::raft`); with
+//! etcd, the session and watch tasks (`crate::etcd`); the leader task, which promotes
 //! this member when the PD group makes it leader ([`Cluster::promote`]) and
 //! publishes the members' URLs; and the patrol, which calls
 //! [`Cluster::patrol`] every `schedule.patrol-region-interval` on the leader
@@ -42,10 +43,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::error::Result;
+use crate::etcd::{self, EtcdHandle, EtcdSettings};
 use crate::member::{member_id, Member};
-use crate::meta::StateMachine;
+use crate::meta::{SharedMeta, StateMachine};
 use crate::raft::{self, PeerTransport, RaftHandle, RaftSettings};
 use streams::HeartbeatStreams;
 
@@ -56,13 +58,56 @@ pub use json::hex_key;
 pub struct PdHandle {
     addr: SocketAddr,
     cluster: Arc<Cluster>,
-    raft: RaftHandle,
-    raft_thread: std::thread::JoinHandle<()>,
-    peer_rt: PeerRuntime,
-    /// The peer listener's task (on `peer_rt`).
-    peer_server: JoinHandle<()>,
+    backend: BackendHandle,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// What keeps the metadata and elects the leader (`backend`).
+enum BackendHandle {
+    /// The members' own raft group.
+    Raft {
+        raft: RaftHandle,
+        thread: std::thread::JoinHandle<()>,
+        peer_rt: PeerRuntime,
+        /// The peer listener's task (on `peer_rt`).
+        peer_server: JoinHandle<()>,
+    },
+    /// An external etcd.
+    Etcd(EtcdHandle),
+}
+
+impl BackendHandle {
+    /// Stops it; returns once its threads and tasks are done.
+    async fn shutdown(self) {
+        match self {
+            BackendHandle::Raft { raft, thread, peer_rt, peer_server } => {
+                raft.stop();
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                // Dropped, not drained: other members keep their streams
+                // open. The listener is closed when this returns (a restart
+                // may bind it).
+                peer_server.abort();
+                let _ = peer_server.await;
+                drop(peer_rt);
+            }
+            BackendHandle::Etcd(etcd) => etcd.stop().await,
+        }
+    }
+
+    /// Asks it to stop without waiting (the server ended on its own).
+    fn stopper(&self) -> Box<dyn FnOnce() + Send> {
+        match self {
+            BackendHandle::Raft { raft, .. } => {
+                let raft = raft.clone();
+                Box::new(move || raft.stop())
+            }
+            BackendHandle::Etcd(etcd) => {
+                let etcd = etcd.clone();
+                Box::new(move || etcd.signal_stop())
+            }
+        }
+    }
 }
 
 impl PdHandle {
@@ -94,14 +139,7 @@ impl PdHandle {
         if let Err(e) = self.task.await {
             warn!(error = %e, "PD server task failed");
         }
-        self.raft.stop();
-        let thread = self.raft_thread;
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        // Dropped, not drained: other members keep their streams open. The
-        // listener is closed when this returns (a restart may bind it).
-        self.peer_server.abort();
-        let _ = self.peer_server.await;
-        drop(self.peer_rt);
+        self.backend.shutdown().await;
         // Blocking work the leader task started (a promotion, publishing
         // members) may still hold the cluster for a moment; the engine
         // closes with the last holder.
@@ -141,6 +179,68 @@ pub async fn start_with_listener(config: Config, listener: TcpListener) -> Resul
     if advertised.port == 0 {
         advertised.port = addr.port();
     }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let tick = config.tick_interval.0;
+    let election = config.election_interval.0;
+    let (cluster, backend, transport, lone) = match config.backend {
+        Backend::Raft => {
+            let RaftStarted { member, sm, raft, handle, transport, lone } =
+                start_raft(&config, &advertised).await?;
+            let cluster =
+                Cluster::with_replicator(config, member, sm, Box::new(raft.clone()), Arc::new(raft));
+            (cluster, handle, Some(transport), lone)
+        }
+        Backend::Etcd => {
+            let member = Member::new(&config, &advertised)?;
+            let sm = Arc::new(Mutex::new(StateMachine::from_records(Vec::new())?));
+            let settings = EtcdSettings {
+                endpoints: config.etcd_endpoints(),
+                prefix: config.etcd_prefix.clone(),
+                tick,
+                election,
+            };
+            let etcd = etcd::start(member.clone(), sm.clone(), settings).await?;
+            let (replicator, leadership) = (Box::new(etcd.clone()), Arc::new(etcd.clone()));
+            let cluster = Cluster::with_replicator(config, member, sm, replicator, leadership);
+            (cluster, BackendHandle::Etcd(etcd), None, false)
+        }
+    };
+    let cluster = Arc::new(cluster);
+    info!(%addr, client_url = %cluster.member().client_url, member_id = cluster.member().member_id, "PD member started");
+    let streams = Arc::new(HeartbeatStreams::default());
+    let router = router(cluster.clone(), streams.clone());
+    let (stop, stopped) = watch::channel(false);
+    let tasks = tasks::Tasks::new();
+    tasks.spawn(patrol_loop(cluster.clone(), streams));
+    tasks.spawn(leader_loop(cluster.clone(), transport, tick));
+    let task = tokio::spawn(accept_loop(listener, router, tasks, stopped, backend.stopper()));
+    // A lone member elects itself at once: be ready to answer before
+    // returning, as a single PD always was. A member of a larger group may
+    // wait for its peers; callers poll.
+    if lone {
+        let deadline = Instant::now() + election * 10;
+        while cluster.check_serving().is_err() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(PdHandle { addr, cluster, backend, stop, task })
+}
+
+/// A started raft backend.
+struct RaftStarted {
+    /// This member as it advertises itself (the peer port the listener got).
+    member: Member,
+    sm: SharedMeta,
+    raft: RaftHandle,
+    handle: BackendHandle,
+    transport: PeerTransport,
+    /// The group has this member only.
+    lone: bool,
+}
+
+/// Binds the peer listener, opens the metadata in `data-dir`, and starts
+/// this member's raft group member.
+async fn start_raft(config: &Config, advertised: &crate::config::HttpUrl) -> Result<RaftStarted> {
     // Raft traffic between members runs on a runtime of its own: request
     // handlers wait for proposals on the main runtime's threads, and the
     // messages that commit those proposals must flow meanwhile.
@@ -154,13 +254,12 @@ pub async fn start_with_listener(config: Config, listener: TcpListener) -> Resul
     let peer_listener = std::net::TcpListener::bind(config.peer_listen_url()?.host_port())?;
     peer_listener.set_nonblocking(true)?;
     let peer_addr = peer_listener.local_addr()?;
-    let mut member = Member::new(&config, &advertised)?;
+    let mut member = Member::new(config, advertised)?;
     let mut peer_url = config.advertise_peer_url()?;
     if peer_url.port == 0 {
         peer_url.port = peer_addr.port();
         member.peer_url = peer_url.to_string();
     }
-    std::fs::create_dir_all(&config.data_dir)?;
     let engine: EngineRef = Arc::new(RocksEngine::open(&config.data_dir.join("meta"))?);
     let sm = Arc::new(Mutex::new(StateMachine::open(engine.clone())?));
 
@@ -197,48 +296,23 @@ pub async fn start_with_listener(config: Config, listener: TcpListener) -> Resul
         log_keep: config.raft_log_keep_entries,
         propose_timeout: (election * 2).max(Duration::from_secs(3)),
     };
-    let (raft, raft_tx, raft_thread) =
+    let (raft, raft_tx, thread) =
         raft::start(member.clone(), &voters, engine, sm.clone(), transport.clone(), settings)?;
     transport.set_raft(raft_tx.clone());
-    let tick = config.tick_interval.0;
-    let cluster = Arc::new(Cluster::with_replicator(
-        config,
-        member,
-        sm,
-        Box::new(raft.clone()),
-        Arc::new(raft.clone()),
-    ));
-    info!(%addr, %peer_addr, client_url = %cluster.member().client_url, member_id = cluster.member().member_id, "PD member started");
-    let streams = Arc::new(HeartbeatStreams::default());
-    let router = router(cluster.clone(), streams.clone());
-    let (stop, stopped) = watch::channel(false);
-    let tasks = tasks::Tasks::new();
-    tasks.spawn(patrol_loop(cluster.clone(), streams));
-    tasks.spawn(leader_loop(cluster.clone(), transport, tick));
-    let mut peer_stopped = stopped.clone();
+    info!(%peer_addr, peer_url = %member.peer_url, "PD peer listener started");
     let peer_server = peer_rt.handle().spawn(async move {
-        let stop = async move {
-            let _ = peer_stopped.changed().await;
-        };
         let listener = match TcpListener::from_std(peer_listener) {
             Ok(l) => l,
             Err(e) => return warn!(error = %e, "PD peer listener failed"),
         };
-        if let Err(e) = raft::serve_peers(listener, raft_tx, stop).await {
+        // Ends when the backend shuts down (the task is aborted).
+        if let Err(e) = raft::serve_peers(listener, raft_tx, std::future::pending()).await {
             warn!(error = %e, "PD peer listener failed");
         }
     });
-    let task = tokio::spawn(accept_loop(listener, router, tasks, stopped, raft.clone()));
-    // A lone member elects itself at once: be ready to answer before
-    // returning, as a single PD always was. A member of a larger group may
-    // wait for its peers; callers poll.
-    if voters == [cluster.member().member_id] {
-        let deadline = Instant::now() + election * 10;
-        while cluster.check_serving().is_err() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    Ok(PdHandle { addr, cluster, raft, raft_thread, peer_rt, peer_server, stop, task })
+    let lone = voters == [member.member_id];
+    let handle = BackendHandle::Raft { raft: raft.clone(), thread, peer_rt, peer_server };
+    Ok(RaftStarted { member, sm, raft, handle, transport, lone })
 }
 
 /// The peer runtime, shut down without waiting when dropped (dropping a
@@ -370,14 +444,16 @@ async fn list_members(join: &str) -> Vec<Member> {
 /// Promotes this member when the PD group makes it leader, and keeps the
 /// published member list (names and URLs, as `GetMembers` reports them)
 /// in line with the group.
-async fn leader_loop(cluster: Arc<Cluster>, transport: PeerTransport, tick: Duration) {
+async fn leader_loop(cluster: Arc<Cluster>, transport: Option<PeerTransport>, tick: Duration) {
     let mut last_publish = Instant::now() - Duration::from_secs(60);
     loop {
         tokio::time::sleep((tick / 4).clamp(Duration::from_millis(10), Duration::from_millis(50))).await;
         let status = cluster.leadership().status();
         // Members that joined while this one was away.
-        for m in cluster.members().values() {
-            transport.add_peer(m.member_id, &m.peer_url);
+        if let Some(transport) = &transport {
+            for m in cluster.members().values() {
+                transport.add_peer(m.member_id, &m.peer_url);
+            }
         }
         let Some(term) = status.serving_term(Instant::now()) else { continue };
         if !cluster.is_promoted(term) {
@@ -431,7 +507,7 @@ async fn accept_loop(
     router: axum::Router,
     tasks: tasks::Tasks,
     mut stopped: watch::Receiver<bool>,
-    raft: RaftHandle,
+    stop_backend: Box<dyn FnOnce() + Send>,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -461,5 +537,5 @@ async fn accept_loop(
     drop(listener);
     drop(router);
     tasks.shutdown().await;
-    raft.stop();
+    stop_backend();
 }
