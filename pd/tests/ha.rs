@@ -50,16 +50,16 @@ impl Etcd {
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("mnemo-test-{}", std::process::id());
-        let mut members = Vec::new();
-        let mut endpoints = Vec::new();
+        // Built as they start: a failure part-way kills those started.
+        let mut etcd = Etcd { members: Vec::new(), endpoints: Vec::new(), _dir: dir };
         for (i, (client, peer)) in ports.iter().enumerate() {
             let client_url = format!("http://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
-            let log = std::fs::File::create(dir.path().join(format!("e{i}.log"))).unwrap();
+            let log = std::fs::File::create(etcd._dir.path().join(format!("e{i}.log"))).unwrap();
             let child = Command::new("etcd")
                 .args(["--name", &format!("e{i}")])
                 .arg("--data-dir")
-                .arg(dir.path().join(format!("e{i}")))
+                .arg(etcd._dir.path().join(format!("e{i}")))
                 .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
                 .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
                 .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
@@ -68,10 +68,9 @@ impl Etcd {
                 .stderr(log)
                 .spawn()
                 .expect("etcd (Debian package etcd-server; `make deps` installs it)");
-            members.push(child);
-            endpoints.push(client_url);
+            etcd.members.push(child);
+            etcd.endpoints.push(client_url);
         }
-        let etcd = Etcd { members, endpoints, _dir: dir };
         let deadline = Instant::now() + DEADLINE;
         for url in &etcd.endpoints {
             loop {
@@ -88,10 +87,15 @@ impl Etcd {
 
     /// Stops (SIGSTOP) or resumes (SIGCONT) every etcd member.
     fn signal_all(&self, signal: &str) {
-        for m in &self.members {
-            let ok = Command::new("kill").args([signal, &m.id().to_string()]).status().unwrap().success();
-            assert!(ok, "kill {signal} etcd");
+        for i in 0..self.members.len() {
+            self.signal(i, signal);
         }
+    }
+
+    /// Sends `signal` to etcd member `i`.
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.members[i].id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success(), "kill {signal} etcd");
     }
 }
 
@@ -401,6 +405,134 @@ async fn on_etcd_a_leader_cut_off_from_etcd_stops_serving_and_a_leader_serves_ag
     assert!(tso(&mut pd, cluster_id).await > last_ts);
     drop(pd);
     shutdown_all(members).await;
+}
+
+/// The etcd backend's lease is conservative. Each PD member talks to its
+/// own etcd member; the leader's is stopped, so the leader alone loses
+/// etcd while the others still reach a quorum of it. The leader stops
+/// serving, and only after that does another member win the key and
+/// serve; timestamps keep increasing across the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_a_leader_cut_off_stops_serving_before_another_serves() {
+    let mut fixture = Fixture::new(Kind::Etcd);
+    let endpoints = fixture.etcd.as_ref().unwrap().endpoints.clone();
+    for (c, e) in fixture.configs.iter_mut().zip(&endpoints) {
+        c.etcd_endpoints = e.clone();
+    }
+    let members = start_all(&fixture.configs).await;
+    let leader = wait_leader(&members).await;
+    let cluster_id = members[leader].as_ref().unwrap().cluster_id();
+    let mut pd = client(members[leader].as_ref().unwrap()).await;
+    bootstrap(&mut pd, cluster_id).await;
+    let last_ts = tso(&mut pd, cluster_id).await;
+
+    fixture.etcd.as_ref().unwrap().signal(leader, "-STOP");
+    let cut = Instant::now();
+    let deadline = cut + DEADLINE;
+    let mut old_stopped = None;
+    let next = loop {
+        let now = Instant::now();
+        if old_stopped.is_none() && members[leader].as_ref().unwrap().cluster().check_serving().is_err() {
+            old_stopped = Some(now);
+        }
+        let other =
+            (0..3).find(|i| *i != leader && members[*i].as_ref().unwrap().cluster().check_serving().is_ok());
+        if let Some(i) = other {
+            let stopped = old_stopped.expect("a new leader served while the old one still did");
+            eprintln!(
+                "cut off: old leader stopped after {:?}, the next served after {:?}",
+                stopped - cut,
+                now - cut
+            );
+            break i;
+        }
+        assert!(now < deadline, "no new leader within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let mut pd = client(members[next].as_ref().unwrap()).await;
+    assert!(tso(&mut pd, cluster_id).await > last_ts);
+    fixture.etcd.as_ref().unwrap().signal(leader, "-CONT");
+    drop(pd);
+    shutdown_all(members).await;
+}
+
+/// Leadership handed over on request (`member leader transfer`, `resign`),
+/// and a member that no longer runs deleted, on the etcd backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_leadership_moves_on_request_and_a_stopped_member_is_deleted() {
+    let fixture = Fixture::new(Kind::Etcd);
+    let mut members = start_all(&fixture.configs).await;
+    let leader = wait_leader(&members).await;
+    let target = (leader + 1) % 3;
+    let lead = members[leader].as_ref().unwrap().cluster().clone();
+    wait_for("the leader to see every member running", || {
+        lead.leadership().status().active_voters.len() == 3 && lead.member_list().0.len() == 3
+    })
+    .await;
+    drop(lead);
+    let url = members[leader].as_ref().unwrap().client_url().to_owned();
+    let post = |url: String, path: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            ureq::post(&format!("{url}{path}"))
+                .call()
+                .map(|r| r.into_string().unwrap())
+                .map_err(|e| e.to_string())
+        })
+    };
+    let path: &'static str = [
+        "/pd/api/v1/leader/transfer/pd1",
+        "/pd/api/v1/leader/transfer/pd2",
+        "/pd/api/v1/leader/transfer/pd3",
+    ][target];
+    post(url, path).await.unwrap().unwrap();
+    wait_for("the named member to lead", || {
+        members[target].as_ref().unwrap().cluster().check_serving().is_ok()
+    })
+    .await;
+    assert_eq!(wait_leader(&members).await, target);
+    let url = members[target].as_ref().unwrap().client_url().to_owned();
+    post(url, "/pd/api/v1/leader/resign").await.unwrap().unwrap();
+    let next = loop {
+        let l = wait_leader(&members).await;
+        if l != target {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+
+    // A running member cannot be deleted; once stopped, it can.
+    let gone = (0..3).find(|i| *i != next).unwrap();
+    let name = format!("pd{}", gone + 1);
+    let url = members[next].as_ref().unwrap().client_url().to_owned();
+    let delete = |url: String, name: String| {
+        tokio::task::spawn_blocking(move || {
+            match ureq::delete(&format!("{url}/pd/api/v1/members/name/{name}")).call() {
+                Ok(r) => (200, r.into_string().unwrap()),
+                Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+                Err(e) => panic!("{e}"),
+            }
+        })
+    };
+    let (code, body) = delete(url.clone(), name.clone()).await.unwrap();
+    assert_ne!(code, 200, "deleting a running member: {body}");
+    let leader_cluster = members[next].as_ref().unwrap().cluster().clone();
+    let gone_id = member_id_of(&leader_cluster, &name);
+    assert_ne!(gone_id, 0);
+    members[gone].take().unwrap().shutdown().await;
+    wait_for("the stopped member to be seen as not running", || {
+        !leader_cluster.leadership().status().active_voters.contains(&gone_id)
+    })
+    .await;
+    let (code, body) = delete(url, name.clone()).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_for("the member list to drop it", || leader_cluster.member_list().0.iter().all(|m| m.name != name))
+        .await;
+    drop(leader_cluster);
+    shutdown_all(members).await;
+}
+
+fn member_id_of(cluster: &mnemo_pd::cluster::Cluster, name: &str) -> u64 {
+    cluster.member_list().0.iter().find(|m| m.name == name).map_or(0, |m| m.member_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,22 @@ impl Gauge {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Counts one more until the returned guard is dropped (work in
+    /// progress: snapshots being sent or received).
+    pub fn track(&self) -> GaugeGuard<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(self)
+    }
+}
+
+/// One unit of a [`Gauge`], given back on drop.
+pub struct GaugeGuard<'a>(&'a Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Every metric the node exports.
@@ -83,6 +99,11 @@ pub struct Metrics {
     pub region_count: Gauge,
     /// Regions this node leads.
     pub leader_count: Gauge,
+    /// Snapshots being sent (waiting for a send slot or streaming);
+    /// reported to PD as `sending_snap_count`.
+    pub snapshots_sending: Gauge,
+    /// Snapshots being received; reported to PD as `receiving_snap_count`.
+    pub snapshots_receiving: Gauge,
 }
 
 impl Metrics {
@@ -150,6 +171,13 @@ impl Metrics {
                 self.region_count.get(),
             ),
             ("mnemo_leader_count", "gauge", "Regions led by this node.", self.leader_count.get()),
+            ("mnemo_snapshots_sending", "gauge", "Snapshots being sent.", self.snapshots_sending.get()),
+            (
+                "mnemo_snapshots_receiving",
+                "gauge",
+                "Snapshots being received.",
+                self.snapshots_receiving.get(),
+            ),
         ]
     }
 

@@ -44,6 +44,7 @@ impl PdWorker {
         let mut reconnect_tick = tokio::time::interval(RECONNECT_INTERVAL);
         reconnect_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stream: Option<HeartbeatStream> = None;
+        let mut refused = self.metrics.server_is_busy.get();
         loop {
             tokio::select! {
                 task = tasks.recv() => {
@@ -71,7 +72,7 @@ impl PdWorker {
                         stream = None;
                     }
                 }
-                _ = store_tick.tick() => self.store_heartbeat().await,
+                _ = store_tick.tick() => self.store_heartbeat(&mut refused).await,
                 // The region heartbeat stream is opened here, and again when
                 // lost (PD down, or its leader moved), at most once per
                 // interval: opening it has every leader report at once.
@@ -178,8 +179,14 @@ impl PdWorker {
         }
     }
 
-    async fn store_heartbeat(&self) {
+    /// Sends the store heartbeat; `refused_before` is the busy count the
+    /// last one saw.
+    async fn store_heartbeat(&self, refused_before: &mut u64) {
         let (capacity, available) = disk_space(&self.data_dir);
+        // Busy: requests were refused for a full store loop since the last
+        // heartbeat (PD then sends no new replicas here).
+        let refused = self.metrics.server_is_busy.get();
+        let is_busy = refused > std::mem::replace(refused_before, refused);
         let stats = pdpb::StoreStats {
             store_id: self.store_id.0,
             capacity,
@@ -187,6 +194,9 @@ impl PdWorker {
             region_count: self.metrics.region_count.get() as u32,
             used_size: self.kv.used_bytes(),
             start_time: self.start_time,
+            sending_snap_count: self.metrics.snapshots_sending.get() as u32,
+            receiving_snap_count: self.metrics.snapshots_receiving.get() as u32,
+            is_busy,
             ..Default::default()
         };
         if let Err(e) = self.pd.store_heartbeat(stats).await {

@@ -317,6 +317,7 @@ async fn send_snapshot(
 ) {
     let region_id = RegionId(wire.region_id);
     let to = PeerId(wire.to_peer.as_ref().map(|p| p.id).unwrap_or_default());
+    let _sending = shared.metrics.snapshots_sending.track();
     let Ok(_permit) = shared.snapshots.acquire().await else { return };
     fail::fail_point!("snapshot_send");
     let data = std::mem::take(&mut msg.mut_snapshot().data);
@@ -368,6 +369,7 @@ impl RaftTransport for RaftService {
     }
 
     async fn snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<Done>, Status> {
+        let _receiving = self.metrics.snapshots_receiving.track();
         let mut stream: Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>> =
             Box::pin(req.into_inner());
         let first =

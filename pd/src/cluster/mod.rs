@@ -436,7 +436,7 @@ impl Cluster {
         let status = self.leadership.status();
         let left = status.voters.len().saturating_sub(1);
         let live_left = status.active_voters.iter().filter(|id| **id != m.member_id).count();
-        if live_left < left / 2 + 1 {
+        if self.leadership.members_vote() && live_left < left / 2 + 1 {
             return Err(Error::InvalidArgument(format!(
                 "removing {name} would leave {live_left} live of {left} members, fewer than a quorum"
             )));

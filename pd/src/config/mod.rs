@@ -12,6 +12,7 @@
 
 pub mod update;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -148,12 +149,39 @@ pub struct ScheduleConfig {
     /// caught up, counted from PD's own operators). A store at the limit is
     /// no target for the replica checker or balance-region. Default 64.
     pub max_snapshot_count: u64,
+    /// Operators adding a peer to one store, per minute (PD's `store
+    /// limit`, type `add-peer`): a token bucket per store holding up to a
+    /// minute's worth. Scheduler and checker operators only; hand-made
+    /// operators are not limited. 0 sends no new replica anywhere.
+    /// `store-limit` overrides it per store. Default 15.0.
+    pub store_limit_add_peer: f64,
+    /// Operators removing a peer from one store, per minute (type
+    /// `remove-peer`), as for `store-limit-add-peer`. Default 15.0.
+    pub store_limit_remove_peer: f64,
+    /// Per-store overrides of the two limits above, by store id:
+    /// `[schedule.store-limit.4]` with `add-peer = 30.0`, `remove-peer =
+    /// 30.0` (`pd-ctl store limit 4 30`). Default empty.
+    pub store_limit: BTreeMap<String, StoreLimitConfig>,
+    /// A store whose disk is fuller than this (1 - available / capacity)
+    /// receives no new replicas, and its region score doubles so balancing
+    /// moves regions away (PD's `low-space-ratio`). In (0, 1]. Default 0.8.
+    pub low_space_ratio: f64,
     /// How often the patrol runs: it drops expired operators, runs the
     /// replica checker over the next 128 regions and lets the active
     /// schedulers propose operators (balance-leader and balance-region up to
     /// 4 each, shuffle-leader and shuffle-region 1 each). At least `10ms`.
     /// Default `"100ms"`. (PD's default is 10 ms, for checkers only.)
     pub patrol_region_interval: ReadableDuration,
+}
+
+/// One store's limits (see [`ScheduleConfig::store_limit`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StoreLimitConfig {
+    /// Peers added per minute.
+    pub add_peer: f64,
+    /// Peers removed per minute.
+    pub remove_peer: f64,
 }
 
 /// `[replication]` section.
@@ -209,6 +237,10 @@ impl Default for ScheduleConfig {
             region_schedule_limit: 2048,
             replica_schedule_limit: 64,
             max_snapshot_count: 64,
+            store_limit_add_peer: 15.0,
+            store_limit_remove_peer: 15.0,
+            store_limit: BTreeMap::new(),
+            low_space_ratio: 0.8,
             patrol_region_interval: ReadableDuration(Duration::from_millis(100)),
         }
     }
@@ -400,6 +432,23 @@ impl Config {
         }
         if self.schedule.patrol_region_interval.0 < Duration::from_millis(10) {
             return bad("schedule.patrol-region-interval must be at least 10ms".into());
+        }
+        let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
+        let s = &self.schedule;
+        if !rate_ok(s.store_limit_add_peer) || !rate_ok(s.store_limit_remove_peer) {
+            return bad(
+                "schedule.store-limit-add-peer and -remove-peer must be rates >= 0 (per minute)".into()
+            );
+        }
+        for (store, l) in &s.store_limit {
+            if store.parse::<u64>().is_err() || !rate_ok(l.add_peer) || !rate_ok(l.remove_peer) {
+                return bad(format!(
+                    "schedule.store-limit.{store}: keys are store ids, add-peer and remove-peer rates >= 0"
+                ));
+            }
+        }
+        if !(s.low_space_ratio > 0.0 && s.low_space_ratio <= 1.0) {
+            return bad(format!("schedule.low-space-ratio {} must be in (0, 1]", s.low_space_ratio));
         }
         if !(1..=9).contains(&self.replication.max_replicas) {
             return bad(format!(

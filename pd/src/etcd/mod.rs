@@ -16,24 +16,30 @@
 //! - **Election** (`session.rs`): a member that finds no leader key creates
 //!   it in a transaction (`create_revision == 0`) on a lease of
 //!   `election-interval` (whole seconds, at least etcd's minimum), renews
-//!   the lease every tick, and serves until `sent + TTL` of its last
-//!   answered renewal — etcd cannot let the key expire earlier, so no other
-//!   member can hold it while this one still serves. The key's create
-//!   revision is the leader's *term*: unique and increasing.
+//!   the lease every tick (each renewal on a stream of its own, so its
+//!   answer is never an older renewal's), and serves until `sent + TTL -
+//!   margin` of its last answered renewal — etcd restarts the TTL only when
+//!   the renewal arrives, so no other member can hold the key while this
+//!   one still serves. The key's create revision is the leader's *term*:
+//!   unique and increasing.
 //! - **Writes** (the [`Replicator`]): a command is staged on the leader's
-//!   state machine exactly as the raft backend applies it; the records it
-//!   changes go to etcd in one transaction guarded by
-//!   `create_revision(leader) == term`, so a deposed leader's write fails
-//!   instead of landing. Writers are serialised (whole-value records must
-//!   reach etcd in the order they were staged). When a guarded write fails
-//!   or its fate is unknown, memory may be ahead of etcd: the member stops
+//!   state machine exactly as the raft backend applies it, and rolled back
+//!   at once to the records' previous values (readers never see a change
+//!   etcd has not taken); the records it changes go to etcd in
+//!   transactions guarded by `create_revision(leader) == term` (at most
+//!   100 operations each), so a deposed leader's write fails instead of
+//!   landing; then they are applied to memory. Writers are serialised
+//!   (whole-value records must reach etcd in the order they were staged).
+//!   When a guarded write fails or its fate is unknown, the member stops
 //!   serving at once, gives up its lease, and reloads.
 //! - **Followers and new leaders** (`sync.rs`): every member loads all
 //!   records at one revision, then follows the metadata prefix with a watch
 //!   (so followers answer `GET /config` and a new leader starts warm, as
 //!   PD's region syncer keeps its followers). A member that wins reloads
 //!   at a revision past its leader key before serving: everything its
-//!   predecessors wrote is then in its state.
+//!   predecessors wrote is then in its state. A serving leader never
+//!   reloads (its memory holds its own writes); a broken watch is only
+//!   opened again.
 //! - **Membership** is who runs against the same prefix: a member registers
 //!   itself on start; `member delete` removes a member that no longer runs;
 //!   there is nothing to add (start another `mnemo-pd --backend etcd`).
@@ -158,7 +164,40 @@ struct Shared {
     transfer_to: AtomicU64,
 }
 
+/// Operations per etcd transaction (etcd's `--max-txn-ops` is 128).
+const MAX_TXN_OPS: usize = 100;
+
+/// Record changes: key → new value (`None`: deleted).
+type RecordChanges = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 impl Shared {
+    /// Validates `cmd` against the state and returns the records it
+    /// changes, leaving memory as it was: staged and then rolled back to
+    /// the records' previous values under one lock, so no reader sees a
+    /// change etcd has not taken yet. (Writers are serialised, so the next
+    /// command is staged on top of this one once it is applied.)
+    fn stage_aside(&self, cmd: &Command) -> Result<RecordChanges> {
+        let mut sm = self.sm.lock();
+        let mut wb = WriteBatch::new();
+        sm.stage(cmd, &mut wb)?;
+        let mut changes = Vec::with_capacity(wb.len());
+        let mut before = Vec::with_capacity(wb.len());
+        for op in wb.ops() {
+            let (key, value) = match op {
+                WriteOp::Put { key, value, .. } => (key, Some(value.clone())),
+                WriteOp::Delete { key, .. } => (key, None),
+                WriteOp::DeleteRange { .. } => unreachable!("the state machine deletes records one by one"),
+            };
+            // stage() does not write the engine: it still holds the old value.
+            before.push((key.clone(), sm.record(key)?));
+            changes.push((key.clone(), value));
+        }
+        for (key, value) in before.iter().rev() {
+            sm.apply_record(key, value.as_deref())?;
+        }
+        Ok(changes)
+    }
+
     /// The term this member may write in now.
     fn writable_term(&self) -> Result<i64> {
         let v = self.view.lock();
@@ -232,7 +271,10 @@ pub async fn start(member: Member, sm: SharedMeta, settings: EtcdSettings) -> Re
     let options = ConnectOptions::new()
         .with_connect_timeout(timeout)
         .with_timeout(timeout)
-        .with_keep_alive(settings.tick.max(Duration::from_millis(500)), timeout);
+        .with_keep_alive(settings.tick.max(Duration::from_millis(500)), timeout)
+        // A request to an etcd member cut off from its quorum fails
+        // instead of waiting (or watching) in silence.
+        .with_require_leader(true);
     let endpoints = settings.endpoints.clone();
     let client = rt
         .handle()
@@ -289,7 +331,11 @@ impl EtcdHandle {
         self.signal_stop();
         let session = self.session.lock().take();
         if let Some(session) = session {
-            let _ = tokio::time::timeout(Duration::from_secs(3), session).await;
+            let _ = tokio::time::timeout(
+                request_timeout(&self.shared.settings) + Duration::from_secs(2),
+                session,
+            )
+            .await;
         }
     }
 
@@ -334,6 +380,10 @@ impl Leadership for EtcdHandle {
         self.shared.view.lock().registered.clone()
     }
 
+    fn members_vote(&self) -> bool {
+        false
+    }
+
     fn change_member(&self, change: MemberChange) -> Result<()> {
         match change {
             MemberChange::Add(_) => Err(Error::InvalidArgument(
@@ -367,39 +417,52 @@ impl Replicator for EtcdHandle {
         let shared = &self.shared;
         let _writer = blocking(|| shared.writer.lock());
         let term = shared.writable_term()?;
-        let mut wb = WriteBatch::new();
-        shared.sm.lock().stage(&cmd, &mut wb)?;
-        if wb.is_empty() {
+        let changes = shared.stage_aside(&cmd)?;
+        if changes.is_empty() {
             return Ok(());
         }
-        let ops: Vec<TxnOp> = wb
-            .ops()
+        let ops: Vec<TxnOp> = changes
             .iter()
-            .map(|op| match op {
-                WriteOp::Put { key, value, .. } => TxnOp::put(shared.keys.meta(key), value.clone(), None),
-                WriteOp::Delete { key, .. } => TxnOp::delete(shared.keys.meta(key), None),
-                WriteOp::DeleteRange { .. } => unreachable!("the state machine deletes records one by one"),
+            .map(|(key, value)| match value {
+                Some(v) => TxnOp::put(shared.keys.meta(key), v.clone(), None),
+                None => TxnOp::delete(shared.keys.meta(key), None),
             })
             .collect();
-        let txn = Txn::new()
-            .when([Compare::create_revision(shared.keys.leader(), CompareOp::Equal, term)])
-            .and_then(ops);
-        let mut client = shared.client.clone();
-        match self.call(async move { client.txn(txn).await }) {
-            Ok(Ok(resp)) if resp.succeeded() => Ok(()),
-            Ok(Ok(_)) => {
-                shared.step_down(term, "a guarded write found another leader key");
-                Err(Error::NotLeader("PD leadership (etcd) lost".into()))
-            }
-            Ok(Err(e)) => {
-                shared.step_down(term, "a write failed; its fate is unknown");
-                Err(Error::NotLeader(format!("etcd: {e}")))
-            }
-            Err(e) => {
-                shared.step_down(term, "a write timed out; its fate is unknown");
-                Err(e)
+        // etcd takes at most 128 operations per transaction by default (a
+        // region swallowing many others deletes them all): one guarded
+        // transaction per chunk. Should a later chunk fail, the member
+        // reloads, as for any write of unknown fate.
+        for chunk in ops.chunks(MAX_TXN_OPS) {
+            let txn = Txn::new()
+                .when([Compare::create_revision(shared.keys.leader(), CompareOp::Equal, term)])
+                .and_then(chunk.to_vec());
+            let mut client = shared.client.clone();
+            match self.call(async move { client.txn(txn).await }) {
+                Ok(Ok(resp)) if resp.succeeded() => {}
+                Ok(Ok(_)) => {
+                    shared.step_down(term, "a guarded write found another leader key");
+                    return Err(Error::NotLeader("PD leadership (etcd) lost".into()));
+                }
+                Ok(Err(e)) => {
+                    shared.step_down(term, "a write failed; its fate is unknown");
+                    return Err(Error::NotLeader(format!("etcd: {e}")));
+                }
+                Err(e) => {
+                    shared.step_down(term, "a write timed out; its fate is unknown");
+                    return Err(e);
+                }
             }
         }
+        // Durable: now readers may see it.
+        let mut sm = shared.sm.lock();
+        for (key, value) in &changes {
+            if let Err(e) = sm.apply_record(key, value.as_deref()) {
+                drop(sm);
+                shared.step_down(term, "a written record could not be applied");
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn another(&self) -> Box<dyn Replicator> {

@@ -9,10 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
-    TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
@@ -25,24 +22,25 @@ struct KeptLease {
     id: i64,
     /// The TTL etcd granted (at least its minimum, whatever was asked).
     ttl: Duration,
-    keeper: LeaseKeeper,
-    stream: LeaseKeepAliveStream,
 }
 
 impl KeptLease {
     async fn grant(client: &mut Client, ttl_secs: i64) -> std::result::Result<KeptLease, etcd_client::Error> {
         let granted = client.lease_grant(ttl_secs, None).await?;
-        let (keeper, stream) = client.lease_keep_alive(granted.id()).await?;
         let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
-        Ok(KeptLease { id: granted.id(), ttl, keeper, stream })
+        Ok(KeptLease { id: granted.id(), ttl })
     }
 
-    /// One renewal: `Ok(false)` when etcd says the lease is gone.
-    async fn renew(&mut self) -> std::result::Result<bool, etcd_client::Error> {
-        self.keeper.keep_alive().await?;
-        match self.stream.message().await? {
-            Some(answer) => Ok(answer.ttl() > 0),
-            None => Err(etcd_client::Error::LeaseKeepAliveError("keep-alive stream ended".into())),
+    /// One renewal on a stream of its own, so the answer read is the
+    /// answer to this request (a reply left over from a renewal that timed
+    /// out would otherwise be taken for a fresh one, and the lease
+    /// believed longer than etcd keeps it). `Ok(false)`: etcd says the
+    /// lease is gone.
+    async fn renew(&self, client: &mut Client) -> std::result::Result<bool, etcd_client::Error> {
+        match client.lease_keep_alive(self.id).await {
+            Ok(_) => Ok(true),
+            Err(etcd_client::Error::LeaseKeepAliveError(e)) if e.contains("not found") => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }
@@ -76,7 +74,10 @@ struct Group {
 /// previous, killed process expires within its TTL, so wait that long.
 pub(super) async fn check_identity(s: &Shared) -> Result<()> {
     let key = s.keys.alive(s.member.member_id);
-    let deadline = Instant::now() + request_timeout(&s.settings) + lease_ttl(s) * 2;
+    // etcd may grant more than was asked (its minimum TTL): wait for a
+    // generous multiple, then refuse.
+    let deadline =
+        Instant::now() + request_timeout(&s.settings) + (lease_ttl(s) * 3).max(Duration::from_secs(15));
     let mut client = s.client.clone();
     loop {
         let found = client
@@ -107,10 +108,13 @@ pub(super) async fn run(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut session = Session::default();
     let timeout = request_timeout(&s.settings);
     while !*stopped.borrow() {
-        match tokio::time::timeout(timeout, session.round(&s)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!(error = %e, "etcd session round failed"),
-            Err(_) => debug!("etcd session round timed out"),
+        tokio::select! {
+            done = tokio::time::timeout(timeout, session.round(&s)) => match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(error = %e, "etcd session round failed"),
+                Err(_) => debug!("etcd session round timed out"),
+            },
+            _ = stopped.changed() => break,
         }
         tokio::select! {
             _ = tokio::time::sleep(s.settings.tick) => {}
@@ -133,8 +137,8 @@ impl Session {
             c.put(s.keys.member(me), to_json(&s.member), None).await?;
             self.registered = true;
         }
-        let alive = match &mut self.alive {
-            Some(lease) => lease.renew().await.unwrap_or(false),
+        let alive = match &self.alive {
+            Some(lease) => lease.renew(&mut c).await.unwrap_or(false),
             None => false,
         };
         if !alive {
@@ -167,9 +171,16 @@ impl Session {
                 // The handover names its target for one TTL: the others
                 // hold back meanwhile; a target that never campaigns
                 // delays the next leader by that much only.
-                let hint = c.lease_grant(ttl, None).await?;
                 let value = format!("{target:016x}");
-                c.put(s.keys.transfer(), value, Some(PutOptions::new().with_lease(hint.id()))).await?;
+                let hinted = async {
+                    let hint = c.lease_grant(ttl, None).await?;
+                    c.put(s.keys.transfer(), value, Some(PutOptions::new().with_lease(hint.id()))).await
+                };
+                if let Err(e) = hinted.await {
+                    // Not handed over: serve on.
+                    s.view.lock().transferring = false;
+                    return Err(e);
+                }
                 s.step_down(term, "leadership handed over");
                 let id = leading.lease.id;
                 self.leading = None;
@@ -177,10 +188,13 @@ impl Session {
                 return Ok(());
             }
             let sent = Instant::now();
-            if leading.lease.renew().await? {
+            if leading.lease.renew(&mut c).await? {
+                // etcd restarts the TTL when the renewal arrives, after
+                // `sent`; the margin covers its expiry check's granularity.
+                let margin = (s.settings.tick * 2).min(leading.lease.ttl / 4);
                 let mut v = s.view.lock();
                 if v.term == term {
-                    v.lease_until = Some(sent + leading.lease.ttl);
+                    v.lease_until = Some(sent + leading.lease.ttl - margin);
                 }
             } else {
                 s.step_down(term, "the leader lease expired");
@@ -201,7 +215,15 @@ impl Session {
             Txn::new().when([Compare::create_revision(leader_key.clone(), CompareOp::Equal, 0)]).and_then([
                 TxnOp::put(leader_key, to_json(&s.member), Some(PutOptions::new().with_lease(lease.id))),
             ]);
-        let answer = c.txn(txn).await?;
+        let answer = match c.txn(txn).await {
+            Ok(a) => a,
+            Err(e) => {
+                // It may have committed: give the key up rather than leave
+                // it to block the election for a TTL.
+                let _ = c.lease_revoke(lease.id).await;
+                return Err(e);
+            }
+        };
         let term = answer.header().map_or(0, |h| h.revision());
         if !answer.succeeded() || term == 0 {
             let _ = c.lease_revoke(lease.id).await;
@@ -212,7 +234,7 @@ impl Session {
             v.term = term;
             v.loaded = false;
             v.transferring = false;
-            v.lease_until = Some(sent + lease.ttl);
+            v.lease_until = Some(sent + lease.ttl - (s.settings.tick * 2).min(lease.ttl / 4));
             v.leader_id = me;
         }
         // The sync task reloads past the new key before this member serves.

@@ -23,6 +23,16 @@ pub(super) async fn run(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut epochs = s.epoch.subscribe();
     loop {
         let reason = follow(&s, &mut epochs, &mut stopped).await;
+        if serving_own_writes(&s) {
+            // A leader's memory is ahead of any load: reloading would
+            // drop what it wrote after the load's revision. Watch again.
+            debug!(%reason, "PD metadata watch restarts (leading: no reload)");
+            tokio::select! {
+                _ = tokio::time::sleep(s.settings.tick) => {}
+                _ = stopped.changed() => {}
+            }
+            continue;
+        }
         loop {
             if *stopped.borrow() {
                 return;
@@ -40,6 +50,14 @@ pub(super) async fn run(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
+/// True while this member leads with its state loaded for the current
+/// leadership: every metadata change since is its own write, already in
+/// memory.
+fn serving_own_writes(s: &Shared) -> bool {
+    let v = s.view.lock();
+    v.term != 0 && v.loaded && v.loaded_epoch == *s.epoch.borrow()
+}
+
 /// Loads every record at one revision and replaces the state machine with
 /// them (runtime facts start over: heartbeats bring them back). Marks a
 /// leading member loaded once the revision is past its leader key.
@@ -48,14 +66,15 @@ pub(super) async fn reload(s: &Arc<Shared>) -> Result<()> {
         let epoch = *s.epoch.borrow();
         let (records, revision) =
             load_all(s).await.map_err(|e| Error::NotLeader(format!("loading metadata from etcd: {e}")))?;
-        let sm = StateMachine::from_records(records)?;
         let shared = s.clone();
-        // The writer lock (held by request threads across their etcd
-        // writes) is taken off the runtime's worker.
+        // Decoding every record, and the writer lock (held by request
+        // threads across their etcd writes), are kept off the runtime's
+        // one worker, which renews the leases.
         let swapped = tokio::task::spawn_blocking(move || {
+            let sm = StateMachine::from_records(records)?;
             let _writer = shared.writer.lock();
             if *shared.epoch.borrow() != epoch {
-                return false;
+                return Ok(false);
             }
             *shared.sm.lock() = sm;
             let mut v = shared.view.lock();
@@ -64,10 +83,10 @@ pub(super) async fn reload(s: &Arc<Shared>) -> Result<()> {
             if v.term != 0 && revision >= v.term {
                 v.loaded = true;
             }
-            true
+            Ok::<_, Error>(true)
         })
         .await
-        .map_err(|e| Error::NotLeader(e.to_string()))?;
+        .map_err(|e| Error::NotLeader(e.to_string()))??;
         if swapped {
             return Ok(());
         }
@@ -117,7 +136,12 @@ async fn follow(
         return "leadership changed".into();
     }
     let prefix = s.keys.meta_prefix();
-    let options = WatchOptions::new().with_prefix().with_start_revision(from);
+    let mut options = WatchOptions::new().with_prefix();
+    if !serving_own_writes(s) {
+        // A leader skips every event; it need not start in the past
+        // (which compaction may have removed).
+        options = options.with_start_revision(from);
+    }
     let mut client = s.client.clone();
     let (_watcher, mut stream) = match client.watch(prefix.clone(), Some(options)).await {
         Ok(w) => w,

@@ -180,6 +180,12 @@ impl StateMachine {
         Ok(())
     }
 
+    /// The record at `key` as last written or followed (the layout in
+    /// `storage.rs`), `None` if absent.
+    pub fn record(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.engine.get(Cf::Meta, key)?)
+    }
+
     /// The current state.
     pub fn state(&self) -> &MetaState {
         &self.state

@@ -110,6 +110,13 @@ pub trait Leadership: Send + Sync + 'static {
     fn peer_infos(&self) -> BTreeMap<u64, Member>;
     /// Changes the group's membership (leader only), waiting until applied.
     fn change_member(&self, change: MemberChange) -> Result<()>;
+
+    /// True if the members vote (a raft group): a membership change must
+    /// leave a quorum of them live. False where membership is only who
+    /// runs (the etcd backend, whose quorum is etcd's).
+    fn members_vote(&self) -> bool {
+        true
+    }
 }
 
 /// A single member that always leads (tests of the cluster logic, which

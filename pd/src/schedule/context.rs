@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use mnemo_proto::types::{Peer, PeerRole, StoreId};
 
-use super::controller::{Influence, OperatorController};
+use super::controller::{Influence, LimitType, OperatorController};
 use super::placement::{same_host, Isolation};
 use super::settings::Settings;
 use crate::region_map::{RegionInfo, RegionMap};
@@ -39,6 +39,10 @@ impl ClusterSnapshot<'_> {
         matches!(self.status(store, max_down), Some(StoreStatus::Up | StoreStatus::Disconnected))
     }
 }
+
+/// Added to the region score of a store low on space: more than any real
+/// store's weight (MiB), so such a store ranks after all others.
+pub const LOW_SPACE_PENALTY: i64 = 1 << 40;
 
 /// Everything a decision reads.
 #[derive(Clone, Copy)]
@@ -77,10 +81,31 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// Active, and not already receiving `max-snapshot-count` new peers:
-    /// may receive a new replica.
+    /// May receive a new replica: active; receiving fewer than
+    /// `max-snapshot-count` snapshots, counted both from PD's own operators
+    /// and from what the store last reported (a store also receives
+    /// snapshots PD did not ask for: raft catching up a lagging peer); not
+    /// reporting itself busy; and its store limit has a peer to add left.
+    /// (Low space is a score, not a filter: see [`Ctx::region_score`].)
     pub fn is_target(&self, store: StoreId) -> bool {
-        self.is_active(store) && self.influence().receiving(store) < self.settings.max_snapshot_count
+        let Some(info) = self.snap.stores.get(&store) else { return false };
+        let reported =
+            info.stats.as_ref().map_or(0, |s| (s.receiving_snap_count + s.applying_snap_count) as usize);
+        let receiving = self.influence().receiving(store).max(reported);
+        self.is_active(store)
+            && receiving < self.settings.max_snapshot_count
+            && !info.stats.as_ref().is_some_and(|s| s.is_busy)
+            && self.ops.store_limit_allows(store, LimitType::AddPeer, self.settings, self.snap.now)
+    }
+
+    /// True if `store`'s disk is fuller than `low-space-ratio` (as last
+    /// reported; unknown capacity is not low).
+    pub fn is_low_on_space(&self, store: StoreId) -> bool {
+        self.snap.stores.get(&store).and_then(|s| s.stats.as_ref()).is_some_and(|s| {
+            s.capacity > 0
+                && (s.capacity.saturating_sub(s.available) as f64)
+                    > s.capacity as f64 * self.settings.low_space_ratio
+        })
     }
 
     /// A peer counts towards `max-replicas` unless its store is Down,
@@ -130,7 +155,16 @@ impl<'a> Ctx<'a> {
     /// of its regions' weights (MiB, at least 1 each).
     pub fn region_score(&self, store: StoreId) -> i64 {
         let w = i64::try_from(self.snap.regions.store_region_weight(store)).unwrap_or(i64::MAX);
-        w + self.influence().weight(store)
+        let score = w.saturating_add(self.influence().weight(store));
+        // A store low on space ranks after every store that is not:
+        // balancing moves regions away from it, and repairs go elsewhere
+        // while another store can take them. (A score, not a filter: stores
+        // sharing one nearly full disk must still be repaired.)
+        if self.is_low_on_space(store) {
+            score.saturating_add(LOW_SPACE_PENALTY)
+        } else {
+            score
+        }
     }
 
     /// Leader count of `store` once the operators in flight finish.

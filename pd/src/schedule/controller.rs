@@ -23,6 +23,60 @@ pub enum Refusal {
     Busy(OpKind),
     /// The kind's limit of operators in flight is reached.
     Limit(OpKind),
+    /// A store's limit of peers added or removed per minute is used up.
+    StoreLimit(StoreId, LimitType),
+}
+
+/// Which way a store limit counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimitType {
+    /// Peers added to the store (each needs a snapshot).
+    AddPeer,
+    /// Peers removed from the store.
+    RemovePeer,
+}
+
+/// PD's store limit: per store and type, a token bucket refilled at the
+/// configured rate per minute and holding at most a minute's worth (at
+/// least one token when the rate is not 0). Time is the caller's `now`, so
+/// decisions stay reproducible.
+#[derive(Clone, Debug, Default)]
+pub struct StoreLimiter {
+    /// Tokens left, and when they were counted.
+    buckets: HashMap<(StoreId, LimitType), (f64, SystemTime)>,
+}
+
+impl StoreLimiter {
+    /// Tokens `store` has for `ty` at `now` under `per_minute`.
+    pub fn available(&self, store: StoreId, ty: LimitType, per_minute: f64, now: SystemTime) -> f64 {
+        let cap = if per_minute > 0.0 { per_minute.max(1.0) } else { 0.0 };
+        match self.buckets.get(&(store, ty)) {
+            None => cap,
+            Some((tokens, at)) => {
+                let minutes = now.duration_since(*at).unwrap_or_default().as_secs_f64() / 60.0;
+                (tokens + per_minute * minutes).min(cap)
+            }
+        }
+    }
+
+    fn take(&mut self, store: StoreId, ty: LimitType, n: f64, per_minute: f64, now: SystemTime) {
+        let left = self.available(store, ty, per_minute, now) - n;
+        self.buckets.insert((store, ty), (left, now));
+    }
+}
+
+/// What `op` takes from the store limits: (store, type) → count.
+fn limit_needs(op: &Operator) -> HashMap<(StoreId, LimitType), f64> {
+    let mut needs = HashMap::new();
+    for change in op.steps.iter().flat_map(Step::changes) {
+        let key = match change {
+            PeerChange::AddLearner(p) => (p.store_id, LimitType::AddPeer),
+            PeerChange::Remove(p) => (p.store_id, LimitType::RemovePeer),
+            PeerChange::Promote(_) => continue,
+        };
+        *needs.entry(key).or_insert(0.0) += 1.0;
+    }
+    needs
 }
 
 /// The operators in flight: at most one per region, with their influence.
@@ -31,6 +85,7 @@ pub struct OperatorController {
     ops: BTreeMap<RegionId, (Operator, Vec<Effect>)>,
     counts: HashMap<OpKind, usize>,
     influence: Influence,
+    limiter: StoreLimiter,
 }
 
 impl OperatorController {
@@ -60,8 +115,22 @@ impl OperatorController {
         self.count(kind) < limit
     }
 
-    /// Adds `op` for its region `info`, if its kind has room and the region
-    /// has no operator. A manual operator ([`OpKind::is_manual`]) replaces a
+    /// True if `store` may gain (or lose) one more peer at `now` under its
+    /// store limit.
+    pub fn store_limit_allows(
+        &self,
+        store: StoreId,
+        ty: LimitType,
+        settings: &Settings,
+        now: SystemTime,
+    ) -> bool {
+        self.limiter.available(store, ty, rate(settings, store, ty), now) >= 1.0
+    }
+
+    /// Adds `op` for its region `info`, if its kind has room, the region
+    /// has no operator and (unless it is manual) the store limits of the
+    /// stores it adds peers to or removes peers from allow it (counted at
+    /// `op.created`). A manual operator ([`OpKind::is_manual`]) replaces a
     /// scheduler's operator (the checker tidies up what it leaves half done)
     /// but not another manual one.
     pub fn add(&mut self, op: Operator, info: &RegionInfo, settings: &Settings) -> Result<(), Refusal> {
@@ -72,6 +141,18 @@ impl OperatorController {
         }
         if !self.has_room(op.kind, settings) {
             return Err(Refusal::Limit(op.kind));
+        }
+        if !op.kind.is_manual() {
+            let needs = limit_needs(&op);
+            let now = op.created;
+            for (&(store, ty), &n) in &needs {
+                if self.limiter.available(store, ty, rate(settings, store, ty), now) < n {
+                    return Err(Refusal::StoreLimit(store, ty));
+                }
+            }
+            for ((store, ty), n) in needs {
+                self.limiter.take(store, ty, n, rate(settings, store, ty), now);
+            }
         }
         self.remove(op.region_id);
         *self.counts.entry(op.kind).or_default() += 1;
@@ -128,6 +209,15 @@ impl OperatorController {
     /// when each was last added or checked.
     pub fn influence(&self) -> &Influence {
         &self.influence
+    }
+}
+
+/// The per-minute rate of `store`'s limit of type `ty`.
+fn rate(settings: &Settings, store: StoreId, ty: LimitType) -> f64 {
+    let limit = settings.store_limit(store);
+    match ty {
+        LimitType::AddPeer => limit.add_peer,
+        LimitType::RemovePeer => limit.remove_peer,
     }
 }
 

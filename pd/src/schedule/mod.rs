@@ -84,7 +84,7 @@ mod sim_tests;
 
 pub use admin::AdminRequest;
 pub use context::{worth_moving, ClusterSnapshot, Ctx, TOLERANCE_RATIO};
-pub use controller::{Influence, OperatorController, Refusal};
+pub use controller::{Influence, LimitType, OperatorController, Refusal, StoreLimiter};
 pub use coordinator::{Coordinator, NewPeerId, ScheduleOrder, PATROL_BATCH};
 pub use operator::{OpKind, Operator, Progress};
 pub use plan::{Plan, Proposal};

@@ -8,7 +8,7 @@ use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId, 
 use super::*;
 use crate::region_map::{DownPeer, RegionInfo, RegionMap, RegionRuntime};
 use crate::schedule::{ClusterSnapshot, OperatorController, Plan, Settings};
-use crate::store::{StoreInfo, StoreMeta, StoreState};
+use crate::store::{StoreInfo, StoreMeta, StoreState, StoreStats};
 
 /// A cluster at one instant: stores with labels and heartbeats, and filler
 /// regions that give stores their region counts.
@@ -41,6 +41,12 @@ impl World {
         };
         let hb = self.now - Duration::from_secs(1);
         self.stores.insert(StoreId(id), StoreInfo { meta, stats: None, last_heartbeat: Some(hb) });
+        self
+    }
+
+    /// Store `id`'s latest heartbeat reported `stats`.
+    fn stats(mut self, id: u64, stats: StoreStats) -> Self {
+        self.stores.get_mut(&StoreId(id)).unwrap().stats = Some(stats);
         self
     }
 
@@ -126,6 +132,61 @@ fn store(id: u64) -> StoreId {
 fn a_fresh_region_grows_on_the_emptiest_store() {
     let w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).regions_on(2, 5).regions_on(3, 1);
     assert_eq!(w.check(&region(vec![voter(10, 1)])), Some(Plan::AddReplica { store: store(3) }));
+}
+
+#[test]
+fn new_replicas_avoid_stores_that_report_snapshots_busy_or_low_space() {
+    // Store 3 is the emptiest, so it would get the replica; each of its own
+    // reports sends the replica to store 2 instead.
+    let w = || World::new().store(1, &[]).store(2, &[]).store(3, &[]).regions_on(2, 5).regions_on(3, 1);
+    let r = region(vec![voter(10, 1)]);
+    let to = |store_id| Some(Plan::AddReplica { store: store(store_id) });
+    assert_eq!(w().check(&r), to(3));
+    let max = w().settings.max_snapshot_count as u32;
+    let receiving =
+        StoreStats { receiving_snap_count: max - 1, applying_snap_count: 1, ..Default::default() };
+    assert_eq!(w().stats(3, receiving).check(&r), to(2), "receiving as many snapshots as allowed");
+    let busy = StoreStats { is_busy: true, ..Default::default() };
+    assert_eq!(w().stats(3, busy).check(&r), to(2), "busy");
+    let full = StoreStats { capacity: 100 << 30, available: 10 << 30, ..Default::default() };
+    let roomy = StoreStats { capacity: 100 << 30, available: 50 << 30, ..Default::default() };
+    assert_eq!(w().stats(3, full.clone()).stats(2, roomy).check(&r), to(2), "low on space");
+    // Every store low on space (one shared disk): still repaired, by count.
+    assert_eq!(w().stats(3, full.clone()).stats(2, full).check(&r), to(3));
+}
+
+#[test]
+fn the_store_limit_caps_new_peers_per_store_and_minute() {
+    let mut w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).regions_on(2, 5);
+    w.settings.store_limit.add_peer = 2.0;
+    let r = region(vec![voter(10, 1)]);
+    let add_to_3 = |w: &mut World, region_id: u64, at: SystemTime| {
+        let mut info = r.clone();
+        info.region.id = RegionId(region_id);
+        let op = crate::schedule::Operator::new(
+            &info.region,
+            crate::schedule::OpKind::Replica,
+            "add-replica",
+            vec![crate::schedule::Step::AddLearner(learner(100 + region_id, 3))],
+            at,
+            Duration::from_secs(60),
+        );
+        w.ops.add(op, &info, &w.settings)
+    };
+    let now = w.now;
+    assert!(add_to_3(&mut w, 1, now).is_ok());
+    assert!(add_to_3(&mut w, 2, now).is_ok());
+    assert_eq!(
+        add_to_3(&mut w, 3, now),
+        Err(crate::schedule::Refusal::StoreLimit(store(3), crate::schedule::LimitType::AddPeer))
+    );
+    // Store 3 is no target while its bucket is empty: the checker picks 2.
+    let mut other = region(vec![voter(20, 1)]);
+    other.region.id = RegionId(50);
+    assert_eq!(w.check(&other), Some(Plan::AddReplica { store: store(2) }));
+    // Half a minute later one more peer (2 per minute) may go there.
+    assert!(add_to_3(&mut w, 4, now + Duration::from_secs(30)).is_ok());
+    assert!(add_to_3(&mut w, 5, now + Duration::from_secs(30)).is_err());
 }
 
 #[test]

@@ -1,13 +1,16 @@
 //! The knobs scheduling reads, taken from `[schedule]` and `[replication]`
 //! (file or run time; see `config`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use mnemo_proto::types::StoreId;
 
 use crate::config::Config;
 use crate::region_map::RegionInfo;
 
 /// Scheduling configuration, one flat struct.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// Voters per region (`replication.max-replicas`).
     pub max_replicas: usize,
@@ -28,6 +31,22 @@ pub struct Settings {
     pub replica_limit: usize,
     /// Operators adding a peer to one store at once (`schedule.max-snapshot-count`).
     pub max_snapshot_count: usize,
+    /// Peers added to / removed from a store per minute, by default
+    /// (`schedule.store-limit-add-peer`, `-remove-peer`).
+    pub store_limit: StoreLimit,
+    /// Per-store overrides (`schedule.store-limit`).
+    pub store_limits: BTreeMap<StoreId, StoreLimit>,
+    /// Disk fuller than this is low on space (`schedule.low-space-ratio`).
+    pub low_space_ratio: f64,
+}
+
+/// Peers per minute a store may gain and lose through scheduling.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StoreLimit {
+    /// Peers added per minute.
+    pub add_peer: f64,
+    /// Peers removed per minute.
+    pub remove_peer: f64,
 }
 
 /// A leader transfer that has not happened after this long will not: the
@@ -60,7 +79,25 @@ impl Settings {
             region_limit: n(s.region_schedule_limit),
             replica_limit: n(s.replica_schedule_limit),
             max_snapshot_count: n(s.max_snapshot_count),
+            store_limit: StoreLimit {
+                add_peer: s.store_limit_add_peer,
+                remove_peer: s.store_limit_remove_peer,
+            },
+            store_limits: s
+                .store_limit
+                .iter()
+                .filter_map(|(id, l)| {
+                    let limit = StoreLimit { add_peer: l.add_peer, remove_peer: l.remove_peer };
+                    Some((StoreId(id.parse().ok()?), limit))
+                })
+                .collect(),
+            low_space_ratio: s.low_space_ratio,
         }
+    }
+
+    /// The limits of `store`.
+    pub fn store_limit(&self, store: StoreId) -> StoreLimit {
+        self.store_limits.get(&store).copied().unwrap_or(self.store_limit)
     }
 }
 
