@@ -332,6 +332,12 @@ impl Cluster {
             net,
         };
         cluster.wait_pd_healthy();
+        // Test clusters move regions at full speed: PD's store limit
+        // (15 peers per store and minute) would make every repair and
+        // rebalance in a test take minutes.
+        wait_for("PD to lift the store limits", Duration::from_secs(30), || {
+            cluster.pd_post("/pd/api/v1/stores/limit", serde_json::json!({ "rate": 100_000.0 })).ok()
+        });
         std::fs::write(cluster.root.join("node.toml"), &cfg.node_toml).expect("write node.toml");
         for i in 1..=cfg.nodes {
             cluster.add_node(i, cfg.node_labels.get(i - 1).cloned());

@@ -311,6 +311,25 @@ async fn config_and_operators_over_http_reach_the_leader() {
         http_call("POST", api("/operators"), Some(json!({"name": "merge-region", "region_id": 10}))).await;
     assert_eq!(status, 400);
 
+    // Store limits (PD's `store limit`): 15 per minute each way by default,
+    // set per store and for all, persisted as config.
+    let (status, limits) = http_call("GET", api("/stores/limit"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(limits["2"], json!({"add-peer": 15.0, "remove-peer": 15.0}), "{limits}");
+    let (status, _) = http_call("POST", api("/store/2/limit"), Some(json!({"rate": 30}))).await;
+    assert_eq!(status, 200);
+    let body = json!({"rate": 5, "type": "add-peer"});
+    assert_eq!(http_call("POST", api("/stores/limit"), Some(body)).await.0, 200);
+    let (_, limits) = http_call("GET", api("/stores/limit"), None).await;
+    assert_eq!(limits["2"], json!({"add-peer": 5.0, "remove-peer": 30.0}), "{limits}");
+    assert_eq!(limits["3"], json!({"add-peer": 5.0, "remove-peer": 15.0}), "{limits}");
+    let (_, config) = http_call("GET", api("/config"), None).await;
+    assert_eq!(config["schedule"]["store-limit-add-peer"], json!(5.0), "{config}");
+    assert_eq!(http_call("POST", api("/store/99/limit"), Some(json!({"rate": 1}))).await.0, 404);
+    let bad_type = json!({"rate": 1, "type": "add-learner"});
+    assert_eq!(http_call("POST", api("/store/2/limit"), Some(bad_type)).await.0, 400);
+    assert_eq!(http_call("POST", api("/store/2/limit"), Some(json!({"rate": -1}))).await.0, 400);
+
     drop((hb_tx, answers, pd));
     server.shutdown().await;
 }

@@ -31,7 +31,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// `store` lists stores; `store ID` shows one; `store delete ID` drains it (Offline).
+    /// `store` lists stores; `store ID` shows one; `store delete ID` drains it (Offline);
+    /// `store limit` shows every store's limit (peers added / removed per
+    /// minute); `store limit ID|all RATE [add-peer|remove-peer]` sets it.
     Store { args: Vec<String> },
     /// `region` lists regions; `region ID` shows one; `region key K` finds the region of K.
     Region {
@@ -87,12 +89,31 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<(), String> {
     let base = format!("{}/pd/api/v1", normalize(&cli.pd));
     let path = match &cli.cmd {
-        Cmd::Store { args } => match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-            [] => "/stores".to_owned(),
-            [id] => format!("/store/{}", number(id)?),
-            ["delete", id] => return call("DELETE", &format!("{base}/store/{}", number(id)?)),
-            _ => return Err("usage: store [ID] | store delete ID".into()),
-        },
+        Cmd::Store { args } => {
+            match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                [] => "/stores".to_owned(),
+                ["limit"] => "/stores/limit".to_owned(),
+                [id] => format!("/store/{}", number(id)?),
+                ["delete", id] => return call("DELETE", &format!("{base}/store/{}", number(id)?)),
+                ["limit", which, rate, kind @ ..] if kind.len() <= 1 => {
+                    let rate: f64 =
+                        rate.parse().map_err(|_| format!("{rate:?} is not a rate (peers per minute)"))?;
+                    let mut body = serde_json::json!({ "rate": rate });
+                    if let [kind] = kind {
+                        body["type"] = serde_json::json!(kind);
+                    }
+                    let path = match *which {
+                        "all" => "/stores/limit".to_owned(),
+                        id => format!("/store/{}/limit", number(id)?),
+                    };
+                    return send("POST", &format!("{base}{path}"), body);
+                }
+                _ => return Err(
+                    "usage: store [ID] | store delete ID | store limit [ID|all RATE [add-peer|remove-peer]]"
+                        .into(),
+                ),
+            }
+        }
         Cmd::Region { args, format } => {
             match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
                 [] => "/regions".to_owned(),

@@ -1,19 +1,21 @@
 //! The patrol tick, operators asked for through the API, config changes and
 //! schedulers added or removed at run time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
-use mnemo_proto::types::{PeerId, RegionId};
+use mnemo_proto::types::{PeerId, RegionId, StoreId};
 use serde_json::Value;
 use tracing::{info, warn};
 
 use super::Cluster;
 use crate::config::update::parse_changes;
-use crate::config::Config;
+use crate::config::{Config, StoreLimitConfig};
 use crate::error::{Error, Result};
 use crate::meta::Command;
-use crate::schedule::{self, admin, AdminRequest, ScheduleOrder, Scheduler, Settings, SplitPolicy};
+use crate::schedule::{
+    self, admin, AdminRequest, LimitType, ScheduleOrder, Scheduler, Settings, SplitPolicy, StoreLimit,
+};
 use crate::store::StoreState;
 
 impl Cluster {
@@ -137,6 +139,60 @@ impl Cluster {
         inner.settings = Settings::from_config(&config);
         inner.config = config.clone();
         Ok(config)
+    }
+
+    /// Every store's limit (PD's `store limit`): store id → peers added
+    /// and removed per minute.
+    pub fn store_limits(&self) -> BTreeMap<u64, StoreLimit> {
+        let inner = self.inner.lock();
+        let ids: Vec<StoreId> = inner.state().stores().keys().copied().collect();
+        ids.into_iter().map(|id| (id.0, inner.settings.store_limit(id))).collect()
+    }
+
+    /// Sets the limit of `store` (`None`: every store, including stores
+    /// that register later) to `rate` peers per minute, for `ty` (`None`:
+    /// adding and removing alike); persisted as `[schedule]` config.
+    pub fn set_store_limit(&self, store: Option<u64>, rate: f64, ty: Option<LimitType>) -> Result<Config> {
+        if !(rate.is_finite() && rate >= 0.0) {
+            return Err(Error::InvalidArgument(format!("store limit rate {rate} must be a number >= 0")));
+        }
+        let (add, remove) = (ty != Some(LimitType::RemovePeer), ty != Some(LimitType::AddPeer));
+        let schedule = self.config().schedule;
+        let mut overrides = schedule.store_limit.clone();
+        let mut body = serde_json::Map::new();
+        let set = |l: &mut StoreLimitConfig| {
+            if add {
+                l.add_peer = rate;
+            }
+            if remove {
+                l.remove_peer = rate;
+            }
+        };
+        match store {
+            None => {
+                if add {
+                    body.insert("schedule.store-limit-add-peer".into(), rate.into());
+                }
+                if remove {
+                    body.insert("schedule.store-limit-remove-peer".into(), rate.into());
+                }
+                overrides.values_mut().for_each(set);
+            }
+            Some(id) => {
+                if !self.read(|v| v.state.store(StoreId(id)).is_some()) {
+                    return Err(Error::StoreNotFound(StoreId(id)));
+                }
+                let current = self.inner.lock().settings.store_limit(StoreId(id));
+                let entry = overrides.entry(id.to_string()).or_insert(StoreLimitConfig {
+                    add_peer: current.add_peer,
+                    remove_peer: current.remove_peer,
+                });
+                set(entry);
+            }
+        }
+        let overrides = serde_json::to_value(overrides).expect("limits serialize");
+        body.insert("schedule.store-limit".into(), overrides);
+        self.update_config(&Value::Object(body))
     }
 
     /// The schedulers that run on each patrol tick, in the order they run.

@@ -89,7 +89,7 @@ pub use coordinator::{Coordinator, NewPeerId, ScheduleOrder, PATROL_BATCH};
 pub use operator::{OpKind, Operator, Progress};
 pub use plan::{Plan, Proposal};
 pub use schedulers::{Scheduler, BALANCE_BATCH, SHUFFLE_BATCH};
-pub use settings::{Settings, LEADER_OPERATOR_TIMEOUT};
+pub use settings::{Settings, StoreLimit, LEADER_OPERATOR_TIMEOUT};
 pub use step::{PeerChange, SplitPolicy, Step};
 
 use std::time::SystemTime;

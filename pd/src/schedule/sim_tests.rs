@@ -7,11 +7,32 @@ use std::time::Duration;
 use mnemo_proto::types::{RegionId, StoreId};
 
 use super::sim::{Sim, Unreliable};
-use super::{drained_stores, ClusterSnapshot, Scheduler, Settings};
+use super::{drained_stores, ClusterSnapshot, Scheduler, Settings, StoreLimit};
 use crate::store::StoreState;
 
+/// Fast failure detection, and no store limit (PD's 15 peers per store and
+/// minute would stretch every scenario to many minutes; the limit has its
+/// own scenario below).
 fn settings() -> Settings {
-    Settings { max_store_down_time: Duration::from_secs(5), ..Settings::default() }
+    let unlimited = StoreLimit { add_peer: 1e9, remove_peer: 1e9 };
+    Settings { max_store_down_time: Duration::from_secs(5), store_limit: unlimited, ..Settings::default() }
+}
+
+#[test]
+fn the_store_limit_paces_how_fast_a_new_store_fills() {
+    // PD's default store limit, 15 peers per store and minute. 64 regions
+    // on stores 1-3; store 4 joins empty and its share (48 replicas) needs
+    // more than a minute's worth.
+    let mut sim = Sim::new(Settings { store_limit: Settings::default().store_limit, ..settings() });
+    plain_stores(&mut sim, 1..=4);
+    sim.regions(64, &[1, 2, 3]);
+    sim.run(60);
+    let first_minute = sim.region_count(4);
+    // A full bucket (15), then 15 more over the minute.
+    assert!((15..=31).contains(&first_minute), "{first_minute} replicas reached store 4 in the first minute");
+    // It still gets there.
+    let took = sim.run_until(300, |s| s.balanced(20.0, Sim::region_count) && s.healthy());
+    assert!(took.is_some(), "not balanced: {:?}", counts(&sim, Sim::region_count));
 }
 
 fn plain_stores(sim: &mut Sim, ids: std::ops::RangeInclusive<u64>) {

@@ -33,7 +33,7 @@ use super::json;
 use super::streams::HeartbeatStreams;
 use crate::cluster::{Cluster, ScheduleOrder};
 use crate::error::Error;
-use crate::schedule::{AdminRequest, Scheduler, SplitPolicy};
+use crate::schedule::{AdminRequest, LimitType, Scheduler, SplitPolicy};
 
 struct Api {
     cluster: Arc<Cluster>,
@@ -61,6 +61,8 @@ pub(super) fn routes(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) -> R
         .route("/pd/api/v1/operators", get(operators).post(add_operator))
         .route("/pd/api/v1/operators/:region_id", get(operator).delete(remove_operator))
         .route("/pd/api/v1/regions/split", post(split_regions))
+        .route("/pd/api/v1/stores/limit", get(store_limits).post(set_all_store_limits))
+        .route("/pd/api/v1/store/:id/limit", post(set_store_limit))
         .route("/pd/api/v1/schedulers", get(schedulers).post(add_scheduler))
         .route("/pd/api/v1/schedulers/:name", delete(remove_scheduler))
         .with_state(Arc::new(Api { cluster, streams }))
@@ -81,6 +83,65 @@ async fn replication_config(State(api): Shared) -> Json<Value> {
 async fn set_config(State(api): Shared, Json(body): Json<Value>) -> ApiResult<Value> {
     let config = api.cluster.update_config(&body)?;
     Ok(Json(serde_json::to_value(config).expect("config always serializes")))
+}
+
+/// `GET /stores/limit`: store id → `{"add-peer": N, "remove-peer": N}`
+/// (per minute).
+async fn store_limits(State(api): Shared) -> Json<Value> {
+    let limits = api.cluster.store_limits();
+    Json(Value::Object(
+        limits
+            .into_iter()
+            .map(|(id, l)| {
+                (id.to_string(), serde_json::json!({ "add-peer": l.add_peer, "remove-peer": l.remove_peer }))
+            })
+            .collect(),
+    ))
+}
+
+/// A store-limit change: `{"rate": N}`, optionally `"type": "add-peer"` or
+/// `"remove-peer"` (both when absent), as pd-ctl sends it.
+#[derive(Deserialize)]
+struct LimitBody {
+    rate: f64,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+fn limit_type(kind: Option<&str>) -> crate::error::Result<Option<LimitType>> {
+    match kind {
+        None | Some("") | Some("all") => Ok(None),
+        Some("add-peer") => Ok(Some(LimitType::AddPeer)),
+        Some("remove-peer") => Ok(Some(LimitType::RemovePeer)),
+        Some(other) => {
+            Err(Error::InvalidArgument(format!("store limit type {other:?}: use add-peer or remove-peer")))
+        }
+    }
+}
+
+async fn set_all_store_limits(State(api): Shared, Json(body): Json<LimitBody>) -> ApiResult<&'static str> {
+    let ty = limit_type(body.kind.as_deref())?;
+    let c = api.cluster.clone();
+    blocking(move || c.set_store_limit(None, body.rate, ty)).await?;
+    Ok(Json("Set store limit success."))
+}
+
+async fn set_store_limit(
+    State(api): Shared,
+    Path(id): Path<u64>,
+    Json(body): Json<LimitBody>,
+) -> ApiResult<&'static str> {
+    let ty = limit_type(body.kind.as_deref())?;
+    let c = api.cluster.clone();
+    blocking(move || c.set_store_limit(Some(id), body.rate, ty)).await?;
+    Ok(Json("Set store limit success."))
+}
+
+/// Runs a call that replicates (and so waits) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> crate::error::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::NotLeader(e.to_string()))?
 }
 
 async fn operators(State(api): Shared) -> Json<Vec<json::OperatorJson>> {
