@@ -553,6 +553,24 @@ impl Cluster {
         })
     }
 
+    /// Visits every region in key order, `page` regions per hold of the
+    /// metadata lock (which heartbeats and the raft thread's apply also
+    /// take), so a listing of a large map never holds it for long. Not one
+    /// snapshot: a region that changes between pages is seen as it is when
+    /// its page is read.
+    pub fn for_each_region_page(&self, page: usize, mut f: impl FnMut(&[&RegionInfo])) {
+        let page = page.max(1);
+        let mut start = Some(Vec::new());
+        while let Some(from) = start.take() {
+            let sm = self.sm.lock();
+            let regions = sm.state().regions().scan(&from, b"", page);
+            f(&regions);
+            if regions.len() == page {
+                start = regions.last().map(|r| r.region.end_key.clone()).filter(|end| !end.is_empty());
+            }
+        }
+    }
+
     /// True once the first store and region were recorded.
     pub fn is_bootstrapped(&self) -> bool {
         self.sm.lock().state().is_bootstrapped()

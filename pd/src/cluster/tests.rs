@@ -497,3 +497,33 @@ fn an_admin_removal_that_would_lose_the_quorum_is_refused() {
     let err = c.add_operator(region.id, &AdminRequest::RemovePeer { store: StoreId(2) }).unwrap_err();
     assert!(err.to_string().contains("no quorum"), "{err}");
 }
+
+#[test]
+fn listing_regions_page_by_page_sees_each_once_in_key_order() {
+    let c = open_mem(Config::default());
+    c.bootstrap(store(1), first_region()).unwrap();
+    // Ten regions with boundaries k1..k9 (version 2 replaces the first).
+    let bounds: Vec<Vec<u8>> = (1..10).map(|i| format!("k{i}").into_bytes()).collect();
+    for i in 0..10u64 {
+        let start = if i == 0 { Vec::new() } else { bounds[i as usize - 1].clone() };
+        let end = bounds.get(i as usize).cloned().unwrap_or_default();
+        let region = Region {
+            id: RegionId(10 + i),
+            start_key: start,
+            end_key: end,
+            epoch: RegionEpoch { conf_ver: 1, version: 2 },
+            peers: vec![voter(100 + i, 1)],
+        };
+        c.region_heartbeat(heartbeat(&region, voter(100 + i, 1))).unwrap();
+    }
+    for page in [1, 3, 10, 11, 1000] {
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        c.for_each_region_page(page, |regions| {
+            pages += 1;
+            seen.extend(regions.iter().map(|r| r.region.id.0));
+        });
+        assert_eq!(seen, (10..20).collect::<Vec<_>>(), "page size {page}");
+        assert_eq!(pages, 10usize.div_ceil(page), "page size {page}");
+    }
+}

@@ -143,11 +143,22 @@ async fn set_store_state(
     Ok(Json(format!("store {id} is now {}", state.name())))
 }
 
-async fn regions(State(c): Shared) -> Json<json::Regions> {
-    Json(c.read(|view| {
-        let regions: Vec<_> = view.state.regions().iter().map(json::region).collect();
-        json::Regions { count: regions.len(), regions }
-    }))
+/// Regions rendered per hold of the metadata lock when listing the whole
+/// map: heartbeats and the raft thread's apply take that lock too, so it is
+/// held for one page at a time, never for a whole large map.
+const REGION_PAGE: usize = 1024;
+
+/// Every region in key order, a page at a time
+/// ([`Cluster::for_each_region_page`]), built off the async workers.
+async fn regions(State(c): Shared) -> ApiResult<json::Regions> {
+    let regions = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        c.for_each_region_page(REGION_PAGE, |page| out.extend(page.iter().map(|r| json::region(r))));
+        out
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(json::Regions { count: regions.len(), regions }))
 }
 
 async fn region_by_id(State(c): Shared, Path(id): Path<u64>) -> ApiResult<json::Region> {
