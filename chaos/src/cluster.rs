@@ -144,6 +144,15 @@ impl Proc {
     }
 }
 
+/// A process left running is killed with its handle (a cluster that fails
+/// to start part-way leaves nothing behind).
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        self.kill();
+    }
+}
+
 /// A running local cluster. Dropping it kills every process.
 pub struct Cluster {
     root: PathBuf,

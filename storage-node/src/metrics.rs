@@ -81,6 +81,10 @@ pub struct Metrics {
     pub region_errors: Counter,
     /// Requests refused with `ServerIsBusy` (flow control).
     pub server_is_busy: Counter,
+    /// Of those, refused because the store loop's queue was full (the
+    /// store itself overloaded, reported to PD as `is_busy`; write flow
+    /// control is not).
+    pub store_loop_full: Counter,
     /// Raft messages received but dropped because the store loop was full.
     pub raft_messages_dropped: Counter,
     /// Snapshots applied by peers of this node.
@@ -163,6 +167,12 @@ impl Metrics {
                 c,
                 "Requests refused with ServerIsBusy.",
                 self.server_is_busy.get(),
+            ),
+            (
+                "mnemo_store_loop_full_total",
+                c,
+                "Requests refused because the store loop's queue was full.",
+                self.store_loop_full.get(),
             ),
             (
                 "mnemo_region_count",

@@ -44,7 +44,7 @@ impl PdWorker {
         let mut reconnect_tick = tokio::time::interval(RECONNECT_INTERVAL);
         reconnect_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stream: Option<HeartbeatStream> = None;
-        let mut refused = self.metrics.server_is_busy.get();
+        let mut refused = self.metrics.store_loop_full.get();
         loop {
             tokio::select! {
                 task = tasks.recv() => {
@@ -184,8 +184,9 @@ impl PdWorker {
     async fn store_heartbeat(&self, refused_before: &mut u64) {
         let (capacity, available) = disk_space(&self.data_dir);
         // Busy: requests were refused for a full store loop since the last
-        // heartbeat (PD then sends no new replicas here).
-        let refused = self.metrics.server_is_busy.get();
+        // heartbeat (PD then balances no new replicas here; repairs still
+        // come). Write flow control is not the store being overloaded.
+        let refused = self.metrics.store_loop_full.get();
         let is_busy = refused > std::mem::replace(refused_before, refused);
         let stats = pdpb::StoreStats {
             store_id: self.store_id.0,

@@ -249,6 +249,7 @@ impl KvService {
             Ok(()) => Ok(()),
             Err(SendError::Full) => {
                 self.metrics.server_is_busy.inc();
+                self.metrics.store_loop_full.inc();
                 Err(Error::ServerIsBusy("store loop is busy (raftstore.notify-capacity reached)".into()))
             }
             Err(SendError::Stopped) => Err(Error::Other("store loop stopped".into())),

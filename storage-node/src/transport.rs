@@ -336,6 +336,9 @@ async fn send_snapshot(
     let _ = shared.store_tx.send(StoreMsg::SnapshotStatus { region_id, to, ok });
 }
 
+/// Longest wait for the next chunk of a snapshot being received.
+const SNAPSHOT_CHUNK_IDLE: Duration = Duration::from_secs(30);
+
 /// The receiving side: the `RaftTransport` gRPC service.
 pub struct RaftService {
     store_tx: StoreRouter,
@@ -372,12 +375,18 @@ impl RaftTransport for RaftService {
         let _receiving = self.metrics.snapshots_receiving.track();
         let mut stream: Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>> =
             Box::pin(req.into_inner());
-        let first =
-            stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        // A sender that goes silent (partitioned mid-snapshot) must not
+        // hold this stream, and the receiving count PD sees, for ever.
+        let mut next = async || {
+            tokio::time::timeout(SNAPSHOT_CHUNK_IDLE, stream.next())
+                .await
+                .map_err(|_| Status::deadline_exceeded("snapshot sender went silent"))
+        };
+        let first = next().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let mut wire =
             first.message.ok_or_else(|| Status::invalid_argument("first chunk carries no message"))?;
         let mut data = first.data;
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = next().await? {
             data.extend_from_slice(&chunk?.data);
         }
         let mut msg =

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::Cluster;
 use crate::config::update::parse_changes;
-use crate::config::{Config, StoreLimitConfig};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::meta::Command;
 use crate::schedule::{
@@ -128,71 +128,76 @@ impl Cluster {
     /// Applies run-time config changes (see `config::update` for the body's
     /// shape), persisted like other metadata; returns the new effective config.
     pub fn update_config(&self, body: &Value) -> Result<Config> {
-        let changes = parse_changes(body)?;
-        let mut inner = self.inner.lock();
-        let (config, canonical) = inner.config.with_changes(&changes)?;
-        let persisted = canonical.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
-        inner.propose(Command::UpdateConfig { changes: persisted })?;
-        for (key, value) in &canonical {
-            warn!(%key, %value, "config changed at run time");
-        }
-        inner.settings = Settings::from_config(&config);
-        inner.config = config.clone();
-        Ok(config)
+        self.inner.lock().change_config(body)
     }
 
-    /// Every store's limit (PD's `store limit`): store id → peers added
-    /// and removed per minute.
+    /// Every store's limit (PD's `store limit`), tombstones left out:
+    /// store id → peers added and removed per minute.
     pub fn store_limits(&self) -> BTreeMap<u64, StoreLimit> {
         let inner = self.inner.lock();
-        let ids: Vec<StoreId> = inner.state().stores().keys().copied().collect();
+        let ids: Vec<StoreId> = inner
+            .state()
+            .stores()
+            .values()
+            .filter(|s| s.meta.state != StoreState::Tombstone)
+            .map(|s| s.meta.id)
+            .collect();
         ids.into_iter().map(|id| (id.0, inner.settings.store_limit(id))).collect()
     }
 
-    /// Sets the limit of `store` (`None`: every store, including stores
-    /// that register later) to `rate` peers per minute, for `ty` (`None`:
-    /// adding and removing alike); persisted as `[schedule]` config.
+    /// Sets the limit of `store` to `rate` peers per minute, for `ty`
+    /// (`None`: adding and removing alike); `store` `None` sets the default
+    /// every store without its own setting follows (those with one follow
+    /// it again for `ty`). Persisted as `[schedule]` config; the read and
+    /// the change happen under one lock, so concurrent calls do not undo
+    /// each other.
     pub fn set_store_limit(&self, store: Option<u64>, rate: f64, ty: Option<LimitType>) -> Result<Config> {
         if !(rate.is_finite() && rate >= 0.0) {
             return Err(Error::InvalidArgument(format!("store limit rate {rate} must be a number >= 0")));
         }
-        let (add, remove) = (ty != Some(LimitType::RemovePeer), ty != Some(LimitType::AddPeer));
-        let schedule = self.config().schedule;
-        let mut overrides = schedule.store_limit.clone();
-        let mut body = serde_json::Map::new();
-        let set = |l: &mut StoreLimitConfig| {
-            if add {
-                l.add_peer = rate;
-            }
-            if remove {
-                l.remove_peer = rate;
-            }
-        };
-        match store {
-            None => {
-                if add {
-                    body.insert("schedule.store-limit-add-peer".into(), rate.into());
-                }
-                if remove {
-                    body.insert("schedule.store-limit-remove-peer".into(), rate.into());
-                }
-                overrides.values_mut().for_each(set);
-            }
-            Some(id) => {
-                if !self.read(|v| v.state.store(StoreId(id)).is_some()) {
-                    return Err(Error::StoreNotFound(StoreId(id)));
-                }
-                let current = self.inner.lock().settings.store_limit(StoreId(id));
-                let entry = overrides.entry(id.to_string()).or_insert(StoreLimitConfig {
-                    add_peer: current.add_peer,
-                    remove_peer: current.remove_peer,
-                });
-                set(entry);
+        if let Some(id) = store {
+            if !self.read(|v| v.state.store(StoreId(id)).is_some()) {
+                return Err(Error::StoreNotFound(StoreId(id)));
             }
         }
-        let overrides = serde_json::to_value(overrides).expect("limits serialize");
-        body.insert("schedule.store-limit".into(), overrides);
-        self.update_config(&Value::Object(body))
+        let (add, remove) = (ty != Some(LimitType::RemovePeer), ty != Some(LimitType::AddPeer));
+        let mut inner = self.inner.lock();
+        let mut overrides = inner.config.schedule.store_limit.clone();
+        let mut body = serde_json::Map::new();
+        match store {
+            None => {
+                for (key, on) in
+                    [("schedule.store-limit-add-peer", add), ("schedule.store-limit-remove-peer", remove)]
+                {
+                    if on {
+                        body.insert(key.into(), rate.into());
+                    }
+                }
+                for l in overrides.values_mut() {
+                    if add {
+                        l.add_peer = None;
+                    }
+                    if remove {
+                        l.remove_peer = None;
+                    }
+                }
+                overrides.retain(|_, l| l.add_peer.is_some() || l.remove_peer.is_some());
+            }
+            Some(id) => {
+                let l = overrides.entry(id.to_string()).or_default();
+                if add {
+                    l.add_peer = Some(rate);
+                }
+                if remove {
+                    l.remove_peer = Some(rate);
+                }
+            }
+        }
+        body.insert(
+            "schedule.store-limit".into(),
+            serde_json::to_value(overrides).expect("limits serialize"),
+        );
+        inner.change_config(&Value::Object(body))
     }
 
     /// The schedulers that run on each patrol tick, in the order they run.
@@ -262,4 +267,20 @@ pub(super) fn parse_persisted_schedulers(names: &[String]) -> BTreeSet<Scheduler
             parsed
         })
         .collect()
+}
+
+impl super::Inner {
+    /// Applies and persists a config change (see [`Cluster::update_config`]).
+    fn change_config(&mut self, body: &Value) -> Result<Config> {
+        let changes = parse_changes(body)?;
+        let (config, canonical) = self.config.with_changes(&changes)?;
+        let persisted = canonical.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        self.propose(Command::UpdateConfig { changes: persisted })?;
+        for (key, value) in &canonical {
+            warn!(%key, %value, "config changed at run time");
+        }
+        self.settings = Settings::from_config(&config);
+        self.config = config.clone();
+        Ok(config)
+    }
 }

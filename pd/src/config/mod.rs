@@ -174,14 +174,17 @@ pub struct ScheduleConfig {
     pub patrol_region_interval: ReadableDuration,
 }
 
-/// One store's limits (see [`ScheduleConfig::store_limit`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+/// One store's limits (see [`ScheduleConfig::store_limit`]); a type left
+/// out follows the default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct StoreLimitConfig {
     /// Peers added per minute.
-    pub add_peer: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub add_peer: Option<f64>,
     /// Peers removed per minute.
-    pub remove_peer: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remove_peer: Option<f64>,
 }
 
 /// `[replication]` section.
@@ -441,7 +444,8 @@ impl Config {
             );
         }
         for (store, l) in &s.store_limit {
-            if store.parse::<u64>().is_err() || !rate_ok(l.add_peer) || !rate_ok(l.remove_peer) {
+            let ok = |r: Option<f64>| r.is_none_or(rate_ok);
+            if store.parse::<u64>().is_err() || !ok(l.add_peer) || !ok(l.remove_peer) {
                 return bad(format!(
                     "schedule.store-limit.{store}: keys are store ids, add-peer and remove-peer rates >= 0"
                 ));

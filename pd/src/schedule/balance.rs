@@ -27,6 +27,7 @@ use mnemo_proto::types::{Peer, StoreId};
 use rand::Rng;
 
 use super::context::{worth_moving, Ctx};
+use super::controller::LimitType;
 use super::operator::OpKind;
 use super::plan::{Plan, Proposal};
 use crate::region_map::RegionInfo;
@@ -47,6 +48,9 @@ pub fn balance_region(ctx: &Ctx<'_>, rng: &mut impl Rng) -> Option<Proposal> {
     for &(src, src_score) in &stores {
         if !worth_moving(src_score, lowest, 1, 2, mean) {
             break; // later sources score even lower
+        }
+        if !ctx.ops.store_limit_allows(src, LimitType::RemovePeer, ctx.settings, ctx.snap.now) {
+            continue; // its store limit has no removal left: try the next source
         }
         let mut candidates = sample(ctx, ctx.snap.regions.regions_on_store(src, rng.gen()));
         candidates.sort_by_key(|info| info.leader().is_some_and(|l| l.store_id == src));

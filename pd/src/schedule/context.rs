@@ -40,10 +40,6 @@ impl ClusterSnapshot<'_> {
     }
 }
 
-/// Added to the region score of a store low on space: more than any real
-/// store's weight (MiB), so such a store ranks after all others.
-pub const LOW_SPACE_PENALTY: i64 = 1 << 40;
-
 /// Everything a decision reads.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a> {
@@ -81,20 +77,33 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// May receive a new replica: active; receiving fewer than
-    /// `max-snapshot-count` snapshots, counted both from PD's own operators
-    /// and from what the store last reported (a store also receives
-    /// snapshots PD did not ask for: raft catching up a lagging peer); not
-    /// reporting itself busy; and its store limit has a peer to add left.
-    /// (Low space is a score, not a filter: see [`Ctx::region_score`].)
+    /// May receive a replica a *balancing* move brings (balance-region,
+    /// shuffle-region): a [repair target](Ctx::is_repair_target) that
+    /// also is not reporting itself busy, not receiving
+    /// `max-snapshot-count` snapshots by its own count (a store also
+    /// receives snapshots PD did not ask for: raft catching up a lagging
+    /// peer), and not low on space.
     pub fn is_target(&self, store: StoreId) -> bool {
         let Some(info) = self.snap.stores.get(&store) else { return false };
-        let reported =
-            info.stats.as_ref().map_or(0, |s| (s.receiving_snap_count + s.applying_snap_count) as usize);
-        let receiving = self.influence().receiving(store).max(reported);
-        self.is_active(store)
-            && receiving < self.settings.max_snapshot_count
+        let reported = info.stats.as_ref().map_or(0, |s| {
+            u64::from(s.receiving_snap_count).saturating_add(u64::from(s.applying_snap_count))
+        });
+        self.is_repair_target(store)
+            && reported < self.settings.max_snapshot_count as u64
             && !info.stats.as_ref().is_some_and(|s| s.is_busy)
+            && !self.is_low_on_space(store)
+    }
+
+    /// May receive a replica that *repairs* a region (the replica
+    /// checker): active, fewer than `max-snapshot-count` learners of PD's
+    /// own operators catching up there, and its store limit has a peer to
+    /// add left. Temporary states (busy, the store's own snapshot count,
+    /// low space) do not stop a repair, as PD's replica checker allows
+    /// them: a region short of replicas must not wait for a write flood to
+    /// end. Low space only ranks the store last ([`Ctx::repair_rank`]).
+    pub fn is_repair_target(&self, store: StoreId) -> bool {
+        self.is_active(store)
+            && self.influence().receiving(store) < self.settings.max_snapshot_count
             && self.ops.store_limit_allows(store, LimitType::AddPeer, self.settings, self.snap.now)
     }
 
@@ -155,16 +164,7 @@ impl<'a> Ctx<'a> {
     /// of its regions' weights (MiB, at least 1 each).
     pub fn region_score(&self, store: StoreId) -> i64 {
         let w = i64::try_from(self.snap.regions.store_region_weight(store)).unwrap_or(i64::MAX);
-        let score = w.saturating_add(self.influence().weight(store));
-        // A store low on space ranks after every store that is not:
-        // balancing moves regions away from it, and repairs go elsewhere
-        // while another store can take them. (A score, not a filter: stores
-        // sharing one nearly full disk must still be repaired.)
-        if self.is_low_on_space(store) {
-            score.saturating_add(LOW_SPACE_PENALTY)
-        } else {
-            score
-        }
+        w.saturating_add(self.influence().weight(store))
     }
 
     /// Leader count of `store` once the operators in flight finish.

@@ -61,18 +61,25 @@ impl StoreLimiter {
 
     fn take(&mut self, store: StoreId, ty: LimitType, n: f64, per_minute: f64, now: SystemTime) {
         let left = self.available(store, ty, per_minute, now) - n;
-        self.buckets.insert((store, ty), (left, now));
+        // A clock that stepped back does not move the count's instant back
+        // (which would refill the same span twice).
+        let at = self.buckets.get(&(store, ty)).map_or(now, |(_, at)| now.max(*at));
+        self.buckets.insert((store, ty), (left, at));
     }
 }
 
-/// What `op` takes from the store limits: (store, type) → count.
-fn limit_needs(op: &Operator) -> HashMap<(StoreId, LimitType), f64> {
+/// What `op` takes from the store limits: (store, type) → count. Removing
+/// a peer the leader reports down costs its store nothing (the store does
+/// no work, and charging it would pace the repair of a dead store's
+/// regions by that store's limit).
+fn limit_needs(op: &Operator, info: &RegionInfo) -> HashMap<(StoreId, LimitType), f64> {
     let mut needs = HashMap::new();
+    let down = |p: &mnemo_proto::types::Peer| info.runtime.down_peers.iter().any(|d| d.peer.id == p.id);
     for change in op.steps.iter().flat_map(Step::changes) {
         let key = match change {
             PeerChange::AddLearner(p) => (p.store_id, LimitType::AddPeer),
-            PeerChange::Remove(p) => (p.store_id, LimitType::RemovePeer),
-            PeerChange::Promote(_) => continue,
+            PeerChange::Remove(p) if !down(&p) => (p.store_id, LimitType::RemovePeer),
+            PeerChange::Remove(_) | PeerChange::Promote(_) => continue,
         };
         *needs.entry(key).or_insert(0.0) += 1.0;
     }
@@ -143,7 +150,7 @@ impl OperatorController {
             return Err(Refusal::Limit(op.kind));
         }
         if !op.kind.is_manual() {
-            let needs = limit_needs(&op);
+            let needs = limit_needs(&op, info);
             let now = op.created;
             for (&(store, ty), &n) in &needs {
                 if self.limiter.available(store, ty, rate(settings, store, ty), now) < n {

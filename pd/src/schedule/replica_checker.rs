@@ -121,10 +121,12 @@ pub fn best_target(info: &RegionInfo, keep: &[StoreId], ctx: &Ctx<'_>) -> Option
         .keys()
         .copied()
         .filter(|s| info.region.peer_on_store(*s).is_none())
-        .filter(|s| ctx.is_target(*s) && !ctx.shares_host(*s, keep))
+        .filter(|s| ctx.is_repair_target(*s) && !ctx.shares_host(*s, keep))
         .min_by_key(|s| {
             let with: Vec<StoreId> = keep.iter().copied().chain([*s]).collect();
-            (ctx.isolation(&with), ctx.region_score(*s), *s)
+            // A store low on space only when no other will do (stores that
+            // share one nearly full disk are still repaired).
+            (ctx.is_low_on_space(*s), ctx.isolation(&with), ctx.region_score(*s), *s)
         })
 }
 

@@ -79,6 +79,17 @@ impl World {
         self
     }
 
+    /// True if store `id` may receive a balancing move.
+    fn is_target(&self, id: u64) -> bool {
+        let snap = ClusterSnapshot {
+            stores: &self.stores,
+            regions: &self.regions,
+            now: self.now,
+            alive_since: self.now - Duration::from_secs(3600),
+        };
+        Ctx { snap: &snap, settings: &self.settings, ops: &self.ops }.is_target(StoreId(id))
+    }
+
     fn check(&self, region: &RegionInfo) -> Option<Plan> {
         let snap = ClusterSnapshot {
             stores: &self.stores,
@@ -135,24 +146,55 @@ fn a_fresh_region_grows_on_the_emptiest_store() {
 }
 
 #[test]
-fn new_replicas_avoid_stores_that_report_snapshots_busy_or_low_space() {
-    // Store 3 is the emptiest, so it would get the replica; each of its own
-    // reports sends the replica to store 2 instead.
+fn balancing_avoids_busy_full_or_flooded_stores_and_repairs_do_not_wait_for_them() {
+    // Store 3 is the emptiest, so a repair puts the replica there.
     let w = || World::new().store(1, &[]).store(2, &[]).store(3, &[]).regions_on(2, 5).regions_on(3, 1);
     let r = region(vec![voter(10, 1)]);
     let to = |store_id| Some(Plan::AddReplica { store: store(store_id) });
     assert_eq!(w().check(&r), to(3));
+    assert!(w().is_target(3));
     let max = w().settings.max_snapshot_count as u32;
     let receiving =
         StoreStats { receiving_snap_count: max - 1, applying_snap_count: 1, ..Default::default() };
-    assert_eq!(w().stats(3, receiving).check(&r), to(2), "receiving as many snapshots as allowed");
     let busy = StoreStats { is_busy: true, ..Default::default() };
-    assert_eq!(w().stats(3, busy).check(&r), to(2), "busy");
     let full = StoreStats { capacity: 100 << 30, available: 10 << 30, ..Default::default() };
     let roomy = StoreStats { capacity: 100 << 30, available: 50 << 30, ..Default::default() };
+    for (why, stats) in [("receiving", receiving), ("busy", busy), ("low on space", full.clone())] {
+        // No balancing move goes there...
+        assert!(!w().stats(3, stats.clone()).is_target(3), "{why}: still a balancing target");
+        // ...but a repair is not held back by a temporary state.
+        if why != "low on space" {
+            assert_eq!(w().stats(3, stats).check(&r), to(3), "{why}: the repair waited");
+        }
+    }
+    // Low space: a repair goes elsewhere when another store will do...
     assert_eq!(w().stats(3, full.clone()).stats(2, roomy).check(&r), to(2), "low on space");
-    // Every store low on space (one shared disk): still repaired, by count.
+    // ...and still happens when every store is low (one shared disk).
     assert_eq!(w().stats(3, full.clone()).stats(2, full).check(&r), to(3));
+}
+
+#[test]
+fn removing_a_peer_reported_down_costs_its_store_no_limit() {
+    let mut w = World::new().store(1, &[]).store(2, &[]).store(3, &[]).store(4, &[]);
+    w.settings.store_limit.remove_peer = 0.0;
+    let mut info = region(vec![voter(10, 1), voter(11, 2), voter(12, 3)]);
+    info.runtime.down_peers = vec![DownPeer { peer: voter(12, 3), down_seconds: 600 }];
+    let remove = |peer: Peer| {
+        crate::schedule::Operator::new(
+            &info.region,
+            crate::schedule::OpKind::Replica,
+            "remove",
+            vec![crate::schedule::Step::RemovePeer(peer)],
+            w.now,
+            Duration::from_secs(60),
+        )
+    };
+    let (down, up) = (remove(voter(12, 3)), remove(voter(11, 2)));
+    assert_eq!(
+        w.ops.clone().add(up, &info, &w.settings),
+        Err(crate::schedule::Refusal::StoreLimit(store(2), crate::schedule::LimitType::RemovePeer))
+    );
+    assert!(w.ops.add(down, &info, &w.settings).is_ok(), "the down peer's removal was limited");
 }
 
 #[test]

@@ -87,7 +87,10 @@ impl Settings {
                 .store_limit
                 .iter()
                 .filter_map(|(id, l)| {
-                    let limit = StoreLimit { add_peer: l.add_peer, remove_peer: l.remove_peer };
+                    let limit = StoreLimit {
+                        add_peer: l.add_peer.unwrap_or(s.store_limit_add_peer),
+                        remove_peer: l.remove_peer.unwrap_or(s.store_limit_remove_peer),
+                    };
                     Some((StoreId(id.parse().ok()?), limit))
                 })
                 .collect(),

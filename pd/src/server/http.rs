@@ -152,8 +152,21 @@ const REGION_PAGE: usize = 1024;
 /// ([`Cluster::for_each_region_page`]), built off the async workers.
 async fn regions(State(c): Shared) -> ApiResult<json::Regions> {
     let regions = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        c.for_each_region_page(REGION_PAGE, |page| out.extend(page.iter().map(|r| json::region(r))));
+        let mut out: Vec<json::Region> = Vec::new();
+        // A page's last region can come again at the head of the next
+        // (it grew meanwhile): the later sight wins.
+        let mut at = std::collections::HashMap::new();
+        c.for_each_region_page(REGION_PAGE, |page| {
+            for r in page {
+                match at.get(&r.region.id) {
+                    Some(&i) => out[i] = json::region(r),
+                    None => {
+                        at.insert(r.region.id, out.len());
+                        out.push(json::region(r));
+                    }
+                }
+            }
+        });
         out
     })
     .await
