@@ -108,6 +108,9 @@ pub struct RunOptions {
     pub nodes: usize,
     /// PD members (a raft group; the PD faults need three).
     pub pd_members: usize,
+    /// PD's metadata in a three-member etcd started with the cluster
+    /// (`--backend etcd`) instead of the PD members' raft group.
+    pub pd_etcd: bool,
     /// Concurrent register clients (set and counter get a third each, ≥ 1).
     pub clients: usize,
     /// A bug planted on purpose (the run must come out invalid).
@@ -170,6 +173,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
         nodes: opts.nodes,
         node_toml: CHAOS_NODE_TOML.into(),
         pd_members: opts.pd_members,
+        pd_etcd: opts.pd_etcd,
         pd_toml: CHAOS_PD_TOML.into(),
         node_args,
         netns: opts.netns,

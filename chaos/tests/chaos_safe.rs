@@ -32,6 +32,7 @@ async fn short_run_under_every_nemesis_is_valid() {
         workloads: Workloads::parse("all").unwrap(),
         nodes: 5,
         pd_members: 3,
+        pd_etcd: false,
         clients: 6,
         plant: None,
         out_dir: dir.join("run"),

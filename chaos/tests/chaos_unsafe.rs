@@ -25,6 +25,7 @@ async fn unsafe_stale_reads_are_caught() {
         workloads: Workloads::parse("register").unwrap(),
         nodes: 5,
         pd_members: 1,
+        pd_etcd: false,
         clients: 6,
         plant: Some(Plant::StaleFollowerReads),
         out_dir: dir.join("run"),

@@ -47,6 +47,10 @@ struct Args {
     /// PD members (one raft group; the `pd` faults need 3).
     #[arg(long, default_value_t = 3)]
     pd_members: usize,
+    /// Where PD keeps its metadata: `raft` (its members' group) or `etcd`
+    /// (a three-member etcd started with the cluster, Debian's etcd-server).
+    #[arg(long, default_value = "raft", value_parser = ["raft", "etcd"])]
+    pd_backend: String,
     /// Concurrent register clients (set and counter get a third as many).
     #[arg(long, default_value_t = 6)]
     clients: usize,
@@ -135,6 +139,7 @@ async fn main() -> ExitCode {
         workloads,
         nodes: args.nodes,
         pd_members: args.pd_members,
+        pd_etcd: args.pd_backend == "etcd",
         clients: args.clients,
         plant,
         out_dir: out.clone(),
