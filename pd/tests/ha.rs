@@ -232,6 +232,16 @@ async fn bootstrap(pd: &mut PdClient<Channel>, cluster_id: u64) {
     assert_eq!(pd.bootstrap(req).await.unwrap().into_inner().header.unwrap().error, None);
 }
 
+/// The serving leader once there is one, the cluster id, and a client of
+/// the leader after it bootstrapped the cluster.
+async fn bootstrapped(members: &[Option<PdHandle>]) -> (usize, u64, PdClient<Channel>) {
+    let leader = wait_leader(members).await;
+    let cluster_id = members[leader].as_ref().unwrap().cluster_id();
+    let mut pd = client(members[leader].as_ref().unwrap()).await;
+    bootstrap(&mut pd, cluster_id).await;
+    (leader, cluster_id, pd)
+}
+
 /// Polls `f` on a member until it holds.
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
@@ -379,10 +389,7 @@ async fn failover_and_restart(kind: Kind) {
 async fn on_etcd_a_leader_cut_off_from_etcd_stops_serving_and_a_leader_serves_again_above_everything() {
     let fixture = Fixture::new(Kind::Etcd);
     let members = start_all(&fixture.configs).await;
-    let leader = wait_leader(&members).await;
-    let cluster_id = members[leader].as_ref().unwrap().cluster_id();
-    let mut pd = client(members[leader].as_ref().unwrap()).await;
-    bootstrap(&mut pd, cluster_id).await;
+    let (_, cluster_id, mut pd) = bootstrapped(&members).await;
     let last_id = alloc_id(&mut pd, cluster_id).await;
     let last_ts = tso(&mut pd, cluster_id).await;
 
@@ -420,10 +427,7 @@ async fn on_etcd_a_leader_cut_off_stops_serving_before_another_serves() {
         c.etcd_endpoints = e.clone();
     }
     let members = start_all(&fixture.configs).await;
-    let leader = wait_leader(&members).await;
-    let cluster_id = members[leader].as_ref().unwrap().cluster_id();
-    let mut pd = client(members[leader].as_ref().unwrap()).await;
-    bootstrap(&mut pd, cluster_id).await;
+    let (leader, cluster_id, mut pd) = bootstrapped(&members).await;
     let last_ts = tso(&mut pd, cluster_id).await;
 
     fixture.etcd.as_ref().unwrap().signal(leader, "-STOP");
@@ -492,13 +496,12 @@ async fn on_etcd_leadership_moves_on_request_and_a_stopped_member_is_deleted() {
     assert_eq!(wait_leader(&members).await, target);
     let url = members[target].as_ref().unwrap().client_url().to_owned();
     post(url, "/pd/api/v1/leader/resign").await.unwrap().unwrap();
-    let next = loop {
-        let l = wait_leader(&members).await;
-        if l != target {
-            break l;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    wait_for("another member to lead after the resign", || {
+        (0..3).any(|i| i != target && members[i].as_ref().unwrap().cluster().check_serving().is_ok())
+    })
+    .await;
+    let next = wait_leader(&members).await;
+    assert_ne!(next, target);
 
     // A running member cannot be deleted; once stopped, it can.
     let gone = (0..3).find(|i| *i != next).unwrap();

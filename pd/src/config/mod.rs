@@ -145,9 +145,10 @@ pub struct ScheduleConfig {
     /// down or offline replicas, fix placement) in flight at once. 0
     /// disables the replica checker: nothing is repaired. Default 64.
     pub replica_schedule_limit: u64,
-    /// Most new replicas being sent to one store at once (learners not yet
-    /// caught up, counted from PD's own operators). A store at the limit is
-    /// no target for the replica checker or balance-region. Default 64.
+    /// Most new replicas being sent to one store at once: learners of PD's
+    /// own operators not yet caught up (no new replica at all beyond), or
+    /// snapshots the store reports receiving (no balancing move beyond).
+    /// Default 64.
     pub max_snapshot_count: u64,
     /// Operators adding a peer to one store, per minute (PD's `store
     /// limit`, type `add-peer`): a token bucket per store holding up to a
@@ -163,8 +164,9 @@ pub struct ScheduleConfig {
     /// 30.0` (`pd-ctl store limit 4 30`). Default empty.
     pub store_limit: BTreeMap<String, StoreLimitConfig>,
     /// A store whose disk is fuller than this (1 - available / capacity)
-    /// receives no new replicas, and its region score doubles so balancing
-    /// moves regions away (PD's `low-space-ratio`). In (0, 1]. Default 0.8.
+    /// receives no replica from balancing, and one from a repair only when
+    /// no other store will do (PD's `low-space-ratio`). In (0, 1]. Default
+    /// 0.8.
     pub low_space_ratio: f64,
     /// How often the patrol runs: it drops expired operators, runs the
     /// replica checker over the next 128 regions and lets the active
