@@ -1,6 +1,6 @@
 //! A local cluster of real processes: one or more `mnemo-pd` members (a PD
-//! raft group) and N `mnemo-node`s on loopback, each with its own data
-//! directory under one temporary root.
+//! raft group) and N `mnemo-node`s, each with its own data directory under
+//! one temporary root, on loopback or each in its own network namespace.
 //!
 //! Used by the process tests, `mnemo-bench --spawn`, and (later) the chaos
 //! harness, so there is one launcher. Nodes can be killed with SIGKILL and
@@ -39,9 +39,9 @@ pub struct ClusterConfig {
     pub node_labels: Vec<String>,
     /// Extra command-line arguments of every node (e.g. test-only flags).
     pub node_args: Vec<String>,
-    /// Run each node in its own network namespace with its own IP address
-    /// (see [`crate::net`]; needs root), so links can be cut. Otherwise
-    /// everything listens on loopback.
+    /// Run each node and each PD member in its own network namespace with
+    /// its own IP address (see [`crate::net`]; needs root), so links can be
+    /// cut. Otherwise everything listens on loopback.
     pub netns: bool,
     /// Data directory of the run, kept afterwards. Default: a temporary
     /// directory removed on drop (unless a test panics or
@@ -157,14 +157,14 @@ impl Drop for Proc {
 pub struct Cluster {
     root: PathBuf,
     keep: bool,
-    /// PD members, their client addresses (`host:port`) and peer ports.
+    /// PD members and their client addresses (`host:port`).
     pds: Vec<Proc>,
     pd_addrs: Vec<String>,
-    pd_peer_ports: Vec<u16>,
-    /// Peer ports cut by [`Cluster::cut_pd_member`] (healed with the rest).
-    pd_cuts: std::sync::Mutex<Vec<u16>>,
-    /// etcd members holding PD's metadata (`pd_etcd`).
+    /// Network host of the first PD member (the nodes come first).
+    first_pd_host: usize,
+    /// etcd members holding PD's metadata (`pd_etcd`) and their client ports.
     etcds: Vec<Proc>,
+    etcd_ports: Vec<u16>,
     nodes: Vec<Proc>,
     node_addrs: Vec<String>,
     status_addrs: Vec<String>,
@@ -188,6 +188,10 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
+/// PD's client and peer ports inside a member's own namespace.
+const PD_CLIENT_PORT: u16 = 2379;
+const PD_PEER_PORT: u16 = 2380;
+
 /// A loopback port nobody listens on right now, never handed out twice by
 /// this process. Ports come from 10000–31999, below the kernel's ephemeral
 /// range, so an outgoing connection cannot grab one between our check and
@@ -201,29 +205,30 @@ pub fn free_port() -> u16 {
         NEXT.compare_exchange(u32::MAX, (std::process::id() * 97) % SPAN, Ordering::SeqCst, Ordering::SeqCst);
     loop {
         let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // Any address: etcd binds the bridge's, PD members their own.
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
             return port;
         }
     }
 }
 
-/// Starts a three-member etcd on loopback under `root/etcd*` (Debian's
-/// `etcd-server`) and waits until every member is healthy; returns the
-/// processes and their client URLs.
-fn start_etcd(root: &Path) -> (Vec<Proc>, Vec<String>) {
+/// Starts a three-member etcd on `host` (loopback, or the bridge's address
+/// in the root namespace) under `root/etcd*` (Debian's `etcd-server`) and
+/// waits until every member is healthy; returns the processes and their
+/// client ports.
+fn start_etcd(root: &Path, host: &str) -> (Vec<Proc>, Vec<u16>) {
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let initial = ports
         .iter()
         .enumerate()
-        .map(|(i, (_, peer))| format!("etcd{i}=http://127.0.0.1:{peer}"))
+        .map(|(i, (_, peer))| format!("etcd{i}=http://{host}:{peer}"))
         .collect::<Vec<_>>()
         .join(",");
     let token = format!("mnemo-{}-{}", std::process::id(), ports[0].0);
     let mut procs = Vec::new();
     let mut endpoints = Vec::new();
     for (i, (client, peer)) in ports.iter().enumerate() {
-        let (client_url, peer_url) =
-            (format!("http://127.0.0.1:{client}"), format!("http://127.0.0.1:{peer}"));
+        let (client_url, peer_url) = (format!("http://{host}:{client}"), format!("http://{host}:{peer}"));
         let args: Vec<String> = [
             "--name",
             &format!("etcd{i}"),
@@ -256,7 +261,7 @@ fn start_etcd(root: &Path) -> (Vec<Proc>, Vec<String>) {
             answer.into_string().ok()?.contains("\"true\"").then_some(())
         });
     }
-    (procs, endpoints)
+    (procs, ports.iter().map(|(client, _)| *client).collect())
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout`.
@@ -284,56 +289,84 @@ impl Cluster {
                 std::env::var("MNEMO_KEEP_TEST_DATA").is_ok(),
             ),
         };
-        let net = cfg.netns.then(|| Network::create(cfg.nodes).unwrap_or_else(|e| panic!("network: {e}")));
-        let host = net.as_ref().map_or("127.0.0.1".to_string(), |n| n.gateway_ip().to_string());
+        // Hosts n1…, then pd1…: node i (0-based) is host i, PD member j host nodes + j.
+        let members = cfg.pd_members.max(1);
+        let net = cfg.netns.then(|| {
+            let names: Vec<String> = (1..=cfg.nodes)
+                .map(|i| format!("n{i}"))
+                .chain((1..=members).map(|j| format!("pd{j}")))
+                .collect();
+            Network::create(&names).unwrap_or_else(|e| panic!("network: {e}"))
+        });
         let bins = bin_dir();
         std::fs::write(root.join("pd.toml"), &cfg.pd_toml).expect("write pd.toml");
-        let members = cfg.pd_members.max(1);
-        let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
-        let initial = ports
+        // In its own namespace a member has its own address, so fixed ports do.
+        let pd_urls: Vec<(String, String)> = (0..members)
+            .map(|j| match &net {
+                Some(net) => {
+                    let ip = net.host_ip(cfg.nodes + j);
+                    (format!("{ip}:{PD_CLIENT_PORT}"), format!("{ip}:{PD_PEER_PORT}"))
+                }
+                None => (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())),
+            })
+            .collect();
+        let initial = pd_urls
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("pd{}=http://{host}:{peer}", i + 1))
+            .map(|(j, (_, peer))| format!("pd{}=http://{peer}", j + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let (etcds, etcd_endpoints) = if cfg.pd_etcd { start_etcd(&root) } else { (Vec::new(), Vec::new()) };
+        let etcd_host = net.as_ref().map_or("127.0.0.1".to_string(), |n| n.gateway_ip().to_string());
+        let (etcds, etcd_ports) =
+            if cfg.pd_etcd { start_etcd(&root, &etcd_host) } else { (Vec::new(), Vec::new()) };
         let mut pds = Vec::new();
         let mut pd_addrs = Vec::new();
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let name = format!("pd{}", i + 1);
-            let mut pd_args = vec![
+        for (j, (client, peer)) in pd_urls.iter().enumerate() {
+            let name = format!("pd{}", j + 1);
+            let pd_bin = bins.join("mnemo-pd").display().to_string();
+            let mut pd_args: Vec<String> = match &net {
+                Some(net) => net.exec_prefix(cfg.nodes + j).into_iter().skip(1).chain([pd_bin]).collect(),
+                None => Vec::new(),
+            };
+            pd_args.extend([
                 "--name".into(),
                 name.clone(),
                 "--data-dir".into(),
                 root.join(&name).display().to_string(),
                 "--client-urls".into(),
-                format!("http://{host}:{client}"),
+                format!("http://{client}"),
                 "--peer-urls".into(),
-                format!("http://{host}:{peer}"),
+                format!("http://{peer}"),
                 "--config".into(),
                 root.join("pd.toml").display().to_string(),
-            ];
+            ]);
             if cfg.pd_etcd {
+                let endpoints: Vec<String> =
+                    etcd_ports.iter().map(|p| format!("http://{etcd_host}:{p}")).collect();
                 pd_args.extend([
                     "--backend".into(),
                     "etcd".into(),
                     "--etcd-endpoints".into(),
-                    etcd_endpoints.join(","),
+                    endpoints.join(","),
                 ]);
             } else {
                 pd_args.extend(["--initial-cluster".into(), initial.clone()]);
             }
-            pds.push(Proc::spawn(&bins.join("mnemo-pd"), &pd_args, &root.join(format!("{name}.log"))));
-            pd_addrs.push(format!("{host}:{client}"));
+            let program = match &net {
+                Some(_) => PathBuf::from("ip"),
+                None => bins.join("mnemo-pd"),
+            };
+            pds.push(Proc::spawn(&program, &pd_args, &root.join(format!("{name}.log"))));
+            pd_addrs.push(client.clone());
         }
         let mut cluster = Cluster {
             root,
             keep,
             pds,
             pd_addrs,
-            pd_peer_ports: ports.iter().map(|(_, peer)| *peer).collect(),
-            pd_cuts: Default::default(),
+            first_pd_host: cfg.nodes,
             etcds,
+            etcd_ports,
             nodes: Vec::new(),
             node_addrs: Vec::new(),
             status_addrs: Vec::new(),
@@ -407,13 +440,12 @@ impl Cluster {
         self.net.as_ref().expect("partitions need ClusterConfig::netns").partition(grudge)
     }
 
-    /// Cuts node `i` off from PD (adds to other cuts; needs namespaces).
+    /// Cuts node `i` off from every PD member's client port (adds to other
+    /// cuts; needs namespaces).
     pub fn cut_from_pd(&self, i: usize) -> Result<(), String> {
         let net = self.net.as_ref().ok_or("cuts need ClusterConfig::netns")?;
-        for addr in &self.pd_addrs {
-            let port =
-                addr.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or("PD address has no port")?;
-            net.cut_port_out(i, port)?;
+        for j in 0..self.pds.len() {
+            net.cut_port_out(i, net.host_ip(self.pd_host(j)), PD_CLIENT_PORT)?;
         }
         Ok(())
     }
@@ -429,29 +461,33 @@ impl Cluster {
         self.net.as_ref().ok_or("cuts need ClusterConfig::netns")?.cut_port_in(i, port)
     }
 
-    /// Cuts PD member `i` off from the other members' raft messages (its
-    /// own still go out; it can no longer hear a quorum). Needs namespaces.
+    /// Partitions PD member `i` from the other members, both ways, and from
+    /// etcd when PD's metadata lives there; nodes and clients still reach
+    /// it (adds to other cuts; needs namespaces).
     pub fn cut_pd_member(&self, i: usize) -> Result<(), String> {
         let net = self.net.as_ref().ok_or("cuts need ClusterConfig::netns")?;
-        net.cut_root_port(self.pd_peer_ports[i])?;
-        self.pd_cuts.lock().expect("pd cuts").push(self.pd_peer_ports[i]);
+        let me = self.pd_host(i);
+        for other in (0..self.pds.len()).filter(|&j| j != i).map(|j| self.pd_host(j)) {
+            net.drop_from(me, other)?;
+            net.drop_from(other, me)?;
+        }
+        for &port in &self.etcd_ports {
+            net.cut_port_out(me, net.gateway_ip(), port)?;
+        }
         Ok(())
+    }
+
+    /// The network host of PD member `j` (after the nodes).
+    fn pd_host(&self, j: usize) -> usize {
+        self.first_pd_host + j
     }
 
     /// Removes every cut (no-op without namespaces).
     pub fn heal_network(&self) -> Result<(), String> {
-        let Some(net) = self.net.as_ref() else { return Ok(()) };
-        // Every cut is tried, whatever fails before it.
-        let mut failed = Ok(());
-        for port in std::mem::take(&mut *self.pd_cuts.lock().expect("pd cuts")) {
-            if let Err(e) = net.heal_root_port(port) {
-                failed = Err(e);
-            }
-        }
-        net.heal().and(failed)
+        self.net.as_ref().map_or(Ok(()), Network::heal)
     }
 
-    /// The first PD member's client endpoint (`127.0.0.1:port`); with one
+    /// The first PD member's client endpoint (`host:port`); with one
     /// member, PD's.
     pub fn pd_endpoint(&self) -> String {
         self.pd_addrs[0].clone()
@@ -793,8 +829,6 @@ impl Drop for Cluster {
         }
         self.pds.iter_mut().for_each(Proc::kill);
         self.etcds.iter_mut().for_each(Proc::kill);
-        // Cuts in the root namespace outlive the cluster unless removed.
-        let _ = self.heal_network();
         if self.keep || std::thread::panicking() {
             eprintln!("cluster data and logs kept in {}", self.root.display());
         } else {

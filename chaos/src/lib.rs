@@ -1,7 +1,8 @@
 //! Mnemosyne's test harness.
 //!
 //! - [`cluster`]: starts PD and storage nodes as real processes (on
-//!   loopback, or each node in its own network namespace via [`net`]),
+//!   loopback, or each node and PD member in its own network namespace via
+//!   [`net`]),
 //!   kills (SIGKILL), restarts, pauses them and cuts their links; used by
 //!   the process tests in `chaos/tests/` and by the chaos harness.
 //! - `mnemo-bench` (`src/bin/mnemo-bench.rs`): N concurrent clients doing

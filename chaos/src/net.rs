@@ -1,24 +1,25 @@
 //! Hosts with their own IP addresses on one machine: one network namespace
-//! per storage node, joined to a bridge in the root namespace, and iptables
-//! rules inside each namespace to cut links (network partitions).
+//! per host (each storage node and each PD member), joined to a bridge in
+//! the root namespace, and iptables rules inside each namespace to cut
+//! links (network partitions).
 //!
-//! Layout of network number `k` (0..64, one per concurrent run):
+//! Layout of network number `k` (0..64, one per concurrent run), hosts
+//! named by the caller (the cluster launcher: `n1`…, then `pd1`…):
 //!
 //! ```text
-//!   root namespace: bridge mnbr{k} 10.200.{k}.1/24  ← PD, clients, the harness
-//!     ├─ veth mnv{k}-{i} ⇄ eth0 in namespace mnemo{k}-n{i}: 10.200.{k}.{10+i}
+//!   root namespace: bridge mnbr{k} 10.200.{k}.1/24  ← clients, the harness (and etcd)
+//!     ├─ veth mnv{k}-1 ⇄ eth0 in namespace mnemo{k}-{name of host 1}: 10.200.{k}.11
+//!     ├─ veth mnv{k}-2 ⇄ eth0 in namespace mnemo{k}-{name of host 2}: 10.200.{k}.12
 //!     └─ ...
 //! ```
 //!
 //! A partition is a *grudge*: for each host, the hosts whose packets it
 //! drops (`iptables -A INPUT -s <ip> -j DROP` in its namespace); a grudge
-//! held by one side only is a one-way partition. Partitions are between
-//! storage nodes only; PD and the clients stay reachable from every node, as
-//! in Jepsen's tests of TiDB where clients reach every node. Two more cuts
-//! exist on their own: a node cut off from PD (its namespace drops packets
-//! to PD's port, [`Network::cut_port_out`]) and a node the clients cannot
-//! reach (it drops packets from the root namespace to its gRPC port,
-//! [`Network::cut_port_in`]; the status port stays open).
+//! held by one side only is a one-way partition. Cuts of one service exist
+//! too: a host that cannot reach another host's port
+//! ([`Network::cut_port_out`], e.g. a node cut off from PD) and a host the
+//! root namespace (the clients) cannot reach on one port
+//! ([`Network::cut_port_in`]; its other ports stay open).
 //!
 //! The network number is claimed with an exclusive lock on
 //! `/tmp/mnemo-netns-{k}.lock`, held while the [`Network`] lives; the kernel
@@ -39,7 +40,8 @@ const NETWORKS: u32 = 64;
 /// A bridge and one namespace per host. Dropping it removes everything.
 pub struct Network {
     k: u32,
-    hosts: usize,
+    /// Host names (namespace `mnemo{k}-{name}`), in address order.
+    names: Vec<String>,
     _lock: File,
 }
 
@@ -66,15 +68,16 @@ pub fn available() -> bool {
 }
 
 impl Network {
-    /// Claims a free network number and creates `hosts` namespaces.
-    pub fn create(hosts: usize) -> Result<Network, String> {
-        assert!(hosts < 200, "at most 199 hosts");
+    /// Claims a free network number and creates one namespace per host
+    /// name (host `i` is `names[i]`).
+    pub fn create(names: &[String]) -> Result<Network, String> {
+        assert!(names.len() < 200, "at most 199 hosts");
         for k in 0..NETWORKS {
             let lock = File::create(format!("/tmp/mnemo-netns-{k}.lock")).map_err(|e| e.to_string())?;
             if lock.try_lock().is_err() {
                 continue;
             }
-            let net = Network { k, hosts, _lock: lock };
+            let net = Network { k, names: names.to_vec(), _lock: lock };
             net.remove_leftovers();
             net.build()?;
             return Ok(net);
@@ -88,14 +91,14 @@ impl Network {
 
     /// The namespace of host `i` (0-based).
     pub fn namespace(&self, i: usize) -> String {
-        format!("mnemo{}-n{}", self.k, i + 1)
+        format!("mnemo{}-{}", self.k, self.names[i])
     }
 
     fn veth(&self, i: usize) -> String {
         format!("mnv{}-{}", self.k, i + 1)
     }
 
-    /// The bridge's address in the root namespace (PD and clients bind here).
+    /// The bridge's address in the root namespace (clients and etcd bind here).
     pub fn gateway_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 200, self.k as u8, 1)
     }
@@ -125,7 +128,7 @@ impl Network {
         let mut insert = vec!["iptables", "-w", "-I"];
         insert.extend(rule.iter().map(String::as_str));
         run(&insert)?;
-        for i in 0..self.hosts {
+        for i in 0..self.names.len() {
             let (ns, veth) = (self.namespace(i), self.veth(i));
             let ip = format!("{}/24", self.host_ip(i));
             run(&["ip", "netns", "add", &ns])?;
@@ -140,8 +143,7 @@ impl Network {
 
     /// Removes whatever an earlier holder of this network number left.
     fn remove_leftovers(&self) {
-        self.remove_root_cuts();
-        let prefix = format!("mnemo{}-n", self.k);
+        let prefix = format!("mnemo{}-", self.k);
         if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 let name = line.split_whitespace().next().unwrap_or("");
@@ -178,28 +180,44 @@ impl Network {
     }
 
     /// Applies a grudge: host `i` drops every packet from the hosts in
-    /// `grudge[i]`. Replaces any earlier partition.
+    /// `grudge[i]`. Replaces any earlier cut, on every host.
     pub fn partition(&self, grudge: &[Vec<usize>]) -> Result<(), String> {
         self.heal()?;
         for (i, enemies) in grudge.iter().enumerate() {
-            let ns = self.namespace(i);
             for &j in enemies {
-                let src = self.host_ip(j).to_string();
-                run(&[
-                    "ip", "netns", "exec", &ns, "iptables", "-w", "-A", "INPUT", "-s", &src, "-j", "DROP",
-                ])?;
+                self.drop_from(i, j)?;
             }
         }
         Ok(())
     }
 
-    /// Host `i` drops what it sends to the root namespace's `port` (e.g.
-    /// PD's): it can no longer reach that service. Adds to other cuts.
-    pub fn cut_port_out(&self, i: usize, port: u16) -> Result<(), String> {
-        let (gw, port) = (self.gateway_ip().to_string(), port.to_string());
+    /// Host `i` drops every packet from host `j`. Adds to other cuts.
+    pub fn drop_from(&self, i: usize, j: usize) -> Result<(), String> {
+        let src = self.host_ip(j).to_string();
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.namespace(i),
+            "iptables",
+            "-w",
+            "-A",
+            "INPUT",
+            "-s",
+            &src,
+            "-j",
+            "DROP",
+        ])
+    }
+
+    /// Host `i` drops what it sends to `dst:port` (another host's, or the
+    /// root namespace's `gateway_ip`): it can no longer reach that service.
+    /// Adds to other cuts.
+    pub fn cut_port_out(&self, i: usize, dst: Ipv4Addr, port: u16) -> Result<(), String> {
+        let (dst, port) = (dst.to_string(), port.to_string());
         let ns = self.namespace(i);
         run(&[
-            "ip", "netns", "exec", &ns, "iptables", "-w", "-A", "OUTPUT", "-d", &gw, "-p", "tcp", "--dport",
+            "ip", "netns", "exec", &ns, "iptables", "-w", "-A", "OUTPUT", "-d", &dst, "-p", "tcp", "--dport",
             &port, "-j", "DROP",
         ])
     }
@@ -215,53 +233,9 @@ impl Network {
         ])
     }
 
-    /// Removes every cut.
-    /// The root namespace's rule refusing TCP to `port` (first in INPUT,
-    /// so no earlier ACCEPT lets it through; a reset, so open streams break
-    /// at once), tagged with this network's comment.
-    fn root_cut_rule(&self, op: &str, port: u16) -> Vec<String> {
-        let tag = format!("mnemo{}-pd-cut", self.k);
-        let mut rule: Vec<String> = vec!["iptables".into(), "-w".into(), op.into(), "INPUT".into()];
-        if op == "-I" {
-            rule.push("1".into());
-        }
-        for a in
-            ["-p", "tcp", "--dport", &port.to_string(), "-m", "comment", "--comment", &tag, "-j", "REJECT"]
-        {
-            rule.push(a.to_string());
-        }
-        rule.extend(["--reject-with".to_string(), "tcp-reset".to_string()]);
-        rule
-    }
-
-    /// Refuses every TCP connection and packet to `port` in the root
-    /// namespace, where the PD members run (one member cut from the others'
-    /// raft messages).
-    pub fn cut_root_port(&self, port: u16) -> Result<(), String> {
-        let rule = self.root_cut_rule("-I", port);
-        run(&rule.iter().map(String::as_str).collect::<Vec<_>>())
-    }
-
-    /// Removes a [`Network::cut_root_port`] rule.
-    pub fn heal_root_port(&self, port: u16) -> Result<(), String> {
-        let rule = self.root_cut_rule("-D", port);
-        run(&rule.iter().map(String::as_str).collect::<Vec<_>>())
-    }
-
-    /// Removes every root-namespace rule this network's tag marks (those a
-    /// killed run left behind included).
-    fn remove_root_cuts(&self) {
-        let tag = format!("mnemo{}-pd-cut", self.k);
-        let Ok(out) = Command::new("iptables").args(["-w", "-S", "INPUT"]).output() else { return };
-        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&tag)) {
-            let mut args: Vec<&str> = vec!["iptables", "-w"];
-            args.extend(line.split_whitespace().map(|w| if w == "-A" { "-D" } else { w.trim_matches('"') }));
-            let _ = run(&args);
-        }
-    }
-
+    /// Removes every cut, on every host.
     pub fn heal(&self) -> Result<(), String> {
-        for i in 0..self.hosts {
+        for i in 0..self.names.len() {
             for chain in ["INPUT", "OUTPUT"] {
                 run(&["ip", "netns", "exec", &self.namespace(i), "iptables", "-w", "-F", chain])?;
             }

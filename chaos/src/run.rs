@@ -1,6 +1,7 @@
 //! One chaos run, start to verdict:
 //!
-//! 1. start PD + N nodes (each in its own network namespace when possible)
+//! 1. start PD + N nodes (each node and PD member in its own network
+//!    namespace when possible)
 //!    with a fresh data directory `<out>/data`, kept with the results; the
 //!    nodes run with small regions and short raft logs, so splits, log GC
 //!    and snapshots to lagging followers all happen during the run;
@@ -117,7 +118,8 @@ pub struct RunOptions {
     pub plant: Option<Plant>,
     /// Results directory (created; the cluster's data goes to `data/`).
     pub out_dir: PathBuf,
-    /// Nodes in network namespaces (needed for partitions; needs root).
+    /// Nodes and PD members in network namespaces (needed for partitions;
+    /// needs root).
     pub netns: bool,
     /// Time budget of the linearizability checker.
     pub check_budget: Duration,

@@ -133,6 +133,86 @@ async fn dead_node_is_replaced_and_nothing_is_lost() {
     assert_all_keys(&client, loaded).await;
 }
 
+/// A node cut off from its peers but not from PD stays Up, yet its
+/// regions' leaders report its peers down (`down_peers`), and PD replaces
+/// them on the other nodes; after the heal, its stale peers learn they were
+/// removed and are destroyed. Needs network namespaces (root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_cut_off_from_its_peers_is_reported_down_and_replaced() {
+    if !mnemo_chaos::net::available() {
+        eprintln!("skipped: needs root, ip and iptables for network namespaces");
+        return;
+    }
+    let mut cfg = ClusterConfig::small_regions(4);
+    cfg.netns = true;
+    // Leaders report peers silent for 2 s down; PD replaces a peer once it
+    // was silent for 8 s (the store heartbeats every second, so it stays Up
+    // through a slow moment of the machine).
+    cfg.node_toml =
+        cfg.node_toml.replacen("[raftstore]\n", "[raftstore]\nmax-peer-down-duration = \"2s\"\n", 1);
+    cfg.pd_toml = "[schedule]\nmax-store-down-time = \"8s\"\n".into();
+    let cluster = Cluster::start(cfg);
+    cluster.wait_replicated(3, Duration::from_secs(60));
+    let client = RawClient::new(cluster.pd_endpoints()).await.unwrap();
+    let loaded = load_until_regions(&cluster, &client, 8).await;
+    cluster.wait_replicated(3, Duration::from_secs(60));
+
+    // The victim's store looks like the emptiest target to the balancer,
+    // which would keep adding learners there that can never catch up.
+    cluster.pd_delete("/pd/api/v1/schedulers/balance-region-scheduler").unwrap();
+    // The victim: the node holding the most peers (the balancer spreads the
+    // regions over the fourth node only gradually).
+    let mut held: HashMap<u64, usize> = HashMap::new();
+    for r in cluster.regions() {
+        for (store, _) in peers_of(&r) {
+            *held.entry(store).or_default() += 1;
+        }
+    }
+    let (victim_store, victim_peers) = held.into_iter().max_by_key(|(_, n)| *n).expect("regions have peers");
+    let victim = (0..cluster.node_count()).find(|&i| cluster.store_id_of(i) == Some(victim_store)).unwrap();
+    eprintln!("cutting off node {} (store {victim_store}, {victim_peers} peers)", victim + 1);
+    let others: Vec<usize> = (0..cluster.node_count()).filter(|&i| i != victim).collect();
+    let mut grudge = vec![Vec::new(); cluster.node_count()];
+    grudge[victim] = others.clone();
+    for &o in &others {
+        grudge[o] = vec![victim];
+    }
+    cluster.partition(&grudge).unwrap();
+    let cut = Instant::now();
+
+    // Every region heals onto the other three nodes while the victim's
+    // store, which still heartbeats PD, stays Up: the repair came from
+    // the leaders' down-peer reports, not from the store going down.
+    let excluded: HashSet<u64> = [victim_store].into();
+    let mut saw_down_peer = false;
+    wait_for("every region healed off the cut-off node", Duration::from_secs(120), || {
+        let regions = cluster.regions();
+        saw_down_peer |= regions.iter().any(|r| {
+            r["down_peers"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|p| p["peer"]["store_id"] == victim_store))
+        });
+        let state = cluster.pd_get(&format!("/pd/api/v1/store/{victim_store}"))?;
+        let up = state["store"]["state_name"].as_str().unwrap_or("");
+        assert_eq!(up, "Up", "the cut-off node's store must stay Up: {state}");
+        all_healthy(&regions, 3, &excluded).then_some(())
+    });
+    assert!(saw_down_peer, "no leader reported the cut-off node's peers down");
+    eprintln!("healed {} regions off the cut-off node in {:?}", cluster.regions().len(), cut.elapsed());
+
+    // Writes went on on the majority side.
+    client.put(b"after-cut".to_vec(), b"v".to_vec()).await.unwrap();
+
+    // Healed, its stale peers hear they were removed and are destroyed.
+    cluster.heal_network().unwrap();
+    wait_for("the stale peers on the healed node to be destroyed", Duration::from_secs(90), || {
+        (cluster.node_metric(victim, "mnemo_region_count") == Some(0.0)).then_some(())
+    });
+    Cluster::check_tiling(&cluster.regions()).unwrap();
+    assert_all_keys(&client, loaded).await;
+    assert_eq!(client.get(b"after-cut".to_vec()).await.unwrap(), Some(b"v".to_vec()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decommissioned_node_ends_tombstone_holding_nothing() {
     let cluster = Cluster::start(ClusterConfig::small_regions(4));

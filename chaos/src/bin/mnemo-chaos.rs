@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Starts PD and `--nodes` storage nodes from the binaries next to this one
-//! (or in `MNEMO_BIN_DIR`), each node in its own network namespace when run
-//! as root, runs the workloads under the nemesis, and writes
+//! (or in `MNEMO_BIN_DIR`), each node and PD member in its own network
+//! namespace when run as root, runs the workloads under the nemesis, and writes
 //! `history.jsonl`, `results.json`, `report.html` and the cluster's data
 //! directory to `--out`. Exit status: 0 valid, 1 invalid, 2 unknown, 3 the
 //! harness itself failed.
@@ -57,7 +57,8 @@ struct Args {
     /// Results directory (default `chaos-results/<seed>-<unix time>`).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// `netns` (own address per node, partitions possible; needs root) or
+    /// `netns` (own address per node and PD member, partitions possible;
+    /// needs root) or
     /// `loopback` (partitions skipped). Default: netns when possible.
     #[arg(long)]
     net: Option<String>,

@@ -55,13 +55,13 @@
 //! |------|-------|
 //! | `pd-kill-leader` | SIGKILL the PD leader; measures kill → another member serving; restart at the heal |
 //! | `pd-pause-leader` | SIGSTOP the PD leader (its lease must run out before another serves) |
-//! | `pd-partition-leader` | the PD leader hears no other member (iptables on its peer port) |
+//! | `pd-partition-leader` | the PD leader partitioned from the other members (and etcd), both ways |
 //! | `pd-kill-majority` | SIGKILL the PD leader and a majority with it: no PD at all until the heal |
 //!
 //! `everything` = the three lists and `crash-point`. Network faults need the
 //! nodes in namespaces (root); the harness refuses them otherwise unless
-//! told to skip them. Partitions cut node–node links only; PD and clients
-//! reach every node unless a fault says otherwise. Clock skew stays inside
+//! told to skip them. Node partitions cut node–node links only; PD and
+//! clients reach every node unless a fault says otherwise. Clock skew stays inside
 //! the lease's safety margin (see the node's `--enable-test-controls`): a
 //! lease of 0.8 s on a clock running at 0.95× lasts 0.84 s of real time,
 //! below the ~0.9 s a follower must wait before it may elect a new leader.

@@ -121,6 +121,27 @@ impl PeerTransport {
     }
 }
 
+/// How long a connection to a peer may take, and how often an open one is
+/// pinged: a peer cut off by a network that drops packets (no reset) is
+/// given up on within [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`] instead
+/// of when TCP's retransmissions give up, and the next dial after a heal
+/// succeeds at once instead of waiting out SYN retries.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Opens a channel to a peer URL with a connect timeout and keep-alive pings.
+async fn dial(url: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+}
+
 async fn send_loop(
     to: u64,
     url: String,
@@ -139,8 +160,10 @@ async fn send_loop(
         }
     };
     loop {
-        let client = match PdRaftClient::connect(url.clone()).await {
-            Ok(c) => c.max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE),
+        let client = match dial(&url).await {
+            Ok(c) => PdRaftClient::new(c)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
             Err(e) => {
                 debug!(to, %url, error = %e, "PD peer unreachable");
                 report(&raft, Input::Unreachable(to));
