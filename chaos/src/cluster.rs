@@ -498,6 +498,12 @@ impl Cluster {
         self.pd_addrs.clone()
     }
 
+    /// The client URLs of the etcd started for PD (`pd_etcd`; else empty).
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        let host = self.net.as_ref().map_or("127.0.0.1".to_string(), |n| n.gateway_ip().to_string());
+        self.etcd_ports.iter().map(|p| format!("http://{host}:{p}")).collect()
+    }
+
     /// Number of PD members (running or not).
     pub fn pd_member_count(&self) -> usize {
         self.pds.len()

@@ -5,8 +5,9 @@
 //!   [`net`]),
 //!   kills (SIGKILL), restarts, pauses them and cuts their links; used by
 //!   the process tests in `chaos/tests/` and by the chaos harness.
-//! - `mnemo-bench` (`src/bin/mnemo-bench.rs`): N concurrent clients doing
-//!   put or get for T seconds, printing ops/s and p50/p99/p999 latency.
+//! - `mnemo-bench` (`src/bin/mnemo-bench.rs`, [`bench`]): closed-loop
+//!   clients running put/get/batch_get/scan/cas or a YCSB mix against
+//!   Mnemosyne, etcd or RocksDB in process, with HDR latency histograms.
 //! - The Jepsen-style chaos harness, `mnemo-chaos` (`src/bin/mnemo-chaos.rs`):
 //!   [`run`] drives one run: [`workload`]s (register, set, counter) through
 //!   the real client, recorded as a [`history`], while the [`nemesis`]
@@ -14,6 +15,7 @@
 //!   compares the replicas' data, and [`report`] writes `results.json` and
 //!   `report.html`.
 
+pub mod bench;
 pub mod checker;
 pub mod cluster;
 pub mod history;

@@ -1,61 +1,71 @@
-//! `mnemo-bench`: a closed-loop load generator for the raw API.
+//! `mnemo-bench`: a closed-loop load generator for Mnemosyne, etcd, and
+//! RocksDB in process (the ceiling), with the same workloads on each.
 //!
 //! ```text
-//! mnemo-bench --pd 127.0.0.1:2379 --op put|get --clients 32 --duration 10 \
-//!             --key-size 16 --value-size 256 --keys 10000
+//! mnemo-bench --pd 127.0.0.1:2379 --workload put --clients 64 --duration 10
+//! mnemo-bench --target etcd --etcd-endpoints http://127.0.0.1:2379 --workload ycsb-b --distribution zipfian
+//! mnemo-bench --target rocksdb --rocksdb-dir /tmp/ceiling --workload put
 //! ```
 //!
-//! `--clients` tasks share one `RawClient`; each loops for `--duration`
-//! seconds, issuing the operation on a uniformly random key out of `--keys`
-//! and timing it. No new operation starts after the duration, and each one is
-//! bounded by `--op-timeout-ms`, so the run ends within duration + op timeout.
-//! For `get` the key set is loaded first with `batch_put` (not timed).
-//!
-//! Output: a short table on stdout, then one JSON line with the same numbers
-//! (latencies in microseconds) for scripts. Only successful operations count
-//! towards ops/s and latency; failures are counted apart (undetermined writes
-//! separately).
+//! See [`mnemo_chaos::bench`] for the workloads and how a run goes. Output:
+//! a table on stdout (a header, the run's totals, then one line per
+//! operation kind when the workload mixes several), then one JSON line
+//! with everything (latencies in microseconds); `--json PATH` writes the
+//! same JSON to a file. Only successful operations count towards ops/s and
+//! latency; failures are counted apart, writes of unknown outcome separately.
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use mnemo_chaos::report::quantile;
-use mnemo_client::{Config, RawClient};
-use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
+use mnemo_chaos::bench::{self, BenchOptions, BenchResult, Distribution, KindSummary, Target, Workload};
+use mnemo_client::Config;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Op {
-    /// `RawClient::put` of a random value.
-    Put,
-    /// `RawClient::get` of a loaded key.
-    Get,
-}
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Put => "put",
-            Op::Get => "get",
-        }
-    }
+enum TargetKind {
+    /// A Mnemosyne cluster, through `mnemo-client` (`--pd`).
+    Mnemosyne,
+    /// An etcd cluster, through `etcd-client` (`--etcd-endpoints`).
+    Etcd,
+    /// RocksDB in this process, every write fsynced (`--rocksdb-dir`).
+    Rocksdb,
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "mnemo-bench", version, about = "Load generator for Mnemosyne's raw API")]
+#[command(name = "mnemo-bench", version, about = "Load generator: Mnemosyne, etcd, RocksDB")]
 struct Args {
-    /// PD endpoints, comma separated.
+    /// What to load.
+    #[arg(long, value_enum, default_value_t = TargetKind::Mnemosyne)]
+    target: TargetKind,
+    /// PD endpoints, comma separated (target mnemosyne).
     #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
     pd: Vec<String>,
-    /// Operation to run.
-    #[arg(long, value_enum, default_value_t = Op::Put)]
-    op: Op,
-    /// Concurrent client tasks.
+    /// etcd client URLs, comma separated (target etcd).
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Database directory (target rocksdb); default a temporary one,
+    /// removed at the end.
+    #[arg(long)]
+    rocksdb_dir: Option<PathBuf>,
+    /// Workload to run.
+    #[arg(long, alias = "op", value_enum, default_value_t = Workload::Put)]
+    workload: Workload,
+    /// How keys are chosen.
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    distribution: Distribution,
+    /// Concurrent clients (closed loop: each waits for its answer).
     #[arg(long, default_value_t = 32)]
     clients: usize,
-    /// Seconds to run.
+    /// Seconds measured.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Operations in all; ends the run before `--duration` if set.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Seconds of warm-up before measuring (numbers discarded).
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
     /// Key length in bytes (zero-padded decimal key index).
     #[arg(long, default_value_t = 16)]
     key_size: usize,
@@ -65,130 +75,51 @@ struct Args {
     /// Number of distinct keys.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
-    /// Pairs per batch_put while loading keys for `get`.
+    /// Keys per batch_get.
+    #[arg(long, default_value_t = 10)]
+    batch_size: usize,
+    /// Pairs per scan.
+    #[arg(long, default_value_t = 10)]
+    scan_length: usize,
+    /// Pairs per request while loading the key set.
     #[arg(long, default_value_t = 1000)]
     load_batch: usize,
-    /// Deadline of one operation in milliseconds (the client's total timeout).
+    /// Skip loading the key set (it is there from an earlier run).
+    #[arg(long)]
+    no_load: bool,
+    /// Deadline of one operation in milliseconds (Mnemosyne's total timeout).
     #[arg(long, default_value_t = 5000)]
     op_timeout_ms: u64,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
 }
 
-/// Key `i` as `key_size` bytes: the zero-padded decimal index.
-fn key(i: u64, key_size: usize) -> Vec<u8> {
-    format!("{i:0key_size$}").into_bytes()
-}
-
-/// What one task saw.
-#[derive(Default)]
-struct TaskStats {
-    /// Latency of each successful operation, microseconds.
-    latencies_us: Vec<u64>,
-    errors: u64,
-    undetermined: u64,
-}
-
-async fn load(client: &RawClient, args: &Args) -> Result<(), String> {
-    let started = Instant::now();
-    let mut rng = StdRng::from_entropy();
-    let mut i = 0;
-    while i < args.keys {
-        let end = (i + args.load_batch.max(1) as u64).min(args.keys);
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (i..end)
-            .map(|k| {
-                let mut v = vec![0u8; args.value_size];
-                rng.fill_bytes(&mut v);
-                (key(k, args.key_size), v)
-            })
-            .collect();
-        client.batch_put(pairs).await.map_err(|e| format!("loading keys {i}..{end}: {e}"))?;
-        i = end;
-    }
-    eprintln!("loaded {} keys in {:.2} s", args.keys, started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-async fn worker(
-    client: RawClient,
-    op: Op,
-    keys: u64,
-    key_size: usize,
-    value_size: usize,
-    until: Instant,
-) -> TaskStats {
-    let mut rng = StdRng::from_entropy();
-    let mut value = vec![0u8; value_size];
-    rng.fill_bytes(&mut value);
-    let mut stats = TaskStats::default();
-    while Instant::now() < until {
-        let k = key(rng.gen_range(0..keys), key_size);
-        let started = Instant::now();
-        let result = match op {
-            Op::Put => {
-                // Vary the value a little so writes are not all identical.
-                if let Some(b) = value.first_mut() {
-                    *b = rng.gen();
-                }
-                client.put(k, value.clone()).await
-            }
-            Op::Get => client.get(k).await.map(drop),
-        };
-        match result {
-            Ok(()) => stats.latencies_us.push(started.elapsed().as_micros() as u64),
-            Err(e) if e.is_undetermined() => stats.undetermined += 1,
-            Err(e) => {
-                if stats.errors == 0 {
-                    eprintln!("first error in a task: {e}");
-                }
-                stats.errors += 1;
-            }
-        }
-    }
-    stats
-}
-
-async fn run(args: Args) -> Result<(), String> {
-    if args.keys == 0 || args.clients == 0 {
-        return Err("--keys and --clients must be positive".into());
-    }
-    let digits = (args.keys - 1).to_string().len();
-    if args.key_size < digits {
-        return Err(format!(
-            "--key-size {} is too small for {} keys (need {digits})",
-            args.key_size, args.keys
-        ));
-    }
-    let config = Config { timeout: Duration::from_millis(args.op_timeout_ms.max(1)), ..Config::default() };
-    let client = RawClient::with_config(args.pd.clone(), config).await.map_err(|e| e.to_string())?;
-    if args.op == Op::Get {
-        load(&client, &args).await?;
-    }
-
-    let started = Instant::now();
-    let until = started + Duration::from_secs(args.duration);
-    let tasks: Vec<_> = (0..args.clients)
-        .map(|_| {
-            tokio::spawn(worker(client.clone(), args.op, args.keys, args.key_size, args.value_size, until))
-        })
-        .collect();
-    let mut all = TaskStats::default();
-    for t in tasks {
-        let s = t.await.map_err(|e| format!("task failed: {e}"))?;
-        all.latencies_us.extend(s.latencies_us);
-        all.errors += s.errors;
-        all.undetermined += s.undetermined;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.latencies_us.sort_unstable();
-    let lat = &all.latencies_us;
-    let ops = lat.len() as u64;
-    let ops_per_sec = ops as f64 / elapsed.max(1e-9);
-    let (p50, p99, p999) = (quantile(lat, 0.50), quantile(lat, 0.99), quantile(lat, 0.999));
-    let max = lat.last().copied().unwrap_or(0);
+fn print_line(name: &str, clients: usize, elapsed: f64, s: &KindSummary) {
     let ms = |us: u64| us as f64 / 1000.0;
-
     println!(
-        "{:<4} {:>7} {:>9} {:>10} {:>11} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8}",
-        "op",
+        "{:<9} {:>7} {:>9.2} {:>10} {:>11.1} {:>7} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+        name,
+        clients,
+        elapsed,
+        s.ops,
+        s.ops_per_sec,
+        s.errors,
+        s.undetermined,
+        ms(s.p50_us),
+        ms(s.p99_us),
+        ms(s.p999_us),
+        ms(s.max_us)
+    );
+}
+
+fn print_table(r: &BenchResult) {
+    println!(
+        "{:<9} {:>7} {:>9} {:>10} {:>11} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8}",
+        "workload",
         "clients",
         "elapsed_s",
         "ops",
@@ -200,37 +131,64 @@ async fn run(args: Args) -> Result<(), String> {
         "p999_ms",
         "max_ms"
     );
-    println!(
-        "{:<4} {:>7} {:>9.2} {:>10} {:>11.1} {:>7} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
-        args.op.name(),
-        args.clients,
-        elapsed,
-        ops,
-        ops_per_sec,
-        all.errors,
-        all.undetermined,
-        ms(p50),
-        ms(p99),
-        ms(p999),
-        ms(max)
-    );
-    let json = serde_json::json!({
-        "op": args.op.name(),
-        "clients": args.clients,
-        "duration_s": elapsed,
-        "key_size": args.key_size,
-        "value_size": args.value_size,
-        "keys": args.keys,
-        "ops": ops,
-        "ops_per_sec": ops_per_sec,
-        "errors": all.errors,
-        "undetermined": all.undetermined,
-        "p50_us": p50,
-        "p99_us": p99,
-        "p999_us": p999,
-        "max_us": max,
-    });
+    print_line(r.options.workload.name(), r.options.clients, r.elapsed_s, &r.total);
+    if r.per_kind.len() > 1 {
+        for (kind, s) in &r.per_kind {
+            print_line(&format!("  {kind}"), r.options.clients, r.elapsed_s, s);
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let opts = BenchOptions {
+        workload: args.workload,
+        distribution: args.distribution,
+        keys: args.keys,
+        key_size: args.key_size,
+        value_size: args.value_size,
+        clients: args.clients,
+        duration: Duration::from_secs(args.duration),
+        ops: args.ops,
+        warmup: Duration::from_secs(args.warmup),
+        batch_size: args.batch_size,
+        scan_length: args.scan_length,
+        load_batch: args.load_batch,
+        progress: !args.quiet,
+    };
+    opts.validate()?;
+    // A temporary RocksDB directory lives until the run is over.
+    let mut _tmp = None;
+    let (target, name): (Arc<dyn Target>, &str) = match args.target {
+        TargetKind::Mnemosyne => {
+            let config =
+                Config { timeout: Duration::from_millis(args.op_timeout_ms.max(1)), ..Config::default() };
+            (Arc::new(bench::Mnemosyne::connect(args.pd.clone(), config).await?), "mnemosyne")
+        }
+        TargetKind::Etcd => (Arc::new(bench::Etcd::connect(args.etcd_endpoints.clone()).await?), "etcd"),
+        TargetKind::Rocksdb => {
+            let dir = match &args.rocksdb_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let t = tempfile::Builder::new()
+                        .prefix("mnemo-bench-rocksdb-")
+                        .tempdir()
+                        .map_err(|e| e.to_string())?;
+                    let p = t.path().to_path_buf();
+                    _tmp = Some(t);
+                    p
+                }
+            };
+            (Arc::new(bench::Rocks::open(&dir)?), "rocksdb")
+        }
+    };
+    let result = bench::run(target, name, &opts, !args.no_load).await?;
+    print_table(&result);
+    let json = serde_json::to_string(&result).map_err(|e| e.to_string())?;
     println!("{json}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -249,16 +207,5 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_fixed_width() {
-        assert_eq!(key(42, 6), b"000042".to_vec());
-        assert_eq!(key(0, 1), b"0".to_vec());
     }
 }

@@ -83,12 +83,13 @@ impl Cluster {
             return Ok(None);
         }
         inner.ensure_ids()?;
-        Ok(inner.scheduling(
+        let order = inner.scheduling(
             now,
             Box::new(|snap, settings, ops, coordinator, ids| {
                 coordinator.on_heartbeat(snap, settings, ops, id, &mut || ids.try_alloc().map(PeerId))
             }),
-        ))
+        );
+        self.still_serving(order)
     }
 
     /// Allocates ids for `count` new regions split off `region`.

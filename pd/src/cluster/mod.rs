@@ -341,6 +341,16 @@ impl Cluster {
         }
     }
 
+    /// Hands out `orders` (steps for the nodes) only if this member still
+    /// serves: a decision waits for `inner`, which another request may hold
+    /// across a proposal for seconds, and the serving check made before
+    /// that wait may no longer hold. Called with `inner` still locked, so
+    /// no newer decision of this member can slip in between; what is
+    /// pushed after this check lands within the lease's safety margin.
+    fn still_serving<T>(&self, orders: T) -> Result<T> {
+        self.check_serving().map(|()| orders)
+    }
+
     /// Who leads the PD group.
     pub fn leadership(&self) -> &Arc<dyn Leadership> {
         &self.leadership

@@ -38,12 +38,13 @@ impl Cluster {
             return Ok(Vec::new());
         }
         inner.ensure_ids()?;
-        Ok(inner.scheduling(
+        let orders = inner.scheduling(
             now,
             Box::new(|snap, settings, ops, coordinator, ids| {
                 coordinator.patrol(snap, settings, ops, &mut || ids.try_alloc().map(PeerId))
             }),
-        ))
+        );
+        self.still_serving(orders)
     }
 
     /// How often [`Cluster::patrol`] should run (`schedule.patrol-region-interval`).
@@ -70,7 +71,7 @@ impl Cluster {
             )
             .map_err(Error::InvalidArgument)?;
         info!(region_id = %region, operator = req.name(), "operator added through the API");
-        Ok(order)
+        self.still_serving(order)
     }
 
     /// Splits the regions containing `keys` at those keys, one split

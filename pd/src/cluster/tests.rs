@@ -527,3 +527,62 @@ fn listing_regions_page_by_page_sees_each_once_in_key_order() {
         assert_eq!(pages, 10usize.div_ceil(page), "page size {page}");
     }
 }
+
+/// A leadership whose lease the test can end.
+struct Lapsing(std::sync::atomic::AtomicBool);
+
+impl Leadership for Lapsing {
+    fn status(&self) -> crate::raft::GroupStatus {
+        let serving = self.0.load(Ordering::SeqCst);
+        crate::raft::GroupStatus {
+            term: 1,
+            is_leader: true,
+            caught_up: true,
+            lease_until: serving.then(|| Instant::now() + Duration::from_secs(3600)),
+            ..Default::default()
+        }
+    }
+    fn transfer_leader(&self, _: u64) -> Result<()> {
+        Ok(())
+    }
+    fn peer_infos(&self) -> std::collections::BTreeMap<u64, Member> {
+        Default::default()
+    }
+    fn change_member(&self, _: MemberChange) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_member_whose_lease_ran_out_while_it_decided_hands_out_no_steps() {
+    let config = Config::default();
+    let sm: SharedMeta = Arc::new(Mutex::new(StateMachine::open(Arc::new(MemEngine::new())).unwrap()));
+    let lease = Arc::new(Lapsing(std::sync::atomic::AtomicBool::new(true)));
+    let c = Cluster::with_replicator(
+        config.clone(),
+        member(&config),
+        sm.clone(),
+        Box::new(LocalReplicator::new(sm)),
+        lease.clone(),
+    );
+    c.inner.lock().prepare_check = false;
+    c.promote(1).unwrap();
+    c.bootstrap(store(1), first_region()).unwrap();
+    for id in 1..=3 {
+        c.put_store(store(id)).unwrap();
+        c.store_heartbeat(StoreId(id), StoreStats::default()).unwrap();
+    }
+    // The lease runs out (another member may be elected by now): the
+    // region, one replica short, gets no step from this member, whichever
+    // path decides.
+    lease.0.store(false, Ordering::SeqCst);
+    let hb = heartbeat(&first_region(), voter(3, 1));
+    assert!(matches!(c.region_heartbeat(hb.clone()), Err(Error::NotLeader(_))));
+    assert!(matches!(c.patrol(), Err(Error::NotLeader(_))));
+    let req = crate::schedule::AdminRequest::AddPeer { store: StoreId(2) };
+    assert!(matches!(c.add_operator(RegionId(2), &req), Err(Error::NotLeader(_))));
+    // Serving again, the replica checker's step goes out.
+    lease.0.store(true, Ordering::SeqCst);
+    let order = c.region_heartbeat(hb).unwrap().expect("a step for the missing replicas");
+    assert_eq!(order.region_id, RegionId(2));
+}
