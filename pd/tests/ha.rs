@@ -10,6 +10,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// Ports no other member of this test process was given, below the kernel's
+// ephemeral range: a member restarted on its ports finds them free.
+use mnemo_chaos::cluster::free_port;
 use mnemo_pd::config::Backend;
 use mnemo_pd::{Config, PdHandle};
 use mnemo_proto::metapb;
@@ -21,10 +24,6 @@ use tonic::transport::Channel;
 
 /// Bounds every wait; nothing sleeps for a fixed time.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn header(cluster_id: u64) -> Option<pdpb::RequestHeader> {
     Some(pdpb::RequestHeader { cluster_id, sender_id: 0 })
@@ -640,5 +639,60 @@ async fn a_fourth_member_joins_catches_up_by_snapshot_and_is_removed_again() {
     .await;
     drop(leader_cluster);
     drop(pd);
+    shutdown_all(members).await;
+}
+
+/// A member restarted on a data directory left from an earlier cluster
+/// (same names and URLs, a log with a higher term) takes no part in the new
+/// cluster: each side drops the other's raft messages, so it can neither
+/// win an election nor overwrite the new cluster's metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_an_earlier_cluster_cannot_take_over_a_new_one() {
+    // The earlier cluster: leadership moved around to raise its term.
+    let old_dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let configs = group(&old_dirs);
+    let old = start_all(&configs).await;
+    let (_, old_cluster_id, _) = bootstrapped(&old).await;
+    for _ in 0..4 {
+        let leader = wait_leader(&old).await;
+        let next = (leader + 1) % 3;
+        let cluster = old[leader].as_ref().unwrap().cluster();
+        let term = cluster.leadership().status().term;
+        let _ = cluster.leadership().transfer_leader(member_id_of(cluster, &format!("pd{}", next + 1)));
+        wait_for("leadership to move", || cluster.leadership().status().term > term).await;
+    }
+    let old_term = old[wait_leader(&old).await].as_ref().unwrap().cluster().leadership().status().term;
+    shutdown_all(old).await;
+
+    // A new cluster on the same names and URLs: pd1 and pd2 with fresh
+    // directories, a quorum of three, serve and bootstrap.
+    let new_dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut new_configs = configs.clone();
+    for (c, d) in new_configs.iter_mut().zip(&new_dirs) {
+        c.data_dir = d.path().to_path_buf();
+    }
+    let mut members = start_all(&new_configs[..2]).await;
+    let (leader, cluster_id, mut pd) = bootstrapped(&members).await;
+    assert_ne!(cluster_id, old_cluster_id);
+    let new_term = members[leader].as_ref().unwrap().cluster().leadership().status().term;
+    assert!(
+        new_term < old_term,
+        "the stale member's log must carry the higher term ({new_term} vs {old_term})"
+    );
+
+    // pd3 starts on the earlier cluster's directory.
+    members.push(Some(mnemo_pd::start(new_configs[2].clone()).await.unwrap()));
+    let status = |i: usize| members[i].as_ref().unwrap().cluster().leadership().status();
+    // Both sides refuse the other through several of the stale member's
+    // campaigns (about one every 0.5-1 s).
+    wait_for("the new leader to drop the stale member's messages", || status(leader).foreign_dropped >= 8)
+        .await;
+    wait_for("the stale member to drop the new cluster's messages", || status(2).foreign_dropped > 0).await;
+    let now = wait_leader(&members).await;
+    assert_eq!(now, leader, "the new cluster's leader keeps leading");
+    assert_eq!(status(leader).term, new_term, "no election was forced on the new cluster");
+    assert_eq!(members[leader].as_ref().unwrap().cluster_id(), cluster_id);
+    assert!(members[2].as_ref().unwrap().cluster().check_serving().is_err());
+    alloc_id(&mut pd, cluster_id).await;
     shutdown_all(members).await;
 }

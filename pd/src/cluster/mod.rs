@@ -290,6 +290,23 @@ impl Cluster {
         if self.promoted_term.load(Ordering::SeqCst) == term {
             return Ok(());
         }
+        // `[schedule]` and `[replication]` come from the metadata, not
+        // this member's file: keys never persisted (a new cluster, a key
+        // this version adds) are persisted from the file first.
+        let missing: Vec<(String, String)> = {
+            let s = inner.state();
+            crate::config::update::runtime_values(&self.base_config)
+                .into_iter()
+                .filter(|(key, _)| !s.config_overrides().contains_key(key))
+                .collect()
+        };
+        if !missing.is_empty() {
+            info!(
+                keys = missing.len(),
+                "persisting the schedule and replication config from this member's file"
+            );
+            inner.propose(Command::UpdateConfig { changes: missing })?;
+        }
         let (cluster_id, window_end, tso_bound, overrides, schedulers) = {
             let s = inner.state();
             (
@@ -684,14 +701,16 @@ fn with_overrides(
     log: bool,
 ) -> Config {
     let mut config = config;
+    let file: std::collections::BTreeMap<String, String> =
+        crate::config::update::runtime_values(&config).into_iter().collect();
     for (key, text) in overrides {
         let applied = serde_json::from_str(text)
             .map_err(|e| Error::Config(e.to_string()))
             .and_then(|value| config.with_changes(&[(key.clone(), value)]));
         match applied {
             Ok((c, _)) => {
-                if log {
-                    info!(key = %key, value = %text, "config changed at run time earlier: applied over the file");
+                if log && file.get(key) != Some(text) {
+                    info!(key = %key, value = %text, file = ?file.get(key), "config from the metadata, not the file");
                 }
                 config = c;
             }

@@ -330,7 +330,7 @@ fn a_new_leader_that_has_not_measured_its_region_keeps_the_known_size() {
 }
 
 #[test]
-fn config_changed_at_run_time_survives_a_restart() {
+fn config_persisted_at_first_start_and_changed_at_run_time_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let open = |config: Config| {
         let engine = Arc::new(RocksEngine::open(&dir.path().join("meta")).unwrap());
@@ -347,15 +347,20 @@ fn config_changed_at_run_time_survives_a_restart() {
         assert!(c.update_config(&serde_json::json!({"max-replicas": 0})).is_err());
         assert_eq!(c.config().replication.max_replicas, 3);
     }
-    // Restarted with a file that sets other values: run-time changes win,
-    // key by key; the file's other keys apply.
-    let mut edited = file;
+    // Restarted with a file that sets other values (or another member
+    // taking over, whose file differs): the schedule and replication
+    // config come from the metadata, as persisted at the first start and
+    // changed at run time since, never from this member's file.
+    let mut edited = file.clone();
     edited.schedule.max_store_down_time = mnemo_raft_driver::duration::ReadableDuration::minutes(10);
-    edited.schedule.region_schedule_limit = 7;
+    edited.schedule.region_schedule_limit = file.schedule.region_schedule_limit + 7;
+    edited.replication.max_replicas = 5;
     let c = open(edited);
     let config = c.config();
     assert_eq!(config.schedule.max_store_down_time.0, std::time::Duration::from_secs(5));
-    assert_eq!((config.schedule.leader_schedule_limit, config.schedule.region_schedule_limit), (8, 7));
+    assert_eq!(config.schedule.leader_schedule_limit, 8);
+    assert_eq!(config.schedule.region_schedule_limit, file.schedule.region_schedule_limit);
+    assert_eq!(config.replication.max_replicas, 3);
 }
 
 #[test]

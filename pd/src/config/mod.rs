@@ -7,8 +7,9 @@
 //! The commented template lives in `deploy/config/pd.toml`.
 //!
 //! The `[schedule]` and `[replication]` sections can also be changed while
-//! PD runs (`POST /pd/api/v1/config`, see [`update`]); such changes are
-//! persisted and win over the file after a restart, key by key.
+//! PD runs (`POST /pd/api/v1/config`, see [`update`]). Both are taken from
+//! the file only once: the cluster's first leader persists them, and from
+//! then on the persisted values (the same on every member) are in effect.
 
 pub mod update;
 

@@ -12,6 +12,11 @@
 //! [`Config::with_changes`] applies changes and validates the result; the
 //! canonical changes it returns (dotted key, value as the config serializes
 //! it) are what PD persists and replays over the file's values at start.
+//! The first leader of a cluster persists every run-time key from its own
+//! file ([`runtime_values`]), as PD does: from then on these sections come
+//! from the metadata, the same on every member, and change only at run
+//! time; a key a newer version adds is persisted by the first leader that
+//! knows it.
 
 use serde_json::{Map, Value};
 
@@ -141,6 +146,19 @@ fn set_field(
         }
     }
     Err(first_error.unwrap_or_default())
+}
+
+/// Every key that can change at run time, with its value in `config`
+/// (canonical dotted key, value as JSON text): what PD persists at its
+/// first start, so that every member schedules by the same values
+/// whatever its own file says.
+pub fn runtime_values(config: &Config) -> Vec<(String, String)> {
+    let root = sections(config);
+    RUNTIME_SECTIONS
+        .iter()
+        .filter_map(|s| Some((s, root.get(*s)?.as_object()?)))
+        .flat_map(|(s, fields)| fields.iter().map(move |(k, v)| (format!("{s}.{k}"), v.to_string())))
+        .collect()
 }
 
 fn sections(config: &Config) -> Map<String, Value> {

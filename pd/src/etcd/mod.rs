@@ -365,6 +365,7 @@ impl Leadership for EtcdHandle {
             active_voters: v.alive.clone(),
             applied_index: v.synced_revision.max(0) as u64,
             first_index: 0,
+            foreign_dropped: 0,
         }
     }
 

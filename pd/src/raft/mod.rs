@@ -80,6 +80,9 @@ pub struct GroupStatus {
     pub applied_index: u64,
     /// First index still in the log (older ones were compacted away).
     pub first_index: u64,
+    /// Raft message batches dropped because their sender belongs to another
+    /// cluster (its cluster id differs from ours).
+    pub foreign_dropped: u64,
 }
 
 impl GroupStatus {
@@ -149,8 +152,9 @@ impl Leadership for SoleLeader {
 
 /// What the raft thread is asked to do.
 pub(crate) enum Input {
-    /// Raft messages from a peer, and what the peer says about itself.
-    Raft(Vec<raft::eraftpb::Message>, Member),
+    /// Raft messages from a peer, what the peer says about itself, and its
+    /// cluster id (0: none yet).
+    Raft(Vec<raft::eraftpb::Message>, Member, u64),
     /// Append a command; answer with the result of applying it.
     Propose { data: Vec<u8>, done: mpsc::SyncSender<Result<()>> },
     /// Move leadership to this member.

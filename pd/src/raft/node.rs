@@ -99,6 +99,9 @@ pub(crate) fn start(
         started: Instant::now(),
         last_heard: HashMap::new(),
         removed: std::collections::HashSet::new(),
+        cluster_id: 0,
+        foreign_dropped: 0,
+        foreign_warned: None,
         probe: None,
         probe_seq: 0,
         lease_until: None,
@@ -109,6 +112,7 @@ pub(crate) fn start(
     if group.raw.store().conf_state.voters == [me.member_id] {
         let _ = group.raw.campaign();
     }
+    group.learn_cluster_id();
     group.publish();
     let thread = std::thread::Builder::new()
         .name("pd-raft".into())
@@ -145,6 +149,13 @@ struct PdGroup {
     /// Members this one applied the removal of (since it started; an id
     /// added again leaves the set).
     removed: std::collections::HashSet<u64>,
+    /// Our applied cluster id once known (it never changes after), as the
+    /// transport stamps it on what we send.
+    cluster_id: u64,
+    /// Batches from members of another cluster dropped, and when that was
+    /// last logged.
+    foreign_dropped: u64,
+    foreign_warned: Option<Instant>,
     /// The lease probe in flight: its sequence number and when it was sent.
     probe: Option<(u64, Instant)>,
     probe_seq: u64,
@@ -198,7 +209,10 @@ impl PdGroup {
                         self.fail_pending("PD member stopping");
                         return Ok(());
                     }
-                    Input::Raft(msgs, from) => {
+                    Input::Raft(msgs, from, their_cluster) => {
+                        if self.is_foreign(&from, their_cluster) {
+                            continue;
+                        }
                         if self.removed.contains(&from.member_id) {
                             // A removed member that keeps running must not
                             // disturb the group (etcd refuses it too). Only
@@ -384,6 +398,43 @@ impl PdGroup {
         }
     }
 
+    /// True (counted, and logged at most every 10 s) if `from` belongs to
+    /// another cluster: both sides know their cluster id and they differ.
+    /// Such a member (e.g. one restarted on a data directory left from an
+    /// earlier cluster, whose log may well carry a higher term) must not
+    /// win an election here and overwrite this cluster's metadata with its
+    /// own; it drops our messages the same way.
+    fn is_foreign(&mut self, from: &Member, theirs: u64) -> bool {
+        self.learn_cluster_id();
+        if theirs == 0 || self.cluster_id == 0 || theirs == self.cluster_id {
+            return false;
+        }
+        self.foreign_dropped += 1;
+        if self.foreign_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            warn!(
+                from = %from.name,
+                their_cluster_id = theirs,
+                cluster_id = self.cluster_id,
+                "raft messages from a member of another cluster dropped: one of the two data directories \
+                 belongs to another cluster (remove it and let the member join again)"
+            );
+            self.foreign_warned = Some(Instant::now());
+        }
+        true
+    }
+
+    /// Learns our cluster id once it is applied (it never changes after)
+    /// and stamps it on what we send.
+    fn learn_cluster_id(&mut self) {
+        if self.cluster_id == 0 {
+            let id = self.sm.lock().state().cluster_id();
+            if id != 0 {
+                self.cluster_id = id;
+                self.transport.set_cluster_id(id);
+            }
+        }
+    }
+
     fn publish(&self) {
         let raft = &self.raw.raft;
         let is_leader = raft.state == StateRole::Leader;
@@ -398,6 +449,7 @@ impl PdGroup {
             active_voters: self.active_voters(),
             applied_index: self.raw.store().apply_state.applied_index,
             first_index: self.raw.store().apply_state.truncated_index + 1,
+            foreign_dropped: self.foreign_dropped,
         };
         *self.status.lock() = st;
     }
@@ -583,5 +635,7 @@ impl Group<RoundCx> for PdGroup {
         self.raw.store().hard_state.clone()
     }
 
-    fn round_done(&mut self, _cx: &mut RoundCx) {}
+    fn round_done(&mut self, _cx: &mut RoundCx) {
+        self.learn_cluster_id();
+    }
 }

@@ -9,6 +9,7 @@
 //! raft thread.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,8 @@ pub struct PeerTransport {
     me: Member,
     runtime: tokio::runtime::Handle,
     peers: Arc<Mutex<HashMap<u64, mpsc::Sender<Queued>>>>,
+    /// Our cluster id, stamped on every batch (0 until one is applied).
+    cluster_id: Arc<AtomicU64>,
     /// Where delivery failures are reported (set once the raft thread runs).
     raft: Arc<Mutex<Option<std_mpsc::Sender<Input>>>>,
 }
@@ -76,7 +79,18 @@ fn report(raft: &Mutex<Option<std_mpsc::Sender<Input>>>, input: Input) {
 impl PeerTransport {
     /// A transport for member `me`, spawning its sender tasks on `runtime`.
     pub fn new(me: Member, runtime: tokio::runtime::Handle) -> PeerTransport {
-        PeerTransport { me, runtime, peers: Arc::new(Mutex::new(HashMap::new())), raft: Arc::default() }
+        PeerTransport {
+            me,
+            runtime,
+            peers: Arc::new(Mutex::new(HashMap::new())),
+            cluster_id: Arc::default(),
+            raft: Arc::default(),
+        }
+    }
+
+    /// Stamps `id` (this member's applied cluster id) on what it sends.
+    pub(crate) fn set_cluster_id(&self, id: u64) {
+        self.cluster_id.store(id, Ordering::Relaxed);
     }
 
     /// Reports delivery failures to the raft thread behind `raft`.
@@ -95,7 +109,13 @@ impl PeerTransport {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         peers.insert(id, tx);
-        self.runtime.spawn(send_loop(id, peer_url.to_owned(), info_of(&self.me), rx, self.raft.clone()));
+        let sender = Sender {
+            to: id,
+            url: peer_url.to_owned(),
+            me: info_of(&self.me),
+            cluster_id: self.cluster_id.clone(),
+        };
+        self.runtime.spawn(send_loop(sender, rx, self.raft.clone()));
     }
 
     /// Queues `msgs` to their targets without blocking.
@@ -142,13 +162,20 @@ async fn dial(url: &str) -> Result<tonic::transport::Channel, tonic::transport::
         .await
 }
 
-async fn send_loop(
+/// Who a send loop sends to, and as whom.
+struct Sender {
     to: u64,
     url: String,
     me: MemberInfo,
+    cluster_id: Arc<AtomicU64>,
+}
+
+async fn send_loop(
+    sender: Sender,
     mut rx: mpsc::Receiver<Queued>,
     raft: Arc<Mutex<Option<std_mpsc::Sender<Input>>>>,
 ) {
+    let Sender { to, url, me, cluster_id } = sender;
     let mut backoff = Duration::from_millis(50);
     // Drops what queued up while the peer was away (raft sends current state
     // again), reporting lost snapshots.
@@ -196,6 +223,7 @@ async fn send_loop(
             let batch = RaftBatch {
                 from: Some(me.clone()),
                 messages: messages.into_iter().map(|(b, _)| b).collect(),
+                cluster_id: cluster_id.load(Ordering::Relaxed),
             };
             let sent = batch_tx.send(batch).await.is_ok();
             // Handed to the stream: raft probes the follower again and
@@ -239,7 +267,7 @@ impl PdRaft for PeerService {
                     }
                 }
             }
-            if self.raft.send(Input::Raft(msgs, from)).is_err() {
+            if self.raft.send(Input::Raft(msgs, from, batch.cluster_id)).is_err() {
                 return Err(Status::unavailable("PD raft stopped"));
             }
         }

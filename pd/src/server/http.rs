@@ -292,6 +292,7 @@ async fn raft_status(State(c): Shared) -> Json<serde_json::Value> {
         "voters": s.voters,
         "applied_index": s.applied_index,
         "first_index": s.first_index,
+        "foreign_dropped": s.foreign_dropped,
         "region_heartbeats": c.counters().region_heartbeats.load(Relaxed),
         "region_changes": c.counters().region_changes.load(Relaxed),
     }))
