@@ -50,14 +50,16 @@ impl Cluster {
         let Some(leader) = hb.runtime.leader else {
             return Err(Error::InvalidArgument(format!("heartbeat of region {id} without a leader")));
         };
-        let mut inner = self.inner.lock();
-        inner.ensure_bootstrapped()?;
         // A deposed leader's late report must not undo the new one's
         // leadership; its region metadata, if newer, is still true (it was
         // committed), so the map takes it.
-        let known_term = inner.state().regions().get(id).map_or(0, |i| i.runtime.term);
+        let (known_term, verdict) = {
+            let inner = self.inner.lock();
+            inner.ensure_bootstrapped()?;
+            let state = inner.state();
+            (state.regions().get(id).map_or(0, |i| i.runtime.term), state.regions().check(&hb.region))
+        };
         let deposed = hb.runtime.term != 0 && hb.runtime.term < known_term;
-        let verdict = inner.state().regions().check(&hb.region);
         match verdict {
             Verdict::Stale(why) => {
                 debug!(region_id = %id, %why, "stale region heartbeat ignored");
@@ -67,9 +69,10 @@ impl Cluster {
             Verdict::Changed => {
                 debug!(region_id = %id, epoch = ?hb.region.epoch, "region changed");
                 self.counters.region_changes.fetch_add(1, Ordering::Relaxed);
-                inner.propose(Command::PutRegion { region: hb.region })?;
+                self.put_regions(std::slice::from_ref(&hb.region))?;
             }
         }
+        let mut inner = self.inner.lock();
         if deposed {
             debug!(region_id = %id, term = hb.runtime.term, known_term, "heartbeat of a deposed leader: leader kept");
             return Ok(None);
@@ -90,6 +93,24 @@ impl Cluster {
             }),
         );
         self.still_serving(order)
+    }
+
+    /// Proposes each of `regions` that is news to the map (a newer epoch, or
+    /// unknown), one at a time under [`Cluster::region_writes`] and never
+    /// under `inner`: a heartbeat waiting for its region record to commit
+    /// holds up no other heartbeat, decision or HTTP call, only the next
+    /// region write. Returns how many were news. (Apply checks again: a
+    /// record another member's leader wrote meanwhile wins if newer.)
+    fn put_regions(&self, regions: &[Region]) -> Result<u64> {
+        let mut writes = self.region_writes.lock();
+        let mut changed = 0;
+        for region in regions {
+            if self.sm.lock().state().regions().check(region) == Verdict::Changed {
+                writes.replicate(Command::PutRegion { region: region.clone() })?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     /// Allocates ids for `count` new regions split off `region`.
@@ -119,9 +140,9 @@ impl Cluster {
     /// led the split region: that is where raft elects them first, and it
     /// spares clients a leaderless lookup until their first heartbeat.
     pub fn report_batch_split(&self, regions: &[Region]) -> Result<()> {
-        let mut inner = self.inner.lock();
-        inner.ensure_bootstrapped()?;
         let leader_store: Option<StoreId> = {
+            let inner = self.inner.lock();
+            inner.ensure_bootstrapped()?;
             let state = inner.state();
             regions
                 .iter()
@@ -129,12 +150,9 @@ impl Cluster {
                 .map(|l| l.store_id)
                 .next()
         };
-        for region in regions {
-            if inner.state().regions().check(region) == Verdict::Changed {
-                self.counters.region_changes.fetch_add(1, Ordering::Relaxed);
-                inner.propose(Command::PutRegion { region: region.clone() })?;
-            }
-        }
+        let changed = self.put_regions(regions)?;
+        self.counters.region_changes.fetch_add(changed, Ordering::Relaxed);
+        let inner = self.inner.lock();
         for region in regions {
             let known = inner.state().regions().get(region.id).map(|i| i.leader().is_some());
             if let (Some(false), Some(store)) = (known, leader_store) {

@@ -8,7 +8,10 @@
 //! `Bootstrap`, one store per address, tombstone only when empty) are checked
 //! again when it applies, so a race between two proposals is settled by the
 //! log order every member sees. The state machine's own lock is never held
-//! across a proposal.
+//! across a proposal. Two kinds of writes wait for no decision and hold up
+//! none: timestamps (`tso`, their own lock and replicator handle) and region
+//! records from heartbeats and split reports (`region_writes`, taken without
+//! the decision mutex; a region is written only when its epoch is news).
 //!
 //! Only the PD leader serves ([`Cluster::check_serving`]): when this member
 //! starts serving a term, [`Cluster::promote`] rebuilds everything derived
@@ -73,6 +76,12 @@ pub struct Cluster {
     /// bound to commit. Lock order: `tso`, then `inner`, then the state
     /// machine.
     tso: Mutex<Tso>,
+    /// The replicator handle region records are written through (region
+    /// heartbeats, split reports), one write at a time so that each is
+    /// checked against the map with every earlier one applied; never taken
+    /// while `inner` is held. Lock order: `region_writes`, then the state
+    /// machine.
+    region_writes: Mutex<Box<dyn Replicator>>,
     inner: Mutex<Inner>,
     counters: Counters,
 }
@@ -254,6 +263,7 @@ impl Cluster {
         };
         let settings = Settings::from_config(&config);
         let tso_replicator = replicator.another();
+        let region_replicator = replicator.another();
         let inner = Inner {
             sm: sm.clone(),
             replicator,
@@ -273,6 +283,7 @@ impl Cluster {
             base_config: config,
             sm,
             tso: Mutex::new(Tso { alloc: TsoAllocator::new(tso_bound), replicator: tso_replicator }),
+            region_writes: Mutex::new(region_replicator),
             inner: Mutex::new(inner),
             counters: Counters::default(),
         }

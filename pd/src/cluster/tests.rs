@@ -558,18 +558,16 @@ impl Leadership for Lapsing {
     }
 }
 
-#[test]
-fn a_member_whose_lease_ran_out_while_it_decided_hands_out_no_steps() {
+/// A member of a replicated PD serving term 1 through `replicator` and
+/// `leadership`, bootstrapped, with stores 1..=3 heartbeating and region 2
+/// on store 1 only (one replica short of three).
+fn serving_member(
+    sm: SharedMeta,
+    replicator: Box<dyn Replicator>,
+    leadership: Arc<dyn Leadership>,
+) -> Cluster {
     let config = Config::default();
-    let sm: SharedMeta = Arc::new(Mutex::new(StateMachine::open(Arc::new(MemEngine::new())).unwrap()));
-    let lease = Arc::new(Lapsing(std::sync::atomic::AtomicBool::new(true)));
-    let c = Cluster::with_replicator(
-        config.clone(),
-        member(&config),
-        sm.clone(),
-        Box::new(LocalReplicator::new(sm)),
-        lease.clone(),
-    );
+    let c = Cluster::with_replicator(config.clone(), member(&config), sm, replicator, leadership);
     c.inner.lock().prepare_check = false;
     c.promote(1).unwrap();
     c.bootstrap(store(1), first_region()).unwrap();
@@ -577,6 +575,14 @@ fn a_member_whose_lease_ran_out_while_it_decided_hands_out_no_steps() {
         c.put_store(store(id)).unwrap();
         c.store_heartbeat(StoreId(id), StoreStats::default()).unwrap();
     }
+    c
+}
+
+#[test]
+fn a_member_whose_lease_ran_out_while_it_decided_hands_out_no_steps() {
+    let sm: SharedMeta = Arc::new(Mutex::new(StateMachine::open(Arc::new(MemEngine::new())).unwrap()));
+    let lease = Arc::new(Lapsing(std::sync::atomic::AtomicBool::new(true)));
+    let c = serving_member(sm.clone(), Box::new(LocalReplicator::new(sm)), lease.clone());
     // The lease runs out (another member may be elected by now): the
     // region, one replica short, gets no step from this member, whichever
     // path decides.
@@ -590,4 +596,79 @@ fn a_member_whose_lease_ran_out_while_it_decided_hands_out_no_steps() {
     lease.0.store(true, Ordering::SeqCst);
     let order = c.region_heartbeat(hb).unwrap().expect("a step for the missing replicas");
     assert_eq!(order.region_id, RegionId(2));
+}
+
+/// A replicator whose region writes wait until the test opens the gate
+/// (a region record slow to commit: a slow disk, a PD follower away).
+#[derive(Clone)]
+struct Gated {
+    local: LocalReplicator,
+    /// Open?, and how many region writes wait.
+    gate: Arc<(Mutex<(bool, usize)>, parking_lot::Condvar)>,
+}
+
+impl Replicator for Gated {
+    fn replicate(&mut self, cmd: Command) -> Result<()> {
+        if matches!(cmd, Command::PutRegion { .. }) {
+            let (lock, cv) = &*self.gate;
+            let mut g = lock.lock();
+            g.1 += 1;
+            cv.notify_all();
+            while !g.0 {
+                cv.wait(&mut g);
+            }
+        }
+        self.local.replicate(cmd)
+    }
+    fn another(&self) -> Box<dyn Replicator> {
+        Box::new(self.clone())
+    }
+}
+
+#[test]
+fn a_region_write_waiting_to_commit_holds_up_no_decision() {
+    let sm: SharedMeta = Arc::new(Mutex::new(StateMachine::open(Arc::new(MemEngine::new())).unwrap()));
+    let gate = Arc::new((Mutex::new((true, 0)), parking_lot::Condvar::new()));
+    let replicator = Gated { local: LocalReplicator::new(sm.clone()), gate: gate.clone() };
+    let c = Arc::new(serving_member(sm, Box::new(replicator), Arc::new(SoleLeader)));
+    gate.0.lock().0 = false;
+    // A heartbeat with news (the region grew a peer) waits for its record.
+    let changed = Region {
+        epoch: RegionEpoch { conf_ver: 2, version: 1 },
+        peers: vec![voter(3, 1), voter(4, 2)],
+        ..first_region()
+    };
+    let writer = {
+        let c = c.clone();
+        std::thread::spawn(move || c.region_heartbeat(heartbeat(&changed, voter(3, 1))))
+    };
+    {
+        let (lock, cv) = &*gate;
+        let mut g = lock.lock();
+        while g.1 == 0 {
+            cv.wait(&mut g);
+        }
+    }
+    // Meanwhile decisions, other heartbeats and allocations go on.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            c.patrol().unwrap();
+            c.store_heartbeat(StoreId(2), StoreStats::default()).unwrap();
+            c.region_heartbeat(heartbeat(&first_region(), voter(3, 1))).unwrap();
+            c.alloc_id().unwrap();
+            tx.send(()).unwrap();
+        })
+    };
+    let went_on = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+    {
+        let (lock, cv) = &*gate;
+        lock.lock().0 = true;
+        cv.notify_all();
+    }
+    assert!(went_on, "a region write waiting to commit held up patrol, heartbeats and id allocation");
+    worker.join().unwrap();
+    writer.join().unwrap().unwrap();
+    assert_eq!(c.get_region_by_id(RegionId(2)).unwrap().unwrap().region.epoch.conf_ver, 2);
 }
