@@ -50,29 +50,26 @@ impl Cluster {
         let Some(leader) = hb.runtime.leader else {
             return Err(Error::InvalidArgument(format!("heartbeat of region {id} without a leader")));
         };
-        // A deposed leader's late report must not undo the new one's
-        // leadership; its region metadata, if newer, is still true (it was
-        // committed), so the map takes it.
+        self.inner.lock().ensure_bootstrapped()?;
+        // The region's record first, if it is news (its metadata, even from
+        // a deposed leader, was committed: the map takes it), outside
+        // `inner`.
+        self.put_regions(std::slice::from_ref(&hb.region))?;
+        let mut inner = self.inner.lock();
+        // Judged now, with `inner` held: another heartbeat of this region
+        // (from its new leader, on another store's stream) may have been
+        // handled meanwhile. A stale report must not attach its leader or
+        // pending peers to a newer record, and a deposed leader's late
+        // report must not undo the new one's leadership.
         let (known_term, verdict) = {
-            let inner = self.inner.lock();
-            inner.ensure_bootstrapped()?;
             let state = inner.state();
             (state.regions().get(id).map_or(0, |i| i.runtime.term), state.regions().check(&hb.region))
         };
-        let deposed = hb.runtime.term != 0 && hb.runtime.term < known_term;
-        match verdict {
-            Verdict::Stale(why) => {
-                debug!(region_id = %id, %why, "stale region heartbeat ignored");
-                return Ok(None);
-            }
-            Verdict::Unchanged => {}
-            Verdict::Changed => {
-                debug!(region_id = %id, epoch = ?hb.region.epoch, "region changed");
-                self.counters.region_changes.fetch_add(1, Ordering::Relaxed);
-                self.put_regions(std::slice::from_ref(&hb.region))?;
-            }
+        if verdict != Verdict::Unchanged {
+            debug!(region_id = %id, ?verdict, "region heartbeat older than the map: ignored");
+            return Ok(None);
         }
-        let mut inner = self.inner.lock();
+        let deposed = hb.runtime.term != 0 && hb.runtime.term < known_term;
         if deposed {
             debug!(region_id = %id, term = hb.runtime.term, known_term, "heartbeat of a deposed leader: leader kept");
             return Ok(None);
@@ -99,18 +96,24 @@ impl Cluster {
     /// unknown), one at a time under [`Cluster::region_writes`] and never
     /// under `inner`: a heartbeat waiting for its region record to commit
     /// holds up no other heartbeat, decision or HTTP call, only the next
-    /// region write. Returns how many were news. (Apply checks again: a
+    /// region write (on the etcd backend every write, of any kind, still
+    /// waits its turn for etcd). (Apply checks again: a
     /// record another member's leader wrote meanwhile wins if newer.)
-    fn put_regions(&self, regions: &[Region]) -> Result<u64> {
+    fn put_regions(&self, regions: &[Region]) -> Result<()> {
+        let news = |r: &Region| self.sm.lock().state().regions().check(r) == Verdict::Changed;
+        // Most heartbeats bring no news: they must not queue behind a write.
+        if !regions.iter().any(news) {
+            return Ok(());
+        }
         let mut writes = self.region_writes.lock();
-        let mut changed = 0;
         for region in regions {
-            if self.sm.lock().state().regions().check(region) == Verdict::Changed {
+            if news(region) {
+                debug!(region_id = %region.id, epoch = ?region.epoch, "region changed");
+                self.counters.region_changes.fetch_add(1, Ordering::Relaxed);
                 writes.replicate(Command::PutRegion { region: region.clone() })?;
-                changed += 1;
             }
         }
-        Ok(changed)
+        Ok(())
     }
 
     /// Allocates ids for `count` new regions split off `region`.
@@ -150,8 +153,7 @@ impl Cluster {
                 .map(|l| l.store_id)
                 .next()
         };
-        let changed = self.put_regions(regions)?;
-        self.counters.region_changes.fetch_add(changed, Ordering::Relaxed);
+        self.put_regions(regions)?;
         let inner = self.inner.lock();
         for region in regions {
             let known = inner.state().regions().get(region.id).map(|i| i.leader().is_some());

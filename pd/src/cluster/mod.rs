@@ -11,7 +11,8 @@
 //! across a proposal. Two kinds of writes wait for no decision and hold up
 //! none: timestamps (`tso`, their own lock and replicator handle) and region
 //! records from heartbeats and split reports (`region_writes`, taken without
-//! the decision mutex; a region is written only when its epoch is news).
+//! the decision mutex; a region is written only when its epoch is news; on
+//! the etcd backend all writes still take turns for etcd).
 //!
 //! Only the PD leader serves ([`Cluster::check_serving`]): when this member
 //! starts serving a term, [`Cluster::promote`] rebuilds everything derived

@@ -625,12 +625,18 @@ impl Replicator for Gated {
     }
 }
 
-#[test]
-fn a_region_write_waiting_to_commit_holds_up_no_decision() {
+/// A serving member (see [`serving_member`]) whose region writes pass a
+/// gate, open for now.
+fn gated_member() -> (Arc<Cluster>, Arc<(Mutex<(bool, usize)>, parking_lot::Condvar)>) {
     let sm: SharedMeta = Arc::new(Mutex::new(StateMachine::open(Arc::new(MemEngine::new())).unwrap()));
     let gate = Arc::new((Mutex::new((true, 0)), parking_lot::Condvar::new()));
     let replicator = Gated { local: LocalReplicator::new(sm.clone()), gate: gate.clone() };
-    let c = Arc::new(serving_member(sm, Box::new(replicator), Arc::new(SoleLeader)));
+    (Arc::new(serving_member(sm, Box::new(replicator), Arc::new(SoleLeader))), gate)
+}
+
+#[test]
+fn a_region_write_waiting_to_commit_holds_up_no_decision() {
+    let (c, gate) = gated_member();
     gate.0.lock().0 = false;
     // A heartbeat with news (the region grew a peer) waits for its record.
     let changed = Region {
@@ -671,4 +677,52 @@ fn a_region_write_waiting_to_commit_holds_up_no_decision() {
     worker.join().unwrap();
     writer.join().unwrap().unwrap();
     assert_eq!(c.get_region_by_id(RegionId(2)).unwrap().unwrap().region.epoch.conf_ver, 2);
+}
+
+#[test]
+fn a_late_report_of_a_deposed_leader_is_judged_after_its_region_write() {
+    let (c, gate) = gated_member();
+    let (a, b) = (voter(3, 1), voter(4, 2));
+    let two = Region { epoch: RegionEpoch { conf_ver: 2, version: 1 }, peers: vec![a, b], ..first_region() };
+    let grown = Region {
+        epoch: RegionEpoch { conf_ver: 3, version: 1 },
+        peers: vec![a, b, voter(5, 3)],
+        ..first_region()
+    };
+    let with_term = |region: &Region, leader: Peer, term: u64| RegionHeartbeat {
+        region: region.clone(),
+        runtime: RegionRuntime { leader: Some(leader), term, ..Default::default() },
+    };
+    c.region_heartbeat(with_term(&two, a, 5)).unwrap();
+    // A, leader in term 5, reports the grown region; its record waits to
+    // commit...
+    let written = {
+        let mut g = gate.0.lock();
+        g.0 = false;
+        g.1
+    };
+    let late = {
+        let c = c.clone();
+        std::thread::spawn(move || c.region_heartbeat(with_term(&grown, a, 5)))
+    };
+    {
+        let (lock, cv) = &*gate;
+        let mut g = lock.lock();
+        while g.1 == written {
+            cv.wait(&mut g);
+        }
+    }
+    // ...while B's report of term 6 is handled (B now leads).
+    let newer = RegionRuntime { leader: Some(b), term: 6, ..Default::default() };
+    c.inner.lock().state().set_region_runtime(RegionId(2), newer);
+    {
+        let (lock, cv) = &*gate;
+        lock.lock().0 = true;
+        cv.notify_all();
+    }
+    late.join().unwrap().unwrap();
+    // The record is A's (committed metadata), the leadership stays B's.
+    let info = c.get_region_by_id(RegionId(2)).unwrap().unwrap();
+    assert_eq!(info.region.epoch.conf_ver, 3);
+    assert_eq!((info.runtime.leader, info.runtime.term), (Some(b), 6));
 }
