@@ -603,9 +603,11 @@ fn a_member_whose_lease_ran_out_while_it_decided_hands_out_no_steps() {
 #[derive(Clone)]
 struct Gated {
     local: LocalReplicator,
-    /// Open?, and how many region writes wait.
-    gate: Arc<(Mutex<(bool, usize)>, parking_lot::Condvar)>,
+    gate: Gate,
 }
+
+/// Open?, and how many region writes came to the gate.
+type Gate = Arc<(Mutex<(bool, usize)>, parking_lot::Condvar)>;
 
 impl Replicator for Gated {
     fn replicate(&mut self, cmd: Command) -> Result<()> {
@@ -627,7 +629,7 @@ impl Replicator for Gated {
 
 /// A serving member (see [`serving_member`]) whose region writes pass a
 /// gate, open for now.
-fn gated_member() -> (Arc<Cluster>, Arc<(Mutex<(bool, usize)>, parking_lot::Condvar)>) {
+fn gated_member() -> (Arc<Cluster>, Gate) {
     let sm: SharedMeta = Arc::new(Mutex::new(StateMachine::open(Arc::new(MemEngine::new())).unwrap()));
     let gate = Arc::new((Mutex::new((true, 0)), parking_lot::Condvar::new()));
     let replicator = Gated { local: LocalReplicator::new(sm.clone()), gate: gate.clone() };
