@@ -17,7 +17,7 @@
 //! | `put` | 100% put of a random value |
 //! | `get` | 100% get |
 //! | `batch_get` | 100% read of `batch_size` keys in one request |
-//! | `scan` | 100% scan of `scan_length` pairs from a key |
+//! | `scan` | 100% scan of `scan_length` pairs from a key (a bounded range) |
 //! | `cas` | 100% compare-and-swap expecting the loaded value and writing it back |
 //! | `ycsb-a` | 50% get, 50% put (update heavy) |
 //! | `ycsb-b` | 95% get, 5% put (read mostly) |
@@ -418,7 +418,11 @@ async fn client(target: Arc<dyn Target>, opts: BenchOptions, phase: Arc<Phase>, 
                 let keys = (0..opts.batch_size).map(|_| key(chooser.next(&mut rng), opts.key_size)).collect();
                 target.batch_get(keys).await.map(drop)
             }
-            OpKind::Scan => target.scan(key(i, opts.key_size), opts.scan_length).await.map(drop),
+            OpKind::Scan => {
+                // The keys are dense: `[i, i + scan_length)` holds scan_length of them.
+                let end = key(i + opts.scan_length as u64, opts.key_size);
+                target.scan(key(i, opts.key_size), end, opts.scan_length).await.map(drop)
+            }
             OpKind::Cas => {
                 let v = value_for(i, opts.value_size);
                 target.cas(key(i, opts.key_size), v.clone(), v).await.map(drop)

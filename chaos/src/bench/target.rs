@@ -36,8 +36,10 @@ pub trait Target: Send + Sync {
     fn get(&self, key: Vec<u8>) -> BoxFuture<'_, OpResult<bool>>;
     /// How many of `keys` exist, read in one request.
     fn batch_get(&self, keys: Vec<Vec<u8>>) -> BoxFuture<'_, OpResult<usize>>;
-    /// How many pairs from `start` on (at most `limit`) were read.
-    fn scan(&self, start: Vec<u8>, limit: usize) -> BoxFuture<'_, OpResult<usize>>;
+    /// How many pairs of `[start, end)` (at most `limit`) were read. The
+    /// end bounds the work on every system alike (etcd counts the whole
+    /// range of a request, whatever its limit).
+    fn scan(&self, start: Vec<u8>, end: Vec<u8>, limit: usize) -> BoxFuture<'_, OpResult<usize>>;
     /// Sets `key` to `new` if it holds `expected`; whether it did.
     fn cas(&self, key: Vec<u8>, expected: Vec<u8>, new: Vec<u8>) -> BoxFuture<'_, OpResult<bool>>;
 }
@@ -68,10 +70,10 @@ impl Target for Mnemosyne {
     fn batch_get(&self, keys: Vec<Vec<u8>>) -> BoxFuture<'_, OpResult<usize>> {
         Box::pin(async move { self.0.batch_get(keys).await.map(|v| v.len()).map_err(client_error) })
     }
-    fn scan(&self, start: Vec<u8>, limit: usize) -> BoxFuture<'_, OpResult<usize>> {
-        Box::pin(async move {
-            self.0.scan(start, Vec::new(), limit as u32).await.map(|v| v.len()).map_err(client_error)
-        })
+    fn scan(&self, start: Vec<u8>, end: Vec<u8>, limit: usize) -> BoxFuture<'_, OpResult<usize>> {
+        Box::pin(
+            async move { self.0.scan(start, end, limit as u32).await.map(|v| v.len()).map_err(client_error) },
+        )
     }
     fn cas(&self, key: Vec<u8>, expected: Vec<u8>, new: Vec<u8>) -> BoxFuture<'_, OpResult<bool>> {
         Box::pin(async move {
@@ -144,10 +146,10 @@ impl Target for Etcd {
             Ok(found)
         })
     }
-    fn scan(&self, start: Vec<u8>, limit: usize) -> BoxFuture<'_, OpResult<usize>> {
+    fn scan(&self, start: Vec<u8>, end: Vec<u8>, limit: usize) -> BoxFuture<'_, OpResult<usize>> {
         use etcd_client::GetOptions;
         Box::pin(async move {
-            let options = GetOptions::new().with_from_key().with_limit(limit as i64);
+            let options = GetOptions::new().with_range(end).with_limit(limit as i64);
             let resp = self.0.kv_client().get(start, Some(options)).await.map_err(etcd_error)?;
             Ok(resp.kvs().len())
         })
@@ -227,9 +229,9 @@ impl Target for Rocks {
             Ok(found)
         })
     }
-    fn scan(&self, start: Vec<u8>, limit: usize) -> BoxFuture<'_, OpResult<usize>> {
+    fn scan(&self, start: Vec<u8>, end: Vec<u8>, limit: usize) -> BoxFuture<'_, OpResult<usize>> {
         self.blocking(move |e| {
-            let range = ScanRange { start: &start, end: &[], reverse: false };
+            let range = ScanRange { start: &start, end: &end, reverse: false };
             mnemo_engine::scan_collect(e, Cf::Default, range, limit).map(|v| v.len())
         })
     }
