@@ -616,15 +616,24 @@ impl Nemesis {
         for i in others(n, &[l]) {
             ok &= self.delay(i, 450, Some(leader_store));
         }
+        // Asked again while it has not moved: the balancers keep running, and
+        // a membership change they make meanwhile cancels the operator as
+        // stale (its epoch moved), as a refused or timed-out request ends it.
         let op = json!({ "name": "transfer-leader", "region_id": region_id, "to_store_id": to });
-        ok &= self.cluster.pd_post("/pd/api/v1/operators", op).is_ok();
+        let leader_now = |n: &Nemesis| n.region_of(&key).and_then(|r| r["leader"]["store_id"].as_u64());
+        let mut asked = false;
+        while Instant::now() < hold_until && !stop.load(Ordering::Relaxed) {
+            if leader_now(self).is_some_and(|s| s != leader_store) {
+                break;
+            }
+            asked |= self.cluster.pd_post("/pd/api/v1/operators", op.clone()).is_ok();
+            self.hold((Instant::now() + Duration::from_millis(700)).min(hold_until), stop);
+        }
+        ok &= asked;
         self.hold(hold_until, stop);
         self.undelay();
         // Took effect if the leadership actually moved.
-        let moved = self
-            .region_of(&key)
-            .and_then(|r| r["leader"]["store_id"].as_u64())
-            .is_some_and(|s| s != leader_store);
+        let moved = leader_now(self).is_some_and(|s| s != leader_store);
         done(
             format!("n{} ({}) → store {to}{}", l + 1, show(&key), if moved { "" } else { ", did not move" }),
             ok && moved,
