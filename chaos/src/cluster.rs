@@ -520,10 +520,15 @@ impl Cluster {
     /// Whether PD member `i` says it serves as leader (None: no answer
     /// within 300 ms).
     pub fn pd_member_serving(&self, i: usize) -> Option<bool> {
+        self.pd_member_raft(i, Duration::from_millis(300))?["serving"].as_bool()
+    }
+
+    /// What PD member `i` says of its raft group (`GET /pd/api/v1/raft`:
+    /// serving, term, applied and first index, ...), if it answers within
+    /// `timeout`.
+    pub fn pd_member_raft(&self, i: usize, timeout: Duration) -> Option<Value> {
         let url = format!("http://{}/pd/api/v1/raft", self.pd_addrs[i]);
-        let raft: Value =
-            ureq::get(&url).timeout(Duration::from_millis(300)).call().ok()?.into_json().ok()?;
-        raft["serving"].as_bool()
+        ureq::get(&url).timeout(timeout).call().ok()?.into_json().ok()
     }
 
     /// SIGKILLs PD member `i`.

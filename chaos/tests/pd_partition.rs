@@ -10,8 +10,7 @@ use serde_json::{json, Value};
 
 /// What member `i` says of its raft group (`GET /pd/api/v1/raft`).
 fn raft(cluster: &Cluster, i: usize) -> Option<Value> {
-    let url = format!("http://{}/pd/api/v1/raft", cluster.pd_endpoints()[i]);
-    ureq::get(&url).timeout(Duration::from_secs(2)).call().ok()?.into_json().ok()
+    cluster.pd_member_raft(i, Duration::from_secs(2))
 }
 
 /// A run-time config change posted to member `i` itself (one log entry).
