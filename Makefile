@@ -14,7 +14,7 @@ FEATURES := --features mnemo-node/failpoints,mnemo-pd/failpoints
 
 APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl etcd-server
 
-.PHONY: deps build run test bench bench-regions bench-compare chaos lint fmt clean-data
+.PHONY: deps build run test bench bench-regions bench-compare bench-profile bench-micro chaos lint fmt clean-data
 
 # make chaos DURATION=1800 SEED=7 NEMESIS=all,crash-point,compound WORKLOAD=all:
 # a Jepsen-style run of mnemo-chaos (5 nodes in network namespaces, faults
@@ -54,6 +54,14 @@ bench-regions: build
 # DURATION=, ROUNDS=, CLIENTS=, KEYS=, WORKLOADS=, REGIONS= (see the script).
 bench-compare: build
 	scripts/bench-compare.sh
+
+# perf record -g of node 1 under load; REGIONS=, WORKLOAD=, CLIENTS= (see the script).
+bench-profile: build
+	scripts/bench-profile.sh
+
+# Criterion micro-benchmarks of the hot paths, and PD's memory at 1,000,000 regions.
+bench-micro: build
+	cargo bench --workspace $(FEATURES)
 
 chaos: build
 	$(BIN)/mnemo-chaos --duration $(DURATION) --seed $(SEED) --nemesis $(NEMESIS) --workload $(WORKLOAD)

@@ -29,6 +29,8 @@ mkdir -p "$OUT"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$ROOT"; }
 trap cleanup EXIT
+# start_mnemosyne, wait_replicated, split_into, load
+. "$(dirname "$0")/bench-lib.sh"
 
 ETCD_EP=http://127.0.0.1:24379,http://127.0.0.1:24479,http://127.0.0.1:24579
 start_etcd() {
@@ -48,47 +50,6 @@ start_etcd() {
   echo "etcd did not come up (see $ROOT/etcd1.log)"; exit 1
 }
 
-PD=127.0.0.1:24700
-start_mnemosyne() {
-  "$BIN/mnemo-pd" --name pd1 --data-dir "$ROOT/pd" --client-urls "http://$PD" \
-    --peer-urls http://127.0.0.1:24701 --initial-cluster pd1=http://127.0.0.1:24701 >"$ROOT/pd.log" 2>&1 &
-  pids+=($!)
-  for i in 1 2 3; do
-    "$BIN/mnemo-node" --pd "$PD" --addr "127.0.0.1:2471$i" --status-addr "127.0.0.1:2472$i" \
-      --data-dir "$ROOT/n$i" >"$ROOT/n$i.log" 2>&1 &
-    pids+=($!)
-  done
-  wait_replicated
-}
-# Every region has 3 voters and a leader.
-wait_replicated() {
-  for _ in $(seq 1 240); do
-    curl -sf "http://$PD/pd/api/v1/regions" | python3 -c '
-import json, sys
-try:
-    rs = json.load(sys.stdin)["regions"]
-except Exception:
-    sys.exit(1)
-ok = rs and all(len(r["peers"]) == 3 and r.get("leader", {}).get("store_id") for r in rs)
-sys.exit(0 if ok else 1)' 2>/dev/null && return 0
-    sleep 0.5
-  done
-  echo "Mnemosyne did not replicate (see $ROOT/*.log)"; exit 1
-}
-# split_into N: splits the key space of KEYS keys into N regions (PD splits, then waits).
-split_into() {
-  python3 -c "
-import json
-n, keys = $1, $KEYS
-print(json.dumps({'split_keys': [('%016d' % (keys * i // n)).encode().hex() for i in range(1, n)]}))" |
-    curl -sf -X POST "http://$PD/pd/api/v1/regions/split" -H 'content-type: application/json' -d @- >/dev/null
-  for _ in $(seq 1 240); do
-    [ "$(curl -sf "http://$PD/pd/api/v1/regions" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])')" -ge "$1" ] && break
-    sleep 0.5
-  done
-  wait_replicated
-}
-
 # run SYSTEM WORKLOAD REGIONS [extra mnemo-bench args]: one measured run, appended to RAW.
 run() {
   local system=$1 workload=$2 regions=$3; shift 3
@@ -103,9 +64,6 @@ run() {
     tail -1 | python3 -c "import json,sys; r=json.load(sys.stdin); r['regions']=$regions; print(json.dumps(r))" >>"$RAW"
   printf '  %-9s %-9s %4s regions: %s\n' "$system" "$workload" "$regions" \
     "$(tail -1 "$RAW" | python3 -c 'import json,sys; t=json.load(sys.stdin)["total"]; print("%.0f ops/s, p99 %.2f ms, %d errors" % (t["ops_per_sec"], t["p99_us"]/1000, t["errors"]))')"
-}
-load() {
-  "$BIN/mnemo-bench" "$@" --workload get --keys "$KEYS" --key-size 16 --value-size 256 --ops 1 --clients 1 --quiet >/dev/null
 }
 
 echo "starting etcd (3 members) and Mnemosyne (3 nodes) under $ROOT"

@@ -188,10 +188,21 @@ impl Transport for GrpcTransport {
     }
 }
 
+/// The raft message in `m`, decoded, if it carries a snapshot. Only its
+/// type is read first (every append passes through here: decoding it whole,
+/// entries and all, just to learn its type cost more than sending it).
 fn is_snapshot(m: &RaftMessage) -> Option<RaftMsg> {
-    // Cheap check first: only decode messages big enough to carry a snapshot.
-    let msg = RaftMsg::parse_from_bytes(&m.message).ok()?;
-    (msg.get_msg_type() == MessageType::MsgSnapshot).then_some(msg)
+    /// `eraftpb.Message` with only its type: prost skips every other field.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct TypeOnly {
+        #[prost(int32, tag = "1")]
+        msg_type: i32,
+    }
+    let ty = <TypeOnly as prost::Message>::decode(m.message.as_slice()).ok()?.msg_type;
+    if ty != MessageType::MsgSnapshot as i32 {
+        return None;
+    }
+    RaftMsg::parse_from_bytes(&m.message).ok()
 }
 
 /// Tells the store loop that `msgs` were not delivered. A dropped snapshot
@@ -403,5 +414,37 @@ impl RaftTransport for RaftService {
             Err(SendError::Stopped) => return Err(Status::unavailable("store stopped")),
         }
         Ok(Response::new(Done {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{Entry, Snapshot};
+
+    fn wire(msg: &RaftMsg) -> RaftMessage {
+        RaftMessage { region_id: 1, message: msg.write_to_bytes().unwrap(), ..Default::default() }
+    }
+
+    #[test]
+    fn only_snapshots_leave_the_batch() {
+        let mut snap = RaftMsg::default();
+        snap.set_msg_type(MessageType::MsgSnapshot);
+        let mut s = Snapshot::default();
+        s.set_data(vec![7; 1000].into());
+        s.mut_metadata().index = 42;
+        snap.set_snapshot(s);
+        let found = is_snapshot(&wire(&snap)).expect("a snapshot is recognised");
+        assert_eq!(found.get_snapshot().get_metadata().index, 42);
+
+        let mut append = RaftMsg::default();
+        append.set_msg_type(MessageType::MsgAppend);
+        let mut entry = Entry::default();
+        entry.set_data(vec![1; 300].into());
+        append.set_entries(vec![entry].into());
+        assert!(is_snapshot(&wire(&append)).is_none());
+        // MsgHup is type 0: its type field is not on the wire at all.
+        assert!(is_snapshot(&wire(&RaftMsg::default())).is_none());
+        assert!(is_snapshot(&RaftMessage { message: vec![0xff, 0xff], ..Default::default() }).is_none());
     }
 }

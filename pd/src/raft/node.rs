@@ -619,6 +619,7 @@ impl Group<RoundCx> for PdGroup {
             self.raw.mut_store().apply_state.applied_index = e.index;
         }
         self.raw.store().stage_apply_state(kv_wb);
+        self.raw.mut_store().evict_applied_entries();
         // Answers go out only after the batch is synced.
         Ok(true)
     }
@@ -629,6 +630,10 @@ impl Group<RoundCx> for PdGroup {
 
     fn stage_hard_state(&mut self, hs: &HardState, raft_wb: &mut WriteBatch) {
         self.raw.mut_store().set_hard_state(hs, raft_wb);
+    }
+
+    fn keep_commit(&mut self, commit: u64) {
+        self.raw.mut_store().hard_state.commit = commit;
     }
 
     fn hard_state(&self) -> HardState {

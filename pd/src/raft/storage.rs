@@ -166,6 +166,11 @@ impl PdRaftStorage {
         self.conf_state = cs;
     }
 
+    /// Drops cached log entries this group applied (see `RaftLog`'s entry cache).
+    pub fn evict_applied_entries(&mut self) {
+        self.log.evict_cache_through(self.apply_state.applied_index);
+    }
+
     /// Drops log entries up to `index` (≤ applied), keeping the term of
     /// `index` as the truncation point. Written synced at once: the apply
     /// state that covers them goes first, in the same batch.

@@ -7,6 +7,20 @@
 //! is covered by the applied state (a snapshot, or a group's initial state).
 //! The truncation point itself is the owner's to persist (with its applied
 //! state), so it is passed in rather than kept here.
+//!
+//! Two things are kept in memory so the hot path never reads the engine:
+//! - the **terms** of every entry appended since the log was opened, as runs
+//!   (a term changes only at an election, so a log is a few runs): raft-rs
+//!   asks a leader for the term of its commit candidate on every advance;
+//! - an **entry cache**: the latest entries appended, until the owner
+//!   applied them ([`RaftLog::evict_cache_through`]) or the cache outgrew
+//!   [`ENTRY_CACHE_BYTES`]. Committed entries are handed to apply from here
+//!   (raft-rs asks its storage for them once they are persisted), and so
+//!   are appends re-sent to a follower a little behind. Entries outside the
+//!   cache are read from the engine. The cache never holds what the engine
+//!   will not: it follows every append, conflict and reset.
+
+use std::collections::VecDeque;
 
 use mnemo_engine::{Cf, EngineError, EngineRef, ScanRange, WriteBatch};
 use protobuf::Message as _;
@@ -28,7 +42,18 @@ pub struct RaftLog {
     prefix: Vec<u8>,
     last_index: u64,
     last_term: u64,
+    /// `(first index, term)` of each run of equal terms, in index order,
+    /// covering every index from the first run's up to `last_index`
+    /// (empty: none known in memory).
+    terms: Vec<(u64, u64)>,
+    /// The latest entries, contiguous, ending at `last_index` (or empty).
+    cache: VecDeque<Entry>,
+    /// Encoded bytes of `cache`.
+    cache_bytes: u64,
 }
+
+/// Most bytes of entries one log keeps cached; older ones are dropped first.
+pub const ENTRY_CACHE_BYTES: u64 = 4 << 20;
 
 /// An engine or decoding failure as raft-rs wants it.
 pub fn storage_err(e: impl std::fmt::Display) -> raft::Error {
@@ -38,7 +63,15 @@ pub fn storage_err(e: impl std::fmt::Display) -> raft::Error {
 impl RaftLog {
     /// Opens the log under `prefix`, finding its last entry after `truncated`.
     pub fn open(engine: EngineRef, prefix: Vec<u8>, truncated: Truncated) -> Result<RaftLog, EngineError> {
-        let mut log = RaftLog { engine, prefix, last_index: truncated.index, last_term: truncated.term };
+        let mut log = RaftLog {
+            engine,
+            prefix,
+            last_index: truncated.index,
+            last_term: truncated.term,
+            terms: Vec::new(),
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+        };
         let start = log.key(truncated.index + 1);
         let end = log.key(u64::MAX);
         let mut last = None;
@@ -54,6 +87,7 @@ impl RaftLog {
             let e = Entry::parse_from_bytes(&v).map_err(|e| EngineError(format!("raft log entry: {e}")))?;
             log.last_index = e.index;
             log.last_term = e.term;
+            log.terms.push((e.index, e.term));
         }
         Ok(log)
     }
@@ -85,13 +119,68 @@ impl RaftLog {
         debug_assert!(first.index <= self.last_index + 1);
         self.last_index = last.index;
         self.last_term = last.term;
+        // Runs from `first` on are replaced; what is left still reaches
+        // `first - 1`, so the runs stay contiguous.
+        let kept = self.terms.partition_point(|&(start, _)| start < first.index);
+        self.terms.truncate(kept);
+        for e in entries {
+            if self.terms.last().is_none_or(|&(_, term)| term != e.term) {
+                self.terms.push((e.index, e.term));
+            }
+        }
+        // The cache: drop what the append replaces, then add it (the cache
+        // stays contiguous: an append starts at most one past its end).
+        while self.cache.back().is_some_and(|e| e.index >= first.index) {
+            let gone = self.cache.pop_back().expect("non-empty");
+            self.cache_bytes -= u64::from(gone.compute_size());
+        }
+        if self.cache.back().is_some_and(|e| e.index + 1 != first.index) {
+            self.clear_cache();
+        }
+        for e in entries {
+            self.cache_bytes += u64::from(e.compute_size());
+            self.cache.push_back(e.clone());
+        }
+        while self.cache_bytes > ENTRY_CACHE_BYTES && self.cache.len() > 1 {
+            self.pop_cached();
+        }
     }
 
-    /// Stages the removal of entries `[from, to]` into `wb`.
-    pub fn stage_delete(&self, from: u64, to: u64, wb: &mut WriteBatch) {
+    /// Drops cached entries up to `index` (the owner applied them; a
+    /// follower that still needs them gets them from the engine).
+    pub fn evict_cache_through(&mut self, index: u64) {
+        while self.cache.front().is_some_and(|e| e.index <= index) {
+            self.pop_cached();
+        }
+    }
+
+    fn pop_cached(&mut self) {
+        if let Some(e) = self.cache.pop_front() {
+            self.cache_bytes -= u64::from(e.compute_size());
+        }
+    }
+
+    fn clear_cache(&mut self) {
+        self.cache.clear();
+        self.cache_bytes = 0;
+    }
+
+    /// Number of entries cached (tests, metrics).
+    pub fn cached_entries(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Stages the removal of entries `[from, to]` (compacted away) into `wb`.
+    pub fn stage_delete(&mut self, from: u64, to: u64, wb: &mut WriteBatch) {
         if from <= to {
             wb.delete_range(Cf::Default, self.key(from), self.key(to + 1));
         }
+        // Forget the runs wholly before `to + 1`, keeping the one covering it.
+        let covering = self.terms.partition_point(|&(start, _)| start <= to + 1);
+        if covering > 1 {
+            self.terms.drain(..covering - 1);
+        }
+        self.evict_cache_through(to);
     }
 
     /// Stages the removal of every entry into `wb` and starts the log over
@@ -100,6 +189,8 @@ impl RaftLog {
         wb.delete_range(Cf::Default, self.key(0), self.key(u64::MAX));
         self.last_index = truncated.index;
         self.last_term = truncated.term;
+        self.terms.clear();
+        self.clear_cache();
     }
 
     /// raft-rs' `Storage::term`.
@@ -115,6 +206,10 @@ impl RaftLog {
         }
         if idx == self.last_index {
             return Ok(self.last_term);
+        }
+        if self.terms.first().is_some_and(|&(start, _)| start <= idx) {
+            let run = self.terms.partition_point(|&(start, _)| start <= idx) - 1;
+            return Ok(self.terms[run].1);
         }
         let b = self
             .engine
@@ -142,6 +237,16 @@ impl RaftLog {
         let max = max_size.unwrap_or(u64::MAX);
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
+        if let Some(first) = self.cache.front().map(|e| e.index).filter(|&first| first <= low) {
+            for e in self.cache.range((low - first) as usize..(high - first) as usize) {
+                size += u64::from(e.compute_size());
+                if !out.is_empty() && size > max {
+                    break;
+                }
+                out.push(e.clone());
+            }
+            return Ok(out);
+        }
         let (start, end) = (self.key(low), self.key(high));
         let mut bad = None;
         self.engine
@@ -207,5 +312,76 @@ mod tests {
         assert_eq!(reopened.entries(6, 8, Some(1), t).unwrap().len(), 1, "at least one entry over the limit");
         // Another group's prefix sees nothing.
         assert_eq!(RaftLog::open(engine, b"g/2/".to_vec(), t).unwrap().last_index(), 5);
+    }
+
+    #[test]
+    fn terms_kept_in_memory_agree_with_the_engine_through_conflicts_and_compaction() {
+        let engine: EngineRef = Arc::new(MemEngine::new());
+        let t = Truncated { index: 5, term: 5 };
+        let mut log = RaftLog::open(engine.clone(), b"g/1/".to_vec(), t).unwrap();
+        let check = |log: &RaftLog, t: Truncated| {
+            // A reopened log knows only its last term in memory: it reads the engine.
+            let fresh = RaftLog::open(engine.clone(), b"g/1/".to_vec(), t).unwrap();
+            for i in t.index..=log.last_index() {
+                assert_eq!(log.term(i, t).unwrap(), fresh.term(i, t).unwrap(), "term of {i}");
+            }
+        };
+        let mut wb = WriteBatch::new();
+        let run = |from: u64, to: u64, term: u64| (from..=to).map(|i| entry(i, term)).collect::<Vec<_>>();
+        log.append(&run(6, 9, 6), &mut wb);
+        log.append(&run(10, 12, 7), &mut wb);
+        write(&engine, wb);
+        check(&log, t);
+        // A new leader overwrites from 11 on, shorter than before.
+        let mut wb = WriteBatch::new();
+        log.append(&run(11, 11, 9), &mut wb);
+        write(&engine, wb);
+        assert_eq!(log.term(11, t).unwrap(), 9);
+        assert_eq!(log.term(10, t).unwrap(), 7);
+        check(&log, t);
+        let mut wb = WriteBatch::new();
+        log.append(&run(12, 14, 9), &mut wb);
+        write(&engine, wb);
+        check(&log, t);
+        // Compacted through 10: the runs before 11 are forgotten, the rest answer.
+        let mut wb = WriteBatch::new();
+        log.stage_delete(6, 10, &mut wb);
+        write(&engine, wb);
+        let t = Truncated { index: 10, term: 7 };
+        assert!(log.term(9, t).is_err());
+        check(&log, t);
+        assert_eq!(log.terms, vec![(11, 9)]);
+    }
+
+    #[test]
+    fn the_entry_cache_serves_what_the_engine_holds_until_applied() {
+        let engine: EngineRef = Arc::new(MemEngine::new());
+        let t = Truncated { index: 5, term: 5 };
+        let mut log = RaftLog::open(engine.clone(), b"g/1/".to_vec(), t).unwrap();
+        let run = |from: u64, to: u64, term: u64| (from..=to).map(|i| entry(i, term)).collect::<Vec<_>>();
+        let mut wb = WriteBatch::new();
+        log.append(&run(6, 12, 6), &mut wb);
+        write(&engine, wb);
+        // A conflicting append replaces the cached tail too.
+        let mut wb = WriteBatch::new();
+        log.append(&run(10, 11, 7), &mut wb);
+        write(&engine, wb);
+        assert_eq!(log.cached_entries(), 6);
+        let from_engine = RaftLog::open(engine.clone(), b"g/1/".to_vec(), t).unwrap();
+        assert_eq!(from_engine.cached_entries(), 0);
+        for (low, high, max) in [(6, 12, None), (8, 11, None), (6, 12, Some(1)), (7, 12, Some(30))] {
+            assert_eq!(
+                log.entries(low, high, max, t).unwrap(),
+                from_engine.entries(low, high, max, t).unwrap()
+            );
+        }
+        // Applied through 8: those leave the cache, and are read from the engine.
+        log.evict_cache_through(8);
+        assert_eq!(log.cached_entries(), 3);
+        assert_eq!(log.entries(6, 12, None, t).unwrap(), from_engine.entries(6, 12, None, t).unwrap());
+        // A snapshot reset empties it.
+        let mut wb = WriteBatch::new();
+        log.reset(Truncated { index: 20, term: 8 }, &mut wb);
+        assert_eq!(log.cached_entries(), 0);
     }
 }

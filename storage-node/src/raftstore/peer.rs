@@ -95,6 +95,23 @@ struct PendingRead {
     cb: ReadCallback,
 }
 
+/// Plain writes of one round waiting to be proposed as one entry (see
+/// [`Peer::propose_write`]).
+struct WriteBatchProposal {
+    /// The first write's command, with every later write's mutations appended.
+    cmd: RaftCommand,
+    cbs: Vec<WriteCallback>,
+    /// Encoded size so far (an estimate: the sum of the commands').
+    size: u64,
+    /// The stamp reserved when the batch was started: reads granted while it
+    /// waits judge expiry below it, as for a write already proposed.
+    stamp_ms: u64,
+}
+
+/// Largest raft entry a batch of plain writes grows to (smaller than
+/// `raft-entry-max-size`, which a single write may still reach).
+const MAX_BATCH_ENTRY: u64 = 256 << 10;
+
 /// A response to deliver after the round's writes are on disk.
 pub enum Reply {
     Write(WriteCallback, Result<WriteOutcome>),
@@ -158,6 +175,9 @@ pub struct Peer {
     proposals: VecDeque<Proposal>,
     /// Writes received before this leader applied an entry of its term.
     waiting_writes: VecDeque<(RaftCommand, WriteCallback)>,
+    /// Plain writes of this round, proposed together as one entry by
+    /// [`Peer::propose_write_batch`] before the round's ready.
+    write_batch: Option<WriteBatchProposal>,
     reads: VecDeque<PendingRead>,
     next_read_id: u64,
     /// End of the lease, on the lease clock.
@@ -243,6 +263,7 @@ impl Peer {
             raw,
             proposals: VecDeque::new(),
             waiting_writes: VecDeque::new(),
+            write_batch: None,
             reads: VecDeque::new(),
             next_read_id: 1,
             lease_until: None,
@@ -428,7 +449,8 @@ impl Peer {
     /// Permission to read the region now (see [`ReadGrant::now_ms`]).
     fn grant(&self, now: Now) -> ReadGrant {
         let mut at = now.wall_ms.max(self.applied_stamp_ms);
-        if let Some(oldest) = self.proposals.iter().map(|p| p.stamp_ms).min() {
+        let batched = self.write_batch.as_ref().map(|b| b.stamp_ms);
+        if let Some(oldest) = self.proposals.iter().map(|p| p.stamp_ms).chain(batched).min() {
             at = at.min(oldest.saturating_sub(1)).max(self.applied_stamp_ms);
         }
         ReadGrant { region: self.region().clone(), now_ms: at }
@@ -464,6 +486,14 @@ impl Peer {
     /// Proposes a write, stamped with the time apply will judge TTLs by.
     /// The callback fires when the entry is applied.
     ///
+    /// Plain writes (puts and deletes: nothing judged at apply) are not
+    /// proposed at once: they join this round's batch, which the store
+    /// proposes as **one entry** once every message of the round is handled
+    /// ([`Peer::propose_write_batch`]): with many clients on one region a
+    /// round's writes cost raft one entry, not one each. The batch keeps
+    /// their order; a write of another kind, or any other proposal, first
+    /// proposes the batch, so the log order is the arrival order.
+    ///
     /// A new leader holds writes back until it applied an entry of its own
     /// term: only then has it applied every stamp its predecessors
     /// committed, so its own stamps (at least the largest applied) never go
@@ -479,7 +509,52 @@ impl Peer {
             self.waiting_writes.push_back((cmd, cb));
             return;
         }
-        self.propose_checked(cmd, now, cb, replies);
+        if is_batchable(&cmd) {
+            self.batch_write(cmd, now, cb, replies);
+        } else {
+            self.propose_write_batch(now, replies);
+            self.propose_checked(cmd, now, vec![cb], replies);
+        }
+    }
+
+    /// Adds a plain write to this round's batch (proposing the batch first
+    /// if the write does not fit or was made for another epoch).
+    fn batch_write(&mut self, cmd: RaftCommand, now: Now, cb: WriteCallback, replies: &mut Vec<Reply>) {
+        let size = cmd.encoded_len() as u64;
+        let fits = self.write_batch.as_ref().is_some_and(|b| {
+            b.size + size <= MAX_BATCH_ENTRY
+                && b.cmd.header.as_ref().map(|h| &h.region_epoch)
+                    == cmd.header.as_ref().map(|h| &h.region_epoch)
+        });
+        if !fits {
+            self.propose_write_batch(now, replies);
+        }
+        match &mut self.write_batch {
+            Some(b) => {
+                b.cmd.mutations.extend(cmd.mutations);
+                b.cbs.push(cb);
+                b.size += size;
+            }
+            None => {
+                self.last_stamp_ms = self.last_stamp_ms.max(now.wall_ms);
+                let stamp_ms = self.last_stamp_ms;
+                self.write_batch = Some(WriteBatchProposal { cmd, cbs: vec![cb], size, stamp_ms });
+            }
+        }
+    }
+
+    /// True if a batch of plain writes waits to be proposed.
+    pub fn has_write_batch(&self) -> bool {
+        self.write_batch.is_some()
+    }
+
+    /// Proposes this round's batch of plain writes as one entry (a no-op
+    /// without one). The store calls it after the round's messages, and
+    /// before any other proposal of this peer.
+    pub fn propose_write_batch(&mut self, now: Now, replies: &mut Vec<Reply>) {
+        if let Some(b) = self.write_batch.take() {
+            self.propose_checked(b.cmd, now, b.cbs, replies);
+        }
     }
 
     /// Proposes the writes held back until this leader applied an entry of
@@ -492,18 +567,19 @@ impl Peer {
             // The region may have split meanwhile: check again.
             let checked = apply::check_command(self.region(), &cmd);
             match checked {
-                Ok(()) => self.propose_checked(cmd, now, cb, replies),
+                Ok(()) => self.propose_checked(cmd, now, vec![cb], replies),
                 Err(e) => replies.push(Reply::Write(cb, Err(e))),
             }
         }
     }
 
-    /// Stamps and proposes a write that passed the leader and epoch checks.
+    /// Stamps and proposes a write (or a batch of plain writes, one callback
+    /// each) that passed the leader and epoch checks.
     fn propose_checked(
         &mut self,
         mut cmd: RaftCommand,
         now: Now,
-        cb: WriteCallback,
+        cbs: Vec<WriteCallback>,
         replies: &mut Vec<Reply>,
     ) {
         self.last_stamp_ms = self.last_stamp_ms.max(now.wall_ms);
@@ -511,8 +587,9 @@ impl Peer {
         let cmd_is_plain_write = cmd.cas.is_none() && cmd.split.is_none();
         let data = cmd.encode_to_vec();
         if data.len() as u64 > self.cfg.raft_entry_max_size {
-            let e = Error::RaftEntryTooLarge { region: self.region_id(), size: data.len() as u64 };
-            replies.push(Reply::Write(cb, Err(e)));
+            let (region, size) = (self.region_id(), data.len() as u64);
+            let e = || Error::RaftEntryTooLarge { region, size };
+            replies.extend(cbs.into_iter().map(|cb| Reply::Write(cb, Err(e()))));
             return;
         }
         let index = self.raw.raft.raft_log.last_index() + 1;
@@ -522,35 +599,39 @@ impl Peer {
             // when too much it proposed is not committed yet (followers slow
             // or gone): the latter is flow control, not lost leadership.
             let in_config = self.raw.raft.prs().get(self.meta.id.0).is_some();
-            let e = if self.is_leader() && self.raw.raft.lead_transferee.is_none() && in_config {
-                Error::ServerIsBusy(format!(
-                    "region {}: too many uncommitted proposals (raftstore.raft-max-uncommitted-size)",
-                    self.region_id()
-                ))
-            } else {
-                // While handing over, point the client at the peer taking over.
-                let transferee =
-                    self.raw.raft.lead_transferee.and_then(|id| self.peer_cache.get(&PeerId(id)).copied());
-                Error::NotLeader { region: self.region_id(), leader: transferee.or_else(|| self.leader()) }
+            let busy = self.is_leader() && self.raw.raft.lead_transferee.is_none() && in_config;
+            // While handing over, point the client at the peer taking over.
+            let transferee =
+                self.raw.raft.lead_transferee.and_then(|id| self.peer_cache.get(&PeerId(id)).copied());
+            let (region, leader) = (self.region_id(), transferee.or_else(|| self.leader()));
+            let e = || match busy {
+                true => Error::ServerIsBusy(format!(
+                    "region {region}: too many uncommitted proposals (raftstore.raft-max-uncommitted-size)"
+                )),
+                false => Error::NotLeader { region, leader },
             };
-            replies.push(Reply::Write(cb, Err(e)));
+            replies.extend(cbs.into_iter().map(|cb| Reply::Write(cb, Err(e()))));
             return;
         }
-        let cb = if self.cfg.plants.ack_before_commit && cmd_is_plain_write {
-            // Planted bug: the client hears "done" now; the entry may yet be lost.
-            replies.push(Reply::Write(cb, Ok(WriteOutcome::Done)));
-            oneshot::channel().0
-        } else {
-            cb
-        };
-        self.proposals.push_back(Proposal {
-            index,
-            term,
-            stamp_ms: self.last_stamp_ms,
-            proposed_at: now.lease,
-            fence: self.lease_fence,
-            cb,
-        });
+        // One proposal per callback, all at the entry's index: each is
+        // answered when it applies (a batch is plain writes: all `Done`).
+        for cb in cbs {
+            let cb = if self.cfg.plants.ack_before_commit && cmd_is_plain_write {
+                // Planted bug: the client hears "done" now; the entry may yet be lost.
+                replies.push(Reply::Write(cb, Ok(WriteOutcome::Done)));
+                oneshot::channel().0
+            } else {
+                cb
+            };
+            self.proposals.push_back(Proposal {
+                index,
+                term,
+                stamp_ms: self.last_stamp_ms,
+                proposed_at: now.lease,
+                fence: self.lease_fence,
+                cb,
+            });
+        }
     }
 
     /// Proposes a membership change from PD: one change, or several at once
@@ -818,6 +899,7 @@ impl Peer {
             self.finish_proposals(e.index, e.term, outcome, replies);
         }
         self.raw.mut_store().stage_apply_state(kv_wb);
+        self.raw.mut_store().evict_applied_entries();
         Ok(())
     }
 
@@ -943,6 +1025,9 @@ impl Peer {
         for (_, cb) in self.waiting_writes.drain(..) {
             replies.push(Reply::Write(cb, Err(Error::RegionNotFound(region))));
         }
+        for cb in self.write_batch.take().into_iter().flat_map(|b| b.cbs) {
+            replies.push(Reply::Write(cb, Err(Error::RegionNotFound(region))));
+        }
     }
 
     /// Queues raft messages for sending, resolving each target's store.
@@ -964,6 +1049,12 @@ impl Peer {
             MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
         )
     }
+}
+
+/// True for a write that may join a batch: puts and deletes only (a CAS,
+/// a range delete or a split is judged or shaped at apply on its own).
+fn is_batchable(cmd: &RaftCommand) -> bool {
+    cmd.cas.is_none() && cmd.split.is_none() && cmd.delete_range.is_none() && !cmd.mutations.is_empty()
 }
 
 /// Checks a membership change against the current configuration exactly as
@@ -1166,6 +1257,7 @@ mod tests {
         let (cb, mut rx) = oneshot::channel();
         let mut replies = Vec::new();
         p.propose_write(cmd, now, cb, &mut replies);
+        p.propose_write_batch(now, &mut replies);
         drive(p, kv, raft, now, &mut replies);
         crate::raftstore::store::deliver(replies);
         rx.try_recv().expect("answered").expect("applied")

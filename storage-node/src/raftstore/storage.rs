@@ -207,6 +207,11 @@ impl PeerStorage {
         wb.put(Cf::Default, keys::raft_state_key(self.region_id), hs.write_to_bytes().expect("encode"));
     }
 
+    /// Drops cached log entries this group applied (see `RaftLog`'s entry cache).
+    pub fn evict_applied_entries(&mut self) {
+        self.log.evict_cache_through(self.apply_state.applied_index);
+    }
+
     /// Stages the apply state into the kv batch.
     pub fn stage_apply_state(&self, wb: &mut WriteBatch) {
         wb.put(Cf::Meta, keys::apply_state_key(self.region_id), self.apply_state.encode_to_vec());

@@ -92,6 +92,9 @@ pub struct Store {
     /// When the next base tick is due, and how many ticked so far.
     next_tick: Instant,
     tick_no: u64,
+    /// Regions whose leader batched plain writes this round (proposed as
+    /// one entry each once the round's messages are handled).
+    batched: Vec<RegionId>,
 }
 
 impl Store {
@@ -114,6 +117,7 @@ impl Store {
             next_log_gc: now + cfg.raft_log_gc_interval,
             next_tick: now + cfg.tick_interval,
             tick_no: 0,
+            batched: Vec::new(),
             last_heard: HashMap::new(),
             started: now,
             split_checker,
@@ -165,8 +169,9 @@ impl Store {
 
     /// One round of the loop: waits up to `wait` for input, handles
     /// everything queued, ticks if a tick is due, handles the readies and
-    /// answers clients. False once the loop should stop.
-    fn round(&mut self, wait: Duration) -> Result<bool> {
+    /// answers clients. False once the loop should stop. [`Store::run`]
+    /// loops over it; tests and benchmarks drive a store round by round.
+    pub fn round(&mut self, wait: Duration) -> Result<bool> {
         fail::fail_point!("store_loop_round");
         let mut replies = Vec::new();
         let mut go_on = true;
@@ -189,6 +194,7 @@ impl Store {
                 msg => self.handle(msg, &mut replies),
             }
         }
+        self.propose_write_batches(&mut replies);
         let now = Instant::now();
         if now >= self.next_tick {
             self.tick(now, &mut replies)?;
@@ -232,6 +238,20 @@ impl Store {
         let peer = Peer::new(me, storage, self.cfg.peer.clone(), &self.logger)?;
         self.peers.insert(id, peer);
         Ok(())
+    }
+
+    /// Makes every peer start an election now (a store driven by hand,
+    /// whose regions have a single voter here: benchmarks).
+    pub fn campaign_all(&mut self) -> Result<()> {
+        for p in self.peers.values_mut() {
+            p.raw.campaign().map_err(|e| Error::Other(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Number of peers on this store that lead their region.
+    pub fn leaders(&self) -> usize {
+        self.peers.values().filter(|p| p.is_leader()).count()
     }
 
     /// Runs until a `Shutdown` message arrives or every sender is gone.
@@ -291,12 +311,20 @@ impl Store {
                     return replies.push(Reply::Write(cb, Err(e)));
                 }
                 match self.peers.get_mut(&region_id) {
-                    Some(p) if p.raw.store().is_initialized() => p.propose_write(cmd, now, cb, replies),
+                    Some(p) if p.raw.store().is_initialized() => {
+                        let had_batch = p.has_write_batch();
+                        p.propose_write(cmd, now, cb, replies);
+                        if !had_batch && p.has_write_batch() {
+                            self.batched.push(region_id);
+                        }
+                    }
                     _ => replies.push(Reply::Write(cb, Err(Error::RegionNotFound(region_id)))),
                 }
             }
             StoreMsg::Operator { region_id, epoch, op } => {
                 let Some(p) = self.peers.get_mut(&region_id) else { return };
+                // Writes that arrived first go into the log first.
+                p.propose_write_batch(now, replies);
                 match op {
                     Operator::ChangePeers { changes } => {
                         if p.propose_conf_change(epoch, &changes) {
@@ -323,6 +351,7 @@ impl Store {
             }
             StoreMsg::ProposeSplit { region_id, epoch, split } => {
                 if let Some(p) = self.peers.get_mut(&region_id) {
+                    p.propose_write_batch(now, replies);
                     if p.propose_split(epoch, split) {
                         tracing::info!(region = %region_id, "proposed split");
                     }
@@ -362,6 +391,19 @@ impl Store {
             // With nothing reported, every leader's report is due.
             StoreMsg::HeartbeatPd => self.last_reported.clear(),
             StoreMsg::Shutdown => {}
+        }
+    }
+
+    /// Proposes each batch of plain writes this round's messages built.
+    fn propose_write_batches(&mut self, replies: &mut Vec<Reply>) {
+        if self.batched.is_empty() {
+            return;
+        }
+        let now = self.now();
+        for id in std::mem::take(&mut self.batched) {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.propose_write_batch(now, replies);
+            }
         }
     }
 
@@ -942,6 +984,10 @@ impl Group<RoundCx<'_>> for Peer {
 
     fn stage_hard_state(&mut self, hs: &raft::eraftpb::HardState, raft_wb: &mut WriteBatch) {
         self.raw.mut_store().set_hard_state(hs, raft_wb);
+    }
+
+    fn keep_commit(&mut self, commit: u64) {
+        self.raw.mut_store().hard_state.commit = commit;
     }
 
     fn hard_state(&self) -> raft::eraftpb::HardState {

@@ -312,6 +312,122 @@ fn a_power_loss_after_a_split_never_rewrites_the_new_peers_vote() {
     );
 }
 
+/// A raft message of `kind` from peer 52 (store 2, term 6) to our peer 51
+/// of region 5 = everything, version 1.
+fn from_leader_52(
+    kind: MessageType,
+    index: u64,
+    entries: Vec<raft::eraftpb::Entry>,
+    commit: u64,
+) -> StoreMsg {
+    let mut m = RaftMsg::default();
+    m.set_msg_type(kind);
+    (m.from, m.to, m.term, m.index, m.log_term, m.commit) = (52, 51, 6, index, 6, commit);
+    m.set_entries(entries.into());
+    message(5, 52, 51, 1, (b"", b""), m)
+}
+
+#[test]
+fn learning_only_a_commit_index_costs_no_fsync_and_survives_a_power_loss() {
+    // Our follower 51 of region 5 (leader 52 on store 2), installed by a
+    // snapshot at index 10.
+    let mut s = TestStore::new();
+    s.send(snapshot(5, 1, (b"", b""), &[]));
+    s.settle();
+    // Entry 11, a put of x: appended and synced before it is acknowledged.
+    let mut put = raft::eraftpb::Entry::default();
+    (put.term, put.index) = (6, 11);
+    put.set_data(put_x(5, RegionEpoch { conf_ver: 1, version: 1 }).encode_to_vec().into());
+    let fsyncs = s.store.metrics.raft_fsyncs.get();
+    s.send(from_leader_52(MessageType::MsgAppend, 10, vec![put], 10));
+    s.settle();
+    assert_eq!(s.store.metrics.raft_fsyncs.get(), fsyncs + 1, "new entries are synced");
+    // The leader's heartbeat says 11 is committed: applied, without an fsync.
+    s.send(from_leader_52(MessageType::MsgHeartbeat, 0, vec![], 11));
+    s.settle();
+    assert_eq!(s.store.metrics.raft_fsyncs.get(), fsyncs + 1, "a commit index alone is not synced");
+    assert_eq!(s.store.peers[&RegionId(5)].raw.store().applied_index(), 11);
+    // Power loss: the commit index and the apply are gone, the entry is not.
+    let (kv, raft) = (Arc::new(s.kv.after_power_loss()), Arc::new(s.raft.after_power_loss()));
+    drop(s);
+    let mut s = TestStore::open(kv, raft);
+    s.settle();
+    assert_eq!(s.store.peers[&RegionId(5)].raw.store().last_index_now(), 11, "the synced entry is kept");
+    // The leader says it again; the follower applies x from its own log.
+    s.send(from_leader_52(MessageType::MsgHeartbeat, 0, vec![], 11));
+    s.settle();
+    assert_eq!(s.store.peers[&RegionId(5)].raw.store().applied_index(), 11);
+    let x = crate::raftstore::apply::read_live(s.kv.as_ref(), b"x", 0).unwrap();
+    assert_eq!(x.as_deref(), Some(&b"v"[..]));
+}
+
+/// A write of `mutations` (or a CAS) for region 1 at `epoch`.
+fn write_cmd(epoch: RegionEpoch, puts: &[(&[u8], &[u8])], cas: Option<(&[u8], &[u8], &[u8])>) -> RaftCommand {
+    RaftCommand {
+        header: Some(RaftRequestHeader {
+            region_id: 1,
+            region_epoch: Some(epoch.into()),
+            ..Default::default()
+        }),
+        mutations: puts
+            .iter()
+            .map(|(k, v)| Mutation {
+                op: MutationOp::Put as i32,
+                key: k.to_vec(),
+                value: v.to_vec(),
+                expire_at_ms: 0,
+            })
+            .collect(),
+        cas: cas.map(|(key, expect, new)| mnemo_proto::raft_serverpb::CompareAndSwap {
+            key: key.to_vec(),
+            previous_not_exist: false,
+            previous_value: expect.to_vec(),
+            value: new.to_vec(),
+            expire_at_ms: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn plain_writes_of_one_round_share_an_entry_and_keep_their_order_around_a_cas() {
+    let mut s = TestStore::with_leader();
+    let epoch = s.region(1).epoch;
+    let before = s.store.peers[&RegionId(1)].raw.store().last_index_now();
+    // One round: two puts, a CAS that needs the first, then a put over it.
+    let cmds = [
+        write_cmd(epoch, &[(b"a", b"1")], None),
+        write_cmd(epoch, &[(b"b", b"2")], None),
+        write_cmd(epoch, &[], Some((b"a", b"1", b"3"))),
+        write_cmd(epoch, &[(b"a", b"4")], None),
+    ];
+    let answers: Vec<_> = cmds
+        .into_iter()
+        .map(|cmd| {
+            let (cb, rx) = oneshot::channel();
+            s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb });
+            rx
+        })
+        .collect();
+    s.settle();
+    let outcomes: Vec<WriteOutcome> =
+        answers.into_iter().map(|mut rx| rx.try_recv().unwrap().unwrap()).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            WriteOutcome::Done,
+            WriteOutcome::Done,
+            WriteOutcome::Cas { succeed: true, previous: Some(b"1".to_vec()) },
+            WriteOutcome::Done,
+        ]
+    );
+    // Three entries: [put a, put b], the CAS, [put a].
+    assert_eq!(s.store.peers[&RegionId(1)].raw.store().last_index_now(), before + 3);
+    let read = |k: &[u8]| crate::raftstore::apply::read_live(s.kv.as_ref(), k, 0).unwrap();
+    assert_eq!(read(b"a").as_deref(), Some(&b"4"[..]));
+    assert_eq!(read(b"b").as_deref(), Some(&b"2"[..]));
+}
+
 /// A put of key `x` for region `region` made at `epoch`.
 fn put_x(region: u64, epoch: RegionEpoch) -> RaftCommand {
     let put =
