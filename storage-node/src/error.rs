@@ -13,7 +13,7 @@ use mnemo_proto::types::{Peer, Region, RegionId, StoreId};
 use crate::engine::EngineError;
 
 /// Everything that can go wrong serving a request.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// This peer does not lead the region; `leader` is the leader this node
     /// knows of (only a peer that is known to lead, never a guess).

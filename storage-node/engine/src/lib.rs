@@ -50,7 +50,7 @@ impl Cf {
 }
 
 /// An engine failure: I/O, corruption, or a closed database.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("engine: {0}")]
 pub struct EngineError(pub String);
 

@@ -21,24 +21,6 @@ fn err(e: rocksdb::Error) -> EngineError {
     EngineError(e.into_string())
 }
 
-/// Options of one column family. `Meta` holds a few small records per
-/// region (apply state, region state) rewritten every round a region
-/// applies: with RocksDB's default 64 MiB memtable it fills with millions of
-/// versions of a few keys, and every insert searches a skip list that deep,
-/// mostly out of cache. A 4 MiB memtable keeps it shallow; its flushes are
-/// small (one live version per key).
-fn cf_options(cf: Cf) -> Options {
-    let mut opts = Options::default();
-    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    if cf == Cf::Meta {
-        opts.set_write_buffer_size(META_WRITE_BUFFER);
-    }
-    opts
-}
-
-/// Memtable size of the `Meta` column family.
-const META_WRITE_BUFFER: usize = 4 << 20;
-
 impl RocksEngine {
     /// Opens (creating if missing) the database at `path` with every column family.
     pub fn open(path: &Path) -> Result<Self> {
@@ -46,7 +28,7 @@ impl RocksEngine {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf)));
+        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(err)?;
         Ok(RocksEngine { db, path: path.to_path_buf() })
     }

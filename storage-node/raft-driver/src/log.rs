@@ -13,14 +13,18 @@
 //!   (a term changes only at an election, so a log is a few runs): raft-rs
 //!   asks a leader for the term of its commit candidate on every advance;
 //! - an **entry cache**: the latest entries appended, until the owner
-//!   applied them ([`RaftLog::evict_cache_through`]) or the cache outgrew
-//!   [`ENTRY_CACHE_BYTES`]. Committed entries are handed to apply from here
-//!   (raft-rs asks its storage for them once they are persisted), and so
-//!   are appends re-sent to a follower a little behind. Entries outside the
-//!   cache are read from the engine. The cache never holds what the engine
-//!   will not: it follows every append, conflict and reset.
+//!   applied them ([`RaftLog::evict_cache_through`]). Committed entries are
+//!   handed to apply from here (raft-rs asks its storage for them once they
+//!   are persisted). Entries outside the cache are read from the engine.
+//!   The cache never holds what the engine will not: it follows every
+//!   append, conflict and reset. It is bounded per log
+//!   ([`ENTRY_CACHE_BYTES`], oldest dropped first) and per process
+//!   ([`PROCESS_ENTRY_CACHE_BYTES`]: past it, a log caches nothing until
+//!   others evicted theirs), so regions that cannot commit (quorum lost)
+//!   cannot fill memory.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use mnemo_engine::{Cf, EngineError, EngineRef, ScanRange, WriteBatch};
 use protobuf::Message as _;
@@ -54,6 +58,18 @@ pub struct RaftLog {
 
 /// Most bytes of entries one log keeps cached; older ones are dropped first.
 pub const ENTRY_CACHE_BYTES: u64 = 4 << 20;
+
+/// Most bytes of entries all logs of a process keep cached together.
+pub const PROCESS_ENTRY_CACHE_BYTES: u64 = 256 << 20;
+
+/// Bytes cached by every log of this process.
+static PROCESS_CACHED: AtomicU64 = AtomicU64::new(0);
+
+impl Drop for RaftLog {
+    fn drop(&mut self) {
+        self.clear_cache();
+    }
+}
 
 /// An engine or decoding failure as raft-rs wants it.
 pub fn storage_err(e: impl std::fmt::Display) -> raft::Error {
@@ -132,15 +148,21 @@ impl RaftLog {
         // stays contiguous: an append starts at most one past its end).
         while self.cache.back().is_some_and(|e| e.index >= first.index) {
             let gone = self.cache.pop_back().expect("non-empty");
-            self.cache_bytes -= u64::from(gone.compute_size());
+            self.uncount(u64::from(gone.compute_size()));
         }
         if self.cache.back().is_some_and(|e| e.index + 1 != first.index) {
             self.clear_cache();
         }
-        for e in entries {
-            self.cache_bytes += u64::from(e.compute_size());
-            self.cache.push_back(e.clone());
+        let size: u64 = entries.iter().map(|e| u64::from(e.compute_size())).sum();
+        if PROCESS_CACHED.load(Ordering::Relaxed) + size > PROCESS_ENTRY_CACHE_BYTES {
+            // Over the process's budget: cache nothing (the cache must end
+            // at the last index, so what it held goes too).
+            self.clear_cache();
+            return;
         }
+        self.cache.extend(entries.iter().cloned());
+        self.cache_bytes += size;
+        PROCESS_CACHED.fetch_add(size, Ordering::Relaxed);
         while self.cache_bytes > ENTRY_CACHE_BYTES && self.cache.len() > 1 {
             self.pop_cached();
         }
@@ -156,13 +178,18 @@ impl RaftLog {
 
     fn pop_cached(&mut self) {
         if let Some(e) = self.cache.pop_front() {
-            self.cache_bytes -= u64::from(e.compute_size());
+            self.uncount(u64::from(e.compute_size()));
         }
     }
 
     fn clear_cache(&mut self) {
         self.cache.clear();
-        self.cache_bytes = 0;
+        self.uncount(self.cache_bytes);
+    }
+
+    fn uncount(&mut self, bytes: u64) {
+        self.cache_bytes -= bytes;
+        PROCESS_CACHED.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Number of entries cached (tests, metrics).

@@ -33,6 +33,8 @@ struct TestStore {
     kv: Arc<MemEngine>,
     raft: Arc<MemEngine>,
     pd: tokio::sync::mpsc::UnboundedReceiver<PdTask>,
+    /// What the store sent.
+    sent: Arc<Captured>,
 }
 
 const ME: StoreId = StoreId(1);
@@ -67,17 +69,18 @@ impl TestStore {
         let (tx, rx) = super::super::router::channel(1024);
         let (pd_tx, pd) = tokio::sync::mpsc::unbounded_channel();
         let engines = Engines { kv: kv.clone(), raft: raft.clone() };
+        let sent = Arc::new(Captured::default());
         let store = Store::load(
             ME,
             config(),
             engines,
             (tx.clone(), rx),
-            Arc::new(Captured::default()),
+            sent.clone(),
             pd_tx,
             Arc::new(Metrics::default()),
         )
         .unwrap();
-        TestStore { store, tx, kv, raft, pd }
+        TestStore { store, tx, kv, raft, pd, sent }
     }
 
     fn new() -> TestStore {
@@ -426,6 +429,71 @@ fn plain_writes_of_one_round_share_an_entry_and_keep_their_order_around_a_cas() 
     let read = |k: &[u8]| crate::raftstore::apply::read_live(s.kv.as_ref(), k, 0).unwrap();
     assert_eq!(read(b"a").as_deref(), Some(&b"4"[..]));
     assert_eq!(read(b"b").as_deref(), Some(&b"2"[..]));
+}
+
+#[test]
+fn a_batch_refused_at_apply_fails_every_write_in_it() {
+    let mut s = TestStore::with_leader();
+    let epoch = s.region(1).epoch;
+    // One round: a split at m, then puts above m made at the old epoch.
+    // They pass the checks on arrival (the split is not applied yet); in
+    // the log after the split, they no longer fit region 1.
+    let split = BatchSplit {
+        requests: vec![SplitRequest { split_key: b"m".to_vec(), new_region_id: 2, new_peer_ids: vec![21] }],
+    };
+    s.send(StoreMsg::ProposeSplit { region_id: RegionId(1), epoch, split });
+    let answers: Vec<_> = [&b"x"[..], b"y", b"z"]
+        .into_iter()
+        .map(|k| {
+            let (cb, rx) = oneshot::channel();
+            s.send(StoreMsg::Write { region_id: RegionId(1), cmd: write_cmd(epoch, &[(k, b"v")], None), cb });
+            (k, rx)
+        })
+        .collect();
+    s.settle();
+    let mut refused = 0;
+    for (k, mut rx) in answers {
+        let value = crate::raftstore::apply::read_live(s.kv.as_ref(), k, 0).unwrap();
+        match rx.try_recv().unwrap() {
+            Ok(WriteOutcome::Done) => {
+                assert_eq!(value.as_deref(), Some(&b"v"[..]), "{k:?} acknowledged, not written")
+            }
+            Ok(other) => panic!("unexpected outcome {other:?}"),
+            Err(_) => {
+                assert_eq!(value, None, "{k:?} refused, yet written");
+                refused += 1;
+            }
+        }
+    }
+    // The split is proposed before the writes that arrived after it, or
+    // after the first of them (if that came first): at least two batched
+    // writes landed after the split and were refused.
+    assert!(refused >= 2, "{refused} refused");
+}
+
+#[test]
+fn a_batch_is_not_proposed_once_its_leader_stepped_down() {
+    // Repeated: the round handles the write and the new leader's message in
+    // either order; the bug needs the write first.
+    for _ in 0..16 {
+        let peer = |id: u64, store: u64, role| PeerMeta { id: PeerId(id), store_id: StoreId(store), role };
+        let mut s = TestStore::leading(vec![peer(11, 1, PeerRole::Voter), peer(12, 2, PeerRole::Learner)]);
+        let term = s.store.peers[&RegionId(1)].raw.raft.term;
+        s.sent.0.lock().clear();
+        // One round: a write, and a heartbeat of peer 12 leading a newer term.
+        let (cb, mut rx) = oneshot::channel();
+        s.send(StoreMsg::Write { region_id: RegionId(1), cmd: put_x(1, s.region(1).epoch), cb });
+        let mut hb = heartbeat(12, 11);
+        hb.term = term + 1;
+        s.send(message(1, 12, 11, 1, (b"", b""), hb));
+        s.settle();
+        assert!(!s.store.peers[&RegionId(1)].is_leader());
+        assert!(matches!(rx.try_recv().unwrap(), Err(Error::NotLeader { .. })));
+        let forwarded = s.sent.0.lock().iter().any(|(_, m)| {
+            RaftMsg::parse_from_bytes(&m.message).is_ok_and(|m| m.get_msg_type() == MessageType::MsgPropose)
+        });
+        assert!(!forwarded, "a write answered NotLeader was forwarded to the new leader");
+    }
 }
 
 /// A put of key `x` for region `region` made at `epoch`.
