@@ -12,8 +12,12 @@
 #   - a ratio table (median ops/s and p99 of the rounds), written with every
 #     raw result to bench-results/<date>.json, and a bar chart to
 #     bench-results/<date>.svg.
+#   - for each workload in HALF, each system again at half its own peak
+#     (median) rate, open loop (`--rate`): rows `put@half`, `get@half`, whose
+#     p99 compares latency at the same relative load;
 # Settings: DURATION (s per run, 15), ROUNDS (3), CLIENTS (64), KEYS (100000),
-# WORKLOADS ("put get batch_get scan ycsb-a ycsb-b ycsb-e"), REGIONS ("64 512").
+# WORKLOADS ("put get batch_get scan ycsb-a ycsb-b ycsb-e"), REGIONS ("64 512"),
+# HALF ("put get").
 set -euo pipefail
 BIN=${MNEMO_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/mnemosyne/target}/release}
 DURATION=${DURATION:-15}
@@ -22,6 +26,7 @@ CLIENTS=${CLIENTS:-64}
 KEYS=${KEYS:-100000}
 WORKLOADS=${WORKLOADS:-"put get batch_get scan ycsb-a ycsb-b ycsb-e"}
 REGIONS=${REGIONS-"64 512"}
+HALF=${HALF-"put get"}
 OUT=${OUT:-bench-results}
 ROOT=$(mktemp -d /tmp/mnemo-compare-XXXX)
 RAW=$ROOT/raw.jsonl
@@ -50,7 +55,8 @@ start_etcd() {
   echo "etcd did not come up (see $ROOT/etcd1.log)"; exit 1
 }
 
-# run SYSTEM WORKLOAD REGIONS [extra mnemo-bench args]: one measured run, appended to RAW.
+# run SYSTEM WORKLOAD REGIONS [extra mnemo-bench args]: one measured run, appended to RAW
+# (its workload named WORKLOAD$TAG there).
 run() {
   local system=$1 workload=$2 regions=$3; shift 3
   local target=(--target "$system")
@@ -61,8 +67,8 @@ run() {
   esac
   "$BIN/mnemo-bench" "${target[@]}" --workload "$workload" --clients "$CLIENTS" --duration "$DURATION" \
     --keys "$KEYS" --key-size 16 --value-size 256 --warmup 2 --no-load --quiet "$@" 2>>"$ROOT/bench.err" |
-    tail -1 | python3 -c "import json,sys; r=json.load(sys.stdin); r['regions']=$regions; print(json.dumps(r))" >>"$RAW"
-  printf '  %-9s %-9s %4s regions: %s\n' "$system" "$workload" "$regions" \
+    tail -1 | python3 -c "import json,sys; r=json.load(sys.stdin); r['regions']=$regions; r['options']['workload']+='${TAG:-}'; print(json.dumps(r))" >>"$RAW"
+  printf '  %-9s %-9s %4s regions: %s\n' "$system" "$workload${TAG:-}" "$regions" \
     "$(tail -1 "$RAW" | python3 -c 'import json,sys; t=json.load(sys.stdin)["total"]; print("%.0f ops/s, p99 %.2f ms, %d errors" % (t["ops_per_sec"], t["p99_us"]/1000, t["errors"]))')"
 }
 
@@ -80,6 +86,17 @@ for round in $(seq 1 "$ROUNDS"); do
     if [ $((round % 2)) = 1 ]; then order="mnemosyne etcd"; else order="etcd mnemosyne"; fi
     for s in $order; do run "$s" "$w" "$regions"; done
     case $w in put|get) run rocksdb "$w" 1 ;; esac
+  done
+done
+# Half of each system's own peak (median of its rounds), open loop.
+for w in $HALF; do
+  for s in mnemosyne etcd; do
+    rate=$(python3 -c "
+import json, statistics
+rs = [json.loads(l) for l in open('$RAW')]
+ops = [r['total']['ops_per_sec'] for r in rs if r['target'] == '$s' and r['options']['workload'] == '$w' and r['regions'] == $regions]
+print('%.0f' % (statistics.median(ops) / 2) if ops else '')")
+    if [ -n "$rate" ]; then TAG=@half run "$s" "$w" "$regions" --rate "$rate"; fi
   done
 done
 for n in $REGIONS; do

@@ -380,7 +380,8 @@ impl Cluster {
         wait_for("PD to lift the store limits", Duration::from_secs(30), || {
             cluster.pd_post("/pd/api/v1/stores/limit", serde_json::json!({ "rate": 100_000.0 })).ok()
         });
-        std::fs::write(cluster.root.join("node.toml"), &cfg.node_toml).expect("write node.toml");
+        std::fs::write(cluster.root.join("node.toml"), with_capacity(&cfg.node_toml))
+            .expect("write node.toml");
         for i in 1..=cfg.nodes {
             cluster.add_node(i, cfg.node_labels.get(i - 1).cloned());
         }
@@ -845,5 +846,22 @@ impl Drop for Cluster {
         } else {
             let _ = std::fs::remove_dir_all(&self.root);
         }
+    }
+}
+
+/// Test clusters share this machine's disk, whose used share may be above
+/// PD's `low-space-ratio` because of other files: every store would count
+/// as low on space and get no new replicas. Each node reports a 10 GiB
+/// capacity of its own instead (`raftstore.capacity`), unless the test set one.
+fn with_capacity(node_toml: &str) -> String {
+    if node_toml.lines().any(|l| l.trim_start().starts_with("capacity")) {
+        return node_toml.to_string();
+    }
+    match node_toml.find("[raftstore]\n") {
+        Some(i) => {
+            let at = i + "[raftstore]\n".len();
+            format!("{}capacity = \"10GiB\"\n{}", &node_toml[..at], &node_toml[at..])
+        }
+        None => format!("{node_toml}\n[raftstore]\ncapacity = \"10GiB\"\n"),
     }
 }

@@ -71,3 +71,33 @@ fn every_workload_runs_against_mnemosyne_etcd_and_rocksdb() {
     assert_eq!((r["target"].as_str(), r["total"]["ops"].as_u64()), (Some("rocksdb"), Some(200)));
     assert_eq!(r["total"]["errors"], 0);
 }
+
+/// `--rate` issues operations on a schedule: a 2-second run at 100 ops/s
+/// never exceeds the schedule (each of the 4 clients issues at most one
+/// operation per 40 ms), and latencies are recorded from the schedule.
+#[test]
+fn a_rate_limited_run_keeps_to_its_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db").display().to_string();
+    let args = [
+        "--target",
+        "rocksdb",
+        "--rocksdb-dir",
+        &db,
+        "--workload",
+        "put",
+        "--keys",
+        "100",
+        "--clients",
+        "4",
+        "--duration",
+        "2",
+        "--rate",
+        "100",
+    ];
+    let r = bench(&args);
+    let ops = r["total"]["ops"].as_u64().unwrap();
+    assert!(ops <= 204, "{ops} operations in 2 s at 100/s: {r}");
+    assert!(ops > 0, "{r}");
+    assert_eq!(r["options"]["rate"].as_f64(), Some(100.0));
+}

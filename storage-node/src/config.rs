@@ -235,6 +235,14 @@ pub struct RaftstoreConfig {
     /// Default `128MiB`; must be at least `raft-entry-max-size` and `1MiB`
     /// (the largest message raft sends).
     pub raft_max_uncommitted_size: ReadableSize,
+    /// The store's capacity as reported to PD (TiKV's `raftstore.capacity`):
+    /// `0` = the size of the file system holding the data directory. With
+    /// a limit, the available space reported is the smaller of the file
+    /// system's free space and `capacity − used`. PD stops placing new
+    /// replicas on a store whose used share is above its `low-space-ratio`
+    /// (0.8): on a shared disk, a limit keeps others' files out of that
+    /// share. Default `0`.
+    pub capacity: ReadableSize,
 }
 
 /// Flow control (`[storage]`), named as in TiKV.
@@ -312,6 +320,7 @@ impl Default for RaftstoreConfig {
             notify_capacity: 40_960,
             messages_per_tick: 4_096,
             raft_max_uncommitted_size: ReadableSize(128 << 20),
+            capacity: ReadableSize(0),
         }
     }
 }

@@ -323,6 +323,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         store_tx: store_tx.clone(),
         kv: kv.clone(),
         data_dir: cfg.data_dir.clone(),
+        capacity: r.capacity.0,
         metrics: metrics.clone(),
         store_heartbeat_interval: r.pd_store_heartbeat_tick_interval.0,
         start_time: start_ts as u32,

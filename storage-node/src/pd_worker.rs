@@ -32,6 +32,8 @@ pub struct PdWorker {
     pub store_tx: StoreRouter,
     pub kv: EngineRef,
     pub data_dir: std::path::PathBuf,
+    /// `raftstore.capacity` (0: the file system's size).
+    pub capacity: u64,
     pub metrics: Arc<Metrics>,
     pub store_heartbeat_interval: Duration,
     pub start_time: u32,
@@ -182,7 +184,8 @@ impl PdWorker {
     /// Sends the store heartbeat; `refused_before` is the busy count the
     /// last one saw.
     async fn store_heartbeat(&self, refused_before: &mut u64) {
-        let (capacity, available) = disk_space(&self.data_dir);
+        let used_size = self.kv.used_bytes();
+        let (capacity, available) = store_space(disk_space(&self.data_dir), used_size, self.capacity);
         // Busy: requests were refused for a full store loop since the last
         // heartbeat (PD then balances no new replicas here; repairs still
         // come). Write flow control is not the store being overloaded.
@@ -193,7 +196,7 @@ impl PdWorker {
             capacity,
             available,
             region_count: self.metrics.region_count.get() as u32,
-            used_size: self.kv.used_bytes(),
+            used_size,
             start_time: self.start_time,
             sending_snap_count: self.metrics.snapshots_sending.get() as u32,
             receiving_snap_count: self.metrics.snapshots_receiving.get() as u32,
@@ -249,6 +252,16 @@ fn forward_operator(store_tx: &StoreRouter, resp: RegionHeartbeatResponse) {
     let _ = store_tx.send(StoreMsg::Operator { region_id, epoch, op });
 }
 
+/// The (capacity, available) bytes reported to PD: the file system's, or
+/// with a configured `limit`, at most the limit and at most `limit − used`
+/// available (TiKV's rule).
+fn store_space((disk_capacity, disk_available): (u64, u64), used: u64, limit: u64) -> (u64, u64) {
+    if limit == 0 || (disk_capacity > 0 && disk_capacity < limit) {
+        return (disk_capacity, disk_available);
+    }
+    (limit, disk_available.min(limit.saturating_sub(used)))
+}
+
 /// (capacity, available) bytes of the file system holding `dir`.
 fn disk_space(dir: &std::path::Path) -> (u64, u64) {
     use std::ffi::CString;
@@ -261,4 +274,22 @@ fn disk_space(dir: &std::path::Path) -> (u64, u64) {
     }
     let frsize = st.f_frsize as u64;
     (st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::store_space;
+
+    #[test]
+    fn a_capacity_limit_caps_what_pd_is_told() {
+        const G: u64 = 1 << 30;
+        // No limit: the file system as it is (80% of a shared disk used by others).
+        assert_eq!(store_space((250 * G, 50 * G), G, 0), (250 * G, 50 * G));
+        // A 10 GiB store holding 1 GiB: 9 GiB available, whatever the disk says.
+        assert_eq!(store_space((250 * G, 50 * G), G, 10 * G), (10 * G, 9 * G));
+        // ... but never more than the disk really has free.
+        assert_eq!(store_space((250 * G, 4 * G), G, 10 * G), (10 * G, 4 * G));
+        // A limit above the disk's size changes nothing.
+        assert_eq!(store_space((8 * G, 2 * G), G, 10 * G), (8 * G, 2 * G));
+    }
 }

@@ -235,6 +235,12 @@ pub struct BenchOptions {
     pub load_batch: usize,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// Target rate in operations per second over all clients (`None`:
+    /// closed loop, as fast as answers come). Each client issues its share
+    /// on a fixed schedule, and an operation's latency counts from when the
+    /// schedule wanted it issued, so a server that falls behind shows the
+    /// wait (no coordinated omission).
+    pub rate: Option<f64>,
 }
 
 /// A duration as (fractional) seconds in JSON.
@@ -246,6 +252,9 @@ impl BenchOptions {
     pub fn validate(&self) -> Result<(), String> {
         if self.keys == 0 || self.clients == 0 || self.batch_size == 0 || self.scan_length == 0 {
             return Err("--keys, --clients, --batch-size and --scan-length must be positive".into());
+        }
+        if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return Err("--rate must be a positive number of operations per second".into());
         }
         // Inserts of ycsb-e go past the loaded keys: leave room for them.
         let digits = (self.keys * 2).to_string().len();
@@ -389,7 +398,23 @@ async fn client(target: Arc<dyn Target>, opts: BenchOptions, phase: Arc<Phase>, 
     let mut value = value_for(seed, opts.value_size);
     let mut tally = Tally::new();
     let mut issued = 0;
+    // With a rate: this client's schedule, starting at a random offset so
+    // the clients do not fire together.
+    let interval = opts.rate.map(|r| Duration::from_secs_f64(opts.clients as f64 / r));
+    let mut next = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(rng.gen::<f64>()));
     while issued < phase.per_client && Instant::now() < phase.until {
+        let scheduled = match interval {
+            Some(i) => {
+                let at = next;
+                next += i;
+                tokio::time::sleep_until(at.into()).await;
+                if Instant::now() >= phase.until {
+                    break;
+                }
+                Some(at)
+            }
+            None => None,
+        };
         issued += 1;
         let pick = rng.gen_range(0..100);
         let kind = mix
@@ -401,7 +426,7 @@ async fn client(target: Arc<dyn Target>, opts: BenchOptions, phase: Arc<Phase>, 
             .find(|(_, upto)| pick < *upto)
             .map_or(mix[0].0, |(k, _)| k);
         let i = chooser.next(&mut rng);
-        let started = Instant::now();
+        let started = scheduled.unwrap_or_else(Instant::now);
         let result = match kind {
             OpKind::Get => target.get(key(i, opts.key_size)).await.map(drop),
             OpKind::Put => {

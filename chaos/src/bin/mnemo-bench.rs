@@ -96,6 +96,11 @@ struct Args {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Issue this many operations per second over all clients, on a fixed
+    /// schedule (latency counted from the scheduled time); default: closed
+    /// loop, as fast as the target answers.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 fn print_line(name: &str, clients: usize, elapsed: f64, s: &KindSummary) {
@@ -154,6 +159,7 @@ async fn run(args: Args) -> Result<(), String> {
         scan_length: args.scan_length,
         load_batch: args.load_batch,
         progress: !args.quiet,
+        rate: args.rate,
     };
     opts.validate()?;
     // A temporary RocksDB directory lives until the run is over.

@@ -238,6 +238,11 @@ pub struct Peer {
     /// silence that began before; see [`Peer::counted_since`]).
     pub(super) counted_since: HashMap<PeerId, Instant>,
     idle_ticks: usize,
+    /// Index of the last split this leader proposed, until applied: while
+    /// one is in flight, every commit is broadcast at once (see
+    /// `skip_bcast_commit`), so followers apply the split, and create the
+    /// new regions' peers, without waiting for a heartbeat.
+    split_in_flight: Option<u64>,
     cfg: PeerConfig,
 }
 
@@ -259,8 +264,9 @@ impl Peer {
             // heartbeat, not in an append of its own: under load that halves
             // the messages (and follower rounds) per write of every region.
             // Nothing waits on a follower's apply (writes are answered by
-            // the leader, reads served by it); membership changes still
-            // broadcast at once (raft-rs does when one is pending).
+            // the leader, reads served by it); membership changes (raft-rs,
+            // while one is pending) and splits (`split_in_flight`) still
+            // broadcast their commit at once.
             skip_bcast_commit: true,
             ..Default::default()
         };
@@ -297,6 +303,7 @@ impl Peer {
             hibernating: false,
             counted_since: HashMap::new(),
             idle_ticks: 0,
+            split_in_flight: None,
             cfg,
         })
     }
@@ -713,7 +720,15 @@ impl Peer {
             region_epoch: Some(epoch.into()),
         };
         let cmd = RaftCommand { header: Some(header), split: Some(split), ..Default::default() };
-        self.raw.propose(vec![], cmd.encode_to_vec()).is_ok()
+        let index = self.raw.raft.raft_log.last_index() + 1;
+        if self.raw.propose(vec![], cmd.encode_to_vec()).is_err()
+            || self.raw.raft.raft_log.last_index() < index
+        {
+            return false;
+        }
+        self.split_in_flight = Some(index);
+        self.raw.raft.skip_bcast_commit(false);
+        true
     }
 
     /// Leaves hibernation (activity on the leader).
@@ -919,6 +934,10 @@ impl Peer {
         }
         self.raw.mut_store().stage_apply_state(kv_wb);
         self.raw.mut_store().evict_applied_entries();
+        if self.split_in_flight.is_some_and(|i| self.raw.store().applied_index() >= i) {
+            self.split_in_flight = None;
+            self.raw.raft.skip_bcast_commit(true);
+        }
         Ok(())
     }
 
