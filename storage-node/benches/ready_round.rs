@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mnemo_node::engine::{Engine, Engines, MemEngine, WriteBatch};
-use mnemo_node::metrics::Metrics;
 use mnemo_node::raftstore::lease_clock::LeaseClock;
 use mnemo_node::raftstore::split_check::SplitLimits;
 use mnemo_node::raftstore::storage::write_initial_state;
@@ -108,7 +107,7 @@ impl Bench {
         assert_eq!(store.leaders(), n, "every region elected its only voter");
         let mut b = Bench { store, router: tx, regions, _pd: pd };
         // The first write of a new leader's term waits for its no-op entry.
-        let answers = b.write_everywhere(0);
+        let answers = write_everywhere(&b.router, &b.regions, 0);
         b.store.round(Duration::ZERO).unwrap();
         b.store.round(Duration::ZERO).unwrap();
         for mut rx in answers {
@@ -116,59 +115,59 @@ impl Bench {
         }
         b
     }
+}
 
-    /// Queues one put into each region; returns the answers to come.
-    fn write_everywhere(&self, round: u64) -> Vec<Answer> {
-        let value = vec![b'v'; 256];
-        self.regions
-            .iter()
-            .map(|r| {
-                let mut key = r.start_key.clone();
-                key.extend_from_slice(format!("k{round:010}").as_bytes());
-                let cmd = RaftCommand {
-                    header: Some(RaftRequestHeader {
-                        region_id: r.id.0,
-                        region_epoch: Some(r.epoch.into()),
-                        ..Default::default()
-                    }),
-                    mutations: vec![Mutation {
-                        op: MutationOp::Put as i32,
-                        key,
-                        value: value.clone(),
-                        expire_at_ms: 0,
-                    }],
+/// Queues one put into each of `regions`; returns the answers to come.
+fn write_everywhere(router: &StoreRouter, regions: &[Region], round: u64) -> Vec<Answer> {
+    let value = vec![b'v'; 256];
+    regions
+        .iter()
+        .map(|r| {
+            let mut key = r.start_key.clone();
+            key.extend_from_slice(format!("k{round:010}").as_bytes());
+            let cmd = RaftCommand {
+                header: Some(RaftRequestHeader {
+                    region_id: r.id.0,
+                    region_epoch: Some(r.epoch.into()),
                     ..Default::default()
-                };
-                let (cb, rx) = tokio::sync::oneshot::channel();
-                self.router.send(StoreMsg::Write { region_id: r.id, cmd, cb }).ok().expect("queued");
-                rx
-            })
-            .collect()
-    }
+                }),
+                mutations: vec![Mutation {
+                    op: MutationOp::Put as i32,
+                    key,
+                    value: value.clone(),
+                    expire_at_ms: 0,
+                }],
+                ..Default::default()
+            };
+            let (cb, rx) = tokio::sync::oneshot::channel();
+            assert!(router.send(StoreMsg::Write { region_id: r.id, cmd, cb }).is_ok(), "queued");
+            rx
+        })
+        .collect()
 }
 
 fn ready_round(c: &mut Criterion) {
     let mut group = c.benchmark_group("ready_round");
     for n in [1usize, 64, 1024] {
-        let mut b = Bench::new(n);
+        let Bench { mut store, router, regions, _pd } = Bench::new(n);
         let mut round = 1u64;
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(format!("{n}_regions_one_write_each"), |bench| {
             bench.iter_batched(
                 || {
                     round += 1;
-                    b.write_everywhere(round)
+                    write_everywhere(&router, &regions, round)
                 },
                 |answers| {
-                    b.store.round(Duration::ZERO).unwrap();
+                    store.round(Duration::ZERO).unwrap();
                     answers
                 },
                 BatchSize::PerIteration,
             )
         });
         // Every write of the last iteration was answered within its round.
-        let answers = b.write_everywhere(u64::MAX);
-        b.store.round(Duration::ZERO).unwrap();
+        let answers = write_everywhere(&router, &regions, u64::MAX);
+        store.round(Duration::ZERO).unwrap();
         assert!(answers.into_iter().all(|mut rx| rx.try_recv().is_ok_and(|r| r.is_ok())));
     }
     group.finish();

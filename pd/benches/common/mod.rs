@@ -2,8 +2,6 @@
 //! applies its commands directly) holding synthetic regions, for the PD
 //! benchmarks.
 
-use std::sync::Arc;
-
 use mnemo_engine::EngineRef;
 use mnemo_pd::cluster::{Cluster, RegionHeartbeat};
 use mnemo_pd::member::Member;
