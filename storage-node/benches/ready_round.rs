@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mnemo_node::engine::{Engine, Engines, MemEngine, WriteBatch};
-use mnemo_node::raftstore::lease_clock::LeaseClock;
-use mnemo_node::raftstore::split_check::SplitLimits;
 use mnemo_node::raftstore::storage::write_initial_state;
-use mnemo_node::raftstore::{router, PeerConfig, Store, StoreConfig, StoreMsg, StoreRouter, Transport};
+use mnemo_node::raftstore::{router, Store, StoreConfig, StoreMsg, StoreRouter, Transport};
 use mnemo_proto::raft_serverpb::{Mutation, MutationOp, RaftCommand, RaftMessage, RaftRequestHeader};
 use mnemo_proto::types::{Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
 
@@ -26,32 +24,6 @@ impl Transport for Nowhere {
 }
 
 const EPOCH: RegionEpoch = RegionEpoch { conf_ver: 1, version: 1 };
-
-fn config() -> StoreConfig {
-    let hour = Duration::from_secs(3600);
-    StoreConfig {
-        peer: PeerConfig {
-            election_tick: 10,
-            heartbeat_tick: 2,
-            lease: Duration::from_millis(800),
-            raft_entry_max_size: 8 << 20,
-            max_uncommitted_size: 128 << 20,
-            hibernate: false,
-            plants: Default::default(),
-        },
-        // No tick, PD report, split check or log GC during the benchmark.
-        tick_interval: hour,
-        pd_heartbeat_interval: hour,
-        max_peer_down_duration: hour,
-        split: SplitLimits { split_size: 1 << 40, split_keys: 1 << 40, max_size: 1 << 40, max_keys: 1 << 40 },
-        split_check_interval: hour,
-        raft_log_gc_interval: hour,
-        raft_log_gc_threshold: 1 << 40,
-        raft_log_gc_count_limit: 1 << 40,
-        lease_clock: LeaseClock::real(),
-        messages_per_tick: 1 << 16,
-    }
-}
 
 fn start_key(i: usize) -> Vec<u8> {
     if i == 0 {
@@ -94,9 +66,16 @@ impl Bench {
         let (tx, rx) = router::channel(1 << 16);
         let (pd_tx, pd) = tokio::sync::mpsc::unbounded_channel();
         let engines = Engines { kv, raft };
-        let mut store =
-            Store::load(me, config(), engines, (tx.clone(), rx), Arc::new(Nowhere), pd_tx, Arc::default())
-                .unwrap();
+        let mut store = Store::load(
+            me,
+            StoreConfig::driven_by_hand(),
+            engines,
+            (tx.clone(), rx),
+            Arc::new(Nowhere),
+            pd_tx,
+            Arc::default(),
+        )
+        .unwrap();
         store.campaign_all().unwrap();
         for _ in 0..100 {
             store.round(Duration::ZERO).unwrap();

@@ -63,6 +63,41 @@ pub struct StoreConfig {
     pub messages_per_tick: usize,
 }
 
+impl StoreConfig {
+    /// Settings for a store driven round by round ([`Store::round`]: tests,
+    /// benchmarks): an hour between ticks, PD reports, split checks and log
+    /// GC, so none comes due on its own; splits never asked for.
+    pub fn driven_by_hand() -> StoreConfig {
+        let hour = Duration::from_secs(3600);
+        StoreConfig {
+            peer: PeerConfig {
+                election_tick: 10,
+                heartbeat_tick: 2,
+                lease: Duration::from_millis(800),
+                raft_entry_max_size: 8 << 20,
+                max_uncommitted_size: 128 << 20,
+                hibernate: false,
+                plants: Default::default(),
+            },
+            tick_interval: hour,
+            pd_heartbeat_interval: hour,
+            max_peer_down_duration: Duration::from_secs(600),
+            split: SplitLimits {
+                split_size: 1 << 30,
+                split_keys: 1 << 30,
+                max_size: 1 << 30,
+                max_keys: 1 << 30,
+            },
+            split_check_interval: hour,
+            raft_log_gc_interval: hour,
+            raft_log_gc_threshold: 50,
+            raft_log_gc_count_limit: 10_000,
+            lease_clock: LeaseClock::real(),
+            messages_per_tick: 4096,
+        }
+    }
+}
+
 /// The multi-raft store: owns every peer of this node.
 pub struct Store {
     store_id: StoreId,

@@ -39,30 +39,6 @@ struct TestStore {
 
 const ME: StoreId = StoreId(1);
 
-fn config() -> StoreConfig {
-    StoreConfig {
-        peer: PeerConfig {
-            election_tick: 10,
-            heartbeat_tick: 2,
-            lease: Duration::from_millis(800),
-            raft_entry_max_size: 8 << 20,
-            max_uncommitted_size: 128 << 20,
-            hibernate: false,
-            plants: Default::default(),
-        },
-        tick_interval: Duration::from_secs(3600),
-        pd_heartbeat_interval: Duration::from_secs(3600),
-        max_peer_down_duration: Duration::from_secs(600),
-        split: SplitLimits { split_size: 1 << 30, split_keys: 1 << 30, max_size: 1 << 30, max_keys: 1 << 30 },
-        split_check_interval: Duration::from_secs(3600),
-        raft_log_gc_interval: Duration::from_secs(3600),
-        raft_log_gc_threshold: 50,
-        raft_log_gc_count_limit: 10_000,
-        lease_clock: LeaseClock::real(),
-        messages_per_tick: 4096,
-    }
-}
-
 impl TestStore {
     /// Loads store 1 from `kv`/`raft` (fresh engines: no regions).
     fn open(kv: Arc<MemEngine>, raft: Arc<MemEngine>) -> TestStore {
@@ -72,7 +48,7 @@ impl TestStore {
         let sent = Arc::new(Captured::default());
         let store = Store::load(
             ME,
-            config(),
+            StoreConfig::driven_by_hand(),
             engines,
             (tx.clone(), rx),
             sent.clone(),
@@ -364,11 +340,16 @@ fn learning_only_a_commit_index_costs_no_fsync_and_survives_a_power_loss() {
     assert_eq!(x.as_deref(), Some(&b"v"[..]));
 }
 
-/// A write of `mutations` (or a CAS) for region 1 at `epoch`.
-fn write_cmd(epoch: RegionEpoch, puts: &[(&[u8], &[u8])], cas: Option<(&[u8], &[u8], &[u8])>) -> RaftCommand {
+/// A write of `puts` (or a CAS) for region `region` at `epoch`.
+fn write_cmd(
+    region: u64,
+    epoch: RegionEpoch,
+    puts: &[(&[u8], &[u8])],
+    cas: Option<(&[u8], &[u8], &[u8])>,
+) -> RaftCommand {
     RaftCommand {
         header: Some(RaftRequestHeader {
-            region_id: 1,
+            region_id: region,
             region_epoch: Some(epoch.into()),
             ..Default::default()
         }),
@@ -399,10 +380,10 @@ fn plain_writes_of_one_round_share_an_entry_and_keep_their_order_around_a_cas() 
     let before = s.store.peers[&RegionId(1)].raw.store().last_index_now();
     // One round: two puts, a CAS that needs the first, then a put over it.
     let cmds = [
-        write_cmd(epoch, &[(b"a", b"1")], None),
-        write_cmd(epoch, &[(b"b", b"2")], None),
-        write_cmd(epoch, &[], Some((b"a", b"1", b"3"))),
-        write_cmd(epoch, &[(b"a", b"4")], None),
+        write_cmd(1, epoch, &[(b"a", b"1")], None),
+        write_cmd(1, epoch, &[(b"b", b"2")], None),
+        write_cmd(1, epoch, &[], Some((b"a", b"1", b"3"))),
+        write_cmd(1, epoch, &[(b"a", b"4")], None),
     ];
     let answers: Vec<_> = cmds
         .into_iter()
@@ -446,7 +427,11 @@ fn a_batch_refused_at_apply_fails_every_write_in_it() {
         .into_iter()
         .map(|k| {
             let (cb, rx) = oneshot::channel();
-            s.send(StoreMsg::Write { region_id: RegionId(1), cmd: write_cmd(epoch, &[(k, b"v")], None), cb });
+            s.send(StoreMsg::Write {
+                region_id: RegionId(1),
+                cmd: write_cmd(1, epoch, &[(k, b"v")], None),
+                cb,
+            });
             (k, rx)
         })
         .collect();
@@ -498,17 +483,7 @@ fn a_batch_is_not_proposed_once_its_leader_stepped_down() {
 
 /// A put of key `x` for region `region` made at `epoch`.
 fn put_x(region: u64, epoch: RegionEpoch) -> RaftCommand {
-    let put =
-        Mutation { op: MutationOp::Put as i32, key: b"x".to_vec(), value: b"v".to_vec(), expire_at_ms: 0 };
-    RaftCommand {
-        header: Some(RaftRequestHeader {
-            region_id: region,
-            region_epoch: Some(epoch.into()),
-            ..Default::default()
-        }),
-        mutations: vec![put],
-        ..Default::default()
-    }
+    write_cmd(region, epoch, &[(&b"x"[..], &b"v"[..])], None)
 }
 
 #[test]
