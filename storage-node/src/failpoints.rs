@@ -18,5 +18,9 @@ pub const CRASH_POINTS: &[(&str, &str)] = &[
     ("snapshot_apply_after_ingest", "a follower applying a snapshot: data replaced, state not yet final"),
     ("split_after_apply", "a split applied and written, before the new regions' peers exist"),
     ("conf_change_apply", "applying a membership change, before the new configuration is staged"),
+    (
+        "raft_log_gc_after_kv_sync",
+        "the raft log GC worker synced the kv engine, before deleting compacted entries",
+    ),
     ("store_loop_round", "the top of every store-loop round (for panics with nothing pending)"),
 ];

@@ -305,7 +305,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     let store = Store::load(
         store_id,
         store_cfg,
-        Engines { kv: kv.clone(), raft },
+        Engines { kv: kv.clone(), raft: raft.clone() },
         (store_tx.clone(), store_rx),
         transport,
         pd_tx,
@@ -322,6 +322,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         store_id,
         store_tx: store_tx.clone(),
         kv: kv.clone(),
+        raft,
         data_dir: cfg.data_dir.clone(),
         capacity: r.capacity.0,
         metrics: metrics.clone(),

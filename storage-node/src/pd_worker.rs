@@ -31,6 +31,7 @@ pub struct PdWorker {
     pub store_id: StoreId,
     pub store_tx: StoreRouter,
     pub kv: EngineRef,
+    pub raft: EngineRef,
     pub data_dir: std::path::PathBuf,
     /// `raftstore.capacity` (0: the file system's size).
     pub capacity: u64,
@@ -184,7 +185,8 @@ impl PdWorker {
     /// Sends the store heartbeat; `refused_before` is the busy count the
     /// last one saw.
     async fn store_heartbeat(&self, refused_before: &mut u64) {
-        let used_size = self.kv.used_bytes();
+        // What this store holds on disk: data and raft logs alike.
+        let used_size = self.kv.used_bytes() + self.raft.used_bytes();
         let (capacity, available) = store_space(disk_space(&self.data_dir), used_size, self.capacity);
         // Busy: requests were refused for a full store loop since the last
         // heartbeat (PD then balances no new replicas here; repairs still

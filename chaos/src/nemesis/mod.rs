@@ -91,7 +91,7 @@ pub use fault::{every_fault, Fault};
 
 /// The crash points the nemesis arms: `mnemo-node`'s (see
 /// `mnemo_node::failpoints::CRASH_POINTS`) and PD's region-heartbeat handler.
-pub const CRASH_POINTS: [&str; 11] = [
+pub const CRASH_POINTS: [&str; 12] = [
     "pd_region_heartbeat",
     "raft_before_save",
     "raft_after_save",
@@ -102,6 +102,7 @@ pub const CRASH_POINTS: [&str; 11] = [
     "snapshot_apply_after_ingest",
     "split_after_apply",
     "conf_change_apply",
+    "raft_log_gc_after_kv_sync",
     "store_loop_round",
 ];
 

@@ -168,6 +168,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Applies `batch` atomically; with `sync`, durably before returning.
     fn write(&self, batch: &WriteBatch, sync: bool) -> Result<()>;
 
+    /// Makes every write so far durable, synced or not (a WAL sync).
+    fn sync(&self) -> Result<()>;
+
     /// Visits the pairs of `range` in order, from one point-in-time view,
     /// until `visit` returns false.
     fn scan(&self, cf: Cf, range: ScanRange<'_>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>;

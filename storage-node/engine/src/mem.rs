@@ -131,6 +131,14 @@ impl Engine for MemEngine {
         Ok(())
     }
 
+    fn sync(&self) -> Result<()> {
+        let (state, unsynced) = &mut *self.durable.lock();
+        for b in unsynced.drain(..) {
+            apply(state, &b);
+        }
+        Ok(())
+    }
+
     fn scan(&self, cf: Cf, range: ScanRange<'_>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
         scan_maps(&self.cfs.read(), cf, range, visit)
     }

@@ -128,6 +128,10 @@ impl Engine for RocksEngine {
         self.db.write_opt(wb, &wo).map_err(err)
     }
 
+    fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(err)
+    }
+
     fn scan(&self, cf: Cf, range: ScanRange<'_>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
         let (ro, mode) = scan_options(&range);
         visit_all(self.db.iterator_cf_opt(self.cf(cf), ro, mode), visit)

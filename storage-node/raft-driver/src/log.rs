@@ -202,12 +202,26 @@ impl RaftLog {
         if from <= to {
             wb.delete_range(Cf::Default, self.key(from), self.key(to + 1));
         }
+        self.forget_through(to);
+    }
+
+    /// Forgets what memory holds of entries up to `to` (term runs, cache),
+    /// once the truncation point moved past them; deleting them from the
+    /// engine is the caller's (see [`RaftLog::keys_through`]).
+    pub fn forget_through(&mut self, to: u64) {
         // Forget the runs wholly before `to + 1`, keeping the one covering it.
         let covering = self.terms.partition_point(|&(start, _)| start <= to + 1);
         if covering > 1 {
             self.terms.drain(..covering - 1);
         }
         self.evict_cache_through(to);
+    }
+
+    /// The engine key range `[start, end)` of every entry up to `to`,
+    /// from index 0: deleting it also removes entries an earlier deletion
+    /// left behind (one lost in a crash).
+    pub fn keys_through(&self, to: u64) -> (Vec<u8>, Vec<u8>) {
+        (self.key(0), self.key(to + 1))
     }
 
     /// Stages the removal of every entry into `wb` and starts the log over

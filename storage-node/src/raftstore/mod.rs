@@ -22,6 +22,7 @@
 
 pub mod apply;
 pub mod lease_clock;
+pub mod log_gc;
 pub mod peer;
 pub mod router;
 pub mod split_check;

@@ -383,24 +383,22 @@ impl PeerStorage {
         Ok(storage.region.clone())
     }
 
-    /// Forgets log entries up to `index` (≤ applied). The new truncation
-    /// point goes to the kv engine first, synced: data applied up to it must
+    /// Moves the truncation point to `index` (≤ applied): in memory, and
+    /// staged into `kv_wb`. The entries stay in the raft engine until the
+    /// log GC worker deletes the returned key range, after syncing the kv
+    /// engine (see [`super::log_gc`]): data applied up to the new point must
     /// be durable before the entries that could rebuild it are gone.
-    pub fn compact_to(&mut self, index: u64) -> Result<()> {
+    pub fn compact_to(&mut self, index: u64, kv_wb: &mut WriteBatch) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let first = self.apply_state.truncated_index + 1;
         if index < first || index > self.apply_state.applied_index {
-            return Ok(());
+            return Ok(None);
         }
         let term = self.term_of(index).map_err(|e| Error::Other(format!("compact: {e}")))?;
         self.apply_state.truncated_index = index;
         self.apply_state.truncated_term = term;
-        let mut kv_wb = WriteBatch::new();
-        self.stage_apply_state(&mut kv_wb);
-        self.kv.write(&kv_wb, true)?;
-        let mut raft_wb = WriteBatch::new();
-        self.log.stage_delete(first, index, &mut raft_wb);
-        self.raft.write(&raft_wb, false)?;
-        Ok(())
+        self.stage_apply_state(kv_wb);
+        self.log.forget_through(index);
+        Ok(Some(self.log.keys_through(index)))
     }
 
     /// Deletes every trace of peer `me`: data, meta, log. Leaves a

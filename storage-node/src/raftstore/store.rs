@@ -22,6 +22,7 @@ use raft::eraftpb::{ConfChangeType, Message as RaftMsg, MessageType};
 use raft::SnapshotStatus;
 
 use super::lease_clock::LeaseClock;
+use super::log_gc::{LogGcTask, LogGcWorker};
 use super::peer::{Now, Peer, PeerConfig, Reply};
 use super::router::{StoreInbox, StoreRouter};
 use super::split_check::{self, SplitCheckTask, SplitLimits};
@@ -116,6 +117,8 @@ pub struct Store {
     /// and down peers then (a change is reported at once).
     last_reported: HashMap<RegionId, (Instant, Vec<PeerId>, Vec<PeerId>)>,
     split_checker: crossbeam_channel::Sender<SplitCheckTask>,
+    /// Deletes compacted raft log entries (after syncing the kv engine).
+    log_gc: LogGcWorker,
     next_split_check: Instant,
     next_log_gc: Instant,
     /// When each other store last sent us anything (store-level liveness,
@@ -146,6 +149,7 @@ impl Store {
         let logger = crate::logging::raft_logger();
         // The split checker answers through the store's own channel.
         let split_checker = split_check::spawn(engines.kv.clone(), cfg.split, router);
+        let log_gc = LogGcWorker::spawn(engines.kv.clone(), engines.raft.clone());
         let now = Instant::now();
         let mut store = Store {
             next_split_check: now + cfg.split_check_interval,
@@ -156,6 +160,7 @@ impl Store {
             last_heard: HashMap::new(),
             started: now,
             split_checker,
+            log_gc,
             store_id,
             cfg,
             kv: engines.kv,
@@ -782,7 +787,13 @@ impl Store {
     }
 
     /// Drops applied raft log entries no peer should need any more.
+    /// Moves the truncation point of every log that has enough applied
+    /// entries (keeping what followers of a leader still need, unless the
+    /// log grew too long), writes the new points (unsynced) and hands the
+    /// compacted entries to the log GC worker.
     fn compact_logs(&mut self) -> Result<()> {
+        let mut kv_wb = WriteBatch::new();
+        let mut task = LogGcTask::default();
         for p in self.peers.values_mut() {
             let store = p.raw.store();
             if !store.is_initialized() {
@@ -792,7 +803,6 @@ impl Store {
             let first = store.apply_state.truncated_index + 1;
             let mut target = applied;
             if p.is_leader() && applied.saturating_sub(first) < self.cfg.raft_log_gc_count_limit {
-                // Keep what followers still need, unless the log grew too long.
                 for (id, pr) in p.raw.raft.prs().iter() {
                     if *id != p.meta.id.0 {
                         target = target.min(pr.matched);
@@ -800,9 +810,15 @@ impl Store {
                 }
             }
             if target >= first && target - first + 1 >= self.cfg.raft_log_gc_threshold {
-                p.raw.mut_store().compact_to(target)?;
-                self.metrics.raft_log_gcs.inc();
+                if let Some(range) = p.raw.mut_store().compact_to(target, &mut kv_wb)? {
+                    task.ranges.push(range);
+                    self.metrics.raft_log_gcs.inc();
+                }
             }
+        }
+        if !task.ranges.is_empty() {
+            self.kv.write(&kv_wb, false)?;
+            self.log_gc.schedule(task);
         }
         Ok(())
     }

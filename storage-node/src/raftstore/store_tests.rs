@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::engine::{Engine, MemEngine};
 use crate::raftstore::apply::WriteOutcome;
+use crate::raftstore::log_gc;
 
 /// Keeps what the store sends.
 #[derive(Default)]
@@ -509,4 +510,77 @@ fn epoch_not_match_carries_the_regions_a_split_made() {
     s.send(StoreMsg::Write { region_id: RegionId(2), cmd: put_x(2, s.region(2).epoch), cb });
     s.settle();
     assert!(matches!(rx.try_recv().unwrap(), Ok(WriteOutcome::Done)));
+}
+
+/// Puts `k{i}` = `v{i}` for each i of `keys` into region 1 (led here), one
+/// round each.
+fn put_each(s: &mut TestStore, keys: std::ops::Range<u32>) {
+    for i in keys {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        let (cb, mut rx) = oneshot::channel();
+        let cmd = write_cmd(1, s.region(1).epoch, &[(k.as_bytes(), v.as_bytes())], None);
+        s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb });
+        s.settle();
+        assert_eq!(rx.try_recv().unwrap().unwrap(), WriteOutcome::Done);
+    }
+}
+
+/// Indexes of region 1's entries the raft engine holds.
+fn logged_indexes(raft: &MemEngine) -> Vec<u64> {
+    let (start, end) = (keys::raft_log_key(RegionId(1), 0), keys::raft_log_key(RegionId(1), u64::MAX));
+    let range = ScanRange { start: &start, end: &end, reverse: false };
+    crate::engine::scan_collect(raft, Cf::Default, range, 0)
+        .unwrap()
+        .iter()
+        .map(|(k, _)| u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn compacted_entries_go_only_once_the_kv_engine_synced_their_truncation_point() {
+    let mut s = TestStore::with_leader();
+    let (worker, tasks) = LogGcWorker::detached();
+    s.store.log_gc = worker;
+    s.store.cfg.raft_log_gc_threshold = 1;
+    put_each(&mut s, 0..20);
+    let applied = s.store.peers[&RegionId(1)].raw.store().applied_index();
+    let logged = logged_indexes(&s.raft);
+    // The loop moves the truncation point; the entries are still there.
+    s.store.compact_logs().unwrap();
+    assert_eq!(s.store.peers[&RegionId(1)].raw.store().apply_state.truncated_index, applied);
+    assert_eq!(logged_indexes(&s.raft), logged, "nothing deleted before the worker ran");
+    let task = tasks.try_recv().expect("the compaction went to the worker");
+    // A power loss before the worker ran: the truncation point may be the
+    // old one, and every entry after it is there to apply again.
+    let early = (Arc::new(s.kv.after_power_loss()), Arc::new(s.raft.after_power_loss()));
+    // The worker syncs the kv engine, then deletes the entries.
+    log_gc::run(s.kv.as_ref(), s.raft.as_ref(), task).unwrap();
+    assert!(logged_indexes(&s.raft).iter().all(|&i| i > applied));
+    // A power loss after it: the new truncation point is durable (the
+    // deletion, unsynced, may be lost: those entries are never read).
+    let late = (Arc::new(s.kv.after_power_loss()), Arc::new(s.raft.after_power_loss()));
+    drop(s);
+    for ((kv, raft), truncated) in [(early, storage::INIT_INDEX), (late, applied)] {
+        let mut s = TestStore::open(kv, raft);
+        let (worker, tasks) = LogGcWorker::detached();
+        s.store.log_gc = worker;
+        s.store.cfg.raft_log_gc_threshold = 1;
+        assert_eq!(s.store.peers[&RegionId(1)].raw.store().apply_state.truncated_index, truncated);
+        s.store.peers.get_mut(&RegionId(1)).unwrap().raw.campaign().unwrap();
+        s.settle();
+        put_each(&mut s, 20..22);
+        for i in 0..22 {
+            let v = crate::raftstore::apply::read_live(s.kv.as_ref(), format!("k{i}").as_bytes(), 0).unwrap();
+            assert_eq!(
+                v,
+                Some(format!("v{i}").into_bytes()),
+                "k{i} after a restart truncated at {truncated}"
+            );
+        }
+        // The next compaction deletes from index 0: leftovers go too.
+        s.store.compact_logs().unwrap();
+        log_gc::run(s.kv.as_ref(), s.raft.as_ref(), tasks.try_recv().unwrap()).unwrap();
+        let now_truncated = s.store.peers[&RegionId(1)].raw.store().apply_state.truncated_index;
+        assert!(logged_indexes(&s.raft).iter().all(|&i| i > now_truncated));
+    }
 }

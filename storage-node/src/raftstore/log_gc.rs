@@ -1,0 +1,191 @@
+//! The raft log GC worker: deletes compacted log entries off the store loop.
+//!
+//! Compacting a peer's log moves its truncation point (`RaftApplyState`, in
+//! the kv engine) and deletes the entries up to it (raft engine). The
+//! entries may only go once the new truncation point, and the data applied
+//! up to it, are durable in the kv engine. The store loop writes the kv
+//! engine unsynced, so that takes a sync of the kv WAL: under load, the
+//! whole WAL written since the last sync, tens of milliseconds. Done on the
+//! store loop, it stalled every region of the node at each GC tick (put p99
+//! at half load 10× etcd's; `docs/performance.md`).
+//!
+//! So the store loop only moves the truncation point (in memory, and into
+//! its kv write, unsynced) and sends the key ranges of the compacted
+//! entries here. The worker syncs the kv engine, then deletes the ranges
+//! from the raft engine (unsynced: a deletion lost in a crash leaves
+//! entries below the truncation point, which nothing reads, and the next
+//! deletion of the region removes them too, as every range starts at
+//! index 0).
+//!
+//! A crash before the sync may bring the kv engine back with the old
+//! truncation point: the entries after it are all still there. A crash
+//! after it finds the new one, with or without the entries below it. The
+//! crash point `raft_log_gc_after_kv_sync` sits between the two steps.
+
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::engine::{Cf, Engine, EngineRef, WriteBatch};
+use crate::error::Result;
+
+/// The compacted entries of some peers: one engine key range per peer.
+#[derive(Debug, Default)]
+pub struct LogGcTask {
+    pub ranges: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Syncs `kv` (where the truncation points were written), then deletes
+/// the task's ranges from `raft`.
+pub fn run(kv: &dyn Engine, raft: &dyn Engine, task: LogGcTask) -> Result<()> {
+    kv.sync()?;
+    fail::fail_point!("raft_log_gc_after_kv_sync");
+    let mut wb = WriteBatch::new();
+    for (start, end) in task.ranges {
+        wb.delete_range(Cf::Default, start, end);
+    }
+    raft.write(&wb, false)?;
+    Ok(())
+}
+
+/// Handle of the worker thread; dropping it stops the thread once the
+/// tasks sent so far are done.
+pub struct LogGcWorker {
+    tx: Option<Sender<LogGcTask>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogGcWorker {
+    /// Starts the worker thread.
+    pub fn spawn(kv: EngineRef, raft: EngineRef) -> LogGcWorker {
+        let (tx, rx): (Sender<LogGcTask>, Receiver<LogGcTask>) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("raft-log-gc".into())
+            .spawn(move || {
+                while let Ok(mut task) = rx.recv() {
+                    // Whatever queued meanwhile shares the one sync.
+                    while let Ok(more) = rx.try_recv() {
+                        task.ranges.extend(more.ranges);
+                    }
+                    if let Err(e) = run(kv.as_ref(), raft.as_ref(), task) {
+                        // A failed fsync may have dropped dirty pages: a
+                        // retry that "succeeds" proves nothing, and the
+                        // entries must outlive unsynced data. As fatal as a
+                        // lost write on the store loop.
+                        tracing::error!("fatal storage error in raft log GC: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            })
+            .expect("spawn the raft log GC thread");
+        LogGcWorker { tx: Some(tx), thread: Some(thread) }
+    }
+
+    /// A worker with no thread: the tasks wait in the returned receiver
+    /// (tests run them by hand, at the moment they choose).
+    #[cfg(test)]
+    pub fn detached() -> (LogGcWorker, Receiver<LogGcTask>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (LogGcWorker { tx: Some(tx), thread: None }, rx)
+    }
+
+    /// Hands `task` to the worker.
+    pub fn schedule(&self, task: LogGcTask) {
+        // The thread ends only when `tx` is dropped (or the process exits).
+        if let Some(Err(e)) = self.tx.as_ref().map(|tx| tx.send(task)) {
+            tracing::error!("raft log GC worker gone: {e}");
+        }
+    }
+}
+
+impl Drop for LogGcWorker {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::{EngineSnapshot, MemEngine, Result as EngineResult, ScanRange, WriteOp};
+
+    /// A raft engine that, when a deletion reaches it, checks what a power
+    /// loss at that moment would leave of the kv engine.
+    struct WatchingRaft {
+        inner: MemEngine,
+        kv: Arc<MemEngine>,
+        deletions: AtomicUsize,
+    }
+
+    impl Engine for WatchingRaft {
+        fn snapshot(&self) -> Box<dyn EngineSnapshot + '_> {
+            self.inner.snapshot()
+        }
+        fn get(&self, cf: Cf, key: &[u8]) -> EngineResult<Option<Vec<u8>>> {
+            self.inner.get(cf, key)
+        }
+        fn write(&self, batch: &WriteBatch, sync: bool) -> EngineResult<()> {
+            if batch.ops().iter().any(|op| matches!(op, WriteOp::DeleteRange { .. })) {
+                let durable = self.kv.after_power_loss();
+                assert_eq!(durable.get(Cf::Meta, b"truncated").unwrap().as_deref(), Some(&b"9"[..]));
+                self.deletions.fetch_add(1, Ordering::SeqCst);
+            }
+            self.inner.write(batch, sync)
+        }
+        fn sync(&self) -> EngineResult<()> {
+            self.inner.sync()
+        }
+        fn scan(
+            &self,
+            cf: Cf,
+            r: ScanRange<'_>,
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> EngineResult<()> {
+            self.inner.scan(cf, r, visit)
+        }
+        fn ingest_range(
+            &self,
+            cf: Cf,
+            start: &[u8],
+            end: &[u8],
+            kvs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
+        ) -> EngineResult<()> {
+            self.inner.ingest_range(cf, start, end, kvs)
+        }
+        fn used_bytes(&self) -> u64 {
+            self.inner.used_bytes()
+        }
+    }
+
+    #[test]
+    fn the_kv_engine_is_synced_before_any_entry_is_deleted() {
+        // The store loop wrote the new truncation point unsynced.
+        let kv = Arc::new(MemEngine::new());
+        let mut wb = WriteBatch::new();
+        wb.put(Cf::Meta, b"truncated".to_vec(), b"9".to_vec());
+        kv.write(&wb, false).unwrap();
+        assert_eq!(kv.after_power_loss().get(Cf::Meta, b"truncated").unwrap(), None);
+        let raft = WatchingRaft { inner: MemEngine::new(), kv: kv.clone(), deletions: AtomicUsize::new(0) };
+        let mut wb = WriteBatch::new();
+        for i in 1u8..=12 {
+            wb.put(Cf::Default, vec![b'e', i], vec![i]);
+        }
+        raft.write(&wb, true).unwrap();
+        run(kv.as_ref(), &raft, LogGcTask { ranges: vec![(vec![b'e', 0], vec![b'e', 10])] }).unwrap();
+        assert_eq!(raft.deletions.load(Ordering::SeqCst), 1);
+        let left = crate::engine::scan_collect(
+            &raft,
+            Cf::Default,
+            ScanRange { start: b"", end: b"", reverse: false },
+            0,
+        )
+        .unwrap();
+        assert_eq!(left.iter().map(|(k, _)| k[1]).collect::<Vec<_>>(), vec![10, 11, 12]);
+    }
+}
