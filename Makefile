@@ -14,7 +14,7 @@ FEATURES := --features mnemo-node/failpoints,mnemo-pd/failpoints
 
 APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl etcd-server
 
-.PHONY: deps build run test bench bench-regions bench-compare bench-profile bench-micro chaos lint fmt clean-data
+.PHONY: deps build run test bench bench-regions bench-idle bench-compare bench-profile bench-micro chaos lint fmt clean-data
 
 # make chaos DURATION=1800 SEED=7 NEMESIS=all,crash-point,compound WORKLOAD=all:
 # a Jepsen-style run of mnemo-chaos (5 nodes in network namespaces, faults
@@ -49,6 +49,10 @@ bench: build
 # 1 region vs >= 64 regions (put/get), and an idle node with ~1,000 region peers.
 bench-regions: build
 	scripts/bench-regions.sh
+
+# make bench-idle REGIONS=10000: CPU and RSS of idle nodes holding REGIONS peers each.
+bench-idle: build
+	scripts/bench-idle.sh
 
 # Mnemosyne vs a 3-member etcd vs in-process RocksDB, alternating rounds;
 # DURATION=, ROUNDS=, CLIENTS=, KEYS=, WORKLOADS=, REGIONS= (see the script).
