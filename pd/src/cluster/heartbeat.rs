@@ -75,6 +75,7 @@ impl Cluster {
             return Ok(None);
         }
         let runtime = RegionRuntime { last_heartbeat: Some(now), ..hb.runtime };
+        inner.note_heard(id);
         inner.state().set_region_runtime(id, runtime);
         if inner.state().regions().get(id).and_then(|r| r.leader()) != Some(leader) {
             return Ok(None); // the sender is not a peer of the region we know

@@ -111,6 +111,12 @@ struct Inner {
     /// Whether a new leader waits for the stores (a member of a replicated
     /// PD; a lone member without raft starts with nothing to distrust).
     prepare_check: bool,
+    /// Regions heard from since `alive_since` (counted as their first
+    /// heartbeat since then arrives), and whether the prepare check passed:
+    /// once passed it stays passed until `alive_since` moves. Kept so that a
+    /// heartbeat costs O(1) here, not a walk over every region.
+    heard_since_alive: usize,
+    prepared: bool,
     ids: IdAllocator,
     operators: OperatorController,
     coordinator: Coordinator,
@@ -190,18 +196,31 @@ impl Inner {
     /// [`PREPARE_TIMEOUT`] passed): until then its view of leaders, sizes
     /// and down peers is its predecessor's or none, and acting on it could
     /// undo work in flight.
-    fn prepared(&self, now: SystemTime) -> bool {
-        if !self.prepare_check || now.duration_since(self.alive_since).unwrap_or_default() >= PREPARE_TIMEOUT
-        {
-            return true;
+    fn prepared(&mut self, now: SystemTime) -> bool {
+        if !self.prepared {
+            self.prepared = !self.prepare_check
+                || now.duration_since(self.alive_since).unwrap_or_default() >= PREPARE_TIMEOUT
+                || self.heard_since_alive * 10 >= self.state().regions().len() * 9;
         }
-        let state = self.state();
-        let regions = state.regions();
-        let heard = regions
-            .iter()
-            .filter(|r| r.runtime.last_heartbeat.is_some_and(|t| t >= self.alive_since))
-            .count();
-        heard * 10 >= regions.len() * 9
+        self.prepared
+    }
+
+    /// Serving starts (again) at `now`: the prepare check starts over.
+    fn restart_prepare_check(&mut self, now: SystemTime) {
+        self.alive_since = now;
+        self.heard_since_alive = 0;
+        self.prepared = false;
+    }
+
+    /// Counts region `id` as heard from now, if it is its first heartbeat
+    /// since serving started (call before recording the heartbeat).
+    fn note_heard(&mut self, id: RegionId) {
+        let since = self.alive_since;
+        let first =
+            self.state().regions().get(id).is_none_or(|r| r.runtime.last_heartbeat.is_none_or(|t| t < since));
+        if first {
+            self.heard_since_alive += 1;
+        }
     }
 
     fn ensure_bootstrapped(&self) -> Result<()> {
@@ -270,6 +289,8 @@ impl Cluster {
             replicator,
             alive_since: SystemTime::now(),
             prepare_check: true,
+            heard_since_alive: 0,
+            prepared: false,
             ids: IdAllocator::new(window_end),
             operators: OperatorController::default(),
             coordinator: Coordinator::new(rand::random()),
@@ -338,7 +359,7 @@ impl Cluster {
             inner.coordinator.set_schedulers(scheduling::parse_persisted_schedulers(&names));
         }
         inner.operators = OperatorController::default();
-        inner.alive_since = SystemTime::now();
+        inner.restart_prepare_check(SystemTime::now());
         if cluster_id == 0 {
             let cluster_id = new_cluster_id();
             inner.propose(Command::InitCluster { cluster_id })?;

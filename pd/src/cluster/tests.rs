@@ -728,3 +728,51 @@ fn a_late_report_of_a_deposed_leader_is_judged_after_its_region_write() {
     assert_eq!(info.region.epoch.conf_ver, 3);
     assert_eq!((info.runtime.leader, info.runtime.term), (Some(b), 6));
 }
+
+#[test]
+fn the_prepare_check_counts_regions_heard_from_not_heartbeats() {
+    // Region 2 split into ten: [,b) [b,c) ... [i,).
+    let (c, parent) = three_replicas(3);
+    let ids = c.ask_batch_split(&parent, 9).unwrap();
+    let bound = |i: usize| if i == 0 || i == 10 { vec![] } else { vec![b'a' + i as u8] };
+    let regions: Vec<Region> = (0..10)
+        .map(|i| {
+            let (id, peers) = match i {
+                0 => (parent.id, parent.peers.clone()),
+                _ => (
+                    ids[i - 1].region_id,
+                    ids[i - 1].peer_ids.iter().zip(1..).map(|(p, s)| voter(p.0, s)).collect(),
+                ),
+            };
+            Region {
+                id,
+                start_key: bound(i),
+                end_key: bound(i + 1),
+                epoch: RegionEpoch { conf_ver: 3, version: 10 },
+                peers,
+            }
+        })
+        .collect();
+    c.report_batch_split(&regions).unwrap();
+    // A new leader starts serving: scheduling waits for 90% of the regions.
+    {
+        let mut inner = c.inner.lock();
+        inner.prepare_check = true;
+        inner.restart_prepare_check(SystemTime::now());
+    }
+    let prepared = || c.inner.lock().prepared(SystemTime::now());
+    let beat = |r: &Region| {
+        c.region_heartbeat(heartbeat(r, r.peers[0])).unwrap();
+    };
+    for _ in 0..20 {
+        beat(&regions[0]);
+    }
+    assert!(!prepared(), "one region heard twenty times is one region");
+    regions[1..8].iter().for_each(beat);
+    assert!(!prepared(), "8 of 10 regions heard");
+    beat(&regions[8]);
+    assert!(prepared(), "9 of 10 regions heard");
+    // Passed once, it stays passed while this leader serves.
+    c.inner.lock().heard_since_alive = 0;
+    assert!(prepared());
+}
