@@ -77,6 +77,9 @@ pub struct Metrics {
     pub writes: Counter,
     /// Reads answered with no leadership check (test-only `--unsafe-stale-reads`).
     pub unsafe_stale_reads: Counter,
+    /// Reads granted by the local reader under the leader's lease, without
+    /// the store loop (a subset of `reads`).
+    pub local_reads: Counter,
     /// Requests answered with a region error.
     pub region_errors: Counter,
     /// Requests refused with `ServerIsBusy` (flow control).
@@ -149,6 +152,12 @@ impl Metrics {
                 self.raft_connection_failures.get(),
             ),
             ("mnemo_reads_total", c, "Client read requests.", self.reads.get()),
+            (
+                "mnemo_local_reads_total",
+                c,
+                "Reads granted under the leader's lease without the store loop.",
+                self.local_reads.get(),
+            ),
             ("mnemo_writes_total", c, "Client write requests.", self.writes.get()),
             (
                 "mnemo_unsafe_stale_reads_total",

@@ -312,6 +312,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         metrics.clone(),
     )
     .map_err(|e| format!("cannot load regions: {e}"))?;
+    let local_reader = store.local_reader();
     let store_thread = std::thread::Builder::new()
         .name("raftstore".into())
         .spawn(move || store.run())
@@ -334,6 +335,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
     let kv_service = KvService::new(store_id, store_tx.clone(), kv, cfg.server.clone(), metrics.clone())
         .with_unsafe_stale_reads(cfg.test_controls.unsafe_stale_reads)
+        .with_local_reader(local_reader)
         .with_pending_write_threshold(cfg.storage.scheduler_pending_write_threshold.0);
     let raft_service = RaftService::new(store_tx.clone(), metrics.clone());
     let mut grpc_shutdown = shutdown_rx.clone();

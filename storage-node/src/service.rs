@@ -32,7 +32,7 @@ use crate::engine::{Cf, EngineRef, EngineSnapshot, ScanRange};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::raftstore::{ReadGrant, ReadPolicy, SendError, StoreMsg, StoreRouter, WriteOutcome};
+use crate::raftstore::{LocalReader, ReadGrant, ReadPolicy, SendError, StoreMsg, StoreRouter, WriteOutcome};
 
 /// How long a request waits for the store loop before answering.
 /// A write still pending then has an unknown outcome (`StaleCommand`);
@@ -64,6 +64,8 @@ pub struct KvService {
     pending_write_bytes: Arc<AtomicU64>,
     /// `storage.scheduler-pending-write-threshold` in bytes.
     pending_write_threshold: u64,
+    /// Grants lease reads without the store loop (none: every read asks it).
+    local_reader: Option<Arc<LocalReader>>,
 }
 
 type RpcResult<T> = std::result::Result<Response<T>, Status>;
@@ -146,7 +148,14 @@ impl KvService {
             unsafe_stale_reads: false,
             pending_write_bytes: Arc::default(),
             pending_write_threshold: u64::MAX,
+            local_reader: None,
         }
+    }
+
+    /// Lets `reader` grant lease reads on the calling thread.
+    pub fn with_local_reader(mut self, reader: Arc<LocalReader>) -> Self {
+        self.local_reader = Some(reader);
+        self
     }
 
     /// **Test-only** (`--unsafe-stale-reads`): when `on`, a `RawGet` asking
@@ -233,8 +242,14 @@ impl KvService {
         if policy == ReadPolicy::UnsafeStale {
             self.metrics.unsafe_stale_reads.inc();
         }
-        let (cb, rx) = oneshot::channel();
         let epoch = epoch_of(header.region_epoch.as_ref());
+        if policy == ReadPolicy::Linearizable {
+            if let Some(grant) = self.local_reader.as_ref().and_then(|r| r.read(region_id, epoch)) {
+                self.metrics.local_reads.inc();
+                return Ok(grant);
+            }
+        }
+        let (cb, rx) = oneshot::channel();
         self.to_store(StoreMsg::Read { region_id, epoch, policy, cb })?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,

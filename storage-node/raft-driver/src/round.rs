@@ -5,7 +5,8 @@
 //! has one, and persists all of them together with **one fsync**:
 //!
 //! 1. [`Round::collect`], per group: send the ready's messages (a leader may
-//!    send before it persists, raft-rs allows it), apply a received snapshot,
+//!    send before it persists, raft-rs allows it — unless the ready changes
+//!    the term or vote: see [`Collected`]), apply a received snapshot,
 //!    note read states, apply committed entries into the round's kv batch,
 //!    stage new entries and the hard state into the round's raft batch;
 //! 2. [`Round::persist`]: write the kv batch, then the raft batch with one
@@ -76,9 +77,23 @@ pub trait Group<Cx> {
     fn round_done(&mut self, cx: &mut Cx);
 }
 
+/// A group's ready collected in a round, waiting for [`Round::advance`].
+///
+/// A ready that changes the term or vote keeps its messages until it is
+/// durable, although raft-rs lets a leader send before it persists: a peer
+/// that is elected within the ready (a single voter campaigning, as a split's
+/// new region does) would otherwise send appends of a term it can forget in
+/// a crash, win that term again after the restart and send other entries
+/// under the same term and indexes — which a follower that kept the first
+/// ones would not notice.
+pub struct Collected {
+    ready: Ready,
+    held: Vec<Message>,
+}
+
 /// One round over any number of groups, keyed by `K`.
 pub struct Round<K> {
-    readies: Vec<(K, Ready)>,
+    readies: Vec<(K, Collected)>,
     kv_wb: WriteBatch,
     raft_wb: WriteBatch,
     sync_kv: bool,
@@ -115,7 +130,12 @@ impl<K> Round<K> {
         if let Some(ss) = ready.ss() {
             g.on_soft_state(ss, cx);
         }
-        g.send(ready.take_messages(), cx);
+        let known = g.hard_state();
+        let new_term_or_vote = ready.hs().is_some_and(|hs| hs.term != known.term || hs.vote != known.vote);
+        let mut held = ready.take_messages();
+        if !new_term_or_vote {
+            g.send(std::mem::take(&mut held), cx);
+        }
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             g.apply_snapshot(&snap, cx)?;
@@ -135,7 +155,7 @@ impl<K> Round<K> {
                 g.stage_hard_state(hs, &mut self.raft_wb);
             }
         }
-        self.readies.push((key, ready));
+        self.readies.push((key, Collected { ready, held }));
         Ok(())
     }
 
@@ -147,7 +167,7 @@ impl<K> Round<K> {
         &mut self,
         kv: &dyn Engine,
         raft: &dyn Engine,
-    ) -> Result<(Vec<(K, Ready)>, bool), EngineError> {
+    ) -> Result<(Vec<(K, Collected)>, bool), EngineError> {
         if self.readies.is_empty() {
             return Ok((Vec::new(), false));
         }
@@ -170,9 +190,13 @@ impl<K> Round<K> {
     pub fn advance<Cx, G: Group<Cx>>(
         &mut self,
         g: &mut G,
-        mut ready: Ready,
+        collected: Collected,
         cx: &mut Cx,
     ) -> Result<(), G::Error> {
+        let Collected { mut ready, held } = collected;
+        if !held.is_empty() {
+            g.send(held, cx);
+        }
         g.send(ready.take_persisted_messages(), cx);
         let mut light = g.raw_node().advance(ready);
         if let Some(commit) = light.commit_index() {

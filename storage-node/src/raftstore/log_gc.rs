@@ -113,55 +113,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::{EngineSnapshot, MemEngine, Result as EngineResult, ScanRange, WriteOp};
-
-    /// A raft engine that, when a deletion reaches it, checks what a power
-    /// loss at that moment would leave of the kv engine.
-    struct WatchingRaft {
-        inner: MemEngine,
-        kv: Arc<MemEngine>,
-        deletions: AtomicUsize,
-    }
-
-    impl Engine for WatchingRaft {
-        fn snapshot(&self) -> Box<dyn EngineSnapshot + '_> {
-            self.inner.snapshot()
-        }
-        fn get(&self, cf: Cf, key: &[u8]) -> EngineResult<Option<Vec<u8>>> {
-            self.inner.get(cf, key)
-        }
-        fn write(&self, batch: &WriteBatch, sync: bool) -> EngineResult<()> {
-            if batch.ops().iter().any(|op| matches!(op, WriteOp::DeleteRange { .. })) {
-                let durable = self.kv.after_power_loss();
-                assert_eq!(durable.get(Cf::Meta, b"truncated").unwrap().as_deref(), Some(&b"9"[..]));
-                self.deletions.fetch_add(1, Ordering::SeqCst);
-            }
-            self.inner.write(batch, sync)
-        }
-        fn sync(&self) -> EngineResult<()> {
-            self.inner.sync()
-        }
-        fn scan(
-            &self,
-            cf: Cf,
-            r: ScanRange<'_>,
-            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-        ) -> EngineResult<()> {
-            self.inner.scan(cf, r, visit)
-        }
-        fn ingest_range(
-            &self,
-            cf: Cf,
-            start: &[u8],
-            end: &[u8],
-            kvs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
-        ) -> EngineResult<()> {
-            self.inner.ingest_range(cf, start, end, kvs)
-        }
-        fn used_bytes(&self) -> u64 {
-            self.inner.used_bytes()
-        }
-    }
+    use crate::engine::{MemEngine, ScanRange, WriteOp};
+    use crate::raftstore::test_engine::WatchedEngine;
 
     #[test]
     fn the_kv_engine_is_synced_before_any_entry_is_deleted() {
@@ -171,14 +124,25 @@ mod tests {
         wb.put(Cf::Meta, b"truncated".to_vec(), b"9".to_vec());
         kv.write(&wb, false).unwrap();
         assert_eq!(kv.after_power_loss().get(Cf::Meta, b"truncated").unwrap(), None);
-        let raft = WatchingRaft { inner: MemEngine::new(), kv: kv.clone(), deletions: AtomicUsize::new(0) };
+        // When a deletion reaches the raft engine, what would a power loss
+        // at that moment leave of the kv engine?
+        let deletions = Arc::new(AtomicUsize::new(0));
+        let (watched_kv, counted) = (kv.clone(), deletions.clone());
+        let on_write = move |batch: &WriteBatch, _sync: bool| {
+            if batch.ops().iter().any(|op| matches!(op, WriteOp::DeleteRange { .. })) {
+                let durable = watched_kv.after_power_loss();
+                assert_eq!(durable.get(Cf::Meta, b"truncated").unwrap().as_deref(), Some(&b"9"[..]));
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let raft = WatchedEngine::new(Arc::new(MemEngine::new()), Box::new(on_write));
         let mut wb = WriteBatch::new();
         for i in 1u8..=12 {
             wb.put(Cf::Default, vec![b'e', i], vec![i]);
         }
         raft.write(&wb, true).unwrap();
         run(kv.as_ref(), &raft, LogGcTask { ranges: vec![(vec![b'e', 0], vec![b'e', 10])] }).unwrap();
-        assert_eq!(raft.deletions.load(Ordering::SeqCst), 1);
+        assert_eq!(deletions.load(Ordering::SeqCst), 1);
         let left = crate::engine::scan_collect(
             &raft,
             Cf::Default,

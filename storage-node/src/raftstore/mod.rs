@@ -22,12 +22,15 @@
 
 pub mod apply;
 pub mod lease_clock;
+pub mod local_reader;
 pub mod log_gc;
 pub mod peer;
 pub mod router;
 pub mod split_check;
 pub mod storage;
 pub mod store;
+#[cfg(test)]
+mod test_engine;
 
 use mnemo_proto::raft_serverpb::{BatchSplit, RaftCommand, RaftMessage};
 use mnemo_proto::types::{Peer as PeerMeta, PeerId, Region, RegionEpoch, RegionId, StoreId};
@@ -35,6 +38,7 @@ use raft::eraftpb::ConfChangeType;
 
 pub use apply::WriteOutcome;
 pub use lease_clock::{LeaseClock, LeaseInstant};
+pub use local_reader::LocalReader;
 pub use peer::{Now, PeerConfig, PlantedBugs, ReadCallback, ReadGrant, WriteCallback};
 pub use router::{SendError, StoreInbox, StoreRouter};
 pub use store::{Store, StoreConfig};

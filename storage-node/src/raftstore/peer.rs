@@ -14,7 +14,8 @@
 //! proposed; the callback fires when the entry is applied here (never
 //! earlier), with `StaleCommand` if the entry was lost to a newer term.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mnemo_proto::raft_serverpb::{BatchSplit, ConfChangeContext, RaftCommand, RaftRequestHeader};
@@ -27,12 +28,14 @@ use tokio::sync::oneshot;
 
 use super::apply::{self, WriteOutcome};
 use super::lease_clock::LeaseInstant;
+use super::local_reader::{LeaseView, ReadDelegate};
 use super::storage::{self, PeerStorage};
 use crate::engine::{EngineRef, WriteBatch};
 use crate::error::{Error, Result};
 
-/// A hibernating peer ticks once per this many base ticks: an idle region's
-/// leader heartbeats every 2 s and its followers wait 10 s before an election.
+/// A hibernating leader whose followers have not all agreed yet ticks once
+/// per this many base ticks (with 100 ms ticks: a heartbeat carrying the
+/// request every 2 s).
 pub const HIBERNATE_TICK_STRETCH: u64 = 10;
 
 /// Answer to a write: its outcome once applied, or an error.
@@ -229,15 +232,21 @@ pub struct Peer {
     pub region_state_changed: bool,
     /// Membership changes applied since the store last looked (a metric).
     pub conf_changes_applied: u64,
-    /// Idle region: this peer ticks only every `HIBERNATE_TICK_STRETCH`-th
-    /// tick. A leader decides it (and tells followers in its messages);
-    /// any activity wakes it.
+    /// Idle region (see [`Peer::on_base_tick`]): a leader decides it and
+    /// says so in every message it sends; a follower follows its leader's
+    /// flag and says so in its replies, which is its agreement. Any
+    /// activity wakes the peer that sees it.
     pub hibernating: bool,
+    /// As a hibernating leader: the peers whose messages carried the flag
+    /// since it decided. Once every other peer is in, it stops ticking too.
+    hibernate_acks: HashSet<PeerId>,
     /// As leader: when it first counted each other peer of the region (a
     /// peer it has just added, or found on taking over, is not down for a
     /// silence that began before; see [`Peer::counted_since`]).
     pub(super) counted_since: HashMap<PeerId, Instant>,
     idle_ticks: usize,
+    /// What this peer lends the local reader (see [`super::local_reader`]).
+    reads_delegate: Arc<ReadDelegate>,
     /// Index of the last split this leader proposed, until applied: while
     /// one is in flight, every commit is broadcast at once (see
     /// `skip_bcast_commit`), so followers apply the split, and create the
@@ -274,6 +283,7 @@ impl Peer {
         for p in &storage.region.peers {
             peer_cache.insert(p.id, *p);
         }
+        let reads_delegate = ReadDelegate::new(storage.region.clone());
         let raw = RawNode::new(&rc, storage, &logger.new(slog::o!("peer" => meta.id.0)))
             .map_err(|e| Error::Other(format!("raft init: {e}")))?;
         Ok(Peer {
@@ -301,8 +311,10 @@ impl Peer {
             region_state_changed: false,
             conf_changes_applied: 0,
             hibernating: false,
+            hibernate_acks: HashSet::new(),
             counted_since: HashMap::new(),
             idle_ticks: 0,
+            reads_delegate,
             split_in_flight: None,
             cfg,
         })
@@ -383,12 +395,56 @@ impl Peer {
     /// extended from; a test may skew that clock to break this argument on
     /// purpose (see [`super::lease_clock`]).
     pub fn lease_valid(&self, now: LeaseInstant) -> bool {
-        self.is_leader()
+        self.lendable_lease().is_some_and(|t| now < t)
+    }
+
+    /// The end of the lease if this peer may serve lease reads until then:
+    /// everything [`Peer::lease_valid`] asks but the time.
+    fn lendable_lease(&self) -> Option<LeaseInstant> {
+        let holder = self.is_leader()
             // A transfer target may be elected at once (MsgTimeoutNow skips
             // the followers' lease check), so a transferring leader has no lease.
             && (self.raw.raft.lead_transferee.is_none() || self.cfg.plants.lease_ignores_transfer)
-            && self.applied_term == self.raw.raft.term
-            && self.lease_until.is_some_and(|t| now < t)
+            && self.applied_term == self.raw.raft.term;
+        self.lease_until.filter(|_| holder)
+    }
+
+    /// The peer's settings, to change in a test.
+    #[cfg(test)]
+    pub(super) fn cfg_mut(&mut self) -> &mut PeerConfig {
+        &mut self.cfg
+    }
+
+    /// The delegate the store registers with the local reader.
+    pub fn reads_delegate(&self) -> Arc<ReadDelegate> {
+        self.reads_delegate.clone()
+    }
+
+    /// Publishes what the local reader needs (the store calls it at the end
+    /// of every round that touched this peer; revocations go at once).
+    pub fn publish_reads(&self) {
+        self.reads_delegate.publish(LeaseView {
+            region: self.region(),
+            lease_until: self.lendable_lease(),
+            applied_stamp_ms: self.applied_stamp_ms,
+            oldest_pending_ms: self.oldest_pending_stamp(),
+        });
+    }
+
+    /// The smallest stamp of a write proposed or batched and not yet
+    /// applied: the first proposal's, since stamps only grow and a batch is
+    /// proposed before anything proposed after it.
+    fn oldest_pending_stamp(&self) -> Option<u64> {
+        let batched = self.write_batch.as_ref().map(|b| b.stamp_ms);
+        self.proposals.front().map(|p| p.stamp_ms).or(batched)
+    }
+
+    /// The stamp for a write proposed or batched now: never below one
+    /// already proposed or applied here, nor at or below the time any read
+    /// of the region was judged at (see [`ReadDelegate::stamp_write`]).
+    fn stamp(&mut self, now: Now) -> u64 {
+        self.last_stamp_ms = self.reads_delegate.stamp_write(self.last_stamp_ms.max(now.wall_ms));
+        self.last_stamp_ms
     }
 
     /// Extends the lease from the start of a quorum round that began under
@@ -416,6 +472,7 @@ impl Peer {
             self.transferring = transferring;
             self.lease_fence += 1;
             self.lease_until = None;
+            self.reads_delegate.revoke();
             if !transferring {
                 self.transfer_cooldown = self.cfg.election_tick;
             }
@@ -468,10 +525,12 @@ impl Peer {
     /// Permission to read the region now (see [`ReadGrant::now_ms`]).
     fn grant(&self, now: Now) -> ReadGrant {
         let mut at = now.wall_ms.max(self.applied_stamp_ms);
-        let batched = self.write_batch.as_ref().map(|b| b.stamp_ms);
-        if let Some(oldest) = self.proposals.iter().map(|p| p.stamp_ms).chain(batched).min() {
+        if let Some(oldest) = self.oldest_pending_stamp() {
             at = at.min(oldest.saturating_sub(1)).max(self.applied_stamp_ms);
         }
+        // Never below a read already judged (on either path); writes
+        // proposed from now on are stamped above it.
+        let at = self.reads_delegate.judge_read(at);
         ReadGrant { region: self.region().clone(), now_ms: at }
     }
 
@@ -556,8 +615,7 @@ impl Peer {
                 b.size += size;
             }
             None => {
-                self.last_stamp_ms = self.last_stamp_ms.max(now.wall_ms);
-                let (stamp_ms, term) = (self.last_stamp_ms, self.raw.raft.term);
+                let (stamp_ms, term) = (self.stamp(now), self.raw.raft.term);
                 self.write_batch = Some(WriteBatchProposal { cmd, cbs: vec![cb], size, stamp_ms, term });
             }
         }
@@ -608,8 +666,7 @@ impl Peer {
         cbs: Vec<WriteCallback>,
         replies: &mut Vec<Reply>,
     ) {
-        self.last_stamp_ms = self.last_stamp_ms.max(now.wall_ms);
-        cmd.proposed_at_ms = self.last_stamp_ms;
+        cmd.proposed_at_ms = self.stamp(now);
         let cmd_is_plain_write = cmd.cas.is_none() && cmd.split.is_none();
         let data = cmd.encode_to_vec();
         if data.len() as u64 > self.cfg.raft_entry_max_size {
@@ -711,6 +768,7 @@ impl Peer {
 
     /// Proposes a batch split prepared with ids from PD (leader only).
     pub fn propose_split(&mut self, epoch: RegionEpoch, split: BatchSplit) -> bool {
+        self.wake();
         if !self.is_leader() || epoch != self.region().epoch {
             return false;
         }
@@ -731,16 +789,54 @@ impl Peer {
         true
     }
 
-    /// Leaves hibernation (activity on the leader).
+    /// Leaves hibernation (activity seen here).
     pub fn wake(&mut self) {
         self.hibernating = false;
+        self.hibernate_acks.clear();
         self.idle_ticks = 0;
     }
 
-    /// Advances raft time by one base tick, honouring hibernation; a leader
-    /// whose region stayed idle for two election timeouts starts hibernating.
+    /// True if this peer does not tick at all: a hibernating follower, or a
+    /// hibernating leader all of whose peers agreed.
+    pub fn asleep(&self) -> bool {
+        self.hibernating
+            && (!self.is_leader()
+                || (self.idle()
+                    && self
+                        .region()
+                        .peers
+                        .iter()
+                        .all(|q| q.id == self.meta.id || self.hibernate_acks.contains(&q.id))))
+    }
+
+    /// As leader: nothing in flight, every peer has every entry.
+    fn idle(&self) -> bool {
+        let raft = &self.raw.raft;
+        let last = raft.raft_log.last_index();
+        self.proposals.is_empty()
+            && self.waiting_writes.is_empty()
+            && self.reads.is_empty()
+            && raft.raft_log.committed == last
+            && raft.lead_transferee.is_none()
+            && !raft.has_pending_conf()
+            && raft.prs().iter().all(|(_, pr)| pr.matched == last)
+    }
+
+    /// Advances raft time by one base tick, honouring hibernation.
+    ///
+    /// A leader whose region stayed idle for two election timeouts starts
+    /// hibernating: it ticks only every [`HIBERNATE_TICK_STRETCH`]-th base
+    /// tick, so its heartbeats (which carry the flag) go out rarely, until
+    /// every other peer answered with the flag; then it stops ticking. A
+    /// hibernating follower does not tick at all: it cannot time out its
+    /// leader, so the store wakes it when the leader's *store* falls silent
+    /// (store-level pings, [`super::store::Store`]). A follower woken alone
+    /// (its leader's store only looked silent) campaigns with pre-vote,
+    /// which the others refuse (they still count the leader as alive, their
+    /// election clock stopped) and which wakes the leader, whose heartbeats
+    /// then bring the follower back: no term changes.
     pub fn on_base_tick(&mut self, tick_no: u64) {
-        if self.hibernating && !tick_no.is_multiple_of(HIBERNATE_TICK_STRETCH) {
+        if self.hibernating && (self.asleep() || !tick_no.is_multiple_of(HIBERNATE_TICK_STRETCH)) {
             return;
         }
         self.raw.tick();
@@ -755,29 +851,33 @@ impl Peer {
         if !self.is_leader() {
             return;
         }
-        let raft = &self.raw.raft;
-        let last = raft.raft_log.last_index();
-        let idle = self.proposals.is_empty()
-            && self.waiting_writes.is_empty()
-            && self.reads.is_empty()
-            && raft.raft_log.committed == last
-            && raft.lead_transferee.is_none()
-            && !raft.has_pending_conf()
-            && raft.prs().iter().all(|(_, pr)| pr.matched == last);
-        if !idle {
+        if !self.idle() {
             self.wake();
         } else if !self.hibernating && self.cfg.hibernate {
             self.idle_ticks += 1;
             if self.idle_ticks >= 2 * self.cfg.election_tick {
                 self.hibernating = true;
+                // Ask at once: followers that have not seen the flag still
+                // tick, and would time out before a stretched heartbeat.
+                self.raw.raft.bcast_heartbeat();
             }
         }
     }
 
-    /// Follows the leader's hibernation flag on a message it sent.
-    pub fn observe_leader_hibernation(&mut self, from: PeerId, hibernate: bool) {
-        if !self.is_leader() && self.raw.raft.leader_id == from.0 {
-            self.hibernating = hibernate;
+    /// Notes the hibernation flag of a message from peer `from`, before it
+    /// is stepped. A follower follows its leader's flag. A hibernating
+    /// leader counts a flagged message as that peer's agreement, and wakes
+    /// on any other: a peer that is awake (a follower that timed out, a
+    /// restarted one) needs its heartbeats.
+    pub fn observe_hibernation(&mut self, from: PeerId, hibernate: bool) {
+        if !self.is_leader() {
+            if self.raw.raft.leader_id == from.0 {
+                self.hibernating = hibernate;
+            }
+        } else if self.hibernating && hibernate {
+            self.hibernate_acks.insert(from);
+        } else if self.hibernating {
+            self.wake();
         }
     }
 
@@ -785,7 +885,29 @@ impl Peer {
     pub fn step(&mut self, msg: RaftMsg) -> Result<()> {
         let res = self.raw.step(msg).map_err(|e| Error::Other(format!("step: {e}")));
         self.observe_transfer();
+        if self.lease_until.is_some() && !self.is_leader() {
+            // Deposed: lend nothing more, even before the round notices.
+            self.lease_until = None;
+            self.reads_delegate.revoke();
+        }
         res
+    }
+
+    /// Wakes a hibernating follower whose leader's store fell silent, and
+    /// tells the leader so (a heartbeat response, which any leader takes
+    /// quietly): if the leader is alive after all, the unflagged message
+    /// wakes it and its heartbeats put this peer back in step — a learner
+    /// never campaigns, so it would otherwise tick alone forever.
+    pub fn wake_and_poke_leader(&mut self) {
+        self.wake();
+        if let Some(leader) = self.leader() {
+            let mut poke = RaftMsg::default();
+            poke.set_msg_type(MessageType::MsgHeartbeatResponse);
+            poke.from = self.meta.id.0;
+            poke.to = leader.id.0;
+            poke.term = self.raw.raft.term;
+            self.outbox.push((leader, poke));
+        }
     }
 
     /// As leader: the other peers silent for `limit` or longer, with the
@@ -817,6 +939,7 @@ impl Peer {
         self.counted_since.clear();
         self.observe_transfer();
         self.lease_until = None;
+        self.reads_delegate.revoke();
         if !self.is_leader() {
             let leader = self.leader();
             let region = self.region_id();
@@ -1138,6 +1261,7 @@ mod tests {
     use super::*;
     use crate::engine::{Cf, MemEngine, ScanRange};
     use crate::raftstore::lease_clock::LeaseClock;
+    use crate::raftstore::local_reader::LocalReader;
     use crate::raftstore::store::RoundCx;
     use mnemo_raft_driver::round::Round;
 
@@ -1166,6 +1290,8 @@ mod tests {
                 round.advance(p, ready, &mut cx).unwrap();
             }
             round.finish(kv.as_ref(), raft.as_ref()).unwrap();
+            // As the store does once the round's writes are in.
+            p.publish_reads();
         }
         p.outbox.drain(..).map(|(_, m)| m).collect()
     }
@@ -1224,22 +1350,68 @@ mod tests {
             &mut self.peers[(id - 11) as usize].0
         }
 
-        /// Runs readies and delivers messages until everything is quiet.
-        fn settle(&mut self, now: Now, cut: &dyn Fn(u64, u64) -> bool, replies: &mut Vec<Reply>) {
+        /// Runs readies and delivers messages (with the sender's
+        /// hibernation flag, as the store does) until everything is quiet.
+        /// Returns the number of messages sent.
+        fn settle(&mut self, now: Now, cut: &dyn Fn(u64, u64) -> bool, replies: &mut Vec<Reply>) -> usize {
+            let mut sent = 0;
             loop {
                 let mut msgs = Vec::new();
                 for (p, kv, raft) in self.peers.iter_mut() {
-                    msgs.extend(drive(p, kv, raft, now, replies));
+                    let out = drive(p, kv, raft, now, replies);
+                    msgs.extend(out.into_iter().map(|m| (m, p.hibernating)));
                 }
                 if msgs.is_empty() {
-                    return;
+                    return sent;
                 }
-                for m in msgs {
+                sent += msgs.len();
+                for (m, hibernate) in msgs {
                     if !cut(m.from, m.to) {
-                        let _ = self.peer(m.to).step(m);
+                        let to = self.peer(m.to);
+                        to.observe_hibernation(PeerId(m.from), hibernate);
+                        let _ = to.step(m);
                     }
                 }
             }
+        }
+
+        /// Three replicas that hibernate when idle, 11 elected.
+        fn hibernating(now: Now) -> Trio {
+            let mut trio = Trio::new();
+            for (p, _, _) in trio.peers.iter_mut() {
+                p.cfg.hibernate = true;
+            }
+            trio.peer(11).raw.campaign().unwrap();
+            trio.settle(now, &|_, _| false, &mut Vec::new());
+            assert!(trio.peer(11).is_leader());
+            trio
+        }
+
+        /// Base ticks `ticks` for the peers `who`, settling after each;
+        /// returns the messages sent.
+        fn tick(
+            &mut self,
+            ticks: std::ops::Range<u64>,
+            who: &[u64],
+            now: Now,
+            cut: &dyn Fn(u64, u64) -> bool,
+        ) -> usize {
+            let mut sent = 0;
+            for t in ticks {
+                for id in who {
+                    self.peer(*id).on_base_tick(t);
+                }
+                sent += self.settle(now, cut, &mut Vec::new());
+            }
+            sent
+        }
+
+        fn terms(&mut self) -> Vec<u64> {
+            (11..=13).map(|id| self.peer(id).raw.raft.term).collect()
+        }
+
+        fn leaders(&mut self) -> Vec<u64> {
+            (11..=13).filter(|id| self.peer(*id).is_leader()).collect()
         }
     }
 
@@ -1539,5 +1711,180 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(Err(Error::NotLeader { .. }))));
         assert!(matches!(stale_rx.try_recv(), Ok(Ok(g)) if g.region.id == RegionId(1)));
         assert!(matches!(old_rx.try_recv(), Ok(Err(Error::EpochNotMatch { .. }))));
+    }
+
+    /// A Now an hour ahead: a lease a quorum round confirms then covers the
+    /// whole test on the real lease clock, however slow the machine.
+    fn an_hour_ahead(clock: &LeaseClock) -> Now {
+        now_on(clock, Instant::now() + Duration::from_secs(3600))
+    }
+
+    /// Starts a read at `at` and runs the peer: the round confirms a lease.
+    fn confirm_lease(p: &mut Peer, kv: &EngineRef, raft: &EngineRef, at: Now) {
+        let (cb, _rx) = oneshot::channel();
+        let mut replies = Vec::new();
+        p.read(p.region().epoch, at, cb, &mut replies);
+        drive(p, kv, raft, at, &mut replies);
+        assert!(p.lease_valid(at.lease));
+    }
+
+    #[test]
+    fn the_local_reader_lends_the_lease_until_a_transfer_starts() {
+        let clock = LeaseClock::real();
+        let later = an_hour_ahead(&clock);
+        let none = |_: u64, _: u64| false;
+        let mut trio = Trio::new();
+        trio.peer(11).raw.campaign().unwrap();
+        trio.settle(later, &none, &mut Vec::new());
+        let reader = LocalReader::new(clock.clone());
+        reader.register(RegionId(1), trio.peer(11).reads_delegate());
+        let epoch = trio.peer(11).region().epoch;
+        // Elected, but no quorum round yet: no lease to lend.
+        assert!(reader.read(RegionId(1), epoch).is_none());
+        // A ReadIndex round confirms one, and the reader lends it.
+        let (cb, _rx) = oneshot::channel();
+        let mut replies = Vec::new();
+        trio.peer(11).read(epoch, later, cb, &mut replies);
+        trio.settle(later, &none, &mut replies);
+        assert!(trio.peer(11).lease_valid(later.lease));
+        assert!(reader.read(RegionId(1), epoch).is_some());
+        // A read for another range version is the store loop's to refuse.
+        assert!(reader.read(RegionId(1), RegionEpoch { version: 2, ..epoch }).is_none());
+        // A transfer starts: the lease is gone at once, before the round
+        // that sends anything to the target.
+        trio.peer(11).transfer_leader(PeerId(12));
+        assert!(reader.read(RegionId(1), epoch).is_none());
+    }
+
+    #[test]
+    fn writes_are_stamped_above_local_reads_and_a_deposed_leader_lends_nothing() {
+        let clock = LeaseClock::real();
+        let mut later = an_hour_ahead(&clock);
+        // The store loop's wall clock is far behind the reader's.
+        later.wall_ms = 1_000;
+        let (mut p, kv, raft) = leader(later);
+        let reader = LocalReader::new(clock.clone());
+        reader.register(RegionId(1), p.reads_delegate());
+        confirm_lease(&mut p, &kv, &raft, later);
+        let epoch = p.region().epoch;
+        let first = reader.read(RegionId(1), epoch).expect("lease lent");
+        // A read on the store loop's path, whose clock is far behind, is
+        // judged no earlier than that one.
+        let (cb, mut rx) = oneshot::channel();
+        let mut replies = Vec::new();
+        p.read(epoch, later, cb, &mut replies);
+        crate::raftstore::store::deliver(replies);
+        let on_loop = rx.try_recv().expect("answered at once").expect("granted");
+        assert!(on_loop.now_ms >= first.now_ms);
+        // A write proposed after that read is stamped above it, whatever
+        // the proposer's clock says...
+        let (cb, _rx) = oneshot::channel();
+        let mut replies = Vec::new();
+        p.propose_write(put_with_ttl(&p, b"k", b"v", 0), later, cb, &mut replies);
+        p.propose_write_batch(later, &mut replies);
+        let stamp = p.last_stamp_ms;
+        assert!(stamp > first.now_ms);
+        // ...and while it is in flight, reads are judged below it, but
+        // never below an earlier read.
+        let during = reader.read(RegionId(1), epoch).expect("lease lent");
+        assert!(first.now_ms <= during.now_ms && during.now_ms < stamp);
+        // Applied: judged at or above its stamp.
+        drive(&mut p, &kv, &raft, later, &mut replies);
+        assert!(reader.read(RegionId(1), epoch).expect("lease lent").now_ms >= stamp);
+        // Deposed: nothing lent, although its lease has not run out.
+        p.raw.raft.become_follower(p.raw.raft.term + 1, raft::INVALID_ID);
+        drive(&mut p, &kv, &raft, later, &mut Vec::new());
+        assert!(reader.read(RegionId(1), epoch).is_none());
+    }
+
+    /// Puts a hibernating trio to sleep: two election timeouts idle, then
+    /// stretched heartbeats until both followers agreed.
+    fn asleep_trio(now: Now) -> Trio {
+        let mut trio = Trio::hibernating(now);
+        let none = |_: u64, _: u64| false;
+        trio.tick(1..100, &[11, 12, 13], now, &none);
+        for id in 11..=13 {
+            assert!(trio.peer(id).asleep(), "peer {id} still ticks");
+        }
+        trio
+    }
+
+    #[test]
+    fn an_idle_region_falls_silent_once_both_followers_agreed_and_a_write_wakes_it() {
+        let now = now_on(&LeaseClock::real(), Instant::now());
+        let none = |_: u64, _: u64| false;
+        let mut trio = asleep_trio(now);
+        // Asleep: ten seconds of ticks, not one message.
+        assert_eq!(trio.tick(100..200, &[11, 12, 13], now, &none), 0);
+        // A write wakes the leader, and its append the followers.
+        let put = put_with_ttl(trio.peer(11), b"k", b"v", 0);
+        let (cb, mut rx) = oneshot::channel();
+        let mut replies = Vec::new();
+        trio.peer(11).propose_write(put, now, cb, &mut replies);
+        trio.peer(11).propose_write_batch(now, &mut replies);
+        trio.settle(now, &none, &mut replies);
+        crate::raftstore::store::deliver(replies);
+        assert!(matches!(rx.try_recv(), Ok(Ok(WriteOutcome::Done))));
+        for id in 11..=13 {
+            assert!(!trio.peer(id).hibernating, "peer {id} still hibernates");
+        }
+    }
+
+    #[test]
+    fn a_follower_woken_alone_changes_no_term() {
+        let now = now_on(&LeaseClock::real(), Instant::now());
+        let none = |_: u64, _: u64| false;
+        let mut trio = asleep_trio(now);
+        let terms = trio.terms();
+        // 12's store missed 11's store's pings for a while: the store wakes
+        // 12 alone, which tells 11; the unflagged message wakes 11.
+        trio.peer(12).wake_and_poke_leader();
+        trio.settle(now, &none, &mut Vec::new());
+        assert!(!trio.peer(11).hibernating, "the poke did not wake the leader");
+        // Even had the poke been lost: 12, hearing nothing from a sleeping
+        // leader, campaigns; 13 refuses (its leader is alive as far as it
+        // knows), and 11's heartbeats bring 12 back. Nothing changed...
+        trio.peer(11).hibernating = true;
+        trio.tick(200..400, &[11, 12, 13], now, &none);
+        assert_eq!(trio.terms(), terms);
+        assert_eq!(trio.leaders(), vec![11]);
+        assert_eq!(trio.peer(12).raw.raft.leader_id, 11);
+        // ...and the idle region went back to sleep.
+        assert_eq!(trio.tick(400..500, &[11, 12, 13], now, &none), 0);
+    }
+
+    #[test]
+    fn followers_woken_by_their_leaders_silence_elect_a_new_leader() {
+        let now = now_on(&LeaseClock::real(), Instant::now());
+        let mut trio = asleep_trio(now);
+        let term = trio.peer(11).raw.raft.term;
+        // 11's store is gone: the store wakes 12 and 13 (its pings stopped).
+        let gone = |a: u64, b: u64| a == 11 || b == 11;
+        trio.peer(12).wake();
+        trio.peer(13).wake();
+        trio.tick(200..400, &[12, 13], now, &gone);
+        let new_leader: Vec<u64> = [12, 13].into_iter().filter(|id| trio.peer(*id).is_leader()).collect();
+        assert_eq!(new_leader.len(), 1, "no leader among 12 and 13");
+        assert!(trio.peer(new_leader[0]).raw.raft.term > term);
+    }
+
+    #[test]
+    fn a_restarted_leader_and_its_sleeping_followers_elect_a_leader() {
+        let now = now_on(&LeaseClock::real(), Instant::now());
+        let none = |_: u64, _: u64| false;
+        let mut trio = asleep_trio(now);
+        let term = trio.peer(11).raw.raft.term;
+        // 11's node restarts at once (its store never looked silent): its
+        // peer comes back a follower with no leader, the others sleep on.
+        let (old, kv, raft) = &trio.peers[0];
+        let (me, region, cfg) = (old.meta, old.region().clone(), old.cfg.clone());
+        let storage = PeerStorage::open(kv.clone(), raft.clone(), region).unwrap();
+        trio.peers[0].0 = Peer::new(me, storage, cfg, &crate::logging::raft_logger()).unwrap();
+        // 11 campaigns; its first message wakes 12 and 13 (it comes from
+        // their leader, unflagged), and within a few election timeouts one
+        // of the three leads in a newer term.
+        trio.tick(200..300, &[11, 12, 13], now, &none);
+        assert_eq!(trio.leaders().len(), 1, "no leader");
+        assert!(trio.terms().iter().all(|t| *t > term));
     }
 }

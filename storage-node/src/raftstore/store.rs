@@ -22,6 +22,7 @@ use raft::eraftpb::{ConfChangeType, Message as RaftMsg, MessageType};
 use raft::SnapshotStatus;
 
 use super::lease_clock::LeaseClock;
+use super::local_reader::LocalReader;
 use super::log_gc::{LogGcTask, LogGcWorker};
 use super::peer::{Now, Peer, PeerConfig, Reply};
 use super::router::{StoreInbox, StoreRouter};
@@ -133,6 +134,24 @@ pub struct Store {
     /// Regions whose leader batched plain writes this round (proposed as
     /// one entry each once the round's messages are handled).
     batched: Vec<RegionId>,
+    /// Regions that took writes or operators this round: their read
+    /// delegates are republished at its end (peers with a ready are anyway).
+    touched: Vec<RegionId>,
+    /// Lease reads served on gRPC threads (see [`super::local_reader`]).
+    local_reader: Arc<LocalReader>,
+    /// The peers the loop visits each tick and round: all but those asleep
+    /// (`Peer::asleep`), so an idle node with many hibernating regions
+    /// costs per tick what its awake ones do. A peer joins when created or
+    /// when anything addressed to it arrives, and leaves on the tick that
+    /// finds it asleep with nothing left to do; every
+    /// [`FULL_WALK_TICKS`] ticks a walk over all peers re-adds any that
+    /// should not be out.
+    awake: HashSet<RegionId>,
+    /// Stores this node shares a region with (from the last full walk):
+    /// the targets of store pings.
+    peer_stores: HashSet<StoreId>,
+    /// The next tick walks every peer, whatever its number.
+    full_walk_due: bool,
 }
 
 impl Store {
@@ -150,6 +169,7 @@ impl Store {
         // The split checker answers through the store's own channel.
         let split_checker = split_check::spawn(engines.kv.clone(), cfg.split, router);
         let log_gc = LogGcWorker::spawn(engines.kv.clone(), engines.raft.clone());
+        let local_reader = LocalReader::new(cfg.lease_clock.clone());
         let now = Instant::now();
         let mut store = Store {
             next_split_check: now + cfg.split_check_interval,
@@ -173,6 +193,11 @@ impl Store {
             logger,
             metrics,
             last_reported: HashMap::new(),
+            touched: Vec::new(),
+            local_reader,
+            awake: HashSet::new(),
+            peer_stores: HashSet::new(),
+            full_walk_due: false,
         };
         let mut states = Vec::new();
         store.kv.scan(
@@ -235,12 +260,16 @@ impl Store {
             }
         }
         self.propose_write_batches(&mut replies);
+        // Lease reads granted and requests refused need nothing from this
+        // round's writes: answer them before its fsync.
+        deliver(std::mem::take(&mut replies));
         let now = Instant::now();
         if now >= self.next_tick {
             self.tick(now, &mut replies)?;
         }
         self.handle_readies(&mut replies)?;
         self.destroy_removed_peers(&mut replies)?;
+        self.publish_touched();
         deliver(replies);
         Ok(go_on)
     }
@@ -250,17 +279,34 @@ impl Store {
     fn tick(&mut self, now: Instant, replies: &mut Vec<Reply>) -> Result<()> {
         let read_timeout = self.cfg.tick_interval * self.cfg.peer.election_tick as u32;
         self.tick_no += 1;
-        for p in self.peers.values_mut() {
+        let full = self.tick_no.is_multiple_of(FULL_WALK_TICKS) || std::mem::take(&mut self.full_walk_due);
+        if full {
+            self.full_walk();
+        }
+        let mut asleep = Vec::new();
+        for id in &self.awake {
+            let Some(p) = self.peers.get_mut(id) else {
+                asleep.push(*id);
+                continue;
+            };
             p.on_base_tick(self.tick_no);
             p.expire_reads(now, read_timeout, replies);
+            if p.asleep() && p.outbox.is_empty() && !p.raw.has_ready() {
+                asleep.push(*id);
+            }
+        }
+        for id in asleep {
+            self.awake.remove(&id);
         }
         if self.tick_no.is_multiple_of(STORE_PING_TICKS) {
-            self.ping_stores_and_wake(now, read_timeout);
+            // Two election timeouts: a store loop stalled for one (a slow
+            // fsync) must not wake every sleeping region it leads.
+            self.ping_stores_and_wake(now, 2 * read_timeout);
         }
         // After a stall, tick once and restart the clock: catch-up
         // ticks in a burst would shorten elections and void leases.
         self.next_tick = now + self.cfg.tick_interval;
-        self.report_to_pd(now);
+        self.report_to_pd(now, full);
         if now >= self.next_split_check {
             self.next_split_check = now + self.cfg.split_check_interval;
             self.schedule_split_checks();
@@ -276,7 +322,9 @@ impl Store {
         let id = region.id;
         let storage = PeerStorage::open(self.kv.clone(), self.raft.clone(), region)?;
         let peer = Peer::new(me, storage, self.cfg.peer.clone(), &self.logger)?;
+        self.local_reader.register(id, peer.reads_delegate());
         self.peers.insert(id, peer);
+        self.awake.insert(id);
         Ok(())
     }
 
@@ -323,8 +371,55 @@ impl Store {
         Now { real, lease: self.cfg.lease_clock.at(real), wall_ms: keys::now_unix_ms() }
     }
 
+    /// The walk over every peer, every [`FULL_WALK_TICKS`] ticks: notes the
+    /// stores to ping, and puts back among the awake any peer with work
+    /// (a safety net: whatever gives a peer work also wakes it).
+    fn full_walk(&mut self) {
+        self.peer_stores.clear();
+        for (id, p) in self.peers.iter_mut() {
+            for q in &p.region().peers {
+                if q.store_id != self.store_id {
+                    self.peer_stores.insert(q.store_id);
+                }
+            }
+            if p.hibernating && !p.is_leader() && p.leader().is_none() {
+                p.wake();
+            }
+            if !p.asleep() || !p.outbox.is_empty() || p.raw.has_ready() {
+                self.awake.insert(*id);
+            }
+        }
+    }
+
+    /// The local reader's view of the peers this round touched outside
+    /// their ready (proposals refused, batches started).
+    fn publish_touched(&mut self) {
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for id in self.touched.drain(..) {
+            if let Some(p) = self.peers.get(&id) {
+                p.publish_reads();
+            }
+        }
+    }
+
+    /// The local reader every gRPC thread of this node checks before
+    /// asking the store loop for a read.
+    pub fn local_reader(&self) -> Arc<LocalReader> {
+        self.local_reader.clone()
+    }
+
     fn handle(&mut self, msg: StoreMsg, replies: &mut Vec<Reply>) {
         let now = self.now();
+        match &msg {
+            StoreMsg::Write { region_id, .. }
+            | StoreMsg::Operator { region_id, .. }
+            | StoreMsg::ProposeSplit { region_id, .. } => self.touched.push(*region_id),
+            _ => {}
+        }
+        if let Some(id) = addressed_region(&msg) {
+            self.awake.insert(id);
+        }
         match msg {
             StoreMsg::Raft(m) => {
                 if let Err(e) = self.on_raft_message(m, replies) {
@@ -429,7 +524,11 @@ impl Store {
                 let _ = cb.send(self.region_hashes());
             }
             // With nothing reported, every leader's report is due.
-            StoreMsg::HeartbeatPd => self.last_reported.clear(),
+            StoreMsg::HeartbeatPd => {
+                // Every leader, sleeping ones too, at the next tick.
+                self.last_reported.clear();
+                self.full_walk_due = true;
+            }
             StoreMsg::Shutdown => {}
         }
     }
@@ -612,7 +711,7 @@ impl Store {
         }
         let peer = self.peers.get_mut(&region_id).expect("present");
         peer.remember_peer(from);
-        peer.observe_leader_hibernation(from.id, m.hibernate);
+        peer.observe_hibernation(from.id, m.hibernate);
         if let Err(e) = peer.step(msg) {
             tracing::debug!(region = %region_id, "step failed: {e}");
         }
@@ -664,9 +763,16 @@ impl Store {
     fn handle_readies(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
         let mut round = Round::new();
         let mut cx = RoundCx { kv: &self.kv, metrics: &self.metrics, replies, now: None };
-        for (id, p) in self.peers.iter_mut() {
+        // A leader's appends leave before its own fsync (raft-rs puts only
+        // messages that need no local persistence in `Ready::messages`), so
+        // followers persist the entries while the leader does.
+        let mut early = HashMap::new();
+        for id in &self.awake {
+            let Some(p) = self.peers.get_mut(id) else { continue };
             round.collect(*id, p, &mut cx)?;
+            take_outbox(p, &mut early);
         }
+        self.send_batches(early);
         let (readies, synced) = round.persist(self.kv.as_ref(), self.raft.as_ref())?;
         if readies.is_empty() {
             return Ok(());
@@ -678,11 +784,18 @@ impl Store {
         // Taken once, before any of the reads below is started: a ReadIndex
         // round stamped a little early only shortens the lease it confirms.
         cx.now = Some(self.now());
+        let advanced: Vec<RegionId> = readies.iter().map(|(id, _)| *id).collect();
         for (id, ready) in readies {
             let p = self.peers.get_mut(&id).expect("peer with ready exists");
             round.advance(p, ready, &mut cx)?;
         }
         round.finish(self.kv.as_ref(), self.raft.as_ref())?;
+        // Only now is everything the round applied in the kv engine, where
+        // local reads look: a lease or stamp published earlier could let a
+        // read miss a write it must see.
+        for id in advanced {
+            self.peers[&id].publish_reads();
+        }
         self.create_split_peers()?;
         self.flush_outbox();
         Ok(())
@@ -690,25 +803,28 @@ impl Store {
 
     /// Pings every store we share a region with, and wakes hibernating
     /// followers whose leader's store has been silent for `silence`: a
-    /// hibernating follower alone would wait 10–20 s before an election.
+    /// hibernating follower does not tick, so it never times out alone.
     fn ping_stores_and_wake(&mut self, now: Instant, silence: Duration) {
-        let mut stores = HashSet::new();
-        for p in self.peers.values_mut() {
-            for q in &p.region().peers {
-                if q.store_id != self.store_id {
-                    stores.insert(q.store_id);
-                }
-            }
-            if p.hibernating && !p.is_leader() {
-                let leader_store = p.leader().map(|l| l.store_id);
-                let heard = leader_store.and_then(|s| self.last_heard.get(&s).copied());
-                if heard.is_none_or(|t| now.duration_since(t) > silence) {
-                    p.wake();
+        if self.peer_stores.is_empty() {
+            self.full_walk();
+        }
+        let silent: HashSet<StoreId> = self
+            .peer_stores
+            .iter()
+            .filter(|s| self.last_heard.get(s).is_none_or(|t| now.duration_since(*t) > silence))
+            .copied()
+            .collect();
+        if !silent.is_empty() {
+            for (id, p) in self.peers.iter_mut() {
+                let leader_silent = p.leader().is_none_or(|l| silent.contains(&l.store_id));
+                if p.hibernating && !p.is_leader() && leader_silent {
+                    p.wake_and_poke_leader();
+                    self.awake.insert(*id);
                 }
             }
         }
         let me = PeerMeta { id: PeerId(0), store_id: self.store_id, role: Default::default() };
-        for s in stores {
+        for s in self.peer_stores.iter().copied() {
             let to = PeerMeta { id: PeerId(0), store_id: s, role: Default::default() };
             let ping =
                 RaftMessage { from_peer: Some(me.into()), to_peer: Some(to.into()), ..Default::default() };
@@ -722,7 +838,8 @@ impl Store {
     /// raft hard state (it may have voted).
     fn create_split_peers(&mut self) -> Result<()> {
         let mut splits = Vec::new();
-        for (id, p) in self.peers.iter_mut() {
+        for id in &self.awake {
+            let Some(p) = self.peers.get_mut(id) else { continue };
             let leader = p.is_leader();
             for s in p.applied_splits.drain(..) {
                 splits.push((*id, leader, s));
@@ -824,8 +941,13 @@ impl Store {
     }
 
     fn destroy_removed_peers(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
-        let doomed: Vec<RegionId> =
-            self.peers.iter().filter(|(_, p)| p.pending_remove).map(|(id, _)| *id).collect();
+        // A peer removing itself applied an entry this round: it is awake.
+        let doomed: Vec<RegionId> = self
+            .awake
+            .iter()
+            .filter(|id| self.peers.get(id).is_some_and(|p| p.pending_remove))
+            .copied()
+            .collect();
         for id in doomed {
             self.destroy_peer(id, replies)?;
         }
@@ -836,6 +958,8 @@ impl Store {
     /// tombstone so messages to it or older peers cannot recreate it.
     fn destroy_peer(&mut self, id: RegionId, replies: &mut Vec<Reply>) -> Result<()> {
         let Some(mut p) = self.peers.remove(&id) else { return Ok(()) };
+        // No local read may start on data about to be deleted.
+        self.local_reader.unregister(id);
         let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
         p.fail_all(replies);
         let max = p.region().peers.iter().map(|q| q.id).max().unwrap_or(p.meta.id).max(p.meta.id);
@@ -848,40 +972,34 @@ impl Store {
     }
 
     fn flush_outbox(&mut self) {
-        let mut by_store: HashMap<StoreId, Vec<RaftMessage>> = HashMap::new();
-        for p in self.peers.values_mut() {
-            if p.outbox.is_empty() {
-                continue;
-            }
-            let region = p.region().clone();
-            let from = p.meta;
-            let hibernate = p.hibernating && p.is_leader();
-            for (to, msg) in p.outbox.drain(..) {
-                let wire = RaftMessage {
-                    region_id: region.id.0,
-                    from_peer: Some(from.into()),
-                    to_peer: Some(to.into()),
-                    message: msg.write_to_bytes().expect("encode raft message"),
-                    region_epoch: Some(region.epoch.into()),
-                    is_tombstone: false,
-                    start_key: region.start_key.clone(),
-                    end_key: region.end_key.clone(),
-                    hibernate,
-                };
-                by_store.entry(to.store_id).or_default().push(wire);
+        let mut by_store = HashMap::new();
+        for id in &self.awake {
+            if let Some(p) = self.peers.get_mut(id) {
+                take_outbox(p, &mut by_store);
             }
         }
+        self.send_batches(by_store);
+    }
+
+    fn send_batches(&self, by_store: HashMap<StoreId, Vec<RaftMessage>>) {
         for (store, msgs) in by_store {
             self.metrics.raft_messages_sent.add(msgs.len() as u64);
             self.transport.send(store, msgs);
         }
     }
 
-    fn report_to_pd(&mut self, now: Instant) {
+    /// Reports leaders' regions to PD when due: the awake ones every tick
+    /// (a new leader, pending or down peers are news), all of them on a
+    /// `full` tick (a sleeping leader's peers can go down too, and every
+    /// leader reports every `pd-heartbeat-tick-interval`).
+    fn report_to_pd(&mut self, now: Instant, full: bool) {
         let mut leaders = 0;
-        let mut live = HashSet::new();
-        for (id, p) in self.peers.iter_mut() {
-            live.insert(*id);
+        let ids: Vec<RegionId> = match full {
+            true => self.peers.keys().copied().collect(),
+            false => self.awake.iter().copied().collect(),
+        };
+        for id in &ids {
+            let Some(p) = self.peers.get_mut(id) else { continue };
             if !p.is_leader() || !p.raw.store().is_initialized() {
                 continue;
             }
@@ -921,7 +1039,10 @@ impl Store {
                 approximate_keys,
             }));
         }
-        self.last_reported.retain(|id, _| live.contains(id));
+        if !full {
+            return;
+        }
+        self.last_reported.retain(|id, _| self.peers.contains_key(id));
         // Regions whose data this store holds: a peer still waiting for its
         // first snapshot holds none (and may be left over from a learner
         // removed before it caught up); PD tombstones a drained store only
@@ -937,6 +1058,52 @@ const MAX_SIBLINGS_IN_EPOCH_ERROR: usize = 16;
 
 /// Stores ping each other every this many base ticks (500 ms by default).
 const STORE_PING_TICKS: u64 = 5;
+
+/// The store loop walks every peer, asleep or not, every this many base
+/// ticks (1 s by default): PD reports of sleeping leaders, the stores to
+/// ping, region and leader counts.
+const FULL_WALK_TICKS: u64 = 10;
+
+/// The region a store message is about, if any (store pings have none).
+fn addressed_region(msg: &StoreMsg) -> Option<RegionId> {
+    let id = match msg {
+        StoreMsg::Raft(m) => RegionId(m.region_id),
+        StoreMsg::Read { region_id, .. }
+        | StoreMsg::Write { region_id, .. }
+        | StoreMsg::Operator { region_id, .. }
+        | StoreMsg::ProposeSplit { region_id, .. }
+        | StoreMsg::SplitCheckResult { region_id, .. }
+        | StoreMsg::SnapshotStatus { region_id, .. }
+        | StoreMsg::Unreachable { region_id, .. } => *region_id,
+        StoreMsg::HeartbeatPd | StoreMsg::RegionHashes { .. } | StoreMsg::Shutdown => return None,
+    };
+    (id.0 != 0).then_some(id)
+}
+
+/// Moves `p`'s outgoing messages, encoded for the wire, into per-store batches.
+fn take_outbox(p: &mut Peer, by_store: &mut HashMap<StoreId, Vec<RaftMessage>>) {
+    if p.outbox.is_empty() {
+        return;
+    }
+    let region = p.region().clone();
+    let from = p.meta;
+    // A leader's flag asks its followers to hibernate; a follower's agrees.
+    let hibernate = p.hibernating;
+    for (to, msg) in p.outbox.drain(..) {
+        let wire = RaftMessage {
+            region_id: region.id.0,
+            from_peer: Some(from.into()),
+            to_peer: Some(to.into()),
+            message: msg.write_to_bytes().expect("encode raft message"),
+            region_epoch: Some(region.epoch.into()),
+            is_tombstone: false,
+            start_key: region.start_key.clone(),
+            end_key: region.end_key.clone(),
+            hibernate,
+        };
+        by_store.entry(to.store_id).or_default().push(wire);
+    }
+}
 
 /// True if `[s1, e1)` and `[s2, e2)` share a key (empty end = +infinity).
 fn ranges_overlap(s1: &[u8], e1: &[u8], s2: &[u8], e2: &[u8]) -> bool {

@@ -16,6 +16,7 @@ use super::*;
 use crate::engine::{Engine, MemEngine};
 use crate::raftstore::apply::WriteOutcome;
 use crate::raftstore::log_gc;
+use crate::raftstore::test_engine::{OnWrite, WatchedEngine};
 
 /// Keeps what the store sends.
 #[derive(Default)]
@@ -43,10 +44,20 @@ const ME: StoreId = StoreId(1);
 impl TestStore {
     /// Loads store 1 from `kv`/`raft` (fresh engines: no regions).
     fn open(kv: Arc<MemEngine>, raft: Arc<MemEngine>) -> TestStore {
+        TestStore::open_as(kv, raft.clone(), raft, Arc::default())
+    }
+
+    /// Loads store 1 with `raft_engine` as its raft engine (`raft`, or a
+    /// wrapper of it), sending into `sent`.
+    fn open_as(
+        kv: Arc<MemEngine>,
+        raft: Arc<MemEngine>,
+        raft_engine: EngineRef,
+        sent: Arc<Captured>,
+    ) -> TestStore {
         let (tx, rx) = super::super::router::channel(1024);
         let (pd_tx, pd) = tokio::sync::mpsc::unbounded_channel();
-        let engines = Engines { kv: kv.clone(), raft: raft.clone() };
-        let sent = Arc::new(Captured::default());
+        let engines = Engines { kv: kv.clone(), raft: raft_engine };
         let store = Store::load(
             ME,
             StoreConfig::driven_by_hand(),
@@ -72,6 +83,12 @@ impl TestStore {
     /// A store whose peer 11 (the only voter, listed first) leads region 1
     /// = everything, of `peers`, elected.
     fn leading(peers: Vec<PeerMeta>) -> TestStore {
+        TestStore::leading_watched(peers, None, Arc::default())
+    }
+
+    /// [`TestStore::leading`], with `watch` seeing every raft engine write
+    /// and the store sending into `sent`.
+    fn leading_watched(peers: Vec<PeerMeta>, watch: Option<OnWrite>, sent: Arc<Captured>) -> TestStore {
         let (kv, raft) = (Arc::new(MemEngine::new()), Arc::new(MemEngine::new()));
         let region = Region {
             id: RegionId(1),
@@ -83,7 +100,10 @@ impl TestStore {
         storage::write_initial_state(&region, &mut kv_wb, &mut raft_wb);
         kv.write(&kv_wb, true).unwrap();
         raft.write(&raft_wb, true).unwrap();
-        let mut s = TestStore::open(kv, raft);
+        let mut s = match watch {
+            None => TestStore::open_as(kv, raft.clone(), raft, sent),
+            Some(w) => TestStore::open_as(kv, raft.clone(), Arc::new(WatchedEngine::new(raft, w)), sent),
+        };
         s.store.peers.get_mut(&RegionId(1)).unwrap().raw.campaign().unwrap();
         s.settle();
         assert!(s.store.peers[&RegionId(1)].is_leader());
@@ -233,7 +253,7 @@ fn a_peer_whose_store_stays_silent_is_reported_down_to_pd() {
     let mut s =
         TestStore::leading(vec![PeerMeta { id: PeerId(11), store_id: ME, role: PeerRole::Voter }, learner]);
     let reports = |s: &mut TestStore, at: Instant| {
-        s.store.report_to_pd(at);
+        s.store.report_to_pd(at, true);
         let mut out = Vec::new();
         while let Ok(PdTask::RegionHeartbeat(r)) = s.pd.try_recv() {
             out.push(r.down_peers);
@@ -267,7 +287,7 @@ fn the_region_count_reported_to_pd_leaves_out_peers_without_data() {
     s.send(message(5, 52, 51, 1, (b"", b""), heartbeat(52, 51)));
     s.settle();
     assert_eq!(s.store.peers.len(), 2);
-    s.store.report_to_pd(Instant::now());
+    s.store.report_to_pd(Instant::now(), true);
     assert_eq!(s.store.metrics.region_count.get(), 1);
 }
 
@@ -583,4 +603,93 @@ fn compacted_entries_go_only_once_the_kv_engine_synced_their_truncation_point() 
         let now_truncated = s.store.peers[&RegionId(1)].raw.store().apply_state.truncated_index;
         assert!(logged_indexes(&s.raft).iter().all(|&i| i > now_truncated));
     }
+}
+
+/// Entry indexes of region 1 in the appends `sent` holds for store 2.
+fn appended_to_store_2(sent: &Captured) -> Vec<u64> {
+    let sent = sent.0.lock();
+    let appends = sent.iter().filter(|(to, _)| *to == StoreId(2)).filter_map(|(_, m)| {
+        let msg = RaftMsg::parse_from_bytes(&m.message).ok()?;
+        (msg.get_msg_type() == MessageType::MsgAppend).then_some(msg)
+    });
+    appends.flat_map(|m| m.get_entries().iter().map(|e| e.index).collect::<Vec<_>>()).collect()
+}
+
+#[test]
+fn a_leaders_appends_leave_before_its_own_fsync_unless_they_carry_a_new_term() {
+    // Leader 11 here, learner 12 on store 2 (it gets appends, casts no
+    // vote). At every synced write of the raft log, note which entries
+    // were already on their way to store 2.
+    // (entries being fsynced, entries already sent), per synced write.
+    type SentAtFsync = Vec<(Vec<u64>, Vec<u64>)>;
+    let sent_early: Arc<Mutex<SentAtFsync>> = Arc::default();
+    let sent = Arc::new(Captured::default());
+    let (watch_sent, record) = (sent.clone(), sent_early.clone());
+    let on_write = move |batch: &WriteBatch, sync: bool| {
+        let prefix = keys::raft_log_prefix(RegionId(1));
+        let persisting: Vec<u64> = batch
+            .ops()
+            .iter()
+            .filter_map(|op| match op {
+                crate::engine::WriteOp::Put { key, .. } if sync && key.starts_with(&prefix) => {
+                    Some(u64::from_be_bytes(key[prefix.len()..].try_into().ok()?))
+                }
+                _ => None,
+            })
+            .collect();
+        if !persisting.is_empty() {
+            record.lock().push((persisting, appended_to_store_2(&watch_sent)));
+        }
+    };
+    let sent_when_persisted = |index: u64| {
+        let rounds = sent_early.lock();
+        let (_, sent) = rounds.iter().find(|(persisting, _)| persisting.contains(&index)).expect("fsynced");
+        sent.contains(&index)
+    };
+    let peers = vec![
+        PeerMeta { id: PeerId(11), store_id: ME, role: PeerRole::Voter },
+        PeerMeta { id: PeerId(12), store_id: StoreId(2), role: PeerRole::Learner },
+    ];
+    let mut s = TestStore::leading_watched(peers, Some(Box::new(on_write)), sent);
+    // 11, the only voter, won its term within one ready: the append of its
+    // first entry carries a term not yet on disk, so it waited for the fsync.
+    let leader = &s.store.peers[&RegionId(1)];
+    let (first, term, epoch) =
+        (leader.raw.raft.raft_log.last_index(), leader.raw.raft.term, leader.region().epoch);
+    assert!(!sent_when_persisted(first), "an append of a term not yet durable left before the fsync");
+    // 12 has everything so far...
+    let mut ack = RaftMsg::default();
+    ack.set_msg_type(MessageType::MsgAppendResponse);
+    (ack.from, ack.to, ack.term, ack.index) = (12, 11, term, first);
+    s.send(message(1, 12, 11, 1, (b"", b""), ack));
+    s.settle();
+    // ...so a write in that term goes to it while 11 fsyncs the entry.
+    let (cb, _rx) = oneshot::channel();
+    s.send(StoreMsg::Write { region_id: RegionId(1), cmd: write_cmd(1, epoch, &[(b"k", b"v")], None), cb });
+    s.settle();
+    let second = s.store.peers[&RegionId(1)].raw.raft.raft_log.last_index();
+    assert!(second > first);
+    assert!(sent_when_persisted(second), "the append waited for the leader's own fsync");
+}
+
+#[test]
+fn a_sleeping_region_costs_its_store_no_visits_until_something_arrives() {
+    let mut s = TestStore::with_leader();
+    s.store.peers.get_mut(&RegionId(1)).unwrap().cfg_mut().hibernate = true;
+    // Idle for two election timeouts: the only voter needs nobody's
+    // agreement, so it falls asleep, and the store stops visiting it.
+    let now = Instant::now();
+    for _ in 0..40 {
+        s.store.tick(now, &mut Vec::new()).unwrap();
+        s.settle();
+    }
+    assert!(s.store.peers[&RegionId(1)].asleep());
+    assert!(!s.store.awake.contains(&RegionId(1)));
+    // A write wakes it, and is served.
+    let (cb, mut rx) = oneshot::channel();
+    s.send(StoreMsg::Write { region_id: RegionId(1), cmd: put_x(1, s.region(1).epoch), cb });
+    s.settle();
+    assert!(matches!(rx.try_recv(), Ok(Ok(WriteOutcome::Done))));
+    assert!(s.store.awake.contains(&RegionId(1)));
+    assert!(!s.store.peers[&RegionId(1)].hibernating);
 }
