@@ -2,6 +2,9 @@
 # 3-node Mnemosyne with one PD on loopback under $ROOT, key-space splits,
 # loading the key set. The caller sets BIN, ROOT, KEYS and a `pids` array
 # (killed by its cleanup trap); NODE_ARGS, if set, goes to every node.
+# GRPC_CONCURRENCY (default 1): each node's gRPC/async threads — three
+# nodes sharing two cores do ~9% more puts with one each than with one per
+# core (docs/performance.md).
 
 PD=127.0.0.1:24700
 start_mnemosyne() {
@@ -10,7 +13,7 @@ start_mnemosyne() {
   pids+=($!)
   for i in 1 2 3; do
     "$BIN/mnemo-node" --pd "$PD" --addr "127.0.0.1:2471$i" --status-addr "127.0.0.1:2472$i" \
-      --data-dir "$ROOT/n$i" ${NODE_ARGS:-} >"$ROOT/n$i.log" 2>&1 &
+      --data-dir "$ROOT/n$i" --grpc-concurrency "${GRPC_CONCURRENCY:-1}" ${NODE_ARGS:-} >"$ROOT/n$i.log" 2>&1 &
     pids+=($!)
   done
   wait_replicated

@@ -2,7 +2,8 @@
 # Where a node's time goes under load (`make bench-profile`): a 3-node
 # Mnemosyne with one PD on loopback, the key space split into REGIONS
 # regions (1 = unsplit), WORKLOAD run by mnemo-bench with CLIENTS clients
-# while `perf record --call-graph dwarf` samples node 1 for PERF_SECONDS; prints the
+# while `perf record --call-graph dwarf` samples the node leading most regions
+# for PERF_SECONDS; prints the
 # benchmark's result, the CPU each process used, and perf's top entries
 # (self time, then children), and keeps perf.data in OUT.
 # Settings: REGIONS (64), WORKLOAD (put), CLIENTS (64), DURATION (20),
@@ -29,7 +30,12 @@ cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 start_mnemosyne
 load --target mnemosyne --pd "$PD"
 [ "$REGIONS" -gt 1 ] && split_into "$REGIONS"
-node=$(pgrep -f "status-addr 127.0.0.1:24721")
+# Profile the node leading most regions (with 1 region: the leader), whose
+# store loop does the most: its status port serves mnemo_leader_count.
+leaders_on() { curl -s "127.0.0.1:2472$1/metrics" | awk '/^mnemo_leader_count/ {print $2}'; }
+best=1
+for i in 2 3; do [ "$(leaders_on $i)" -gt "$(leaders_on $best)" ] && best=$i; done
+node=$(pgrep -f "status-addr 127.0.0.1:2472$best")
 procs=$(pgrep -f "mnemo-(node|pd) .*$ROOT" | tr '\n' ' ')
 declare -A before
 for p in $procs; do before[$p]=$(cpu_ticks "$p"); done
@@ -45,9 +51,9 @@ echo "$WORKLOAD, $CLIENTS clients, $REGIONS regions: $(tail -1 "$ROOT/bench.json
 for p in $procs; do
   echo "  $(tr '\0' ' ' <"/proc/$p/cmdline" | grep -o 'mnemo-[a-z]* .*--\(addr\|name\) [^ ]*' | awk '{print $1, $NF}'): $(( ($(cpu_ticks "$p") - before[$p]) * 100 / hz / DURATION ))% of a core"
 done
-echo "perf (node 1, self time):"
+echo "perf (node $best, leading most regions; self time):"
 perf report -i "$OUT/perf.data" --no-children --sort dso,sym --stdio -g none --percent-limit 0.4 2>/dev/null | grep -E "^ +[0-9]" | cut -c1-160 | sed "s/ *$//" | head -40
-echo "perf (node 1, by thread):"
+echo "perf (node $best, by thread):"
 perf report -i "$OUT/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null | grep -E "^ +[0-9]" | head -8
-echo "perf (node 1, with children):"
+echo "perf (node $best, with children):"
 perf report -i "$OUT/perf.data" --children --sort sym --stdio -g none --percent-limit 2 2>/dev/null | grep -E "^ +[0-9]" | cut -c1-160 | sed "s/ *$//" | head -60

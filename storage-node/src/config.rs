@@ -281,6 +281,11 @@ pub struct ServerConfig {
     /// Message batches (one per store-loop round) queued for one other store
     /// before new ones are dropped (raft resends). Default 4,096.
     pub raft_client_queue_size: usize,
+    /// Threads running gRPC (clients and other nodes) and the node's other
+    /// async work (TiKV's `server.grpc-concurrency`). Default 0: one per
+    /// CPU core. Nodes sharing a machine (tests, benchmarks on one box)
+    /// do better with fewer: every thread more is more context switches.
+    pub grpc_concurrency: usize,
 }
 
 impl Default for NodeConfig {
@@ -335,6 +340,7 @@ impl Default for ServerConfig {
             grpc_keepalive_time: ReadableDuration(Duration::from_secs(10)),
             grpc_keepalive_timeout: ReadableDuration(Duration::from_secs(3)),
             raft_client_queue_size: 4_096,
+            grpc_concurrency: 0,
         }
     }
 }
@@ -501,6 +507,9 @@ mod tests {
         assert_eq!(c.raftstore.raft_election_timeout_ticks, 10);
         c.validate().unwrap();
         assert_eq!(c.raftstore.leader_lease(), Duration::from_millis(400));
+        assert_eq!(c.server.grpc_concurrency, 0, "one thread per core unless set");
+        let c: NodeConfig = toml::from_str("[server]\ngrpc-concurrency = 1\n").unwrap();
+        assert_eq!(c.server.grpc_concurrency, 1);
     }
 
     #[test]

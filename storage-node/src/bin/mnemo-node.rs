@@ -49,6 +49,10 @@ struct Args {
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Threads for gRPC and async work (`server.grpc-concurrency`; 0 = one
+    /// per CPU core).
+    #[arg(long)]
+    grpc_concurrency: Option<usize>,
     /// TEST ONLY, never in production: serve `/debug/lease-clock` on the
     /// status server, which skews the clock leader leases are measured on.
     #[arg(long)]
@@ -90,6 +94,9 @@ fn build_config(args: Args) -> Result<NodeConfig, String> {
     if let Some(v) = args.log_format {
         cfg.log_format = v;
     }
+    if let Some(v) = args.grpc_concurrency {
+        cfg.server.grpc_concurrency = v;
+    }
     cfg.test_controls.enable_test_controls = args.enable_test_controls;
     cfg.test_controls.unsafe_stale_reads = args.unsafe_stale_reads;
     cfg.test_controls.plant = args.plant;
@@ -97,8 +104,7 @@ fn build_config(args: Args) -> Result<NodeConfig, String> {
     Ok(cfg)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cfg = match build_config(Args::parse()) {
         Ok(c) => c,
         Err(e) => {
@@ -106,6 +112,20 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if cfg.server.grpc_concurrency > 0 {
+        runtime.worker_threads(cfg.server.grpc_concurrency);
+    }
+    match runtime.enable_all().build() {
+        Ok(rt) => rt.block_on(run(cfg)),
+        Err(e) => {
+            eprintln!("mnemo-node: cannot start the async runtime: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run(cfg: NodeConfig) {
     mnemo_node::logging::init("info,raft=warn", cfg.log_format == "json");
     // A panic on any thread ends the process: a store loop that died alone
     // would leave a node answering gRPC and heartbeating PD with nothing

@@ -147,9 +147,12 @@ pub struct Store {
     /// [`FULL_WALK_TICKS`] ticks a walk over all peers re-adds any that
     /// should not be out.
     awake: HashSet<RegionId>,
-    /// Stores this node shares a region with (from the last full walk):
-    /// the targets of store pings.
-    peer_stores: HashSet<StoreId>,
+    /// Stores this node shares a region with (from the last full walk; none
+    /// before the first): the targets of store pings.
+    peer_stores: Option<HashSet<StoreId>>,
+    /// Stores silent at the last ping tick: sleeping followers are looked
+    /// at only when a store newly falls silent.
+    silent_stores: HashSet<StoreId>,
     /// The next tick walks every peer, whatever its number.
     full_walk_due: bool,
 }
@@ -196,7 +199,8 @@ impl Store {
             touched: Vec::new(),
             local_reader,
             awake: HashSet::new(),
-            peer_stores: HashSet::new(),
+            peer_stores: None,
+            silent_stores: HashSet::new(),
             full_walk_due: false,
         };
         let mut states = Vec::new();
@@ -279,7 +283,10 @@ impl Store {
     fn tick(&mut self, now: Instant, replies: &mut Vec<Reply>) -> Result<()> {
         let read_timeout = self.cfg.tick_interval * self.cfg.peer.election_tick as u32;
         self.tick_no += 1;
-        let full = self.tick_no.is_multiple_of(FULL_WALK_TICKS) || std::mem::take(&mut self.full_walk_due);
+        // Off the ticks that ping (multiples of 5) and that stretched
+        // hibernating leaders tick on (multiples of 10): one heavy tick less.
+        let due = std::mem::take(&mut self.full_walk_due);
+        let full = self.tick_no % FULL_WALK_TICKS == FULL_WALK_OFFSET || due;
         if full {
             self.full_walk();
         }
@@ -291,7 +298,7 @@ impl Store {
             };
             p.on_base_tick(self.tick_no);
             p.expire_reads(now, read_timeout, replies);
-            if p.asleep() && p.outbox.is_empty() && !p.raw.has_ready() {
+            if p.asleep() && !has_work(p) {
                 asleep.push(*id);
             }
         }
@@ -375,20 +382,21 @@ impl Store {
     /// stores to ping, and puts back among the awake any peer with work
     /// (a safety net: whatever gives a peer work also wakes it).
     fn full_walk(&mut self) {
-        self.peer_stores.clear();
+        let mut stores = HashSet::new();
         for (id, p) in self.peers.iter_mut() {
             for q in &p.region().peers {
                 if q.store_id != self.store_id {
-                    self.peer_stores.insert(q.store_id);
+                    stores.insert(q.store_id);
                 }
             }
             if p.hibernating && !p.is_leader() && p.leader().is_none() {
                 p.wake();
             }
-            if !p.asleep() || !p.outbox.is_empty() || p.raw.has_ready() {
-                self.awake.insert(*id);
+            if (!p.asleep() || has_work(p)) && self.awake.insert(*id) {
+                tracing::debug!(region = %id, "a peer with work was not awake");
             }
         }
+        self.peer_stores = Some(stores);
     }
 
     /// The local reader's view of the peers this round touched outside
@@ -805,16 +813,20 @@ impl Store {
     /// followers whose leader's store has been silent for `silence`: a
     /// hibernating follower does not tick, so it never times out alone.
     fn ping_stores_and_wake(&mut self, now: Instant, silence: Duration) {
-        if self.peer_stores.is_empty() {
+        if self.peer_stores.is_none() {
             self.full_walk();
         }
-        let silent: HashSet<StoreId> = self
-            .peer_stores
+        let stores = self.peer_stores.as_ref().expect("walked");
+        let (last_heard, started) = (&self.last_heard, self.started);
+        let silent: HashSet<StoreId> = stores
             .iter()
-            .filter(|s| self.last_heard.get(s).is_none_or(|t| now.duration_since(*t) > silence))
+            .filter(|s| now.duration_since(last_heard.get(s).copied().unwrap_or(started)) > silence)
             .copied()
             .collect();
-        if !silent.is_empty() {
+        // A follower falls asleep only on a message from its leader's store,
+        // so one whose leader's store was already silent last time is awake.
+        let newly_silent = silent.iter().any(|s| !self.silent_stores.contains(s));
+        if newly_silent {
             for (id, p) in self.peers.iter_mut() {
                 let leader_silent = p.leader().is_none_or(|l| silent.contains(&l.store_id));
                 if p.hibernating && !p.is_leader() && leader_silent {
@@ -823,8 +835,9 @@ impl Store {
                 }
             }
         }
+        self.silent_stores = silent;
         let me = PeerMeta { id: PeerId(0), store_id: self.store_id, role: Default::default() };
-        for s in self.peer_stores.iter().copied() {
+        for s in self.peer_stores.iter().flatten().copied() {
             let to = PeerMeta { id: PeerId(0), store_id: s, role: Default::default() };
             let ping =
                 RaftMessage { from_peer: Some(me.into()), to_peer: Some(to.into()), ..Default::default() };
@@ -941,7 +954,7 @@ impl Store {
     }
 
     fn destroy_removed_peers(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
-        // A peer removing itself applied an entry this round: it is awake.
+        // A peer to remove has work, so it stays awake (`has_work`).
         let doomed: Vec<RegionId> = self
             .awake
             .iter()
@@ -1063,6 +1076,14 @@ const STORE_PING_TICKS: u64 = 5;
 /// ticks (1 s by default): PD reports of sleeping leaders, the stores to
 /// ping, region and leader counts.
 const FULL_WALK_TICKS: u64 = 10;
+/// Which tick of each [`FULL_WALK_TICKS`] the walk happens on.
+const FULL_WALK_OFFSET: u64 = 7;
+
+/// True if the store must keep visiting `p` whether or not it ticks:
+/// messages to send, a ready to handle, a removal to carry out.
+fn has_work(p: &mut Peer) -> bool {
+    !p.outbox.is_empty() || p.pending_remove || p.raw.has_ready()
+}
 
 /// The region a store message is about, if any (store pings have none).
 fn addressed_region(msg: &StoreMsg) -> Option<RegionId> {

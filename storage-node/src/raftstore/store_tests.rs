@@ -693,3 +693,36 @@ fn a_sleeping_region_costs_its_store_no_visits_until_something_arrives() {
     assert!(s.store.awake.contains(&RegionId(1)));
     assert!(!s.store.peers[&RegionId(1)].hibernating);
 }
+
+#[test]
+fn a_sleeping_follower_told_it_was_removed_is_destroyed() {
+    // Our follower 51 of region 5 (leader 52 on store 2), installed by a
+    // snapshot, is asked by its leader to hibernate: it stops ticking, and
+    // the store stops visiting it.
+    let mut s = TestStore::new();
+    s.send(snapshot(5, 1, (b"", b""), &[]));
+    s.settle();
+    let StoreMsg::Raft(mut ask) = from_leader_52(MessageType::MsgHeartbeat, 0, vec![], 10) else {
+        unreachable!()
+    };
+    ask.hibernate = true;
+    s.send(StoreMsg::Raft(ask));
+    s.settle();
+    assert!(s.store.peers[&RegionId(5)].asleep());
+    s.store.tick(Instant::now(), &mut Vec::new()).unwrap();
+    assert!(!s.store.awake.contains(&RegionId(5)));
+    // Store 2 says 51 was removed (a newer membership), in a round that
+    // also ticks: the removal is work, so the store destroys the peer.
+    let tombstone = RaftMessage {
+        region_id: 5,
+        from_peer: Some(PeerMeta { id: PeerId(52), store_id: StoreId(2), role: PeerRole::Voter }.into()),
+        to_peer: Some(PeerMeta { id: PeerId(51), store_id: ME, role: PeerRole::Voter }.into()),
+        region_epoch: Some(RegionEpoch { conf_ver: 2, version: 1 }.into()),
+        is_tombstone: true,
+        ..Default::default()
+    };
+    s.send(StoreMsg::Raft(tombstone));
+    s.store.next_tick = Instant::now();
+    assert!(s.store.round(Duration::ZERO).unwrap());
+    assert!(!s.store.peers.contains_key(&RegionId(5)), "the removed peer lingers");
+}
