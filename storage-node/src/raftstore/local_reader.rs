@@ -56,10 +56,12 @@ pub struct LocalReader {
 }
 
 /// What one peer publishes for lease reads.
+#[derive(Debug)]
 pub struct ReadDelegate {
     state: Mutex<DelegateState>,
 }
 
+#[derive(Debug)]
 struct DelegateState {
     region: Region,
     /// End of the lease on the lease clock; `None`: no lease to lend.
@@ -105,6 +107,7 @@ impl LocalReader {
     /// the store loop.
     pub fn read(&self, region: RegionId, epoch: RegionEpoch) -> Option<ReadGrant> {
         let delegate = self.delegates.read().get(&region).cloned()?;
+        let holder = delegate.clone();
         let mut s = delegate.state.lock();
         if s.region.epoch.version != epoch.version {
             return None;
@@ -119,7 +122,17 @@ impl LocalReader {
         }
         at = at.max(s.read_floor_ms);
         s.read_floor_ms = at;
-        Some(ReadGrant { region: s.region.clone(), now_ms: at })
+        Some(ReadGrant { region: s.region.clone(), now_ms: at, holder: Some(holder) })
+    }
+
+    /// True if `holder` is still `region`'s delegate here. A read checks it
+    /// *after* taking its engine snapshot: a peer is unregistered before its
+    /// data is deleted (`Store::destroy_peer`), so if the delegate that
+    /// granted the read is still registered then, the snapshot holds the
+    /// region's data; if not, the read must not answer (the client
+    /// retries where the region is now).
+    pub fn still_serves(&self, region: RegionId, holder: &Arc<ReadDelegate>) -> bool {
+        self.delegates.read().get(&region).is_some_and(|d| Arc::ptr_eq(d, holder))
     }
 
     /// Number of regions with a delegate (tests).
@@ -218,6 +231,25 @@ mod tests {
         reader.unregister(r.id);
         assert!(reader.read(r.id, r.epoch).is_none());
         assert!(d.state.lock().lease_until.is_none(), "unregistering revokes");
+    }
+
+    #[test]
+    fn a_grant_serves_only_while_the_peer_that_made_it_is_registered() {
+        let clock = LeaseClock::real();
+        let reader = LocalReader::new(clock.clone());
+        let (r, d) = (region(), ReadDelegate::new(region()));
+        reader.register(r.id, d.clone());
+        lend(&d, &r, clock.now() + Duration::from_secs(3600));
+        let grant = reader.read(r.id, r.epoch).expect("lent");
+        let holder = grant.holder.expect("a real grant names its peer");
+        assert!(reader.still_serves(r.id, &holder));
+        // The peer is destroyed (unregistered before its data goes), then
+        // the region's peer here is created again: neither serves the
+        // old grant, whose snapshot may predate the new data.
+        reader.unregister(r.id);
+        assert!(!reader.still_serves(r.id, &holder));
+        reader.register(r.id, ReadDelegate::new(region()));
+        assert!(!reader.still_serves(r.id, &holder));
     }
 
     #[test]

@@ -55,6 +55,11 @@ pub struct ReadGrant {
     /// value expired, applied after, must not follow a read that already
     /// found the value gone).
     pub now_ms: u64,
+    /// The delegate of the peer that granted it: the read must find it
+    /// still registered once it holds its engine snapshot (see
+    /// [`super::local_reader::LocalReader::still_serves`]). `None` only
+    /// for grants made up by tests.
+    pub holder: Option<Arc<ReadDelegate>>,
 }
 
 /// The time of a store-loop step on every clock a peer uses.
@@ -531,7 +536,7 @@ impl Peer {
         // Never below a read already judged (on either path); writes
         // proposed from now on are stamped above it.
         let at = self.reads_delegate.judge_read(at);
-        ReadGrant { region: self.region().clone(), now_ms: at }
+        ReadGrant { region: self.region().clone(), now_ms: at, holder: Some(self.reads_delegate.clone()) }
     }
 
     /// Starts the ReadIndex rounds of waiting reads. raft-rs silently drops a
