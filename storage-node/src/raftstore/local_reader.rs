@@ -134,16 +134,6 @@ impl LocalReader {
     pub fn still_serves(&self, region: RegionId, holder: &Arc<ReadDelegate>) -> bool {
         self.delegates.read().get(&region).is_some_and(|d| Arc::ptr_eq(d, holder))
     }
-
-    /// Number of regions with a delegate (tests).
-    pub fn len(&self) -> usize {
-        self.delegates.read().len()
-    }
-
-    /// True if no region has a delegate.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl ReadDelegate {

@@ -466,6 +466,12 @@ impl Peer {
         }
     }
 
+    /// Ends the lease here and in the local reader at once.
+    fn drop_lease(&mut self) {
+        self.lease_until = None;
+        self.reads_delegate.revoke();
+    }
+
     /// Notices a leader transfer starting or ending (raft-rs starts one on
     /// `transfer_leader` and ends it when it completes, when the target is
     /// removed, or after an election timeout): either way the lease is void
@@ -476,8 +482,7 @@ impl Peer {
         if transferring != self.transferring {
             self.transferring = transferring;
             self.lease_fence += 1;
-            self.lease_until = None;
-            self.reads_delegate.revoke();
+            self.drop_lease();
             if !transferring {
                 self.transfer_cooldown = self.cfg.election_tick;
             }
@@ -892,8 +897,7 @@ impl Peer {
         self.observe_transfer();
         if self.lease_until.is_some() && !self.is_leader() {
             // Deposed: lend nothing more, even before the round notices.
-            self.lease_until = None;
-            self.reads_delegate.revoke();
+            self.drop_lease();
         }
         res
     }
@@ -943,8 +947,7 @@ impl Peer {
         self.heartbeat_due = true;
         self.counted_since.clear();
         self.observe_transfer();
-        self.lease_until = None;
-        self.reads_delegate.revoke();
+        self.drop_lease();
         if !self.is_leader() {
             let leader = self.leader();
             let region = self.region_id();
