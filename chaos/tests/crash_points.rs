@@ -18,9 +18,12 @@ fn wait_exit(cluster: &mut Cluster, i: usize, what: &str) -> Option<i32> {
 }
 
 /// A replicated 3-node cluster with test controls whose raft logs are
-/// compacted every 200 ms once 10 entries can go, and a client of it.
-async fn replicated_with_fast_log_gc() -> (Cluster, Arc<RawClient>) {
-    let mut config = ClusterConfig { node_args: vec!["--enable-test-controls".into()], ..Default::default() };
+/// compacted every 200 ms once 10 entries can go, and a client of it;
+/// `node_args` go to every node (`--raft-engine false`: raft logs in RocksDB).
+async fn replicated_with_fast_log_gc(node_args: &[&str]) -> (Cluster, Arc<RawClient>) {
+    let mut node_args: Vec<String> = node_args.iter().map(|a| a.to_string()).collect();
+    node_args.push("--enable-test-controls".into());
+    let mut config = ClusterConfig { node_args, ..Default::default() };
     config.node_toml.push_str(
         "raft-log-gc-tick-interval = \"200ms\"\nraft-log-gc-threshold = 10\nraft-log-gc-count-limit = 20\n",
     );
@@ -55,8 +58,18 @@ async fn a_panic_in_the_store_loop_ends_the_process_and_pd_marks_the_store_down(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_during_snapshot_apply_is_finished_at_restart() {
+    crash_during_snapshot_apply(&[]).await;
+}
+
+/// The same with raft logs in RocksDB (the default is raft-engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_snapshot_apply_is_finished_at_restart_with_rocksdb_raft_logs() {
+    crash_during_snapshot_apply(&["--raft-engine", "false"]).await;
+}
+
+async fn crash_during_snapshot_apply(node_args: &[&str]) {
     // Raft logs are cut short quickly, so a node that was down needs a snapshot.
-    let (mut cluster, client) = replicated_with_fast_log_gc().await;
+    let (mut cluster, client) = replicated_with_fast_log_gc(node_args).await;
     let mut acked = Vec::new();
     let mut put = |i: u32| {
         let (k, v) = (format!("k{i:05}").into_bytes(), format!("v{i}").into_bytes());
@@ -96,7 +109,16 @@ async fn a_crash_during_snapshot_apply_is_finished_at_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_the_log_gc_sync_and_its_deletion_loses_nothing() {
-    let (mut cluster, client) = replicated_with_fast_log_gc().await;
+    crash_between_log_gc_sync_and_deletion(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_log_gc_sync_and_its_deletion_loses_nothing_with_rocksdb_raft_logs() {
+    crash_between_log_gc_sync_and_deletion(&["--raft-engine", "false"]).await;
+}
+
+async fn crash_between_log_gc_sync_and_deletion(node_args: &[&str]) {
+    let (mut cluster, client) = replicated_with_fast_log_gc(node_args).await;
     let mut acked = Vec::new();
     // Node 1's log GC worker dies after syncing the kv engine, before it
     // deletes the compacted entries.

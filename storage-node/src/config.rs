@@ -88,6 +88,8 @@ pub struct NodeConfig {
     pub coprocessor: CoprocessorConfig,
     /// Flow control of writes.
     pub storage: StorageConfig,
+    /// Which store holds the raft logs.
+    pub raft_engine: RaftEngineConfig,
     /// Test-only controls for the chaos harness; all off. Set only by
     /// command-line flags: a config file naming them is rejected (unknown
     /// key), so a copied production file can never switch them on. Shown by
@@ -260,6 +262,19 @@ impl Default for StorageConfig {
     }
 }
 
+/// The raft log store (`[raft-engine]`, named as in TiKV).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RaftEngineConfig {
+    /// `true`: raft logs in `raft-engine` (append-only log files with an
+    /// in-memory index, `<data-dir>/raft-engine/`); `false`: in a second
+    /// RocksDB (`<data-dir>/raft/`). Flag `--raft-engine true|false`.
+    /// Unset (the default): raft-engine for a new data dir, otherwise the
+    /// store the data dir already holds. A data dir keeps the store it was
+    /// created with: setting the other is refused at start-up.
+    pub enable: Option<bool>,
+}
+
 /// Request limits (`[server]`). Over a limit: `InvalidArgument`, nothing written.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -302,6 +317,7 @@ impl Default for NodeConfig {
             server: ServerConfig::default(),
             coprocessor: CoprocessorConfig::default(),
             storage: StorageConfig::default(),
+            raft_engine: RaftEngineConfig::default(),
             test_controls: TestControls::default(),
         }
     }
@@ -510,6 +526,9 @@ mod tests {
         assert_eq!(c.server.grpc_concurrency, 0, "one thread per core unless set");
         let c: NodeConfig = toml::from_str("[server]\ngrpc-concurrency = 1\n").unwrap();
         assert_eq!(c.server.grpc_concurrency, 1);
+        assert_eq!(c.raft_engine.enable, None, "the data dir's store, raft-engine for a new one");
+        let c: NodeConfig = toml::from_str("[raft-engine]\nenable = false\n").unwrap();
+        assert_eq!(c.raft_engine.enable, Some(false));
     }
 
     #[test]

@@ -106,6 +106,23 @@ pub fn raft_log_key(region: RegionId, index: u64) -> Vec<u8> {
     k
 }
 
+/// The node's raft log entry keys, for [`mnemo_engine::RaftLogEngine`]:
+/// group = region id.
+pub struct RaftLogKeys;
+
+impl mnemo_engine::LogKeys for RaftLogKeys {
+    fn entry(&self, key: &[u8]) -> Option<(u64, u64)> {
+        let (prefix, index) = key.split_last_chunk::<8>()?;
+        let (suffix, region) = prefix.strip_prefix(b"\x01\x02")?.split_last()?;
+        let region: [u8; 8] = region.try_into().ok()?;
+        (*suffix == RAFT_LOG_SUFFIX).then(|| (u64::from_be_bytes(region), u64::from_be_bytes(*index)))
+    }
+
+    fn entry_key(&self, group: u64, index: u64) -> Vec<u8> {
+        raft_log_key(RegionId(group), index)
+    }
+}
+
 /// Key of the snapshot a region's peer is applying, in the raft log store.
 pub fn pending_snapshot_key(region: RegionId) -> Vec<u8> {
     let mut k = raft_prefix(region);
@@ -191,6 +208,12 @@ mod tests {
     fn raft_log_keys_sort_by_index() {
         let r = RegionId(3);
         assert!(raft_log_key(r, 9) < raft_log_key(r, 10));
+        use mnemo_engine::LogKeys;
+        assert_eq!(RaftLogKeys.entry(&raft_log_key(r, 9)), Some((r.0, 9)));
+        assert_eq!(RaftLogKeys.entry_key(r.0, 9), raft_log_key(r, 9));
+        for other in [raft_state_key(r), raft_peer_key(r), pending_snapshot_key(r), raft_log_prefix(r)] {
+            assert_eq!(RaftLogKeys.entry(&other), None, "{other:?} is not an entry");
+        }
         assert!(raft_log_key(r, u64::MAX) < raft_state_key(r));
         assert!(raft_state_key(r) < raft_log_key(RegionId(4), 0));
     }

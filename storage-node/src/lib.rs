@@ -1,7 +1,8 @@
 //! The Mnemosyne storage node (`mnemo-node`).
 //!
 //! A node stores replicas ("peers") of many regions in one RocksDB kv engine
-//! and keeps their raft logs in a second RocksDB instance. Data flows like this:
+//! and keeps their raft logs in `raft-engine` (or, configured so, a second
+//! RocksDB). Data flows like this:
 //!
 //! ```text
 //! client ──gRPC tikvpb──▶ service ──StoreMsg──▶ raftstore (one thread, all peers)
@@ -11,7 +12,7 @@
 //! ```
 //!
 //! Where to look:
-//! - [`engine`] (crate `mnemo-engine`): the storage trait, RocksDB and in-memory engines;
+//! - [`engine`] (crate `mnemo-engine`): the storage trait, RocksDB, raft-engine and in-memory engines;
 //! - [`keys`]: how keys, values and raft state are laid out;
 //! - [`raftstore`]: multi-raft — peers, the store loop, apply, snapshots;
 //! - [`service`]: the RawKV gRPC API and its limits;

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::NodeConfig;
-use crate::engine::{Cf, EngineRef, Engines, RocksEngine, WriteBatch};
+use crate::engine::{Cf, EngineRef, Engines, RaftLogEngine, RocksEngine, WriteBatch};
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::pd_worker::PdWorker;
@@ -74,9 +74,32 @@ impl Drop for NodeHandle {
 fn open_engines(cfg: &NodeConfig) -> Result<(EngineRef, EngineRef), String> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", cfg.data_dir.display()))?;
+    let (rocks_dir, log_dir) = (cfg.data_dir.join("raft"), cfg.data_dir.join("raft-engine"));
+    // Unset: the store the data dir holds, raft-engine for a new one.
+    let existing = match (log_dir.exists(), rocks_dir.exists()) {
+        (false, true) => Some(false),
+        (true, false) => Some(true),
+        _ => None,
+    };
+    let raft_engine = match (cfg.raft_engine.enable, existing) {
+        (Some(wanted), Some(held)) if wanted != held => {
+            let held_dir = if held { &log_dir } else { &rocks_dir };
+            return Err(format!(
+                "{} holds this node's raft logs but raft-engine.enable = {wanted}: \
+                 start it with the store it was created with (or leave raft-engine.enable unset)",
+                held_dir.display()
+            ));
+        }
+        (Some(wanted), _) => wanted,
+        (None, held) => held.unwrap_or(true),
+    };
     let kv = RocksEngine::open(&cfg.data_dir.join("db")).map_err(|e| e.to_string())?;
-    let raft = RocksEngine::open(&cfg.data_dir.join("raft")).map_err(|e| e.to_string())?;
-    Ok((Arc::new(kv), Arc::new(raft)))
+    let raft: EngineRef = if raft_engine {
+        Arc::new(RaftLogEngine::open(&log_dir, keys::RaftLogKeys).map_err(|e| e.to_string())?)
+    } else {
+        Arc::new(RocksEngine::open(&rocks_dir).map_err(|e| e.to_string())?)
+    };
+    Ok((Arc::new(kv), raft))
 }
 
 async fn connect_pd(endpoints: &[String]) -> Result<PdClient, String> {
@@ -380,4 +403,35 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     });
     tracing::info!(store = %store_id, %addr, %status_addr, "node serving");
     Ok(NodeHandle { store_id, addr, status_addr, store_tx, shutdown, store_thread: Some(store_thread) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_keeps_the_raft_log_store_it_was_created_with() {
+        for created_with_raft_engine in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = NodeConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
+            let (held, other) =
+                if created_with_raft_engine { ("raft-engine", "raft") } else { ("raft", "raft-engine") };
+            cfg.raft_engine.enable = Some(created_with_raft_engine);
+            drop(open_engines(&cfg).unwrap());
+            assert!(dir.path().join(held).exists());
+            drop(open_engines(&cfg).expect("reopened with the same store"));
+            // Unset: whatever the data dir holds.
+            cfg.raft_engine.enable = None;
+            drop(open_engines(&cfg).expect("unset takes the store the data dir holds"));
+            cfg.raft_engine.enable = Some(!created_with_raft_engine);
+            let err = open_engines(&cfg).err().expect("the other store is refused");
+            assert!(err.contains("raft-engine.enable"), "{err}");
+            assert!(!dir.path().join(other).exists(), "nothing created for the other store");
+        }
+        // A new data dir, unset: raft-engine.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = NodeConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        drop(open_engines(&cfg).unwrap());
+        assert!(dir.path().join("raft-engine").exists() && !dir.path().join("raft").exists());
+    }
 }

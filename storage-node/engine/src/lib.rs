@@ -5,7 +5,8 @@
 //! log store** (raft entries and hard state of every region). Both implement
 //! [`Engine`], which knows nothing of RocksDB: the node's logic is written
 //! against the trait, RocksDB ([`RocksEngine`]) serves production and
-//! [`MemEngine`] makes unit tests fast.
+//! [`MemEngine`] makes unit tests fast. The raft log store can also be
+//! [`RaftLogEngine`], on `raft-engine`, made for many raft groups' logs.
 //!
 //! Invariants:
 //! - A [`WriteBatch`] is applied atomically: all of it or none of it, even
@@ -19,9 +20,11 @@
 //!   must stop (see `Error::is_deterministic` in the raftstore).
 
 mod mem;
+mod raft_log;
 mod rocks;
 
 pub use mem::MemEngine;
+pub use raft_log::{LogKeys, PlainLogKeys, RaftLogEngine};
 pub use rocks::RocksEngine;
 
 use std::sync::Arc;
@@ -200,6 +203,23 @@ pub struct Engines {
     pub kv: EngineRef,
     /// Raft entries and hard states.
     pub raft: EngineRef,
+}
+
+/// [`Engine::ingest_range`] as one synced batch: a range delete, then the
+/// pairs (for engines with no file ingestion of their own).
+pub fn ingest_as_batch(
+    engine: &dyn Engine,
+    cf: Cf,
+    start: &[u8],
+    end: &[u8],
+    kvs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
+) -> Result<()> {
+    let mut wb = WriteBatch::new();
+    wb.delete_range(cf, start.to_vec(), end.to_vec());
+    for (k, v) in kvs {
+        wb.put(cf, k, v);
+    }
+    engine.write(&wb, true)
 }
 
 /// Collects up to `limit` pairs of a scan (0 = no limit).

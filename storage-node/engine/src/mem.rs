@@ -150,12 +150,7 @@ impl Engine for MemEngine {
         end: &[u8],
         kvs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
     ) -> Result<()> {
-        let mut wb = WriteBatch::new();
-        wb.delete_range(cf, start.to_vec(), end.to_vec());
-        for (k, v) in kvs {
-            wb.put(cf, k, v);
-        }
-        self.write(&wb, true)
+        crate::ingest_as_batch(self, cf, start, end, kvs)
     }
 
     fn used_bytes(&self) -> u64 {

@@ -37,7 +37,8 @@ struct Args {
     /// HTTP status server address (/metrics, /status, /config).
     #[arg(long)]
     status_addr: Option<String>,
-    /// Data directory (kv engine in db/, raft log in raft/).
+    /// Data directory (kv engine in db/, raft logs in raft-engine/ or, with
+    /// --raft-engine false, raft/).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Store labels: zone=z1,host=h1.
@@ -53,6 +54,11 @@ struct Args {
     /// per CPU core).
     #[arg(long)]
     grpc_concurrency: Option<usize>,
+    /// Raft logs in raft-engine (true) or RocksDB (false)
+    /// (`raft-engine.enable`; unset: the data dir's store, raft-engine for
+    /// a new one).
+    #[arg(long)]
+    raft_engine: Option<bool>,
     /// TEST ONLY, never in production: serve `/debug/lease-clock` on the
     /// status server, which skews the clock leader leases are measured on.
     #[arg(long)]
@@ -96,6 +102,9 @@ fn build_config(args: Args) -> Result<NodeConfig, String> {
     }
     if let Some(v) = args.grpc_concurrency {
         cfg.server.grpc_concurrency = v;
+    }
+    if let Some(v) = args.raft_engine {
+        cfg.raft_engine.enable = Some(v);
     }
     cfg.test_controls.enable_test_controls = args.enable_test_controls;
     cfg.test_controls.unsafe_stale_reads = args.unsafe_stale_reads;
