@@ -18,7 +18,7 @@ fn round(regions: u64, index: u64) -> WriteBatch {
         hs.extend_from_slice(&r.to_be_bytes());
         wb.put(Cf::Default, hs, index.to_be_bytes().to_vec());
     }
-    if index % 1_000 == 0 {
+    if index.is_multiple_of(1_000) {
         for r in 1..=regions {
             wb.delete_range(Cf::Default, Keys.entry_key(r, 0), Keys.entry_key(r, index - 100));
         }
