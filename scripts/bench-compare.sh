@@ -15,6 +15,8 @@
 #   - for each workload in HALF, each system again at half its own peak
 #     (median) rate, open loop (`--rate`): rows `put@half`, `get@half`, whose
 #     p99 compares latency at the same relative load;
+# The Mnemosyne client sends gets and puts on one BatchCommands stream per
+# node, as TiKV's Go client does (BATCH_COMMANDS=0: one call each).
 # Settings: DURATION (s per run, 15), ROUNDS (3), CLIENTS (64), KEYS (100000),
 # WORKLOADS ("put get batch_get scan ycsb-a ycsb-b ycsb-e"), REGIONS ("64 512"),
 # HALF ("put get").
@@ -61,7 +63,7 @@ run() {
   local system=$1 workload=$2 regions=$3; shift 3
   local target=(--target "$system")
   case $system in
-    mnemosyne) target+=(--pd "$PD") ;;
+    mnemosyne) target+=(--pd "$PD"); [ "${BATCH_COMMANDS:-1}" = 1 ] && target+=(--batch-commands) ;;
     etcd) target+=(--etcd-endpoints "$ETCD_EP") ;;
     rocksdb) target+=(--rocksdb-dir "$ROOT/rocksdb") ;;
   esac

@@ -123,6 +123,10 @@ pub struct RunOptions {
     pub netns: bool,
     /// Time budget of the linearizability checker.
     pub check_budget: Duration,
+    /// Odd-numbered register workers send their gets and puts on
+    /// `BatchCommands` streams (the client's `batch_commands`), the others
+    /// one call each: both paths in one checked history.
+    pub batch_commands: bool,
 }
 
 /// What a run found.
@@ -197,6 +201,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
         timeout: Duration::from_secs(3),
         rpc_timeout: Duration::from_secs(1),
         replica_read: stale_reads,
+        batch_commands: false,
     };
     let endpoints = cluster.pd_endpoints();
     let probe = RawClient::with_config(endpoints.clone(), Config { replica_read: false, ..config.clone() })
@@ -221,7 +226,9 @@ pub async fn run(opts: RunOptions) -> Result<RunOutcome, String> {
     for i in 0..opts.clients {
         if w.register {
             let seed = worker_seed(opts.seed, i);
-            workers.push(tokio::spawn(workload::register_worker(shared.clone(), i as u64, seed)));
+            let mut s = shared.clone();
+            s.config.batch_commands = opts.batch_commands && i % 2 == 1;
+            workers.push(tokio::spawn(workload::register_worker(s, i as u64, seed)));
         }
     }
     for i in 0..side {

@@ -38,6 +38,7 @@ async fn short_run_under_every_nemesis_is_valid() {
         out_dir: dir.join("run"),
         netns,
         check_budget: Duration::from_secs(120),
+        batch_commands: true,
     };
     let outcome = run(opts).await.expect("the harness runs");
     let report = &outcome.report;

@@ -31,6 +31,7 @@ async fn unsafe_stale_reads_are_caught() {
         out_dir: dir.join("run"),
         netns,
         check_budget: Duration::from_secs(60),
+        batch_commands: false,
     };
     let outcome = run(opts).await.expect("the harness runs");
     let report = &outcome.report;

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::batch::{Groups, Piece, MAX_BATCH_BYTES, MAX_BATCH_KEYS};
+use crate::batch_commands::BatchConn;
 use crate::error::{Error, Result};
 use crate::pd::PdClient;
 use crate::region_cache::{CachedRegion, RegionCache};
@@ -89,6 +90,8 @@ pub(crate) struct Target {
     /// Sent to a replica chosen at random, asking it to answer itself.
     replica_read: bool,
     client: TikvClient<Channel>,
+    /// The node's batch stream, if gets and puts go on one.
+    batch: Option<BatchConn>,
     rpc_timeout: Duration,
 }
 
@@ -108,6 +111,28 @@ impl Target {
     /// A client for the addressed store (cheap clone of a shared channel).
     pub(crate) fn client(&self) -> TikvClient<Channel> {
         self.client.clone()
+    }
+
+    /// A get, on the batch stream if there is one, else its own call.
+    pub(crate) async fn raw_get(
+        &self,
+        req: tonic::Request<kvrpcpb::RawGetRequest>,
+    ) -> std::result::Result<tonic::Response<kvrpcpb::RawGetResponse>, tonic::Status> {
+        match &self.batch {
+            Some(b) => b.raw_get(req.into_inner()).await,
+            None => self.client().raw_get(req).await,
+        }
+    }
+
+    /// A put, on the batch stream if there is one, else its own call.
+    pub(crate) async fn raw_put(
+        &self,
+        req: tonic::Request<kvrpcpb::RawPutRequest>,
+    ) -> std::result::Result<tonic::Response<kvrpcpb::RawPutResponse>, tonic::Status> {
+        match &self.batch {
+            Some(b) => b.raw_put(req.into_inner()).await,
+            None => self.client().raw_put(req).await,
+        }
     }
 
     /// Wraps `msg` with the per-RPC timeout as gRPC deadline, so the node
@@ -191,11 +216,16 @@ fn locate_failure(e: Error) -> Failure {
 
 impl Executor {
     /// An executor over `pd` whose RPCs (and connects) time out after `rpc_timeout`.
-    pub(crate) fn new(pd: PdClient, rpc_timeout: Duration) -> Self {
+    pub(crate) fn new(pd: PdClient, rpc_timeout: Duration, batch_commands: bool) -> Self {
         // Connecting must give up before the RPC timeout fires: a refused or
         // timed-out connect proves a write unsent, an RPC timeout does not.
         let connect_timeout = rpc_timeout / 2;
-        Executor { pd, cache: RegionCache::new(), stores: StoreClients::new(connect_timeout), rpc_timeout }
+        Executor {
+            pd,
+            cache: RegionCache::new(),
+            stores: StoreClients::new(connect_timeout, batch_commands),
+            rpc_timeout,
+        }
     }
 
     /// The region containing `key`: from the cache, else from PD (and cached).
@@ -277,7 +307,7 @@ impl Executor {
                 addr
             }
         };
-        let client = self.stores.get(&addr).map_err(|e| {
+        let (client, batch) = self.stores.get(&addr).map_err(|e| {
             self.cache.invalidate_store(peer.store_id);
             Failure::Locate(e)
         })?;
@@ -288,7 +318,7 @@ impl Executor {
             return Err(Failure::Locate(format!("only {time_left:?} left before the deadline; not sent")));
         }
         let rpc_timeout = self.rpc_timeout.min(time_left);
-        Ok(Target { region: region.clone(), peer, replica_read, client, rpc_timeout })
+        Ok(Target { region: region.clone(), peer, replica_read, client, batch, rpc_timeout })
     }
 
     /// Runs a request bound to one region until it succeeds, fails for good,

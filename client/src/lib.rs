@@ -61,6 +61,7 @@
 
 pub mod backoff;
 mod batch;
+mod batch_commands;
 pub mod error;
 mod executor;
 pub mod pd;

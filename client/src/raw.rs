@@ -43,11 +43,20 @@ pub struct Config {
     /// nodes a follower answers `NotLeader` and the read costs one extra hop.
     /// Other calls ignore it.
     pub replica_read: bool,
+    /// Send gets and puts to each node on one `BatchCommands` stream (as
+    /// TiKV's Go client does) instead of one call each: fewer frames and
+    /// wake-ups per request under concurrency. Default false.
+    pub batch_commands: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { timeout: Duration::from_secs(20), rpc_timeout: Duration::from_secs(2), replica_read: false }
+        Config {
+            timeout: Duration::from_secs(20),
+            rpc_timeout: Duration::from_secs(2),
+            replica_read: false,
+            batch_commands: false,
+        }
     }
 }
 
@@ -99,7 +108,7 @@ impl RawClient {
     pub async fn with_config(pd_endpoints: Vec<String>, config: Config) -> Result<Self> {
         config.validate()?;
         let pd = PdClient::connect_with_timeout(pd_endpoints, config.rpc_timeout).await?;
-        Ok(RawClient { exec: Arc::new(Executor::new(pd, config.rpc_timeout)), config })
+        Ok(RawClient { exec: Arc::new(Executor::new(pd, config.rpc_timeout, config.batch_commands)), config })
     }
 
     /// The id of the cluster this client talks to.
@@ -135,7 +144,7 @@ impl RawClient {
                     cf: String::new(),
                 });
                 async move {
-                    let resp = t.call(t.client().raw_get(req)).await?;
+                    let resp = t.call(t.raw_get(req)).await?;
                     Ok((!resp.not_found).then_some(resp.value))
                 }
             })
@@ -194,7 +203,7 @@ impl RawClient {
                     for_cas: true,
                 });
                 async move {
-                    t.call(t.client().raw_put(req)).await?;
+                    t.call(t.raw_put(req)).await?;
                     Ok(())
                 }
             })

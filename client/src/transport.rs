@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use mnemo_proto::tikvpb::tikv_client::TikvClient;
 use parking_lot::Mutex;
+
+use crate::batch_commands::BatchConn;
 use tonic::transport::{Channel, Endpoint};
 
 /// Largest response the client decodes, bytes (256 MiB). A scan of 10,240
@@ -67,29 +69,36 @@ pub(crate) fn is_connect_failure(status: &tonic::Status) -> bool {
     false
 }
 
+/// A node client (and, with batch commands on, its batch stream).
+pub(crate) type NodeClient = (TikvClient<Channel>, Option<BatchConn>);
+
 /// One node client per store address, created on first use and shared by
 /// every request to that address (a tonic channel multiplexes them).
 pub(crate) struct StoreClients {
     connect_timeout: Duration,
-    clients: Mutex<HashMap<String, TikvClient<Channel>>>,
+    /// Gets and puts go on one `BatchCommands` stream per node.
+    batch_commands: bool,
+    clients: Mutex<HashMap<String, NodeClient>>,
 }
 
 impl StoreClients {
     /// An empty cache whose channels use `connect_timeout`.
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
-        StoreClients { connect_timeout, clients: Mutex::new(HashMap::new()) }
+    pub(crate) fn new(connect_timeout: Duration, batch_commands: bool) -> Self {
+        StoreClients { connect_timeout, batch_commands, clients: Mutex::new(HashMap::new()) }
     }
 
-    /// The client for `addr`, creating its channel if needed.
-    pub(crate) fn get(&self, addr: &str) -> Result<TikvClient<Channel>, String> {
+    /// The client for `addr`, creating its channel if needed (and its batch
+    /// stream's task: call it inside a tokio runtime).
+    pub(crate) fn get(&self, addr: &str) -> Result<NodeClient, String> {
         let mut clients = self.clients.lock();
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
         let channel = lazy_channel(addr, self.connect_timeout)?;
         let client = TikvClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
-        clients.insert(addr.to_string(), client.clone());
-        Ok(client)
+        let batch = self.batch_commands.then(|| BatchConn::start(client.clone()));
+        clients.insert(addr.to_string(), (client.clone(), batch.clone()));
+        Ok((client, batch))
     }
 }
 

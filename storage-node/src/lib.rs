@@ -15,7 +15,7 @@
 //! - [`engine`] (crate `mnemo-engine`): the storage trait, RocksDB, raft-engine and in-memory engines;
 //! - [`keys`]: how keys, values and raft state are laid out;
 //! - [`raftstore`]: multi-raft — peers, the store loop, apply, snapshots;
-//! - [`service`]: the RawKV gRPC API and its limits;
+//! - [`service`]: the RawKV gRPC API and its limits ([`batch_commands`]: many on one stream);
 //! - [`transport`]: node-to-node raft messages;
 //! - [`pd_worker`]: heartbeats to PD and operators from it;
 //! - [`node`]: start-up, identity and cluster bootstrap;
@@ -28,6 +28,7 @@
 //! leader is replaced within about one election timeout (≈1 s); a storage
 //! error in the store loop stops the process rather than risk divergence.
 
+pub mod batch_commands;
 pub mod config;
 pub mod error;
 pub mod failpoints;

@@ -51,7 +51,8 @@ impl Drop for PendingWrite {
     }
 }
 
-/// The RawKV service of one node.
+/// The RawKV service of one node (cheap to clone: shared handles).
+#[derive(Clone)]
 pub struct KvService {
     store_id: StoreId,
     store_tx: StoreRouter,
@@ -699,6 +700,15 @@ impl Tikv for KvService {
         }
         .await;
         respond(&self.metrics, r)
+    }
+
+    type BatchCommandsStream = crate::batch_commands::AnswerStream;
+
+    async fn batch_commands(
+        &self,
+        req: Request<tonic::Streaming<mnemo_proto::tikvpb::BatchCommandsRequest>>,
+    ) -> RpcResult<Self::BatchCommandsStream> {
+        Ok(Response::new(crate::batch_commands::serve(Arc::new(self.clone()), req.into_inner())))
     }
 }
 

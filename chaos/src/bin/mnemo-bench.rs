@@ -90,6 +90,10 @@ struct Args {
     /// Deadline of one operation in milliseconds (Mnemosyne's total timeout).
     #[arg(long, default_value_t = 5000)]
     op_timeout_ms: u64,
+    /// Send gets and puts on one BatchCommands stream per node (target
+    /// mnemosyne; the client's `batch_commands`).
+    #[arg(long)]
+    batch_commands: bool,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -166,8 +170,11 @@ async fn run(args: Args) -> Result<(), String> {
     let mut _tmp = None;
     let (target, name): (Arc<dyn Target>, &str) = match args.target {
         TargetKind::Mnemosyne => {
-            let config =
-                Config { timeout: Duration::from_millis(args.op_timeout_ms.max(1)), ..Config::default() };
+            let config = Config {
+                timeout: Duration::from_millis(args.op_timeout_ms.max(1)),
+                batch_commands: args.batch_commands,
+                ..Config::default()
+            };
             (Arc::new(bench::Mnemosyne::connect(args.pd.clone(), config).await?), "mnemosyne")
         }
         TargetKind::Etcd => (Arc::new(bench::Etcd::connect(args.etcd_endpoints.clone()).await?), "etcd"),

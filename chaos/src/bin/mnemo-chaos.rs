@@ -66,6 +66,10 @@ struct Args {
     /// (the run must come out invalid); `list` prints the bugs.
     #[arg(long)]
     plant: Option<String>,
+    /// Half the register workers send gets and puts on BatchCommands
+    /// streams (the others one call each).
+    #[arg(long)]
+    batch_commands: bool,
     /// Same as `--plant stale-follower-reads`.
     #[arg(long = "unsafe")]
     unsafe_mode: bool,
@@ -146,6 +150,7 @@ async fn main() -> ExitCode {
         out_dir: out.clone(),
         netns,
         check_budget: Duration::from_secs(args.check_budget),
+        batch_commands: args.batch_commands,
     };
     let outcome = match run::run(opts).await {
         Ok(o) => o,
