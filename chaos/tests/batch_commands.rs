@@ -42,6 +42,9 @@ async fn batched_gets_and_puts_answer_each_caller_and_survive_a_leader_kill() {
     for w in writers {
         w.await.unwrap();
     }
+    // They went on the stream: the nodes counted batched commands.
+    let batched: f64 = (0..3).filter_map(|i| cluster.node_metric(i, "mnemo_batched_commands_total")).sum();
+    assert!(batched >= 64.0 * 20.0 * 2.0, "gets and puts were batched ({batched} counted)");
     // Bad input gets the same clear error as without batching; nothing written.
     let huge = vec![b'k'; 64 << 10];
     match client.put(huge.clone(), b"v".to_vec()).await {

@@ -17,6 +17,7 @@
 //! timeout) just stops waiting.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures::StreamExt;
 use mnemo_proto::kvrpcpb;
@@ -26,12 +27,16 @@ use mnemo_proto::tikvpb::batch_commands_response::response::Cmd as Answer;
 use mnemo_proto::tikvpb::tikv_client::TikvClient;
 use mnemo_proto::tikvpb::BatchCommandsRequest;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Response, Status};
 
 /// Most requests sent in one message.
 const MAX_BATCH: usize = 256;
+
+/// Bytes of requests past which a message goes without more (a larger
+/// request goes alone): far below the gRPC message limit.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 type Waiter = oneshot::Sender<Result<Option<Answer>, Status>>;
 
@@ -43,10 +48,12 @@ pub(crate) struct BatchConn {
 
 impl BatchConn {
     /// Starts the task that owns the stream to the node behind `client`
-    /// (opened on the first request). It ends when every handle is dropped.
-    pub(crate) fn start(client: TikvClient<Channel>) -> BatchConn {
+    /// (opened on the first request; an opening that takes longer than
+    /// `open_timeout` fails the requests waiting as maybe sent). It ends
+    /// when every handle is dropped.
+    pub(crate) fn start(client: TikvClient<Channel>, open_timeout: Duration) -> BatchConn {
         let (queue, asks) = mpsc::unbounded_channel();
-        tokio::spawn(drive(client, asks));
+        tokio::spawn(drive(client, asks, open_timeout));
         BatchConn { queue }
     }
 
@@ -85,19 +92,32 @@ fn unexpected(a: Option<Answer>) -> Status {
 }
 
 /// The stream's task: see the module doc.
-async fn drive(mut client: TikvClient<Channel>, mut asks: mpsc::UnboundedReceiver<(Ask, Waiter)>) {
+async fn drive(
+    mut client: TikvClient<Channel>,
+    mut asks: mpsc::UnboundedReceiver<(Ask, Waiter)>,
+    open_timeout: Duration,
+) {
     let mut next_id = 0u64;
     // Wait for a request before opening a stream; end when every handle is gone.
     while let Some(first) = asks.recv().await {
-        let (out, out_rx) = mpsc::channel::<BatchCommandsRequest>(16);
+        // Unbounded: the task must never block sending while answers wait
+        // to be read (the node would stop reading too). What it holds is
+        // bounded by the callers waiting.
+        let (out, out_rx) = mpsc::unbounded_channel::<BatchCommandsRequest>();
         let mut waiting: HashMap<u64, Waiter> = HashMap::new();
         let mut batch = vec![first];
         // Sent before the stream opens: the node reads it once it does.
-        send_batch(&out, &mut batch, &mut waiting, &mut next_id).await;
-        let mut answers = match client.batch_commands(ReceiverStream::new(out_rx)).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
+        send_batch(&out, &mut batch, &mut waiting, &mut next_id);
+        let opening = client.batch_commands(UnboundedReceiverStream::new(out_rx));
+        let mut answers = match tokio::time::timeout(open_timeout, opening).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => {
                 fail_all(&mut waiting, &status);
+                continue;
+            }
+            // The requests may have left: not a connect failure.
+            Err(_) => {
+                fail_all(&mut waiting, &Status::deadline_exceeded("the batch stream did not open in time"));
                 continue;
             }
         };
@@ -105,20 +125,28 @@ async fn drive(mut client: TikvClient<Channel>, mut asks: mpsc::UnboundedReceive
             tokio::select! {
                 ask = asks.recv() => match ask {
                     Some(ask) => {
+                        let mut bytes = size_of(&ask.0);
                         batch.push(ask);
-                        while batch.len() < MAX_BATCH {
+                        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                             match asks.try_recv() {
-                                Ok(more) => batch.push(more),
+                                Ok(more) => {
+                                    bytes += size_of(&more.0);
+                                    batch.push(more);
+                                }
                                 Err(_) => break,
                             }
                         }
-                        send_batch(&out, &mut batch, &mut waiting, &mut next_id).await;
+                        send_batch(&out, &mut batch, &mut waiting, &mut next_id);
                     }
-                    // Every handle dropped: answer what is in flight, then end.
-                    None if waiting.is_empty() => return,
+                    // Every handle dropped: close our side, take the answers
+                    // in flight, then end (the node ends its side).
                     None => {
-                        while let Some(Ok(resp)) = answers.next().await {
-                            deliver(&mut waiting, resp);
+                        drop(out);
+                        while !waiting.is_empty() {
+                            match answers.next().await {
+                                Some(Ok(resp)) => deliver(&mut waiting, resp),
+                                _ => break,
+                            }
                         }
                         fail_all(&mut waiting, &Status::unavailable("batch stream closed"));
                         return;
@@ -135,21 +163,31 @@ async fn drive(mut client: TikvClient<Channel>, mut asks: mpsc::UnboundedReceive
     }
 }
 
-async fn send_batch(
-    out: &mpsc::Sender<BatchCommandsRequest>,
+fn send_batch(
+    out: &mpsc::UnboundedSender<BatchCommandsRequest>,
     batch: &mut Vec<(Ask, Waiter)>,
     waiting: &mut HashMap<u64, Waiter>,
     next_id: &mut u64,
 ) {
     let mut req = BatchCommandsRequest::default();
     for (ask, waiter) in batch.drain(..) {
+        // Its caller gave up (timed out) before it left: never send it.
+        if waiter.is_closed() {
+            continue;
+        }
         *next_id += 1;
         req.request_ids.push(*next_id);
         req.requests.push(BatchAsk { cmd: Some(ask) });
         waiting.insert(*next_id, waiter);
     }
     // A closed stream shows up on the answer side, which fails these.
-    let _ = out.send(req).await;
+    if !req.requests.is_empty() {
+        let _ = out.send(req);
+    }
+}
+
+fn size_of(ask: &Ask) -> usize {
+    ask.encoded_len()
 }
 
 fn deliver(waiting: &mut HashMap<u64, Waiter>, resp: mnemo_proto::tikvpb::BatchCommandsResponse) {
@@ -192,3 +230,21 @@ impl std::fmt::Display for Message {
 }
 
 impl std::error::Error for Message {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::is_connect_failure;
+
+    #[test]
+    fn each_waiter_gets_the_streams_failure_and_a_connect_failure_stays_one() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(io))));
+        assert!(is_connect_failure(&refused));
+        let copy = copy_status(&refused);
+        assert!(is_connect_failure(&copy), "never sent: may be retried");
+        assert_eq!((copy.code(), copy.message()), (refused.code(), refused.message()));
+        let broken = Status::unavailable("connection reset");
+        assert!(!is_connect_failure(&copy_status(&broken)), "maybe sent: undetermined");
+    }
+}

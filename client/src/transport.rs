@@ -96,7 +96,7 @@ impl StoreClients {
         }
         let channel = lazy_channel(addr, self.connect_timeout)?;
         let client = TikvClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
-        let batch = self.batch_commands.then(|| BatchConn::start(client.clone()));
+        let batch = self.batch_commands.then(|| BatchConn::start(client.clone(), self.connect_timeout * 2));
         clients.insert(addr.to_string(), (client.clone(), batch.clone()));
         Ok((client, batch))
     }

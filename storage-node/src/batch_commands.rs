@@ -10,10 +10,15 @@
 //! same message, under its request's id, in completion order.
 //!
 //! Errors: a region error is in the answer, as for unary calls. Bad input,
-//! which a unary call answers with a gRPC status, goes into the answer's
-//! `error` string where the message has one (puts, gets, deletes); a batch
-//! get or scan has none, so its answer then has no `cmd`, as has the answer
-//! to a command kind the node does not serve.
+//! which a unary call answers with `INVALID_ARGUMENT`, goes into the
+//! answer's `error` string where the message has one (puts, gets, deletes);
+//! any other failure (the store loop stopping, an engine error), and bad
+//! input to a batch get or scan (no `error` field), is answered with no
+//! `cmd`, as is a command kind the node does not serve: the client treats
+//! that as the internal error it is.
+//!
+//! An answer message holds at most [`MAX_ANSWER_BYTES`] (more wait for the
+//! next), so large values never push one past the gRPC message limit.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,6 +32,7 @@ use mnemo_proto::tikvpb::batch_commands_response::response::Cmd as Answer;
 use mnemo_proto::tikvpb::batch_commands_response::Response as BatchAnswer;
 use mnemo_proto::tikvpb::tikv_server::Tikv;
 use mnemo_proto::tikvpb::{BatchCommandsEmptyResponse, BatchCommandsRequest, BatchCommandsResponse};
+use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -38,6 +44,14 @@ pub type AnswerStream = Pin<Box<dyn Stream<Item = Result<BatchCommandsResponse, 
 /// Answer messages queued for the client before the node stops reading
 /// more requests from it (back-pressure).
 const ANSWERS_QUEUED: usize = 64;
+
+/// Commands of one stream running at once; past it the node reads no more
+/// of the client's messages until some are answered (HTTP/2 flow control
+/// then holds the client back).
+const MAX_RUNNING: usize = 4096;
+
+/// Bytes of answers past which a message is sent without waiting for more.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// Longest wait an `Empty` test command may ask for.
 const MAX_EMPTY_DELAY: Duration = Duration::from_secs(10);
@@ -71,7 +85,10 @@ error_field!(without: kvrpcpb::RawBatchGetResponse, kvrpcpb::RawScanResponse, kv
 fn answer<T: ErrorField>(r: Result<Response<T>, Status>, wrap: fn(T) -> Answer) -> Option<Answer> {
     match r {
         Ok(resp) => Some(wrap(resp.into_inner())),
-        Err(status) => T::with_error(status.message().to_string()).map(wrap),
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            T::with_error(status.message().to_string()).map(wrap)
+        }
+        Err(_) => None,
     }
 }
 
@@ -108,9 +125,10 @@ pub fn serve(svc: Arc<KvService>, mut requests: Streaming<BatchCommandsRequest>)
     tokio::spawn(async move {
         let mut running = FuturesUnordered::new();
         let mut open = true;
+        let mut failed: Option<Status> = None;
         loop {
             tokio::select! {
-                next = requests.message(), if open => match next {
+                next = requests.message(), if open && running.len() < MAX_RUNNING => match next {
                     Ok(Some(batch)) => {
                         if batch.request_ids.len() != batch.requests.len() {
                             let msg = format!(
@@ -121,18 +139,28 @@ pub fn serve(svc: Arc<KvService>, mut requests: Streaming<BatchCommandsRequest>)
                             let _ = tx.send(Err(Status::invalid_argument(msg))).await;
                             return;
                         }
+                        svc.metrics().batched_commands.add(batch.requests.len() as u64);
                         for (id, r) in batch.request_ids.into_iter().zip(batch.requests) {
                             running.push(run(svc.clone(), id, r.cmd));
                         }
                     }
-                    // Closed (or broken): answer what runs, then end.
-                    Ok(None) | Err(_) => open = false,
+                    // Closed: answer what runs, then end.
+                    Ok(None) => open = false,
+                    // Broken (or undecodable: its requests never ran):
+                    // answer what runs, then end with the error.
+                    Err(status) => {
+                        open = false;
+                        failed = Some(status);
+                    }
                 },
                 Some((id, first)) = running.next(), if !running.is_empty() => {
                     let mut out = BatchCommandsResponse::default();
+                    let mut bytes = first.encoded_len();
                     out.request_ids.push(id);
                     out.responses.push(first);
-                    while let Some(Some((id, more))) = running.next().now_or_never() {
+                    while bytes < MAX_ANSWER_BYTES {
+                        let Some(Some((id, more))) = running.next().now_or_never() else { break };
+                        bytes += more.encoded_len();
                         out.request_ids.push(id);
                         out.responses.push(more);
                     }
@@ -140,7 +168,12 @@ pub fn serve(svc: Arc<KvService>, mut requests: Streaming<BatchCommandsRequest>)
                         return;
                     }
                 }
-                else => return,
+                else => {
+                    if let Some(status) = failed {
+                        let _ = tx.send(Err(status)).await;
+                    }
+                    return;
+                }
             }
         }
     });

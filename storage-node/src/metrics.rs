@@ -82,6 +82,9 @@ pub struct Metrics {
     pub local_reads: Counter,
     /// Requests answered with a region error.
     pub region_errors: Counter,
+    /// Commands received on `BatchCommands` streams (each is also counted
+    /// as the read or write it is).
+    pub batched_commands: Counter,
     /// Requests refused with `ServerIsBusy` (flow control).
     pub server_is_busy: Counter,
     /// Of those, refused because the store loop's queue was full (the
@@ -164,6 +167,12 @@ impl Metrics {
                 c,
                 "Reads served without any leadership check (test-only --unsafe-stale-reads).",
                 self.unsafe_stale_reads.get(),
+            ),
+            (
+                "mnemo_batched_commands_total",
+                c,
+                "Commands received on BatchCommands streams.",
+                self.batched_commands.get(),
             ),
             (
                 "mnemo_region_errors_total",

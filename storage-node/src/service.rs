@@ -153,6 +153,11 @@ impl KvService {
         }
     }
 
+    /// The node's metrics.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Lets `reader` grant lease reads on the calling thread.
     pub fn with_local_reader(mut self, reader: Arc<LocalReader>) -> Self {
         self.local_reader = Some(reader);
