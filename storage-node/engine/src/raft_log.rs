@@ -208,43 +208,45 @@ impl RaftLogEngine {
         };
         for op in batch.ops() {
             match op {
-                WriteOp::Put { cf: Cf::Default, key, value } if self.keys.entry(key).is_some() => {
-                    let (group, index) = self.keys.entry(key).expect("checked");
-                    if group >= kv_group(Cf::Meta) {
-                        return Err(err(format!("group {group} is reserved for key-values")));
-                    }
-                    let e = Entry::parse_from_bytes(value).map_err(|e| err(format!("entry {index}: {e}")))?;
-                    if e.index != index {
-                        return Err(err(format!("entry {} stored under index {index}", e.index)));
-                    }
-                    let span = *spans.entry(group).or_insert_with(|| self.span(group));
-                    if let Some((first, last)) = span {
-                        if index < first || index > last + 1 {
-                            return Err(err(format!(
-                                "entry {index} of group {group} outside its log [{first}, {}]",
-                                last + 1
-                            )));
+                WriteOp::Put { cf, key, value } => match (cf, self.keys.entry(key)) {
+                    (Cf::Default, Some((group, index))) => {
+                        if group >= kv_group(Cf::Meta) {
+                            return Err(err(format!("group {group} is reserved for key-values")));
+                        }
+                        let e =
+                            Entry::parse_from_bytes(value).map_err(|e| err(format!("entry {index}: {e}")))?;
+                        if e.index != index {
+                            return Err(err(format!("entry {} stored under index {index}", e.index)));
+                        }
+                        let span = *spans.entry(group).or_insert_with(|| self.span(group));
+                        if let Some((first, last)) = span {
+                            if index < first || index > last + 1 {
+                                return Err(err(format!(
+                                    "entry {index} of group {group} outside its log [{first}, {}]",
+                                    last + 1
+                                )));
+                            }
+                        }
+                        let first = span.map_or(index, |(first, _)| first);
+                        spans.insert(group, Some((first, index)));
+                        match &mut run {
+                            Some((g, entries))
+                                if *g == group && entries.last().map(|l| l.index + 1) == Some(index) =>
+                            {
+                                entries.push(e)
+                            }
+                            _ => {
+                                flush(&mut lb, &mut run)?;
+                                run = Some((group, vec![e]));
+                            }
                         }
                     }
-                    let first = span.map_or(index, |(first, _)| first);
-                    spans.insert(group, Some((first, index)));
-                    match &mut run {
-                        Some((g, entries))
-                            if *g == group && entries.last().map(|l| l.index + 1) == Some(index) =>
-                        {
-                            entries.push(e)
-                        }
-                        _ => {
-                            flush(&mut lb, &mut run)?;
-                            run = Some((group, vec![e]));
-                        }
+                    _ => {
+                        flush(&mut lb, &mut run)?;
+                        lb.put(kv_group(*cf), key.clone(), stored(value)).map_err(err)?;
+                        put.push((*cf, key));
                     }
-                }
-                WriteOp::Put { cf, key, value } => {
-                    flush(&mut lb, &mut run)?;
-                    lb.put(kv_group(*cf), key.clone(), stored(value)).map_err(err)?;
-                    put.push((*cf, key));
-                }
+                },
                 WriteOp::Delete { cf, key } => {
                     flush(&mut lb, &mut run)?;
                     if *cf == Cf::Default && self.keys.entry(key).is_some() {
