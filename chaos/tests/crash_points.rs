@@ -109,20 +109,30 @@ async fn crash_during_snapshot_apply(node_args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_the_log_gc_sync_and_its_deletion_loses_nothing() {
-    crash_between_log_gc_sync_and_deletion(&[]).await;
+    // Node 1's log GC worker dies after syncing the kv engine, before it
+    // deletes the compacted entries.
+    crash_under_writes(&[], "raft_log_gc_after_kv_sync").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_the_log_gc_sync_and_its_deletion_loses_nothing_with_rocksdb_raft_logs() {
-    crash_between_log_gc_sync_and_deletion(&["--raft-engine", "false"]).await;
+    crash_under_writes(&["--raft-engine", "false"], "raft_log_gc_after_kv_sync").await;
 }
 
-async fn crash_between_log_gc_sync_and_deletion(node_args: &[&str]) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_an_apply_workers_write_loses_nothing() {
+    // Node 1's apply worker dies after writing entries and their applied
+    // index, before its clients or its store loop hear of it: restarted,
+    // the node applies on from the index on disk.
+    crash_under_writes(&["--apply-pool-size", "1"], "apply_pool_after_write").await;
+}
+
+/// Node 1 dies at crash point `point` under a stream of writes; restarted,
+/// it must serve every acknowledged write and hold node 3's data.
+async fn crash_under_writes(node_args: &[&str], point: &str) {
     let (mut cluster, client) = replicated_with_fast_log_gc(node_args).await;
     let mut acked = Vec::new();
-    // Node 1's log GC worker dies after syncing the kv engine, before it
-    // deletes the compacted entries.
-    cluster.arm_crash_point(0, "raft_log_gc_after_kv_sync", "panic").unwrap();
+    cluster.arm_crash_point(0, point, "panic").unwrap();
     let mut i = 0u32;
     let code = loop {
         let (k, v) = (format!("k{i:05}").into_bytes(), format!("v{i}").into_bytes());
@@ -134,7 +144,7 @@ async fn crash_between_log_gc_sync_and_deletion(node_args: &[&str]) {
         if let Some((_, status)) = cluster.reap_crashed_nodes().into_iter().find(|(n, _)| *n == 0) {
             break status.code();
         }
-        assert!(i < 5_000, "the log GC crash point never fired");
+        assert!(i < 5_000, "crash point {point} never fired");
     };
     assert_eq!(code, Some(CRASH_POINT_EXIT_CODE));
     // Restarted, it serves with the new truncation point and the entries

@@ -245,6 +245,12 @@ pub struct RaftstoreConfig {
     /// (0.8): on a shared disk, a limit keeps others' files out of that
     /// share. Default `0`.
     pub capacity: ReadableSize,
+    /// Threads applying committed plain writes off the store loop (TiKV's
+    /// `raftstore.apply-pool-size`; see `raftstore::apply_pool`). `0`: the
+    /// store loop applies everything itself. Writes judged at apply (CAS),
+    /// splits and membership changes always apply on the store loop.
+    /// Default 1.
+    pub apply_pool_size: usize,
 }
 
 /// Flow control (`[storage]`), named as in TiKV.
@@ -335,6 +341,7 @@ impl Default for RaftstoreConfig {
             pd_store_heartbeat_tick_interval: ReadableDuration(Duration::from_secs(10)),
             max_peer_down_duration: ReadableDuration(Duration::from_secs(600)),
             hibernate_regions: true,
+            apply_pool_size: 1,
             raft_log_gc_tick_interval: ReadableDuration(Duration::from_secs(10)),
             raft_log_gc_threshold: 50,
             raft_log_gc_count_limit: 10_000,

@@ -22,5 +22,9 @@ pub const CRASH_POINTS: &[(&str, &str)] = &[
         "raft_log_gc_after_kv_sync",
         "the raft log GC worker synced the kv engine, before deleting compacted entries",
     ),
+    (
+        "apply_pool_after_write",
+        "an apply worker wrote entries and their applied index, before the clients and the store loop hear of it",
+    ),
     ("store_loop_round", "the top of every store-loop round (for panics with nothing pending)"),
 ];

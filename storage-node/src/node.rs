@@ -324,6 +324,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         raft_log_gc_count_limit: r.raft_log_gc_count_limit,
         lease_clock: lease_clock.clone(),
         messages_per_tick: r.messages_per_tick,
+        apply_pool_size: r.apply_pool_size,
     };
     let store = Store::load(
         store_id,

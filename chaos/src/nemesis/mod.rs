@@ -91,7 +91,7 @@ pub use fault::{every_fault, Fault};
 
 /// The crash points the nemesis arms: `mnemo-node`'s (see
 /// `mnemo_node::failpoints::CRASH_POINTS`) and PD's region-heartbeat handler.
-pub const CRASH_POINTS: [&str; 12] = [
+pub const CRASH_POINTS: [&str; 13] = [
     "pd_region_heartbeat",
     "raft_before_save",
     "raft_after_save",
@@ -103,6 +103,7 @@ pub const CRASH_POINTS: [&str; 12] = [
     "split_after_apply",
     "conf_change_apply",
     "raft_log_gc_after_kv_sync",
+    "apply_pool_after_write",
     "store_loop_round",
 ];
 

@@ -71,6 +71,13 @@ pub trait Group<Cx> {
     fn keep_commit(&mut self, commit: u64);
     /// The last hard state staged.
     fn hard_state(&self) -> HardState;
+    /// Tells raft-rs how far the group applied, at the end of its round.
+    /// By default everything handed to [`Group::apply`]; a group that
+    /// applies some entries elsewhere (the node's apply pool) reports only
+    /// what it has taken back in, and the rest later.
+    fn advance_apply(&mut self) {
+        self.raw_node().advance_apply();
+    }
     /// The group's part of the round is over. What it applied is durable
     /// only once [`Round::finish`] returned: queue answers in `cx` and send
     /// them after that.
@@ -198,13 +205,15 @@ impl<K> Round<K> {
             g.send(held, cx);
         }
         g.send(ready.take_persisted_messages(), cx);
-        let mut light = g.raw_node().advance(ready);
+        // `advance` would also mark everything handed out as applied:
+        // apply progress is the group's to report (`Group::advance_apply`).
+        let mut light = g.raw_node().advance_append(ready);
         if let Some(commit) = light.commit_index() {
             g.keep_commit(commit);
         }
         g.send(light.take_messages(), cx);
         self.sync_kv |= g.apply(light.take_committed_entries(), &mut self.kv_wb, cx)?;
-        g.raw_node().advance_apply();
+        g.advance_apply();
         g.round_done(cx);
         Ok(())
     }

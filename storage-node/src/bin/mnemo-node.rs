@@ -59,6 +59,10 @@ struct Args {
     /// a new one).
     #[arg(long)]
     raft_engine: Option<bool>,
+    /// Threads applying committed writes off the store loop
+    /// (`raftstore.apply-pool-size`; 0 = on the store loop).
+    #[arg(long)]
+    apply_pool_size: Option<usize>,
     /// TEST ONLY, never in production: serve `/debug/lease-clock` on the
     /// status server, which skews the clock leader leases are measured on.
     #[arg(long)]
@@ -105,6 +109,9 @@ fn build_config(args: Args) -> Result<NodeConfig, String> {
     }
     if let Some(v) = args.raft_engine {
         cfg.raft_engine.enable = Some(v);
+    }
+    if let Some(v) = args.apply_pool_size {
+        cfg.raftstore.apply_pool_size = v;
     }
     cfg.test_controls.enable_test_controls = args.enable_test_controls;
     cfg.test_controls.unsafe_stale_reads = args.unsafe_stale_reads;

@@ -21,6 +21,7 @@
 //!   diverge silently).
 
 pub mod apply;
+pub mod apply_pool;
 pub mod lease_clock;
 pub mod local_reader;
 pub mod log_gc;

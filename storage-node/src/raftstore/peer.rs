@@ -27,6 +27,7 @@ use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 
 use super::apply::{self, WriteOutcome};
+use super::apply_pool::{ApplyPool, ApplyResult, ApplyTask, TaskEntry};
 use super::lease_clock::LeaseInstant;
 use super::local_reader::{LeaseView, ReadDelegate};
 use super::storage::{self, PeerStorage};
@@ -85,6 +86,15 @@ struct Proposal {
     /// last leader transfer began or ended may extend the lease.
     fence: u64,
     cb: WriteCallback,
+}
+
+/// Entries handed to the apply pool and not yet taken back in.
+struct InFlight {
+    /// The last entry's index.
+    index: u64,
+    /// The smallest time stamp of their commands: reads are judged below
+    /// it until they are taken in (see [`Peer::oldest_pending_stamp`]).
+    min_stamp_ms: Option<u64>,
 }
 
 struct PendingRead {
@@ -257,6 +267,13 @@ pub struct Peer {
     /// `skip_bcast_commit`), so followers apply the split, and create the
     /// new regions' peers, without waiting for a heartbeat.
     split_in_flight: Option<u64>,
+    /// Runs of entries handed to the apply pool, oldest first; each leaves
+    /// when its worker's report is taken in ([`Peer::on_applied`]).
+    in_flight: VecDeque<InFlight>,
+    /// Something was applied on the store loop this round (its writes and
+    /// apply state sit in the round's kv batch until the round ends): the
+    /// rest of the round applies there too.
+    applied_inline: bool,
     cfg: PeerConfig,
 }
 
@@ -321,6 +338,8 @@ impl Peer {
             idle_ticks: 0,
             reads_delegate,
             split_in_flight: None,
+            in_flight: VecDeque::new(),
+            applied_inline: false,
             cfg,
         })
     }
@@ -436,12 +455,14 @@ impl Peer {
         });
     }
 
-    /// The smallest stamp of a write proposed or batched and not yet
-    /// applied: the first proposal's, since stamps only grow and a batch is
-    /// proposed before anything proposed after it.
+    /// The smallest stamp of a write handed to the apply pool, proposed or
+    /// batched, and not yet applied: stamps only grow along the log, the
+    /// pool's entries come before any proposal still waiting, and a batch
+    /// is proposed before anything proposed after it.
     fn oldest_pending_stamp(&self) -> Option<u64> {
+        let applying = self.in_flight.iter().find_map(|f| f.min_stamp_ms);
         let batched = self.write_batch.as_ref().map(|b| b.stamp_ms);
-        self.proposals.front().map(|p| p.stamp_ms).or(batched)
+        applying.or(self.proposals.front().map(|p| p.stamp_ms)).or(batched)
     }
 
     /// The stamp for a write proposed or batched now: never below one
@@ -824,6 +845,7 @@ impl Peer {
         let raft = &self.raw.raft;
         let last = raft.raft_log.last_index();
         self.proposals.is_empty()
+            && self.in_flight.is_empty()
             && self.waiting_writes.is_empty()
             && self.reads.is_empty()
             && raft.raft_log.committed == last
@@ -1064,12 +1086,129 @@ impl Peer {
             self.finish_proposals(e.index, e.term, outcome, replies);
         }
         self.raw.mut_store().stage_apply_state(kv_wb);
+        self.after_apply();
+        Ok(())
+    }
+
+    /// What follows any move of the applied index.
+    fn after_apply(&mut self) {
         self.raw.mut_store().evict_applied_entries();
         if self.split_in_flight.is_some_and(|i| self.raw.store().applied_index() >= i) {
             self.split_in_flight = None;
             self.raw.raft.skip_bcast_commit(true);
         }
-        Ok(())
+    }
+
+    /// Applies committed entries with the apply pool (see
+    /// [`super::apply_pool`]): the run of plain writes at the front goes
+    /// to a worker, unless this round already applied something here; the
+    /// rest (from the first CAS, split or membership change on) applies on
+    /// the store loop into `kv_wb` once nothing is in flight.
+    pub fn apply_entries_pooled(
+        &mut self,
+        entries: Vec<Entry>,
+        pool: &mut ApplyPool,
+        kv: &EngineRef,
+        kv_wb: &mut WriteBatch,
+        replies: &mut Vec<Reply>,
+    ) -> Result<()> {
+        let plants = self.cfg.plants;
+        // Planted apply bugs live on the store loop's path.
+        let poolable = !self.applied_inline && !plants.apply_local_clock && !plants.skip_apply_epoch_check;
+        let mut rest = entries.into_iter().peekable();
+        let mut run = Vec::new();
+        if poolable {
+            while let Some(e) = rest.peek() {
+                let Some(cmd) = plain_write(e)? else { break };
+                run.push((rest.next().expect("peeked"), cmd));
+            }
+        }
+        if !run.is_empty() {
+            self.hand_over(run, pool, replies);
+        }
+        let rest: Vec<Entry> = rest.collect();
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.wait_applied(pool);
+        self.applied_inline = true;
+        self.apply_entries(rest, kv, kv_wb, replies)
+    }
+
+    /// Hands a run of committed plain writes (or empty entries) to the
+    /// pool, with the callbacks of the proposals they answer. Their round
+    /// committed, so the lease extends now, as it would at apply.
+    fn hand_over(
+        &mut self,
+        run: Vec<(Entry, Option<RaftCommand>)>,
+        pool: &ApplyPool,
+        replies: &mut Vec<Reply>,
+    ) {
+        let mut entries = Vec::with_capacity(run.len());
+        let (mut stamp_ms, mut min_stamp_ms, mut last) = (0, None::<u64>, (0, 0));
+        for (e, cmd) in run {
+            if let Some(cmd) = &cmd {
+                self.size_diff_hint += apply::written_bytes(cmd);
+                self.last_stamp_ms = self.last_stamp_ms.max(cmd.proposed_at_ms);
+                stamp_ms = stamp_ms.max(cmd.proposed_at_ms);
+                min_stamp_ms = Some(min_stamp_ms.map_or(cmd.proposed_at_ms, |m| m.min(cmd.proposed_at_ms)));
+            }
+            let cbs = self.take_proposals(e.index, e.term, replies);
+            entries.push(TaskEntry { index: e.index, cmd, cbs });
+            last = (e.index, e.term);
+        }
+        let mut apply_state = self.raw.store().apply_state.clone();
+        apply_state.applied_index = last.0;
+        pool.send(ApplyTask {
+            region: self.region().clone(),
+            apply_state,
+            applied_term: last.1,
+            stamp_ms,
+            entries,
+        });
+        self.in_flight.push_back(InFlight { index: last.0, min_stamp_ms });
+    }
+
+    /// Runs handed to the apply pool and not yet taken in.
+    pub fn applying(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The barrier before the store loop writes anything of this region's
+    /// apply state or data itself: waits until the pool applied everything
+    /// handed over, and takes it in.
+    pub fn wait_applied(&mut self, pool: &mut ApplyPool) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        for r in pool.wait_for(self.region_id(), self.in_flight.len()) {
+            self.on_applied(r);
+        }
+    }
+
+    /// Takes in a worker's report: the entries up to `r.applied_index` are
+    /// in the kv engine, with that applied index. The caller answers the
+    /// reads this lets through ([`Peer::answer_ready_reads`]) and
+    /// republishes the read delegate.
+    pub fn on_applied(&mut self, r: ApplyResult) {
+        let f = self.in_flight.pop_front().expect("a report answers a run handed over");
+        debug_assert_eq!(f.index, r.applied_index, "reports arrive in hand-over order");
+        self.raw.mut_store().apply_state.applied_index = r.applied_index;
+        self.applied_term = r.applied_term;
+        self.applied_stamp_ms = self.applied_stamp_ms.max(r.stamp_ms);
+        self.raw.advance_apply_to(r.applied_index);
+        self.after_apply();
+    }
+
+    /// Tells raft-rs what this peer has applied (taken in, with the pool).
+    pub fn advance_raft_apply(&mut self) {
+        let applied = self.raw.store().applied_index();
+        self.raw.advance_apply_to(applied);
+    }
+
+    /// A round of this peer is over (see `Group::round_done`).
+    pub fn end_round(&mut self) {
+        self.applied_inline = false;
     }
 
     fn finish_proposals(
@@ -1079,6 +1218,19 @@ impl Peer {
         outcome: Option<Result<WriteOutcome>>,
         replies: &mut Vec<Reply>,
     ) {
+        // Every write of a batch shares its entry's outcome (a batch
+        // refused at apply fails every one of its writes).
+        let result = outcome.unwrap_or(Ok(WriteOutcome::Done));
+        for cb in self.take_proposals(index, term, replies) {
+            replies.push(Reply::Write(cb, result.clone()));
+        }
+    }
+
+    /// Takes the proposals up to entry `index`: those this entry is (same
+    /// term) are returned, and their round extends the lease; older ones,
+    /// overwritten by another leader's entries, are answered `StaleCommand`.
+    fn take_proposals(&mut self, index: u64, term: u64, replies: &mut Vec<Reply>) -> Vec<WriteCallback> {
+        let mut mine = Vec::new();
         while let Some(p) = self.proposals.front() {
             if p.index > index {
                 break;
@@ -1088,14 +1240,12 @@ impl Peer {
                 if term == self.raw.raft.term {
                     self.extend_lease(p.proposed_at, p.fence);
                 }
-                // Every write of a batch shares its entry's outcome (a
-                // batch refused at apply fails every one of its writes).
-                let result = outcome.clone().unwrap_or(Ok(WriteOutcome::Done));
-                replies.push(Reply::Write(p.cb, result));
+                mine.push(p.cb);
             } else {
                 replies.push(Reply::Write(p.cb, Err(Error::StaleCommand)));
             }
         }
+        mine
     }
 
     fn apply_split(
@@ -1227,6 +1377,22 @@ fn is_batchable(cmd: &RaftCommand) -> bool {
     cmd.cas.is_none() && cmd.split.is_none() && cmd.delete_range.is_none() && !cmd.mutations.is_empty()
 }
 
+/// What the apply pool may apply of a committed entry: `Some(None)` for an
+/// empty entry, `Some(Some(cmd))` for a plain write (puts, deletes, range
+/// deletes: nothing read or judged at apply), `None` for anything the store
+/// loop must apply itself (a CAS, a split, a membership change).
+fn plain_write(e: &Entry) -> Result<Option<Option<RaftCommand>>> {
+    if e.get_entry_type() != EntryType::EntryNormal {
+        return Ok(None);
+    }
+    if e.data.is_empty() {
+        return Ok(Some(None));
+    }
+    let cmd = RaftCommand::decode(e.data.as_ref())
+        .map_err(|err| Error::Other(format!("corrupt entry {}: {err}", e.index)))?;
+    Ok((cmd.cas.is_none() && cmd.split.is_none()).then_some(Some(cmd)))
+}
+
 /// Checks a membership change against the current configuration exactly as
 /// raft-rs will at apply (e.g. it must leave a voter, and a joint change may
 /// not start while another is in progress), so an invalid change is refused
@@ -1290,7 +1456,7 @@ mod tests {
     ) -> Vec<RaftMsg> {
         let metrics = crate::metrics::Metrics::default();
         while p.raw.has_ready() {
-            let mut cx = RoundCx { kv, metrics: &metrics, replies, now: Some(now) };
+            let mut cx = RoundCx { kv, metrics: &metrics, replies, now: Some(now), pool: None };
             let mut round = Round::new();
             round.collect((), p, &mut cx).unwrap();
             let (readies, _) = round.persist(kv.as_ref(), raft.as_ref()).unwrap();

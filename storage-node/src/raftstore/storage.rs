@@ -227,20 +227,31 @@ impl PeerStorage {
         wb.put(Cf::Meta, keys::region_state_key(self.region_id), local.encode_to_vec());
     }
 
-    /// Builds a snapshot of the region at the applied index from the kv engine.
+    /// Builds a snapshot of the region from one view of the kv engine, at
+    /// the applied index written in that view: an apply worker may have
+    /// written data and applied index past what the store loop took in
+    /// (see `super::apply_pool`), never one without the other.
     pub fn generate_snapshot(&self) -> raft::Result<Snapshot> {
         fail::fail_point!("snapshot_generate");
-        let index = self.apply_state.applied_index;
+        let view = self.kv.snapshot();
+        let stored = view.get(Cf::Meta, &keys::apply_state_key(self.region_id)).map_err(engine_err)?;
+        let index = match stored {
+            Some(raw) => {
+                RaftApplyState::decode(raw.as_slice())
+                    .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))?
+                    .applied_index
+            }
+            None => self.apply_state.applied_index,
+        };
         let term = self.term_of(index)?;
         let start = keys::data_key(&self.region.start_key);
         let end = keys::data_end_key(&self.region.end_key);
         let mut kvs = Vec::new();
-        self.kv
-            .scan(Cf::Default, ScanRange { start: &start, end: &end, reverse: false }, &mut |k, v| {
-                kvs.push(SnapshotKv { key: keys::origin_key(k).to_vec(), value: v.to_vec() });
-                true
-            })
-            .map_err(engine_err)?;
+        view.scan(Cf::Default, ScanRange { start: &start, end: &end, reverse: false }, &mut |k, v| {
+            kvs.push(SnapshotKv { key: keys::origin_key(k).to_vec(), value: v.to_vec() });
+            true
+        })
+        .map_err(engine_err)?;
         let data = SnapshotData { region: Some((&self.region).into()), kvs };
         let mut snap = Snapshot { data: data.encode_to_vec().into(), ..Default::default() };
         let meta = snap.mut_metadata();
@@ -558,6 +569,39 @@ mod tests {
         assert_eq!(ps.applied_index(), INIT_INDEX + 3);
         assert_eq!(ps.hard_state.commit, INIT_INDEX + 3);
         assert_eq!(ps.last_index_now(), INIT_INDEX + 3);
+    }
+
+    #[test]
+    fn a_snapshot_names_the_applied_index_written_with_its_data() {
+        let kv: EngineRef = Arc::new(MemEngine::new());
+        let raft: EngineRef = Arc::new(MemEngine::new());
+        let r = region(5, b"", b"");
+        let (mut kv_wb, mut raft_wb) = (WriteBatch::new(), WriteBatch::new());
+        write_initial_state(&r, &mut kv_wb, &mut raft_wb);
+        kv.write(&kv_wb, true).unwrap();
+        raft.write(&raft_wb, true).unwrap();
+        let mut ps = PeerStorage::open(kv.clone(), raft.clone(), r).unwrap();
+        let entries: Vec<Entry> = (INIT_INDEX + 1..=INIT_INDEX + 2)
+            .map(|index| Entry { index, term: INIT_TERM + 1, ..Default::default() })
+            .collect();
+        let mut raft_wb = WriteBatch::new();
+        ps.append(&entries, &mut raft_wb);
+        raft.write(&raft_wb, true).unwrap();
+        // An apply worker wrote entry 7's data with applied index 7; the
+        // store loop has not taken it in (it still says 5).
+        let mut state = ps.apply_state.clone();
+        state.applied_index = INIT_INDEX + 2;
+        let mut kv_wb = WriteBatch::new();
+        kv_wb.put(Cf::Default, keys::data_key(b"k"), keys::encode_value(b"v", 0));
+        kv_wb.put(Cf::Meta, keys::apply_state_key(RegionId(5)), state.encode_to_vec());
+        kv.write(&kv_wb, false).unwrap();
+        assert_eq!(ps.applied_index(), INIT_INDEX);
+        // The snapshot holds the key, so it must say index 7, not 5: a
+        // follower would apply entries 6 and 7 again on top of it.
+        let snap = ps.generate_snapshot().unwrap();
+        assert_eq!((snap.get_metadata().index, snap.get_metadata().term), (INIT_INDEX + 2, INIT_TERM + 1));
+        let data = SnapshotData::decode(snap.get_data()).unwrap();
+        assert_eq!(data.kvs.iter().map(|kv| kv.key.as_slice()).collect::<Vec<_>>(), vec![&b"k"[..]]);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, Message as RaftMsg, MessageType};
 use raft::SnapshotStatus;
 
+use super::apply_pool::{ApplyPool, ApplyResult};
 use super::lease_clock::LeaseClock;
 use super::local_reader::LocalReader;
 use super::log_gc::{LogGcTask, LogGcWorker};
@@ -63,6 +64,8 @@ pub struct StoreConfig {
     /// Data messages (client requests, raft messages) taken per round
     /// (`messages-per-tick`).
     pub messages_per_tick: usize,
+    /// Apply workers (`apply-pool-size`; 0: apply on the store loop).
+    pub apply_pool_size: usize,
 }
 
 impl StoreConfig {
@@ -96,6 +99,7 @@ impl StoreConfig {
             raft_log_gc_count_limit: 10_000,
             lease_clock: LeaseClock::real(),
             messages_per_tick: 4096,
+            apply_pool_size: 0,
         }
     }
 }
@@ -155,6 +159,11 @@ pub struct Store {
     silent_stores: HashSet<StoreId>,
     /// The next tick walks every peer, whatever its number.
     full_walk_due: bool,
+    /// Workers applying plain writes off this loop (`apply-pool-size` > 0).
+    apply_pool: Option<ApplyPool>,
+    /// Their reports (a channel that never delivers without a pool): the
+    /// loop wakes for them as for messages.
+    apply_results: crossbeam_channel::Receiver<ApplyResult>,
 }
 
 impl Store {
@@ -173,6 +182,10 @@ impl Store {
         let split_checker = split_check::spawn(engines.kv.clone(), cfg.split, router);
         let log_gc = LogGcWorker::spawn(engines.kv.clone(), engines.raft.clone());
         let local_reader = LocalReader::new(cfg.lease_clock.clone());
+        let apply_pool =
+            (cfg.apply_pool_size > 0).then(|| ApplyPool::spawn(cfg.apply_pool_size, engines.kv.clone()));
+        let apply_results =
+            apply_pool.as_ref().map_or_else(crossbeam_channel::never, |p| p.results().clone());
         let now = Instant::now();
         let mut store = Store {
             next_split_check: now + cfg.split_check_interval,
@@ -202,6 +215,8 @@ impl Store {
             peer_stores: None,
             silent_stores: HashSet::new(),
             full_walk_due: false,
+            apply_pool,
+            apply_results,
         };
         let mut states = Vec::new();
         store.kv.scan(
@@ -246,13 +261,24 @@ impl Store {
         let mut go_on = true;
         // Every router holds all three senders: one queue disconnected
         // means every router is gone, and the loop has nothing left to do.
+        // Reports kept by a barrier wake nothing: take them in at once.
+        let wait = match self.apply_pool.as_ref().is_some_and(|p| p.has_stashed()) {
+            true => Duration::ZERO,
+            false => wait,
+        };
+        let mut applied_first = None;
         let first = crossbeam_channel::select! {
             recv(self.rx.control) -> m => m.map(Some),
             recv(self.rx.raft) -> m => m.map(Some),
             recv(self.rx.requests) -> m => m.map(Some),
+            recv(self.apply_results) -> r => {
+                applied_first = r.ok();
+                Ok(None)
+            }
             default(wait) => Ok(None),
         };
         let Ok(first) = first else { return Ok(false) };
+        self.take_in_applied(applied_first, &mut replies);
         let per_tick = self.cfg.messages_per_tick;
         let control: Vec<StoreMsg> = self.rx.control.try_iter().collect();
         let raft: Vec<StoreMsg> = self.rx.raft.try_iter().take(per_tick).collect();
@@ -276,6 +302,55 @@ impl Store {
         self.publish_touched();
         deliver(replies);
         Ok(go_on)
+    }
+
+    /// Takes in what the apply workers wrote (see [`super::apply_pool`]):
+    /// `first` is a report the loop woke for, newer than any kept by a
+    /// barrier and older than any still queued.
+    fn take_in_applied(&mut self, first: Option<ApplyResult>, replies: &mut Vec<Reply>) {
+        let Some(pool) = self.apply_pool.as_mut() else { return };
+        let reports = pool.drain(first);
+        if reports.is_empty() {
+            return;
+        }
+        let mut applied = Vec::new();
+        for r in reports {
+            // A destroyed peer waited for its reports first (`destroy_peer`).
+            if let Some(p) = self.peers.get_mut(&r.region_id) {
+                p.on_applied(r);
+                applied.push(r.region_id);
+            }
+        }
+        applied.dedup();
+        self.after_taken_in(applied, replies);
+    }
+
+    /// Regions whose applied index moved outside a ready round: answer the
+    /// reads (and proposals) that waited for it, republish their delegates.
+    fn after_taken_in(&mut self, regions: Vec<RegionId>, replies: &mut Vec<Reply>) {
+        if regions.is_empty() {
+            return;
+        }
+        let now = self.now();
+        for id in regions {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.answer_ready_reads(now, replies);
+                self.awake.insert(id);
+                self.touched.push(id);
+            }
+        }
+    }
+
+    /// The barrier for one region (see [`Peer::wait_applied`]), outside a
+    /// ready round.
+    fn wait_applied(&mut self, id: RegionId, replies: &mut Vec<Reply>) {
+        let Some(pool) = self.apply_pool.as_mut() else { return };
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        if p.applying() == 0 {
+            return;
+        }
+        p.wait_applied(pool);
+        self.after_taken_in(vec![id], replies);
     }
 
     /// One base tick: raft time, read expiry, store pings, PD reports,
@@ -529,6 +604,11 @@ impl Store {
                 }
             }
             StoreMsg::RegionHashes { cb } => {
+                let busy: Vec<RegionId> =
+                    self.peers.iter().filter(|(_, p)| p.applying() > 0).map(|(id, _)| *id).collect();
+                for id in busy {
+                    self.wait_applied(id, replies);
+                }
                 let _ = cb.send(self.region_hashes());
             }
             // With nothing reported, every leader's report is due.
@@ -554,9 +634,10 @@ impl Store {
         }
     }
 
-    /// The [`RegionHash`] of every initialized peer. Runs in the loop, so
-    /// each hash matches its applied index exactly (nothing applies
-    /// meanwhile); it scans all data, so it is for tests only.
+    /// The [`RegionHash`] of every initialized peer. Runs in the loop with
+    /// nothing in the apply pool, so each hash matches its applied index
+    /// exactly (nothing applies meanwhile); it scans all data, so it is for
+    /// tests only.
     fn region_hashes(&self) -> Vec<RegionHash> {
         use std::hash::{Hash, Hasher};
         let mut out = Vec::new();
@@ -769,8 +850,21 @@ impl Store {
     }
 
     fn handle_readies(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
+        // Lent to the round's context; back before anything else can use it.
+        let mut pool = self.apply_pool.take();
+        let handled = self.ready_round(pool.as_mut(), replies);
+        self.apply_pool = pool;
+        if handled? {
+            self.create_split_peers()?;
+            self.flush_outbox();
+        }
+        Ok(())
+    }
+
+    /// The ready round of every awake peer; false if none had a ready.
+    fn ready_round(&mut self, pool: Option<&mut ApplyPool>, replies: &mut Vec<Reply>) -> Result<bool> {
         let mut round = Round::new();
-        let mut cx = RoundCx { kv: &self.kv, metrics: &self.metrics, replies, now: None };
+        let mut cx = RoundCx { kv: &self.kv, metrics: &self.metrics, replies, now: None, pool };
         // A leader's appends leave before its own fsync (raft-rs puts only
         // messages that need no local persistence in `Ready::messages`), so
         // followers persist the entries while the leader does.
@@ -783,7 +877,7 @@ impl Store {
         self.send_batches(early);
         let (readies, synced) = round.persist(self.kv.as_ref(), self.raft.as_ref())?;
         if readies.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         if synced {
             self.metrics.raft_fsyncs.inc();
@@ -804,9 +898,7 @@ impl Store {
         for id in advanced {
             self.peers[&id].publish_reads();
         }
-        self.create_split_peers()?;
-        self.flush_outbox();
-        Ok(())
+        Ok(true)
     }
 
     /// Pings every store we share a region with, and wakes hibernating
@@ -924,6 +1016,7 @@ impl Store {
     fn compact_logs(&mut self) -> Result<()> {
         let mut kv_wb = WriteBatch::new();
         let mut task = LogGcTask::default();
+        let mut taken_in = Vec::new();
         for p in self.peers.values_mut() {
             let store = p.raw.store();
             if !store.is_initialized() {
@@ -940,6 +1033,12 @@ impl Store {
                 }
             }
             if target >= first && target - first + 1 >= self.cfg.raft_log_gc_threshold {
+                // The new truncation point goes into the apply state, which
+                // an apply worker would otherwise overwrite with the old one.
+                if let Some(pool) = self.apply_pool.as_mut().filter(|_| p.applying() > 0) {
+                    p.wait_applied(pool);
+                    taken_in.push(p.region_id());
+                }
                 if let Some(range) = p.raw.mut_store().compact_to(target, &mut kv_wb)? {
                     task.ranges.push(range);
                     self.metrics.raft_log_gcs.inc();
@@ -950,6 +1049,9 @@ impl Store {
             self.kv.write(&kv_wb, false)?;
             self.log_gc.schedule(task);
         }
+        let mut replies = Vec::new();
+        self.after_taken_in(taken_in, &mut replies);
+        deliver(replies);
         Ok(())
     }
 
@@ -970,6 +1072,8 @@ impl Store {
     /// Destroys this store's peer of `id` (data, meta, log), leaving a
     /// tombstone so messages to it or older peers cannot recreate it.
     fn destroy_peer(&mut self, id: RegionId, replies: &mut Vec<Reply>) -> Result<()> {
+        // Nothing of it may be written after its data is gone.
+        self.wait_applied(id, replies);
         let Some(mut p) = self.peers.remove(&id) else { return Ok(()) };
         // No local read may start on data about to be deleted.
         self.local_reader.unregister(id);
@@ -1082,7 +1186,7 @@ const FULL_WALK_OFFSET: u64 = 7;
 /// True if the store must keep visiting `p` whether or not it ticks:
 /// messages to send, a ready to handle, a removal to carry out.
 fn has_work(p: &mut Peer) -> bool {
-    !p.outbox.is_empty() || p.pending_remove || p.raw.has_ready()
+    !p.outbox.is_empty() || p.pending_remove || p.applying() > 0 || p.raw.has_ready()
 }
 
 /// The region a store message is about, if any (store pings have none).
@@ -1166,6 +1270,8 @@ pub(super) struct RoundCx<'a> {
     pub(super) replies: &'a mut Vec<Reply>,
     /// Set once the round's raft batch is durable, before any peer advances.
     pub(super) now: Option<Now>,
+    /// The apply pool, if the store has one.
+    pub(super) pool: Option<&'a mut ApplyPool>,
 }
 
 impl Group<RoundCx<'_>> for Peer {
@@ -1189,6 +1295,10 @@ impl Group<RoundCx<'_>> for Peer {
     }
 
     fn apply_snapshot(&mut self, snap: &raft::eraftpb::Snapshot, cx: &mut RoundCx<'_>) -> Result<()> {
+        // The snapshot replaces data and apply state: no worker may write after it.
+        if let Some(pool) = cx.pool.as_deref_mut() {
+            self.wait_applied(pool);
+        }
         // Durable when it returns (its own synced writes).
         self.raw.mut_store().apply_snapshot(snap)?;
         cx.metrics.snapshots_applied.inc();
@@ -1212,7 +1322,10 @@ impl Group<RoundCx<'_>> for Peer {
         kv_wb: &mut WriteBatch,
         cx: &mut RoundCx<'_>,
     ) -> Result<bool> {
-        self.apply_entries(entries, cx.kv, kv_wb, cx.replies)?;
+        match cx.pool.as_deref_mut() {
+            Some(pool) => self.apply_entries_pooled(entries, pool, cx.kv, kv_wb, cx.replies)?,
+            None => self.apply_entries(entries, cx.kv, kv_wb, cx.replies)?,
+        }
         cx.metrics.conf_changes_applied.add(std::mem::take(&mut self.conf_changes_applied));
         Ok(std::mem::take(&mut self.region_state_changed))
     }
@@ -1233,8 +1346,13 @@ impl Group<RoundCx<'_>> for Peer {
         self.raw.store().hard_state.clone()
     }
 
+    fn advance_apply(&mut self) {
+        self.advance_raft_apply();
+    }
+
     fn round_done(&mut self, cx: &mut RoundCx<'_>) {
         let now = cx.now.expect("set before peers advance");
         self.answer_ready_reads(now, cx.replies);
+        self.end_round();
     }
 }

@@ -55,12 +55,23 @@ impl TestStore {
         raft_engine: EngineRef,
         sent: Arc<Captured>,
     ) -> TestStore {
+        TestStore::open_with(kv, raft, raft_engine, sent, StoreConfig::driven_by_hand())
+    }
+
+    /// [`TestStore::open_as`] with settings `cfg`.
+    fn open_with(
+        kv: Arc<MemEngine>,
+        raft: Arc<MemEngine>,
+        raft_engine: EngineRef,
+        sent: Arc<Captured>,
+        cfg: StoreConfig,
+    ) -> TestStore {
         let (tx, rx) = super::super::router::channel(1024);
         let (pd_tx, pd) = tokio::sync::mpsc::unbounded_channel();
         let engines = Engines { kv: kv.clone(), raft: raft_engine };
         let store = Store::load(
             ME,
-            StoreConfig::driven_by_hand(),
+            cfg,
             engines,
             (tx.clone(), rx),
             sent.clone(),
@@ -89,6 +100,22 @@ impl TestStore {
     /// [`TestStore::leading`], with `watch` seeing every raft engine write
     /// and the store sending into `sent`.
     fn leading_watched(peers: Vec<PeerMeta>, watch: Option<OnWrite>, sent: Arc<Captured>) -> TestStore {
+        TestStore::leading_with(peers, watch, sent, StoreConfig::driven_by_hand())
+    }
+
+    /// The only voter of region 1, elected, applying with `pool` workers.
+    fn leading_with_apply_pool(pool: usize) -> TestStore {
+        let me = PeerMeta { id: PeerId(11), store_id: ME, role: PeerRole::Voter };
+        let cfg = StoreConfig { apply_pool_size: pool, ..StoreConfig::driven_by_hand() };
+        TestStore::leading_with(vec![me], None, Arc::default(), cfg)
+    }
+
+    fn leading_with(
+        peers: Vec<PeerMeta>,
+        watch: Option<OnWrite>,
+        sent: Arc<Captured>,
+        cfg: StoreConfig,
+    ) -> TestStore {
         let (kv, raft) = (Arc::new(MemEngine::new()), Arc::new(MemEngine::new()));
         let region = Region {
             id: RegionId(1),
@@ -100,21 +127,26 @@ impl TestStore {
         storage::write_initial_state(&region, &mut kv_wb, &mut raft_wb);
         kv.write(&kv_wb, true).unwrap();
         raft.write(&raft_wb, true).unwrap();
-        let mut s = match watch {
-            None => TestStore::open_as(kv, raft.clone(), raft, sent),
-            Some(w) => TestStore::open_as(kv, raft.clone(), Arc::new(WatchedEngine::new(raft, w)), sent),
+        let raft_engine: EngineRef = match watch {
+            None => raft.clone(),
+            Some(w) => Arc::new(WatchedEngine::new(raft.clone(), w)),
         };
+        let mut s = TestStore::open_with(kv, raft, raft_engine, sent, cfg);
         s.store.peers.get_mut(&RegionId(1)).unwrap().raw.campaign().unwrap();
         s.settle();
         assert!(s.store.peers[&RegionId(1)].is_leader());
         s
     }
 
-    /// Runs rounds until no peer has anything left to do.
+    /// Runs rounds until no peer has anything left to do (nor anything in
+    /// the apply pool: a round waits up to a second for its reports).
     fn settle(&mut self) {
         for _ in 0..100 {
-            assert!(self.store.round(Duration::ZERO).unwrap());
-            if self.tx.pending() == 0 && !self.store.peers.values_mut().any(|p| p.raw.has_ready()) {
+            let applying = self.store.peers.values().any(|p| p.applying() > 0);
+            let wait = if applying { Duration::from_secs(1) } else { Duration::ZERO };
+            assert!(self.store.round(wait).unwrap());
+            let busy = self.store.peers.values_mut().any(|p| p.raw.has_ready() || p.applying() > 0);
+            if self.tx.pending() == 0 && !busy {
                 return;
             }
         }
@@ -725,4 +757,83 @@ fn a_sleeping_follower_told_it_was_removed_is_destroyed() {
     s.store.next_tick = Instant::now();
     assert!(s.store.round(Duration::ZERO).unwrap());
     assert!(!s.store.peers.contains_key(&RegionId(5)), "the removed peer lingers");
+}
+
+/// Region 1's apply state as written in the kv engine.
+fn stored_apply_state(kv: &MemEngine) -> mnemo_proto::raft_serverpb::RaftApplyState {
+    use prost::Message as _;
+    let raw = kv.get(Cf::Meta, &keys::apply_state_key(RegionId(1))).unwrap().expect("apply state");
+    mnemo_proto::raft_serverpb::RaftApplyState::decode(raw.as_slice()).unwrap()
+}
+
+#[test]
+fn with_the_apply_pool_plain_writes_and_a_cas_apply_in_log_order() {
+    let mut s = TestStore::leading_with_apply_pool(1);
+    let epoch = s.region(1).epoch;
+    // One round: two puts (to a worker), a CAS that must see the first
+    // (on the store loop, once the worker is done), then a put over it.
+    let cmds = [
+        write_cmd(1, epoch, &[(b"a", b"1")], None),
+        write_cmd(1, epoch, &[(b"b", b"2")], None),
+        write_cmd(1, epoch, &[], Some((b"a", b"1", b"3"))),
+        write_cmd(1, epoch, &[(b"a", b"4")], None),
+    ];
+    let answers: Vec<_> = cmds
+        .into_iter()
+        .map(|cmd| {
+            let (cb, rx) = oneshot::channel();
+            s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb });
+            rx
+        })
+        .collect();
+    s.settle();
+    let outcomes: Vec<WriteOutcome> =
+        answers.into_iter().map(|mut rx| rx.try_recv().unwrap().unwrap()).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            WriteOutcome::Done,
+            WriteOutcome::Done,
+            WriteOutcome::Cas { succeed: true, previous: Some(b"1".to_vec()) },
+            WriteOutcome::Done,
+        ]
+    );
+    // Later rounds' writes go to the worker; everything is taken back in.
+    put_each(&mut s, 0..5);
+    let p = &s.store.peers[&RegionId(1)];
+    assert_eq!(p.applying(), 0);
+    let applied = p.raw.store().applied_index();
+    assert_eq!(applied, p.raw.store().last_index_now());
+    assert_eq!(stored_apply_state(&s.kv).applied_index, applied);
+    let read = |k: &[u8]| crate::raftstore::apply::read_live(s.kv.as_ref(), k, 0).unwrap();
+    assert_eq!(read(b"a").as_deref(), Some(&b"4"[..]));
+    assert_eq!(read(b"b").as_deref(), Some(&b"2"[..]));
+    assert_eq!(read(b"k4").as_deref(), Some(&b"v4"[..]));
+}
+
+#[test]
+fn a_log_compaction_waits_for_the_apply_pool_so_the_stored_apply_state_never_goes_back() {
+    let mut s = TestStore::leading_with_apply_pool(1);
+    let (worker, _tasks) = LogGcWorker::detached();
+    s.store.log_gc = worker;
+    s.store.cfg.raft_log_gc_threshold = 1;
+    put_each(&mut s, 0..20);
+    // One more write, handed to the worker in this round; its report is
+    // taken in no earlier than the next round.
+    let (cb, mut rx) = oneshot::channel();
+    let cmd = write_cmd(1, s.region(1).epoch, &[(b"late", b"v")], None);
+    s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb });
+    assert!(s.store.round(Duration::ZERO).unwrap());
+    assert_eq!(s.store.peers[&RegionId(1)].applying(), 1, "the write is with the worker");
+    let last = s.store.peers[&RegionId(1)].raw.store().last_index_now();
+    // The compaction writes the apply state with its new truncation point:
+    // only once the worker's own write of it is done and taken in.
+    s.store.compact_logs().unwrap();
+    let p = &s.store.peers[&RegionId(1)];
+    let truncated = p.raw.store().apply_state.truncated_index;
+    assert!(truncated > storage::INIT_INDEX);
+    let stored = stored_apply_state(&s.kv);
+    assert_eq!((stored.applied_index, stored.truncated_index), (last, truncated));
+    assert_eq!(p.applying(), 0);
+    assert_eq!(rx.try_recv().unwrap().unwrap(), WriteOutcome::Done);
 }
