@@ -7,7 +7,8 @@
 # benchmark's result, the CPU each process used, and perf's top entries
 # (self time, then children), and keeps perf.data in OUT.
 # Settings: REGIONS (64), WORKLOAD (put), CLIENTS (64), DURATION (20),
-# PERF_SECONDS (10), KEYS (100000), OUT (bench-results/profile).
+# PERF_SECONDS (10), KEYS (100000), OUT (bench-results/profile), BENCH_ARGS
+# (more mnemo-bench flags, e.g. --batch-commands).
 set -euo pipefail
 BIN=${MNEMO_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/mnemosyne/target}/release}
 REGIONS=${REGIONS:-64}
@@ -40,7 +41,7 @@ procs=$(pgrep -f "mnemo-(node|pd) .*$ROOT" | tr '\n' ' ')
 declare -A before
 for p in $procs; do before[$p]=$(cpu_ticks "$p"); done
 "$BIN/mnemo-bench" --target mnemosyne --pd "$PD" --workload "$WORKLOAD" --clients "$CLIENTS" \
-  --duration "$DURATION" --keys "$KEYS" --key-size 16 --value-size 256 --warmup 2 --no-load --quiet \
+  --duration "$DURATION" --keys "$KEYS" --key-size 16 --value-size 256 --warmup 2 --no-load --quiet ${BENCH_ARGS:-} \
   >"$ROOT/bench.json" 2>>"$ROOT/bench.err" &
 bench=$!
 sleep 4 # past the warm-up

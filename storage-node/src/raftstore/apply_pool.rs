@@ -7,7 +7,9 @@
 //! region's apply state (applied index) in one kv batch, answers the
 //! clients whose proposals came with the entries, and reports back; the
 //! store loop takes the report in ([`super::peer::Peer::on_applied`]): its
-//! applied index, applied term and applied stamp move only then.
+//! applied index and applied term move only then. (The region's read
+//! delegate learns the writes' stamp from the worker, before any client
+//! hears: no read after an answer is judged below the write it answers.)
 //!
 //! Invariants (each one is what keeps replicas from diverging):
 //! - **log order per region**: a region always goes to the same worker
@@ -21,9 +23,10 @@
 //!   round (the round's kv batch, holding the inline apply state, is
 //!   written at the end of the round);
 //! - **reads**: a write handed over still counts as pending for the read
-//!   stamps until it is taken in, and read-index waiters wait for the
-//!   taken-in applied index; a snapshot is built from one engine view,
-//!   naming the applied index found in that view;
+//!   stamps until it is taken in (reads are judged at or below its stamp),
+//!   and read-index waiters wait for the taken-in applied index; a
+//!   snapshot is built from one engine view, naming the applied index,
+//!   range and membership found in that view;
 //! - apply reads no clock, randomness or local config, on the worker as
 //!   inline (the same `apply::apply_write`).
 //!
@@ -32,6 +35,7 @@
 //! index on disk and applies from there).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -40,6 +44,7 @@ use mnemo_proto::types::{Region, RegionId};
 use prost::Message as _;
 
 use super::apply::{self, WriteOutcome};
+use super::local_reader::ReadDelegate;
 use super::peer::{Reply, WriteCallback};
 use super::store::deliver;
 use crate::engine::{Cf, EngineRef, WriteBatch};
@@ -70,6 +75,9 @@ pub struct ApplyTask {
     /// Largest time stamp of the entries' commands (0 if none).
     pub stamp_ms: u64,
     pub entries: Vec<TaskEntry>,
+    /// The region's read delegate: raised to `stamp_ms` before any client
+    /// hears, so no read after an answer is judged below the write.
+    pub delegate: Arc<ReadDelegate>,
 }
 
 /// A worker's report of one task, written to the kv engine.
@@ -102,7 +110,17 @@ impl ApplyPool {
             let (kv, result_tx) = (kv.clone(), result_tx.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("apply-{i}"))
-                .spawn(move || worker(rx, kv, result_tx))
+                .spawn(move || {
+                    // The store loop may be waiting for this worker (a
+                    // barrier): a panic must end the process, not hang it
+                    // (the node's panic hook does so before unwinding; this
+                    // covers processes without it, such as tests).
+                    let run = std::panic::AssertUnwindSafe(|| worker(rx, kv, result_tx));
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!("apply worker panicked");
+                        std::process::exit(2);
+                    }
+                })
                 .expect("spawn apply worker");
             senders.push(tx);
             workers.push(handle);
@@ -206,6 +224,7 @@ fn apply_tasks(kv: &EngineRef, tasks: Vec<ApplyTask>) -> Result<(Vec<Reply>, Vec
     let mut reports = Vec::with_capacity(tasks.len());
     // A region's later task in the same write carries the later apply state.
     let mut states: HashMap<RegionId, Vec<u8>> = HashMap::new();
+    let mut delegates = Vec::with_capacity(tasks.len());
     for task in tasks {
         for e in task.entries {
             let outcome = match &e.cmd {
@@ -218,6 +237,7 @@ fn apply_tasks(kv: &EngineRef, tasks: Vec<ApplyTask>) -> Result<(Vec<Reply>, Vec
             replies.extend(e.cbs.into_iter().map(|cb| Reply::Write(cb, outcome.clone())));
         }
         states.insert(task.region.id, task.apply_state.encode_to_vec());
+        delegates.push((task.delegate, task.stamp_ms));
         reports.push(ApplyResult {
             region_id: task.region.id,
             applied_index: task.apply_state.applied_index,
@@ -229,6 +249,9 @@ fn apply_tasks(kv: &EngineRef, tasks: Vec<ApplyTask>) -> Result<(Vec<Reply>, Vec
         wb.put(Cf::Meta, keys::apply_state_key(region), state);
     }
     kv.write(&wb, false)?;
+    for (delegate, stamp_ms) in delegates {
+        delegate.note_applied(stamp_ms);
+    }
     Ok((replies, reports))
 }
 
@@ -270,6 +293,7 @@ mod tests {
             applied_term: 6,
             stamp_ms: cmd.proposed_at_ms,
             entries: vec![TaskEntry { index, cmd: Some(cmd), cbs: vec![cb] }],
+            delegate: ReadDelegate::new(region(region_id)),
         }
     }
 
@@ -284,7 +308,9 @@ mod tests {
         let mut pool = ApplyPool::spawn(2, kv.clone());
         let (tx1, rx1) = tokio::sync::oneshot::channel();
         let (tx2, rx2) = tokio::sync::oneshot::channel();
-        pool.send(task(1, 10, put(b"a", b"1", 1), tx1));
+        let first = task(1, 10, put(b"a", b"1", 1), tx1);
+        let delegate = first.delegate.clone();
+        pool.send(first);
         // A command of a stale epoch is refused at apply: its client hears
         // why, and the applied index still moves past the entry.
         pool.send(task(1, 11, put(b"b", b"2", 0), tx2));
@@ -295,6 +321,8 @@ mod tests {
             ApplyResult { region_id: RegionId(1), applied_index: 11, applied_term: 6, stamp_ms: 7 }
         );
         assert!(matches!(rx1.blocking_recv().unwrap(), Ok(WriteOutcome::Done)));
+        // Before the client heard, reads were raised to the write's stamp.
+        assert_eq!(delegate.applied_stamp_ms(), 7);
         assert!(matches!(rx2.blocking_recv().unwrap(), Err(crate::error::Error::EpochNotMatch { .. })));
         assert_eq!(apply::read_live(kv.as_ref(), b"a", 0).unwrap(), Some(b"1".to_vec()));
         assert_eq!(apply::read_live(kv.as_ref(), b"b", 0).unwrap(), None);

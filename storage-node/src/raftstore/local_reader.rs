@@ -157,8 +157,22 @@ impl ReadDelegate {
             s.region = view.region.clone();
         }
         s.lease_until = view.lease_until;
-        s.applied_stamp_ms = view.applied_stamp_ms;
+        // An apply worker may have raised it already (`note_applied`).
+        s.applied_stamp_ms = s.applied_stamp_ms.max(view.applied_stamp_ms);
         s.oldest_pending_ms = view.oldest_pending_ms;
+    }
+
+    /// An apply worker wrote writes stamped up to `stamp_ms` and is about
+    /// to answer their clients, before the store loop takes its report in:
+    /// every read from now on is judged at or above that stamp.
+    pub fn note_applied(&self, stamp_ms: u64) {
+        let mut s = self.state.lock();
+        s.applied_stamp_ms = s.applied_stamp_ms.max(stamp_ms);
+    }
+
+    /// The largest stamp applied, as published or noted by a worker.
+    pub fn applied_stamp_ms(&self) -> u64 {
+        self.state.lock().applied_stamp_ms
     }
 
     /// The peer lost its lease (store loop, at once).

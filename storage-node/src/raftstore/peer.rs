@@ -555,9 +555,11 @@ impl Peer {
 
     /// Permission to read the region now (see [`ReadGrant::now_ms`]).
     fn grant(&self, now: Now) -> ReadGrant {
-        let mut at = now.wall_ms.max(self.applied_stamp_ms);
+        // An apply worker raises the delegate's before answering its clients.
+        let applied = self.applied_stamp_ms.max(self.reads_delegate.applied_stamp_ms());
+        let mut at = now.wall_ms.max(applied);
         if let Some(oldest) = self.oldest_pending_stamp() {
-            at = at.min(oldest.saturating_sub(1)).max(self.applied_stamp_ms);
+            at = at.min(oldest.saturating_sub(1)).max(applied);
         }
         // Never below a read already judged (on either path); writes
         // proposed from now on are stamped above it.
@@ -1100,10 +1102,10 @@ impl Peer {
     }
 
     /// Applies committed entries with the apply pool (see
-    /// [`super::apply_pool`]): the run of plain writes at the front goes
-    /// to a worker, unless this round already applied something here; the
-    /// rest (from the first CAS, split or membership change on) applies on
-    /// the store loop into `kv_wb` once nothing is in flight.
+    /// [`super::apply_pool`]): if all are plain writes (or empty) and this
+    /// round applied nothing here yet, a worker applies them; otherwise
+    /// (a CAS, split or membership change among them) the store loop
+    /// applies them all into `kv_wb`, once nothing is in flight.
     pub fn apply_entries_pooled(
         &mut self,
         entries: Vec<Entry>,
@@ -1112,27 +1114,29 @@ impl Peer {
         kv_wb: &mut WriteBatch,
         replies: &mut Vec<Reply>,
     ) -> Result<()> {
-        let plants = self.cfg.plants;
-        // Planted apply bugs live on the store loop's path.
-        let poolable = !self.applied_inline && !plants.apply_local_clock && !plants.skip_apply_epoch_check;
-        let mut rest = entries.into_iter().peekable();
-        let mut run = Vec::new();
-        if poolable {
-            while let Some(e) = rest.peek() {
-                let Some(cmd) = plain_write(e)? else { break };
-                run.push((rest.next().expect("peeked"), cmd));
-            }
-        }
-        if !run.is_empty() {
-            self.hand_over(run, pool, replies);
-        }
-        let rest: Vec<Entry> = rest.collect();
-        if rest.is_empty() {
+        if entries.is_empty() {
             return Ok(());
         }
+        let plants = self.cfg.plants;
+        // Planted apply bugs live on the store loop's path.
+        if !self.applied_inline && !plants.apply_local_clock && !plants.skip_apply_epoch_check {
+            let mut run = Vec::with_capacity(entries.len());
+            for e in &entries {
+                match plain_write(e)? {
+                    Some(cmd) => run.push(cmd),
+                    None => break,
+                }
+            }
+            if run.len() == entries.len() {
+                self.hand_over(entries.into_iter().zip(run).collect(), pool, replies);
+                return Ok(());
+            }
+        }
+        // Something here must apply on the store loop: all of it does, once
+        // what is already in flight is in the engine.
         self.wait_applied(pool);
         self.applied_inline = true;
-        self.apply_entries(rest, kv, kv_wb, replies)
+        self.apply_entries(entries, kv, kv_wb, replies)
     }
 
     /// Hands a run of committed plain writes (or empty entries) to the
@@ -1157,7 +1161,7 @@ impl Peer {
             entries.push(TaskEntry { index: e.index, cmd, cbs });
             last = (e.index, e.term);
         }
-        let mut apply_state = self.raw.store().apply_state.clone();
+        let mut apply_state = self.raw.store().apply_state;
         apply_state.applied_index = last.0;
         pool.send(ApplyTask {
             region: self.region().clone(),
@@ -1165,6 +1169,7 @@ impl Peer {
             applied_term: last.1,
             stamp_ms,
             entries,
+            delegate: self.reads_delegate.clone(),
         });
         self.in_flight.push_back(InFlight { index: last.0, min_stamp_ms });
     }
@@ -1176,7 +1181,9 @@ impl Peer {
 
     /// The barrier before the store loop writes anything of this region's
     /// apply state or data itself: waits until the pool applied everything
-    /// handed over, and takes it in.
+    /// handed over, and takes it in. raft-rs hears of it from the caller
+    /// ([`Peer::advance_raft_apply`], or the round's own advance): never
+    /// between a `ready()` and its advance.
     pub fn wait_applied(&mut self, pool: &mut ApplyPool) {
         if self.in_flight.is_empty() {
             return;
@@ -1187,16 +1194,18 @@ impl Peer {
     }
 
     /// Takes in a worker's report: the entries up to `r.applied_index` are
-    /// in the kv engine, with that applied index. The caller answers the
-    /// reads this lets through ([`Peer::answer_ready_reads`]) and
-    /// republishes the read delegate.
+    /// in the kv engine, with that applied index. The caller tells raft-rs
+    /// ([`Peer::advance_raft_apply`]; inside a ready round, the round's
+    /// advance does: raft-rs may append an entry when told, e.g. to leave a
+    /// joint configuration, which it must not between `ready()` and
+    /// `advance`), answers the reads this lets through
+    /// ([`Peer::answer_ready_reads`]) and republishes the read delegate.
     pub fn on_applied(&mut self, r: ApplyResult) {
         let f = self.in_flight.pop_front().expect("a report answers a run handed over");
-        debug_assert_eq!(f.index, r.applied_index, "reports arrive in hand-over order");
+        assert_eq!(f.index, r.applied_index, "reports arrive in hand-over order");
         self.raw.mut_store().apply_state.applied_index = r.applied_index;
         self.applied_term = r.applied_term;
         self.applied_stamp_ms = self.applied_stamp_ms.max(r.stamp_ms);
-        self.raw.advance_apply_to(r.applied_index);
         self.after_apply();
     }
 

@@ -233,31 +233,46 @@ impl PeerStorage {
     /// (see `super::apply_pool`), never one without the other.
     pub fn generate_snapshot(&self) -> raft::Result<Snapshot> {
         fail::fail_point!("snapshot_generate");
+        let store_err = |e: String| raft::Error::Store(raft::StorageError::Other(e.into()));
         let view = self.kv.snapshot();
-        let stored = view.get(Cf::Meta, &keys::apply_state_key(self.region_id)).map_err(engine_err)?;
-        let index = match stored {
+        let index = match view.get(Cf::Meta, &keys::apply_state_key(self.region_id)).map_err(engine_err)? {
             Some(raw) => {
-                RaftApplyState::decode(raw.as_slice())
-                    .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))?
-                    .applied_index
+                RaftApplyState::decode(raw.as_slice()).map_err(|e| store_err(e.to_string()))?.applied_index
             }
             None => self.apply_state.applied_index,
         };
+        // The range and membership at that index, from the same view (the
+        // store loop's may already be a change applied later in its round).
+        let (region, conf_state) =
+            match view.get(Cf::Meta, &keys::region_state_key(self.region_id)).map_err(engine_err)? {
+                Some(raw) => {
+                    let state =
+                        RegionLocalState::decode(raw.as_slice()).map_err(|e| store_err(e.to_string()))?;
+                    let region = Region::from(&state.region.clone().unwrap_or_default());
+                    let conf_state = match state.conf_state.is_empty() {
+                        true => conf_state_of(&region),
+                        false => ConfState::parse_from_bytes(&state.conf_state)
+                            .map_err(|e| store_err(e.to_string()))?,
+                    };
+                    (region, conf_state)
+                }
+                None => (self.region.clone(), self.conf_state.clone()),
+            };
         let term = self.term_of(index)?;
-        let start = keys::data_key(&self.region.start_key);
-        let end = keys::data_end_key(&self.region.end_key);
+        let start = keys::data_key(&region.start_key);
+        let end = keys::data_end_key(&region.end_key);
         let mut kvs = Vec::new();
         view.scan(Cf::Default, ScanRange { start: &start, end: &end, reverse: false }, &mut |k, v| {
             kvs.push(SnapshotKv { key: keys::origin_key(k).to_vec(), value: v.to_vec() });
             true
         })
         .map_err(engine_err)?;
-        let data = SnapshotData { region: Some((&self.region).into()), kvs };
+        let data = SnapshotData { region: Some((&region).into()), kvs };
         let mut snap = Snapshot { data: data.encode_to_vec().into(), ..Default::default() };
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = term;
-        meta.set_conf_state(self.conf_state.clone());
+        meta.set_conf_state(conf_state);
         Ok(snap)
     }
 
@@ -589,7 +604,7 @@ mod tests {
         raft.write(&raft_wb, true).unwrap();
         // An apply worker wrote entry 7's data with applied index 7; the
         // store loop has not taken it in (it still says 5).
-        let mut state = ps.apply_state.clone();
+        let mut state = ps.apply_state;
         state.applied_index = INIT_INDEX + 2;
         let mut kv_wb = WriteBatch::new();
         kv_wb.put(Cf::Default, keys::data_key(b"k"), keys::encode_value(b"v", 0));

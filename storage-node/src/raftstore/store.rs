@@ -321,12 +321,14 @@ impl Store {
                 applied.push(r.region_id);
             }
         }
+        applied.sort_unstable();
         applied.dedup();
         self.after_taken_in(applied, replies);
     }
 
-    /// Regions whose applied index moved outside a ready round: answer the
-    /// reads (and proposals) that waited for it, republish their delegates.
+    /// Regions whose applied index moved outside a ready round: tell
+    /// raft-rs, answer the reads (and proposals) that waited for it,
+    /// republish their delegates.
     fn after_taken_in(&mut self, regions: Vec<RegionId>, replies: &mut Vec<Reply>) {
         if regions.is_empty() {
             return;
@@ -334,6 +336,7 @@ impl Store {
         let now = self.now();
         for id in regions {
             if let Some(p) = self.peers.get_mut(&id) {
+                p.advance_raft_apply();
                 p.answer_ready_reads(now, replies);
                 self.awake.insert(id);
                 self.touched.push(id);
@@ -850,7 +853,9 @@ impl Store {
     }
 
     fn handle_readies(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
-        // Lent to the round's context; back before anything else can use it.
+        // Lent to the round's context; back before anything else can use it
+        // (inside the round, `Store::wait_applied` and `take_in_applied`
+        // would find no pool: barriers there go through `RoundCx::pool`).
         let mut pool = self.apply_pool.take();
         let handled = self.ready_round(pool.as_mut(), replies);
         self.apply_pool = pool;

@@ -770,8 +770,8 @@ fn stored_apply_state(kv: &MemEngine) -> mnemo_proto::raft_serverpb::RaftApplySt
 fn with_the_apply_pool_plain_writes_and_a_cas_apply_in_log_order() {
     let mut s = TestStore::leading_with_apply_pool(1);
     let epoch = s.region(1).epoch;
-    // One round: two puts (to a worker), a CAS that must see the first
-    // (on the store loop, once the worker is done), then a put over it.
+    // One round: two puts, a CAS that must see the first, then a put over
+    // it: a CAS among a round's entries keeps them all on the store loop.
     let cmds = [
         write_cmd(1, epoch, &[(b"a", b"1")], None),
         write_cmd(1, epoch, &[(b"b", b"2")], None),
@@ -835,5 +835,23 @@ fn a_log_compaction_waits_for_the_apply_pool_so_the_stored_apply_state_never_goe
     let stored = stored_apply_state(&s.kv);
     assert_eq!((stored.applied_index, stored.truncated_index), (last, truncated));
     assert_eq!(p.applying(), 0);
+    assert_eq!(rx.try_recv().unwrap().unwrap(), WriteOutcome::Done);
+}
+
+#[test]
+fn a_store_waiting_for_input_wakes_for_its_apply_workers_report() {
+    let mut s = TestStore::leading_with_apply_pool(1);
+    let (cb, mut rx) = oneshot::channel();
+    let cmd = write_cmd(1, s.region(1).epoch, &[(b"k", b"v")], None);
+    s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb });
+    assert!(s.store.round(Duration::ZERO).unwrap());
+    assert_eq!(s.store.peers[&RegionId(1)].applying(), 1, "the write is with the worker");
+    // Nothing else arrives: the worker's report alone ends the wait (a
+    // store that slept through it would leave reads and the applied index
+    // behind until the next tick, an hour away here).
+    let started = std::time::Instant::now();
+    assert!(s.store.round(Duration::from_secs(60)).unwrap());
+    assert!(started.elapsed() < Duration::from_secs(60), "woken by the report");
+    assert_eq!(s.store.peers[&RegionId(1)].applying(), 0);
     assert_eq!(rx.try_recv().unwrap().unwrap(), WriteOutcome::Done);
 }
