@@ -56,7 +56,9 @@ pub trait Group<Cx> {
     /// ReadIndex requests that completed.
     fn on_read_states(&mut self, states: &[ReadState], cx: &mut Cx);
     /// Applies committed entries, staging their writes (and the applied
-    /// index) into `kv_wb`. Returns true if `kv_wb` must be synced.
+    /// index) into `kv_wb`, or hands them to be applied elsewhere (then
+    /// [`Group::advance_apply`] reports only what is done). Returns true if
+    /// `kv_wb` must be synced.
     fn apply(
         &mut self,
         entries: Vec<Entry>,
