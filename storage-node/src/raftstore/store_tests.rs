@@ -103,7 +103,8 @@ impl TestStore {
         TestStore::leading_with(peers, watch, sent, StoreConfig::driven_by_hand())
     }
 
-    /// The only voter of region 1, elected, applying with `pool` workers.
+    /// The only voter of region 1, elected, applying with `pool` workers
+    /// (0: on the store loop, as [`TestStore::with_leader`]).
     fn leading_with_apply_pool(pool: usize) -> TestStore {
         let me = PeerMeta { id: PeerId(11), store_id: ME, role: PeerRole::Voter };
         let cfg = StoreConfig { apply_pool_size: pool, ..StoreConfig::driven_by_hand() };
@@ -467,7 +468,16 @@ fn plain_writes_of_one_round_share_an_entry_and_keep_their_order_around_a_cas() 
 
 #[test]
 fn a_batch_refused_at_apply_fails_every_write_in_it() {
-    let mut s = TestStore::with_leader();
+    batch_refused_at_apply(0);
+}
+
+#[test]
+fn a_batch_refused_at_apply_fails_every_write_in_it_with_the_apply_pool() {
+    batch_refused_at_apply(1);
+}
+
+fn batch_refused_at_apply(apply_pool: usize) {
+    let mut s = TestStore::leading_with_apply_pool(apply_pool);
     let epoch = s.region(1).epoch;
     // One round: a split at m, then puts above m made at the old epoch.
     // They pass the checks on arrival (the split is not applied yet); in
@@ -590,7 +600,17 @@ fn logged_indexes(raft: &MemEngine) -> Vec<u64> {
 
 #[test]
 fn compacted_entries_go_only_once_the_kv_engine_synced_their_truncation_point() {
-    let mut s = TestStore::with_leader();
+    compaction_survives_power_losses(0);
+}
+
+/// The same with an apply worker writing the data (unsynced, as inline).
+#[test]
+fn compacted_entries_go_only_once_the_kv_engine_synced_their_truncation_point_with_the_apply_pool() {
+    compaction_survives_power_losses(1);
+}
+
+fn compaction_survives_power_losses(apply_pool: usize) {
+    let mut s = TestStore::leading_with_apply_pool(apply_pool);
     let (worker, tasks) = LogGcWorker::detached();
     s.store.log_gc = worker;
     s.store.cfg.raft_log_gc_threshold = 1;
