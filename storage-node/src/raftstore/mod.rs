@@ -8,7 +8,9 @@
 //! router's data queue is bounded: an overloaded loop answers `ServerIsBusy`
 //! rather than queueing without end. The store writes all peers' log
 //! appends of a round in one batch with one fsync, and hands outgoing raft
-//! messages to a [`Transport`] grouped by target store.
+//! messages to a [`Transport`] grouped by target store. Committed plain
+//! writes are applied by the [`apply_pool`] (one writer of a region's apply
+//! state at a time: the store waits for it before writing any itself).
 //!
 //! Invariants:
 //! - a write's callback fires only after its entry is committed, applied and
