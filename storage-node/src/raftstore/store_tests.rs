@@ -427,12 +427,10 @@ fn write_cmd(
     }
 }
 
-#[test]
-fn plain_writes_of_one_round_share_an_entry_and_keep_their_order_around_a_cas() {
-    let mut s = TestStore::with_leader();
+/// One round: two puts, a CAS that needs the first, then a put over it;
+/// every write is answered with its own outcome, in order.
+fn writes_around_a_cas(s: &mut TestStore) {
     let epoch = s.region(1).epoch;
-    let before = s.store.peers[&RegionId(1)].raw.store().last_index_now();
-    // One round: two puts, a CAS that needs the first, then a put over it.
     let cmds = [
         write_cmd(1, epoch, &[(b"a", b"1")], None),
         write_cmd(1, epoch, &[(b"b", b"2")], None),
@@ -459,6 +457,13 @@ fn plain_writes_of_one_round_share_an_entry_and_keep_their_order_around_a_cas() 
             WriteOutcome::Done,
         ]
     );
+}
+
+#[test]
+fn plain_writes_of_one_round_share_an_entry_and_keep_their_order_around_a_cas() {
+    let mut s = TestStore::with_leader();
+    let before = s.store.peers[&RegionId(1)].raw.store().last_index_now();
+    writes_around_a_cas(&mut s);
     // Three entries: [put a, put b], the CAS, [put a].
     assert_eq!(s.store.peers[&RegionId(1)].raw.store().last_index_now(), before + 3);
     let read = |k: &[u8]| crate::raftstore::apply::read_live(s.kv.as_ref(), k, 0).unwrap();
@@ -789,35 +794,8 @@ fn stored_apply_state(kv: &MemEngine) -> mnemo_proto::raft_serverpb::RaftApplySt
 #[test]
 fn with_the_apply_pool_plain_writes_and_a_cas_apply_in_log_order() {
     let mut s = TestStore::leading_with_apply_pool(1);
-    let epoch = s.region(1).epoch;
-    // One round: two puts, a CAS that must see the first, then a put over
-    // it: a CAS among a round's entries keeps them all on the store loop.
-    let cmds = [
-        write_cmd(1, epoch, &[(b"a", b"1")], None),
-        write_cmd(1, epoch, &[(b"b", b"2")], None),
-        write_cmd(1, epoch, &[], Some((b"a", b"1", b"3"))),
-        write_cmd(1, epoch, &[(b"a", b"4")], None),
-    ];
-    let answers: Vec<_> = cmds
-        .into_iter()
-        .map(|cmd| {
-            let (cb, rx) = oneshot::channel();
-            s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb });
-            rx
-        })
-        .collect();
-    s.settle();
-    let outcomes: Vec<WriteOutcome> =
-        answers.into_iter().map(|mut rx| rx.try_recv().unwrap().unwrap()).collect();
-    assert_eq!(
-        outcomes,
-        vec![
-            WriteOutcome::Done,
-            WriteOutcome::Done,
-            WriteOutcome::Cas { succeed: true, previous: Some(b"1".to_vec()) },
-            WriteOutcome::Done,
-        ]
-    );
+    // A CAS among a round's entries keeps them all on the store loop.
+    writes_around_a_cas(&mut s);
     // Later rounds' writes go to the worker; everything is taken back in.
     put_each(&mut s, 0..5);
     let p = &s.store.peers[&RegionId(1)];
