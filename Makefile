@@ -12,9 +12,10 @@ export MNEMO_BIN_DIR := $(BIN)
 # features, so nothing (RocksDB above all) is compiled twice.
 FEATURES := --features mnemo-node/failpoints,mnemo-pd/failpoints
 
-APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl etcd-server
+APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl etcd-server \
+	docker.io docker-compose busybox-static prometheus jq binutils
 
-.PHONY: deps build run test bench bench-regions bench-idle bench-compare bench-profile bench-micro chaos lint fmt clean-data
+.PHONY: deps build run test images compose-test validate-k8s bench bench-regions bench-idle bench-compare bench-profile bench-micro chaos lint fmt clean-data
 
 # make chaos DURATION=1800 SEED=7 NEMESIS=all,crash-point,compound WORKLOAD=all:
 # a Jepsen-style run of mnemo-chaos (5 nodes in network namespaces, faults
@@ -32,6 +33,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@command -v cargo >/dev/null || { echo "cargo is missing: install a Rust toolchain (rustup)"; exit 1; }
+	@scripts/validate-k8s.sh --install-only
 
 build: deps
 	cargo build --release --workspace --bins $(FEATURES)
@@ -39,8 +41,24 @@ build: deps
 run: build
 	scripts/run-local.sh
 
+# Every Rust test, then the container deployment end to end (compose-test).
 test: build
 	cargo test --release --workspace $(FEATURES) -- --test-threads 2
+	scripts/compose-test.sh
+
+# Container images (FROM scratch + the binaries and the libraries they
+# link), built locally: mnemosyne/pd:dev, mnemosyne/node:dev, mnemosyne/prometheus:dev.
+images: build
+	scripts/build-images.sh
+
+# deploy/docker-compose.yml end to end: images, 3 PD + 3 nodes + Prometheus,
+# client operations through a container, a node stopped and healed, teardown.
+compose-test: build
+	scripts/compose-test.sh
+
+# deploy/k8s/ against the Kubernetes API schemas (kubernetes-validate, strict).
+validate-k8s: deps
+	scripts/validate-k8s.sh
 
 bench: build
 	$(BIN)/mnemo-bench --pd 127.0.0.1:2379 --op put --clients 32 --duration 10

@@ -97,6 +97,9 @@
 
 pub mod cluster;
 pub mod config;
+// The command-line types document themselves through clap's help texts.
+#[allow(missing_docs)]
+pub mod ctl;
 pub mod error;
 pub mod etcd;
 pub mod id;

@@ -59,6 +59,8 @@ pub struct RegionRuntime {
     pub keys_written: u64,
     /// Keys read during the last heartbeat interval.
     pub keys_read: u64,
+    /// Length of that interval, seconds (0: not reported).
+    pub interval_secs: u64,
     /// The leader's raft term.
     pub term: u64,
     /// When the latest heartbeat arrived.
@@ -89,6 +91,16 @@ impl RegionInfo {
     /// balancing them balances their count.
     pub fn weight(&self) -> u64 {
         (self.runtime.approximate_size >> 20).max(MIN_REGION_WEIGHT_MIB)
+    }
+
+    /// Read and write flow per second over the leader's last heartbeat
+    /// interval.
+    pub fn flow_rates(&self) -> crate::store::FlowRates {
+        let rt = &self.runtime;
+        crate::store::FlowRates::over(
+            [rt.bytes_read, rt.keys_read, rt.bytes_written, rt.keys_written],
+            rt.interval_secs,
+        )
     }
 }
 

@@ -109,6 +109,52 @@ pub struct StoreStats {
     pub bytes_read: u64,
     /// Keys read during the last interval.
     pub keys_read: u64,
+    /// Length of that interval, seconds (0: not reported).
+    pub interval_secs: u64,
+}
+
+impl StoreStats {
+    /// Read and write flow per second over the last interval.
+    pub fn flow_rates(&self) -> FlowRates {
+        FlowRates::over(
+            [self.bytes_read, self.keys_read, self.bytes_written, self.keys_written],
+            self.interval_secs,
+        )
+    }
+}
+
+/// Read and write flow per second, from the counts of one heartbeat
+/// interval (a store's or a region's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct FlowRates {
+    /// Bytes read per second.
+    pub read_bytes_per_sec: f64,
+    /// Keys read per second.
+    pub read_keys_per_sec: f64,
+    /// Bytes written per second.
+    pub written_bytes_per_sec: f64,
+    /// Keys written per second.
+    pub written_keys_per_sec: f64,
+}
+
+impl FlowRates {
+    /// `[bytes read, keys read, bytes written, keys written]` over
+    /// `interval_secs` (an unreported interval counts as 1 s).
+    pub fn over(counts: [u64; 4], interval_secs: u64) -> FlowRates {
+        let secs = interval_secs.max(1) as f64;
+        let [rb, rk, wb, wk] = counts.map(|c| c as f64 / secs);
+        FlowRates {
+            read_bytes_per_sec: rb,
+            read_keys_per_sec: rk,
+            written_bytes_per_sec: wb,
+            written_keys_per_sec: wk,
+        }
+    }
+}
+
+/// Seconds covered by a heartbeat's `interval` (0 when absent or inverted).
+pub fn interval_secs(i: Option<&pdpb::TimeInterval>) -> u64 {
+    i.map_or(0, |i| i.end_timestamp.saturating_sub(i.start_timestamp))
 }
 
 /// Liveness and lifecycle combined, as shown by the HTTP API (`state_name`).
@@ -264,6 +310,7 @@ impl From<&pdpb::StoreStats> for StoreStats {
             keys_written: s.keys_written,
             bytes_read: s.bytes_read,
             keys_read: s.keys_read,
+            interval_secs: interval_secs(s.interval.as_ref()),
         }
     }
 }

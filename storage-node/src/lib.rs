@@ -32,6 +32,7 @@ pub mod batch_commands;
 pub mod config;
 pub mod error;
 pub mod failpoints;
+pub mod flow;
 pub mod keys;
 pub mod metrics;
 pub mod node;

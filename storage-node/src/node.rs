@@ -342,8 +342,10 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
         .spawn(move || store.run())
         .map_err(|e| e.to_string())?;
 
+    let flow = Arc::new(crate::flow::FlowStats::default());
     let worker = PdWorker {
         pd: pd.clone(),
+        flow: flow.clone(),
         store_id,
         store_tx: store_tx.clone(),
         kv: kv.clone(),
@@ -360,6 +362,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     let kv_service = KvService::new(store_id, store_tx.clone(), kv, cfg.server.clone(), metrics.clone())
         .with_unsafe_stale_reads(cfg.test_controls.unsafe_stale_reads)
         .with_local_reader(local_reader)
+        .with_flow(flow)
         .with_pending_write_threshold(cfg.storage.scheduler_pending_write_threshold.0);
     let raft_service = RaftService::new(store_tx.clone(), metrics.clone());
     let mut grpc_shutdown = shutdown_rx.clone();

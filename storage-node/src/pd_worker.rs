@@ -21,6 +21,7 @@ use mnemo_proto::types::{epoch_of, Peer as PeerMeta, Region, RegionId, StoreId};
 use tokio::sync::mpsc;
 
 use crate::engine::EngineRef;
+use crate::flow::{Flow, FlowStats};
 use crate::metrics::Metrics;
 use crate::raftstore::store::conf_change_kind;
 use crate::raftstore::{Operator, PdTask, RegionReport, StoreMsg, StoreRouter};
@@ -36,6 +37,8 @@ pub struct PdWorker {
     /// `raftstore.capacity` (0: the file system's size).
     pub capacity: u64,
     pub metrics: Arc<Metrics>,
+    /// Read and write flow served, reported with each heartbeat.
+    pub flow: Arc<FlowStats>,
     pub store_heartbeat_interval: Duration,
     pub start_time: u32,
 }
@@ -89,6 +92,7 @@ impl PdWorker {
     }
 
     fn heartbeat_request(&self, r: RegionReport) -> RegionHeartbeatRequest {
+        let flow = self.flow.take_region(r.region.id);
         RegionHeartbeatRequest {
             header: Some(pdpb::RequestHeader {
                 cluster_id: self.pd.cluster_id(),
@@ -105,7 +109,11 @@ impl PdWorker {
             term: r.term,
             approximate_size: r.approximate_size,
             approximate_keys: r.approximate_keys,
-            ..Default::default()
+            bytes_written: flow.written_bytes,
+            keys_written: flow.written_keys,
+            bytes_read: flow.read_bytes,
+            keys_read: flow.read_keys,
+            interval: Some(interval(&flow)),
         }
     }
 
@@ -192,6 +200,7 @@ impl PdWorker {
         // heartbeat (PD then balances no new replicas here; repairs still
         // come). Write flow control is not the store being overloaded.
         let refused = self.metrics.store_loop_full.get();
+        let flow = self.flow.take_store();
         let is_busy = refused > std::mem::replace(refused_before, refused);
         let stats = pdpb::StoreStats {
             store_id: self.store_id.0,
@@ -203,12 +212,21 @@ impl PdWorker {
             sending_snap_count: self.metrics.snapshots_sending.get() as u32,
             receiving_snap_count: self.metrics.snapshots_receiving.get() as u32,
             is_busy,
+            bytes_written: flow.written_bytes,
+            keys_written: flow.written_keys,
+            bytes_read: flow.read_bytes,
+            keys_read: flow.read_keys,
+            interval: Some(interval(&flow)),
             ..Default::default()
         };
         if let Err(e) = self.pd.store_heartbeat(stats).await {
             tracing::warn!("store heartbeat failed: {e}");
         }
     }
+}
+
+fn interval(flow: &Flow) -> pdpb::TimeInterval {
+    pdpb::TimeInterval { start_timestamp: flow.start, end_timestamp: flow.end }
 }
 
 /// How often a lost region heartbeat stream is opened again (TiKV waits

@@ -30,6 +30,7 @@ use tonic::{Request, Response, Status};
 use crate::config::ServerConfig;
 use crate::engine::{Cf, EngineRef, EngineSnapshot, ScanRange};
 use crate::error::{Error, Result};
+use crate::flow::FlowStats;
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::raftstore::{LocalReader, ReadGrant, ReadPolicy, SendError, StoreMsg, StoreRouter, WriteOutcome};
@@ -67,6 +68,8 @@ pub struct KvService {
     pending_write_threshold: u64,
     /// Grants lease reads without the store loop (none: every read asks it).
     local_reader: Option<Arc<LocalReader>>,
+    /// Bytes and keys served, per region, for PD's heartbeats.
+    flow: Arc<FlowStats>,
 }
 
 type RpcResult<T> = std::result::Result<Response<T>, Status>;
@@ -150,7 +153,25 @@ impl KvService {
             pending_write_bytes: Arc::default(),
             pending_write_threshold: u64::MAX,
             local_reader: None,
+            flow: Arc::default(),
         }
+    }
+
+    /// Counts read and write flow into `flow` (shared with the PD worker,
+    /// which reports it).
+    pub fn with_flow(mut self, flow: Arc<FlowStats>) -> Self {
+        self.flow = flow;
+        self
+    }
+
+    /// Counts a read of `pairs` in `region` as flow.
+    fn note_read<'a>(&self, region: RegionId, pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) {
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        for (k, v) in pairs {
+            keys += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        self.flow.record_read(region, keys, bytes);
     }
 
     /// The node's metrics.
@@ -285,13 +306,18 @@ impl KvService {
         self.metrics.writes.inc();
         cmd.header = Some(header);
         let _pending = self.admit_write(prost::Message::encoded_len(&cmd) as u64)?;
+        let (keys, bytes) = written_size(&cmd);
         let (cb, rx) = oneshot::channel();
         self.to_store(StoreMsg::Write { region_id, cmd, cb })?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
             // Dropped or timed out after proposing: the outcome is unknown.
             Ok(Err(_)) | Err(_) => Err(Error::StaleCommand),
+        };
+        if outcome.is_ok() {
+            self.flow.record_write(region_id, keys, bytes);
         }
+        outcome
     }
 
     /// Counts `bytes` as in flight until the returned guard drops, unless
@@ -405,6 +431,22 @@ impl KvService {
     }
 }
 
+/// Keys and bytes (keys plus values) a write command writes, as flow
+/// counts it; a range delete counts as one key.
+fn written_size(cmd: &RaftCommand) -> (u64, u64) {
+    let mut keys = cmd.mutations.len() as u64;
+    let mut bytes: u64 = cmd.mutations.iter().map(|m| (m.key.len() + m.value.len()) as u64).sum();
+    if let Some(cas) = &cmd.cas {
+        keys += 1;
+        bytes += (cas.key.len() + cas.value.len()) as u64;
+    }
+    if let Some(range) = &cmd.delete_range {
+        keys += 1;
+        bytes += (range.start_key.len() + range.end_key.len()) as u64;
+    }
+    (keys, bytes)
+}
+
 /// The live (unexpired) value of user key `key` in `snap`.
 fn get_live(snap: &dyn EngineSnapshot, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>> {
     Ok(crate::raftstore::apply::live_value(snap.get(Cf::Default, &keys::data_key(key))?, now_ms))
@@ -449,10 +491,12 @@ impl Tikv for KvService {
             Self::check_in_region(&grant.region, &req.key)?;
             let mut resp = kvrpcpb::RawGetResponse::default();
             let (key, now) = (req.key, grant.now_ms);
+            let key_len = key.len();
             match self.read_snapshot(&grant, move |snap| get_live(snap, &key, now)).await? {
                 Some(v) => resp.value = v,
                 None => resp.not_found = true,
             }
+            self.flow.record_read(grant.region.id, 1, (key_len + resp.value.len()) as u64);
             Ok(resp)
         }
         .await;
@@ -488,6 +532,7 @@ impl Tikv for KvService {
                     Ok(pairs)
                 })
                 .await?;
+            self.note_read(grant.region.id, pairs.iter().map(|p| (&p.key[..], &p.value[..])));
             Ok(kvrpcpb::RawBatchGetResponse { region_error: None, pairs })
         }
         .await;
@@ -585,11 +630,13 @@ impl Tikv for KvService {
             let grant = self.read_permit(req.context.as_ref(), ReadPolicy::Linearizable).await?;
             let (lower, upper) = Self::scan_bounds(&grant.region, &req.start_key, &req.end_key, req.reverse)?;
             let (reverse, limit, key_only) = (req.reverse, req.limit, req.key_only);
+            let region = grant.region.id;
             let kvs = self
                 .read_snapshot(&grant.clone(), move |snap| {
                     scan_region(snap, &grant, (&lower, &upper), reverse, limit, key_only)
                 })
                 .await?;
+            self.note_read(region, kvs.iter().map(|p| (&p.key[..], &p.value[..])));
             Ok(kvrpcpb::RawScanResponse { region_error: None, kvs })
         }
         .await;
@@ -632,6 +679,7 @@ impl Tikv for KvService {
                 bounds.push(Self::scan_bounds(&grant.region, &range.start_key, &range.end_key, req.reverse)?);
             }
             let (reverse, limit, key_only) = (req.reverse, req.each_limit, req.key_only);
+            let region = grant.region.id;
             let kvs = self
                 .read_snapshot(&grant.clone(), move |snap| {
                     let mut kvs = Vec::new();
@@ -641,6 +689,7 @@ impl Tikv for KvService {
                     Ok(kvs)
                 })
                 .await?;
+            self.note_read(region, kvs.iter().map(|p| (&p.key[..], &p.value[..])));
             Ok(kvrpcpb::RawBatchScanResponse { region_error: None, kvs })
         }
         .await;
@@ -667,6 +716,7 @@ impl Tikv for KvService {
                 }
                 _ => resp.not_found = true,
             }
+            self.flow.record_read(grant.region.id, 1, req.key.len() as u64);
             Ok(resp)
         }
         .await;

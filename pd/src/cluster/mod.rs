@@ -358,6 +358,7 @@ impl Cluster {
         if let Some(names) = schedulers {
             inner.coordinator.set_schedulers(scheduling::parse_persisted_schedulers(&names));
         }
+        inner.settings.evict_leader_stores = inner.coordinator.evict_leader_stores();
         inner.operators = OperatorController::default();
         inner.restart_prepare_check(SystemTime::now());
         if cluster_id == 0 {

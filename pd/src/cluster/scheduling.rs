@@ -13,6 +13,7 @@ use crate::config::update::parse_changes;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::meta::Command;
+use crate::schedule::schedulers::EVICT_LEADER;
 use crate::schedule::{
     self, admin, AdminRequest, LimitType, ScheduleOrder, Scheduler, Settings, SplitPolicy, StoreLimit,
 };
@@ -201,30 +202,71 @@ impl Cluster {
         inner.change_config(&Value::Object(body))
     }
 
+    /// Sets the leader and region weights of `store` (`pd-ctl store
+    /// weight`), persisted as `schedule.store-weight`; 1 and 1 drop the
+    /// store's entry.
+    pub fn set_store_weight(&self, store: StoreId, leader: f64, region: f64) -> Result<Config> {
+        let ok = |w: f64| w.is_finite() && w > 0.0;
+        if !ok(leader) || !ok(region) {
+            return Err(Error::InvalidArgument(format!("weights {leader} and {region} must be numbers > 0")));
+        }
+        if !self.read(|v| v.state.store(store).is_some()) {
+            return Err(Error::StoreNotFound(store));
+        }
+        let mut inner = self.inner.lock();
+        let mut weights = inner.config.schedule.store_weight.clone();
+        if leader == 1.0 && region == 1.0 {
+            weights.remove(&store.0.to_string());
+        } else {
+            weights.insert(store.0.to_string(), crate::config::StoreWeightConfig { leader, region });
+        }
+        let body = serde_json::json!({ "schedule.store-weight": weights });
+        inner.change_config(&body)
+    }
+
     /// The schedulers that run on each patrol tick, in the order they run.
     pub fn schedulers(&self) -> Vec<Scheduler> {
         self.inner.lock().coordinator.schedulers().iter().copied().collect()
     }
 
     /// Starts the scheduler called `name` (PD's name, e.g.
-    /// `shuffle-leader-scheduler`) from the next patrol tick on, and persists
-    /// the active set. [`Error::InvalidArgument`] for an unknown name,
+    /// `shuffle-leader-scheduler`; `evict-leader-scheduler` takes `store`)
+    /// from the next patrol tick on, and persists the active set.
+    /// [`Error::InvalidArgument`] for an unknown name or store,
     /// [`Error::SchedulerExists`] if it already runs (PD refuses a second
     /// add too).
-    pub fn add_scheduler(&self, name: &str) -> Result<Scheduler> {
-        let scheduler = Scheduler::parse(name).ok_or_else(|| {
+    pub fn add_scheduler(&self, name: &str, store: Option<u64>) -> Result<Scheduler> {
+        let unknown = || {
             Error::InvalidArgument(format!(
                 "unknown scheduler {name:?} (known: {})",
                 Scheduler::known_names()
             ))
-        })?;
+        };
+        let scheduler = match (name, store) {
+            (EVICT_LEADER, Some(id)) => {
+                let store = StoreId(id);
+                let known = self
+                    .read(|v| v.state.store(store).is_some_and(|s| s.meta.state != StoreState::Tombstone));
+                if !known {
+                    return Err(Error::StoreNotFound(store));
+                }
+                Scheduler::EvictLeader(store)
+            }
+            (EVICT_LEADER, None) => {
+                return Err(Error::InvalidArgument("evict-leader-scheduler needs a store id".into()))
+            }
+            (_, Some(_)) => {
+                return Err(Error::InvalidArgument(format!("scheduler {name:?} takes no store id")))
+            }
+            (_, None) => Scheduler::parse(name).ok_or_else(unknown)?,
+        };
         let mut inner = self.inner.lock();
         let mut active = inner.coordinator.schedulers().clone();
         if !active.insert(scheduler) {
-            return Err(Error::SchedulerExists(scheduler.name().to_owned()));
+            return Err(Error::SchedulerExists(scheduler.name()));
         }
         inner.set_schedulers(active)?;
-        warn!(scheduler = scheduler.name(), "scheduler added at run time");
+        warn!(%scheduler, "scheduler added at run time");
         Ok(scheduler)
     }
 
@@ -240,17 +282,36 @@ impl Cluster {
             return Err(not_found());
         }
         inner.set_schedulers(active)?;
-        warn!(scheduler = scheduler.name(), "scheduler removed at run time");
+        warn!(%scheduler, "scheduler removed at run time");
         Ok(scheduler)
+    }
+
+    /// Pauses the active scheduler `name` for `delay` (zero: resumes it).
+    /// In memory only: a restart or a new PD leader runs it again.
+    pub fn pause_scheduler(&self, name: &str, delay: Duration) -> Result<Scheduler> {
+        let not_found = || Error::SchedulerNotFound(name.to_owned());
+        let scheduler = Scheduler::parse(name).ok_or_else(not_found)?;
+        let until = (!delay.is_zero()).then(|| SystemTime::now() + delay);
+        if !self.inner.lock().coordinator.pause(scheduler, until) {
+            return Err(not_found());
+        }
+        warn!(%scheduler, ?delay, "scheduler paused (zero: resumed)");
+        Ok(scheduler)
+    }
+
+    /// Active schedulers paused now, with when each resumes.
+    pub fn paused_schedulers(&self) -> Vec<(Scheduler, SystemTime)> {
+        self.inner.lock().coordinator.paused(SystemTime::now())
     }
 }
 
 impl super::Inner {
     /// Persists `active` as the schedulers that run, then runs them.
     fn set_schedulers(&mut self, active: BTreeSet<Scheduler>) -> Result<()> {
-        let names = active.iter().map(|s| s.name().to_owned()).collect();
+        let names = active.iter().map(|s| s.name()).collect();
         self.propose(Command::SetSchedulers { names })?;
         self.coordinator.set_schedulers(active);
+        self.settings.evict_leader_stores = self.coordinator.evict_leader_stores();
         Ok(())
     }
 }
@@ -281,6 +342,7 @@ impl super::Inner {
             warn!(%key, %value, "config changed at run time");
         }
         self.settings = Settings::from_config(&config);
+        self.settings.evict_leader_stores = self.coordinator.evict_leader_stores();
         self.config = config.clone();
         Ok(config)
     }

@@ -1,5 +1,6 @@
 //! Store registration, heartbeats and lifecycle.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use mnemo_proto::types::StoreId;
@@ -34,6 +35,12 @@ impl Cluster {
                 }
                 Some(cur) => {
                     store.state = cur.meta.state;
+                    // A node configured without labels keeps those set
+                    // through the API (`pd-ctl store label`); one with
+                    // labels of its own replaces them, as in PD.
+                    if store.labels.is_empty() {
+                        store.labels = cur.meta.labels.clone();
+                    }
                     if cur.meta == store {
                         return Ok(());
                     }
@@ -50,6 +57,54 @@ impl Cluster {
     /// Store `id`, with its latest heartbeat.
     pub fn get_store(&self, id: StoreId) -> Result<StoreInfo> {
         self.read_state(|s| s.store(id).cloned())?.ok_or(Error::StoreNotFound(id))
+    }
+
+    /// Sets labels of store `id` (`pd-ctl store label`): each key given
+    /// takes its value, an empty value removes the key, other labels stay.
+    /// Kept across the node's restarts unless the node is configured with
+    /// labels of its own.
+    pub fn set_store_labels(&self, id: StoreId, labels: BTreeMap<String, String>) -> Result<()> {
+        if labels.is_empty() {
+            return Err(Error::InvalidArgument("no label given (key=value ...)".into()));
+        }
+        if let Some(k) = labels.keys().find(|k| k.is_empty()) {
+            return Err(Error::InvalidArgument(format!("label key {k:?} is empty")));
+        }
+        let mut inner = self.inner.lock();
+        inner.ensure_bootstrapped()?;
+        let mut meta = inner.state().store(id).ok_or(Error::StoreNotFound(id))?.meta.clone();
+        if meta.state == StoreState::Tombstone {
+            return Err(Error::StoreTombstone(id));
+        }
+        for (k, v) in labels {
+            if v.is_empty() {
+                meta.labels.remove(&k);
+            } else {
+                meta.labels.insert(k, v);
+            }
+        }
+        validate_store(&meta)?;
+        info!(store_id = %id, labels = ?meta.labels, "store labels set through the API");
+        inner.propose(Command::PutStore { store: meta })
+    }
+
+    /// Forgets every Tombstone store (`pd-ctl store remove-tombstone`);
+    /// answers their ids. Their ids are never reused.
+    pub fn remove_tombstones(&self) -> Result<Vec<StoreId>> {
+        let mut inner = self.inner.lock();
+        inner.ensure_bootstrapped()?;
+        let gone: Vec<StoreId> = inner
+            .state()
+            .stores()
+            .values()
+            .filter(|s| s.meta.state == StoreState::Tombstone)
+            .map(|s| s.meta.id)
+            .collect();
+        if !gone.is_empty() {
+            inner.propose(Command::RemoveTombstones)?;
+            warn!(stores = ?gone, "tombstone stores removed");
+        }
+        Ok(gone)
     }
 
     /// Every store, optionally without tombstones.

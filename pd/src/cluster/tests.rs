@@ -376,10 +376,10 @@ fn schedulers_added_or_removed_at_run_time_survive_a_restart() {
         let c = open();
         // The balancers run by default; the shuffles are off.
         assert_eq!(c.schedulers(), vec![BalanceLeader, BalanceRegion]);
-        assert_eq!(c.add_scheduler("shuffle-leader-scheduler").unwrap(), ShuffleLeader);
+        assert_eq!(c.add_scheduler("shuffle-leader-scheduler", None).unwrap(), ShuffleLeader);
         // Twice is refused, as in PD; so is a name PD does not know.
-        assert!(matches!(c.add_scheduler("shuffle-leader-scheduler"), Err(Error::SchedulerExists(_))));
-        let err = c.add_scheduler("shuffle-leader").unwrap_err();
+        assert!(matches!(c.add_scheduler("shuffle-leader-scheduler", None), Err(Error::SchedulerExists(_))));
+        let err = c.add_scheduler("shuffle-leader", None).unwrap_err();
         assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("shuffle-leader-scheduler")), "{err}");
         // The balancers can be removed too; what does not run cannot be.
         c.remove_scheduler("balance-region-scheduler").unwrap();

@@ -164,6 +164,12 @@ pub struct ScheduleConfig {
     /// `[schedule.store-limit.4]` with `add-peer = 30.0`, `remove-peer =
     /// 30.0` (`pd-ctl store limit 4 30`). Default empty.
     pub store_limit: BTreeMap<String, StoreLimitConfig>,
+    /// Per-store weights, by store id: `[schedule.store-weight.4]` with
+    /// `leader = 2.0`, `region = 1.0` (`pd-ctl store weight 4 2 1`). A
+    /// store's leader count and region size are divided by its weights
+    /// before balancing compares stores, so weight 2 holds about twice as
+    /// much. Weights are > 0; a store left out weighs 1 and 1. Default empty.
+    pub store_weight: BTreeMap<String, StoreWeightConfig>,
     /// A store whose disk is fuller than this (1 - available / capacity)
     /// receives no replica from balancing, and one from a repair only when
     /// no other store will do (PD's `low-space-ratio`). In (0, 1]. Default
@@ -188,6 +194,22 @@ pub struct StoreLimitConfig {
     /// Peers removed per minute.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remove_peer: Option<f64>,
+}
+
+/// One store's weights (see [`ScheduleConfig::store_weight`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StoreWeightConfig {
+    /// Divides the store's leader count.
+    pub leader: f64,
+    /// Divides the store's region size.
+    pub region: f64,
+}
+
+impl Default for StoreWeightConfig {
+    fn default() -> Self {
+        StoreWeightConfig { leader: 1.0, region: 1.0 }
+    }
 }
 
 /// `[replication]` section.
@@ -246,6 +268,7 @@ impl Default for ScheduleConfig {
             store_limit_add_peer: 15.0,
             store_limit_remove_peer: 15.0,
             store_limit: BTreeMap::new(),
+            store_weight: BTreeMap::new(),
             low_space_ratio: 0.8,
             patrol_region_interval: ReadableDuration(Duration::from_millis(100)),
         }
@@ -451,6 +474,14 @@ impl Config {
             if store.parse::<u64>().is_err() || !ok(l.add_peer) || !ok(l.remove_peer) {
                 return bad(format!(
                     "schedule.store-limit.{store}: keys are store ids, add-peer and remove-peer rates >= 0"
+                ));
+            }
+        }
+        for (store, w) in &s.store_weight {
+            let ok = |v: f64| v.is_finite() && v > 0.0;
+            if store.parse::<u64>().is_err() || !ok(w.leader) || !ok(w.region) {
+                return bad(format!(
+                    "schedule.store-weight.{store}: keys are store ids, leader and region weights > 0"
                 ));
             }
         }

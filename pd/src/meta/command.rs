@@ -40,6 +40,9 @@ pub enum Command {
         /// Its new state.
         state: StoreState,
     },
+    /// Forgets every store in state Tombstone (`pd-ctl store
+    /// remove-tombstone`).
+    RemoveTombstones,
     /// Records a region (new or newer epoch) and drops the regions it
     /// overlaps. A stale or unchanged record is a no-op.
     PutRegion {
@@ -94,6 +97,7 @@ enum Repr {
     Bootstrap { store: String, region: String },
     PutStore { store: String },
     SetStoreState { store: u64, state: String },
+    RemoveTombstones,
     PutRegion { region: String },
     AllocIdWindow { end: u64 },
     TsoWindow { physical_ms: u64 },
@@ -117,6 +121,7 @@ impl Command {
             Command::SetStoreState { store, state } => {
                 Repr::SetStoreState { store: store.0, state: state.name().to_owned() }
             }
+            Command::RemoveTombstones => Repr::RemoveTombstones,
             Command::PutRegion { region } => Repr::PutRegion { region: region_hex(region) },
             Command::AllocIdWindow { end } => Repr::AllocIdWindow { end: *end },
             Command::TsoWindow { physical_ms } => Repr::TsoWindow { physical_ms: *physical_ms },
@@ -151,6 +156,7 @@ impl Command {
                 store: StoreId(store),
                 state: StoreState::parse(&state).ok_or_else(|| corrupt(format!("store state {state:?}")))?,
             },
+            Repr::RemoveTombstones => Command::RemoveTombstones,
             Repr::PutRegion { region: r } => Command::PutRegion { region: region(&r)? },
             Repr::AllocIdWindow { end } => Command::AllocIdWindow { end },
             Repr::TsoWindow { physical_ms } => Command::TsoWindow { physical_ms },
@@ -182,6 +188,7 @@ mod tests {
             Command::Bootstrap { store: store.clone(), region: region.clone() },
             Command::PutStore { store },
             Command::SetStoreState { store: StoreId(1), state: StoreState::Offline },
+            Command::RemoveTombstones,
             Command::PutRegion { region },
             Command::AllocIdWindow { end: 1001 },
             Command::TsoWindow { physical_ms: 1_700_000_003_000 },

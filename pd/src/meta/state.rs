@@ -279,6 +279,19 @@ impl StateMachine {
                 storage::put_store(wb, &meta);
                 self.state.stores.get_mut(store).expect("checked above").meta = meta;
             }
+            Command::RemoveTombstones => {
+                let gone: Vec<StoreId> = self
+                    .state
+                    .stores
+                    .values()
+                    .filter(|s| s.meta.state == StoreState::Tombstone)
+                    .map(|s| s.meta.id)
+                    .collect();
+                for id in gone {
+                    storage::delete_store(wb, id);
+                    self.state.stores.remove(&id);
+                }
+            }
             Command::PutRegion { region } => {
                 if self.state.regions.check(region) != Verdict::Changed {
                     return Ok(());

@@ -52,6 +52,10 @@ pub(super) fn put_store(wb: &mut WriteBatch, s: &StoreMeta) {
     wb.put(Cf::Meta, store_key(s.id), metapb::Store::from(s).encode_to_vec());
 }
 
+pub(super) fn delete_store(wb: &mut WriteBatch, id: StoreId) {
+    wb.delete(Cf::Meta, store_key(id));
+}
+
 pub(super) fn put_region(wb: &mut WriteBatch, r: &Region) {
     wb.put(Cf::Meta, region_key(r.id), metapb::Region::from(r).encode_to_vec());
 }

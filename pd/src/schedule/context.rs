@@ -161,16 +161,18 @@ impl<'a> Ctx<'a> {
     }
 
     /// Region score of `store` once the operators in flight finish: the sum
-    /// of its regions' weights (MiB, at least 1 each).
+    /// of its regions' weights (MiB, at least 1 each), divided by the
+    /// store's region weight (`schedule.store-weight`, 1 by default).
     pub fn region_score(&self, store: StoreId) -> i64 {
         let w = i64::try_from(self.snap.regions.store_region_weight(store)).unwrap_or(i64::MAX);
-        w.saturating_add(self.influence().weight(store))
+        weighted(w.saturating_add(self.influence().weight(store)), self.settings.store_weight(store).region)
     }
 
-    /// Leader count of `store` once the operators in flight finish.
+    /// Leader count of `store` once the operators in flight finish, divided
+    /// by the store's leader weight.
     pub fn leader_score(&self, store: StoreId) -> i64 {
         let n = i64::try_from(self.snap.regions.store_leader_count(store)).unwrap_or(i64::MAX);
-        n + self.influence().leaders(store)
+        weighted(n + self.influence().leaders(store), self.settings.store_weight(store).leader)
     }
 
     /// The isolation of replicas on `stores` (unknown stores are skipped).
@@ -202,9 +204,10 @@ impl<'a> Ctx<'a> {
     }
 
     /// True if `peer` may take leadership of `info`: a voter, caught up,
-    /// healthy, on an active store.
+    /// healthy, on an active store whose leaders are not being evicted.
     pub fn can_lead(&self, peer: &Peer, info: &RegionInfo) -> bool {
         peer.role == PeerRole::Voter
+            && !self.settings.evict_leader_stores.contains(&peer.store_id)
             && !self.is_pending(peer, info)
             && self.is_active(peer.store_id)
             && self.is_healthy(peer, info)
@@ -250,6 +253,17 @@ impl<'a> Ctx<'a> {
             stores.iter().map(|(_, v)| *v as f64).sum::<f64>() / stores.len() as f64
         };
         (stores, mean)
+    }
+}
+
+/// `score / weight`, rounded; weight 1 leaves it as it is. Rounding and
+/// the schedulers' minimum gap keep a move between stores of different
+/// weights from being undone by the next one.
+fn weighted(score: i64, weight: f64) -> i64 {
+    if weight == 1.0 {
+        score
+    } else {
+        (score as f64 / weight).round() as i64
     }
 }
 

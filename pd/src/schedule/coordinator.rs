@@ -22,9 +22,10 @@
 //! controller) and orders. The set of active schedulers is the
 //! coordinator's own state, set by its owner ([`Coordinator::set_schedulers`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
 
-use mnemo_proto::types::{Peer, PeerId, RegionEpoch, RegionId};
+use mnemo_proto::types::{Peer, PeerId, RegionEpoch, RegionId, StoreId};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tracing::{debug, info, warn};
@@ -62,6 +63,8 @@ pub struct Coordinator {
     cursor: Vec<u8>,
     rng: StdRng,
     schedulers: BTreeSet<Scheduler>,
+    /// Active schedulers paused until then (`pd-ctl scheduler pause`).
+    paused: BTreeMap<Scheduler, SystemTime>,
 }
 
 /// A source of fresh peer ids; `None` when none is at hand right now.
@@ -75,6 +78,7 @@ impl Coordinator {
             cursor: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
             schedulers: Scheduler::DEFAULT.into(),
+            paused: BTreeMap::new(),
         }
     }
 
@@ -86,7 +90,37 @@ impl Coordinator {
     /// Runs exactly `schedulers` from the next patrol tick on. Operators
     /// they already created finish (or time out) as usual.
     pub fn set_schedulers(&mut self, schedulers: BTreeSet<Scheduler>) {
+        self.paused.retain(|s, _| schedulers.contains(s));
         self.schedulers = schedulers;
+    }
+
+    /// The stores whose leaders an active evict-leader scheduler drains.
+    pub fn evict_leader_stores(&self) -> BTreeSet<StoreId> {
+        self.schedulers
+            .iter()
+            .filter_map(|s| match s {
+                Scheduler::EvictLeader(store) => Some(*store),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Pauses active `scheduler` until `until` (`None`: resumes it now).
+    /// False if it is not active.
+    pub fn pause(&mut self, scheduler: Scheduler, until: Option<SystemTime>) -> bool {
+        if !self.schedulers.contains(&scheduler) {
+            return false;
+        }
+        match until {
+            Some(t) => self.paused.insert(scheduler, t),
+            None => self.paused.remove(&scheduler),
+        };
+        true
+    }
+
+    /// Active schedulers paused at `now`, with when they resume.
+    pub fn paused(&self, now: SystemTime) -> Vec<(Scheduler, SystemTime)> {
+        self.paused.iter().filter(|(_, t)| **t > now).map(|(s, t)| (*s, *t)).collect()
     }
 
     /// A region heartbeat arrived (the map already holds its new state):
@@ -178,6 +212,9 @@ impl Coordinator {
         // The active schedulers, a few operators each (BTreeSet order is
         // Scheduler::ALL's).
         for &scheduler in &self.schedulers {
+            if self.paused.get(&scheduler).is_some_and(|until| snap.now < *until) {
+                continue;
+            }
             for _ in 0..scheduler.per_round() {
                 if !ops.has_room(scheduler.kind(), settings) {
                     break;

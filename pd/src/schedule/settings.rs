@@ -1,7 +1,7 @@
 //! The knobs scheduling reads, taken from `[schedule]` and `[replication]`
 //! (file or run time; see `config`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use mnemo_proto::types::StoreId;
@@ -38,6 +38,12 @@ pub struct Settings {
     pub store_limits: BTreeMap<StoreId, StoreLimit>,
     /// Disk fuller than this is low on space (`schedule.low-space-ratio`).
     pub low_space_ratio: f64,
+    /// Per-store weights (`schedule.store-weight`); others weigh 1 and 1.
+    pub store_weights: BTreeMap<StoreId, StoreWeight>,
+    /// Stores an evict-leader scheduler drains: no leader is handed to
+    /// them. Not config: follows the active schedulers (kept in step by the
+    /// cluster whenever either changes).
+    pub evict_leader_stores: BTreeSet<StoreId>,
 }
 
 /// Peers per minute a store may gain and lose through scheduling.
@@ -47,6 +53,21 @@ pub struct StoreLimit {
     pub add_peer: f64,
     /// Peers removed per minute.
     pub remove_peer: f64,
+}
+
+/// What a store's scores are divided by.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StoreWeight {
+    /// Divides its leader count.
+    pub leader: f64,
+    /// Divides its region size.
+    pub region: f64,
+}
+
+impl Default for StoreWeight {
+    fn default() -> Self {
+        StoreWeight { leader: 1.0, region: 1.0 }
+    }
 }
 
 /// A leader transfer that has not happened after this long will not: the
@@ -95,7 +116,20 @@ impl Settings {
                 })
                 .collect(),
             low_space_ratio: s.low_space_ratio,
+            store_weights: s
+                .store_weight
+                .iter()
+                .filter_map(|(id, w)| {
+                    Some((StoreId(id.parse().ok()?), StoreWeight { leader: w.leader, region: w.region }))
+                })
+                .collect(),
+            evict_leader_stores: BTreeSet::new(),
         }
+    }
+
+    /// The weights of `store`.
+    pub fn store_weight(&self, store: StoreId) -> StoreWeight {
+        self.store_weights.get(&store).copied().unwrap_or_default()
     }
 
     /// The limits of `store`.

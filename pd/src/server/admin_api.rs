@@ -6,13 +6,16 @@
 //! | POST `/config`                 | `{"schedule.max-store-down-time":"5s"}` or `{"schedule":{...}}`; answers the new config |
 //! | GET `/config/schedule`         | the `[schedule]` section                            |
 //! | GET `/config/replicate`        | the `[replication]` section                         |
-//! | GET `/operators`               | operators in flight                                 |
+//! | GET `/operators[?kind=K]`      | operators in flight (of kind `leader`, `region`, `replica`, `split`, `admin`) |
 //! | POST `/operators`              | `{"name":"transfer-leader","region_id":N,"to_store_id":S}`, `add-peer` / `remove-peer` with `"store_id"`, `transfer-peer` with `"from_store_id"` and `"to_store_id"`, `split-region` with optional `"policy":"approximate"\|"usekey"` and `"keys":[hex]`; answers the operator |
 //! | GET / DELETE `/operators/{region_id}` | one operator / cancel it                     |
 //! | POST `/regions/split`          | `{"split_keys":[hex...]}` (optionally `"region_id"`): one split operator per region containing a key; answers `{"split_regions":[ids]}` at once, the splits follow |
 //! | GET `/schedulers`              | names of the schedulers that run, e.g. `["balance-leader-scheduler","balance-region-scheduler"]` |
 //! | POST `/schedulers`             | `{"name":"shuffle-leader-scheduler"}`: start it; 400 for an unknown name, 409 if it already runs |
+//! | GET `/schedulers?status=paused` | `[{"name","resume_at"}]` of the schedulers paused now |
+//! | POST `/schedulers`             | `{"name":"evict-leader-scheduler","store_id":4}`: drain the store's leaders (runs as `evict-leader-scheduler-4`) |
 //! | DELETE `/schedulers/{name}`    | stop it; 404 if it does not run                     |
+//! | POST `/schedulers/{name}`      | `{"delay": seconds}`: pause it that long; 0 resumes it |
 //!
 //! Operators created here are pushed to the region's leader at once.
 //! Scheduler changes are persisted and take effect on the next patrol tick;
@@ -20,7 +23,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -34,6 +37,7 @@ use super::streams::HeartbeatStreams;
 use crate::cluster::{Cluster, ScheduleOrder};
 use crate::error::Error;
 use crate::schedule::{AdminRequest, LimitType, Scheduler, SplitPolicy};
+use crate::time::format_rfc3339_ms;
 
 struct Api {
     cluster: Arc<Cluster>,
@@ -64,7 +68,7 @@ pub(super) fn routes(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) -> R
         .route("/pd/api/v1/stores/limit", get(store_limits).post(set_all_store_limits))
         .route("/pd/api/v1/store/:id/limit", post(set_store_limit))
         .route("/pd/api/v1/schedulers", get(schedulers).post(add_scheduler))
-        .route("/pd/api/v1/schedulers/:name", delete(remove_scheduler))
+        .route("/pd/api/v1/schedulers/:name", delete(remove_scheduler).post(pause_scheduler))
         .with_state(Arc::new(Api { cluster, streams }))
 }
 
@@ -144,8 +148,30 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::NotLeader(e.to_string()))?
 }
 
-async fn operators(State(api): Shared) -> Json<Vec<json::OperatorJson>> {
-    Json(api.cluster.read(|view| view.operators.iter().map(|op| json::operator(op, view.now)).collect()))
+#[derive(Deserialize)]
+struct OperatorsQuery {
+    /// Only operators of this kind: `leader`, `region`, `replica`,
+    /// `split` or `admin`.
+    kind: Option<String>,
+}
+
+async fn operators(
+    State(api): Shared,
+    Query(q): Query<OperatorsQuery>,
+) -> ApiResult<Vec<json::OperatorJson>> {
+    const KINDS: [&str; 5] = ["leader", "region", "replica", "split", "admin"];
+    if let Some(k) = q.kind.as_deref().filter(|k| !KINDS.contains(k)) {
+        return Err(
+            Error::InvalidArgument(format!("unknown operator kind {k:?} ({})", KINDS.join(", "))).into()
+        );
+    }
+    Ok(Json(api.cluster.read(|view| {
+        view.operators
+            .iter()
+            .filter(|op| q.kind.as_deref().is_none_or(|k| op.kind.name() == k))
+            .map(|op| json::operator(op, view.now))
+            .collect()
+    })))
 }
 
 async fn operator(State(api): Shared, Path(region): Path<u64>) -> ApiResult<json::OperatorJson> {
@@ -251,24 +277,77 @@ async fn split_regions(State(api): Shared, Json(body): Json<SplitBody>) -> ApiRe
     Ok(Json(SplitAnswer { split_regions: regions.iter().map(|r| r.0).collect() }))
 }
 
-async fn schedulers(State(api): Shared) -> Json<Vec<&'static str>> {
-    Json(api.cluster.schedulers().into_iter().map(Scheduler::name).collect())
+#[derive(Deserialize)]
+struct SchedulersQuery {
+    /// `paused`: only the schedulers paused now.
+    status: Option<String>,
 }
 
-/// `POST /schedulers`. Takes any JSON object, so that a missing name is
+/// `GET /schedulers`: names of the active schedulers; with
+/// `?status=paused`, `[{"name","resume_at"}]` of those paused now.
+async fn schedulers(State(api): Shared, Query(q): Query<SchedulersQuery>) -> ApiResult<Value> {
+    match q.status.as_deref() {
+        None | Some("") => {
+            let names: Vec<String> = api.cluster.schedulers().into_iter().map(Scheduler::name).collect();
+            Ok(Json(serde_json::json!(names)))
+        }
+        Some("paused") => {
+            let paused: Vec<Value> = api
+                .cluster
+                .paused_schedulers()
+                .into_iter()
+                .map(
+                    |(s, until)| serde_json::json!({"name": s.name(), "resume_at": format_rfc3339_ms(until)}),
+                )
+                .collect();
+            Ok(Json(Value::Array(paused)))
+        }
+        Some(other) => {
+            Err(Error::InvalidArgument(format!("unknown scheduler status {other:?} (paused)")).into())
+        }
+    }
+}
+
+/// `POST /schedulers`: `{"name": ...}`, plus `"store_id"` for
+/// evict-leader-scheduler. Takes any JSON object, so that a missing name is
 /// answered as PD does (400 "missing scheduler name").
 async fn add_scheduler(State(api): Shared, Json(body): Json<Value>) -> ApiResult<&'static str> {
     let name = body
         .get("name")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "missing scheduler name".into()))?;
-    api.cluster.add_scheduler(name)?;
+    let store =
+        match body.get("store_id") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                ApiError(StatusCode::BAD_REQUEST, format!("store_id {v} is not a store id"))
+            })?),
+        };
+    let (c, name) = (api.cluster.clone(), name.to_owned());
+    blocking(move || c.add_scheduler(&name, store)).await?;
     Ok(Json("The scheduler is created."))
 }
 
 async fn remove_scheduler(State(api): Shared, Path(name): Path<String>) -> ApiResult<&'static str> {
-    api.cluster.remove_scheduler(&name)?;
+    let c = api.cluster.clone();
+    blocking(move || c.remove_scheduler(&name)).await?;
     Ok(Json("The scheduler is removed."))
+}
+
+/// `POST /schedulers/{name}` with `{"delay": seconds}`: pauses it that
+/// long; 0 resumes it (pd-ctl `scheduler pause|resume`).
+#[derive(Deserialize)]
+struct PauseBody {
+    delay: u64,
+}
+
+async fn pause_scheduler(
+    State(api): Shared,
+    Path(name): Path<String>,
+    Json(body): Json<PauseBody>,
+) -> ApiResult<&'static str> {
+    api.cluster.pause_scheduler(&name, std::time::Duration::from_secs(body.delay))?;
+    Ok(Json(if body.delay == 0 { "The scheduler is resumed." } else { "The scheduler is paused." }))
 }
 
 fn hex_keys(keys: &[String]) -> Result<Vec<Vec<u8>>, Error> {

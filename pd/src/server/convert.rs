@@ -26,6 +26,7 @@ pub(super) fn heartbeat_from_wire(req: &pdpb::RegionHeartbeatRequest) -> RegionH
         bytes_read: req.bytes_read,
         keys_written: req.keys_written,
         keys_read: req.keys_read,
+        interval_secs: crate::store::interval_secs(req.interval.as_ref()),
         term: req.term,
         last_heartbeat: None,
         pending_since: Default::default(),

@@ -9,7 +9,7 @@
 //! | GET `/regions`                        | `{"count","regions":[...]}` by key       |
 //! | GET `/region/id/{id}`                 | one region                               |
 //! | GET `/region/key/{key}[?format=hex]`  | the region containing the key            |
-//! | GET `/health`                         | `[{"name","member_id","client_urls","health"}]` |
+//! | GET `/health`                         | `[{"name","member_id","client_urls","health"}]`, each member pinged |
 //! | GET `/members`                        | `{"header","members","leader","etcd_leader"}` |
 //! | GET `/cluster`                        | `{"id","max_peer_count"}`                |
 //!
@@ -143,34 +143,9 @@ async fn set_store_state(
     Ok(Json(format!("store {id} is now {}", state.name())))
 }
 
-/// Regions rendered per hold of the metadata lock when listing the whole
-/// map: heartbeats and the raft thread's apply take that lock too, so it is
-/// held for one page at a time, never for a whole large map.
-const REGION_PAGE: usize = 1024;
-
-/// Every region in key order, a page at a time
-/// ([`Cluster::for_each_region_page`]), built off the async workers.
+/// Every region in key order, a page at a time.
 async fn regions(State(c): Shared) -> ApiResult<json::Regions> {
-    let regions = tokio::task::spawn_blocking(move || {
-        let mut out: Vec<json::Region> = Vec::new();
-        // A page's last region can come again at the head of the next
-        // (it grew meanwhile): the later sight wins.
-        let mut at = std::collections::HashMap::new();
-        c.for_each_region_page(REGION_PAGE, |page| {
-            for r in page {
-                match at.get(&r.region.id) {
-                    Some(&i) => out[i] = json::region(r),
-                    None => {
-                        at.insert(r.region.id, out.len());
-                        out.push(json::region(r));
-                    }
-                }
-            }
-        });
-        out
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let regions = super::inspect_api::regions_where(c, |_| true, json::region).await?;
     Ok(Json(json::Regions { count: regions.len(), regions }))
 }
 
@@ -209,14 +184,44 @@ async fn region_by_key(
     })
 }
 
-async fn health(State(c): Shared) -> Json<Vec<json::Health>> {
-    let m = c.member();
-    Json(vec![json::Health {
-        name: m.name.clone(),
-        member_id: m.member_id,
-        client_urls: vec![m.client_url.clone()],
-        health: true,
-    }])
+/// How long a member has to answer `/ping` to count as healthy (PD's 3 s).
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Every member, healthy if it answered `GET /pd/api/v1/ping` within
+/// [`PING_TIMEOUT`] (this member: by answering this call). The pings go out
+/// at once, so the answer takes at most one timeout.
+async fn health(State(c): Shared) -> ApiResult<Vec<json::Health>> {
+    let members = c.member_list().0;
+    let me = c.member().member_id;
+    let checked = tokio::task::spawn_blocking(move || {
+        let agent = ureq::AgentBuilder::new().timeout(PING_TIMEOUT).build();
+        std::thread::scope(|scope| {
+            let pings: Vec<_> = members
+                .iter()
+                .map(|m| {
+                    let agent = agent.clone();
+                    scope.spawn(move || {
+                        m.member_id == me
+                            || (!m.client_url.is_empty()
+                                && agent.get(&format!("{}/pd/api/v1/ping", m.client_url)).call().is_ok())
+                    })
+                })
+                .collect();
+            members
+                .iter()
+                .zip(pings)
+                .map(|(m, ping)| json::Health {
+                    name: m.name.clone(),
+                    member_id: m.member_id,
+                    client_urls: [m.client_url.clone()].into_iter().filter(|u| !u.is_empty()).collect(),
+                    health: ping.join().unwrap_or(false),
+                })
+                .collect()
+        })
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(checked))
 }
 
 async fn members(State(c): Shared) -> Json<json::Members> {

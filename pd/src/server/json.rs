@@ -12,7 +12,7 @@ use crate::cluster::ClusterView;
 use crate::member::Member;
 use crate::region_map::RegionInfo;
 use crate::schedule::Operator;
-use crate::store::{unix_nanos, StoreInfo};
+use crate::store::{unix_nanos, FlowRates, StoreInfo};
 use crate::time::format_rfc3339_ms;
 use mnemo_proto::types::{Peer, PeerRole};
 use mnemo_raft_driver::duration::ReadableDuration;
@@ -62,7 +62,11 @@ struct StoreStatus {
     available: u64,
     used_size: u64,
     leader_count: usize,
+    /// Divides the leader count in balance-leader's score.
+    leader_weight: f64,
     region_count: usize,
+    /// Divides the region size in balance-region's score.
+    region_weight: f64,
     /// Sum of the region weights (approximate size in MiB, at least 1 per
     /// region): balance-region's score.
     region_size: u64,
@@ -70,6 +74,9 @@ struct StoreStatus {
     receiving_snap_count: u32,
     applying_snap_count: u32,
     is_busy: bool,
+    /// Flow over the store's last heartbeat interval, per second.
+    #[serde(flatten)]
+    flow: FlowRates,
     #[serde(skip_serializing_if = "Option::is_none")]
     start_ts: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,6 +90,7 @@ pub(super) fn store(info: &StoreInfo, view: &ClusterView<'_>) -> Store {
     let regions = view.state.regions();
     let max_down = view.config.schedule.max_store_down_time.0;
     let stats = info.stats.clone().unwrap_or_default();
+    let weight = view.config.schedule.store_weight.get(&id.0.to_string()).cloned().unwrap_or_default();
     let start = (stats.start_time > 0)
         .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(stats.start_time)));
     Store {
@@ -109,12 +117,15 @@ pub(super) fn store(info: &StoreInfo, view: &ClusterView<'_>) -> Store {
             available: stats.available,
             used_size: stats.used_size,
             leader_count: regions.store_leader_count(id),
+            leader_weight: weight.leader,
             region_count: regions.store_region_count(id),
+            region_weight: weight.region,
             region_size: regions.store_region_weight(id),
             sending_snap_count: stats.sending_snap_count,
             receiving_snap_count: stats.receiving_snap_count,
             applying_snap_count: stats.applying_snap_count,
             is_busy: stats.is_busy,
+            flow: stats.flow_rates(),
             start_ts: start.map(format_rfc3339_ms),
             last_heartbeat_ts: info.last_heartbeat.map(format_rfc3339_ms),
             uptime: start
@@ -147,6 +158,9 @@ pub(super) struct Region {
     /// MiB, as PD reports it.
     approximate_size: u64,
     approximate_keys: u64,
+    /// Flow over the leader's last heartbeat interval, per second.
+    #[serde(flatten)]
+    flow: FlowRates,
 }
 
 #[derive(Serialize)]
@@ -197,6 +211,7 @@ pub(super) fn region(info: &RegionInfo) -> Region {
         read_keys: rt.keys_read,
         approximate_size: rt.approximate_size / (1 << 20),
         approximate_keys: rt.approximate_keys,
+        flow: info.flow_rates(),
     }
 }
 

@@ -22,6 +22,8 @@ mod admin_api;
 mod convert;
 mod grpc;
 mod http;
+mod inspect_api;
+pub use inspect_api::DEFAULT_TOP;
 mod json;
 mod proxy;
 mod streams;
@@ -483,6 +485,7 @@ fn router(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) -> axum::Router
     let (_, health) = tonic_health::server::health_reporter();
     let api = http::routes(cluster.clone())
         .merge(admin_api::routes(cluster.clone(), streams))
+        .merge(inspect_api::routes(cluster.clone()))
         .layer(axum::middleware::from_fn_with_state(cluster, proxy::to_leader));
     tonic::service::Routes::new(pd).add_service(health).into_axum_router().merge(api).fallback(http::fallback)
 }
