@@ -12,8 +12,8 @@ export MNEMO_BIN_DIR := $(BIN)
 # features, so nothing (RocksDB above all) is compiled twice.
 FEATURES := --features mnemo-node/failpoints,mnemo-pd/failpoints
 
-APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl etcd-server \
-	docker.io docker-compose busybox-static prometheus jq binutils
+APT_PACKAGES := clang libclang-dev protobuf-compiler iproute2 iptables curl etcd-server prometheus \
+	docker-compose busybox-static jq binutils
 
 .PHONY: deps build run test images compose-test validate-k8s bench bench-regions bench-idle bench-compare bench-profile bench-micro chaos lint fmt clean-data
 
@@ -33,7 +33,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@command -v cargo >/dev/null || { echo "cargo is missing: install a Rust toolchain (rustup)"; exit 1; }
-	@scripts/validate-k8s.sh --install-only
+	@command -v docker >/dev/null || { echo "installing docker.io"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null; }
 
 build: deps
 	cargo build --release --workspace --bins $(FEATURES)

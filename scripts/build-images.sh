@@ -3,7 +3,7 @@
 #
 #   mnemosyne/pd:TAG          mnemo-pd, pd-ctl
 #   mnemosyne/node:TAG        mnemo-node, mnemo-cli, pd-ctl
-#   mnemosyne/prometheus:TAG  Debian's prometheus, deploy/prometheus/prometheus.yml
+#   mnemosyne/prometheus:TAG  Debian's prometheus, deploy/prometheus/{prometheus,alerts}.yml
 #
 # No registry is needed: every image is FROM scratch
 # (deploy/docker/Dockerfile.{pd,node,prometheus}) and holds the binaries,
@@ -21,6 +21,8 @@ TAG=${IMAGE_TAG:-dev}
 BUSYBOX=/bin/busybox
 PROMETHEUS=/usr/bin/prometheus
 PROMETHEUS_YML=deploy/prometheus/prometheus.yml
+# Its rule_files, by the same name next to it in the image.
+PROMETHEUS_RULES=deploy/prometheus/alerts.yml
 
 die() { echo "build-images: $*" >&2; exit 1; }
 
@@ -41,6 +43,7 @@ command -v objcopy >/dev/null || die "objcopy is missing (apt-get install binuti
 # Debian's busybox package (not -static) puts a dynamic busybox in the same place.
 ldd "$BUSYBOX" >/dev/null 2>&1 && die "$BUSYBOX is not static: apt-get install busybox-static"
 [ -f "$PROMETHEUS_YML" ] || die "$PROMETHEUS_YML is missing"
+[ -f "$PROMETHEUS_RULES" ] || die "$PROMETHEUS_RULES is missing"
 for b in mnemo-pd mnemo-node mnemo-cli pd-ctl; do
   [ -x "$BIN/$b" ] || die "$BIN/$b is missing: make build first"
 done
@@ -85,6 +88,7 @@ stage node "$BIN/mnemo-node" "$BIN/mnemo-cli" "$BIN/pd-ctl"
 stage prometheus "$PROMETHEUS"
 mkdir -p "$CTX/prometheus/rootfs/etc/prometheus"
 cp "$PROMETHEUS_YML" "$CTX/prometheus/rootfs/etc/prometheus/prometheus.yml"
+cp "$PROMETHEUS_RULES" "$CTX/prometheus/rootfs/etc/prometheus/alerts.yml"
 
 for target in pd node prometheus; do
   image=mnemosyne/$target:$TAG

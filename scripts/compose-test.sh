@@ -108,9 +108,10 @@ leaders_on() { # leaders_on STORE_ID: every region's leader is on that store
   pdctl region | jq -e --argjson id "$1" 'all(.regions[]; .leader.store_id == $id)'
 }
 
-prometheus_scrapes_nodes() {
-  "${DC[@]}" exec -T prometheus wget -q -O- 'http://127.0.0.1:9090/api/v1/query?query=count(up%3D%3D1)' |
-    jq -e '(.data.result[0].value[1] // "0" | tonumber) >= 3'
+prometheus_scrapes_nodes() { # every target of both jobs (3 PD members, 3 nodes) up
+  "${DC[@]}" exec -T prometheus wget -q -O- 'http://127.0.0.1:9090/api/v1/targets' |
+    jq -e '[.data.activeTargets[] | select(.health == "up") | .labels.job] | (map(select(. == "pd")) | length) == 3
+      and (map(select(. == "node")) | length) == 3'
 }
 
 show_stores() {
@@ -152,7 +153,7 @@ kv node1 get before- 100
 n=$("${DC[@]}" exec -T node1 mnemo-cli --pd "$PD_ENDPOINTS" scan before- before. --limit 1000 | wc -l)
 [ "$n" = 100 ] || fail "scan of before-* returned $n pairs, not 100"
 log "scan before-* from the node1 container: 100 pairs"
-wait_for "Prometheus scraping the 3 nodes" 60 prometheus_scrapes_nodes
+wait_for "Prometheus scraping the 3 PD members and the 3 nodes" 60 prometheus_scrapes_nodes
 
 # The node to stop: the one holding the first region's leader, so that the
 # stop also costs the region its leader.
@@ -177,7 +178,9 @@ log "starting $victim again"
 "${DC[@]}" start "$victim" 2>&1 | sed 's/^/    /' || fail "docker-compose start $victim failed"
 wait_for "$victim healthy" 90 healthy "$victim"
 wait_for "3 stores Up in PD" 60 stores_up 3
-# Leadership to the restarted store: its reads then show what it holds.
+# Leadership to the restarted store: its reads then show what it holds
+# (balance-leader off first, or it would spread the leaders again).
+pdctl scheduler remove balance-leader-scheduler >/dev/null || fail "removing balance-leader-scheduler failed"
 for rid in $(pdctl region | jq -r --argjson id "$victim_id" '.regions[] | select(.leader.store_id != $id) | .id'); do
   pdctl operator add transfer-leader "$rid" "$victim_id" >/dev/null || fail "transfer-leader of region $rid failed"
 done

@@ -105,6 +105,7 @@ pub mod etcd;
 pub mod id;
 pub mod member;
 pub mod meta;
+pub mod metrics;
 pub mod raft;
 pub mod region_map;
 pub mod schedule;

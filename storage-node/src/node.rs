@@ -359,6 +359,7 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
     tokio::spawn(worker.run(pd_rx));
 
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    metrics.watch_engine(kv.clone());
     let kv_service = KvService::new(store_id, store_tx.clone(), kv, cfg.server.clone(), metrics.clone())
         .with_unsafe_stale_reads(cfg.test_controls.unsafe_stale_reads)
         .with_local_reader(local_reader)

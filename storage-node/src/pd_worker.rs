@@ -196,6 +196,10 @@ impl PdWorker {
         // What this store holds on disk: data and raft logs alike.
         let used_size = self.kv.used_bytes() + self.raft.used_bytes();
         let (capacity, available) = store_space(disk_space(&self.data_dir), used_size, self.capacity);
+        for (ty, v) in [("capacity", capacity), ("available", available), ("used", used_size)] {
+            let v = i64::try_from(v).unwrap_or(i64::MAX);
+            crate::metrics::RAFTSTORE.store_size.with_label_values(&[ty]).set(v);
+        }
         // Busy: requests were refused for a full store loop since the last
         // heartbeat (PD then balances no new replicas here; repairs still
         // come). Write flow control is not the store being overloaded.

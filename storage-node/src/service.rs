@@ -32,7 +32,7 @@ use crate::engine::{Cf, EngineRef, EngineSnapshot, ScanRange};
 use crate::error::{Error, Result};
 use crate::flow::FlowStats;
 use crate::keys;
-use crate::metrics::Metrics;
+use crate::metrics::{GrpcTimer, Metrics, RAFTSTORE};
 use crate::raftstore::{LocalReader, ReadGrant, ReadPolicy, SendError, StoreMsg, StoreRouter, WriteOutcome};
 
 /// How long a request waits for the store loop before answering.
@@ -104,7 +104,8 @@ has_region_error!(
 
 /// Turns a handler result into the gRPC answer: region errors in the body,
 /// bad input as `INVALID_ARGUMENT`, anything else as `INTERNAL`.
-fn respond<T: HasRegionError>(metrics: &Metrics, r: Result<T>) -> RpcResult<T> {
+fn respond<T: HasRegionError>(metrics: &Metrics, timer: GrpcTimer, r: Result<T>) -> RpcResult<T> {
+    timer.finish(r.is_err());
     match r {
         Ok(resp) => Ok(Response::new(resp)),
         Err(e) => {
@@ -273,10 +274,12 @@ impl KvService {
         if policy == ReadPolicy::Linearizable {
             if let Some(grant) = self.local_reader.as_ref().and_then(|r| r.read(region_id, epoch)) {
                 self.metrics.local_reads.inc();
+                RAFTSTORE.proposed("local_read");
                 return Ok(grant);
             }
         }
         let (cb, rx) = oneshot::channel();
+        RAFTSTORE.proposed("read_index");
         self.to_store(StoreMsg::Read { region_id, epoch, policy, cb })?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
@@ -308,14 +311,19 @@ impl KvService {
         let _pending = self.admit_write(prost::Message::encoded_len(&cmd) as u64)?;
         let (keys, bytes) = written_size(&cmd);
         let (cb, rx) = oneshot::channel();
+        RAFTSTORE.proposed("normal");
         self.to_store(StoreMsg::Write { region_id, cmd, cb })?;
         let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
             // Dropped or timed out after proposing: the outcome is unknown.
             Ok(Err(_)) | Err(_) => Err(Error::StaleCommand),
         };
-        if outcome.is_ok() {
-            self.flow.record_write(region_id, keys, bytes);
+        match &outcome {
+            Ok(_) => self.flow.record_write(region_id, keys, bytes),
+            // Refused by the region (not leader, stale epoch, ...): nothing
+            // was committed.
+            Err(e) if e.to_region_error().is_some() => RAFTSTORE.proposed("dropped"),
+            Err(_) => {}
         }
         outcome
     }
@@ -483,6 +491,7 @@ fn scan_region(
 impl Tikv for KvService {
     async fn raw_get(&self, req: Request<kvrpcpb::RawGetRequest>) -> RpcResult<kvrpcpb::RawGetResponse> {
         let req = req.into_inner();
+        let timer = RAFTSTORE.grpc_timer("raw_get");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
@@ -500,7 +509,7 @@ impl Tikv for KvService {
             Ok(resp)
         }
         .await;
-        respond(&self.metrics, r)
+        respond(&self.metrics, timer, r)
     }
 
     async fn raw_batch_get(
@@ -508,6 +517,7 @@ impl Tikv for KvService {
         req: Request<kvrpcpb::RawBatchGetRequest>,
     ) -> RpcResult<kvrpcpb::RawBatchGetResponse> {
         let req = req.into_inner();
+        let timer = RAFTSTORE.grpc_timer("raw_batch_get");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_batch(req.keys.len())?;
@@ -536,11 +546,12 @@ impl Tikv for KvService {
             Ok(kvrpcpb::RawBatchGetResponse { region_error: None, pairs })
         }
         .await;
-        respond(&self.metrics, r)
+        respond(&self.metrics, timer, r)
     }
 
     async fn raw_put(&self, req: Request<kvrpcpb::RawPutRequest>) -> RpcResult<kvrpcpb::RawPutResponse> {
         let req = req.into_inner();
+        let timer = RAFTSTORE.grpc_timer("raw_put");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
@@ -553,7 +564,7 @@ impl Tikv for KvService {
             Ok(kvrpcpb::RawPutResponse::default())
         }
         .await;
-        respond(&self.metrics, r)
+        respond(&self.metrics, timer, r)
     }
 
     async fn raw_batch_put(
@@ -561,6 +572,7 @@ impl Tikv for KvService {
         req: Request<kvrpcpb::RawBatchPutRequest>,
     ) -> RpcResult<kvrpcpb::RawBatchPutResponse> {
         let req = req.into_inner();
+        let timer = RAFTSTORE.grpc_timer("raw_batch_put");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_batch(req.pairs.len())?;
@@ -581,7 +593,7 @@ impl Tikv for KvService {
             Ok(kvrpcpb::RawBatchPutResponse::default())
         }
         .await;
-        respond(&self.metrics, r)
+        respond(&self.metrics, timer, r)
     }
 
     async fn raw_delete(
@@ -589,6 +601,7 @@ impl Tikv for KvService {
         req: Request<kvrpcpb::RawDeleteRequest>,
     ) -> RpcResult<kvrpcpb::RawDeleteResponse> {
         let req = req.into_inner();
+        let timer = RAFTSTORE.grpc_timer("raw_delete");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
@@ -597,7 +610,7 @@ impl Tikv for KvService {
             Ok(kvrpcpb::RawDeleteResponse::default())
         }
         .await;
-        respond(&self.metrics, r)
+        respond(&self.metrics, timer, r)
     }
 
     async fn raw_batch_delete(
@@ -605,6 +618,7 @@ impl Tikv for KvService {
         req: Request<kvrpcpb::RawBatchDeleteRequest>,
     ) -> RpcResult<kvrpcpb::RawBatchDeleteResponse> {
         let req = req.into_inner();
+        let timer = RAFTSTORE.grpc_timer("raw_batch_delete");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_batch(req.keys.len())?;
@@ -619,11 +633,12 @@ impl Tikv for KvService {
             Ok(kvrpcpb::RawBatchDeleteResponse::default())
         }
         .await;
-        respond(&self.metrics, r)
+        respond(&self.metrics, timer, r)
     }
 
     async fn raw_scan(&self, req: Request<kvrpcpb::RawScanRequest>) -> RpcResult<kvrpcpb::RawScanResponse> {
         let req = req.into_inner();
+        let timer = RAFTSTORE.grpc_timer("raw_scan");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_scan_limit(req.limit)?;
@@ -640,7 +655,7 @@ impl Tikv for KvService {
             Ok(kvrpcpb::RawScanResponse { region_error: None, kvs })
         }
         .await;
-        respond(&self.metrics, r)
+        respond(&self.metrics, timer, r)
     }
 
     async fn raw_delete_range(
@@ -648,6 +663,7 @@ impl Tikv for KvService {
         req: Request<kvrpcpb::RawDeleteRangeRequest>,
     ) -> RpcResult<kvrpcpb::RawDeleteRangeResponse> {
         let req = req.into_inner();
+        let timer = RAFTSTORE.grpc_timer("raw_delete_range");
         let r = async {
             Self::check_cf(&req.cf)?;
             if !req.end_key.is_empty() && req.start_key >= req.end_key {
@@ -661,7 +677,7 @@ impl Tikv for KvService {
             Ok(kvrpcpb::RawDeleteRangeResponse::default())
         }
         .await;
-        respond(&self.metrics, r)
+        respond(&self.metrics, timer, r)
     }
 
     async fn raw_batch_scan(
@@ -669,6 +685,7 @@ impl Tikv for KvService {
         req: Request<kvrpcpb::RawBatchScanRequest>,
     ) -> RpcResult<kvrpcpb::RawBatchScanResponse> {
         let req = req.into_inner();
+        let timer = RAFTSTORE.grpc_timer("raw_batch_scan");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_batch(req.ranges.len())?;
@@ -693,7 +710,7 @@ impl Tikv for KvService {
             Ok(kvrpcpb::RawBatchScanResponse { region_error: None, kvs })
         }
         .await;
-        respond(&self.metrics, r)
+        respond(&self.metrics, timer, r)
     }
 
     async fn raw_get_key_ttl(
@@ -701,6 +718,7 @@ impl Tikv for KvService {
         req: Request<kvrpcpb::RawGetKeyTtlRequest>,
     ) -> RpcResult<kvrpcpb::RawGetKeyTtlResponse> {
         let req = req.into_inner();
+        let timer = RAFTSTORE.grpc_timer("raw_get_key_ttl");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
@@ -720,7 +738,7 @@ impl Tikv for KvService {
             Ok(resp)
         }
         .await;
-        respond(&self.metrics, r)
+        respond(&self.metrics, timer, r)
     }
 
     async fn raw_compare_and_swap(
@@ -728,6 +746,7 @@ impl Tikv for KvService {
         req: Request<kvrpcpb::RawCasRequest>,
     ) -> RpcResult<kvrpcpb::RawCasResponse> {
         let req = req.into_inner();
+        let timer = RAFTSTORE.grpc_timer("raw_compare_and_swap");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
@@ -754,7 +773,7 @@ impl Tikv for KvService {
             }
         }
         .await;
-        respond(&self.metrics, r)
+        respond(&self.metrics, timer, r)
     }
 
     type BatchCommandsStream = crate::batch_commands::AnswerStream;

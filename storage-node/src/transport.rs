@@ -344,6 +344,7 @@ async fn send_snapshot(
     );
     tracing::info!(region = %region_id, %to, size, ok, "snapshot sent");
     shared.metrics.snapshots_sent.inc();
+    crate::metrics::RAFTSTORE.snapshot_done("send", ok);
     let _ = shared.store_tx.send(StoreMsg::SnapshotStatus { region_id, to, ok });
 }
 
@@ -393,13 +394,19 @@ impl RaftTransport for RaftService {
                 .await
                 .map_err(|_| Status::deadline_exceeded("snapshot sender went silent"))
         };
-        let first = next().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        let mut wire =
-            first.message.ok_or_else(|| Status::invalid_argument("first chunk carries no message"))?;
-        let mut data = first.data;
-        while let Some(chunk) = next().await? {
-            data.extend_from_slice(&chunk?.data);
+        let received = async {
+            let first = next().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+            let wire =
+                first.message.ok_or_else(|| Status::invalid_argument("first chunk carries no message"))?;
+            let mut data = first.data;
+            while let Some(chunk) = next().await? {
+                data.extend_from_slice(&chunk?.data);
+            }
+            Ok::<_, Status>((wire, data))
         }
+        .await;
+        crate::metrics::RAFTSTORE.snapshot_done("receive", received.is_ok());
+        let (mut wire, data) = received?;
         let mut msg =
             RaftMsg::parse_from_bytes(&wire.message).map_err(|e| Status::invalid_argument(e.to_string()))?;
         msg.mut_snapshot().data = data.into();

@@ -683,6 +683,7 @@ impl Cluster {
                     // Leadership may have moved while this waited for the
                     // lock or a save: only a leader still serving answers.
                     self.check_serving()?;
+                    crate::metrics::PD.tso_total.inc_by(u64::from(count));
                     return Ok(ts);
                 }
                 TsoStep::NeedSave { bound_ms } => {

@@ -122,6 +122,7 @@ impl Cluster {
     pub fn remove_operator(&self, region: RegionId) -> bool {
         let removed = self.inner.lock().operators.remove(region);
         if let Some(op) = &removed {
+            crate::metrics::PD.operator(op.desc, "cancel");
             warn!(region_id = %region, desc = op.desc, "operator cancelled through the API");
         }
         removed.is_some()
@@ -291,7 +292,12 @@ impl Cluster {
     pub fn pause_scheduler(&self, name: &str, delay: Duration) -> Result<Scheduler> {
         let not_found = || Error::SchedulerNotFound(name.to_owned());
         let scheduler = Scheduler::parse(name).ok_or_else(not_found)?;
-        let until = (!delay.is_zero()).then(|| SystemTime::now() + delay);
+        let until = match delay.is_zero() {
+            true => None,
+            false => Some(SystemTime::now().checked_add(delay).ok_or_else(|| {
+                Error::InvalidArgument(format!("a pause of {} s is too long", delay.as_secs()))
+            })?),
+        };
         if !self.inner.lock().coordinator.pause(scheduler, until) {
             return Err(not_found());
         }

@@ -35,16 +35,17 @@ impl Cluster {
                 }
                 Some(cur) => {
                     store.state = cur.meta.state;
-                    // A node configured without labels keeps those set
-                    // through the API (`pd-ctl store label`); one with
-                    // labels of its own replaces them, as in PD.
-                    if store.labels.is_empty() {
-                        store.labels = cur.meta.labels.clone();
-                    }
+                    // Labels set through the API (`pd-ctl store label`)
+                    // stay; the node's own (`--labels`) win for the keys
+                    // it sets.
+                    let mut labels = cur.meta.labels.clone();
+                    labels.extend(std::mem::take(&mut store.labels));
+                    store.labels = labels;
                     if cur.meta == store {
                         return Ok(());
                     }
                 }
+                None if state.is_removed_store(store.id) => return Err(Error::StoreTombstone(store.id)),
                 None => store.state = StoreState::Up,
             }
         }
@@ -61,8 +62,9 @@ impl Cluster {
 
     /// Sets labels of store `id` (`pd-ctl store label`): each key given
     /// takes its value, an empty value removes the key, other labels stay.
-    /// Kept across the node's restarts unless the node is configured with
-    /// labels of its own.
+    /// Kept across the node's restarts, except for keys the node sets with
+    /// `--labels` itself, which take the node's value again when it
+    /// re-registers.
     pub fn set_store_labels(&self, id: StoreId, labels: BTreeMap<String, String>) -> Result<()> {
         if labels.is_empty() {
             return Err(Error::InvalidArgument("no label given (key=value ...)".into()));
@@ -89,7 +91,8 @@ impl Cluster {
     }
 
     /// Forgets every Tombstone store (`pd-ctl store remove-tombstone`);
-    /// answers their ids. Their ids are never reused.
+    /// answers their ids. Their ids stay refused: a node that comes back
+    /// with one (restarted on its old data) is turned away as a tombstone.
     pub fn remove_tombstones(&self) -> Result<Vec<StoreId>> {
         let mut inner = self.inner.lock();
         inner.ensure_bootstrapped()?;

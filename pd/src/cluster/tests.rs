@@ -140,6 +140,30 @@ fn stores_register_and_tombstones_stay_out() {
     assert!(matches!(c.store_heartbeat(StoreId(4), StoreStats::default()), Err(Error::StoreTombstone(_))));
     assert_eq!(c.all_stores(true).unwrap().len(), 1);
     assert_eq!(c.all_stores(false).unwrap().len(), 2);
+    // Forgotten, it stays refused.
+    assert_eq!(c.remove_tombstones().unwrap(), [StoreId(4)]);
+    assert_eq!(c.all_stores(false).unwrap().len(), 1);
+    assert!(matches!(c.put_store(store(4)), Err(Error::StoreTombstone(_))));
+    assert!(c.remove_tombstones().unwrap().is_empty());
+}
+
+#[test]
+fn api_labels_stay_when_the_node_registers_again_with_its_own() {
+    let c = open_mem(Config::default());
+    c.bootstrap(store(1), first_region()).unwrap();
+    let with = |pairs: &[(&str, &str)]| StoreMeta {
+        labels: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..store(4)
+    };
+    c.put_store(with(&[("host", "h4")])).unwrap();
+    c.set_store_labels(StoreId(4), [("zone".to_owned(), "z1".to_owned())].into()).unwrap();
+    // The node restarts with `--labels host=h4b`: its key takes its value, zone stays.
+    c.put_store(with(&[("host", "h4b")])).unwrap();
+    let labels = c.get_store(StoreId(4)).unwrap().meta.labels;
+    assert_eq!(labels, with(&[("host", "h4b"), ("zone", "z1")]).labels);
+    // An empty value removes a key.
+    c.set_store_labels(StoreId(4), [("zone".to_owned(), String::new())].into()).unwrap();
+    assert_eq!(c.get_store(StoreId(4)).unwrap().meta.labels, with(&[("host", "h4b")]).labels);
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! people with `-o table` ([`render`]). `-i` reads commands line by line
 //! with editing and a history file; `pd-ctl completion bash|zsh` prints a
 //! completion script. Whatever goes wrong (PD unreachable, an error answer,
-//! a bad argument) is one line on stderr and exit status 1.
+//! a bad argument) is one line on stderr and exit status 1; `help` and
+//! `--version` print as usual.
 //!
 //! Every command is one HTTP call, except `store delete ID --wait`, which
 //! then follows the store until it is drained (a progress bar on stderr),
@@ -300,13 +301,43 @@ pub type CtlResult<T> = Result<T, String>;
 
 /// Runs `pd-ctl` with the process arguments; the exit status.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let ok = if cli.interact { interact(&cli) } else { run_reporting(&cli) };
     if ok {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
     }
+}
+
+/// A command line clap refused: help and version print as usual (exit 0);
+/// anything else is one line on stderr and exit status 1.
+fn usage_error(e: &clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            return std::process::ExitCode::SUCCESS;
+        }
+        // `pd-ctl store label` and the like: the usage is the answer.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return std::process::ExitCode::FAILURE;
+        }
+        _ => {}
+    }
+    eprintln!("pd-ctl: {}", first_line(&e.to_string()));
+    std::process::ExitCode::FAILURE
+}
+
+/// The first non-empty line of clap's message, without its `error: `.
+fn first_line(msg: &str) -> String {
+    let line = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    let line = line.strip_prefix("error: ").unwrap_or(line).trim();
+    format!("{line} (see pd-ctl help)")
 }
 
 fn run_reporting(cli: &Cli) -> bool {
@@ -323,22 +354,10 @@ fn run_reporting(cli: &Cli) -> bool {
 /// optional), with line editing and history in `~/.pd-ctl_history`; `exit`,
 /// `quit` or end of input ends it. Returns false if the last command failed.
 fn interact(outer: &Cli) -> bool {
-    use rustyline::error::ReadlineError;
-    let Ok(mut editor) = rustyline::DefaultEditor::new() else {
-        eprintln!("pd-ctl: cannot open the terminal for -i");
-        return false;
-    };
     let history = std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".pd-ctl_history"));
-    if let Some(h) = &history {
-        let _ = editor.load_history(h);
-    }
+    let mut lines = Lines::open(history.as_deref());
     let mut ok = true;
-    loop {
-        let line = match editor.readline("» ") {
-            Ok(line) => line,
-            Err(ReadlineError::Interrupted) => continue,
-            Err(_) => break,
-        };
+    while let Some(line) = lines.next() {
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -346,7 +365,7 @@ fn interact(outer: &Cli) -> bool {
         if matches!(line, "exit" | "quit") {
             break;
         }
-        let _ = editor.add_history_entry(line);
+        lines.remember(line);
         let Some(words) = shlex::split(line) else {
             eprintln!("pd-ctl: unbalanced quotes");
             ok = false;
@@ -362,16 +381,90 @@ fn interact(outer: &Cli) -> bool {
                 false
             }
             Ok(cli) => run_reporting(&cli),
-            Err(e) => {
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
                 let _ = e.print();
-                e.kind() == clap::error::ErrorKind::DisplayHelp
+                true
+            }
+            Err(e) => {
+                eprintln!("pd-ctl: {}", first_line(&e.to_string()));
+                false
             }
         };
     }
-    if let Some(h) = &history {
-        let _ = editor.save_history(h);
-    }
+    lines.save();
     ok
+}
+
+/// Where `-i` reads commands: a line editor with history on a terminal;
+/// plain lines, no prompt, from anything else (a pipe, a script), while
+/// still keeping the history file.
+enum Lines {
+    Terminal { editor: Box<rustyline::DefaultEditor>, history: Option<std::path::PathBuf> },
+    Piped { history: Option<std::path::PathBuf>, entries: Vec<String> },
+}
+
+impl Lines {
+    fn open(history: Option<&std::path::Path>) -> Lines {
+        use std::io::IsTerminal;
+        let history = history.map(std::path::Path::to_path_buf);
+        if std::io::stdin().is_terminal() {
+            if let Ok(mut editor) = rustyline::DefaultEditor::new() {
+                if let Some(h) = &history {
+                    let _ = editor.load_history(h);
+                }
+                return Lines::Terminal { editor: Box::new(editor), history };
+            }
+        }
+        Lines::Piped { history, entries: Vec::new() }
+    }
+
+    /// The next line; `None` at the end of input.
+    fn next(&mut self) -> Option<String> {
+        match self {
+            Lines::Terminal { editor, .. } => loop {
+                match editor.readline("» ") {
+                    Ok(line) => return Some(line),
+                    Err(rustyline::error::ReadlineError::Interrupted) => continue,
+                    Err(_) => return None,
+                }
+            },
+            Lines::Piped { .. } => {
+                let mut line = String::new();
+                match std::io::stdin().read_line(&mut line) {
+                    Ok(0) | Err(_) => None,
+                    Ok(_) => Some(line),
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, line: &str) {
+        match self {
+            Lines::Terminal { editor, .. } => {
+                let _ = editor.add_history_entry(line);
+            }
+            Lines::Piped { entries, .. } => entries.push(line.to_owned()),
+        }
+    }
+
+    /// Writes the history file.
+    fn save(&mut self) {
+        match self {
+            Lines::Terminal { editor, history: Some(h) } => {
+                let _ = editor.save_history(h);
+            }
+            Lines::Piped { history: Some(h), entries } if !entries.is_empty() => {
+                use std::io::Write as _;
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(h);
+                if let Ok(mut f) = file {
+                    for e in entries.iter() {
+                        let _ = writeln!(f, "{e}");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Runs one command.
@@ -534,7 +627,19 @@ fn store(pd: &Pd, c: &StoreCmd, o: Output) -> CtlResult<()> {
 fn wait_drained(pd: &Pd, id: u64, total: u64, deadline: Option<Instant>) -> CtlResult<()> {
     let mut bar = progress::Bar::new(&format!("store {id} drain"), total);
     loop {
-        let s = pd.get(&format!("/store/{id}"))?;
+        // PD changing leaders answers 5xx for a moment: the drain goes on,
+        // so does the wait (until the deadline).
+        let s = match pd.get(&format!("/store/{id}")) {
+            Ok(s) => s,
+            Err(e) if deadline.is_none_or(|d| Instant::now() < d) && e.contains("PD answered 5") => {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            Err(e) => {
+                bar.finish("");
+                return Err(e);
+            }
+        };
         let left = s["status"]["region_count"].as_u64().unwrap_or(0);
         bar.set(total.saturating_sub(left));
         if s["store"]["state_name"] == "Tombstone" {
@@ -724,7 +829,8 @@ impl Pd {
             Err(ureq::Error::Status(code, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
                 // PD's errors are a JSON string; show the sentence.
-                let msg = serde_json::from_str::<String>(&text).unwrap_or_else(|_| text.trim().to_owned());
+                let msg = serde_json::from_str::<String>(&text)
+                    .unwrap_or_else(|_| text.split_whitespace().collect::<Vec<_>>().join(" "));
                 Err(format!("PD answered {code} to {method} {path}: {msg}"))
             }
             Err(ureq::Error::Transport(t)) => Err(format!("cannot reach PD at {}: {t}", self.base)),

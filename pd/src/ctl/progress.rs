@@ -39,7 +39,9 @@ impl Bar {
         if self.tty {
             let _ = writeln!(err);
         }
-        let _ = writeln!(err, "{message}");
+        if !message.is_empty() {
+            let _ = writeln!(err, "{message}");
+        }
     }
 
     /// `store 4 drain [#########.....................]  9/30 regions (30%)`.

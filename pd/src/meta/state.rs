@@ -1,6 +1,6 @@
 //! The metadata state and the one function that changes it, [`StateMachine::apply`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -27,6 +27,9 @@ pub struct MetaState {
     tso_bound_ms: u64,
     config_overrides: BTreeMap<String, String>,
     schedulers: Option<Vec<String>>,
+    /// Tombstone stores forgotten (`RemoveTombstones`): they may never
+    /// register again.
+    removed_stores: BTreeSet<StoreId>,
     members: BTreeMap<u64, Member>,
 }
 
@@ -44,6 +47,12 @@ impl MetaState {
     /// Every registered store, tombstones included.
     pub fn stores(&self) -> &BTreeMap<StoreId, StoreInfo> {
         &self.stores
+    }
+
+    /// True if store `id` was a Tombstone and has been forgotten: it may
+    /// never come back.
+    pub fn is_removed_store(&self, id: StoreId) -> bool {
+        self.removed_stores.contains(&id)
     }
 
     /// Store `id`.
@@ -113,6 +122,7 @@ impl StateMachine {
             tso_bound_ms: storage::get_u64(e, storage::TSO_BOUND)?.unwrap_or(0),
             config_overrides: storage::get_overrides(e)?,
             schedulers: storage::get_schedulers(e)?,
+            removed_stores: storage::get_removed_stores(e)?,
             ..MetaState::default()
         };
         for member in storage::load_members(e)? {
@@ -153,6 +163,7 @@ impl StateMachine {
             Record::TsoBound(ms) => s.tso_bound_ms = ms,
             Record::ConfigOverrides(o) => s.config_overrides = o,
             Record::Schedulers(names) => s.schedulers = names,
+            Record::RemovedStores(ids) => s.removed_stores = ids,
             Record::Member(id, Some(m)) => {
                 s.members.insert(id, m);
             }
@@ -241,6 +252,9 @@ impl StateMachine {
                 self.state.bootstrapped = true;
             }
             Command::PutStore { store } => {
+                if self.state.removed_stores.contains(&store.id) {
+                    return Err(Error::StoreTombstone(store.id));
+                }
                 if let Some(cur) = self.state.stores.get(&store.id) {
                     if cur.meta.state == StoreState::Tombstone {
                         return Err(Error::StoreTombstone(store.id));
@@ -290,7 +304,9 @@ impl StateMachine {
                 for id in gone {
                     storage::delete_store(wb, id);
                     self.state.stores.remove(&id);
+                    self.state.removed_stores.insert(id);
                 }
+                storage::put_removed_stores(wb, &self.state.removed_stores);
             }
             Command::PutRegion { region } => {
                 if self.state.regions.check(region) != Verdict::Changed {
@@ -449,6 +465,7 @@ mod tests {
             Command::RemoveMember { member_id: 9 },
             Command::PutMember { member },
             Command::SetStoreState { store: StoreId(3), state: StoreState::Tombstone },
+            Command::RemoveTombstones,
         ];
         for cmd in &commands {
             let mut wb = WriteBatch::new();
@@ -476,6 +493,7 @@ mod tests {
             assert_eq!(a.tso_bound_ms(), b.tso_bound_ms());
             assert_eq!(a.config_overrides(), b.config_overrides());
             assert_eq!(a.schedulers(), b.schedulers());
+            assert!(b.is_removed_store(StoreId(3)) && b.store(StoreId(3)).is_none());
             assert_eq!(a.members(), b.members());
             let stores = |s: &MetaState| s.stores().values().map(|i| i.meta.clone()).collect::<Vec<_>>();
             assert_eq!(stores(a), stores(b));

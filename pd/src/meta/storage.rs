@@ -7,6 +7,7 @@
 //! pd/tso_bound_ms          u64 big-endian
 //! pd/config_overrides      JSON object: dotted config key → value as JSON text
 //! pd/schedulers            JSON array of active scheduler names (absent: the defaults)
+//! pd/removed_stores        JSON array of the ids of Tombstone stores forgotten (never to return)
 //! pd/member/<id u64 BE>    JSON: name, member id, peer and client URL
 //! pd/store/<id u64 BE>     metapb.Store (protobuf)
 //! pd/region/<id u64 BE>    metapb.Region (protobuf)
@@ -32,6 +33,7 @@ pub(super) const ID_WINDOW_END: &[u8] = b"pd/id_window_end";
 pub(super) const TSO_BOUND: &[u8] = b"pd/tso_bound_ms";
 pub(super) const CONFIG_OVERRIDES: &[u8] = b"pd/config_overrides";
 pub(super) const SCHEDULERS: &[u8] = b"pd/schedulers";
+pub(super) const REMOVED_STORES: &[u8] = b"pd/removed_stores";
 const STORE_PREFIX: &[u8] = b"pd/store/";
 const MEMBER_PREFIX: &[u8] = b"pd/member/";
 const REGION_PREFIX: &[u8] = b"pd/region/";
@@ -101,6 +103,24 @@ pub(super) fn get_schedulers(engine: &dyn Engine) -> Result<Option<Vec<String>>>
     engine.get(Cf::Meta, SCHEDULERS)?.map(|v| decode_schedulers(&v)).transpose()
 }
 
+pub(super) fn put_removed_stores(wb: &mut WriteBatch, ids: &std::collections::BTreeSet<StoreId>) {
+    let ids: Vec<u64> = ids.iter().map(|s| s.0).collect();
+    wb.put(Cf::Meta, REMOVED_STORES, serde_json::to_vec(&ids).expect("an id list serializes"));
+}
+
+pub(super) fn get_removed_stores(engine: &dyn Engine) -> Result<std::collections::BTreeSet<StoreId>> {
+    Ok(engine
+        .get(Cf::Meta, REMOVED_STORES)?
+        .map(|v| decode_removed_stores(&v))
+        .transpose()?
+        .unwrap_or_default())
+}
+
+pub(super) fn decode_removed_stores(v: &[u8]) -> Result<std::collections::BTreeSet<StoreId>> {
+    let ids: Vec<u64> = serde_json::from_slice(v).map_err(|e| corrupt(REMOVED_STORES, e))?;
+    Ok(ids.into_iter().map(StoreId).collect())
+}
+
 pub(super) fn decode_schedulers(v: &[u8]) -> Result<Vec<String>> {
     serde_json::from_slice(v).map_err(|e| corrupt(SCHEDULERS, e))
 }
@@ -157,6 +177,7 @@ pub(super) enum Record {
     TsoBound(u64),
     ConfigOverrides(BTreeMap<String, String>),
     Schedulers(Option<Vec<String>>),
+    RemovedStores(std::collections::BTreeSet<StoreId>),
     Member(u64, Option<Member>),
     Store(StoreId, Option<StoreMeta>),
     Region(RegionId, Option<Region>),
@@ -182,6 +203,9 @@ pub(super) fn decode_record(key: &[u8], value: Option<&[u8]>) -> Result<Record> 
             Record::ConfigOverrides(value.map(decode_overrides).transpose()?.unwrap_or_default())
         }
         SCHEDULERS => Record::Schedulers(value.map(decode_schedulers).transpose()?),
+        REMOVED_STORES => {
+            Record::RemovedStores(value.map(decode_removed_stores).transpose()?.unwrap_or_default())
+        }
         k if k.starts_with(MEMBER_PREFIX) => {
             Record::Member(id(MEMBER_PREFIX)?, value.map(|v| decode_member(k, v)).transpose()?)
         }

@@ -13,14 +13,16 @@
 //! followers before leaders, since moving a leader costs a transfer first),
 //! and move one to the lowest-scoring store that can take it: no peer of the
 //! region there, no shared `host`, isolation not worse. Worth it only if the
-//! gap exceeds twice the region's weight (the move cannot overshoot) and 5 %
+//! gap exceeds what the move closes ([`Ctx::region_move`]: twice the
+//! region's weight between stores of weight 1; the move cannot overshoot) and 5 %
 //! of the mean score (no flapping over noise). No move from the top store:
 //! try the next one.
 //!
 //! **balance-leader.** Leader score = leader count. Transfer a leader from
 //! the store with the most to the follower store with the fewest; if none
 //! of its regions can, pull a leader onto the store with the fewest from a
-//! region it follows. Worth it when the gap is at least 2 (a transfer moves 1
+//! region it follows. Worth it when the gap is at least what a transfer
+//! closes ([`Ctx::leader_move`]: 2 leaders between stores of weight 1; a transfer moves 1
 //! each way, so it cannot overshoot) and above 5 % of the mean.
 
 use mnemo_proto::types::{Peer, StoreId};
@@ -44,10 +46,10 @@ pub const SCAN_PER_STORE: usize = 256;
 pub fn balance_region(ctx: &Ctx<'_>, rng: &mut impl Rng) -> Option<Proposal> {
     let (mut stores, mean) = ctx.active_stores(|s| ctx.region_score(s));
     stores.sort_by_key(|&(s, score)| (std::cmp::Reverse(score), s));
-    let lowest = stores.iter().map(|&(_, score)| score).min()?;
+    let &(lowest_store, lowest) = stores.last()?;
     for &(src, src_score) in &stores {
-        if !worth_moving(src_score, lowest, 1, 2, mean) {
-            break; // later sources score even lower
+        if !worth_moving(src_score, lowest, ctx.region_move(src, lowest_store, 1), false, mean) {
+            continue; // not even the smallest region is worth moving from it
         }
         if !ctx.ops.store_limit_allows(src, LimitType::RemovePeer, ctx.settings, ctx.snap.now) {
             continue; // its store limit has no removal left: try the next source
@@ -81,8 +83,8 @@ fn region_target(
 ) -> Option<StoreId> {
     let weight = i64::try_from(info.weight()).unwrap_or(i64::MAX);
     for &(dst, dst_score) in by_score_desc.iter().rev() {
-        if !worth_moving(src_score, dst_score, weight, 2, mean) {
-            return None; // later targets score even higher
+        if !worth_moving(src_score, dst_score, ctx.region_move(src, dst, weight), false, mean) {
+            continue; // this target would overshoot (or is too close)
         }
         if ctx.can_move(info, src, dst) {
             return Some(dst);
@@ -95,34 +97,41 @@ fn region_target(
 pub fn balance_leader(ctx: &Ctx<'_>, rng: &mut impl Rng) -> Option<Proposal> {
     let (mut stores, mean) = ctx.active_stores(|s| ctx.leader_score(s));
     stores.sort_by_key(|&(s, score)| (std::cmp::Reverse(score), s));
-    let (&(_, highest), &(_, lowest)) = (stores.first()?, stores.last()?);
+    let (&(highest_store, highest), &(lowest_store, lowest)) = (stores.first()?, stores.last()?);
     let propose = |info: &RegionInfo, to: Peer| {
         let plan = Plan::TransferLeader { to };
         Some(Proposal { region: info.region.id, kind: OpKind::Leader, desc: "balance-leader", plan })
     };
     // Out of the stores with the most leaders...
     for &(src, src_score) in &stores {
-        if !worth_moving(src_score, lowest, 1, 1, mean) {
-            break;
+        if !worth_moving(src_score, lowest, ctx.leader_move(src, lowest_store), true, mean) {
+            continue;
         }
         for info in sample(ctx, ctx.snap.regions.regions_led_by(src, rng.gen())) {
             let Some(leader) = info.leader() else { continue };
             let Some(to) = ctx.leader_target(info, leader) else { continue };
-            if worth_moving(src_score, ctx.leader_score(to.store_id), 1, 1, mean) {
+            let closes = ctx.leader_move(src, to.store_id);
+            if worth_moving(src_score, ctx.leader_score(to.store_id), closes, true, mean) {
                 return propose(info, to);
             }
         }
     }
     // ...or into the stores with the fewest, from regions they follow.
     for &(dst, dst_score) in stores.iter().rev() {
-        if !worth_moving(highest, dst_score, 1, 1, mean) {
-            break;
+        if !worth_moving(highest, dst_score, ctx.leader_move(highest_store, dst), true, mean) {
+            continue;
         }
         let regions = ctx.snap.regions.regions_on_store(dst, rng.gen());
         for info in sample(ctx, regions.filter(|i| i.leader().is_some_and(|l| l.store_id != dst))) {
             let (Some(leader), Some(&to)) = (info.leader(), info.region.peer_on_store(dst)) else { continue };
             if ctx.can_lead(&to, info)
-                && worth_moving(ctx.leader_score(leader.store_id), dst_score, 1, 1, mean)
+                && worth_moving(
+                    ctx.leader_score(leader.store_id),
+                    dst_score,
+                    ctx.leader_move(leader.store_id, dst),
+                    true,
+                    mean,
+                )
             {
                 return propose(info, to);
             }

@@ -161,18 +161,33 @@ impl<'a> Ctx<'a> {
     }
 
     /// Region score of `store` once the operators in flight finish: the sum
-    /// of its regions' weights (MiB, at least 1 each), divided by the
-    /// store's region weight (`schedule.store-weight`, 1 by default).
+    /// of its regions' weights (MiB, at least 1 each), in
+    /// [`SCORE_UNIT`]s per MiB divided by the store's region weight
+    /// (`schedule.store-weight`, 1 by default).
     pub fn region_score(&self, store: StoreId) -> i64 {
         let w = i64::try_from(self.snap.regions.store_region_weight(store)).unwrap_or(i64::MAX);
         weighted(w.saturating_add(self.influence().weight(store)), self.settings.store_weight(store).region)
     }
 
-    /// Leader count of `store` once the operators in flight finish, divided
-    /// by the store's leader weight.
+    /// Leader count of `store` once the operators in flight finish, in
+    /// [`SCORE_UNIT`]s per leader divided by the store's leader weight.
     pub fn leader_score(&self, store: StoreId) -> i64 {
         let n = i64::try_from(self.snap.regions.store_leader_count(store)).unwrap_or(i64::MAX);
         weighted(n + self.influence().leaders(store), self.settings.store_weight(store).leader)
+    }
+
+    /// How much moving one leader from `src` to `dst` changes their two
+    /// scores, summed: the gap a transfer closes.
+    pub fn leader_move(&self, src: StoreId, dst: StoreId) -> i64 {
+        weighted(1, self.settings.store_weight(src).leader)
+            + weighted(1, self.settings.store_weight(dst).leader)
+    }
+
+    /// How much moving a replica weighing `mib` from `src` to `dst` changes
+    /// their two scores, summed.
+    pub fn region_move(&self, src: StoreId, dst: StoreId, mib: i64) -> i64 {
+        weighted(mib, self.settings.store_weight(src).region)
+            .saturating_add(weighted(mib, self.settings.store_weight(dst).region))
     }
 
     /// The isolation of replicas on `stores` (unknown stores are skipped).
@@ -256,14 +271,17 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// `score / weight`, rounded; weight 1 leaves it as it is. Rounding and
-/// the schedulers' minimum gap keep a move between stores of different
-/// weights from being undone by the next one.
-fn weighted(score: i64, weight: f64) -> i64 {
+/// Score units per leader (or per MiB of region) on a store of weight 1.
+/// Scores are integers; this many units per item keep a store weight's
+/// effect (score = items × unit / weight) exact enough to compare.
+pub const SCORE_UNIT: i64 = 1000;
+
+/// `items` in score units on a store of `weight`.
+fn weighted(items: i64, weight: f64) -> i64 {
     if weight == 1.0 {
-        score
+        items.saturating_mul(SCORE_UNIT)
     } else {
-        (score as f64 / weight).round() as i64
+        (items as f64 * SCORE_UNIT as f64 / weight).round() as i64
     }
 }
 
@@ -271,10 +289,15 @@ fn weighted(score: i64, weight: f64) -> i64 {
 /// (besides the unit rule of each scheduler), against flapping.
 pub const TOLERANCE_RATIO: f64 = 0.05;
 
-/// True if moving `unit` from a store scoring `src` to one scoring `dst`
-/// improves balance and is worth an operator: the gap exceeds `min_gap`
-/// units and [`TOLERANCE_RATIO`] of `mean`.
-pub fn worth_moving(src: i64, dst: i64, unit: i64, min_gap: i64, mean: f64) -> bool {
-    let gap = src - dst;
-    gap > min_gap.saturating_mul(unit) && gap as f64 > mean * TOLERANCE_RATIO
+/// True if a move from a store scoring `src` to one scoring `dst` that
+/// closes their gap by `closes` (see [`Ctx::leader_move`],
+/// [`Ctx::region_move`]) is worth an operator: the gap is wider than
+/// `closes` (or, `or_equal`, as wide: the move then only swaps the two
+/// scores' order by nothing) — so the move never turns the pair the other
+/// way round and the next one never undoes it, whatever the store weights
+/// — and wider than [`TOLERANCE_RATIO`] of `mean`.
+pub fn worth_moving(src: i64, dst: i64, closes: i64, or_equal: bool, mean: f64) -> bool {
+    let gap = src.saturating_sub(dst);
+    let wide_enough = if or_equal { gap >= closes } else { gap > closes };
+    wide_enough && gap as f64 > mean * TOLERANCE_RATIO
 }

@@ -38,6 +38,7 @@ use super::replica_checker;
 use super::schedulers::Scheduler;
 use super::settings::Settings;
 use super::step::Step;
+use crate::metrics::PD;
 use crate::region_map::RegionInfo;
 use crate::store::StoreStatus;
 
@@ -174,6 +175,8 @@ impl Coordinator {
             .collect();
         for (id, why) in doomed {
             if let Some(op) = ops.remove(id) {
+                let event = if op.is_expired(snap.now) { "timeout" } else { "cancel" };
+                PD.operator(op.desc, event);
                 warn!(region_id = %id, desc = op.desc, step = ?op.current_step(), "{why}");
             }
         }
@@ -223,6 +226,7 @@ impl Coordinator {
                 if !emit(ops, proposal) {
                     break;
                 }
+                PD.scheduler_events.with_label_values(&[scheduler.name().as_str(), "schedule"]).inc();
             }
         }
         orders
@@ -243,9 +247,18 @@ fn is_reachable(snap: &ClusterSnapshot<'_>, settings: &Settings, info: &RegionIn
 fn log_end(op: &Operator, progress: &Progress) {
     let (region_id, desc) = (op.region_id, op.desc);
     match progress {
-        Progress::Finished => info!(%region_id, desc, "operator finished"),
-        Progress::TimedOut => warn!(%region_id, desc, step = ?op.current_step(), "operator timed out"),
-        Progress::Cancelled(why) => warn!(%region_id, desc, %why, "operator cancelled"),
+        Progress::Finished => {
+            PD.operator(desc, "finish");
+            info!(%region_id, desc, "operator finished")
+        }
+        Progress::TimedOut => {
+            PD.operator(desc, "timeout");
+            warn!(%region_id, desc, step = ?op.current_step(), "operator timed out")
+        }
+        Progress::Cancelled(why) => {
+            PD.operator(desc, "cancel");
+            warn!(%region_id, desc, %why, "operator cancelled")
+        }
         Progress::Run(..) | Progress::Wait => {}
     }
 }
@@ -304,5 +317,6 @@ pub(super) fn try_create(
         "operator created"
     );
     ops.add(op, info, settings).map_err(|refusal| format!("{refusal:?}"))?;
+    PD.operator(p.desc, "create");
     Ok(step)
 }

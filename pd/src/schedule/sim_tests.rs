@@ -74,6 +74,44 @@ fn two_new_stores_receive_their_share_of_regions_and_leaders() {
     assert!(sim.peak["leader"] <= settings().leader_limit);
 }
 
+/// `settings()` with every store of `ids` weighing `leader` and `region`.
+fn weighted(ids: std::ops::RangeInclusive<u64>, leader: f64, region: f64) -> Settings {
+    let weight = super::settings::StoreWeight { leader, region };
+    Settings { store_weights: ids.map(|id| (StoreId(id), weight)).collect(), ..settings() }
+}
+
+#[test]
+fn uniform_weights_below_one_balance_as_weight_one_and_then_hold_still() {
+    // Weights 0.5 everywhere must mean what weight 1 means: a transfer
+    // closes a gap of two leaders' worth, so 4/3/3 stays put.
+    let mut sim = Sim::new(weighted(1..=3, 0.5, 0.5));
+    plain_stores(&mut sim, 1..=3);
+    sim.regions(10, &[1, 2, 3]);
+    let took = sim.run_until(60, |s| s.balanced(40.0, Sim::leader_count) && s.healthy());
+    assert!(took.is_some(), "leaders {:?}", counts(&sim, Sim::leader_count));
+    let settled = sim.created;
+    sim.run(30);
+    assert_eq!(sim.created, settled, "operators kept coming: leaders {:?}", counts(&sim, Sim::leader_count));
+}
+
+#[test]
+fn a_store_of_weight_two_ends_with_about_twice_the_leaders_and_holds_still() {
+    let mut settings = weighted(1..=1, 2.0, 1.0);
+    settings.store_weights.extend(weighted(2..=4, 1.0, 1.0).store_weights);
+    let mut sim = Sim::new(settings);
+    plain_stores(&mut sim, 1..=4);
+    sim.regions(60, &[2, 3, 4]);
+    // 60 leaders over weights 2+1+1+1: about 24 on store 1, 12 elsewhere.
+    let took = sim.run_until(120, |s| {
+        let l = |id| s.leader_count(id) as i64;
+        (20..=28).contains(&l(1)) && (2..=4).all(|id| (9..=15).contains(&l(id))) && s.healthy()
+    });
+    assert!(took.is_some(), "leaders {:?}", counts(&sim, Sim::leader_count));
+    let settled = sim.created;
+    sim.run(30);
+    assert_eq!(sim.created, settled, "operators kept coming: leaders {:?}", counts(&sim, Sim::leader_count));
+}
+
 #[test]
 fn a_thousand_regions_balance_too() {
     let mut sim = Sim::new(settings());

@@ -346,7 +346,8 @@ async fn pause_scheduler(
     Path(name): Path<String>,
     Json(body): Json<PauseBody>,
 ) -> ApiResult<&'static str> {
-    api.cluster.pause_scheduler(&name, std::time::Duration::from_secs(body.delay))?;
+    let c = api.cluster.clone();
+    blocking(move || c.pause_scheduler(&name, std::time::Duration::from_secs(body.delay))).await?;
     Ok(Json(if body.delay == 0 { "The scheduler is resumed." } else { "The scheduler is paused." }))
 }
 

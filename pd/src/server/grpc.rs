@@ -24,6 +24,7 @@ use super::convert::{heartbeat_from_wire, region_parts};
 use super::streams::{HeartbeatStreams, Registration, Reply, STREAM_BUFFER};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
+use crate::metrics::PD;
 use crate::store::{StoreMeta, StoreStats};
 
 /// The gRPC face of a [`Cluster`].
@@ -259,8 +260,10 @@ impl Pd for PdService {
     ) -> std::result::Result<Response<pdpb::StoreHeartbeatResponse>, Status> {
         let req = req.into_inner();
         check_header(&self.cluster, req.header.as_ref())?;
+        let timer = PD.handle_store_heartbeat.start_timer();
         let r = required(req.stats, "stats")
             .and_then(|s| self.cluster.store_heartbeat(StoreId(s.store_id), StoreStats::from(&s)));
+        timer.observe_duration();
         self.reply("StoreHeartbeat", r.map(|()| pdpb::StoreHeartbeatResponse::default()))
     }
 
@@ -376,6 +379,7 @@ impl Pd for PdService {
 
 fn tso_reply(cluster: &Cluster, req: &pdpb::TsoRequest) -> std::result::Result<pdpb::TsoResponse, Status> {
     check_header(cluster, req.header.as_ref())?;
+    let _timer = PD.tso_duration.start_timer();
     match cluster.tso(req.count) {
         Ok(ts) => Ok(pdpb::TsoResponse {
             header: Some(header(cluster.cluster_id(), None)),
@@ -421,7 +425,13 @@ impl HeartbeatLoop {
                 }
             }
             let id = self.cluster.cluster_id();
-            match self.cluster.region_heartbeat(hb) {
+            let store = hb.runtime.leader.map_or(0, |l| l.store_id.0).to_string();
+            let timer = PD.handle_region_heartbeat.start_timer();
+            let handled = self.cluster.region_heartbeat(hb);
+            timer.observe_duration();
+            let status = if handled.is_ok() { "ok" } else { "err" };
+            PD.region_heartbeat.with_label_values(&[store.as_str(), "report", status]).inc();
+            match handled {
                 Ok(None) => {}
                 Ok(Some(order)) => self.registration.streams.push(id, &[order]),
                 Err(e) => {

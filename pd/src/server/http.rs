@@ -12,6 +12,7 @@
 //! | GET `/health`                         | `[{"name","member_id","client_urls","health"}]`, each member pinged |
 //! | GET `/members`                        | `{"header","members","leader","etcd_leader"}` |
 //! | GET `/cluster`                        | `{"id","max_peer_count"}`                |
+//! | GET `/metrics` (no prefix)            | Prometheus text (`crate::metrics`)       |
 //!
 //! Config, operators, splits and schedulers are in `admin_api.rs`.
 //!
@@ -78,6 +79,7 @@ pub(super) fn routes(cluster: Arc<Cluster>) -> Router {
         .route("/pd/api/v1/leader/resign", post(resign_leader))
         .route("/pd/api/v1/leader/transfer/:name", post(transfer_leader))
         .route("/pd/api/v1/ping", get(ping))
+        .route("/metrics", get(metrics))
         .route("/pd/api/v1/raft", get(raft_status))
         .route("/pd/api/v1/cluster", get(cluster_info))
         .with_state(cluster)
@@ -305,6 +307,15 @@ async fn raft_status(State(c): Shared) -> Json<serde_json::Value> {
 
 async fn ping() -> StatusCode {
     StatusCode::OK
+}
+
+/// Prometheus text: PD's metrics (`crate::metrics`), computed off the async
+/// workers (the region health gauges walk the region map).
+async fn metrics(State(c): Shared) -> Result<Response, ApiError> {
+    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&c))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 async fn cluster_info(State(c): Shared) -> Json<json::ClusterJson> {

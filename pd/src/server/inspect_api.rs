@@ -29,7 +29,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use mnemo_proto::types::{PeerRole, RegionId, StoreId};
+use mnemo_proto::types::{RegionId, StoreId};
 use serde::{Deserialize, Serialize};
 
 use super::http::{ApiError, ApiResult};
@@ -149,6 +149,14 @@ async fn scan_regions(State(c): Shared, Query(q): Query<ScanQuery>) -> ApiResult
     if !end.is_empty() && end <= start {
         return Err(Error::InvalidArgument("end_key must be empty or after key".into()).into());
     }
+    if q.limit == 0 {
+        // Possibly the whole map: a page at a time.
+        let meets = move |r: &RegionInfo| {
+            (r.region.end_key.is_empty() || r.region.end_key.as_slice() > start.as_slice())
+                && (end.is_empty() || r.region.start_key < end)
+        };
+        return Ok(regions_answer(filtered(c, meets).await?));
+    }
     let regions = c.read(|view| {
         view.state.regions().scan(&start, &end, q.limit).into_iter().map(json::region).collect()
     });
@@ -207,48 +215,21 @@ async fn top(State(c): Shared, Query(q): Query<LimitQuery>, by: Top) -> ApiResul
     Ok(regions_answer(all.into_iter().take(limit).map(|(_, _, j)| j).collect()))
 }
 
-/// A region state `region check` asks about.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum RegionCheck {
-    /// Fewer voters than `max-replicas`.
-    MissPeer,
-    /// More peers than `max-replicas`.
-    ExtraPeer,
-    /// The leader reports a peer down.
-    DownPeer,
-    /// The leader reports a peer catching up.
-    PendingPeer,
-    /// Has a learner.
-    LearnerPeer,
-    /// Has a peer on an Offline store.
-    OfflinePeer,
-    /// Holds no key (by its last size estimate).
-    EmptyRegion,
-}
-
-impl RegionCheck {
-    fn parse(s: &str) -> Option<RegionCheck> {
-        Some(match s {
-            "miss-peer" => RegionCheck::MissPeer,
-            "extra-peer" => RegionCheck::ExtraPeer,
-            "down-peer" => RegionCheck::DownPeer,
-            "pending-peer" => RegionCheck::PendingPeer,
-            "learner-peer" => RegionCheck::LearnerPeer,
-            "offline-peer" => RegionCheck::OfflinePeer,
-            "empty-region" => RegionCheck::EmptyRegion,
-            _ => return None,
-        })
-    }
-}
+/// The states `region check` asks about, in the order of
+/// [`crate::metrics::REGION_STATES`] (the `pd_regions_status` gauges count
+/// the same regions).
+const REGION_CHECKS: [&str; 7] =
+    ["miss-peer", "extra-peer", "down-peer", "pending-peer", "learner-peer", "offline-peer", "empty-region"];
 
 async fn check_regions(State(c): Shared, Path(state): Path<String>) -> ApiResult<json::Regions> {
-    let check = RegionCheck::parse(&state).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "unknown region state {state:?} (miss-peer, extra-peer, down-peer, pending-peer, learner-peer, \
-             offline-peer, empty-region)"
+    let Some(check) = REGION_CHECKS.iter().position(|s| *s == state) else {
+        return Err(Error::InvalidArgument(format!(
+            "unknown region state {state:?} ({})",
+            REGION_CHECKS.join(", ")
         ))
-    })?;
-    let max_replicas = c.config().replication.max_replicas as usize;
+        .into());
+    };
+    let max_replicas = usize::try_from(c.config().replication.max_replicas).unwrap_or(usize::MAX);
     let offline: Vec<StoreId> = c.read(|view| {
         view.state
             .stores()
@@ -257,15 +238,7 @@ async fn check_regions(State(c): Shared, Path(state): Path<String>) -> ApiResult
             .map(|s| s.meta.id)
             .collect()
     });
-    let keep = move |r: &RegionInfo| match check {
-        RegionCheck::MissPeer => r.region.voters().count() < max_replicas,
-        RegionCheck::ExtraPeer => r.region.peers.len() > max_replicas,
-        RegionCheck::DownPeer => !r.runtime.down_peers.is_empty(),
-        RegionCheck::PendingPeer => !r.runtime.pending_peers.is_empty(),
-        RegionCheck::LearnerPeer => r.region.peers.iter().any(|p| p.role == PeerRole::Learner),
-        RegionCheck::OfflinePeer => r.region.peers.iter().any(|p| offline.contains(&p.store_id)),
-        RegionCheck::EmptyRegion => r.runtime.last_heartbeat.is_some() && r.runtime.approximate_keys == 0,
-    };
+    let keep = move |r: &RegionInfo| crate::metrics::region_health(r, max_replicas, &offline)[check];
     Ok(regions_answer(filtered(c, keep).await?))
 }
 

@@ -191,6 +191,23 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Approximate bytes used on disk (or in memory), for store heartbeats.
     fn used_bytes(&self) -> u64;
+
+    /// Internal statistics for metrics; engines without any report none.
+    fn stats(&self) -> EngineStats {
+        EngineStats::default()
+    }
+}
+
+/// What an engine reports about itself for metrics (RocksDB's properties
+/// and tickers).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Bytes in memtables, by column family.
+    pub memtable_bytes: Vec<(Cf, u64)>,
+    /// Bytes compaction is estimated to still rewrite, by column family.
+    pub pending_compaction_bytes: Vec<(Cf, u64)>,
+    /// Block cache (hits, misses) since the engine opened.
+    pub block_cache: Option<(u64, u64)>,
 }
 
 /// A shared engine handle.

@@ -15,6 +15,8 @@ use super::{Cf, Engine, EngineError, EngineSnapshot, Result, ScanRange, WriteBat
 pub struct RocksEngine {
     db: DB,
     path: PathBuf,
+    /// The options the database was opened with: they hold its statistics.
+    opts: Options,
 }
 
 fn err(e: rocksdb::Error) -> EngineError {
@@ -28,9 +30,13 @@ impl RocksEngine {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Tickers only (block cache hits and misses for metrics): no
+        // timers, which would cost on every operation.
+        opts.enable_statistics();
+        opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptTimers);
         let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(err)?;
-        Ok(RocksEngine { db, path: path.to_path_buf() })
+        Ok(RocksEngine { db, path: path.to_path_buf(), opts })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -178,6 +184,27 @@ impl Engine for RocksEngine {
                 .unwrap_or(0)
         }
         dir_size(&self.path)
+    }
+
+    fn stats(&self) -> crate::EngineStats {
+        let property = |cf: Cf, name: &str| {
+            self.db.property_int_value_cf(self.cf(cf), name).ok().flatten().map(|v| (cf, v))
+        };
+        let ticker = |t| self.opts.get_ticker_count(t);
+        crate::EngineStats {
+            memtable_bytes: Cf::ALL
+                .iter()
+                .filter_map(|cf| property(*cf, "rocksdb.cur-size-all-mem-tables"))
+                .collect(),
+            pending_compaction_bytes: Cf::ALL
+                .iter()
+                .filter_map(|cf| property(*cf, "rocksdb.estimate-pending-compaction-bytes"))
+                .collect(),
+            block_cache: Some((
+                ticker(rocksdb::statistics::Ticker::BlockCacheHit),
+                ticker(rocksdb::statistics::Ticker::BlockCacheMiss),
+            )),
+        }
     }
 }
 

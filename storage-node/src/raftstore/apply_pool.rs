@@ -50,6 +50,7 @@ use super::store::deliver;
 use crate::engine::{Cf, EngineRef, WriteBatch};
 use crate::error::Result;
 use crate::keys;
+use crate::metrics::RAFTSTORE;
 
 /// Most tasks a worker applies in one kv write.
 const MAX_TASKS_PER_WRITE: usize = 256;
@@ -198,8 +199,10 @@ fn worker(rx: Receiver<ApplyTask>, kv: EngineRef, results: Sender<ApplyResult>) 
     while let Ok(first) = rx.recv() {
         let mut tasks = vec![first];
         tasks.extend(rx.try_iter().take(MAX_TASKS_PER_WRITE - 1));
+        let started = std::time::Instant::now();
         match apply_tasks(&kv, tasks) {
             Ok((replies, reports)) => {
+                RAFTSTORE.apply_log.observe(started.elapsed().as_secs_f64());
                 fail::fail_point!("apply_pool_after_write");
                 deliver(replies);
                 for r in reports {

@@ -33,6 +33,7 @@ use super::local_reader::{LeaseView, ReadDelegate};
 use super::storage::{self, PeerStorage};
 use crate::engine::{EngineRef, WriteBatch};
 use crate::error::{Error, Result};
+use crate::metrics::RAFTSTORE;
 
 /// A hibernating leader whose followers have not all agreed yet ticks once
 /// per this many base ticks (with 100 ms ticks: a heartbeat carrying the
@@ -78,6 +79,8 @@ pub struct Now {
 struct Proposal {
     index: u64,
     term: u64,
+    /// When it was proposed (for the commit-duration histogram).
+    queued: Instant,
     /// The time stamped into the command (`proposed_at_ms`).
     stamp_ms: u64,
     /// On the lease clock: a committed proposal extends the lease from here.
@@ -742,6 +745,7 @@ impl Peer {
             self.proposals.push_back(Proposal {
                 index,
                 term,
+                queued: Instant::now(),
                 stamp_ms: self.last_stamp_ms,
                 proposed_at: now.lease,
                 fence: self.lease_fence,
@@ -1029,6 +1033,19 @@ impl Peer {
         kv_wb: &mut WriteBatch,
         replies: &mut Vec<Reply>,
     ) -> Result<()> {
+        let started = Instant::now();
+        let applied = self.apply_entries_inline(entries, kv, kv_wb, replies);
+        RAFTSTORE.apply_log.observe(started.elapsed().as_secs_f64());
+        applied
+    }
+
+    fn apply_entries_inline(
+        &mut self,
+        entries: Vec<Entry>,
+        kv: &EngineRef,
+        kv_wb: &mut WriteBatch,
+        replies: &mut Vec<Reply>,
+    ) -> Result<()> {
         for e in entries {
             let outcome = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => None,
@@ -1246,6 +1263,7 @@ impl Peer {
             }
             let p = self.proposals.pop_front().expect("front exists");
             if p.index == index && p.term == term {
+                RAFTSTORE.commit_log.observe(p.queued.elapsed().as_secs_f64());
                 if term == self.raw.raft.term {
                     self.extend_lease(p.proposed_at, p.fence);
                 }

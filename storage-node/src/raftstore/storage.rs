@@ -486,7 +486,12 @@ impl raft::Storage for PeerStorage {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        self.generate_snapshot()
+        let started = std::time::Instant::now();
+        let snap = self.generate_snapshot();
+        crate::metrics::RAFTSTORE.snapshot_done("generate", snap.is_ok());
+        let took = started.elapsed().as_secs_f64();
+        crate::metrics::RAFTSTORE.snapshot_duration.with_label_values(&["generate"]).observe(took);
+        snap
     }
 }
 

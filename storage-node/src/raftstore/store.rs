@@ -33,7 +33,7 @@ use super::{Operator, PdTask, ReadPolicy, RegionHash, RegionReport, StoreMsg, Tr
 use crate::engine::{Cf, EngineRef, Engines, ScanRange, WriteBatch};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RAFTSTORE};
 use mnemo_raft_driver::round::{Group, Round};
 
 /// Settings of the store loop.
@@ -278,6 +278,8 @@ impl Store {
             default(wait) => Ok(None),
         };
         let Ok(first) = first else { return Ok(false) };
+        let queued = self.rx.control.len() + self.rx.raft.len() + self.rx.requests.len();
+        RAFTSTORE.msg_queue.set(i64::try_from(queued).unwrap_or(i64::MAX));
         self.take_in_applied(applied_first, &mut replies);
         let per_tick = self.cfg.messages_per_tick;
         let control: Vec<StoreMsg> = self.rx.control.try_iter().collect();
@@ -549,11 +551,13 @@ impl Store {
                 match op {
                     Operator::ChangePeers { changes } => {
                         if p.propose_conf_change(epoch, &changes) {
+                            RAFTSTORE.proposed("conf_change");
                             tracing::info!(region = %region_id, ?changes, "proposed conf change");
                         }
                     }
                     Operator::TransferLeader { peer } => {
                         if p.is_leader() && peer.id != p.meta.id {
+                            RAFTSTORE.proposed("transfer_leader");
                             p.transfer_leader(peer.id);
                         }
                     }
@@ -574,6 +578,7 @@ impl Store {
                 if let Some(p) = self.peers.get_mut(&region_id) {
                     p.propose_write_batch(now, replies);
                     if p.propose_split(epoch, split) {
+                        RAFTSTORE.proposed("split");
                         tracing::info!(region = %region_id, "proposed split");
                     }
                 }
@@ -868,6 +873,7 @@ impl Store {
 
     /// The ready round of every awake peer; false if none had a ready.
     fn ready_round(&mut self, pool: Option<&mut ApplyPool>, replies: &mut Vec<Reply>) -> Result<bool> {
+        let started = Instant::now();
         let mut round = Round::new();
         let mut cx = RoundCx { kv: &self.kv, metrics: &self.metrics, replies, now: None, pool };
         // A leader's appends leave before its own fsync (raft-rs puts only
@@ -880,12 +886,14 @@ impl Store {
             take_outbox(p, &mut early);
         }
         self.send_batches(early);
+        let persisting = Instant::now();
         let (readies, synced) = round.persist(self.kv.as_ref(), self.raft.as_ref())?;
         if readies.is_empty() {
             return Ok(false);
         }
         if synced {
             self.metrics.raft_fsyncs.inc();
+            RAFTSTORE.append_log.observe(persisting.elapsed().as_secs_f64());
         }
         self.metrics.ready_rounds.inc();
         // Taken once, before any of the reads below is started: a ReadIndex
@@ -903,6 +911,7 @@ impl Store {
         for id in advanced {
             self.peers[&id].publish_reads();
         }
+        RAFTSTORE.process_ready.observe(started.elapsed().as_secs_f64());
         Ok(true)
     }
 
@@ -1305,7 +1314,11 @@ impl Group<RoundCx<'_>> for Peer {
             self.wait_applied(pool);
         }
         // Durable when it returns (its own synced writes).
-        self.raw.mut_store().apply_snapshot(snap)?;
+        let started = Instant::now();
+        let applied = self.raw.mut_store().apply_snapshot(snap);
+        RAFTSTORE.snapshot_done("apply", applied.is_ok());
+        applied?;
+        RAFTSTORE.snapshot_duration.with_label_values(&["apply"]).observe(started.elapsed().as_secs_f64());
         cx.metrics.snapshots_applied.inc();
         for peer in self.region().peers.clone() {
             self.remember_peer(peer);
