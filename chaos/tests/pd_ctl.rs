@@ -410,6 +410,18 @@ async fn every_command_against_a_live_cluster() {
     let health = json(pd, &["health"]);
     assert_eq!(health.as_array().unwrap().len(), 3, "{health}");
     assert!(health.as_array().unwrap().iter().all(|m| m["health"] == true), "{health}");
+    // A member added (it would start with --join) and removed again; the
+    // group keeps its quorum of three throughout.
+    let added = json(pd, &["member", "add", "pd-extra", "http://127.0.0.1:1"]);
+    let names_of = |v: &Value| -> Vec<String> {
+        v["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap_or("").to_owned()).collect()
+    };
+    assert!(names_of(&added).contains(&"pd-extra".to_owned()), "{added}");
+    assert_eq!(names_of(&added).len(), 4);
+    assert_eq!(ok(pd, &["member", "delete", "pd-extra"]).trim(), "\"removed, pd: pd-extra\"");
+    wait_for("three members again", Duration::from_secs(30), || {
+        (names_of(&json(pd, &["member"])).len() == 3).then_some(())
+    });
     let info = json(pd, &["cluster"]);
     assert!(info["id"].as_u64() > Some(0) && info["max_peer_count"] == 3);
     assert!(json(pd, &["ping"])["time_ms"].as_f64().is_some());
@@ -483,6 +495,7 @@ async fn every_command_against_a_live_cluster() {
     let out = run(Some(pd), &["store", "delete", &s4.to_string(), "--wait", "--timeout", "180"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    println!("store delete {s4} --wait:\n{stderr}");
     let bars: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&format!("store {s4} drain ["))).collect();
     assert!(!bars.is_empty() && bars.last().unwrap().contains("(100%)"), "{stderr}");
     assert!(stderr.contains(&format!("store {s4} is Tombstone")), "{stderr}");
