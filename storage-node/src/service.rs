@@ -319,6 +319,8 @@ impl KvService {
             Ok(Err(_)) | Err(_) => Err(Error::StaleCommand),
         };
         match &outcome {
+            // A compare-and-swap that did not swap wrote nothing.
+            Ok(WriteOutcome::Cas { succeed: false, .. }) => {}
             Ok(_) => self.flow.record_write(region_id, keys, bytes),
             // Refused by the region (not leader, stale epoch, ...): nothing
             // was committed.

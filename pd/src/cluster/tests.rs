@@ -800,3 +800,23 @@ fn the_prepare_check_counts_regions_heard_from_not_heartbeats() {
     c.inner.lock().heard_since_alive = 0;
     assert!(prepared());
 }
+
+#[test]
+fn evict_leader_moves_the_stores_leaders_away_and_refuses_a_transfer_back() {
+    let (c, region) = three_replicas(3);
+    c.add_scheduler("evict-leader-scheduler", Some(1)).unwrap();
+    assert!(c.schedulers().contains(&crate::schedule::Scheduler::EvictLeader(StoreId(1))));
+    let orders = c.patrol().unwrap();
+    let order =
+        orders.iter().find(|o| o.region_id == region.id).expect("a step for the region led from store 1");
+    assert!(matches!(order.step, Step::TransferLeader { to, .. } if to.store_id != StoreId(1)), "{order:?}");
+    // By hand, onto the draining store: refused with the reason.
+    c.remove_operator(region.id);
+    let back = crate::schedule::AdminRequest::TransferLeader { to_store: StoreId(1) };
+    let err = c.add_operator(region.id, &back).unwrap_err().to_string();
+    assert!(err.contains("draining its leaders"), "{err}");
+    assert!(matches!(c.add_scheduler("evict-leader-scheduler", None), Err(Error::InvalidArgument(_))));
+    assert!(matches!(c.add_scheduler("evict-leader-scheduler", Some(99)), Err(Error::StoreNotFound(_))));
+    c.remove_scheduler("evict-leader-scheduler-1").unwrap();
+    assert!(c.pause_scheduler("evict-leader-scheduler-1", std::time::Duration::from_secs(5)).is_err());
+}

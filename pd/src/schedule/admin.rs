@@ -82,6 +82,13 @@ pub fn plan(req: &AdminRequest, info: &RegionInfo, ctx: &Ctx<'_>) -> Result<Prop
             if to.role != PeerRole::Voter {
                 return Err(format!("peer {} on store {to_store} is a learner", to.id));
             }
+            // evict-leader would move it straight back.
+            if ctx.settings.evict_leader_stores.contains(to_store) {
+                return Err(format!(
+                    "store {to_store} is draining its leaders (evict-leader-scheduler-{to_store}); remove that \
+                     scheduler first"
+                ));
+            }
             Plan::TransferLeader { to }
         }
         AdminRequest::AddPeer { store } => {

@@ -212,8 +212,9 @@ impl Coordinator {
             emit(ops, proposal);
         }
 
-        // The active schedulers, a few operators each (BTreeSet order is
-        // Scheduler::ALL's).
+        // The active schedulers, a few operators each, in the enum's order:
+        // evict-leader (by store) first, then Scheduler::ALL's; paused ones
+        // are skipped.
         for &scheduler in &self.schedulers {
             if self.paused.get(&scheduler).is_some_and(|until| snap.now < *until) {
                 continue;
