@@ -355,11 +355,15 @@ async fn every_command_against_a_live_cluster() {
         shown.as_array().unwrap().iter().any(|o| o["region_id"] == mid_id && o["desc"] == "transfer-peer"),
         "{shown}"
     );
-    assert!(json(pd, &["operator", "show", "leader"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|o| o["kind"] == "leader"));
+    // `show leader`: operators that move leadership, whatever limit they
+    // count against (the stuck transfer-peer does not).
+    let leader_ops = json(pd, &["operator", "show", "leader"]);
+    assert!(
+        leader_ops.as_array().unwrap().iter().all(|o| o["kind"] == "leader"
+            || o["steps"].as_array().unwrap().iter().any(|s| s.as_str().unwrap().contains("leader"))),
+        "{leader_ops}"
+    );
+    assert!(!leader_ops.as_array().unwrap().iter().any(|o| o["region_id"] == mid_id), "{leader_ops}");
     let (header, rows) = table(pd, &["operator", "show"]);
     assert!(rows.iter().any(|r| r[column(&header, "REGION")] == mid_id.to_string()), "{rows:?}");
     assert_eq!(json(pd, &["operator", "check", &mid_id.to_string()])["region_id"], mid_id);
@@ -395,6 +399,49 @@ async fn every_command_against_a_live_cluster() {
         assert_eq!(op["desc"], "add-peer");
     }
     assert!(fails(Some(pd), &["operator", "add", "remove-peer", "999999", "1"]).contains("not found"));
+
+    // transfer-region: the region onto the spare store and the two
+    // holders that do not lead; the leader hands over on its turn.
+    settled();
+    let region = json(pd, &["region", &mid_id.to_string()]);
+    let leader_store = region["leader"]["store_id"].as_u64().unwrap();
+    let holders: HashSet<u64> =
+        region["peers"].as_array().unwrap().iter().map(|p| p["store_id"].as_u64().unwrap()).collect();
+    let mut targets: Vec<u64> = store_ids.iter().copied().filter(|s| !holders.contains(s)).collect();
+    targets.extend(holders.iter().copied().filter(|s| *s != leader_store));
+    let target_args: Vec<String> = targets.iter().map(u64::to_string).collect();
+    let mid = mid_id.to_string();
+    let mut args = vec!["operator", "add", "transfer-region", mid.as_str()];
+    args.extend(target_args.iter().map(String::as_str));
+    let op = json(pd, &args);
+    assert_eq!(op["desc"], "transfer-region", "{op}");
+    let want: HashSet<u64> = targets.iter().copied().collect();
+    wait_for("the region on its new stores", Duration::from_secs(60), || {
+        let r = json(pd, &["region", &mid_id.to_string()]);
+        let on: HashSet<u64> = r["peers"].as_array()?.iter().filter_map(|p| p["store_id"].as_u64()).collect();
+        (on == want && !run(Some(pd), &["operator", "check", &mid_id.to_string()]).status.success())
+            .then_some(())
+    });
+    assert!(fails(Some(pd), &["operator", "add", "transfer-region", &mid_id.to_string(), &target_args[0]])
+        .contains("3 replicas"));
+
+    // scatter-regions over the whole key space, waited for: the bar on
+    // stderr, PD's answer on stdout once every scatter operator ended.
+    settled();
+    let out = run(Some(pd), &["operator", "add", "scatter-regions", "--wait", "--timeout", "120"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "scatter-regions failed: {stderr}");
+    eprintln!("$ pd-ctl operator add scatter-regions --wait --timeout 120\n{stderr}{stdout}");
+    let answer: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let scattered = answer["regions_id"].as_array().unwrap().len();
+    assert!(scattered > 0 && answer["finished_percentage"].as_u64().unwrap() > 0, "{answer}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(stderr.contains("scatter [") && last.contains("regions scattered"), "{stderr}");
+    assert!(json(pd, &["operator", "show", "admin"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["desc"] != "scatter-region"));
 
     // --- member, health, cluster, ping ---------------------------------
     let members = json(pd, &["member"]);

@@ -136,10 +136,14 @@ impl Target {
     }
 
     /// Wraps `msg` with the per-RPC timeout as gRPC deadline, so the node
-    /// can drop work nobody waits for.
+    /// can drop work nobody waits for, and with the trace context of the
+    /// operation's span (W3C `traceparent`), so the node's spans join the
+    /// caller's trace. (Requests sent on a `BatchCommands` stream carry no
+    /// metadata of their own: their trace ends at the client.)
     pub(crate) fn request<M>(&self, msg: M) -> tonic::Request<M> {
         let mut req = tonic::Request::new(msg);
         req.set_timeout(self.rpc_timeout);
+        mnemo_telemetry::inject(req.metadata_mut());
         req
     }
 

@@ -18,13 +18,19 @@ use std::time::Duration;
 use mnemo_proto::pdpb::{self, pd_client::PdClient as PdGrpc};
 use mnemo_proto::types::{Peer, Region, RegionId, StoreId};
 use mnemo_proto::{metapb, pdpb::RequestHeader};
+use mnemo_telemetry::PropagateTrace;
 use parking_lot::RwLock;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::transport::{lazy_channel, normalize_url};
 
 mod store_api;
+
+/// The gRPC client of a PD member: each call carries the trace context of
+/// the caller's span (see `mnemo_telemetry`).
+type Grpc = PdGrpc<InterceptedService<Channel, PropagateTrace>>;
 
 /// Default per-RPC timeout of PD calls: 2 s.
 pub const DEFAULT_PD_RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,7 +54,7 @@ pub struct PdClient {
 #[derive(Clone)]
 struct Leader {
     url: String,
-    client: PdGrpc<Channel>,
+    client: Grpc,
     /// Bumped on every rediscovery; lets a caller see that someone else has
     /// already replaced the leader it failed on.
     generation: u64,
@@ -285,7 +291,7 @@ impl PdClient {
     async fn call<R, F, Fut>(&self, f: F) -> Result<R>
     where
         R: PdResponse,
-        F: Fn(PdGrpc<Channel>, RequestHeader) -> Fut,
+        F: Fn(Grpc, RequestHeader) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
     {
         self.call_inner(f, false).await
@@ -296,21 +302,21 @@ impl PdClient {
     async fn call_raw<R, F, Fut>(&self, f: F) -> Result<R>
     where
         R: PdResponse,
-        F: Fn(PdGrpc<Channel>, RequestHeader) -> Fut,
+        F: Fn(Grpc, RequestHeader) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
     {
         self.call_inner(f, true).await
     }
 
     /// The gRPC client of the current leader.
-    fn leader_client(&self) -> PdGrpc<Channel> {
+    fn leader_client(&self) -> Grpc {
         self.leader.read().client.clone()
     }
 
     async fn call_inner<R, F, Fut>(&self, f: F, keep_answers: bool) -> Result<R>
     where
         R: PdResponse,
-        F: Fn(PdGrpc<Channel>, RequestHeader) -> Fut,
+        F: Fn(Grpc, RequestHeader) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
     {
         let mut last = String::new();
@@ -389,7 +395,7 @@ async fn discover(
     endpoints: &[String],
     want_cluster: Option<u64>,
     rpc_timeout: Duration,
-) -> Result<(u64, String, PdGrpc<Channel>, Vec<String>)> {
+) -> Result<(u64, String, Grpc, Vec<String>)> {
     let mut errors = Vec::new();
     for ep in endpoints {
         let members = match get_members(ep, want_cluster, rpc_timeout).await {
@@ -411,7 +417,8 @@ async fn discover(
             match get_members(&url, Some(cluster_id), rpc_timeout).await {
                 Ok(_) => {
                     let channel = lazy_channel(&url, rpc_timeout).map_err(Error::Pd)?;
-                    return Ok((cluster_id, url, PdGrpc::new(channel), member_urls));
+                    let client = PdGrpc::with_interceptor(channel, PropagateTrace);
+                    return Ok((cluster_id, url, client, member_urls));
                 }
                 Err(e) => errors.push(format!("leader {url}: {e}")),
             }

@@ -167,16 +167,13 @@ fn observe_cluster(cluster: &Cluster) {
                 capacity = capacity.saturating_add(st.capacity);
             }
         }
-        let regions = view.state.regions();
-        let leaders = regions.iter().filter(|r| r.leader().is_some()).count();
         let totals = [
             ("store_up_count", counts[0]),
             ("store_disconnected_count", counts[1]),
             ("store_down_count", counts[2]),
             ("store_offline_count", counts[3]),
             ("store_tombstone_count", counts[4]),
-            ("region_count", gauge(regions.len() as u64)),
-            ("leader_count", gauge(leaders as u64)),
+            ("region_count", gauge(view.state.regions().len() as u64)),
             ("storage_size", gauge(size)),
             ("storage_capacity", gauge(capacity)),
         ];
@@ -185,14 +182,19 @@ fn observe_cluster(cluster: &Cluster) {
     for (ty, v) in stores {
         PD.cluster_status.with_label_values(&[ty]).set(v);
     }
+    // Regions are walked a page at a time, off the metadata lock between
+    // pages: a scrape of a large map never holds up heartbeats for long.
     let mut health = [0i64; REGION_STATES.len()];
+    let mut leaders = 0i64;
     cluster.for_each_region_page(1024, |page| {
         for r in page {
+            leaders += i64::from(r.leader().is_some());
             for (i, bad) in region_health(r, max_replicas, &offline).into_iter().enumerate() {
                 health[i] += i64::from(bad);
             }
         }
     });
+    PD.cluster_status.with_label_values(&["leader_count"]).set(leaders);
     for (ty, n) in REGION_STATES.iter().zip(health) {
         PD.regions_status.with_label_values(&[ty]).set(n);
     }

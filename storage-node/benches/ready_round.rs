@@ -119,7 +119,7 @@ fn write_everywhere(router: &StoreRouter, regions: &[Region], round: u64) -> Vec
                 ..Default::default()
             };
             let (cb, rx) = tokio::sync::oneshot::channel();
-            assert!(router.send(StoreMsg::Write { region_id: r.id, cmd, cb }).is_ok(), "queued");
+            assert!(router.send(StoreMsg::Write { region_id: r.id, cmd, cb: cb.into() }).is_ok(), "queued");
             rx
         })
         .collect()

@@ -80,6 +80,13 @@ pub struct NodeConfig {
     pub labels: Vec<(String, String)>,
     /// `text` (default) or `json`, flag `--log-format`.
     pub log_format: String,
+    /// OTLP/gRPC collector to export traces to (`http://host:4317`), flag
+    /// `--otlp-endpoint`. Default empty: no traces exported.
+    pub otlp_endpoint: String,
+    /// Share (0 to 1) of the traces this node starts that are exported,
+    /// flag `--otlp-sample-ratio`. Requests arriving with a trace context
+    /// follow its sampled flag. Default 0.01.
+    pub otlp_sample_ratio: f64,
     /// Raft settings.
     pub raftstore: RaftstoreConfig,
     /// Request limits.
@@ -307,6 +314,10 @@ pub struct ServerConfig {
     /// CPU core. Nodes sharing a machine (tests, benchmarks on one box)
     /// do better with fewer: every thread more is more context switches.
     pub grpc_concurrency: usize,
+    /// A client request taking at least this long is logged (warning "slow
+    /// request", with its trace id when it is traced). Default `1s`; `0s`
+    /// logs every request.
+    pub slow_log_threshold: ReadableDuration,
 }
 
 impl Default for NodeConfig {
@@ -319,6 +330,8 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./data/node"),
             labels: Vec::new(),
             log_format: "text".into(),
+            otlp_endpoint: String::new(),
+            otlp_sample_ratio: mnemo_telemetry::DEFAULT_SAMPLE_RATIO,
             raftstore: RaftstoreConfig::default(),
             server: ServerConfig::default(),
             coprocessor: CoprocessorConfig::default(),
@@ -364,6 +377,7 @@ impl Default for ServerConfig {
             grpc_keepalive_timeout: ReadableDuration(Duration::from_secs(3)),
             raft_client_queue_size: 4_096,
             grpc_concurrency: 0,
+            slow_log_threshold: ReadableDuration(Duration::from_secs(1)),
         }
     }
 }
@@ -413,8 +427,17 @@ impl NodeConfig {
         }
     }
 
+    /// Where traces go (see `mnemo_telemetry`).
+    pub fn trace(&self) -> mnemo_telemetry::TraceConfig {
+        mnemo_telemetry::TraceConfig {
+            otlp_endpoint: Some(self.otlp_endpoint.clone()),
+            sample_ratio: self.otlp_sample_ratio,
+        }
+    }
+
     /// Checks the configuration; the message says what to fix.
     pub fn validate(&self) -> Result<(), String> {
+        self.trace().validate()?;
         if self.pd_endpoints.is_empty() {
             return Err("no PD endpoint: pass --pd 127.0.0.1:2379".into());
         }

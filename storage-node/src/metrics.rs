@@ -292,7 +292,7 @@ impl RaftstoreMetrics {
             ),
             proposal: counter_vec(
                 "tikv_raftstore_proposal_total",
-                "Reads and proposals, by how they were served.",
+                "Reads and writes handed to the store loop, by how they were served.",
                 &["type"],
             ),
             commit_log: hist(
@@ -302,12 +302,12 @@ impl RaftstoreMetrics {
             ),
             apply_log: hist(
                 "tikv_raftstore_apply_log_duration_seconds",
-                "Applying one batch of committed entries.",
+                "Applying one batch of committed entries (see docs/metrics.md).",
                 raft_buckets(),
             ),
             append_log: hist(
                 "tikv_raftstore_append_log_duration_seconds",
-                "One store-loop round's raft log write, fsync included.",
+                "One store-loop round's synced write: raft log, and inline applies' kv writes.",
                 raft_buckets(),
             ),
             process_ready: hist_vec(
@@ -425,13 +425,20 @@ pub struct GrpcTimer {
 }
 
 impl GrpcTimer {
-    /// Observes the request's duration; `failed` also counts it in
-    /// `tikv_grpc_msg_fail_total`.
-    pub fn finish(self, failed: bool) {
-        RAFTSTORE.grpc_duration.with_label_values(&[self.ty]).observe(self.started.elapsed().as_secs_f64());
+    /// Observes the request's duration, and returns it; `failed` also
+    /// counts it in `tikv_grpc_msg_fail_total`.
+    pub fn finish(self, failed: bool) -> std::time::Duration {
+        let took = self.started.elapsed();
+        RAFTSTORE.grpc_duration.with_label_values(&[self.ty]).observe(took.as_secs_f64());
         if failed {
             RAFTSTORE.grpc_fail.with_label_values(&[self.ty]).inc();
         }
+        took
+    }
+
+    /// The request type it times (`raw_get`, ...).
+    pub fn request_type(&self) -> &'static str {
+        self.ty
     }
 }
 

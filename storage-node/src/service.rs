@@ -26,6 +26,7 @@ use mnemo_proto::tikvpb::tikv_server::Tikv;
 use mnemo_proto::types::{clamp_range, epoch_of, Region, RegionId, StoreId};
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::config::ServerConfig;
 use crate::engine::{Cf, EngineRef, EngineSnapshot, ScanRange};
@@ -33,7 +34,9 @@ use crate::error::{Error, Result};
 use crate::flow::FlowStats;
 use crate::keys;
 use crate::metrics::{GrpcTimer, Metrics, RAFTSTORE};
-use crate::raftstore::{LocalReader, ReadGrant, ReadPolicy, SendError, StoreMsg, StoreRouter, WriteOutcome};
+use crate::raftstore::{
+    LocalReader, ReadGrant, ReadPolicy, SendError, StoreMsg, StoreRouter, WriteCallback, WriteOutcome,
+};
 
 /// How long a request waits for the store loop before answering.
 /// A write still pending then has an unknown outcome (`StaleCommand`);
@@ -102,10 +105,32 @@ has_region_error!(
     kvrpcpb::RawCasResponse
 );
 
+/// One client request being served: its timer and its span.
+struct Call {
+    timer: GrpcTimer,
+    /// The request's span (`mnemo_telemetry`): recorded when this node
+    /// exports traces or the request carries a trace context, else disabled.
+    span: tracing::Span,
+    /// `server.slow-log-threshold`.
+    slow: Duration,
+}
+
 /// Turns a handler result into the gRPC answer: region errors in the body,
-/// bad input as `INVALID_ARGUMENT`, anything else as `INTERNAL`.
-fn respond<T: HasRegionError>(metrics: &Metrics, timer: GrpcTimer, r: Result<T>) -> RpcResult<T> {
-    timer.finish(r.is_err());
+/// bad input as `INVALID_ARGUMENT`, anything else as `INTERNAL`. A request
+/// slower than `server.slow-log-threshold` is logged (in its span: a JSON
+/// log line carries its trace id).
+fn respond<T: HasRegionError>(metrics: &Metrics, call: Call, r: Result<T>) -> RpcResult<T> {
+    let ty = call.timer.request_type();
+    let took = call.timer.finish(r.is_err());
+    if took >= call.slow {
+        let outcome = match &r {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        call.span.in_scope(|| {
+            tracing::warn!(request = ty, took_ms = took.as_millis() as u64, outcome, "slow request");
+        });
+    }
     match r {
         Ok(resp) => Ok(Response::new(resp)),
         Err(e) => {
@@ -266,6 +291,7 @@ impl KvService {
     /// (every read but the test-only stale one is linearizable).
     async fn read_permit(&self, ctx: Option<&Context>, policy: ReadPolicy) -> Result<ReadGrant> {
         let (region_id, header) = self.target(ctx)?;
+        tracing::Span::current().record("region_id", region_id.0);
         self.metrics.reads.inc();
         if policy == ReadPolicy::UnsafeStale {
             self.metrics.unsafe_stale_reads.inc();
@@ -279,13 +305,20 @@ impl KvService {
             }
         }
         let (cb, rx) = oneshot::channel();
-        RAFTSTORE.proposed("read_index");
         self.to_store(StoreMsg::Read { region_id, epoch, policy, cb })?;
+        RAFTSTORE.proposed("read_index");
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(Error::NotLeader { region: region_id, leader: None }),
             Err(_) => Err(Error::NotLeader { region: region_id, leader: None }),
         }
+    }
+
+    /// Starts serving a request of type `ty`: its timer and span.
+    fn begin<T>(&self, req: Request<T>, ty: &'static str) -> (T, Call) {
+        let span = mnemo_telemetry::server_span(ty, req.metadata());
+        let timer = RAFTSTORE.grpc_timer(ty);
+        (req.into_inner(), Call { timer, span, slow: self.limits.slow_log_threshold.0 })
     }
 
     /// Hands a request to the store loop; a full queue is `ServerIsBusy`.
@@ -306,28 +339,32 @@ impl KvService {
     /// past it, new writes get `ServerIsBusy` and nothing is proposed.
     async fn write(&self, ctx: Option<&Context>, mut cmd: RaftCommand) -> Result<WriteOutcome> {
         let (region_id, header) = self.target(ctx)?;
+        tracing::Span::current().record("region_id", region_id.0);
         self.metrics.writes.inc();
         cmd.header = Some(header);
         let _pending = self.admit_write(prost::Message::encoded_len(&cmd) as u64)?;
         let (keys, bytes) = written_size(&cmd);
-        let (cb, rx) = oneshot::channel();
-        RAFTSTORE.proposed("normal");
+        let (tx, rx) = oneshot::channel();
+        let cb = WriteCallback::traced(tx, tracing::Span::current());
         self.to_store(StoreMsg::Write { region_id, cmd, cb })?;
-        let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Ok(Ok(r)) => r,
-            // Dropped or timed out after proposing: the outcome is unknown.
+        RAFTSTORE.proposed("normal");
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(outcome)) => {
+                match &outcome {
+                    // A compare-and-swap that did not swap wrote nothing.
+                    Ok(WriteOutcome::Cas { succeed: false, .. }) => {}
+                    Ok(_) => self.flow.record_write(region_id, keys, bytes),
+                    // Refused by the region (not leader, stale epoch, ...):
+                    // nothing was committed.
+                    Err(e) if e.to_region_error().is_some() => RAFTSTORE.proposed("dropped"),
+                    Err(_) => {}
+                }
+                outcome
+            }
+            // Dropped or timed out after proposing: the outcome is unknown,
+            // so it counts neither as written nor as dropped.
             Ok(Err(_)) | Err(_) => Err(Error::StaleCommand),
-        };
-        match &outcome {
-            // A compare-and-swap that did not swap wrote nothing.
-            Ok(WriteOutcome::Cas { succeed: false, .. }) => {}
-            Ok(_) => self.flow.record_write(region_id, keys, bytes),
-            // Refused by the region (not leader, stale epoch, ...): nothing
-            // was committed.
-            Err(e) if e.to_region_error().is_some() => RAFTSTORE.proposed("dropped"),
-            Err(_) => {}
         }
-        outcome
     }
 
     /// Counts `bytes` as in flight until the returned guard drops, unless
@@ -492,8 +529,7 @@ fn scan_region(
 #[tonic::async_trait]
 impl Tikv for KvService {
     async fn raw_get(&self, req: Request<kvrpcpb::RawGetRequest>) -> RpcResult<kvrpcpb::RawGetResponse> {
-        let req = req.into_inner();
-        let timer = RAFTSTORE.grpc_timer("raw_get");
+        let (req, call) = self.begin(req, "raw_get");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
@@ -510,16 +546,16 @@ impl Tikv for KvService {
             self.flow.record_read(grant.region.id, 1, (key_len + resp.value.len()) as u64);
             Ok(resp)
         }
+        .instrument(call.span.clone())
         .await;
-        respond(&self.metrics, timer, r)
+        respond(&self.metrics, call, r)
     }
 
     async fn raw_batch_get(
         &self,
         req: Request<kvrpcpb::RawBatchGetRequest>,
     ) -> RpcResult<kvrpcpb::RawBatchGetResponse> {
-        let req = req.into_inner();
-        let timer = RAFTSTORE.grpc_timer("raw_batch_get");
+        let (req, call) = self.begin(req, "raw_batch_get");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_batch(req.keys.len())?;
@@ -547,13 +583,13 @@ impl Tikv for KvService {
             self.note_read(grant.region.id, pairs.iter().map(|p| (&p.key[..], &p.value[..])));
             Ok(kvrpcpb::RawBatchGetResponse { region_error: None, pairs })
         }
+        .instrument(call.span.clone())
         .await;
-        respond(&self.metrics, timer, r)
+        respond(&self.metrics, call, r)
     }
 
     async fn raw_put(&self, req: Request<kvrpcpb::RawPutRequest>) -> RpcResult<kvrpcpb::RawPutResponse> {
-        let req = req.into_inner();
-        let timer = RAFTSTORE.grpc_timer("raw_put");
+        let (req, call) = self.begin(req, "raw_put");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
@@ -565,16 +601,16 @@ impl Tikv for KvService {
             self.write(req.context.as_ref(), cmd).await?;
             Ok(kvrpcpb::RawPutResponse::default())
         }
+        .instrument(call.span.clone())
         .await;
-        respond(&self.metrics, timer, r)
+        respond(&self.metrics, call, r)
     }
 
     async fn raw_batch_put(
         &self,
         req: Request<kvrpcpb::RawBatchPutRequest>,
     ) -> RpcResult<kvrpcpb::RawBatchPutResponse> {
-        let req = req.into_inner();
-        let timer = RAFTSTORE.grpc_timer("raw_batch_put");
+        let (req, call) = self.begin(req, "raw_batch_put");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_batch(req.pairs.len())?;
@@ -594,16 +630,16 @@ impl Tikv for KvService {
             self.write(req.context.as_ref(), RaftCommand { mutations, ..Default::default() }).await?;
             Ok(kvrpcpb::RawBatchPutResponse::default())
         }
+        .instrument(call.span.clone())
         .await;
-        respond(&self.metrics, timer, r)
+        respond(&self.metrics, call, r)
     }
 
     async fn raw_delete(
         &self,
         req: Request<kvrpcpb::RawDeleteRequest>,
     ) -> RpcResult<kvrpcpb::RawDeleteResponse> {
-        let req = req.into_inner();
-        let timer = RAFTSTORE.grpc_timer("raw_delete");
+        let (req, call) = self.begin(req, "raw_delete");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
@@ -611,16 +647,16 @@ impl Tikv for KvService {
             self.write(req.context.as_ref(), cmd).await?;
             Ok(kvrpcpb::RawDeleteResponse::default())
         }
+        .instrument(call.span.clone())
         .await;
-        respond(&self.metrics, timer, r)
+        respond(&self.metrics, call, r)
     }
 
     async fn raw_batch_delete(
         &self,
         req: Request<kvrpcpb::RawBatchDeleteRequest>,
     ) -> RpcResult<kvrpcpb::RawBatchDeleteResponse> {
-        let req = req.into_inner();
-        let timer = RAFTSTORE.grpc_timer("raw_batch_delete");
+        let (req, call) = self.begin(req, "raw_batch_delete");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_batch(req.keys.len())?;
@@ -634,13 +670,13 @@ impl Tikv for KvService {
             self.write(req.context.as_ref(), RaftCommand { mutations, ..Default::default() }).await?;
             Ok(kvrpcpb::RawBatchDeleteResponse::default())
         }
+        .instrument(call.span.clone())
         .await;
-        respond(&self.metrics, timer, r)
+        respond(&self.metrics, call, r)
     }
 
     async fn raw_scan(&self, req: Request<kvrpcpb::RawScanRequest>) -> RpcResult<kvrpcpb::RawScanResponse> {
-        let req = req.into_inner();
-        let timer = RAFTSTORE.grpc_timer("raw_scan");
+        let (req, call) = self.begin(req, "raw_scan");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_scan_limit(req.limit)?;
@@ -656,16 +692,16 @@ impl Tikv for KvService {
             self.note_read(region, kvs.iter().map(|p| (&p.key[..], &p.value[..])));
             Ok(kvrpcpb::RawScanResponse { region_error: None, kvs })
         }
+        .instrument(call.span.clone())
         .await;
-        respond(&self.metrics, timer, r)
+        respond(&self.metrics, call, r)
     }
 
     async fn raw_delete_range(
         &self,
         req: Request<kvrpcpb::RawDeleteRangeRequest>,
     ) -> RpcResult<kvrpcpb::RawDeleteRangeResponse> {
-        let req = req.into_inner();
-        let timer = RAFTSTORE.grpc_timer("raw_delete_range");
+        let (req, call) = self.begin(req, "raw_delete_range");
         let r = async {
             Self::check_cf(&req.cf)?;
             if !req.end_key.is_empty() && req.start_key >= req.end_key {
@@ -678,16 +714,16 @@ impl Tikv for KvService {
             self.write(req.context.as_ref(), cmd).await?;
             Ok(kvrpcpb::RawDeleteRangeResponse::default())
         }
+        .instrument(call.span.clone())
         .await;
-        respond(&self.metrics, timer, r)
+        respond(&self.metrics, call, r)
     }
 
     async fn raw_batch_scan(
         &self,
         req: Request<kvrpcpb::RawBatchScanRequest>,
     ) -> RpcResult<kvrpcpb::RawBatchScanResponse> {
-        let req = req.into_inner();
-        let timer = RAFTSTORE.grpc_timer("raw_batch_scan");
+        let (req, call) = self.begin(req, "raw_batch_scan");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_batch(req.ranges.len())?;
@@ -711,16 +747,16 @@ impl Tikv for KvService {
             self.note_read(region, kvs.iter().map(|p| (&p.key[..], &p.value[..])));
             Ok(kvrpcpb::RawBatchScanResponse { region_error: None, kvs })
         }
+        .instrument(call.span.clone())
         .await;
-        respond(&self.metrics, timer, r)
+        respond(&self.metrics, call, r)
     }
 
     async fn raw_get_key_ttl(
         &self,
         req: Request<kvrpcpb::RawGetKeyTtlRequest>,
     ) -> RpcResult<kvrpcpb::RawGetKeyTtlResponse> {
-        let req = req.into_inner();
-        let timer = RAFTSTORE.grpc_timer("raw_get_key_ttl");
+        let (req, call) = self.begin(req, "raw_get_key_ttl");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
@@ -739,16 +775,16 @@ impl Tikv for KvService {
             self.flow.record_read(grant.region.id, 1, req.key.len() as u64);
             Ok(resp)
         }
+        .instrument(call.span.clone())
         .await;
-        respond(&self.metrics, timer, r)
+        respond(&self.metrics, call, r)
     }
 
     async fn raw_compare_and_swap(
         &self,
         req: Request<kvrpcpb::RawCasRequest>,
     ) -> RpcResult<kvrpcpb::RawCasResponse> {
-        let req = req.into_inner();
-        let timer = RAFTSTORE.grpc_timer("raw_compare_and_swap");
+        let (req, call) = self.begin(req, "raw_compare_and_swap");
         let r = async {
             Self::check_cf(&req.cf)?;
             self.check_key(&req.key)?;
@@ -774,8 +810,9 @@ impl Tikv for KvService {
                 WriteOutcome::Done => Err(Error::Other("CAS applied without an outcome".into())),
             }
         }
+        .instrument(call.span.clone())
         .await;
-        respond(&self.metrics, timer, r)
+        respond(&self.metrics, call, r)
     }
 
     type BatchCommandsStream = crate::batch_commands::AnswerStream;

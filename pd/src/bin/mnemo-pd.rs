@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mnemo_pd::config::{Flags, LogConfig, LogFormat};
+use mnemo_pd::config::{Flags, LogFormat};
 use mnemo_pd::Config;
 use tracing::{error, info};
 
@@ -18,7 +18,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log);
+    let json = matches!(config.log.format, LogFormat::Json);
+    let telemetry = match mnemo_telemetry::init("mnemo-pd", &config.log.level, json, &config.trace()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mnemo-pd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Any panic ends the process (crash points with code 86): PD state is
     // shared by every task, and a half-dead PD must not keep serving.
     mnemo_raft_driver::failpoints::install_panic_hook();
@@ -37,11 +44,8 @@ async fn main() -> ExitCode {
     wait_for_signal().await;
     info!("signal received, stopping");
     handle.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     ExitCode::SUCCESS
-}
-
-fn init_logging(log: &LogConfig) {
-    mnemo_raft_driver::logging::init(&log.level, matches!(log.format, LogFormat::Json));
 }
 
 async fn wait_for_signal() {

@@ -118,6 +118,56 @@ impl Cluster {
         }
     }
 
+    /// Scatters `regions` (`POST /regions/scatter`, pd-ctl `operator add
+    /// scatter-region(s)`): one scatter-region operator each, to the stores
+    /// [`ScatterPicks`] chooses, picks counted across the whole call so the
+    /// regions end spread evenly. Returns the first steps to push, the
+    /// regions scattered (given an operator, or where the scatter would put
+    /// them already), and the others with the reason (a manual operator in
+    /// flight, too few stores, ...).
+    #[allow(clippy::type_complexity)]
+    pub fn scatter_regions(
+        &self,
+        regions: &[RegionId],
+    ) -> Result<(Vec<ScheduleOrder>, Vec<RegionId>, Vec<(RegionId, String)>)> {
+        let now = SystemTime::now();
+        let mut inner = self.inner.lock();
+        inner.ensure_bootstrapped()?;
+        inner.ensure_ids()?;
+        let mut picks = crate::schedule::ScatterPicks::default();
+        let mut rng = rand::thread_rng();
+        let (mut orders, mut scattered, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+        for &region in regions {
+            let outcome = inner.scheduling(
+                now,
+                Box::new(|snap, settings, ops, _, ids| {
+                    let info =
+                        snap.regions.get(region).ok_or_else(|| format!("region {region} not found"))?;
+                    let ctx = crate::schedule::Ctx { snap, settings, ops };
+                    let (to_stores, leader) = picks.choose(info, &ctx, &mut rng)?;
+                    let here: BTreeSet<StoreId> = info.region.peers.iter().map(|p| p.store_id).collect();
+                    if here == to_stores.iter().copied().collect()
+                        && info.leader().is_some_and(|l| l.store_id == leader)
+                    {
+                        return Ok(None); // where the scatter would put it already
+                    }
+                    let req = AdminRequest::Scatter { to_stores, leader };
+                    admin::add(snap, settings, ops, region, &req, &mut || ids.try_alloc().map(PeerId))
+                }),
+            );
+            match outcome {
+                Ok(order) => {
+                    orders.extend(order);
+                    scattered.push(region);
+                }
+                Err(e) => failed.push((region, e)),
+            }
+        }
+        info!(scattered = scattered.len(), failed = failed.len(), "regions scattered through the API");
+        let orders = self.still_serving(orders)?;
+        Ok((orders, scattered, failed))
+    }
+
     /// Cancels the operator of `region`; false if it had none.
     pub fn remove_operator(&self, region: RegionId) -> bool {
         let removed = self.inner.lock().operators.remove(region);
@@ -207,9 +257,12 @@ impl Cluster {
     /// weight`), persisted as `schedule.store-weight`; 1 and 1 drop the
     /// store's entry.
     pub fn set_store_weight(&self, store: StoreId, leader: f64, region: f64) -> Result<Config> {
-        let ok = |w: f64| w.is_finite() && w > 0.0;
+        use crate::config::{MAX_STORE_WEIGHT, MIN_STORE_WEIGHT};
+        let ok = |w: f64| (MIN_STORE_WEIGHT..=MAX_STORE_WEIGHT).contains(&w);
         if !ok(leader) || !ok(region) {
-            return Err(Error::InvalidArgument(format!("weights {leader} and {region} must be numbers > 0")));
+            return Err(Error::InvalidArgument(format!(
+                "weights {leader} and {region} must be in [{MIN_STORE_WEIGHT}, {MAX_STORE_WEIGHT}]"
+            )));
         }
         if !self.read(|v| v.state.store(store).is_some()) {
             return Err(Error::StoreNotFound(store));

@@ -81,6 +81,13 @@ pub struct Config {
     /// clusters may share one etcd under different prefixes). Default
     /// `"/mnemosyne"`.
     pub etcd_prefix: String,
+    /// OTLP/gRPC collector to export traces to (`http://host:4317`), flag
+    /// `--otlp-endpoint`. Default empty: no traces exported.
+    pub otlp_endpoint: String,
+    /// Share (0 to 1) of the traces this member starts that are exported,
+    /// flag `--otlp-sample-ratio`; requests arriving with a trace context
+    /// follow its sampled flag. Default 0.01.
+    pub otlp_sample_ratio: f64,
     /// Logging.
     pub log: LogConfig,
     /// Scheduling: store liveness and operators.
@@ -212,6 +219,12 @@ impl Default for StoreWeightConfig {
     }
 }
 
+/// Smallest store weight accepted: a score is counts × 1000 / weight, and
+/// weights this far apart already mean a 10^6 to 1 share.
+pub const MIN_STORE_WEIGHT: f64 = 0.001;
+/// Largest store weight accepted.
+pub const MAX_STORE_WEIGHT: f64 = 1000.0;
+
 /// `[replication]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -243,6 +256,8 @@ impl Default for Config {
             backend: Backend::Raft,
             etcd_endpoints: String::new(),
             etcd_prefix: "/mnemosyne".into(),
+            otlp_endpoint: String::new(),
+            otlp_sample_ratio: mnemo_telemetry::DEFAULT_SAMPLE_RATIO,
             log: LogConfig::default(),
             schedule: ScheduleConfig::default(),
             replication: ReplicationConfig::default(),
@@ -325,6 +340,12 @@ pub struct Flags {
     /// Log format (`log.format`).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Export traces to this OTLP/gRPC collector (`otlp-endpoint`).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// Share of the traces this member starts that are exported (`otlp-sample-ratio`).
+    #[arg(long)]
+    pub otlp_sample_ratio: Option<f64>,
 }
 
 impl Config {
@@ -366,6 +387,16 @@ impl Config {
         set(&mut self.etcd_endpoints, &flags.etcd_endpoints);
         set(&mut self.etcd_prefix, &flags.etcd_prefix);
         set(&mut self.log.format, &flags.log_format);
+        set(&mut self.otlp_endpoint, &flags.otlp_endpoint);
+        set(&mut self.otlp_sample_ratio, &flags.otlp_sample_ratio);
+    }
+
+    /// Where traces go (see `mnemo_telemetry`).
+    pub fn trace(&self) -> mnemo_telemetry::TraceConfig {
+        mnemo_telemetry::TraceConfig {
+            otlp_endpoint: Some(self.otlp_endpoint.clone()),
+            sample_ratio: self.otlp_sample_ratio,
+        }
     }
 
     /// A config for tests: data in `data_dir`, listening on a free loopback
@@ -384,6 +415,7 @@ impl Config {
     /// Checks every field; the error names the key and what to do.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
+        self.trace().validate().map_err(Error::Config)?;
         if self.name.is_empty() || self.name.contains([',', '=', ' ']) {
             return bad(format!("name {:?} must be non-empty without ',', '=' or spaces", self.name));
         }
@@ -478,10 +510,11 @@ impl Config {
             }
         }
         for (store, w) in &s.store_weight {
-            let ok = |v: f64| v.is_finite() && v > 0.0;
+            let ok = |v: f64| (MIN_STORE_WEIGHT..=MAX_STORE_WEIGHT).contains(&v);
             if store.parse::<u64>().is_err() || !ok(w.leader) || !ok(w.region) {
                 return bad(format!(
-                    "schedule.store-weight.{store}: keys are store ids, leader and region weights > 0"
+                    "schedule.store-weight.{store}: keys are store ids, leader and region weights in \
+                     [{MIN_STORE_WEIGHT}, {MAX_STORE_WEIGHT}]"
                 ));
             }
         }

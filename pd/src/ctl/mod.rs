@@ -231,6 +231,33 @@ pub enum OperatorAdd {
     RemovePeer { region: u64, store: u64 },
     /// Moves the region's peer from one store to another.
     TransferPeer { region: u64, from: u64, to: u64 },
+    /// Moves the region's replicas onto exactly these stores (one each).
+    TransferRegion {
+        region: u64,
+        #[arg(required = true, num_args = 1..)]
+        stores: Vec<u64>,
+    },
+    /// Moves the region's replicas and leader to stores PD picks to spread
+    /// regions evenly.
+    ScatterRegion { region: u64 },
+    /// Scatters every region meeting [START, END); `--wait` draws a bar of
+    /// the regions whose scatter finished.
+    ScatterRegions {
+        /// First key (empty: from the start).
+        #[arg(default_value = "")]
+        start: String,
+        /// End key, exclusive (empty: to the end).
+        #[arg(default_value = "")]
+        end: String,
+        #[arg(long, value_enum, default_value_t = KeyFormat::Raw)]
+        format: KeyFormat,
+        /// Follow the scatter until every operator ended.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, requires = "wait")]
+        timeout: Option<u64>,
+    },
     /// Splits the region at its middle, or at given keys.
     SplitRegion {
         region: u64,
@@ -623,14 +650,70 @@ fn store(pd: &Pd, c: &StoreCmd, o: Output) -> CtlResult<()> {
 }
 
 /// Follows store `id` until it is Tombstone, drawing how many of its
-/// `total` regions moved away; polls PD every half second.
+/// `total` regions moved away.
 fn wait_drained(pd: &Pd, id: u64, total: u64, deadline: Option<Instant>) -> CtlResult<()> {
-    let mut bar = progress::Bar::new(&format!("store {id} drain"), total);
+    follow(pd, &format!("store {id} drain"), total, deadline, |pd| {
+        let s = pd.get(&format!("/store/{id}"))?;
+        let left = s["status"]["region_count"].as_u64().unwrap_or(0);
+        Ok(Tick {
+            done: total.saturating_sub(left),
+            finished: (s["store"]["state_name"] == "Tombstone")
+                .then(|| format!("store {id} is Tombstone: {total} regions moved away")),
+            late: format!("store {id}: {left} regions left"),
+            error: format!("store {id} not drained in time ({left} of {total} regions left)"),
+        })
+    })
+}
+
+/// Follows the operators of `regions` (a scatter's) until none is left,
+/// drawing how many ended.
+fn wait_scattered(pd: &Pd, regions: &[u64], deadline: Option<Instant>) -> CtlResult<()> {
+    let total = regions.len() as u64;
+    follow(pd, "scatter", total, deadline, |pd| {
+        let ops = pd.get("/operators?kind=admin")?;
+        let busy: std::collections::BTreeSet<u64> = ops
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|op| op["desc"] == "scatter-region")
+            .filter_map(|op| op["region_id"].as_u64())
+            .collect();
+        let left = regions.iter().filter(|r| busy.contains(r)).count() as u64;
+        Ok(Tick {
+            done: total - left,
+            finished: (left == 0).then(|| format!("{total} regions scattered")),
+            late: format!("{left} regions still moving"),
+            error: format!("scatter not finished in time ({left} of {total} regions still moving)"),
+        })
+    })
+}
+
+/// What one look at a long action found.
+struct Tick {
+    /// Units done, for the bar.
+    done: u64,
+    /// The bar's last line, once the action is over.
+    finished: Option<String>,
+    /// The bar's last line and the error, should the deadline pass now.
+    late: String,
+    error: String,
+}
+
+/// Draws a progress bar of `total` units labelled `label`, looking with
+/// `poll` every half second until it says the action is over or the
+/// deadline passes. A 5xx answer (PD changing leaders) is waited out until
+/// the deadline: the action goes on meanwhile.
+fn follow(
+    pd: &Pd,
+    label: &str,
+    total: u64,
+    deadline: Option<Instant>,
+    mut poll: impl FnMut(&Pd) -> CtlResult<Tick>,
+) -> CtlResult<()> {
+    let mut bar = progress::Bar::new(label, total);
     loop {
-        // PD changing leaders answers 5xx for a moment: the drain goes on,
-        // so does the wait (until the deadline).
-        let s = match pd.get(&format!("/store/{id}")) {
-            Ok(s) => s,
+        let tick = match poll(pd) {
+            Ok(t) => t,
             Err(e) if deadline.is_none_or(|d| Instant::now() < d) && e.contains("PD answered 5") => {
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
@@ -640,15 +723,14 @@ fn wait_drained(pd: &Pd, id: u64, total: u64, deadline: Option<Instant>) -> CtlR
                 return Err(e);
             }
         };
-        let left = s["status"]["region_count"].as_u64().unwrap_or(0);
-        bar.set(total.saturating_sub(left));
-        if s["store"]["state_name"] == "Tombstone" {
-            bar.finish(&format!("store {id} is Tombstone: {total} regions moved away"));
+        bar.set(tick.done);
+        if let Some(last) = tick.finished {
+            bar.finish(&last);
             return Ok(());
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            bar.finish(&format!("store {id}: {left} regions left"));
-            return Err(format!("store {id} not drained in time ({left} of {total} regions left)"));
+            bar.finish(&tick.late);
+            return Err(tick.error);
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -726,6 +808,17 @@ fn operator(pd: &Pd, c: &OperatorCmd, o: Output) -> CtlResult<()> {
         OperatorCmd::Remove { region } => {
             out(pd.send("DELETE", &format!("/operators/{region}"), None)?, Kind::Object)
         }
+        OperatorCmd::Add(OperatorAdd::ScatterRegions { start, end, format, wait, timeout }) => {
+            let (s, e) = (hex::encode(keys::parse(start, *format)?), hex::encode(keys::parse(end, *format)?));
+            let answer = pd.send("POST", "/regions/scatter", Some(json!({"start_key": s, "end_key": e})))?;
+            if *wait {
+                let regions: Vec<u64> =
+                    answer["regions_id"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+                let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t));
+                wait_scattered(pd, &regions, deadline)?;
+            }
+            out(answer, Kind::Object)
+        }
         OperatorCmd::Add(add) => {
             let body = match add {
                 OperatorAdd::TransferLeader { region, store } => {
@@ -740,6 +833,13 @@ fn operator(pd: &Pd, c: &OperatorCmd, o: Output) -> CtlResult<()> {
                 OperatorAdd::TransferPeer { region, from, to } => json!({
                     "name": "transfer-peer", "region_id": region, "from_store_id": from, "to_store_id": to
                 }),
+                OperatorAdd::TransferRegion { region, stores } => {
+                    json!({"name": "transfer-region", "region_id": region, "to_store_ids": stores})
+                }
+                OperatorAdd::ScatterRegion { region } => {
+                    json!({"name": "scatter-region", "region_id": region})
+                }
+                OperatorAdd::ScatterRegions { .. } => unreachable!("handled above"),
                 OperatorAdd::SplitRegion { region, policy, keys } => {
                     let mut body = json!({"name": "split-region", "region_id": region, "keys": keys});
                     if let Some(p) = policy {

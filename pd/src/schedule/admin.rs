@@ -7,7 +7,10 @@
 //! removing the worst-placed voter, and a `remove-peer` by a new replica
 //! elsewhere — as in PD.
 
+use std::collections::BTreeMap;
+
 use mnemo_proto::types::{Peer, PeerRole, RegionId, StoreId};
+use rand::Rng;
 
 use super::context::{ClusterSnapshot, Ctx};
 use super::controller::OperatorController;
@@ -46,6 +49,80 @@ pub enum AdminRequest {
     },
     /// `split-region`: split at the given keys, or at the middle.
     Split(SplitPolicy),
+    /// `transfer-region`: the region's replicas on exactly these stores
+    /// (one per store, as many as it has replicas); replicas elsewhere move
+    /// there one at a time.
+    TransferRegion {
+        /// The stores.
+        to_stores: Vec<StoreId>,
+    },
+    /// `scatter-region`: the region's replicas (and leader) on the stores
+    /// [`ScatterPicks::choose`] picks.
+    Scatter {
+        /// The stores for its replicas.
+        to_stores: Vec<StoreId>,
+        /// The store whose replica should lead.
+        leader: StoreId,
+    },
+}
+
+/// What a scatter (`POST /regions/scatter`) has handed out so far: replicas
+/// and leaders per store. Each region goes to the stores with the fewest,
+/// so a range scattered region by region ends spread evenly.
+#[derive(Clone, Debug, Default)]
+pub struct ScatterPicks {
+    peers: BTreeMap<StoreId, u64>,
+    leaders: BTreeMap<StoreId, u64>,
+}
+
+impl ScatterPicks {
+    /// Stores for `info`'s replicas: as many as it has replicas, distinct
+    /// Up and heartbeating stores of distinct hosts, fewest picks first,
+    /// then a store that already holds a replica (nothing to copy), then at
+    /// random; and the one of them to lead: fewest leader picks, the
+    /// current leader's store first, then at random. Counts the picks.
+    pub fn choose(
+        &mut self,
+        info: &RegionInfo,
+        ctx: &Ctx<'_>,
+        rng: &mut impl Rng,
+    ) -> Result<(Vec<StoreId>, StoreId), String> {
+        let r = &info.region;
+        let mut candidates: Vec<(u64, bool, u64, StoreId)> = ctx
+            .snap
+            .stores
+            .keys()
+            .filter(|s| ctx.is_active(**s))
+            .map(|&s| (self.peers.get(&s).copied().unwrap_or(0), r.peer_on_store(s).is_none(), rng.gen(), s))
+            .collect();
+        candidates.sort();
+        let mut chosen: Vec<StoreId> = Vec::new();
+        for (_, _, _, s) in candidates {
+            if chosen.len() < r.peers.len() && !ctx.shares_host(s, &chosen) {
+                chosen.push(s);
+            }
+        }
+        if chosen.len() < r.peers.len() {
+            return Err(format!(
+                "region {} has {} replicas and only {} Up stores of distinct hosts can hold them",
+                r.id,
+                r.peers.len(),
+                chosen.len()
+            ));
+        }
+        let current = info.leader().map(|l| l.store_id);
+        let leader = *chosen
+            .iter()
+            .min_by_key(|s| {
+                (self.leaders.get(s).copied().unwrap_or(0), Some(**s) != current, rng.gen::<u64>())
+            })
+            .expect("at least one store");
+        for s in &chosen {
+            *self.peers.entry(*s).or_default() += 1;
+        }
+        *self.leaders.entry(leader).or_default() += 1;
+        Ok((chosen, leader))
+    }
 }
 
 impl AdminRequest {
@@ -57,6 +134,8 @@ impl AdminRequest {
             AdminRequest::RemovePeer { .. } => "remove-peer",
             AdminRequest::TransferPeer { .. } => "transfer-peer",
             AdminRequest::Split(_) => "split-region",
+            AdminRequest::TransferRegion { .. } => "transfer-region",
+            AdminRequest::Scatter { .. } => "scatter-region",
         }
     }
 }
@@ -120,9 +199,60 @@ pub fn plan(req: &AdminRequest, info: &RegionInfo, ctx: &Ctx<'_>) -> Result<Prop
             Plan::Move { from, to: *to_store }
         }
         AdminRequest::Split(policy) => Plan::Split(validate_split(info, policy)?),
+        AdminRequest::TransferRegion { to_stores } => {
+            let moves = moves_onto(info, ctx, to_stores)?;
+            if moves.is_empty() {
+                return Err(format!("region {} is on those stores already", r.id));
+            }
+            Plan::MoveAll { moves, leader: None }
+        }
+        AdminRequest::Scatter { to_stores, leader } => {
+            let moves = moves_onto(info, ctx, to_stores)?;
+            if moves.is_empty() && info.leader().is_some_and(|l| l.store_id == *leader) {
+                return Err(format!("region {} is where the scatter would put it", r.id));
+            }
+            Plan::MoveAll { moves, leader: Some(*leader) }
+        }
     };
     let kind = if matches!(req, AdminRequest::Split(_)) { OpKind::Split } else { OpKind::Admin };
     Ok(Proposal { region: r.id, kind, desc: req.name(), plan })
+}
+
+/// The moves that put `info`'s replicas on exactly `to_stores`: each
+/// replica on a store not listed goes to a listed store without one;
+/// followers first, the leader last (it hands over once, at its turn).
+fn moves_onto(
+    info: &RegionInfo,
+    ctx: &Ctx<'_>,
+    to_stores: &[StoreId],
+) -> Result<Vec<(Peer, StoreId)>, String> {
+    let r = &info.region;
+    let mut unique = to_stores.to_vec();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != to_stores.len() {
+        return Err("a store is named twice".to_string());
+    }
+    if to_stores.len() != r.peers.len() {
+        return Err(format!(
+            "region {} has {} replicas: name {} stores, one for each",
+            r.id,
+            r.peers.len(),
+            r.peers.len()
+        ));
+    }
+    if let Some(l) = r.peers.iter().find(|p| p.role != PeerRole::Voter) {
+        return Err(format!("region {} has a learner (peer {}): let it finish first", r.id, l.id));
+    }
+    let fresh: Vec<StoreId> = to_stores.iter().copied().filter(|s| r.peer_on_store(*s).is_none()).collect();
+    if let Some(s) = fresh.iter().find(|s| !ctx.is_active(**s)) {
+        return Err(format!("store {s} is not Up and heartbeating"));
+    }
+    let leader = info.leader().map(|l| l.id);
+    let mut leaving: Vec<Peer> =
+        r.peers.iter().copied().filter(|p| !to_stores.contains(&p.store_id)).collect();
+    leaving.sort_by_key(|p| Some(p.id) == leader);
+    Ok(leaving.into_iter().zip(fresh).collect())
 }
 
 /// Keys sorted and deduplicated, each strictly inside the region (a key equal

@@ -13,17 +13,18 @@
 //! followers before leaders, since moving a leader costs a transfer first),
 //! and move one to the lowest-scoring store that can take it: no peer of the
 //! region there, no shared `host`, isolation not worse. Worth it only if the
-//! gap exceeds what the move closes ([`Ctx::region_move`]: twice the
-//! region's weight between stores of weight 1; the move cannot overshoot) and 5 %
+//! source still scores more than the target once the move is done
+//! ([`Ctx::region_move`]; the move cannot overshoot) and their gap exceeds 5 %
 //! of the mean score (no flapping over noise). No move from the top store:
 //! try the next one.
 //!
 //! **balance-leader.** Leader score = leader count. Transfer a leader from
 //! the store with the most to the follower store with the fewest; if none
 //! of its regions can, pull a leader onto the store with the fewest from a
-//! region it follows. Worth it when the gap is at least what a transfer
-//! closes ([`Ctx::leader_move`]: 2 leaders between stores of weight 1; a transfer moves 1
-//! each way, so it cannot overshoot) and above 5 % of the mean.
+//! region it follows. Worth it when the source scores at least as much as
+//! the target once the transfer is done ([`Ctx::leader_move`]; between stores
+//! of weight 1, a gap of at least 2 leaders) and the gap is above 5 % of the
+//! mean.
 
 use mnemo_proto::types::{Peer, StoreId};
 use rand::Rng;
@@ -110,8 +111,8 @@ pub fn balance_leader(ctx: &Ctx<'_>, rng: &mut impl Rng) -> Option<Proposal> {
         for info in sample(ctx, ctx.snap.regions.regions_led_by(src, rng.gen())) {
             let Some(leader) = info.leader() else { continue };
             let Some(to) = ctx.leader_target(info, leader) else { continue };
-            let closes = ctx.leader_move(src, to.store_id);
-            if worth_moving(src_score, ctx.leader_score(to.store_id), closes, true, mean) {
+            let after = ctx.leader_move(src, to.store_id);
+            if worth_moving(src_score, ctx.leader_score(to.store_id), after, true, mean) {
                 return propose(info, to);
             }
         }

@@ -165,29 +165,39 @@ impl<'a> Ctx<'a> {
     /// [`SCORE_UNIT`]s per MiB divided by the store's region weight
     /// (`schedule.store-weight`, 1 by default).
     pub fn region_score(&self, store: StoreId) -> i64 {
+        self.region_score_plus(store, 0)
+    }
+
+    /// [`Ctx::region_score`] with `mib` more (or, negative, less) on `store`.
+    fn region_score_plus(&self, store: StoreId, mib: i64) -> i64 {
         let w = i64::try_from(self.snap.regions.store_region_weight(store)).unwrap_or(i64::MAX);
-        weighted(w.saturating_add(self.influence().weight(store)), self.settings.store_weight(store).region)
+        let total = w.saturating_add(self.influence().weight(store)).saturating_add(mib);
+        weighted(total, self.settings.store_weight(store).region)
     }
 
     /// Leader count of `store` once the operators in flight finish, in
     /// [`SCORE_UNIT`]s per leader divided by the store's leader weight.
     pub fn leader_score(&self, store: StoreId) -> i64 {
-        let n = i64::try_from(self.snap.regions.store_leader_count(store)).unwrap_or(i64::MAX);
-        weighted(n + self.influence().leaders(store), self.settings.store_weight(store).leader)
+        self.leader_score_plus(store, 0)
     }
 
-    /// How much moving one leader from `src` to `dst` changes their two
-    /// scores, summed: the gap a transfer closes.
-    pub fn leader_move(&self, src: StoreId, dst: StoreId) -> i64 {
-        weighted(1, self.settings.store_weight(src).leader)
-            + weighted(1, self.settings.store_weight(dst).leader)
+    /// [`Ctx::leader_score`] with `n` more (or, negative, fewer) leaders.
+    fn leader_score_plus(&self, store: StoreId, n: i64) -> i64 {
+        let count = i64::try_from(self.snap.regions.store_leader_count(store)).unwrap_or(i64::MAX);
+        let total = count.saturating_add(self.influence().leaders(store)).saturating_add(n);
+        weighted(total, self.settings.store_weight(store).leader)
     }
 
-    /// How much moving a replica weighing `mib` from `src` to `dst` changes
-    /// their two scores, summed.
-    pub fn region_move(&self, src: StoreId, dst: StoreId, mib: i64) -> i64 {
-        weighted(mib, self.settings.store_weight(src).region)
-            .saturating_add(weighted(mib, self.settings.store_weight(dst).region))
+    /// The two leader scores moving one leader from `src` to `dst` leaves:
+    /// (source's, target's).
+    pub fn leader_move(&self, src: StoreId, dst: StoreId) -> (i64, i64) {
+        (self.leader_score_plus(src, -1), self.leader_score_plus(dst, 1))
+    }
+
+    /// The two region scores moving a replica weighing `mib` from `src` to
+    /// `dst` leaves: (source's, target's).
+    pub fn region_move(&self, src: StoreId, dst: StoreId, mib: i64) -> (i64, i64) {
+        (self.region_score_plus(src, -mib), self.region_score_plus(dst, mib))
     }
 
     /// The isolation of replicas on `stores` (unknown stores are skipped).
@@ -289,15 +299,15 @@ fn weighted(items: i64, weight: f64) -> i64 {
 /// (besides the unit rule of each scheduler), against flapping.
 pub const TOLERANCE_RATIO: f64 = 0.05;
 
-/// True if a move from a store scoring `src` to one scoring `dst` that
-/// closes their gap by `closes` (see [`Ctx::leader_move`],
-/// [`Ctx::region_move`]) is worth an operator: the gap is wider than
-/// `closes` (or, `or_equal`, as wide: the move then only swaps the two
-/// scores' order by nothing) — so the move never turns the pair the other
-/// way round and the next one never undoes it, whatever the store weights
-/// — and wider than [`TOLERANCE_RATIO`] of `mean`.
-pub fn worth_moving(src: i64, dst: i64, closes: i64, or_equal: bool, mean: f64) -> bool {
-    let gap = src.saturating_sub(dst);
-    let wide_enough = if or_equal { gap >= closes } else { gap > closes };
-    wide_enough && gap as f64 > mean * TOLERANCE_RATIO
+/// True if a move from a store scoring `src` to one scoring `dst`, which
+/// leaves them scoring `after` (see [`Ctx::leader_move`],
+/// [`Ctx::region_move`]), is worth an operator: the source still scores
+/// more than the target afterwards (or, `or_equal`, as much) — so the move
+/// never turns the pair the other way round and the next one never undoes
+/// it, whatever the store weights and however their units round — and the
+/// gap is wider than [`TOLERANCE_RATIO`] of `mean`.
+pub fn worth_moving(src: i64, dst: i64, after: (i64, i64), or_equal: bool, mean: f64) -> bool {
+    let (src_after, dst_after) = after;
+    let settles = if or_equal { src_after >= dst_after } else { src_after > dst_after };
+    settles && src.saturating_sub(dst) as f64 > mean * TOLERANCE_RATIO
 }

@@ -300,11 +300,10 @@ pub(super) fn try_create(
     if let Some(cur) = ops.get(info.region.id).filter(|cur| !p.kind.is_manual() || cur.kind.is_manual()) {
         return Err(format!("region {} already has operator {}", info.region.id, cur.desc));
     }
-    let peer_id = match p.plan.needs_peer_id() {
-        true => Some(new_peer().ok_or("no peer id available")?),
-        false => None,
-    };
-    let mut op = build(p, info, &Ctx { snap, settings, ops }, peer_id)?;
+    let peer_ids = (0..p.plan.peer_ids_needed())
+        .map(|_| new_peer().ok_or("no peer id available"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut op = build(p, info, &Ctx { snap, settings, ops }, &peer_ids)?;
     let step = match op.check(info, snap.now) {
         Progress::Run(step, epoch) => Some((step, epoch)),
         Progress::Wait => None,
@@ -317,7 +316,12 @@ pub(super) fn try_create(
         steps = ?op.steps.iter().map(Step::describe).collect::<Vec<_>>(),
         "operator created"
     );
+    // A manual operator may replace a scheduler's (see `OperatorController::add`).
+    let replaced = ops.get(info.region.id).map(|cur| cur.desc);
     ops.add(op, info, settings).map_err(|refusal| format!("{refusal:?}"))?;
+    if let Some(desc) = replaced {
+        PD.operator(desc, "replace");
+    }
     PD.operator(p.desc, "create");
     Ok(step)
 }

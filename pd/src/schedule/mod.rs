@@ -82,7 +82,7 @@ mod sim;
 #[cfg(test)]
 mod sim_tests;
 
-pub use admin::AdminRequest;
+pub use admin::{AdminRequest, ScatterPicks};
 pub use context::{worth_moving, ClusterSnapshot, Ctx, TOLERANCE_RATIO};
 pub use controller::{Influence, LimitType, OperatorController, Refusal, StoreLimiter};
 pub use coordinator::{Coordinator, NewPeerId, ScheduleOrder, PATROL_BATCH};

@@ -10,6 +10,7 @@
 //! | `Remove`          | [TransferLeader] → RemovePeer                                 |
 //! | `TransferLeader`  | TransferLeader                                                |
 //! | `Split`           | SplitRegion                                                   |
+//! | `MoveAll`         | each `Move` in turn, then [TransferLeader]                    |
 //!
 //! `[TransferLeader]` is there only when the peer to remove leads: a leader
 //! never removes itself. It goes to the caught-up voter with the fewest
@@ -58,12 +59,26 @@ pub enum Plan {
     },
     /// Split the region.
     Split(SplitPolicy),
+    /// Replace several replicas, one `Move` after another (each planned on
+    /// the region as the ones before leave it), then hand leadership to the
+    /// replica on store `leader`, if given (`transfer-region`,
+    /// `scatter-region`).
+    MoveAll {
+        /// (replica to replace, store receiving its successor), in order.
+        moves: Vec<(Peer, StoreId)>,
+        /// The store whose replica should lead at the end.
+        leader: Option<StoreId>,
+    },
 }
 
 impl Plan {
-    /// True if building the plan takes a fresh peer id.
-    pub fn needs_peer_id(&self) -> bool {
-        matches!(self, Plan::AddReplica { .. } | Plan::Move { .. })
+    /// How many fresh peer ids building the plan takes.
+    pub fn peer_ids_needed(&self) -> usize {
+        match self {
+            Plan::AddReplica { .. } | Plan::Move { .. } => 1,
+            Plan::MoveAll { moves, .. } => moves.len(),
+            _ => 0,
+        }
     }
 }
 
@@ -82,18 +97,34 @@ pub struct Proposal {
 }
 
 /// Turns `p` into an operator on `info` (the region's latest state). A plan
-/// that needs a new peer takes `new_peer` (`None`: building fails). Fails,
-/// with the reason, when the plan cannot be carried out as it stands.
+/// that needs new peers takes their ids from `new_peers` (too few: building
+/// fails). Fails, with the reason, when the plan cannot be carried out as
+/// it stands.
 pub fn build(
     p: &Proposal,
     info: &RegionInfo,
     ctx: &Ctx<'_>,
-    new_peer: Option<PeerId>,
+    new_peers: &[PeerId],
 ) -> Result<Operator, String> {
+    let steps = steps(p, info, ctx, new_peers)?;
+    let sends_snapshot = steps.iter().any(|s| matches!(s, Step::AddLearner(_)));
+    let moves = steps.iter().filter(|s| matches!(s, Step::AddLearner(_))).count().max(1);
+    let timeout = match p.kind {
+        OpKind::Leader => ctx.settings.operator_timeout.min(LEADER_OPERATOR_TIMEOUT),
+        // One snapshot after another.
+        _ if sends_snapshot => ctx.settings.snapshot_timeout(info) * u32::try_from(moves).unwrap_or(u32::MAX),
+        _ => ctx.settings.operator_timeout,
+    };
+    Ok(Operator::new(&info.region, p.kind, p.desc, steps, ctx.snap.now, timeout))
+}
+
+/// The steps of `p` on `info`.
+fn steps(p: &Proposal, info: &RegionInfo, ctx: &Ctx<'_>, new_peers: &[PeerId]) -> Result<Vec<Step>, String> {
     let leader = info.leader().ok_or("the region's leader is unknown")?;
     let learner_on = |store| {
-        new_peer
-            .map(|id| Peer { id, store_id: store, role: PeerRole::Learner })
+        new_peers
+            .first()
+            .map(|&id| Peer { id, store_id: store, role: PeerRole::Learner })
             .ok_or_else(|| "no peer id available".to_owned())
     };
     let as_voter = |p: Peer| Peer { role: PeerRole::Voter, ..p };
@@ -144,12 +175,57 @@ pub fn build(
             vec![Step::TransferLeader { from: leader, to: *to }]
         }
         Plan::Split(policy) => vec![Step::SplitRegion(policy.clone())],
+        Plan::MoveAll { moves, leader: want } => {
+            if new_peers.len() < moves.len() {
+                return Err("no peer id available".to_owned());
+            }
+            // Each move is planned on the region as the moves before it
+            // leave it.
+            let mut sim = info.clone();
+            let mut steps = Vec::new();
+            for (&(from, to), id) in moves.iter().zip(new_peers) {
+                let current = sim.region.peers.iter().find(|p| p.id == from.id).copied();
+                let from = current.ok_or_else(|| format!("peer {} is not in the region", from.id))?;
+                let one = Proposal { plan: Plan::Move { from, to }, ..p.clone() };
+                for step in self::steps(&one, &sim, ctx, std::slice::from_ref(id))? {
+                    simulate(&mut sim, &step);
+                    steps.push(step);
+                }
+            }
+            let now = sim.leader().ok_or("the region's leader is unknown")?;
+            if let Some(to) = want.and_then(|s| sim.region.peer_on_store(s).copied()) {
+                if to.id != now.id {
+                    steps.push(Step::TransferLeader { from: now, to });
+                }
+            }
+            steps
+        }
     };
-    let sends_snapshot = steps.iter().any(|s| matches!(s, Step::AddLearner(_)));
-    let timeout = match p.kind {
-        OpKind::Leader => ctx.settings.operator_timeout.min(LEADER_OPERATOR_TIMEOUT),
-        _ if sends_snapshot => ctx.settings.snapshot_timeout(info),
-        _ => ctx.settings.operator_timeout,
+    Ok(steps)
+}
+
+/// Changes `sim` as `step` will change the region once done.
+fn simulate(sim: &mut RegionInfo, step: &Step) {
+    let peers = &mut sim.region.peers;
+    let set_role = |peers: &mut Vec<Peer>, p: &Peer, role| {
+        if let Some(q) = peers.iter_mut().find(|q| q.id == p.id) {
+            q.role = role;
+        }
     };
-    Ok(Operator::new(&info.region, p.kind, p.desc, steps, ctx.snap.now, timeout))
+    match step {
+        Step::AddLearner(l) => peers.push(*l),
+        Step::PromoteLearner(v) => set_role(peers, v, PeerRole::Voter),
+        Step::RemovePeer(r) => peers.retain(|q| q.id != r.id),
+        Step::ChangePeerV2(changes) => {
+            for c in changes {
+                match c {
+                    PeerChange::AddLearner(_) => peers.push(c.peer()),
+                    PeerChange::Promote(v) => set_role(peers, v, PeerRole::Voter),
+                    PeerChange::Remove(r) => peers.retain(|q| q.id != r.id),
+                }
+            }
+        }
+        Step::TransferLeader { to, .. } => sim.runtime.leader = Some(*to),
+        Step::SplitRegion(_) => {}
+    }
 }

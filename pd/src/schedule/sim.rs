@@ -82,6 +82,19 @@ impl Unreliable {
     }
 }
 
+/// The cluster as PD sees it in `$sim` (a macro, so that it borrows only
+/// the fields it reads and `ops` stays free to change).
+macro_rules! snapshot {
+    ($sim:expr) => {
+        ClusterSnapshot {
+            stores: &$sim.stores,
+            regions: &$sim.regions,
+            now: $sim.now,
+            alive_since: $sim.alive_since,
+        }
+    };
+}
+
 /// A cluster of fake nodes and one PD coordinator.
 pub struct Sim {
     pub stores: BTreeMap<StoreId, StoreInfo>,
@@ -207,6 +220,48 @@ impl Sim {
         done(self).then_some(limit_secs)
     }
 
+    /// Adds the operator a human asks for on `region`, as PD's API does,
+    /// and sends its first step.
+    pub fn admin(&mut self, region: u64, req: &super::AdminRequest) -> Result<(), String> {
+        let snap = snapshot!(self);
+        let mut next_id = self.next_id;
+        let mut ids = || {
+            next_id += 1;
+            Some(PeerId(next_id))
+        };
+        let order = super::admin::add(&snap, &self.settings, &mut self.ops, RegionId(region), req, &mut ids)?;
+        self.next_id = next_id;
+        if let Some(order) = order {
+            self.send(order);
+        }
+        Ok(())
+    }
+
+    /// Scatters `regions` as `POST /regions/scatter` does (one set of
+    /// picks for all); returns the regions that refused, with why.
+    pub fn scatter(&mut self, regions: &[u64]) -> Vec<(u64, String)> {
+        let mut picks = super::ScatterPicks::default();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut failed = Vec::new();
+        for &region in regions {
+            let snap = snapshot!(self);
+            let ctx = super::Ctx { snap: &snap, settings: &self.settings, ops: &self.ops };
+            let Some(info) = self.regions.get(RegionId(region)) else { continue };
+            let here: BTreeSet<StoreId> = info.region.peers.iter().map(|p| p.store_id).collect();
+            let leads = info.leader().map(|l| l.store_id);
+            let outcome = picks.choose(info, &ctx, &mut rng).and_then(|(to_stores, leader)| {
+                if here == to_stores.iter().copied().collect() && leads == Some(leader) {
+                    return Ok(()); // where the scatter would put it already
+                }
+                self.admin(region, &super::AdminRequest::Scatter { to_stores, leader })
+            });
+            if let Err(e) = outcome {
+                failed.push((region, e));
+            }
+        }
+        failed
+    }
+
     /// One 100 ms tick: nodes progress, heartbeat when due or changed, PD
     /// patrols and its orders are carried out at once.
     pub fn tick(&mut self) {
@@ -230,12 +285,7 @@ impl Sim {
                 self.heartbeat(id);
             }
         }
-        let snap = ClusterSnapshot {
-            stores: &self.stores,
-            regions: &self.regions,
-            now,
-            alive_since: self.alive_since,
-        };
+        let snap = snapshot!(self);
         let mut next_id = self.next_id;
         let orders = self.coordinator.patrol(&snap, &self.settings, &mut self.ops, &mut || {
             next_id += 1;
@@ -336,12 +386,7 @@ impl Sim {
             Verdict::Unchanged => {}
         }
         self.regions.set_runtime(id, runtime);
-        let snap = ClusterSnapshot {
-            stores: &self.stores,
-            regions: &self.regions,
-            now: self.now,
-            alive_since: self.alive_since,
-        };
+        let snap = snapshot!(self);
         let mut next_id = self.next_id;
         let order = self.coordinator.on_heartbeat(&snap, &self.settings, &mut self.ops, id, &mut || {
             next_id += 1;

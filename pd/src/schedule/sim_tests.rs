@@ -7,7 +7,7 @@ use std::time::Duration;
 use mnemo_proto::types::{RegionId, StoreId};
 
 use super::sim::{Sim, Unreliable};
-use super::{drained_stores, ClusterSnapshot, Scheduler, Settings, StoreLimit};
+use super::{drained_stores, AdminRequest, ClusterSnapshot, Scheduler, Settings, StoreLimit};
 use crate::store::StoreState;
 
 /// Fast failure detection, and no store limit (PD's 15 peers per store and
@@ -82,8 +82,8 @@ fn weighted(ids: std::ops::RangeInclusive<u64>, leader: f64, region: f64) -> Set
 
 #[test]
 fn uniform_weights_below_one_balance_as_weight_one_and_then_hold_still() {
-    // Weights 0.5 everywhere must mean what weight 1 means: a transfer
-    // closes a gap of two leaders' worth, so 4/3/3 stays put.
+    // Weights 0.5 everywhere must mean what weight 1 means: a transfer is
+    // worth it across a gap of two leaders, so 4/3/3 stays put.
     let mut sim = Sim::new(weighted(1..=3, 0.5, 0.5));
     plain_stores(&mut sim, 1..=3);
     sim.regions(10, &[1, 2, 3]);
@@ -92,6 +92,24 @@ fn uniform_weights_below_one_balance_as_weight_one_and_then_hold_still() {
     let settled = sim.created;
     sim.run(30);
     assert_eq!(sim.created, settled, "operators kept coming: leaders {:?}", counts(&sim, Sim::leader_count));
+}
+
+#[test]
+fn equal_weights_whose_unit_rounds_still_even_out_two_leaders() {
+    // 1000/1.5 and 1000/0.7 round (667, 1429): two leaders on one store
+    // score one unit less than twice one leader. Leaders 2/0/0 must still
+    // become 1/1/0 and stay so.
+    for w in [1.5, 0.7] {
+        let mut sim = Sim::new(weighted(1..=3, w, w));
+        plain_stores(&mut sim, 1..=3);
+        sim.regions(2, &[1, 2, 3]);
+        let even = |s: &Sim| counts(s, Sim::leader_count).iter().all(|&n| n <= 1) && s.healthy();
+        let took = sim.run_until(60, even);
+        assert!(took.is_some(), "weight {w}: leaders {:?}", counts(&sim, Sim::leader_count));
+        let settled = sim.created;
+        sim.run(30);
+        assert_eq!(sim.created, settled, "weight {w}: operators kept coming");
+    }
 }
 
 #[test]
@@ -379,4 +397,52 @@ fn late_duplicated_and_cancelled_steps_never_cost_a_region_a_voter() {
 
 fn counts(sim: &Sim, count: fn(&Sim, u64) -> usize) -> Vec<usize> {
     sim.stores.keys().map(|s| count(sim, s.0)).collect()
+}
+
+fn peer_stores(sim: &Sim, region: u64) -> BTreeSet<u64> {
+    sim.truth()
+        .filter(|r| r.id == RegionId(region))
+        .flat_map(|r| r.peers.iter().map(|p| p.store_id.0))
+        .collect()
+}
+
+#[test]
+fn transfer_region_moves_every_replica_one_at_a_time_and_keeps_a_quorum() {
+    let mut sim = Sim::new(settings());
+    sim.schedulers(&[]);
+    plain_stores(&mut sim, 1..=5);
+    sim.regions(1, &[1, 2, 3]);
+    sim.run(2);
+    let to = |stores: &[u64]| AdminRequest::TransferRegion {
+        to_stores: stores.iter().map(|s| StoreId(*s)).collect(),
+    };
+    // Refused as it stands: wrong count, a store twice, already there.
+    assert!(sim.admin(1, &to(&[4, 5])).unwrap_err().contains("3 replicas"));
+    assert!(sim.admin(1, &to(&[4, 4, 5])).unwrap_err().contains("twice"));
+    assert!(sim.admin(1, &to(&[3, 2, 1])).unwrap_err().contains("already"));
+    // The leader's store (1) among those that go: it hands over on its turn.
+    sim.admin(1, &to(&[3, 4, 5])).unwrap();
+    let took = sim.run_until(120, |s| {
+        peer_stores(s, 1) == BTreeSet::from([3, 4, 5]) && s.healthy() && s.ops.is_empty()
+    });
+    assert!(took.is_some(), "peers {:?}, ops {:?}", peer_stores(&sim, 1), sim.ops.iter().collect::<Vec<_>>());
+    assert!(sim.min_voters >= 3, "a move left {} voters", sim.min_voters);
+}
+
+#[test]
+fn scatter_spreads_a_range_evenly_over_every_store() {
+    // 12 regions on stores 1-3, all led from 1; six stores in all.
+    let mut sim = Sim::new(settings());
+    sim.schedulers(&[]);
+    plain_stores(&mut sim, 1..=6);
+    sim.regions(12, &[1, 2, 3]);
+    sim.run(2);
+    let failed = sim.scatter(&(1..=12).collect::<Vec<_>>());
+    assert!(failed.is_empty(), "{failed:?}");
+    let took = sim.run_until(600, |s| s.healthy() && s.ops.is_empty());
+    assert!(took.is_some(), "regions {:?}, ops left {}", counts(&sim, Sim::region_count), sim.ops.len());
+    // Fewest picks first: 36 replicas over 6 stores, 12 leaders over 6.
+    assert_eq!(counts(&sim, Sim::region_count), [6; 6]);
+    assert_eq!(counts(&sim, Sim::leader_count), [2; 6]);
+    assert!(sim.min_voters >= 3, "a move left {} voters", sim.min_voters);
 }

@@ -6,10 +6,11 @@
 //! | POST `/config`                 | `{"schedule.max-store-down-time":"5s"}` or `{"schedule":{...}}`; answers the new config |
 //! | GET `/config/schedule`         | the `[schedule]` section                            |
 //! | GET `/config/replicate`        | the `[replication]` section                         |
-//! | GET `/operators[?kind=K]`      | operators in flight (of kind `leader`, `region`, `replica`, `split`, `admin`) |
-//! | POST `/operators`              | `{"name":"transfer-leader","region_id":N,"to_store_id":S}`, `add-peer` / `remove-peer` with `"store_id"`, `transfer-peer` with `"from_store_id"` and `"to_store_id"`, `split-region` with optional `"policy":"approximate"\|"usekey"` and `"keys":[hex]`; answers the operator |
+//! | GET `/operators[?kind=K]`      | operators in flight (of kind `leader`: any moving leadership, `region`: any moving replicas, `replica`, `split`, `admin`: the limit they count against) |
+//! | POST `/operators`              | `{"name":"transfer-leader","region_id":N,"to_store_id":S}`, `add-peer` / `remove-peer` with `"store_id"`, `transfer-peer` with `"from_store_id"` and `"to_store_id"`, `transfer-region` with `"to_store_ids":[...]`, `scatter-region`, `split-region` with optional `"policy":"approximate"\|"usekey"` and `"keys":[hex]`; answers the operator |
 //! | GET / DELETE `/operators/{region_id}` | one operator / cancel it                     |
 //! | POST `/regions/split`          | `{"split_keys":[hex...]}` (optionally `"region_id"`): one split operator per region containing a key; answers `{"split_regions":[ids]}` at once, the splits follow |
+//! | POST `/regions/scatter`        | `{"start_key":hex,"end_key":hex}` (empty end: to the end) or `{"regions_id":[ids]}`: one scatter-region operator per region, stores chosen so the regions spread evenly; answers `{"finished_percentage","regions_id":[scattered],"failed_regions":{id: why}}` at once, the moves follow |
 //! | GET `/schedulers`              | names of the schedulers that run, e.g. `["balance-leader-scheduler","balance-region-scheduler"]` |
 //! | POST `/schedulers`             | `{"name":"shuffle-leader-scheduler"}`: start it; 400 for an unknown name, 409 if it already runs |
 //! | GET `/schedulers?status=paused` | `[{"name","resume_at"}]` of the schedulers paused now |
@@ -65,6 +66,7 @@ pub(super) fn routes(cluster: Arc<Cluster>, streams: Arc<HeartbeatStreams>) -> R
         .route("/pd/api/v1/operators", get(operators).post(add_operator))
         .route("/pd/api/v1/operators/:region_id", get(operator).delete(remove_operator))
         .route("/pd/api/v1/regions/split", post(split_regions))
+        .route("/pd/api/v1/regions/scatter", post(scatter_regions))
         .route("/pd/api/v1/stores/limit", get(store_limits).post(set_all_store_limits))
         .route("/pd/api/v1/store/:id/limit", post(set_store_limit))
         .route("/pd/api/v1/schedulers", get(schedulers).post(add_scheduler))
@@ -168,10 +170,24 @@ async fn operators(
     Ok(Json(api.cluster.read(|view| {
         view.operators
             .iter()
-            .filter(|op| q.kind.as_deref().is_none_or(|k| op.kind.name() == k))
+            .filter(|op| q.kind.as_deref().is_none_or(|k| is_of_kind(op, k)))
             .map(|op| json::operator(op, view.now))
             .collect()
     })))
+}
+
+/// True if `op` is of `kind` as PD's `operator show` means it: `leader`
+/// also lists any operator that moves leadership and `region` any that
+/// moves replicas (a manual transfer-leader is both `admin` and `leader`);
+/// other kinds are the limit it counts against.
+fn is_of_kind(op: &crate::schedule::Operator, kind: &str) -> bool {
+    use crate::schedule::Step;
+    op.kind.name() == kind
+        || match kind {
+            "leader" => op.steps.iter().any(|s| matches!(s, Step::TransferLeader { .. })),
+            "region" => op.steps.iter().any(|s| !s.changes().is_empty()),
+            _ => false,
+        }
 }
 
 async fn operator(State(api): Shared, Path(region): Path<u64>) -> ApiResult<json::OperatorJson> {
@@ -196,6 +212,8 @@ struct OperatorBody {
     store_id: Option<u64>,
     from_store_id: Option<u64>,
     to_store_id: Option<u64>,
+    #[serde(default)]
+    to_store_ids: Vec<u64>,
     policy: Option<String>,
     #[serde(default)]
     keys: Vec<String>,
@@ -214,6 +232,12 @@ impl OperatorBody {
                 from_store: need(self.from_store_id, "from_store_id")?,
                 to_store: need(self.to_store_id, "to_store_id")?,
             },
+            "transfer-region" => {
+                if self.to_store_ids.is_empty() {
+                    return Err(Error::InvalidArgument("transfer-region needs \"to_store_ids\"".into()));
+                }
+                AdminRequest::TransferRegion { to_stores: self.to_store_ids.iter().copied().map(StoreId).collect() }
+            }
             "split-region" => {
                 let keys = hex_keys(&self.keys)?;
                 let default = if keys.is_empty() { "approximate" } else { "usekey" };
@@ -232,7 +256,8 @@ impl OperatorBody {
             }
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "unknown operator {other:?} (transfer-leader, add-peer, remove-peer, transfer-peer, split-region)"
+                    "unknown operator {other:?} (transfer-leader, add-peer, remove-peer, transfer-peer, transfer-region, \
+                     scatter-region, split-region)"
                 )))
             }
         })
@@ -241,7 +266,15 @@ impl OperatorBody {
 
 async fn add_operator(State(api): Shared, Json(body): Json<OperatorBody>) -> ApiResult<json::OperatorJson> {
     let region = RegionId(body.region_id);
-    let order = api.cluster.add_operator(region, &body.request()?)?;
+    let order = if body.name == "scatter-region" {
+        let (orders, _, failed) = api.cluster.scatter_regions(&[region])?;
+        if let Some((_, why)) = failed.into_iter().next() {
+            return Err(Error::InvalidArgument(why).into());
+        }
+        orders.into_iter().next()
+    } else {
+        api.cluster.add_operator(region, &body.request()?)?
+    };
     api.push(order.as_slice());
     // The operator may already be gone if its first step needed nothing.
     api.operator_json(region).map(Json).ok_or_else(|| {
@@ -275,6 +308,43 @@ async fn split_regions(State(api): Shared, Json(body): Json<SplitBody>) -> ApiRe
     };
     api.push(&orders);
     Ok(Json(SplitAnswer { split_regions: regions.iter().map(|r| r.0).collect() }))
+}
+
+/// `POST /regions/scatter`.
+#[derive(Deserialize)]
+struct ScatterBody {
+    #[serde(default)]
+    start_key: String,
+    #[serde(default)]
+    end_key: String,
+    #[serde(default)]
+    regions_id: Vec<u64>,
+}
+
+/// Most regions one scatter call takes.
+const MAX_SCATTER_REGIONS: usize = 10_000;
+
+async fn scatter_regions(State(api): Shared, Json(body): Json<ScatterBody>) -> ApiResult<Value> {
+    let ids: Vec<RegionId> = if body.regions_id.is_empty() {
+        let keys = hex_keys(&[body.start_key, body.end_key])?;
+        let regions = api.cluster.scan_regions(&keys[0], &keys[1], MAX_SCATTER_REGIONS)?;
+        regions.iter().map(|r| r.region.id).collect()
+    } else {
+        body.regions_id.iter().copied().map(RegionId).collect()
+    };
+    if ids.is_empty() {
+        return Err(Error::InvalidArgument("no region to scatter".into()).into());
+    }
+    let (c, regions) = (api.cluster.clone(), ids.clone());
+    let (orders, scattered, failed) = blocking(move || c.scatter_regions(&regions)).await?;
+    api.push(&orders);
+    let failed: serde_json::Map<String, Value> =
+        failed.into_iter().map(|(id, why)| (id.0.to_string(), Value::String(why))).collect();
+    Ok(Json(serde_json::json!({
+        "finished_percentage": scattered.len() * 100 / ids.len(),
+        "regions_id": scattered.iter().map(|r| r.0).collect::<Vec<_>>(),
+        "failed_regions": failed,
+    })))
 }
 
 #[derive(Deserialize)]

@@ -221,6 +221,9 @@ impl Pd for PdService {
         &self,
         req: Request<pdpb::GetStoreRequest>,
     ) -> std::result::Result<Response<pdpb::GetStoreResponse>, Status> {
+        // Synchronous from here on: the span is entered for the whole call.
+        let span = mnemo_telemetry::server_span("GetStore", req.metadata());
+        let _in_span = span.enter();
         let req = req.into_inner();
         check_header(&self.cluster, req.header.as_ref())?;
         let id = StoreId(req.store_id);
@@ -293,6 +296,9 @@ impl Pd for PdService {
         &self,
         req: Request<pdpb::GetRegionRequest>,
     ) -> std::result::Result<Response<pdpb::GetRegionResponse>, Status> {
+        // Synchronous from here on: the span is entered for the whole call.
+        let span = mnemo_telemetry::server_span("GetRegion", req.metadata());
+        let _in_span = span.enter();
         let req = req.into_inner();
         check_header(&self.cluster, req.header.as_ref())?;
         self.reply("GetRegion", self.region_response(self.cluster.get_region(&req.region_key)))
@@ -302,6 +308,9 @@ impl Pd for PdService {
         &self,
         req: Request<pdpb::GetRegionRequest>,
     ) -> std::result::Result<Response<pdpb::GetRegionResponse>, Status> {
+        // Synchronous from here on: the span is entered for the whole call.
+        let span = mnemo_telemetry::server_span("GetPrevRegion", req.metadata());
+        let _in_span = span.enter();
         let req = req.into_inner();
         check_header(&self.cluster, req.header.as_ref())?;
         self.reply("GetPrevRegion", self.region_response(self.cluster.get_prev_region(&req.region_key)))
@@ -311,6 +320,9 @@ impl Pd for PdService {
         &self,
         req: Request<pdpb::GetRegionByIdRequest>,
     ) -> std::result::Result<Response<pdpb::GetRegionResponse>, Status> {
+        // Synchronous from here on: the span is entered for the whole call.
+        let span = mnemo_telemetry::server_span("GetRegionByID", req.metadata());
+        let _in_span = span.enter();
         let req = req.into_inner();
         check_header(&self.cluster, req.header.as_ref())?;
         let r = self.cluster.get_region_by_id(RegionId(req.region_id));
@@ -321,6 +333,9 @@ impl Pd for PdService {
         &self,
         req: Request<pdpb::ScanRegionsRequest>,
     ) -> std::result::Result<Response<pdpb::ScanRegionsResponse>, Status> {
+        // Synchronous from here on: the span is entered for the whole call.
+        let span = mnemo_telemetry::server_span("ScanRegions", req.metadata());
+        let _in_span = span.enter();
         let req = req.into_inner();
         check_header(&self.cluster, req.header.as_ref())?;
         let limit = usize::try_from(req.limit).unwrap_or(0);

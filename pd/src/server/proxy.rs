@@ -4,8 +4,8 @@
 //! on to the leader's client URL with header `PD-Redirector: <own name>`, and
 //! the leader's answer (status, content type, body) is returned as is.
 //! Answered by every member itself: `GET` of `health`, `ping`, `members`,
-//! `leader`, `raft` and `config` (PD's list), and anything carrying
-//! `PD-Allow-Follower-Handle`.
+//! `leader`, `raft` and `config` (PD's list), the root `/metrics`, and
+//! anything carrying `PD-Allow-Follower-Handle`.
 //! A request that was already redirected once and still reached a non-leader
 //! gets 500 (never a second hop); with no leader known the member waits up to
 //! 3 s for one, then answers 503.
@@ -30,6 +30,11 @@ const MAX_BODY: usize = 16 << 20;
 const WAIT_FOR_LEADER: Duration = Duration::from_secs(3);
 
 fn answered_locally(method: &Method, path: &str) -> bool {
+    // `/metrics` sits at the root: each member's own gauges (its role above
+    // all) must come from that member, or every member would claim to lead.
+    if path == "/metrics" {
+        return method == Method::GET;
+    }
     let tail = path.strip_prefix("/pd/api/v1/").unwrap_or(path);
     method == Method::GET
         && matches!(tail, "health" | "ping" | "members" | "leader" | "version" | "status" | "raft" | "config")
@@ -101,5 +106,19 @@ pub(super) async fn to_leader(State(cluster): State<Arc<Cluster>>, req: Request,
             (StatusCode::SERVICE_UNAVAILABLE, format!("PD leader unreachable: {e}")).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("forwarding failed: {e}")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_member_answers_its_own_metrics_and_status_reads() {
+        assert!(answered_locally(&Method::GET, "/metrics"));
+        assert!(answered_locally(&Method::GET, "/pd/api/v1/health"));
+        assert!(!answered_locally(&Method::POST, "/metrics"));
+        assert!(!answered_locally(&Method::GET, "/pd/api/v1/stores"));
+        assert!(!answered_locally(&Method::GET, "/pd/api/v1/metrics"));
     }
 }

@@ -31,9 +31,9 @@ impl RocksEngine {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Tickers only (block cache hits and misses for metrics): no
-        // timers, which would cost on every operation.
+        // histograms or timers, which would cost on every operation.
         opts.enable_statistics();
-        opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptTimers);
+        opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
         let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(err)?;
         Ok(RocksEngine { db, path: path.to_path_buf(), opts })

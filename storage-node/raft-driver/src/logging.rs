@@ -1,23 +1,9 @@
-//! Logging: `tracing` for our code, and a bridge that sends raft-rs' `slog`
-//! records to `tracing` so one log shows both.
+//! A bridge that sends raft-rs' `slog` records to `tracing`, so one log
+//! shows both (the subscriber itself is installed by `mnemo_telemetry`).
 
 use std::fmt;
 
 use slog::{Drain, Level, OwnedKVList, Record, KV};
-
-/// Initialises `tracing` output to stderr for a server binary: human-readable
-/// (coloured only on a terminal) or JSON lines with `json = true`.
-/// `RUST_LOG` overrides `default_filter` (e.g. `"info,raft=warn"`).
-pub fn init(default_filter: &str, json: bool) {
-    use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
-}
 
 struct TracingDrain;
 

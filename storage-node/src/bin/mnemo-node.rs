@@ -3,7 +3,7 @@
 //! ```text
 //! mnemo-node --pd 127.0.0.1:2379 --addr 127.0.0.1:20160 --status-addr 127.0.0.1:20180 \
 //!            --data-dir ./data/n1 [--advertise-addr HOST:PORT] [--labels zone=z1,host=h1] \
-//!            [--config node.toml] [--log-format text|json]
+//!            [--config node.toml] [--log-format text|json] [--otlp-endpoint http://HOST:4317]
 //! ```
 //! Flags override the config file, which overrides the defaults.
 //!
@@ -50,6 +50,12 @@ struct Args {
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Export traces to this OTLP/gRPC collector (http://host:4317).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Share (0 to 1) of the traces this node starts that are exported.
+    #[arg(long)]
+    otlp_sample_ratio: Option<f64>,
     /// Threads for gRPC and async work (`server.grpc-concurrency`; 0 = one
     /// per CPU core).
     #[arg(long)]
@@ -104,6 +110,12 @@ fn build_config(args: Args) -> Result<NodeConfig, String> {
     if let Some(v) = args.log_format {
         cfg.log_format = v;
     }
+    if let Some(v) = args.otlp_endpoint {
+        cfg.otlp_endpoint = v;
+    }
+    if let Some(v) = args.otlp_sample_ratio {
+        cfg.otlp_sample_ratio = v;
+    }
     if let Some(v) = args.grpc_concurrency {
         cfg.server.grpc_concurrency = v;
     }
@@ -142,7 +154,14 @@ fn main() {
 }
 
 async fn run(cfg: NodeConfig) {
-    mnemo_node::logging::init("info,raft=warn", cfg.log_format == "json");
+    let telemetry =
+        match mnemo_telemetry::init("mnemo-node", "info,raft=warn", cfg.log_format == "json", &cfg.trace()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("mnemo-node: {e}");
+                std::process::exit(2);
+            }
+        };
     // A panic on any thread ends the process: a store loop that died alone
     // would leave a node answering gRPC and heartbeating PD with nothing
     // behind it, and PD would never replace its replicas.
@@ -172,5 +191,10 @@ async fn run(cfg: NodeConfig) {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
-    tokio::task::spawn_blocking(move || node.stop()).await.ok();
+    tokio::task::spawn_blocking(move || {
+        node.stop();
+        telemetry.shutdown();
+    })
+    .await
+    .ok();
 }

@@ -289,13 +289,18 @@ mod tests {
         }
     }
 
-    fn task(region_id: u64, index: u64, cmd: RaftCommand, cb: WriteCallback) -> ApplyTask {
+    fn task(
+        region_id: u64,
+        index: u64,
+        cmd: RaftCommand,
+        cb: tokio::sync::oneshot::Sender<crate::error::Result<WriteOutcome>>,
+    ) -> ApplyTask {
         ApplyTask {
             region: region(region_id),
             apply_state: RaftApplyState { applied_index: index, truncated_index: 5, truncated_term: 5 },
             applied_term: 6,
             stamp_ms: cmd.proposed_at_ms,
-            entries: vec![TaskEntry { index, cmd: Some(cmd), cbs: vec![cb] }],
+            entries: vec![TaskEntry { index, cmd: Some(cmd), cbs: vec![cb.into()] }],
             delegate: ReadDelegate::new(region(region_id)),
         }
     }

@@ -41,7 +41,62 @@ use crate::metrics::RAFTSTORE;
 pub const HIBERNATE_TICK_STRETCH: u64 = 10;
 
 /// Answer to a write: its outcome once applied, or an error.
-pub type WriteCallback = oneshot::Sender<Result<WriteOutcome>>;
+///
+/// It carries the write's trace (see `mnemo_telemetry`): the span of the
+/// client request, and a child span for the raft stage the write is in,
+/// closed when the next one starts — `raft_propose` (queued for the store
+/// loop until proposed), `raft_commit` (proposed until committed and taken
+/// to apply), `raft_apply` (applied and made durable until answered). All
+/// are disabled, and cost nothing, for a write nobody traces.
+pub struct WriteCallback {
+    tx: oneshot::Sender<Result<WriteOutcome>>,
+    request: tracing::Span,
+    stage: tracing::Span,
+}
+
+/// The raft stages a traced write goes through (see [`WriteCallback`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Stage {
+    Propose,
+    Commit,
+    Apply,
+}
+
+impl WriteCallback {
+    /// A callback for a write made under `request` (its stages become
+    /// children of it), starting in [`Stage::Propose`].
+    pub fn traced(tx: oneshot::Sender<Result<WriteOutcome>>, request: tracing::Span) -> Self {
+        let mut cb = WriteCallback { tx, request, stage: tracing::Span::none() };
+        cb.enter(Stage::Propose);
+        cb
+    }
+
+    /// Ends the current stage's span and starts `stage`'s.
+    pub fn enter(&mut self, stage: Stage) {
+        if self.request.is_disabled() {
+            return;
+        }
+        let parent = &self.request;
+        self.stage = match stage {
+            Stage::Propose => tracing::debug_span!(parent: parent, "raft_propose"),
+            Stage::Commit => tracing::debug_span!(parent: parent, "raft_commit"),
+            Stage::Apply => tracing::debug_span!(parent: parent, "raft_apply"),
+        };
+    }
+
+    /// Answers the write (its spans end); the outcome comes back if nobody
+    /// waits any more.
+    pub fn send(self, outcome: Result<WriteOutcome>) -> std::result::Result<(), Result<WriteOutcome>> {
+        self.tx.send(outcome)
+    }
+}
+
+impl From<oneshot::Sender<Result<WriteOutcome>>> for WriteCallback {
+    /// An untraced callback.
+    fn from(tx: oneshot::Sender<Result<WriteOutcome>>) -> Self {
+        WriteCallback { tx, request: tracing::Span::none(), stage: tracing::Span::none() }
+    }
+}
 /// Answer to a read: permission to serve it, or an error.
 pub type ReadCallback = oneshot::Sender<Result<ReadGrant>>;
 
@@ -612,7 +667,14 @@ impl Peer {
     /// term: only then has it applied every stamp its predecessors
     /// committed, so its own stamps (at least the largest applied) never go
     /// backwards in the log, even if its wall clock is behind theirs.
-    pub fn propose_write(&mut self, cmd: RaftCommand, now: Now, cb: WriteCallback, replies: &mut Vec<Reply>) {
+    pub fn propose_write(
+        &mut self,
+        cmd: RaftCommand,
+        now: Now,
+        cb: impl Into<WriteCallback>,
+        replies: &mut Vec<Reply>,
+    ) {
+        let cb = cb.into();
         self.wake();
         let epoch = mnemo_proto::types::epoch_of(cmd.header.as_ref().and_then(|h| h.region_epoch.as_ref()));
         if let Err(e) = self.check_request(epoch).and_then(|_| apply::check_command(self.region(), &cmd)) {
@@ -734,12 +796,13 @@ impl Peer {
         }
         // One proposal per callback, all at the entry's index: each is
         // answered when it applies (a batch is plain writes: all `Done`).
-        for cb in cbs {
+        for mut cb in cbs {
             let cb = if self.cfg.plants.ack_before_commit && cmd_is_plain_write {
                 // Planted bug: the client hears "done" now; the entry may yet be lost.
                 replies.push(Reply::Write(cb, Ok(WriteOutcome::Done)));
-                oneshot::channel().0
+                oneshot::channel().0.into()
             } else {
+                cb.enter(Stage::Commit);
                 cb
             };
             self.proposals.push_back(Proposal {
@@ -1033,9 +1096,12 @@ impl Peer {
         kv_wb: &mut WriteBatch,
         replies: &mut Vec<Reply>,
     ) -> Result<()> {
+        let timed = !entries.is_empty();
         let started = Instant::now();
         let applied = self.apply_entries_inline(entries, kv, kv_wb, replies);
-        RAFTSTORE.apply_log.observe(started.elapsed().as_secs_f64());
+        if timed {
+            RAFTSTORE.apply_log.observe(started.elapsed().as_secs_f64());
+        }
         applied
     }
 
@@ -1261,12 +1327,13 @@ impl Peer {
             if p.index > index {
                 break;
             }
-            let p = self.proposals.pop_front().expect("front exists");
+            let mut p = self.proposals.pop_front().expect("front exists");
             if p.index == index && p.term == term {
                 RAFTSTORE.commit_log.observe(p.queued.elapsed().as_secs_f64());
                 if term == self.raw.raft.term {
                     self.extend_lease(p.proposed_at, p.fence);
                 }
+                p.cb.enter(Stage::Apply);
                 mine.push(p.cb);
             } else {
                 replies.push(Reply::Write(p.cb, Err(Error::StaleCommand)));

@@ -441,7 +441,7 @@ fn writes_around_a_cas(s: &mut TestStore) {
         .into_iter()
         .map(|cmd| {
             let (cb, rx) = oneshot::channel();
-            s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb });
+            s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb: cb.into() });
             rx
         })
         .collect();
@@ -498,7 +498,7 @@ fn batch_refused_at_apply(apply_pool: usize) {
             s.send(StoreMsg::Write {
                 region_id: RegionId(1),
                 cmd: write_cmd(1, epoch, &[(k, b"v")], None),
-                cb,
+                cb: cb.into(),
             });
             (k, rx)
         })
@@ -535,7 +535,7 @@ fn a_batch_is_not_proposed_once_its_leader_stepped_down() {
         s.sent.0.lock().clear();
         // One round: a write, and a heartbeat of peer 12 leading a newer term.
         let (cb, mut rx) = oneshot::channel();
-        s.send(StoreMsg::Write { region_id: RegionId(1), cmd: put_x(1, s.region(1).epoch), cb });
+        s.send(StoreMsg::Write { region_id: RegionId(1), cmd: put_x(1, s.region(1).epoch), cb: cb.into() });
         let mut hb = heartbeat(12, 11);
         hb.term = term + 1;
         s.send(message(1, 12, 11, 1, (b"", b""), hb));
@@ -562,7 +562,7 @@ fn epoch_not_match_carries_the_regions_a_split_made() {
     // A write for region 1 made before the split: the answer names region
     // 1's new range and the region cut from it.
     let (cb, mut rx) = oneshot::channel();
-    s.send(StoreMsg::Write { region_id: RegionId(1), cmd: put_x(1, old), cb });
+    s.send(StoreMsg::Write { region_id: RegionId(1), cmd: put_x(1, old), cb: cb.into() });
     s.settle();
     match rx.try_recv().unwrap() {
         Err(Error::EpochNotMatch { current }) => {
@@ -574,7 +574,7 @@ fn epoch_not_match_carries_the_regions_a_split_made() {
     }
     // With the current epoch the write goes through.
     let (cb, mut rx) = oneshot::channel();
-    s.send(StoreMsg::Write { region_id: RegionId(2), cmd: put_x(2, s.region(2).epoch), cb });
+    s.send(StoreMsg::Write { region_id: RegionId(2), cmd: put_x(2, s.region(2).epoch), cb: cb.into() });
     s.settle();
     assert!(matches!(rx.try_recv().unwrap(), Ok(WriteOutcome::Done)));
 }
@@ -586,7 +586,7 @@ fn put_each(s: &mut TestStore, keys: std::ops::Range<u32>) {
         let (k, v) = (format!("k{i}"), format!("v{i}"));
         let (cb, mut rx) = oneshot::channel();
         let cmd = write_cmd(1, s.region(1).epoch, &[(k.as_bytes(), v.as_bytes())], None);
-        s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb });
+        s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb: cb.into() });
         s.settle();
         assert_eq!(rx.try_recv().unwrap().unwrap(), WriteOutcome::Done);
     }
@@ -722,7 +722,11 @@ fn a_leaders_appends_leave_before_its_own_fsync_unless_they_carry_a_new_term() {
     s.settle();
     // ...so a write in that term goes to it while 11 fsyncs the entry.
     let (cb, _rx) = oneshot::channel();
-    s.send(StoreMsg::Write { region_id: RegionId(1), cmd: write_cmd(1, epoch, &[(b"k", b"v")], None), cb });
+    s.send(StoreMsg::Write {
+        region_id: RegionId(1),
+        cmd: write_cmd(1, epoch, &[(b"k", b"v")], None),
+        cb: cb.into(),
+    });
     s.settle();
     let second = s.store.peers[&RegionId(1)].raw.raft.raft_log.last_index();
     assert!(second > first);
@@ -744,7 +748,7 @@ fn a_sleeping_region_costs_its_store_no_visits_until_something_arrives() {
     assert!(!s.store.awake.contains(&RegionId(1)));
     // A write wakes it, and is served.
     let (cb, mut rx) = oneshot::channel();
-    s.send(StoreMsg::Write { region_id: RegionId(1), cmd: put_x(1, s.region(1).epoch), cb });
+    s.send(StoreMsg::Write { region_id: RegionId(1), cmd: put_x(1, s.region(1).epoch), cb: cb.into() });
     s.settle();
     assert!(matches!(rx.try_recv(), Ok(Ok(WriteOutcome::Done))));
     assert!(s.store.awake.contains(&RegionId(1)));
@@ -820,7 +824,7 @@ fn a_log_compaction_waits_for_the_apply_pool_so_the_stored_apply_state_never_goe
     // taken in no earlier than the next round.
     let (cb, mut rx) = oneshot::channel();
     let cmd = write_cmd(1, s.region(1).epoch, &[(b"late", b"v")], None);
-    s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb });
+    s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb: cb.into() });
     assert!(s.store.round(Duration::ZERO).unwrap());
     assert_eq!(s.store.peers[&RegionId(1)].applying(), 1, "the write is with the worker");
     let last = s.store.peers[&RegionId(1)].raw.store().last_index_now();
@@ -841,7 +845,7 @@ fn a_store_waiting_for_input_wakes_for_its_apply_workers_report() {
     let mut s = TestStore::leading_with_apply_pool(1);
     let (cb, mut rx) = oneshot::channel();
     let cmd = write_cmd(1, s.region(1).epoch, &[(b"k", b"v")], None);
-    s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb });
+    s.send(StoreMsg::Write { region_id: RegionId(1), cmd, cb: cb.into() });
     assert!(s.store.round(Duration::ZERO).unwrap());
     assert_eq!(s.store.peers[&RegionId(1)].applying(), 1, "the write is with the worker");
     // Nothing else arrives: the worker's report alone ends the wait (a
