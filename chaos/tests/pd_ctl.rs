@@ -442,6 +442,18 @@ async fn every_command_against_a_live_cluster() {
         .unwrap()
         .iter()
         .all(|o| o["desc"] != "scatter-region"));
+    // One region: an operator, or (picks start afresh, so it may already
+    // sit where a scatter puts it) a one-line refusal saying so.
+    settled();
+    let out = run(Some(pd), &["operator", "add", "scatter-region", &mid]);
+    if out.status.success() {
+        let op: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((op["region_id"].as_u64(), op["desc"].as_str()), (Some(mid_id), Some("scatter-region")));
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("where the scatter would put it"), "{stderr}");
+    }
+    assert!(fails(Some(pd), &["operator", "add", "scatter-region", "999999"]).contains("not found"));
 
     // --- member, health, cluster, ping ---------------------------------
     let members = json(pd, &["member"]);

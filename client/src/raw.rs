@@ -132,7 +132,7 @@ impl RawClient {
 
     /// The value of `key`, or `None` if it is absent (or expired).
     /// Linearizable, unless `Config::replica_read` is set (test-only).
-    #[tracing::instrument(name = "raw_get", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_get", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>> {
         let key = key.into();
         let pick = if self.config.replica_read { Pick::AnyReplicaFirst } else { Pick::Leader };
@@ -155,7 +155,7 @@ impl RawClient {
 
     /// The pairs of `keys` that exist, in the order the keys were given
     /// (each key once; absent keys are left out).
-    #[tracing::instrument(name = "raw_batch_get", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_batch_get", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn batch_get<K: Into<Vec<u8>>>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -187,7 +187,7 @@ impl RawClient {
     /// Writes `value` under `key`; it expires after `ttl_secs` seconds (0:
     /// never). A node without TTL support refuses a non-zero TTL with
     /// `InvalidArgument`.
-    #[tracing::instrument(name = "raw_put", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_put", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn put_with_ttl(
         &self,
         key: impl Into<Vec<u8>>,
@@ -218,7 +218,7 @@ impl RawClient {
     /// Atomic per region only: pairs in different regions are written by
     /// separate requests, so a failure after some of them were written is
     /// reported as `Undetermined`.
-    #[tracing::instrument(name = "raw_batch_put", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_batch_put", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn batch_put<K, V>(&self, pairs: impl IntoIterator<Item = (K, V)>) -> Result<()>
     where
         K: Into<Vec<u8>>,
@@ -250,7 +250,7 @@ impl RawClient {
     }
 
     /// Deletes `key` (deleting an absent key succeeds).
-    #[tracing::instrument(name = "raw_delete", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_delete", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<()> {
         let key = key.into();
         self.exec
@@ -271,7 +271,7 @@ impl RawClient {
     }
 
     /// Deletes all `keys`. Atomic per region only (see [`RawClient::batch_put`]).
-    #[tracing::instrument(name = "raw_batch_delete", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_batch_delete", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn batch_delete<K: Into<Vec<u8>>>(&self, keys: impl IntoIterator<Item = K>) -> Result<()> {
         let keys = unique_sorted(keys.into_iter().map(Into::into).collect());
         self.exec
@@ -294,7 +294,7 @@ impl RawClient {
     /// Deletes every key in `[start, end)`; an empty `end` means +infinity.
     /// One request per region; atomic per region only (see
     /// [`RawClient::batch_put`]).
-    #[tracing::instrument(name = "raw_delete_range", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_delete_range", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn delete_range(&self, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Result<()> {
         let (start, end) = (start.into(), end.into());
         if !check_range(&start, &end)? {
@@ -329,7 +329,7 @@ impl RawClient {
     /// Up to `limit` pairs with keys in `[start, end)` (empty `end`:
     /// +infinity), in ascending key order. Any `limit` works: the client
     /// pages through regions and asks each node for at most 10,240 keys.
-    #[tracing::instrument(name = "raw_scan", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_scan", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn scan(
         &self,
         start: impl Into<Vec<u8>>,
@@ -346,7 +346,7 @@ impl RawClient {
     /// Up to `limit` pairs with keys in `[start, end)` (empty `end`:
     /// +infinity), in **descending** key order: the first pair is the largest
     /// key below `end`.
-    #[tracing::instrument(name = "raw_scan_reverse", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_scan_reverse", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn scan_reverse(
         &self,
         start: impl Into<Vec<u8>>,
@@ -363,7 +363,7 @@ impl RawClient {
     /// Scans each `(start, end)` range (as [`RawClient::scan`], up to
     /// `each_limit` pairs per range) and returns the results concatenated in
     /// the order of the ranges. Ranges are scanned concurrently, 16 at a time.
-    #[tracing::instrument(name = "raw_batch_scan", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_batch_scan", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn batch_scan<K1, K2>(
         &self,
         ranges: impl IntoIterator<Item = (K1, K2)>,
@@ -393,7 +393,7 @@ impl RawClient {
     /// (`None`: the key must be absent). Returns the value before the call
     /// (`None`: absent) and whether the swap happened. A failed comparison is
     /// not an error.
-    #[tracing::instrument(name = "raw_compare_and_swap", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_compare_and_swap", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn compare_and_swap(
         &self,
         key: impl Into<Vec<u8>>,
@@ -425,7 +425,7 @@ impl RawClient {
 
     /// The remaining time to live of `key` in seconds (`Some(0)`: the key
     /// never expires), or `None` if the key is absent.
-    #[tracing::instrument(name = "raw_get_key_ttl", level = "info", skip_all, fields(otel.kind = "client"))]
+    #[tracing::instrument(name = "raw_get_key_ttl", level = "debug", skip_all, fields(otel.kind = "client"))]
     pub async fn get_key_ttl(&self, key: impl Into<Vec<u8>>) -> Result<Option<u64>> {
         let key = key.into();
         let (_, ttl) = self

@@ -355,7 +355,9 @@ impl KvService {
                     Ok(WriteOutcome::Cas { succeed: false, .. }) => {}
                     Ok(_) => self.flow.record_write(region_id, keys, bytes),
                     // Refused by the region (not leader, stale epoch, ...):
-                    // nothing was committed.
+                    // nothing was committed. A StaleCommand (the leader
+                    // stepped down, the peer went) may still commit.
+                    Err(Error::StaleCommand) => {}
                     Err(e) if e.to_region_error().is_some() => RAFTSTORE.proposed("dropped"),
                     Err(_) => {}
                 }

@@ -67,15 +67,17 @@ impl Default for TraceConfig {
 }
 
 impl TraceConfig {
-    /// An error for an endpoint that is not an http(s) URL or a ratio
+    /// An error for an endpoint that is not an http:// URL or a ratio
     /// outside [0, 1].
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.sample_ratio) {
             return Err(format!("otlp-sample-ratio {} must be in [0, 1]", self.sample_ratio));
         }
+        // The exporter is built without TLS: an https endpoint could never
+        // be reached.
         match self.endpoint() {
-            Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
-                Err(format!("otlp-endpoint {e:?} must be an http:// or https:// URL"))
+            Some(e) if !e.starts_with("http://") => {
+                Err(format!("otlp-endpoint {e:?} must be an http:// URL (TLS is not built in)"))
             }
             _ => Ok(()),
         }
@@ -239,18 +241,28 @@ pub fn adopt(span: &tracing::Span, metadata: &MetadataMap) {
         return;
     }
     let parent = global::get_text_map_propagator(|p| p.extract(&MetadataExtractor(metadata)));
-    let remote = parent.span().span_context().trace_id();
-    if parent.span().span_context().is_valid() {
+    let remote = parent.span().span_context().clone();
+    if remote.is_valid() {
         span.set_parent(parent);
     }
     // With an exporter the span's own context names the trace (a new one
     // for a request that came without); without, the caller's id is all
-    // there is.
+    // there is. An id is logged only if it leads somewhere: a trace that
+    // is exported, or the caller's.
     let own = span.context().span().span_context().clone();
-    let trace_id = if own.is_valid() { own.trace_id() } else { remote };
-    if trace_id != opentelemetry::trace::TraceId::INVALID {
-        span.record("trace_id", tracing::field::display(trace_id));
+    let trace_id = match (own.is_valid() && own.is_sampled(), remote.is_valid()) {
+        (true, _) => Some(own.trace_id()),
+        (false, true) => Some(remote.trace_id()),
+        (false, false) => None,
+    };
+    if let Some(id) = trace_id {
+        span.record("trace_id", tracing::field::display(id));
     }
+}
+
+/// True if `span` belongs to a trace that is exported (sampled).
+pub fn is_sampled(span: &tracing::Span) -> bool {
+    !span.is_disabled() && span.context().span().span_context().is_sampled()
 }
 
 /// The trace id of `span` (32 hex digits), if it is part of a trace.
@@ -301,6 +313,8 @@ mod tests {
         assert_eq!(empty.validate(), Ok(()), "an empty endpoint means off");
         let no_scheme = TraceConfig { otlp_endpoint: Some("127.0.0.1:4317".into()), ..ok.clone() };
         assert!(no_scheme.validate().unwrap_err().contains("http://"));
+        let tls = TraceConfig { otlp_endpoint: Some("https://collector:4317".into()), ..ok.clone() };
+        assert!(tls.validate().unwrap_err().contains("TLS"));
         let ratio = TraceConfig { sample_ratio: 1.5, ..ok };
         assert!(ratio.validate().unwrap_err().contains("[0, 1]"));
     }

@@ -84,6 +84,10 @@ pub struct Cluster {
     /// machine.
     region_writes: Mutex<Box<dyn Replicator>>,
     inner: Mutex<Inner>,
+    /// What scatters handed out since this member started (PD keeps such
+    /// counts per scatter group too): a region scattered later goes where
+    /// earlier ones did not. Taken only while `inner` is not held.
+    scatter_picks: Mutex<crate::schedule::ScatterPicks>,
     counters: Counters,
 }
 
@@ -307,6 +311,7 @@ impl Cluster {
             tso: Mutex::new(Tso { alloc: TsoAllocator::new(tso_bound), replicator: tso_replicator }),
             region_writes: Mutex::new(region_replicator),
             inner: Mutex::new(inner),
+            scatter_picks: Mutex::new(Default::default()),
             counters: Counters::default(),
         }
     }

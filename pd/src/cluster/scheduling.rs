@@ -130,29 +130,34 @@ impl Cluster {
         &self,
         regions: &[RegionId],
     ) -> Result<(Vec<ScheduleOrder>, Vec<RegionId>, Vec<(RegionId, String)>)> {
-        let now = SystemTime::now();
-        let mut inner = self.inner.lock();
-        inner.ensure_bootstrapped()?;
-        inner.ensure_ids()?;
-        let mut picks = crate::schedule::ScatterPicks::default();
+        self.inner.lock().ensure_bootstrapped()?;
+        let mut picks = std::mem::take(&mut *self.scatter_picks.lock());
         let mut rng = rand::thread_rng();
         let (mut orders, mut scattered, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+        // One region at a time, each under its own lock: heartbeats go on
+        // between two regions of a long range.
         for &region in regions {
+            let mut inner = self.inner.lock();
+            inner.ensure_ids()?;
             let outcome = inner.scheduling(
-                now,
+                SystemTime::now(),
                 Box::new(|snap, settings, ops, _, ids| {
                     let info =
                         snap.regions.get(region).ok_or_else(|| format!("region {region} not found"))?;
                     let ctx = crate::schedule::Ctx { snap, settings, ops };
                     let (to_stores, leader) = picks.choose(info, &ctx, &mut rng)?;
                     let here: BTreeSet<StoreId> = info.region.peers.iter().map(|p| p.store_id).collect();
-                    if here == to_stores.iter().copied().collect()
-                        && info.leader().is_some_and(|l| l.store_id == leader)
+                    let leads = info.leader().map(|l| l.store_id);
+                    let order = if here == to_stores.iter().copied().collect()
+                        && leader.is_none_or(|l| leads == Some(l))
                     {
-                        return Ok(None); // where the scatter would put it already
-                    }
-                    let req = AdminRequest::Scatter { to_stores, leader };
-                    admin::add(snap, settings, ops, region, &req, &mut || ids.try_alloc().map(PeerId))
+                        None // where the scatter would put it already
+                    } else {
+                        let req = AdminRequest::Scatter { to_stores: to_stores.clone(), leader };
+                        admin::add(snap, settings, ops, region, &req, &mut || ids.try_alloc().map(PeerId))?
+                    };
+                    picks.count(&to_stores, leader);
+                    Ok(order)
                 }),
             );
             match outcome {
@@ -163,6 +168,7 @@ impl Cluster {
                 Err(e) => failed.push((region, e)),
             }
         }
+        *self.scatter_picks.lock() = picks;
         info!(scattered = scattered.len(), failed = failed.len(), "regions scattered through the API");
         let orders = self.still_serving(orders)?;
         Ok((orders, scattered, failed))

@@ -61,8 +61,8 @@ pub enum AdminRequest {
     Scatter {
         /// The stores for its replicas.
         to_stores: Vec<StoreId>,
-        /// The store whose replica should lead.
-        leader: StoreId,
+        /// The store whose replica should lead, if any can.
+        leader: Option<StoreId>,
     },
 }
 
@@ -77,23 +77,30 @@ pub struct ScatterPicks {
 
 impl ScatterPicks {
     /// Stores for `info`'s replicas: as many as it has replicas, distinct
-    /// Up and heartbeating stores of distinct hosts, fewest picks first,
-    /// then a store that already holds a replica (nothing to copy), then at
-    /// random; and the one of them to lead: fewest leader picks, the
-    /// current leader's store first, then at random. Counts the picks.
+    /// stores of distinct hosts, each holding a replica already or able to
+    /// take one ([`Ctx::is_target`]); fewest picks first, then a store that
+    /// holds a replica (nothing to copy), then at random. If that placement
+    /// isolates the replicas less than the current one (`location-labels`),
+    /// the replicas stay where they are. And the store to lead: of those
+    /// whose replica could lead (not draining leaders, up, and, for a
+    /// replica already there, caught up), fewest leader picks, the current
+    /// leader's store first, then at random; `None` if none could. Counts
+    /// nothing: [`ScatterPicks::count`] does once the scatter is under way.
     pub fn choose(
-        &mut self,
+        &self,
         info: &RegionInfo,
         ctx: &Ctx<'_>,
         rng: &mut impl Rng,
-    ) -> Result<(Vec<StoreId>, StoreId), String> {
+    ) -> Result<(Vec<StoreId>, Option<StoreId>), String> {
         let r = &info.region;
+        let here: Vec<StoreId> = r.peers.iter().map(|p| p.store_id).collect();
+        let picked = |m: &BTreeMap<StoreId, u64>, s: &StoreId| m.get(s).copied().unwrap_or(0);
         let mut candidates: Vec<(u64, bool, u64, StoreId)> = ctx
             .snap
             .stores
             .keys()
-            .filter(|s| ctx.is_active(**s))
-            .map(|&s| (self.peers.get(&s).copied().unwrap_or(0), r.peer_on_store(s).is_none(), rng.gen(), s))
+            .filter(|s| here.contains(s) || ctx.is_target(**s))
+            .map(|&s| (picked(&self.peers, &s), !here.contains(&s), rng.gen(), s))
             .collect();
         candidates.sort();
         let mut chosen: Vec<StoreId> = Vec::new();
@@ -104,24 +111,36 @@ impl ScatterPicks {
         }
         if chosen.len() < r.peers.len() {
             return Err(format!(
-                "region {} has {} replicas and only {} Up stores of distinct hosts can hold them",
+                "region {} has {} replicas and only {} stores of distinct hosts can hold them",
                 r.id,
                 r.peers.len(),
                 chosen.len()
             ));
         }
+        if ctx.isolation(&chosen) < ctx.isolation(&here) {
+            chosen = here;
+        }
+        let could_lead = |s: &StoreId| match r.peer_on_store(*s) {
+            Some(p) => ctx.can_lead(p, info),
+            None => ctx.is_active(*s) && !ctx.settings.evict_leader_stores.contains(s),
+        };
         let current = info.leader().map(|l| l.store_id);
-        let leader = *chosen
+        let leader = chosen
             .iter()
-            .min_by_key(|s| {
-                (self.leaders.get(s).copied().unwrap_or(0), Some(**s) != current, rng.gen::<u64>())
-            })
-            .expect("at least one store");
-        for s in &chosen {
+            .filter(|s| could_lead(s))
+            .min_by_key(|s| (picked(&self.leaders, s), Some(**s) != current, rng.gen::<u64>()))
+            .copied();
+        Ok((chosen, leader))
+    }
+
+    /// Counts a scatter's stores and leader.
+    pub fn count(&mut self, stores: &[StoreId], leader: Option<StoreId>) {
+        for s in stores {
             *self.peers.entry(*s).or_default() += 1;
         }
-        *self.leaders.entry(leader).or_default() += 1;
-        Ok((chosen, leader))
+        if let Some(l) = leader {
+            *self.leaders.entry(l).or_default() += 1;
+        }
     }
 }
 
@@ -208,10 +227,11 @@ pub fn plan(req: &AdminRequest, info: &RegionInfo, ctx: &Ctx<'_>) -> Result<Prop
         }
         AdminRequest::Scatter { to_stores, leader } => {
             let moves = moves_onto(info, ctx, to_stores)?;
-            if moves.is_empty() && info.leader().is_some_and(|l| l.store_id == *leader) {
-                return Err(format!("region {} is where the scatter would put it", r.id));
+            let leads = info.leader().map(|l| l.store_id);
+            if moves.is_empty() && leader.is_none_or(|l| leads == Some(l)) {
+                return Err(format!("region {} is where the scatter would put it already", r.id));
             }
-            Plan::MoveAll { moves, leader: Some(*leader) }
+            Plan::MoveAll { moves, leader: *leader }
         }
     };
     let kind = if matches!(req, AdminRequest::Split(_)) { OpKind::Split } else { OpKind::Admin };
@@ -247,6 +267,10 @@ fn moves_onto(
     let fresh: Vec<StoreId> = to_stores.iter().copied().filter(|s| r.peer_on_store(*s).is_none()).collect();
     if let Some(s) = fresh.iter().find(|s| !ctx.is_active(**s)) {
         return Err(format!("store {s} is not Up and heartbeating"));
+    }
+    // The replica checker would undo it at once.
+    if let Some(s) = to_stores.iter().find(|s| ctx.shares_host(**s, to_stores)) {
+        return Err(format!("store {s} shares a host with another of the stores: two replicas on one host"));
     }
     let leader = info.leader().map(|l| l.id);
     let mut leaving: Vec<Peer> =

@@ -240,11 +240,17 @@ enum Effect {
 fn effects(op: &Operator, info: &RegionInfo) -> Vec<Effect> {
     let w = i64::try_from(info.weight()).unwrap_or(i64::MAX);
     let mut out = Vec::new();
+    // The operator's next snapshot only: a learner queued behind another
+    // (a multi-move operator) gets nothing before that one caught up.
+    let mut next_snapshot = true;
     for step in op.remaining() {
         if let Step::AddLearner(p) = step {
             // A snapshot is in flight until the learner caught up.
             if !step.is_done(info, op.epoch) {
-                out.push(Effect::Receiving(p.store_id));
+                if next_snapshot || step.is_applied(info, op.epoch) {
+                    out.push(Effect::Receiving(p.store_id));
+                }
+                next_snapshot = false;
             }
         }
         if step.is_applied(info, op.epoch) {
@@ -396,5 +402,21 @@ mod tests {
         // Gone: no influence left.
         ops.remove(RegionId(1));
         assert_eq!((ops.influence().weight(StoreId(1)), ops.influence().receiving(StoreId(4))), (0, 0));
+
+        // Two moves in one operator: only the first learner's snapshot is
+        // on its way; the second store is free for other work until then.
+        let second = Peer { id: PeerId(98), store_id: StoreId(5), role: PeerRole::Learner };
+        let both = op(
+            1,
+            OpKind::Admin,
+            vec![
+                Step::AddLearner(learner),
+                Step::ChangePeerV2(vec![PeerChange::Promote(learner), PeerChange::Remove(voter(12, 3))]),
+                Step::AddLearner(second),
+                Step::ChangePeerV2(vec![PeerChange::Promote(second), PeerChange::Remove(voter(11, 2))]),
+            ],
+        );
+        ops.add(both, &region(1), &Settings::default()).unwrap();
+        assert_eq!((ops.influence().receiving(StoreId(4)), ops.influence().receiving(StoreId(5))), (1, 0));
     }
 }

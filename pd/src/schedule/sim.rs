@@ -241,6 +241,7 @@ impl Sim {
     /// picks for all); returns the regions that refused, with why.
     pub fn scatter(&mut self, regions: &[u64]) -> Vec<(u64, String)> {
         let mut picks = super::ScatterPicks::default();
+        let mut chosen = Vec::new();
         let mut rng = StdRng::seed_from_u64(7);
         let mut failed = Vec::new();
         for &region in regions {
@@ -250,11 +251,13 @@ impl Sim {
             let here: BTreeSet<StoreId> = info.region.peers.iter().map(|p| p.store_id).collect();
             let leads = info.leader().map(|l| l.store_id);
             let outcome = picks.choose(info, &ctx, &mut rng).and_then(|(to_stores, leader)| {
-                if here == to_stores.iter().copied().collect() && leads == Some(leader) {
-                    return Ok(()); // where the scatter would put it already
+                chosen = to_stores.clone();
+                if here == to_stores.iter().copied().collect() && leader.is_none_or(|l| leads == Some(l)) {
+                    return Ok(leader); // where the scatter would put it already
                 }
-                self.admin(region, &super::AdminRequest::Scatter { to_stores, leader })
+                self.admin(region, &super::AdminRequest::Scatter { to_stores, leader }).map(|()| leader)
             });
+            let outcome = outcome.map(|leader| picks.count(&chosen, leader));
             if let Err(e) = outcome {
                 failed.push((region, e));
             }

@@ -271,6 +271,10 @@ async fn add_operator(State(api): Shared, Json(body): Json<OperatorBody>) -> Api
         if let Some((_, why)) = failed.into_iter().next() {
             return Err(Error::InvalidArgument(why).into());
         }
+        if orders.is_empty() && api.operator_json(region).is_none() {
+            let why = format!("region {region} is where the scatter would put it already");
+            return Err(Error::InvalidArgument(why).into());
+        }
         orders.into_iter().next()
     } else {
         api.cluster.add_operator(region, &body.request()?)?
@@ -325,15 +329,31 @@ struct ScatterBody {
 const MAX_SCATTER_REGIONS: usize = 10_000;
 
 async fn scatter_regions(State(api): Shared, Json(body): Json<ScatterBody>) -> ApiResult<Value> {
-    let ids: Vec<RegionId> = if body.regions_id.is_empty() {
-        let keys = hex_keys(&[body.start_key, body.end_key])?;
-        let regions = api.cluster.scan_regions(&keys[0], &keys[1], MAX_SCATTER_REGIONS)?;
-        regions.iter().map(|r| r.region.id).collect()
-    } else {
-        body.regions_id.iter().copied().map(RegionId).collect()
+    let by_keys = !(body.start_key.is_empty() && body.end_key.is_empty());
+    let ids: Vec<RegionId> = match (body.regions_id.is_empty(), by_keys) {
+        (false, true) => {
+            return Err(Error::InvalidArgument("give regions_id or a key range, not both".into()).into())
+        }
+        (false, false) => {
+            let mut ids = body.regions_id.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.into_iter().map(RegionId).collect()
+        }
+        (true, _) => {
+            let keys = hex_keys(&[body.start_key, body.end_key])?;
+            let regions = api.cluster.scan_regions(&keys[0], &keys[1], MAX_SCATTER_REGIONS + 1)?;
+            regions.iter().map(|r| r.region.id).collect()
+        }
     };
     if ids.is_empty() {
         return Err(Error::InvalidArgument("no region to scatter".into()).into());
+    }
+    if ids.len() > MAX_SCATTER_REGIONS {
+        return Err(Error::InvalidArgument(format!(
+            "more than {MAX_SCATTER_REGIONS} regions: scatter a smaller range"
+        ))
+        .into());
     }
     let (c, regions) = (api.cluster.clone(), ids.clone());
     let (orders, scattered, failed) = blocking(move || c.scatter_regions(&regions)).await?;

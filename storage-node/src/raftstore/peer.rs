@@ -64,8 +64,11 @@ pub enum Stage {
 
 impl WriteCallback {
     /// A callback for a write made under `request` (its stages become
-    /// children of it), starting in [`Stage::Propose`].
+    /// children of it, if its trace is sampled: stages of a trace nobody
+    /// keeps would only cost the store loop), starting in
+    /// [`Stage::Propose`].
     pub fn traced(tx: oneshot::Sender<Result<WriteOutcome>>, request: tracing::Span) -> Self {
+        let request = if mnemo_telemetry::is_sampled(&request) { request } else { tracing::Span::none() };
         let mut cb = WriteCallback { tx, request, stage: tracing::Span::none() };
         cb.enter(Stage::Propose);
         cb
