@@ -105,6 +105,38 @@ has_region_error!(
     kvrpcpb::RawCasResponse
 );
 
+/// Most "slow request" lines one node writes per second: in an overload
+/// (or with `slow-log-threshold = "0s"`) every request is slow, and
+/// writing each line would slow them further.
+const SLOW_LOG_PER_SEC: u64 = 100;
+
+static SLOW_LOG: SlowLogLimit = SlowLogLimit { second: AtomicU64::new(0), count: AtomicU64::new(0) };
+
+/// Admits [`SLOW_LOG_PER_SEC`] lines per wall-clock second; the first line
+/// of a second says how many the seconds before it held back.
+struct SlowLogLimit {
+    second: AtomicU64,
+    count: AtomicU64,
+}
+
+impl SlowLogLimit {
+    fn admit(&self) -> bool {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.admit_at(now)
+    }
+
+    fn admit_at(&self, now: u64) -> bool {
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            let before = self.count.swap(0, Ordering::Relaxed);
+            if before > SLOW_LOG_PER_SEC {
+                tracing::warn!(held_back = before - SLOW_LOG_PER_SEC, "slow request lines not written");
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < SLOW_LOG_PER_SEC
+    }
+}
+
 /// One client request being served: its timer and its span.
 struct Call {
     timer: GrpcTimer,
@@ -122,7 +154,7 @@ struct Call {
 fn respond<T: HasRegionError>(metrics: &Metrics, call: Call, r: Result<T>) -> RpcResult<T> {
     let ty = call.timer.request_type();
     let took = call.timer.finish(r.is_err());
-    if took >= call.slow {
+    if took >= call.slow && SLOW_LOG.admit() {
         let outcome = match &r {
             Ok(_) => "ok".to_string(),
             Err(e) => e.to_string(),
@@ -921,5 +953,18 @@ mod tests {
         // answered (here the data is still there, but nothing says so).
         assert!(resp.region_error.as_ref().is_some_and(|e| e.region_not_found.is_some()), "{resp:?}");
         assert!(resp.value.is_empty() && !resp.not_found);
+    }
+}
+
+#[cfg(test)]
+mod slow_log_tests {
+    use super::*;
+
+    #[test]
+    fn slow_request_lines_are_capped_per_second() {
+        let limit = SlowLogLimit { second: AtomicU64::new(0), count: AtomicU64::new(0) };
+        let admitted = (0..SLOW_LOG_PER_SEC + 50).filter(|_| limit.admit_at(7)).count() as u64;
+        assert_eq!(admitted, SLOW_LOG_PER_SEC);
+        assert!(limit.admit_at(8), "a new second admits again");
     }
 }
