@@ -442,8 +442,8 @@ async fn every_command_against_a_live_cluster() {
         .unwrap()
         .iter()
         .all(|o| o["desc"] != "scatter-region"));
-    // One region: an operator, or (picks start afresh, so it may already
-    // sit where a scatter puts it) a one-line refusal saying so.
+    // One region: an operator, or (it may already sit where a scatter
+    // puts it) a one-line refusal saying so.
     settled();
     let out = run(Some(pd), &["operator", "add", "scatter-region", &mid]);
     if out.status.success() {

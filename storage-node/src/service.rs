@@ -127,7 +127,11 @@ impl SlowLogLimit {
     }
 
     fn admit_at(&self, now: u64) -> bool {
-        if self.second.swap(now, Ordering::Relaxed) != now {
+        // Only the first thread to see a newer second starts it afresh (a
+        // thread with an older reading never turns the clock back).
+        let seen = self.second.load(Ordering::Relaxed);
+        if now > seen && self.second.compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
             let before = self.count.swap(0, Ordering::Relaxed);
             if before > SLOW_LOG_PER_SEC {
                 tracing::warn!(held_back = before - SLOW_LOG_PER_SEC, "slow request lines not written");
@@ -966,5 +970,9 @@ mod slow_log_tests {
         let admitted = (0..SLOW_LOG_PER_SEC + 50).filter(|_| limit.admit_at(7)).count() as u64;
         assert_eq!(admitted, SLOW_LOG_PER_SEC);
         assert!(limit.admit_at(8), "a new second admits again");
+        assert!(
+            !(0..SLOW_LOG_PER_SEC * 2).all(|_| limit.admit_at(7)),
+            "an older reading starts nothing afresh"
+        );
     }
 }

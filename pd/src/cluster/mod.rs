@@ -86,7 +86,7 @@ pub struct Cluster {
     inner: Mutex<Inner>,
     /// What scatters handed out since this member started (PD keeps such
     /// counts per scatter group too): a region scattered later goes where
-    /// earlier ones did not. Taken only while `inner` is not held.
+    /// earlier ones did not. Lock order: `scatter_picks`, then `inner`.
     scatter_picks: Mutex<crate::schedule::ScatterPicks>,
     counters: Counters,
 }

@@ -120,8 +120,8 @@ impl Cluster {
 
     /// Scatters `regions` (`POST /regions/scatter`, pd-ctl `operator add
     /// scatter-region(s)`): one scatter-region operator each, to the stores
-    /// [`ScatterPicks`] chooses, picks counted across the whole call so the
-    /// regions end spread evenly. Returns the first steps to push, the
+    /// [`ScatterPicks`] chooses, picks counted across this call and the
+    /// calls before it (on this member) so the regions end spread evenly. Returns the first steps to push, the
     /// regions scattered (given an operator, or where the scatter would put
     /// them already), and the others with the reason (a manual operator in
     /// flight, too few stores, ...).
@@ -131,14 +131,21 @@ impl Cluster {
         regions: &[RegionId],
     ) -> Result<(Vec<ScheduleOrder>, Vec<RegionId>, Vec<(RegionId, String)>)> {
         self.inner.lock().ensure_bootstrapped()?;
-        let mut picks = std::mem::take(&mut *self.scatter_picks.lock());
+        // Held for the whole call (always taken before `inner`): scatters
+        // run one after another, each seeing the picks of those before.
+        let mut picks = self.scatter_picks.lock();
         let mut rng = rand::thread_rng();
         let (mut orders, mut scattered, mut failed) = (Vec::new(), Vec::new(), Vec::new());
         // One region at a time, each under its own lock: heartbeats go on
         // between two regions of a long range.
-        for &region in regions {
+        for (i, &region) in regions.iter().enumerate() {
             let mut inner = self.inner.lock();
-            inner.ensure_ids()?;
+            if let Err(e) = inner.ensure_ids() {
+                // The operators created so far stand (their regions'
+                // heartbeats carry their steps); the rest is not tried.
+                failed.extend(regions[i..].iter().map(|r| (*r, format!("no peer ids: {e}"))));
+                break;
+            }
             let outcome = inner.scheduling(
                 SystemTime::now(),
                 Box::new(|snap, settings, ops, _, ids| {
@@ -168,7 +175,7 @@ impl Cluster {
                 Err(e) => failed.push((region, e)),
             }
         }
-        *self.scatter_picks.lock() = picks;
+        drop(picks);
         info!(scattered = scattered.len(), failed = failed.len(), "regions scattered through the API");
         let orders = self.still_serving(orders)?;
         Ok((orders, scattered, failed))

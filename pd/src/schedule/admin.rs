@@ -76,48 +76,56 @@ pub struct ScatterPicks {
 }
 
 impl ScatterPicks {
-    /// Stores for `info`'s replicas: as many as it has replicas, distinct
-    /// stores of distinct hosts, each holding a replica already or able to
-    /// take one ([`Ctx::is_target`]); fewest picks first, then a store that
-    /// holds a replica (nothing to copy), then at random. If that placement
-    /// isolates the replicas less than the current one (`location-labels`),
-    /// the replicas stay where they are. And the store to lead: of those
-    /// whose replica could lead (not draining leaders, up, and, for a
-    /// replica already there, caught up), fewest leader picks, the current
-    /// leader's store first, then at random; `None` if none could. Counts
-    /// nothing: [`ScatterPicks::count`] does once the scatter is under way.
+    /// Stores for `info`'s replicas: as many as it has replicas, of
+    /// distinct hosts, each an active store holding a replica already or a
+    /// store able to take one ([`Ctx::is_target`]). Slot by slot, the store
+    /// that keeps the replicas best isolated (`location-labels`) wins, then
+    /// the fewest picks, then one holding a replica (nothing to copy), then
+    /// chance; should the result still isolate worse than the current
+    /// placement, the replicas stay. And the store to lead: of those whose
+    /// replica could lead (not draining leaders, up, and, for a replica
+    /// already there, caught up), fewest leader picks, the current leader's
+    /// store first, then chance; `None` if none could. Counts no pick
+    /// ([`ScatterPicks::count`] does once the scatter is under way).
     pub fn choose(
-        &self,
+        &mut self,
         info: &RegionInfo,
         ctx: &Ctx<'_>,
         rng: &mut impl Rng,
     ) -> Result<(Vec<StoreId>, Option<StoreId>), String> {
         let r = &info.region;
         let here: Vec<StoreId> = r.peers.iter().map(|p| p.store_id).collect();
-        let picked = |m: &BTreeMap<StoreId, u64>, s: &StoreId| m.get(s).copied().unwrap_or(0);
-        let mut candidates: Vec<(u64, bool, u64, StoreId)> = ctx
+        let mut candidates: Vec<(StoreId, u64)> = ctx
             .snap
             .stores
             .keys()
-            .filter(|s| here.contains(s) || ctx.is_target(**s))
-            .map(|&s| (picked(&self.peers, &s), !here.contains(&s), rng.gen(), s))
+            .filter(|s| (here.contains(s) && ctx.is_active(**s)) || ctx.is_target(**s))
+            .map(|&s| (s, rng.gen()))
             .collect();
-        candidates.sort();
+        self.admit(candidates.iter().map(|(s, _)| *s));
         let mut chosen: Vec<StoreId> = Vec::new();
-        for (_, _, _, s) in candidates {
-            if chosen.len() < r.peers.len() && !ctx.shares_host(s, &chosen) {
-                chosen.push(s);
-            }
+        while chosen.len() < r.peers.len() {
+            let best = candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, (s, _))| !ctx.shares_host(*s, &chosen))
+                .min_by_key(|(_, &(s, luck))| {
+                    let with: Vec<StoreId> = chosen.iter().copied().chain([s]).collect();
+                    (ctx.isolation(&with), self.peer_picks(s), !here.contains(&s), luck)
+                })
+                .map(|(i, _)| i);
+            let Some(i) = best else {
+                return Err(format!(
+                    "region {} has {} replicas and only {} stores of distinct hosts can hold them",
+                    r.id,
+                    r.peers.len(),
+                    chosen.len()
+                ));
+            };
+            chosen.push(candidates.swap_remove(i).0);
         }
-        if chosen.len() < r.peers.len() {
-            return Err(format!(
-                "region {} has {} replicas and only {} stores of distinct hosts can hold them",
-                r.id,
-                r.peers.len(),
-                chosen.len()
-            ));
-        }
-        if ctx.isolation(&chosen) < ctx.isolation(&here) {
+        // Isolation counts replicas sharing a failure domain: more is worse.
+        if ctx.isolation(&chosen) > ctx.isolation(&here) {
             chosen = here;
         }
         let could_lead = |s: &StoreId| match r.peer_on_store(*s) {
@@ -128,7 +136,7 @@ impl ScatterPicks {
         let leader = chosen
             .iter()
             .filter(|s| could_lead(s))
-            .min_by_key(|s| (picked(&self.leaders, s), Some(**s) != current, rng.gen::<u64>()))
+            .min_by_key(|s| (self.leader_picks(**s), Some(**s) != current, rng.gen::<u64>()))
             .copied();
         Ok((chosen, leader))
     }
@@ -141,6 +149,26 @@ impl ScatterPicks {
         if let Some(l) = leader {
             *self.leaders.entry(l).or_default() += 1;
         }
+    }
+
+    /// Starts the count of each store seen for the first time at the
+    /// lowest count so far: a store that joins late is not handed every
+    /// replica (and leader) until it caught up with the others' counts.
+    fn admit(&mut self, stores: impl Iterator<Item = StoreId>) {
+        let floor = |m: &BTreeMap<StoreId, u64>| m.values().min().copied().unwrap_or(0);
+        let (peers, leaders) = (floor(&self.peers), floor(&self.leaders));
+        for s in stores {
+            self.peers.entry(s).or_insert(peers);
+            self.leaders.entry(s).or_insert(leaders);
+        }
+    }
+
+    fn peer_picks(&self, store: StoreId) -> u64 {
+        self.peers.get(&store).copied().unwrap_or(0)
+    }
+
+    fn leader_picks(&self, store: StoreId) -> u64 {
+        self.leaders.get(&store).copied().unwrap_or(0)
     }
 }
 

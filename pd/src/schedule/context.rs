@@ -88,7 +88,12 @@ impl<'a> Ctx<'a> {
         let reported = info.stats.as_ref().map_or(0, |s| {
             u64::from(s.receiving_snap_count).saturating_add(u64::from(s.applying_snap_count))
         });
+        // Snapshots queued behind other moves count too: balancing and
+        // scattering must not pile more onto a store than it can take once
+        // they start (a repair may still use it, see `is_repair_target`).
+        let queued = self.influence().receiving(store) + self.influence().queued(store);
         self.is_repair_target(store)
+            && queued < self.settings.max_snapshot_count
             && reported < self.settings.max_snapshot_count as u64
             && !info.stats.as_ref().is_some_and(|s| s.is_busy)
             && !self.is_low_on_space(store)

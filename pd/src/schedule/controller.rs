@@ -234,6 +234,8 @@ enum Effect {
     Weight(StoreId, i64),
     Leaders(StoreId, i64),
     Receiving(StoreId),
+    /// A learner queued behind another of the same operator.
+    Queued(StoreId),
 }
 
 /// What `op`'s steps not yet visible on `info` will change.
@@ -249,6 +251,8 @@ fn effects(op: &Operator, info: &RegionInfo) -> Vec<Effect> {
             if !step.is_done(info, op.epoch) {
                 if next_snapshot || step.is_applied(info, op.epoch) {
                     out.push(Effect::Receiving(p.store_id));
+                } else {
+                    out.push(Effect::Queued(p.store_id));
                 }
                 next_snapshot = false;
             }
@@ -282,6 +286,7 @@ pub struct Influence {
     weight: HashMap<StoreId, i64>,
     leaders: HashMap<StoreId, i64>,
     receiving: HashMap<StoreId, i64>,
+    queued: HashMap<StoreId, i64>,
 }
 
 impl Influence {
@@ -291,6 +296,7 @@ impl Influence {
                 Effect::Weight(s, d) => (&mut self.weight, s, d),
                 Effect::Leaders(s, d) => (&mut self.leaders, s, d),
                 Effect::Receiving(s) => (&mut self.receiving, s, 1),
+                Effect::Queued(s) => (&mut self.queued, s, 1),
             };
             let v = map.entry(store).or_default();
             *v += sign * delta;
@@ -314,6 +320,12 @@ impl Influence {
     /// snapshots it is receiving or about to.
     pub fn receiving(&self, store: StoreId) -> usize {
         usize::try_from(self.receiving.get(&store).copied().unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// Snapshots `store` is due to receive once earlier moves of the same
+    /// operators are done (see [`super::Ctx::is_target`]).
+    pub fn queued(&self, store: StoreId) -> usize {
+        usize::try_from(self.queued.get(&store).copied().unwrap_or(0)).unwrap_or(0)
     }
 }
 
@@ -417,6 +429,7 @@ mod tests {
             ],
         );
         ops.add(both, &region(1), &Settings::default()).unwrap();
-        assert_eq!((ops.influence().receiving(StoreId(4)), ops.influence().receiving(StoreId(5))), (1, 0));
+        let inf = ops.influence();
+        assert_eq!((inf.receiving(StoreId(4)), inf.receiving(StoreId(5)), inf.queued(StoreId(5))), (1, 0, 1));
     }
 }

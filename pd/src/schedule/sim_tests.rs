@@ -446,3 +446,25 @@ fn scatter_spreads_a_range_evenly_over_every_store() {
     assert_eq!(counts(&sim, Sim::leader_count), [2; 6]);
     assert!(sim.min_voters >= 3, "a move left {} voters", sim.min_voters);
 }
+
+#[test]
+fn scatter_keeps_every_region_across_its_zones() {
+    // Zone z1 has three stores, z2 and z3 one each: the least picked stores
+    // are z1's, yet each region must keep one replica per zone.
+    let mut sim = Sim::new(Settings { location_labels: vec!["zone".into(), "host".into()], ..settings() });
+    sim.schedulers(&[]);
+    for (id, zone) in [(1, "z1"), (2, "z1"), (3, "z1"), (4, "z2"), (5, "z3")] {
+        sim.store(id, &[("zone", zone), ("host", &format!("h{id}"))]);
+    }
+    sim.regions(6, &[1, 4, 5]);
+    sim.run(2);
+    let failed = sim.scatter(&(1..=6).collect::<Vec<_>>());
+    assert!(failed.is_empty(), "{failed:?}");
+    let took = sim.run_until(600, |s| s.healthy() && s.ops.is_empty());
+    assert!(took.is_some(), "ops left {}", sim.ops.len());
+    for stores in stores_of(&sim) {
+        assert!(stores.contains(&4) && stores.contains(&5), "a region left a zone: {stores:?}");
+    }
+    // z1's replicas spread over its three stores.
+    assert_eq!(counts(&sim, Sim::region_count), [2, 2, 2, 6, 6]);
+}

@@ -267,11 +267,13 @@ impl OperatorBody {
 async fn add_operator(State(api): Shared, Json(body): Json<OperatorBody>) -> ApiResult<json::OperatorJson> {
     let region = RegionId(body.region_id);
     let order = if body.name == "scatter-region" {
-        let (orders, _, failed) = api.cluster.scatter_regions(&[region])?;
+        let c = api.cluster.clone();
+        let (orders, _, failed) = blocking(move || c.scatter_regions(&[region])).await?;
         if let Some((_, why)) = failed.into_iter().next() {
             return Err(Error::InvalidArgument(why).into());
         }
-        if orders.is_empty() && api.operator_json(region).is_none() {
+        let desc = api.cluster.read(|view| view.operators.get(region).map(|op| op.desc));
+        if desc != Some("scatter-region") {
             let why = format!("region {region} is where the scatter would put it already");
             return Err(Error::InvalidArgument(why).into());
         }
