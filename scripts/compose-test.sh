@@ -4,7 +4,8 @@
 #
 #  1. builds the images (scripts/build-images.sh);
 #  2. brings the stack up and waits until every service is healthy, PD
-#     reports 3 stores Up, every region has 3 voters and a leader, and
+#     reports 3 stores Up (each with its advertised status address), every
+#     region has 3 voters and a leader, and
 #     Prometheus scrapes the nodes;
 #  3. puts 100 keys and reads them back with mnemo-cli in a node container;
 #  4. stops the container of the node holding the (first) region's leader:
@@ -147,6 +148,9 @@ wait_for "every service healthy" 120 healthy "${SERVICES[@]}"
 wait_for "3 stores Up in PD" 60 stores_up 3
 wait_for "every region with 3 voters and a leader" 60 regions_replicated
 show_stores
+# Each node gave PD the status address others reach it at, not 0.0.0.0.
+pdctl store | jq -e '[.stores[].store.status_address] | sort == ["node1:20180","node2:20180","node3:20180"]' >/dev/null ||
+  fail "PD's stores do not carry the advertised status addresses: $(pdctl store | jq -c '[.stores[].store.status_address]')"
 
 kv node1 put before- 100
 kv node1 get before- 100

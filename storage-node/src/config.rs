@@ -73,6 +73,11 @@ pub struct NodeConfig {
     /// Address of the HTTP status server (`/metrics`, `/status`, `/config`),
     /// flag `--status-addr`. Default `127.0.0.1:20180`.
     pub status_addr: String,
+    /// Status address given to PD (its stores' `status_address`: where
+    /// tools and dashboards find `/metrics`), flag `--advertise-status-addr`.
+    /// Default: the address the status server listens on. Must not be
+    /// `0.0.0.0`.
+    pub advertise_status_addr: String,
     /// Directory holding the kv engine (`db/`) and raft log store (`raft/`),
     /// flag `--data-dir`. Default `./data/node`.
     pub data_dir: PathBuf,
@@ -327,6 +332,7 @@ impl Default for NodeConfig {
             addr: "127.0.0.1:20160".into(),
             advertise_addr: String::new(),
             status_addr: "127.0.0.1:20180".into(),
+            advertise_status_addr: String::new(),
             data_dir: PathBuf::from("./data/node"),
             labels: Vec::new(),
             log_format: "text".into(),
@@ -444,6 +450,9 @@ impl NodeConfig {
         if self.advertised().starts_with("0.0.0.0") {
             return Err("the advertised address must be reachable: set --advertise-addr".into());
         }
+        if self.advertise_status_addr.starts_with("0.0.0.0") {
+            return Err("the advertised status address must be reachable: not 0.0.0.0".into());
+        }
         let r = &self.raftstore;
         if r.raft_heartbeat_ticks == 0 || r.raft_election_timeout_ticks <= r.raft_heartbeat_ticks {
             return Err("raftstore.raft-election-timeout-ticks must exceed raft-heartbeat-ticks (> 0)".into());
@@ -541,6 +550,16 @@ mod tests {
         assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
         assert_eq!(parse_size("96KiB").unwrap(), 96 << 10);
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn advertised_addresses_must_be_reachable() {
+        let ok = NodeConfig { pd_endpoints: vec!["127.0.0.1:2379".into()], ..NodeConfig::default() };
+        assert_eq!(ok.validate(), Ok(()));
+        let status = NodeConfig { advertise_status_addr: "0.0.0.0:20180".into(), ..ok.clone() };
+        assert!(status.validate().unwrap_err().contains("status address"));
+        let named = NodeConfig { advertise_status_addr: "node1:20180".into(), ..ok };
+        assert_eq!(named.validate(), Ok(()));
     }
 
     #[test]

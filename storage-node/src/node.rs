@@ -274,7 +274,10 @@ pub async fn start(mut cfg: NodeConfig) -> Result<NodeHandle, String> {
             .collect(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         peer_address: cfg.advertised().to_string(),
-        status_address: status_addr.to_string(),
+        status_address: match cfg.advertise_status_addr.as_str() {
+            "" => status_addr.to_string(),
+            advertised => advertised.to_string(),
+        },
         start_timestamp: start_ts as i64,
         deploy_path: cfg.data_dir.display().to_string(),
         node_state: metapb::NodeState::Serving as i32,

@@ -37,6 +37,9 @@ struct Args {
     /// HTTP status server address (/metrics, /status, /config).
     #[arg(long)]
     status_addr: Option<String>,
+    /// Status address given to PD (default: --status-addr as bound).
+    #[arg(long)]
+    advertise_status_addr: Option<String>,
     /// Data directory (kv engine in db/, raft logs in raft-engine/ or, with
     /// --raft-engine false, raft/).
     #[arg(long)]
@@ -100,6 +103,9 @@ fn build_config(args: Args) -> Result<NodeConfig, String> {
     }
     if let Some(v) = args.status_addr {
         cfg.status_addr = v;
+    }
+    if let Some(v) = args.advertise_status_addr {
+        cfg.advertise_status_addr = v;
     }
     if let Some(v) = args.data_dir {
         cfg.data_dir = v;
