@@ -186,8 +186,34 @@ fn steps(p: &Proposal, info: &RegionInfo, ctx: &Ctx<'_>, new_peers: &[PeerId]) -
             for (&(from, to), id) in moves.iter().zip(new_peers) {
                 let current = sim.region.peers.iter().find(|p| p.id == from.id).copied();
                 let from = current.ok_or_else(|| format!("peer {} is not in the region", from.id))?;
-                let one = Proposal { plan: Plan::Move { from, to }, ..p.clone() };
-                for step in self::steps(&one, &sim, ctx, std::slice::from_ref(id))? {
+                // Leadership leaving `from` goes straight to the wanted
+                // store's voter, if it has one already: one transfer, not two.
+                let wanted = want.and_then(|s| sim.region.peer_on_store(s).copied());
+                if let Some(w) = wanted.filter(|w| w.id != from.id && ctx.can_lead(w, &sim)) {
+                    if sim.leader().is_some_and(|l| l.id == from.id) {
+                        let step = Step::TransferLeader { from, to: w };
+                        simulate(&mut sim, &step);
+                        steps.push(step);
+                    }
+                }
+                let leads = sim.leader().is_some_and(|l| l.id == from.id);
+                let move_steps = if leads && *want == Some(to) {
+                    // The leader's replica moves to where leadership should
+                    // end: its successor takes over directly (a fourth voter
+                    // for a moment, then the old one goes).
+                    let l = Peer { id: *id, store_id: to, role: PeerRole::Learner };
+                    let v = Peer { role: PeerRole::Voter, ..l };
+                    vec![
+                        Step::AddLearner(l),
+                        Step::PromoteLearner(v),
+                        Step::TransferLeader { from, to: v },
+                        Step::RemovePeer(from),
+                    ]
+                } else {
+                    let one = Proposal { plan: Plan::Move { from, to }, ..p.clone() };
+                    self::steps(&one, &sim, ctx, std::slice::from_ref(id))?
+                };
+                for step in move_steps {
                     simulate(&mut sim, &step);
                     steps.push(step);
                 }

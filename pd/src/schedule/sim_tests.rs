@@ -439,6 +439,11 @@ fn scatter_spreads_a_range_evenly_over_every_store() {
     sim.run(2);
     let failed = sim.scatter(&(1..=12).collect::<Vec<_>>());
     assert!(failed.is_empty(), "{failed:?}");
+    // Leadership moves once at most per region.
+    for op in sim.ops.iter() {
+        let transfers = op.steps.iter().filter(|s| matches!(s, super::Step::TransferLeader { .. })).count();
+        assert!(transfers <= 1, "{:?}", op.steps);
+    }
     let took = sim.run_until(600, |s| s.healthy() && s.ops.is_empty());
     assert!(took.is_some(), "regions {:?}, ops left {}", counts(&sim, Sim::region_count), sim.ops.len());
     // Fewest picks first: 36 replicas over 6 stores, 12 leaders over 6.
