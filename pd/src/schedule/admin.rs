@@ -254,17 +254,7 @@ pub fn plan(req: &AdminRequest, info: &RegionInfo, ctx: &Ctx<'_>) -> Result<Prop
             Plan::MoveAll { moves, leader: None }
         }
         AdminRequest::Scatter { to_stores, leader } => {
-            let mut moves = moves_onto(info, ctx, to_stores)?;
-            // A leader that leaves moves to the store that should lead, if
-            // that store is new to the region: one transfer, to its successor.
-            let leads = info.leader().map(|l| l.id);
-            let leaving = moves.iter().position(|(p, _)| Some(p.id) == leads);
-            let wanted = moves.iter().position(|(_, s)| Some(*s) == *leader);
-            if let (Some(i), Some(j)) = (leaving, wanted) {
-                let (a, b) = (moves[i].1, moves[j].1);
-                moves[i].1 = b;
-                moves[j].1 = a;
-            }
+            let moves = moves_onto(info, ctx, to_stores)?;
             let leads = info.leader().map(|l| l.store_id);
             if moves.is_empty() && leader.is_none_or(|l| leads == Some(l)) {
                 return Err(format!("region {} is where the scatter would put it already", r.id));

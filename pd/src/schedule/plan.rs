@@ -10,7 +10,7 @@
 //! | `Remove`          | [TransferLeader] → RemovePeer                                 |
 //! | `TransferLeader`  | TransferLeader                                                |
 //! | `Split`           | SplitRegion                                                   |
-//! | `MoveAll`         | each `Move` in turn, then [TransferLeader]                    |
+//! | `MoveAll`         | each `Move` in turn (a leaving leader hands over to the wanted voter if there is one), then [TransferLeader] |
 //!
 //! `[TransferLeader]` is there only when the peer to remove leads: a leader
 //! never removes itself. It goes to the caught-up voter with the fewest
@@ -196,23 +196,8 @@ fn steps(p: &Proposal, info: &RegionInfo, ctx: &Ctx<'_>, new_peers: &[PeerId]) -
                         steps.push(step);
                     }
                 }
-                let leads = sim.leader().is_some_and(|l| l.id == from.id);
-                let move_steps = if leads && *want == Some(to) {
-                    // The leader's replica moves to where leadership should
-                    // end: its successor takes over directly (a fourth voter
-                    // for a moment, then the old one goes).
-                    let l = Peer { id: *id, store_id: to, role: PeerRole::Learner };
-                    let v = Peer { role: PeerRole::Voter, ..l };
-                    vec![
-                        Step::AddLearner(l),
-                        Step::PromoteLearner(v),
-                        Step::TransferLeader { from, to: v },
-                        Step::RemovePeer(from),
-                    ]
-                } else {
-                    let one = Proposal { plan: Plan::Move { from, to }, ..p.clone() };
-                    self::steps(&one, &sim, ctx, std::slice::from_ref(id))?
-                };
+                let one = Proposal { plan: Plan::Move { from, to }, ..p.clone() };
+                let move_steps = self::steps(&one, &sim, ctx, std::slice::from_ref(id))?;
                 for step in move_steps {
                     simulate(&mut sim, &step);
                     steps.push(step);

@@ -439,10 +439,12 @@ fn scatter_spreads_a_range_evenly_over_every_store() {
     sim.run(2);
     let failed = sim.scatter(&(1..=12).collect::<Vec<_>>());
     assert!(failed.is_empty(), "{failed:?}");
-    // Leadership moves once at most per region.
+    // Leadership moves at most twice per region: off a leaving leader
+    // (straight to the wanted voter when it already has one), then onto the
+    // wanted store's new voter.
     for op in sim.ops.iter() {
         let transfers = op.steps.iter().filter(|s| matches!(s, super::Step::TransferLeader { .. })).count();
-        assert!(transfers <= 1, "{:?}", op.steps);
+        assert!(transfers <= 2, "{:?}", op.steps);
     }
     let took = sim.run_until(600, |s| s.healthy() && s.ops.is_empty());
     assert!(took.is_some(), "regions {:?}, ops left {}", counts(&sim, Sim::region_count), sim.ops.len());
