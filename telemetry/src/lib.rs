@@ -22,9 +22,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use opentelemetry::global;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
-use opentelemetry::{global, Context};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -263,13 +263,6 @@ pub fn adopt(span: &tracing::Span, metadata: &MetadataMap) {
 /// True if `span` belongs to a trace that is exported (sampled).
 pub fn is_sampled(span: &tracing::Span) -> bool {
     !span.is_disabled() && span.context().span().span_context().is_sampled()
-}
-
-/// The trace id of `span` (32 hex digits), if it is part of a trace.
-pub fn trace_id(span: &tracing::Span) -> Option<String> {
-    let cx: Context = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
 struct MetadataInjector<'a>(&'a mut MetadataMap);

@@ -153,11 +153,7 @@ impl Cluster {
                         snap.regions.get(region).ok_or_else(|| format!("region {region} not found"))?;
                     let ctx = crate::schedule::Ctx { snap, settings, ops };
                     let (to_stores, leader) = picks.choose(info, &ctx, &mut rng)?;
-                    let here: BTreeSet<StoreId> = info.region.peers.iter().map(|p| p.store_id).collect();
-                    let leads = info.leader().map(|l| l.store_id);
-                    let order = if here == to_stores.iter().copied().collect()
-                        && leader.is_none_or(|l| leads == Some(l))
-                    {
+                    let order = if crate::schedule::ScatterPicks::in_place(info, &to_stores, leader) {
                         None // where the scatter would put it already
                     } else {
                         let req = AdminRequest::Scatter { to_stores: to_stores.clone(), leader };

@@ -7,7 +7,7 @@
 //! removing the worst-placed voter, and a `remove-peer` by a new replica
 //! elsewhere — as in PD.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mnemo_proto::types::{Peer, PeerRole, RegionId, StoreId};
 use rand::Rng;
@@ -139,6 +139,14 @@ impl ScatterPicks {
             .min_by_key(|s| (self.leader_picks(**s), Some(**s) != current, rng.gen::<u64>()))
             .copied();
         Ok((chosen, leader))
+    }
+
+    /// True if `info` already sits where a scatter to `stores` led from
+    /// `leader` would put it: nothing to do.
+    pub fn in_place(info: &RegionInfo, stores: &[StoreId], leader: Option<StoreId>) -> bool {
+        let here: BTreeSet<StoreId> = info.region.peers.iter().map(|p| p.store_id).collect();
+        let leads = info.leader().map(|l| l.store_id);
+        here == stores.iter().copied().collect() && leader.is_none_or(|l| leads == Some(l))
     }
 
     /// Counts a scatter's stores and leader.

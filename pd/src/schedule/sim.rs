@@ -247,12 +247,10 @@ impl Sim {
         for &region in regions {
             let snap = snapshot!(self);
             let ctx = super::Ctx { snap: &snap, settings: &self.settings, ops: &self.ops };
-            let Some(info) = self.regions.get(RegionId(region)) else { continue };
-            let here: BTreeSet<StoreId> = info.region.peers.iter().map(|p| p.store_id).collect();
-            let leads = info.leader().map(|l| l.store_id);
-            let outcome = picks.choose(info, &ctx, &mut rng).and_then(|(to_stores, leader)| {
+            let Some(info) = self.regions.get(RegionId(region)).cloned() else { continue };
+            let outcome = picks.choose(&info, &ctx, &mut rng).and_then(|(to_stores, leader)| {
                 chosen = to_stores.clone();
-                if here == to_stores.iter().copied().collect() && leader.is_none_or(|l| leads == Some(l)) {
+                if super::ScatterPicks::in_place(&info, &to_stores, leader) {
                     return Ok(leader); // where the scatter would put it already
                 }
                 self.admin(region, &super::AdminRequest::Scatter { to_stores, leader }).map(|()| leader)
